@@ -1,0 +1,572 @@
+//! Configuration: one YAML file (`--config`), each field overridable by a flag or an environment
+//! variable. Everything is checked before start-up so that a bad value stops the process with one
+//! line naming the field, instead of surfacing later as a confusing runtime failure.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use url::Url;
+
+/// How far token times (`exp`, `nbf`, `iat`) may be off, to absorb clock skew between Dex and us.
+const TOKEN_LEEWAY: Duration = Duration::from_secs(30);
+
+/// A configuration problem, naming the field so a person knows what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: &str, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The file's shape. Unknown keys are refused: a typo must not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub cluster_name: Option<String>,
+    pub server: Option<String>,
+    pub certificate_authority_data: Option<String>,
+    pub certificate_authority_file: Option<PathBuf>,
+    pub user_name: Option<String>,
+    pub default_namespace: Option<String>,
+    pub watch_namespace: Option<String>,
+    #[serde(default)]
+    pub oidc: FileOidc,
+    #[serde(default)]
+    pub http: FileHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileOidc {
+    pub issuer_url: Option<String>,
+    pub client_id: Option<String>,
+    pub username_claim: Option<String>,
+    pub username_prefix: Option<String>,
+    pub groups_claim: Option<String>,
+    pub groups_prefix: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub signing_algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileHttp {
+    pub listen: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub requests_per_minute_per_client: Option<u32>,
+}
+
+/// Flags and environment variables; each one wins over the same field in the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file (see config/operator.yaml for every field).
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Name of the cluster and context in issued kubeconfigs [file: clusterName].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// URL kubectl talks to: the API server or its proxy [file: server].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_SERVER")]
+    pub server: Option<String>,
+    /// Base64 PEM of the CA that signed the server's certificate [file: certificateAuthorityData].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CA_DATA")]
+    pub ca_data: Option<String>,
+    /// PEM file of the CA that signed the server's certificate [file: certificateAuthorityFile].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Name of the user entry in issued kubeconfigs [file: userName; default OIDCUser].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_USER_NAME")]
+    pub user_name: Option<String>,
+    /// Namespace of the context when the request names none [file: defaultNamespace].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_DEFAULT_NAMESPACE")]
+    pub default_namespace: Option<String>,
+    /// Reconcile requests in this namespace only; all namespaces when unset [file: watchNamespace].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// OIDC issuer URL, exactly as in the tokens' `iss` claim [file: oidc.issuerUrl].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_ISSUER_URL")]
+    pub oidc_issuer_url: Option<String>,
+    /// OIDC client ID that tokens must be issued for (their audience) [file: oidc.clientId].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// Claim that holds the username [file: oidc.usernameClaim; default email].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_USERNAME_CLAIM")]
+    pub oidc_username_claim: Option<String>,
+    /// Prefix put before the username, as kube-apiserver's --oidc-username-prefix [file: oidc.usernamePrefix].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_USERNAME_PREFIX")]
+    pub oidc_username_prefix: Option<String>,
+    /// Claim that holds the groups [file: oidc.groupsClaim; default groups].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_GROUPS_CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+    /// Prefix put before each group [file: oidc.groupsPrefix].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_GROUPS_PREFIX")]
+    pub oidc_groups_prefix: Option<String>,
+    /// PEM file of the CA that signed the issuer's certificate [file: oidc.caFile].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<PathBuf>,
+    /// Comma-separated signing algorithms accepted [file: oidc.signingAlgorithms; default RS256].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_SIGNING_ALGORITHMS", value_delimiter = ',')]
+    pub oidc_signing_algorithms: Option<Vec<String>>,
+    /// Address the HTTP server listens on [file: http.listen; default 127.0.0.1:8000].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_LISTEN")]
+    pub listen: Option<String>,
+    /// PEM certificate chain for serving HTTPS [file: http.tlsCertFile].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for serving HTTPS [file: http.tlsKeyFile].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Connections served at once; more wait in the accept queue [file: http.maxConnections; default 1024].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Requests per minute one client address may make before getting 429 [file: http.requestsPerMinutePerClient; default 600].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_REQUESTS_PER_MINUTE_PER_CLIENT")]
+    pub requests_per_minute_per_client: Option<u32>,
+}
+
+/// The validated configuration the rest of the crate runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: KubeconfigSettings,
+    pub oidc: OidcConfig,
+    pub http: HttpConfig,
+    pub watch_namespace: Option<String>,
+}
+
+/// What goes into every issued kubeconfig besides the user's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigSettings {
+    pub cluster_name: String,
+    /// The server URL exactly as configured (validated as https), so the kubeconfig shows what
+    /// the operator's owner wrote rather than a normalised form.
+    pub server: String,
+    /// PEM bytes of the server's CA; `None` leaves kubectl on the system's trust roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub user_name: String,
+    pub default_namespace: Option<String>,
+}
+
+/// How ID tokens are verified; mirrors kube-apiserver's `--oidc-*` flags so both agree on who a
+/// token's holder is.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer_url: Url,
+    /// The issuer exactly as configured: `iss` must equal it byte for byte (a trailing slash matters).
+    pub issuer: String,
+    pub client_id: String,
+    pub username_claim: String,
+    pub username_prefix: String,
+    pub groups_claim: Option<String>,
+    pub groups_prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_connections: usize,
+    pub requests_per_minute_per_client: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), applies flags and environment, and validates.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                crate::yaml::from_str(&text)
+                    .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, args)
+    }
+
+    /// Combines file and overrides; separate from `load` so it can be tested without files.
+    pub fn resolve(file: FileConfig, args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
+        let pick_path = |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
+
+        let kubeconfig = KubeconfigSettings {
+            cluster_name: non_empty_name(
+                "clusterName",
+                pick(&args.cluster_name, file.cluster_name).unwrap_or_else(|| "kubernetes".into()),
+            )?,
+            server: https_url("server", pick(&args.server, file.server))?.1,
+            ca_pem: ca_pem(
+                pick(&args.ca_data, file.certificate_authority_data),
+                pick_path(&args.ca_file, file.certificate_authority_file),
+            )?,
+            user_name: non_empty_name(
+                "userName",
+                pick(&args.user_name, file.user_name).unwrap_or_else(|| "OIDCUser".into()),
+            )?,
+            default_namespace: optional_dns_label(
+                "defaultNamespace",
+                pick(&args.default_namespace, file.default_namespace),
+            )?,
+        };
+
+        let issuer = pick(&args.oidc_issuer_url, file.oidc.issuer_url)
+            .ok_or_else(|| ConfigError::new("oidc.issuerUrl", "is required"))?;
+        let (issuer_url, issuer) = https_url("oidc.issuerUrl", Some(issuer))?;
+        let client_id = pick(&args.oidc_client_id, file.oidc.client_id)
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| ConfigError::new("oidc.clientId", "is required"))?;
+        let username_claim = pick(&args.oidc_username_claim, file.oidc.username_claim)
+            .unwrap_or_else(|| "email".into());
+        if username_claim.is_empty() {
+            return Err(ConfigError::new("oidc.usernameClaim", "must not be empty"));
+        }
+        let groups_claim = pick(&args.oidc_groups_claim, file.oidc.groups_claim)
+            .unwrap_or_else(|| "groups".into());
+        let oidc = OidcConfig {
+            issuer_url,
+            issuer,
+            client_id,
+            username_claim,
+            username_prefix: pick(&args.oidc_username_prefix, file.oidc.username_prefix)
+                .unwrap_or_default(),
+            groups_claim: Some(groups_claim).filter(|claim| !claim.is_empty()),
+            groups_prefix: pick(&args.oidc_groups_prefix, file.oidc.groups_prefix)
+                .unwrap_or_default(),
+            ca_file: readable_file(
+                "oidc.caFile",
+                pick_path(&args.oidc_ca_file, file.oidc.ca_file),
+            )?,
+            algorithms: signing_algorithms(
+                args.oidc_signing_algorithms
+                    .clone()
+                    .or(file.oidc.signing_algorithms)
+                    .unwrap_or_else(|| vec!["RS256".into()]),
+            )?,
+            leeway: TOKEN_LEEWAY,
+        };
+
+        let listen = pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
+        let http = HttpConfig {
+            listen: listen.parse().map_err(|_| {
+                ConfigError::new("http.listen", format!("{listen:?} is not an address:port"))
+            })?,
+            tls: tls_files(
+                readable_file("http.tlsCertFile", pick_path(&args.tls_cert_file, file.http.tls_cert_file))?,
+                readable_file("http.tlsKeyFile", pick_path(&args.tls_key_file, file.http.tls_key_file))?,
+            )?,
+            max_connections: positive(
+                "http.maxConnections",
+                args.max_connections.or(file.http.max_connections).unwrap_or(1024),
+            )?,
+            requests_per_minute_per_client: positive(
+                "http.requestsPerMinutePerClient",
+                args.requests_per_minute_per_client
+                    .or(file.http.requests_per_minute_per_client)
+                    .unwrap_or(600),
+            )?,
+        };
+
+        Ok(Config {
+            kubeconfig,
+            oidc,
+            http,
+            watch_namespace: optional_dns_label(
+                "watchNamespace",
+                pick(&args.watch_namespace, file.watch_namespace),
+            )?,
+        })
+    }
+}
+
+fn non_empty_name(field: &str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() || value.chars().any(char::is_control) {
+        return Err(ConfigError::new(field, "must be a non-empty name without control characters"));
+    }
+    Ok(value)
+}
+
+/// Returns the parsed URL and the string as written.
+fn https_url(field: &str, value: Option<String>) -> Result<(Url, String), ConfigError> {
+    let value = value.ok_or_else(|| ConfigError::new(field, "is required"))?;
+    let url = Url::parse(&value)
+        .map_err(|e| ConfigError::new(field, format!("{value:?} is not a URL: {e}")))?;
+    if url.scheme() != "https" {
+        return Err(ConfigError::new(field, format!("{value:?} must use https")));
+    }
+    if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new(
+            field,
+            format!("{value:?} must have a host and no query or fragment"),
+        ));
+    }
+    Ok((url, value))
+}
+
+fn ca_pem(data: Option<String>, file: Option<PathBuf>) -> Result<Option<Vec<u8>>, ConfigError> {
+    let pem = match (data, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "certificateAuthorityData",
+                "set either certificateAuthorityData or certificateAuthorityFile, not both",
+            ));
+        }
+        (Some(data), None) => base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| ConfigError::new("certificateAuthorityData", format!("is not base64: {e}")))?,
+        (None, Some(path)) => std::fs::read(&path).map_err(|e| {
+            ConfigError::new(
+                "certificateAuthorityFile",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let field = "certificateAuthorityData";
+    let mut reader = pem.as_slice();
+    let certificates = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(field, format!("is not PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(ConfigError::new(field, "holds no PEM certificate"));
+    }
+    Ok(Some(pem))
+}
+
+fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match path {
+        Some(path) if !path.is_file() => Err(ConfigError::new(
+            field,
+            format!("{} is not a readable file", path.display()),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles { cert_file, key_file })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new("http.tlsKeyFile", "is required with http.tlsCertFile")),
+        (None, Some(_)) => Err(ConfigError::new("http.tlsCertFile", "is required with http.tlsKeyFile")),
+    }
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(field: &str, value: T) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(field, format!("must be greater than zero, got {value}")))
+    }
+}
+
+/// Only asymmetric algorithms: with an HMAC algorithm anyone who knows the issuer's public key
+/// could sign tokens, and `none` signs nothing.
+fn signing_algorithms(names: Vec<String>) -> Result<Vec<Algorithm>, ConfigError> {
+    const FIELD: &str = "oidc.signingAlgorithms";
+    if names.is_empty() {
+        return Err(ConfigError::new(FIELD, "must name at least one algorithm"));
+    }
+    names
+        .iter()
+        .map(|name| match name.trim() {
+            "RS256" => Ok(Algorithm::RS256),
+            "RS384" => Ok(Algorithm::RS384),
+            "RS512" => Ok(Algorithm::RS512),
+            "PS256" => Ok(Algorithm::PS256),
+            "PS384" => Ok(Algorithm::PS384),
+            "PS512" => Ok(Algorithm::PS512),
+            "ES256" => Ok(Algorithm::ES256),
+            "ES384" => Ok(Algorithm::ES384),
+            "EdDSA" => Ok(Algorithm::EdDSA),
+            other => Err(ConfigError::new(
+                FIELD,
+                format!(
+                    "{other:?} is not allowed; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                ),
+            )),
+        })
+        .collect()
+}
+
+fn optional_dns_label(field: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) if is_dns_label(&value) => Ok(Some(value)),
+        Some(value) => Err(ConfigError::new(
+            field,
+            format!("{value:?} is not a namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// RFC 1123 label, the rule Kubernetes applies to namespace names.
+pub fn is_dns_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> ConfigArgs {
+        ConfigArgs {
+            server: Some("https://127.0.0.1:6443".into()),
+            oidc_issuer_url: Some("https://dex.example/dex".into()),
+            oidc_client_id: Some("kubeconfig-operator".into()),
+            ..ConfigArgs::default()
+        }
+    }
+
+    fn error_field(file: FileConfig, args: &ConfigArgs) -> String {
+        Config::resolve(file, args).expect_err("configuration must be refused").field
+    }
+
+    #[test]
+    fn minimal_configuration_gets_documented_defaults() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert_eq!(config.kubeconfig.user_name, "OIDCUser");
+        assert_eq!(config.kubeconfig.cluster_name, "kubernetes");
+        assert_eq!(config.oidc.username_claim, "email");
+        assert_eq!(config.oidc.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(config.oidc.algorithms, vec![Algorithm::RS256]);
+        assert_eq!(config.oidc.issuer, "https://dex.example/dex");
+        assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
+        assert!(config.http.tls.is_none());
+        assert!(config.kubeconfig.ca_pem.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = crate::yaml::from_str(
+            "clusterName: from-file\nuserName: file-user\noidc:\n  usernameClaim: sub\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            cluster_name: Some("from-flag".into()),
+            ..minimal()
+        };
+        let config = Config::resolve(file, &args).unwrap();
+        assert_eq!(config.kubeconfig.cluster_name, "from-flag");
+        assert_eq!(config.kubeconfig.user_name, "file-user");
+        assert_eq!(config.oidc.username_claim, "sub");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let result: Result<FileConfig, _> = crate::yaml::from_str("servr: https://x\n");
+        assert!(result.unwrap_err().to_string().contains("servr"));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let no_server = ConfigArgs { server: None, ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &no_server), "server");
+        let no_issuer = ConfigArgs { oidc_issuer_url: None, ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &no_issuer), "oidc.issuerUrl");
+        let blank_client = ConfigArgs { oidc_client_id: Some(" ".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &blank_client), "oidc.clientId");
+    }
+
+    #[test]
+    fn plain_http_and_garbage_urls_are_refused() {
+        for bad in ["http://127.0.0.1:6443", "not a url", "https://", "https://h/?q=1"] {
+            let args = ConfigArgs { server: Some(bad.into()), ..minimal() };
+            assert_eq!(error_field(FileConfig::default(), &args), "server", "{bad}");
+            let args = ConfigArgs { oidc_issuer_url: Some(bad.into()), ..minimal() };
+            assert_eq!(error_field(FileConfig::default(), &args), "oidc.issuerUrl", "{bad}");
+        }
+    }
+
+    #[test]
+    fn symmetric_and_unknown_algorithms_are_refused() {
+        for bad in ["HS256", "none", "rs256", "XYZ"] {
+            let args = ConfigArgs {
+                oidc_signing_algorithms: Some(vec!["RS256".into(), bad.into()]),
+                ..minimal()
+            };
+            let error = Config::resolve(FileConfig::default(), &args).unwrap_err();
+            assert_eq!(error.field, "oidc.signingAlgorithms");
+            assert!(error.problem.contains(bad));
+        }
+        let empty = ConfigArgs { oidc_signing_algorithms: Some(vec![]), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &empty), "oidc.signingAlgorithms");
+    }
+
+    #[test]
+    fn certificate_authority_must_be_one_pem_source() {
+        let both = ConfigArgs {
+            ca_data: Some("AAAA".into()),
+            ca_file: Some("/etc/hostname".into()),
+            ..minimal()
+        };
+        assert_eq!(error_field(FileConfig::default(), &both), "certificateAuthorityData");
+        let not_base64 = ConfigArgs { ca_data: Some("***".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &not_base64), "certificateAuthorityData");
+        let not_pem = ConfigArgs { ca_data: Some("aGVsbG8=".into()), ..minimal() };
+        let error = Config::resolve(FileConfig::default(), &not_pem).unwrap_err();
+        assert_eq!(error.problem, "holds no PEM certificate");
+        let missing = ConfigArgs { ca_file: Some("/nonexistent/ca.pem".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &missing), "certificateAuthorityFile");
+    }
+
+    #[test]
+    fn namespaces_must_be_dns_labels() {
+        for bad in ["Team", "-a", "a-", "a_b", &"a".repeat(64)] {
+            let args = ConfigArgs { default_namespace: Some(bad.into()), ..minimal() };
+            assert_eq!(error_field(FileConfig::default(), &args), "defaultNamespace", "{bad}");
+        }
+        let args = ConfigArgs { watch_namespace: Some("UPPER".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &args), "watchNamespace");
+        assert!(is_dns_label("team-a1"));
+    }
+
+    #[test]
+    fn http_settings_are_checked() {
+        let bad_listen = ConfigArgs { listen: Some("localhost".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &bad_listen), "http.listen");
+        let half_tls = ConfigArgs { tls_cert_file: Some("/etc/hostname".into()), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &half_tls), "http.tlsKeyFile");
+        let zero = ConfigArgs { max_connections: Some(0), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &zero), "http.maxConnections");
+        let zero_rate = ConfigArgs { requests_per_minute_per_client: Some(0), ..minimal() };
+        assert_eq!(error_field(FileConfig::default(), &zero_rate), "http.requestsPerMinutePerClient");
+    }
+
+    #[test]
+    fn error_names_the_field_on_one_line() {
+        let error = Config::resolve(FileConfig::default(), &ConfigArgs::default()).unwrap_err();
+        let line = error.to_string();
+        assert_eq!(line, "invalid configuration: server: is required");
+        assert!(!line.contains('\n'));
+    }
+}

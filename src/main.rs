@@ -1,0 +1,148 @@
+//! Wires the modules together: configuration, telemetry, the token verifier, the controller and
+//! the HTTP server. Everything with logic lives in the library.
+
+use std::{
+    process::ExitCode,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+use kubeconfig_operator::{
+    config::{Config, ConfigArgs},
+    crd::KubeconfigRequest,
+    http::{self, HttpState},
+    metrics::Metrics,
+    reconciler::{self, Context},
+    telemetry::{self, LogFormat},
+    token::Verifier,
+};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "kubeconfig-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller and the HTTP server.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t, env = "KUBECONFIG_OPERATOR_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Print the KubeconfigRequest CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+/// Exit code for a configuration the operator refuses to start with.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crd => match kubeconfig_operator::yaml::to_string(&KubeconfigRequest::crd()) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("cannot render the CRD: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
+            println!("kubeconfig-operator {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, log_format } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            telemetry::init(log_format);
+            match run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    error!("{error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // kube, reqwest and the HTTPS listener all use rustls; name its provider once for the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let verifier = Arc::new(Verifier::new(config.oidc.clone())?);
+    tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
+    let metrics = Arc::new(Metrics::default());
+    let controller_ready = Arc::new(AtomicBool::new(false));
+
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let on_stop = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let context = Arc::new(Context::new(
+        client,
+        Arc::clone(&verifier),
+        config.kubeconfig.clone(),
+        Arc::clone(&metrics),
+    ));
+    let router = http::router(Arc::new(HttpState {
+        verifier,
+        settings: config.kubeconfig.clone(),
+        metrics,
+        controller_ready: Arc::clone(&controller_ready),
+    }));
+    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
+    let (_, served) = tokio::join!(
+        reconciler::run(context, config.watch_namespace.as_deref(), controller_ready, on_stop()),
+        http::serve(&config.http, router, on_stop()),
+    );
+    served?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
