@@ -1,0 +1,724 @@
+//! The issuer's signing keys: OIDC discovery, JWKS download and an in-memory cache.
+//!
+//! Keys come only from the issuer's published JWKS, never from anything a token carries, so a
+//! token can only ever be checked against keys the issuer vouches for. The cache lets known keys
+//! keep validating while the issuer is down, and the refetch on an unknown `kid` is rate-limited
+//! so hostile tokens cannot turn the operator into a load generator against Dex.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, AlgorithmFamily, DecodingKey,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use tracing::{debug, warn};
+use url::Url;
+
+use crate::config::OidcConfig;
+
+/// How often the keys are refetched in the background; Dex rotates its signing key every few
+/// hours and publishes the next key well before using it, so this catches rotations early.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
+/// The shortest time between two fetches triggered by tokens with an unknown `kid`; bounds the
+/// load that a stream of forged `kid`s can put on the issuer.
+pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// A connection that is not up by then will not come up; fail so the caller can report it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for one whole request, so a slow issuer cannot hold verifications hostage.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Discovery documents and JWKS are a few KiB; anything bigger is not what we asked for.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Redirects within the issuer's own origin are tolerated (e.g. a path rewrite), not chains.
+const MAX_REDIRECTS: usize = 5;
+/// Longer key ids are not something Dex produces; they only serve to bloat the cache and logs.
+const MAX_KID_BYTES: usize = 256;
+
+/// Why the issuer's keys could not be obtained. Carries only issuer-side facts (URLs,
+/// statuses), never anything from a token, so it is safe to show to whoever sent the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerError {
+    /// Local setup (CA file, HTTP client) is wrong; retrying will not help until config changes.
+    #[error("cannot prepare the connection to the issuer: {0}")]
+    Setup(String),
+    /// Network-level failure: DNS, TCP, TLS, timeout.
+    #[error("cannot reach the issuer at {url}: {detail}")]
+    Unreachable {
+        /// The URL requested, so an operator can try it from the same network.
+        url: String,
+        detail: String,
+    },
+    /// The issuer answered, but not with something we can trust or use.
+    #[error("the issuer's answer from {url} is unusable: {detail}")]
+    BadResponse {
+        /// The URL that gave the unusable answer.
+        url: String,
+        detail: String,
+    },
+}
+
+/// One verification key from the JWKS, with what it may be used for.
+#[derive(Clone)]
+pub(crate) struct SigningKey {
+    key: DecodingKey,
+    family: AlgorithmFamily,
+    /// The JWK's `alg`, when it pins one.
+    alg: Option<Algorithm>,
+    curve: Option<EllipticCurve>,
+}
+
+impl SigningKey {
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    /// Whether a signature made with `alg` may be checked with this key: same key family (so an
+    /// RSA or EC public key can never act as an HMAC secret), same curve, and the JWK's own `alg`
+    /// if it states one.
+    pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
+        let curve_matches = match alg {
+            Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
+            Algorithm::ES384 => self.curve == Some(EllipticCurve::P384),
+            Algorithm::EdDSA => self.curve == Some(EllipticCurve::Ed25519),
+            _ => true,
+        };
+        alg.family() != AlgorithmFamily::Hmac
+            && self.family == alg.family()
+            && self.alg.is_none_or(|own| own == alg)
+            && curve_matches
+    }
+}
+
+type KeyMap = HashMap<String, SigningKey>;
+
+/// Where keys are fetched from; absent for a key set built from keys the caller already holds.
+struct Fetcher {
+    client: reqwest::Client,
+    /// The configured issuer, verbatim: the discovery document must name exactly this.
+    issuer: String,
+    issuer_scheme: String,
+    discovery_url: Url,
+    algorithms: Vec<Algorithm>,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// The outcome of the last attempt, so callers rate-limited out of a refetch still learn
+    /// whether the issuer is down (`IssuerUnavailable`) or simply lacks the key (`UnknownKey`).
+    last_error: Option<IssuerError>,
+}
+
+/// The issuer's current signing keys by `kid`.
+///
+/// Reads are lock-free in practice (a short `RwLock` around an `Arc` swap); fetches are
+/// serialised by one async mutex so that concurrent callers with the same unknown `kid` share a
+/// single request instead of each sending their own.
+pub struct KeySet {
+    keys: RwLock<Arc<KeyMap>>,
+    loaded: AtomicBool,
+    fetcher: Option<Fetcher>,
+    fetch_state: tokio::sync::Mutex<FetchState>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+/// The JWKS as loose JSON, so that one key we cannot parse does not discard the others.
+#[derive(Deserialize)]
+struct RawJwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+impl KeySet {
+    /// Prepares fetching from the configured issuer without contacting it, so the operator can
+    /// start (and report itself unready) while Dex is still down.
+    pub async fn new(cfg: &OidcConfig) -> Result<Self, IssuerError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(same_origin_redirects());
+        if let Some(path) = &cfg.ca_file {
+            let pem = tokio::fs::read(path).await.map_err(|e| {
+                IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                IssuerError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(IssuerError::Setup(format!(
+                    "the CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| IssuerError::Setup(error_chain(&e)))?;
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            cfg.issuer.trim_end_matches('/')
+        );
+        let discovery_url = Url::parse(&discovery).map_err(|e| {
+            IssuerError::Setup(format!("{discovery} is not a usable discovery URL: {e}"))
+        })?;
+        Ok(Self {
+            keys: RwLock::new(Arc::new(KeyMap::new())),
+            loaded: AtomicBool::new(false),
+            fetcher: Some(Fetcher {
+                client,
+                issuer: cfg.issuer.clone(),
+                issuer_scheme: discovery_url.scheme().to_owned(),
+                discovery_url,
+                algorithms: cfg.algorithms.clone(),
+            }),
+            fetch_state: tokio::sync::Mutex::new(FetchState::default()),
+        })
+    }
+
+    /// For callers that already hold the issuer's keys (tests, or an issuer reachable only
+    /// out of band): the set never fetches, and counts as loaded. Keys are filtered exactly as
+    /// fetched ones are.
+    pub fn from_static(jwks: &jsonwebtoken::jwk::JwkSet, algorithms: &[Algorithm]) -> Self {
+        let keys = usable_keys(jwks.keys.iter().cloned(), algorithms);
+        Self {
+            keys: RwLock::new(Arc::new(keys)),
+            loaded: AtomicBool::new(true),
+            fetcher: None,
+            fetch_state: tokio::sync::Mutex::new(FetchState::default()),
+        }
+    }
+
+    /// Readiness: until one fetch succeeded no token can be verified.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Fetches the keys now (regardless of the unknown-`kid` rate limit), for start-up and the
+    /// periodic background refresh. On failure the previous keys stay in use.
+    pub async fn refresh(&self) -> Result<(), IssuerError> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        let mut state = self.fetch_state.lock().await;
+        self.fetch_locked(fetcher, &mut state).await
+    }
+
+    /// The key for `kid`; refetches once if it is unknown and the last fetch is older than
+    /// [`MIN_REFETCH_INTERVAL`]. `Ok(None)` means the issuer does not publish this key; `Err`
+    /// means we cannot tell because the issuer is unavailable.
+    pub(crate) async fn find(&self, kid: &str) -> Result<Option<SigningKey>, IssuerError> {
+        if let Some(key) = self.cached(kid) {
+            return Ok(Some(key));
+        }
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(None);
+        };
+        let mut state = self.fetch_state.lock().await;
+        // Another caller may have fetched while we waited for the lock.
+        if let Some(key) = self.cached(kid) {
+            return Ok(Some(key));
+        }
+        let recent = state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL);
+        if !recent {
+            debug!(kid = %truncated(kid), "unknown key id; refetching the issuer's keys");
+            // The outcome is recorded in `state`; it is examined below.
+            let _ = self.fetch_locked(fetcher, &mut state).await;
+        }
+        if let Some(key) = self.cached(kid) {
+            return Ok(Some(key));
+        }
+        match &state.last_error {
+            Some(error) => Err(error.clone()),
+            None => Ok(None),
+        }
+    }
+
+    fn cached(&self, kid: &str) -> Option<SigningKey> {
+        // A poisoned lock only means a panic elsewhere mid-swap of an `Arc`; the map is intact.
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.get(kid).cloned()
+    }
+
+    async fn fetch_locked(
+        &self,
+        fetcher: &Fetcher,
+        state: &mut FetchState,
+    ) -> Result<(), IssuerError> {
+        state.last_attempt = Some(Instant::now());
+        match fetcher.fetch().await {
+            Ok(keys) => {
+                debug!(keys = keys.len(), "fetched the issuer's signing keys");
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.loaded.store(true, Ordering::Release);
+                state.last_error = None;
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, "cannot fetch the issuer's signing keys; keeping the previous ones");
+                state.last_error = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Fetcher {
+    async fn fetch(&self) -> Result<KeyMap, IssuerError> {
+        let discovery: Discovery = self.get_json(&self.discovery_url).await?;
+        let bad = |detail: String| IssuerError::BadResponse {
+            url: self.discovery_url.to_string(),
+            detail,
+        };
+        if discovery.issuer != self.issuer {
+            // Someone else's discovery document (or a misconfigured issuer URL): its keys would
+            // sign tokens whose `iss` we would then reject anyway, so stop here with a clear error.
+            return Err(bad(format!(
+                "it names the issuer {:?}, but the configured issuer is {:?}",
+                truncated(&discovery.issuer),
+                self.issuer
+            )));
+        }
+        let jwks_uri = Url::parse(&discovery.jwks_uri)
+            .map_err(|e| bad(format!("jwks_uri is not a URL: {e}")))?;
+        if jwks_uri.scheme() != self.issuer_scheme {
+            return Err(bad(format!(
+                "jwks_uri uses {}, but the issuer uses {}",
+                jwks_uri.scheme(),
+                self.issuer_scheme
+            )));
+        }
+        let raw: RawJwkSet = self.get_json(&jwks_uri).await?;
+        let parsed = raw
+            .keys
+            .into_iter()
+            .filter_map(|value| serde_json::from_value::<Jwk>(value).ok());
+        let keys = usable_keys(parsed, &self.algorithms);
+        if keys.is_empty() {
+            return Err(IssuerError::BadResponse {
+                url: jwks_uri.to_string(),
+                detail: "it holds no signing key usable with the configured algorithms".into(),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// GET with the body read in chunks, so an oversized answer is cut off after
+    /// [`MAX_RESPONSE_BYTES`] instead of being buffered whole.
+    async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IssuerError> {
+        let unreachable = |e: reqwest::Error| IssuerError::Unreachable {
+            url: url.to_string(),
+            detail: error_chain(&e),
+        };
+        let bad = |detail: String| IssuerError::BadResponse {
+            url: url.to_string(),
+            detail,
+        };
+        let mut response = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(bad(format!("HTTP status {}", response.status())));
+        }
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(bad(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(bad(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| bad(format!("not the expected JSON: {e}")))
+    }
+}
+
+/// Redirects are followed only within the origin of the URL first requested, so a compromised
+/// or misconfigured path cannot send us to fetch keys from another host.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if same_origin {
+            attempt.follow()
+        } else {
+            attempt.error("redirect to another origin refused")
+        }
+    })
+}
+
+/// Keeps the keys that can verify signatures with at least one configured algorithm.
+fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) -> KeyMap {
+    let mut keys = KeyMap::new();
+    for jwk in jwks {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            // Tokens without `kid` are refused, so a key without one could never be selected.
+            continue;
+        };
+        match signing_key(&jwk, algorithms) {
+            Some(key) if kid.len() <= MAX_KID_BYTES => {
+                match keys.entry(kid) {
+                    // Ambiguous: which one signed? Keep the first, as JwkSet::find would.
+                    Entry::Occupied(first) => {
+                        warn!(kid = %truncated(first.key()), "the issuer publishes this key id twice; using the first");
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(key);
+                    }
+                }
+            }
+            _ => debug!(kid = %truncated(&kid), "skipping a key unusable for verification"),
+        }
+    }
+    keys
+}
+
+fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(_) => return None,
+    }
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return None;
+    }
+    let (family, curve) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
+        AlgorithmParameters::EllipticCurve(params) => {
+            (AlgorithmFamily::Ec, Some(params.curve.clone()))
+        }
+        AlgorithmParameters::OctetKeyPair(params) => {
+            (AlgorithmFamily::Ed, Some(params.curve.clone()))
+        }
+        // A symmetric secret has no business in a public JWKS; never use one.
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        // Names jsonwebtoken cannot verify with (e.g. RSA-OAEP) make the key unusable.
+        Some(declared) => Some(declared.to_string().parse::<Algorithm>().ok()?),
+        None => None,
+    };
+    let key = SigningKey {
+        key: DecodingKey::from_jwk(jwk).ok()?,
+        family,
+        alg,
+        curve,
+    };
+    algorithms
+        .iter()
+        .any(|&allowed| key.accepts(allowed))
+        .then_some(key)
+}
+
+/// Shortened, printable form of an untrusted string for logs and messages.
+pub(crate) fn truncated(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut out: String = text
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// reqwest's top-level message rarely says what failed (refused, TLS, timeout); its sources do.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        path::PathBuf,
+        sync::{
+            Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+
+    use jsonwebtoken::{
+        EncodingKey,
+        jwk::{JwkSet, KeyAlgorithm},
+    };
+    use serde_json::{Value, json};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn hmac_jwk(kid: &str) -> Jwk {
+        let mut jwk =
+            Jwk::from_encoding_key(&EncodingKey::from_secret(b"secret"), Algorithm::HS256).unwrap();
+        jwk.common.key_id = Some(kid.into());
+        jwk
+    }
+
+    /// An RSA JWK; its modulus is never used to verify anything in these tests.
+    fn rsa_jwk(kid: &str) -> Value {
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"})
+    }
+
+    fn config(issuer: &str) -> OidcConfig {
+        OidcConfig {
+            issuer_url: Url::parse(issuer).unwrap(),
+            issuer: issuer.into(),
+            client_id: "client".into(),
+            username_claim: "email".into(),
+            username_prefix: String::new(),
+            groups_claim: Some("groups".into()),
+            groups_prefix: String::new(),
+            ca_file: None::<PathBuf>,
+            algorithms: vec![Algorithm::RS256],
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    /// A loopback HTTP issuer whose answers a test can change, counting JWKS downloads.
+    struct FakeIssuer {
+        issuer: String,
+        routes: Arc<Mutex<HashMap<String, String>>>,
+        jwks_hits: Arc<AtomicUsize>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl FakeIssuer {
+        async fn start(keys: Value) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let issuer = format!("http://{}/dex", listener.local_addr().unwrap());
+            let routes = Arc::new(Mutex::new(HashMap::from([
+                (
+                    "/dex/.well-known/openid-configuration".to_owned(),
+                    json!({"issuer": issuer, "jwks_uri": format!("{issuer}/keys")}).to_string(),
+                ),
+                ("/dex/keys".to_owned(), keys.to_string()),
+            ])));
+            let jwks_hits = Arc::new(AtomicUsize::new(0));
+            let (served, hits) = (Arc::clone(&routes), Arc::clone(&jwks_hits));
+            let server = tokio::spawn(async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request);
+                    let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    if path.ends_with("/keys") {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let body = served.lock().unwrap().get(&path).cloned();
+                    let response = match body {
+                        Some(body) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                }
+            });
+            Self {
+                issuer,
+                routes,
+                jwks_hits,
+                server,
+            }
+        }
+
+        fn set(&self, path: &str, body: String) {
+            self.routes.lock().unwrap().insert(path.into(), body);
+        }
+
+        fn hits(&self) -> usize {
+            self.jwks_hits.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn loads_lazily_and_refetches_unknown_kids_at_most_once_per_window() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
+        let keys = Arc::new(KeySet::new(&config(&issuer.issuer)).await.unwrap());
+        assert!(
+            !keys.is_loaded(),
+            "construction must not contact the issuer"
+        );
+        assert_eq!(issuer.hits(), 0);
+
+        // Concurrent lookups of an unknown kid share one fetch.
+        let lookups: Vec<_> = (0..8)
+            .map(|_| {
+                let keys = Arc::clone(&keys);
+                tokio::spawn(async move { keys.find("nope").await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.unwrap().unwrap().is_none());
+        }
+        assert_eq!(issuer.hits(), 1);
+        assert!(keys.is_loaded());
+        assert!(keys.find("k1").await.unwrap().is_some());
+
+        // A rotated-in key is not fetched again within the window...
+        issuer.set(
+            "/dex/keys",
+            json!({"keys": [rsa_jwk("k1"), rsa_jwk("k2")]}).to_string(),
+        );
+        assert!(keys.find("k2").await.unwrap().is_none());
+        assert_eq!(issuer.hits(), 1);
+        // ...but the periodic refresh picks it up.
+        keys.refresh().await.unwrap();
+        assert_eq!(issuer.hits(), 2);
+        assert!(keys.find("k2").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn known_keys_keep_working_while_the_issuer_is_down() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
+        let keys = KeySet::new(&config(&issuer.issuer)).await.unwrap();
+        keys.refresh().await.unwrap();
+        issuer.server.abort();
+        let _ = issuer.server.await;
+
+        assert!(matches!(
+            keys.refresh().await,
+            Err(IssuerError::Unreachable { .. })
+        ));
+        assert!(keys.is_loaded());
+        assert!(keys.find("k1").await.unwrap().is_some());
+        // The failed refresh is remembered: an unknown kid cannot be ruled out, so it is an
+        // issuer problem, not an unknown key.
+        assert!(keys.find("k2").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_discovery_document_for_another_issuer_is_refused() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
+        issuer.set(
+            "/dex/.well-known/openid-configuration",
+            json!({"issuer": format!("{}/", issuer.issuer), "jwks_uri": format!("{}/keys", issuer.issuer)}).to_string(),
+        );
+        let keys = KeySet::new(&config(&issuer.issuer)).await.unwrap();
+        let error = keys.refresh().await.unwrap_err();
+        assert!(matches!(error, IssuerError::BadResponse { .. }), "{error}");
+        assert!(!keys.is_loaded());
+    }
+
+    #[tokio::test]
+    async fn a_jwks_uri_with_another_scheme_is_refused() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
+        issuer.set(
+            "/dex/.well-known/openid-configuration",
+            json!({"issuer": issuer.issuer, "jwks_uri": "file:///etc/passwd"}).to_string(),
+        );
+        let keys = KeySet::new(&config(&issuer.issuer)).await.unwrap();
+        let error = keys.refresh().await.unwrap_err();
+        assert!(error.to_string().contains("jwks_uri uses file"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_jwks_is_refused() {
+        let padding = "x".repeat(MAX_RESPONSE_BYTES);
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")], "padding": padding})).await;
+        let keys = KeySet::new(&config(&issuer.issuer)).await.unwrap();
+        let error = keys.refresh().await.unwrap_err();
+        assert!(error.to_string().contains("larger than"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_ca_file_fails_at_construction() {
+        let mut cfg = config("https://dex.example.com");
+        cfg.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+        assert!(matches!(
+            KeySet::new(&cfg).await,
+            Err(IssuerError::Setup(_))
+        ));
+    }
+
+    #[test]
+    fn only_signing_keys_usable_with_the_allowed_algorithms_are_kept() {
+        let mut encryption = rsa_jwk("enc");
+        encryption["use"] = json!("enc");
+        let mut rs512 = rsa_jwk("rs512");
+        rs512["alg"] = json!("RS512");
+        let mut oaep = rsa_jwk("oaep");
+        oaep["alg"] = json!("RSA-OAEP");
+        let mut no_alg = rsa_jwk("no-alg");
+        no_alg.as_object_mut().unwrap().remove("alg");
+        let mut no_kid = rsa_jwk("");
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let mut verify_only = rsa_jwk("verify-only");
+        verify_only["key_ops"] = json!(["encrypt"]);
+        let jwks: JwkSet = serde_json::from_value(json!({"keys": [
+            rsa_jwk("good"), encryption, rs512, oaep, no_alg, no_kid, verify_only,
+            serde_json::to_value(hmac_jwk("hmac")).unwrap(),
+        ]}))
+        .unwrap();
+        let keys = KeySet::from_static(&jwks, &[Algorithm::RS256]);
+        let mut kept: Vec<_> = keys.keys.read().unwrap().keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, vec!["good".to_owned(), "no-alg".to_owned()]);
+
+        let good = keys.cached("good").unwrap();
+        assert!(good.accepts(Algorithm::RS256));
+        assert!(!good.accepts(Algorithm::RS512), "the JWK pins RS256");
+        assert!(!good.accepts(Algorithm::HS256));
+        assert!(!good.accepts(Algorithm::ES256));
+        assert_eq!(KeyAlgorithm::RS256.to_string(), "RS256");
+    }
+
+    #[test]
+    fn untrusted_text_is_shortened_and_made_printable() {
+        assert_eq!(truncated("abc\n\u{7f}é"), "abc???");
+        assert_eq!(truncated(&"a".repeat(100)).chars().count(), 65);
+    }
+}

@@ -1,0 +1,1198 @@
+//! Strict verification of Dex ID tokens: the security core of the operator.
+//!
+//! Whatever passes here is written into a kubeconfig and trusted by whoever uses it, so every
+//! check errs on the side of refusing, and every refusal names a reason a person can act on
+//! without ever echoing the token (which is a bearer credential) back.
+//!
+//! Choices worth knowing:
+//! - A header `alg` that is not in the configured list — including `none` and every HMAC
+//!   algorithm, which could otherwise turn the issuer's public key into a shared secret — is
+//!   reported as `BadSignature`: the token is well-formed, it is just not signed acceptably.
+//! - `jku`, `x5u`, `jwk` and `x5c` headers are ignored: keys come only from the issuer's JWKS.
+//! - A token without `kid` is `UnknownKey`; Dex always sends one, and trying every key would let
+//!   a token pick among keys it was not signed with.
+//! - A groups claim that is neither absent, a string nor an array of strings is
+//!   `MissingClaim(<groups claim>)`, rather than silently granting no groups.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+use tracing::debug;
+
+use crate::{
+    config::OidcConfig,
+    jwks::{self, IssuerError, KeySet},
+};
+
+/// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// How soon to try again after a failed background refresh, so readiness follows Dex quickly.
+const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An ID token as received. It is a bearer credential, so it never shows up in `Debug` or
+/// `Display` output (and therefore not in logs or error messages by accident); reading it takes
+/// an explicit [`IdToken::expose`].
+#[derive(Clone)]
+pub struct IdToken(String);
+
+impl IdToken {
+    /// The raw token, for the one place that needs it: the rendered kubeconfig.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for IdToken {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl fmt::Debug for IdToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdToken(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+impl fmt::Display for IdToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted ID token, {} bytes>", self.0.len())
+    }
+}
+
+/// Who the token's holder is, as kube-apiserver will see it with the same `--oidc-*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The username claim's value with the configured prefix.
+    pub username: String,
+    /// The groups claim's values, each with the configured prefix.
+    pub groups: Vec<String>,
+    /// When the token, and so the kubeconfig built from it, stops working.
+    pub expires_at: DateTime<Utc>,
+    /// Absent when the issuer omits `iat`, which OIDC requires but kube-apiserver does not.
+    pub issued_at: Option<DateTime<Utc>>,
+}
+
+/// Why a token was refused. Messages are shown to the token's holder and logged, so they never
+/// contain the token or any part of it: `Malformed` only takes fixed texts, and `UnknownKey`
+/// holds the `kid` shortened to printable ASCII.
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+pub enum TokenError {
+    #[error("the token is malformed: {0}; pass the ID token exactly as Dex issued it")]
+    Malformed(&'static str),
+    #[error(
+        "the token's signature does not verify with the issuer's keys, or it is signed with an algorithm this operator does not accept"
+    )]
+    BadSignature,
+    #[error(
+        "the token is signed with a key the issuer does not publish (kid {0:?}); get a fresh token from Dex"
+    )]
+    UnknownKey(String),
+    #[error("the token expired{}; get a fresh token from Dex", expired_at.map(|at| format!(" at {}", at.to_rfc3339())).unwrap_or_default())]
+    Expired { expired_at: Option<DateTime<Utc>> },
+    #[error(
+        "the token is not valid yet (nbf or iat is in the future beyond the allowed clock skew); check the clocks of Dex and this operator"
+    )]
+    NotYetValid,
+    #[error("the token was not issued by the configured issuer {expected}")]
+    WrongIssuer { expected: String },
+    #[error("the token was not issued for the client {expected} (aud/azp)")]
+    WrongAudience { expected: String },
+    #[error(
+        "the token's claim {0:?} is missing or has an unusable value; check the operator's username/groups claim settings and the Dex connector"
+    )]
+    MissingClaim(String),
+    #[error("the issuer's signing keys are unavailable, try again later: {0}")]
+    IssuerUnavailable(IssuerError),
+}
+
+impl TokenError {
+    /// A fixed, low-cardinality name for metrics labels, Kubernetes condition reasons and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(_) => "Malformed",
+            TokenError::BadSignature => "BadSignature",
+            TokenError::UnknownKey(_) => "UnknownKey",
+            TokenError::Expired { .. } => "Expired",
+            TokenError::NotYetValid => "NotYetValid",
+            TokenError::WrongIssuer { .. } => "WrongIssuer",
+            TokenError::WrongAudience { .. } => "WrongAudience",
+            TokenError::MissingClaim(_) => "MissingClaim",
+            TokenError::IssuerUnavailable(_) => "IssuerUnavailable",
+        }
+    }
+}
+
+/// Verifies ID tokens against one issuer and client, with that issuer's cached keys.
+pub struct Verifier {
+    config: OidcConfig,
+    keys: KeySet,
+}
+
+impl Verifier {
+    /// Does not contact the issuer: the operator must be able to start while Dex is down. Keys
+    /// are fetched by [`Verifier::load`], [`Verifier::keep_keys_fresh`], or the first token.
+    pub async fn new(config: OidcConfig) -> Result<Self, IssuerError> {
+        let keys = KeySet::new(&config).await?;
+        Ok(Self { config, keys })
+    }
+
+    /// For callers that already hold the keys (see [`KeySet::from_static`]).
+    pub fn with_keys(config: OidcConfig, keys: KeySet) -> Self {
+        Self { config, keys }
+    }
+
+    /// Fetches the keys unless they are loaded already; for start-up, to surface a wrong issuer
+    /// URL or CA in the logs at once rather than with the first user's token.
+    pub async fn load(&self) -> Result<(), IssuerError> {
+        if self.keys.is_loaded() {
+            return Ok(());
+        }
+        self.keys.refresh().await
+    }
+
+    /// Fetches the keys now; previous keys stay in use if the issuer is unreachable.
+    pub async fn refresh_keys(&self) -> Result<(), IssuerError> {
+        self.keys.refresh().await
+    }
+
+    /// Runs forever: refreshes the keys every [`jwks::REFRESH_INTERVAL`], or sooner after a
+    /// failure. Spawn it once; rotations are then picked up before tokens signed with a new key
+    /// arrive.
+    pub async fn keep_keys_fresh(self: Arc<Self>) {
+        loop {
+            let wait = match self.refresh_keys().await {
+                Ok(()) => jwks::REFRESH_INTERVAL,
+                Err(_) => RETRY_INTERVAL,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Readiness: without keys every token would be refused.
+    pub fn is_ready(&self) -> bool {
+        self.keys.is_loaded()
+    }
+
+    /// The settings tokens are checked against, so callers report the same issuer and client.
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// The only way from a token to an [`Identity`]: signature, issuer, audience and time checks
+    /// first, then the claims that name the user.
+    pub async fn verify(&self, token: &IdToken) -> Result<Identity, TokenError> {
+        let result = self.verify_inner(token.expose()).await;
+        if let Err(error) = &result {
+            debug!(reason = error.reason(), %error, "ID token refused");
+        }
+        result
+    }
+
+    async fn verify_inner(&self, token: &str) -> Result<Identity, TokenError> {
+        let cfg = &self.config;
+        let header = check_shape(token)?;
+        let alg = allowed_algorithm(&header, &cfg.algorithms)?;
+        if header.contains_key("crit") {
+            return Err(TokenError::Malformed(
+                "the header lists critical extensions (crit), which are not supported",
+            ));
+        }
+        let kid = match header.get("kid") {
+            None => return Err(TokenError::UnknownKey("<none in the header>".into())),
+            Some(Value::String(kid)) => kid.as_str(),
+            Some(_) => return Err(TokenError::Malformed("the header's kid is not a string")),
+        };
+        // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
+        // that a garbage header should not be able to trigger.
+        jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+
+        let key = match self.keys.find(kid).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Err(TokenError::UnknownKey(jwks::truncated(kid))),
+            Err(error) => return Err(TokenError::IssuerUnavailable(error)),
+        };
+        if !key.accepts(alg) {
+            return Err(TokenError::BadSignature);
+        }
+
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&cfg.issuer]);
+        validation.set_audience(&[&cfg.client_id]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = cfg.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        let claims = match jsonwebtoken::decode::<Map<String, Value>>(
+            token,
+            key.decoding_key(),
+            &validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(error) => return Err(self.map_library_error(error.into_kind(), token)),
+        };
+        self.identity(&claims)
+    }
+
+    /// Maps jsonwebtoken's verdict to our reasons; anything unexpected counts as a bad signature,
+    /// so a new library error kind can only ever refuse a token.
+    fn map_library_error(&self, kind: ErrorKind, token: &str) -> TokenError {
+        match kind {
+            ErrorKind::ExpiredSignature => TokenError::Expired {
+                expired_at: expiry_of_verified(token),
+            },
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidIssuer => self.wrong_issuer(),
+            ErrorKind::InvalidAudience => self.wrong_audience(),
+            ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
+                TokenError::MissingClaim(claim)
+            }
+            ErrorKind::InvalidToken => TokenError::Malformed("it is not three JWT segments"),
+            ErrorKind::Base64(_) => TokenError::Malformed("a segment is not valid base64url"),
+            ErrorKind::Json(_) => {
+                TokenError::Malformed("the header or payload is not the expected JSON object")
+            }
+            ErrorKind::Utf8(_) => TokenError::Malformed("a segment is not valid UTF-8"),
+            _ => TokenError::BadSignature,
+        }
+    }
+
+    /// The checks jsonwebtoken does not do: exact `iss`, `azp` for several audiences, `iat`,
+    /// and the user's name and groups.
+    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, TokenError> {
+        let cfg = &self.config;
+        // jsonwebtoken also accepts an array of issuers if one matches; OIDC says one string.
+        if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
+            return Err(self.wrong_issuer());
+        }
+        self.check_audience(claims)?;
+
+        let leeway = i64::try_from(cfg.leeway.as_secs()).unwrap_or(i64::MAX);
+        let issued_at = match claims.get("iat") {
+            None => None,
+            Some(value) => {
+                Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
+            }
+        };
+        if let Some(iat) = issued_at
+            && iat.timestamp() > Utc::now().timestamp().saturating_add(leeway)
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let expires_at = claims
+            .get("exp")
+            .and_then(timestamp)
+            .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+
+        let username = match claims.get(&cfg.username_claim) {
+            Some(Value::String(name)) if !name.is_empty() => name,
+            _ => return Err(TokenError::MissingClaim(cfg.username_claim.clone())),
+        };
+        if username.chars().any(char::is_control) {
+            return Err(TokenError::Malformed(
+                "the username claim contains control characters",
+            ));
+        }
+        // Like kube-apiserver: an email is only an identity if the issuer did not say it is
+        // unverified.
+        if cfg.username_claim == "email" {
+            match claims.get("email_verified") {
+                None | Some(Value::Bool(true)) => {}
+                Some(_) => return Err(TokenError::MissingClaim("email_verified".into())),
+            }
+        }
+
+        let groups = match &cfg.groups_claim {
+            None => Vec::new(),
+            Some(claim) => {
+                let names = match claims.get(claim) {
+                    None => Vec::new(),
+                    Some(Value::String(group)) => vec![group.as_str()],
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(Value::as_str)
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| TokenError::MissingClaim(claim.clone()))?,
+                    Some(_) => return Err(TokenError::MissingClaim(claim.clone())),
+                };
+                if names.iter().any(|name| name.chars().any(char::is_control)) {
+                    return Err(TokenError::Malformed(
+                        "a group in the groups claim contains control characters",
+                    ));
+                }
+                names
+                    .into_iter()
+                    .map(|name| format!("{}{name}", cfg.groups_prefix))
+                    .collect()
+            }
+        };
+
+        Ok(Identity {
+            username: format!("{}{username}", cfg.username_prefix),
+            groups,
+            expires_at,
+            issued_at,
+        })
+    }
+
+    /// With several audiences the token was also meant for someone else; OIDC then requires
+    /// `azp` to say it was issued to us.
+    fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
+        let client_id = self.config.client_id.as_str();
+        let ok = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == client_id,
+            Some(Value::Array(auds)) => {
+                let listed = auds.iter().any(|aud| aud.as_str() == Some(client_id));
+                let azp_ok =
+                    auds.len() == 1 || claims.get("azp").and_then(Value::as_str) == Some(client_id);
+                listed && azp_ok
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(self.wrong_audience())
+        }
+    }
+
+    fn wrong_issuer(&self) -> TokenError {
+        TokenError::WrongIssuer {
+            expected: self.config.issuer.clone(),
+        }
+    }
+
+    fn wrong_audience(&self) -> TokenError {
+        TokenError::WrongAudience {
+            expected: self.config.client_id.clone(),
+        }
+    }
+}
+
+/// Length cap, then exactly three base64url segments (the signature may be empty, so that an
+/// unsigned `alg: none` token is refused for its algorithm), then a JSON object header.
+fn check_shape(token: &str) -> Result<Map<String, Value>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed("it is longer than 16 KiB"));
+    }
+    let segments: Vec<&str> = token.split('.').collect();
+    let [header, payload, signature] = segments.as_slice() else {
+        return Err(TokenError::Malformed(
+            "it does not consist of exactly three dot-separated segments",
+        ));
+    };
+    if header.is_empty() || payload.is_empty() {
+        return Err(TokenError::Malformed(
+            "the header or payload segment is empty",
+        ));
+    }
+    let header = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed("the header segment is not valid base64url"))?;
+    URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed("the payload segment is not valid base64url"))?;
+    URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
+    serde_json::from_slice(&header)
+        .map_err(|_| TokenError::Malformed("the header is not a JSON object"))
+}
+
+/// The header's algorithm, if it is one we accept; see the module docs for why a refused
+/// algorithm is `BadSignature`.
+fn allowed_algorithm(
+    header: &Map<String, Value>,
+    allowed: &[Algorithm],
+) -> Result<Algorithm, TokenError> {
+    let Some(name) = header.get("alg").and_then(Value::as_str) else {
+        return Err(TokenError::Malformed("the header has no alg"));
+    };
+    match name.parse::<Algorithm>() {
+        Ok(alg) if allowed.contains(&alg) && alg.family() != AlgorithmFamily::Hmac => Ok(alg),
+        _ => Err(TokenError::BadSignature),
+    }
+}
+
+/// A NumericDate (seconds, possibly fractional) as a time.
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    let seconds = match value.as_i64() {
+        Some(seconds) => seconds,
+        // Truncation is intended: sub-second precision does not matter here.
+        None => value.as_f64().filter(|s| s.is_finite())?.floor() as i64,
+    };
+    DateTime::from_timestamp(seconds, 0)
+}
+
+/// `exp` of a token whose signature jsonwebtoken has already verified (it checks times only
+/// after the signature), so the expiry message can say when.
+fn expiry_of_verified(token: &str) -> Option<DateTime<Utc>> {
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload).ok()?;
+    claims.get("exp").and_then(timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, sync::LazyLock};
+
+    use aws_lc_rs::{
+        encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+    };
+    use jsonwebtoken::{
+        EncodingKey, Header,
+        jwk::{Jwk, JwkSet, PublicKeyUse},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    const ISSUER: &str = "https://dex.example.com/dex";
+    const CLIENT: &str = "kubeconfig-operator";
+    const KID: &str = "issuer-rsa";
+    const EC_KID: &str = "issuer-ec";
+
+    struct TestKey {
+        encoding: EncodingKey,
+        jwk: Jwk,
+        /// SubjectPublicKeyInfo DER of the public key (RSA only), for key-confusion attacks.
+        public_der: Vec<u8>,
+    }
+
+    /// Splits the RSAPrivateKey (PKCS#1) out of a PKCS#8 PrivateKeyInfo, which is what
+    /// jsonwebtoken's `from_rsa_der` wants and aws-lc-rs does not export directly.
+    fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
+        fn element(input: &[u8]) -> (u8, &[u8], &[u8]) {
+            let (len, start) = if input[1] < 0x80 {
+                (usize::from(input[1]), 2)
+            } else {
+                let n = usize::from(input[1] & 0x7f);
+                let len = input[2..2 + n]
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+                (len, 2 + n)
+            };
+            (input[0], &input[start..start + len], &input[start + len..])
+        }
+        let (_, info, _) = element(pkcs8);
+        let (_, _, rest) = element(info); // version
+        let (_, _, rest) = element(rest); // algorithm identifier
+        let (tag, key, _) = element(rest);
+        assert_eq!(tag, 0x04, "PKCS#8 private key is an OCTET STRING");
+        key.to_vec()
+    }
+
+    fn with_kid(mut jwk: Jwk, kid: &str) -> Jwk {
+        jwk.common.key_id = Some(kid.into());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        jwk
+    }
+
+    fn rsa_key(kid: &str) -> TestKey {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
+        let encoding = EncodingKey::from_rsa_der(&pkcs1_from_pkcs8(pkcs8.as_ref()));
+        let public: PublicKeyX509Der = pair.public_key().as_der().unwrap();
+        let jwk = with_kid(
+            Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap(),
+            kid,
+        );
+        TestKey {
+            encoding,
+            jwk,
+            public_der: public.as_ref().to_vec(),
+        }
+    }
+
+    fn ec_key(kid: &str) -> TestKey {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let jwk = with_kid(
+            Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap(),
+            kid,
+        );
+        TestKey {
+            encoding,
+            jwk,
+            public_der: Vec::new(),
+        }
+    }
+
+    // RSA key generation is slow in debug builds: once per test binary.
+    static ISSUER_KEY: LazyLock<TestKey> = LazyLock::new(|| rsa_key(KID));
+    static ATTACKER_KEY: LazyLock<TestKey> = LazyLock::new(|| rsa_key("attacker"));
+    static ISSUER_EC_KEY: LazyLock<TestKey> = LazyLock::new(|| ec_key(EC_KID));
+
+    fn config(algorithms: &[Algorithm]) -> OidcConfig {
+        OidcConfig {
+            issuer_url: url::Url::parse(ISSUER).unwrap(),
+            issuer: ISSUER.into(),
+            client_id: CLIENT.into(),
+            username_claim: "email".into(),
+            username_prefix: "oidc:".into(),
+            groups_claim: Some("groups".into()),
+            groups_prefix: "oidc:".into(),
+            ca_file: None::<PathBuf>,
+            algorithms: algorithms.to_vec(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    fn verifier_for(algorithms: &[Algorithm]) -> Verifier {
+        let jwks = JwkSet {
+            keys: vec![ISSUER_KEY.jwk.clone(), ISSUER_EC_KEY.jwk.clone()],
+        };
+        Verifier::with_keys(config(algorithms), KeySet::from_static(&jwks, algorithms))
+    }
+
+    fn verifier() -> Verifier {
+        verifier_for(&[Algorithm::RS256])
+    }
+
+    fn now() -> i64 {
+        Utc::now().timestamp()
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": ISSUER,
+            "sub": "CiQwOGE4Njg0Yi1kYjg4",
+            "aud": CLIENT,
+            "exp": now() + 600,
+            "iat": now() - 5,
+            "email": "jane@example.com",
+            "email_verified": true,
+            "groups": ["dev", "ops"],
+        })
+    }
+
+    fn with(mut claims: Value, name: &str, value: Value) -> Value {
+        claims[name] = value;
+        claims
+    }
+
+    fn without(mut claims: Value, name: &str) -> Value {
+        claims.as_object_mut().unwrap().remove(name);
+        claims
+    }
+
+    fn header(alg: Algorithm, kid: &str) -> Header {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        header
+    }
+
+    fn sign_with(header: &Header, claims: &Value, key: &EncodingKey) -> String {
+        jsonwebtoken::encode(header, claims, key).unwrap()
+    }
+
+    fn sign(claims: &Value) -> String {
+        sign_with(&header(Algorithm::RS256, KID), claims, &ISSUER_KEY.encoding)
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A hand-assembled token, for headers and payloads jsonwebtoken would not produce.
+    fn raw(header: &Value, payload: &[u8], signature: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(payload),
+            b64(signature)
+        )
+    }
+
+    /// A real RS256 signature by the issuer over an arbitrary payload.
+    fn signed_raw(header: &Value, payload: &[u8]) -> String {
+        let message = format!("{}.{}", b64(header.to_string().as_bytes()), b64(payload));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &ISSUER_KEY.encoding, Algorithm::RS256)
+                .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    fn pem(der: &[u8]) -> Vec<u8> {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|line| std::str::from_utf8(line).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        )
+        .into_bytes()
+    }
+
+    async fn check(verifier: &Verifier, token: &str) -> Result<Identity, TokenError> {
+        verifier.verify(&IdToken::from(token.to_owned())).await
+    }
+
+    fn reason(result: &Result<Identity, TokenError>) -> &'static str {
+        match result {
+            Ok(_) => "Accepted",
+            Err(error) => error.reason(),
+        }
+    }
+
+    /// Every hostile token of the threat model, with the reason it must be refused for. Also
+    /// checks that no refusal message repeats any part of the token.
+    #[tokio::test]
+    async fn hostile_tokens_are_refused_for_the_right_reason() {
+        let verifier = verifier();
+        let good = sign(&claims());
+        let [good_header, good_payload, good_signature]: [&str; 3] =
+            good.split('.').collect::<Vec<_>>().try_into().unwrap();
+        let attacker = &ATTACKER_KEY;
+        let public_der = &ISSUER_KEY.public_der;
+        let attacker_jwk = serde_json::to_value(&attacker.jwk).unwrap();
+
+        let mut jku = header(Algorithm::RS256, "attacker");
+        jku.jku = Some("https://attacker.example/jwks.json".into());
+        let mut x5u = header(Algorithm::RS256, "attacker");
+        x5u.x5u = Some("https://attacker.example/cert.pem".into());
+        let mut embedded = header(Algorithm::RS256, "attacker");
+        embedded.jwk = Some(attacker.jwk.clone());
+        let mut jku_real_kid = header(Algorithm::RS256, KID);
+        jku_real_kid.jku = Some("https://attacker.example/jwks.json".into());
+        let mut embedded_real_kid = header(Algorithm::RS256, KID);
+        embedded_real_kid.jwk = Some(attacker.jwk.clone());
+        let mut x5c_real_kid = header(Algorithm::RS256, KID);
+        x5c_real_kid.x5c = Some(vec![
+            base64::engine::general_purpose::STANDARD.encode(public_der),
+        ]);
+        let mut no_kid = Header::new(Algorithm::RS256);
+        no_kid.kid = None;
+
+        let several_auds = with(claims(), "aud", json!([CLIENT, "other-client"]));
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "alg none",
+                raw(
+                    &json!({"alg": "none", "kid": KID}),
+                    claims().to_string().as_bytes(),
+                    b"",
+                ),
+                "BadSignature",
+            ),
+            (
+                "HS256 keyed with the issuer's public key (DER)",
+                sign_with(
+                    &header(Algorithm::HS256, KID),
+                    &claims(),
+                    &EncodingKey::from_secret(public_der),
+                ),
+                "BadSignature",
+            ),
+            (
+                "HS256 keyed with the issuer's public key (PEM)",
+                sign_with(
+                    &header(Algorithm::HS256, KID),
+                    &claims(),
+                    &EncodingKey::from_secret(&pem(public_der)),
+                ),
+                "BadSignature",
+            ),
+            (
+                "RS256 by another key under the issuer's kid",
+                sign_with(
+                    &header(Algorithm::RS256, KID),
+                    &claims(),
+                    &attacker.encoding,
+                ),
+                "BadSignature",
+            ),
+            (
+                "unknown kid",
+                sign_with(
+                    &header(Algorithm::RS256, "attacker"),
+                    &claims(),
+                    &attacker.encoding,
+                ),
+                "UnknownKey",
+            ),
+            (
+                "no kid",
+                sign_with(&no_kid, &claims(), &ISSUER_KEY.encoding),
+                "UnknownKey",
+            ),
+            (
+                "kid with path text",
+                sign_with(
+                    &header(Algorithm::RS256, "../../etc/passwd"),
+                    &claims(),
+                    &attacker.encoding,
+                ),
+                "UnknownKey",
+            ),
+            (
+                "kid with URL text",
+                sign_with(
+                    &header(Algorithm::RS256, "https://attacker.example/jwks.json"),
+                    &claims(),
+                    &attacker.encoding,
+                ),
+                "UnknownKey",
+            ),
+            (
+                "jku to attacker keys",
+                sign_with(&jku, &claims(), &attacker.encoding),
+                "UnknownKey",
+            ),
+            (
+                "x5u to attacker cert",
+                sign_with(&x5u, &claims(), &attacker.encoding),
+                "UnknownKey",
+            ),
+            (
+                "embedded attacker jwk",
+                sign_with(&embedded, &claims(), &attacker.encoding),
+                "UnknownKey",
+            ),
+            (
+                "jku with the issuer's kid",
+                sign_with(&jku_real_kid, &claims(), &attacker.encoding),
+                "BadSignature",
+            ),
+            (
+                "embedded jwk with the issuer's kid",
+                sign_with(&embedded_real_kid, &claims(), &attacker.encoding),
+                "BadSignature",
+            ),
+            (
+                "x5c with the issuer's kid",
+                sign_with(&x5c_real_kid, &claims(), &attacker.encoding),
+                "BadSignature",
+            ),
+            (
+                "raw embedded jwk header",
+                raw(
+                    &json!({"alg": "RS256", "kid": KID, "jwk": attacker_jwk}),
+                    claims().to_string().as_bytes(),
+                    b"sig",
+                ),
+                "BadSignature",
+            ),
+            (
+                "expired",
+                sign(&with(claims(), "exp", json!(now() - 3600))),
+                "Expired",
+            ),
+            (
+                "nbf in the future",
+                sign(&with(claims(), "nbf", json!(now() + 3600))),
+                "NotYetValid",
+            ),
+            (
+                "iat in the future",
+                sign(&with(claims(), "iat", json!(now() + 3600))),
+                "NotYetValid",
+            ),
+            (
+                "wrong iss",
+                sign(&with(claims(), "iss", json!("https://evil.example/dex"))),
+                "WrongIssuer",
+            ),
+            (
+                "iss with an added trailing slash",
+                sign(&with(claims(), "iss", json!(format!("{ISSUER}/")))),
+                "WrongIssuer",
+            ),
+            (
+                "iss as an array",
+                sign(&with(
+                    claims(),
+                    "iss",
+                    json!([ISSUER, "https://evil.example"]),
+                )),
+                "WrongIssuer",
+            ),
+            (
+                "missing iss",
+                sign(&without(claims(), "iss")),
+                "MissingClaim",
+            ),
+            (
+                "missing aud",
+                sign(&without(claims(), "aud")),
+                "MissingClaim",
+            ),
+            (
+                "missing exp",
+                sign(&without(claims(), "exp")),
+                "MissingClaim",
+            ),
+            (
+                "foreign aud",
+                sign(&with(claims(), "aud", json!("another-client"))),
+                "WrongAudience",
+            ),
+            (
+                "several audiences without azp",
+                sign(&several_auds),
+                "WrongAudience",
+            ),
+            (
+                "several audiences with a wrong azp",
+                sign(&with(several_auds.clone(), "azp", json!("other-client"))),
+                "WrongAudience",
+            ),
+            (
+                "several audiences with the right azp",
+                sign(&with(several_auds.clone(), "azp", json!(CLIENT))),
+                "Accepted",
+            ),
+            (
+                "bad base64 in the header",
+                format!("{good_header}*.{good_payload}.{good_signature}"),
+                "Malformed",
+            ),
+            (
+                "bad base64 in the payload",
+                format!("{good_header}.{good_payload}*.{good_signature}"),
+                "Malformed",
+            ),
+            (
+                "bad base64 in the signature",
+                format!("{good_header}.{good_payload}.{good_signature}*"),
+                "Malformed",
+            ),
+            (
+                "impossible base64 length",
+                format!("{good_header}.{good_payload}.{good_signature}a"),
+                "Malformed",
+            ),
+            (
+                "two segments",
+                format!("{good_header}.{good_payload}"),
+                "Malformed",
+            ),
+            (
+                "four segments",
+                format!("{good}.{good_signature}"),
+                "Malformed",
+            ),
+            ("empty string", String::new(), "Malformed"),
+            (
+                "64 KiB token",
+                format!("{good_header}.{}.{good_signature}", "A".repeat(64 * 1024)),
+                "Malformed",
+            ),
+            (
+                "header not JSON",
+                raw_header_bytes(b"not json", good_payload, good_signature),
+                "Malformed",
+            ),
+            (
+                "payload not JSON",
+                signed_raw(&json!({"alg": "RS256", "kid": KID}), b"not json"),
+                "Malformed",
+            ),
+            (
+                "payload a JSON array",
+                signed_raw(&json!({"alg": "RS256", "kid": KID}), b"[1,2,3]"),
+                "Malformed",
+            ),
+            (
+                "kid not a string",
+                raw(
+                    &json!({"alg": "RS256", "kid": 7}),
+                    claims().to_string().as_bytes(),
+                    b"sig",
+                ),
+                "Malformed",
+            ),
+            (
+                "crit header",
+                raw(
+                    &json!({"alg": "RS256", "kid": KID, "crit": ["exp"]}),
+                    claims().to_string().as_bytes(),
+                    b"sig",
+                ),
+                "Malformed",
+            ),
+            (
+                "username claim missing",
+                sign(&without(claims(), "email")),
+                "MissingClaim",
+            ),
+            (
+                "username claim a number",
+                sign(&with(claims(), "email", json!(42))),
+                "MissingClaim",
+            ),
+            (
+                "username claim empty",
+                sign(&with(claims(), "email", json!(""))),
+                "MissingClaim",
+            ),
+            (
+                "username with control characters",
+                sign(&with(claims(), "email", json!("jane\n@example.com"))),
+                "Malformed",
+            ),
+            (
+                "email_verified false",
+                sign(&with(claims(), "email_verified", json!(false))),
+                "MissingClaim",
+            ),
+            (
+                "email_verified a string",
+                sign(&with(claims(), "email_verified", json!("true"))),
+                "MissingClaim",
+            ),
+            (
+                "ES256 when only RS256 is allowed",
+                sign_with(
+                    &header(Algorithm::ES256, EC_KID),
+                    &claims(),
+                    &ISSUER_EC_KEY.encoding,
+                ),
+                "BadSignature",
+            ),
+            (
+                "groups a number",
+                sign(&with(claims(), "groups", json!(7))),
+                "MissingClaim",
+            ),
+            (
+                "groups an array with a number",
+                sign(&with(claims(), "groups", json!(["dev", 7]))),
+                "MissingClaim",
+            ),
+            ("a valid RS256 token", good.clone(), "Accepted"),
+        ];
+
+        let mut failures = Vec::new();
+        for (name, token, expected) in &cases {
+            let result = check(&verifier, token).await;
+            if reason(&result) != *expected {
+                failures.push(format!("{name}: expected {expected}, got {result:?}"));
+            }
+            if let Err(error) = &result {
+                for shown in [error.to_string(), format!("{error:?}")] {
+                    if repeats_token_text(&shown, token) {
+                        failures.push(format!("{name}: the message repeats token text: {shown}"));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Whether `message` contains a segment of `token` or any 12 consecutive characters of it.
+    fn repeats_token_text(message: &str, token: &str) -> bool {
+        let segments = token.split('.').filter(|segment| segment.len() >= 8);
+        let chars: Vec<char> = message.chars().collect();
+        segments
+            .into_iter()
+            .any(|segment| message.contains(segment))
+            || chars
+                .windows(12)
+                .any(|window| token.contains(&window.iter().collect::<String>()))
+    }
+
+    fn raw_header_bytes(header: &[u8], payload: &str, signature: &str) -> String {
+        format!("{}.{payload}.{signature}", b64(header))
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_yields_the_identity() {
+        let exp = now() + 600;
+        let iat = now() - 5;
+        let token = sign(&with(with(claims(), "exp", json!(exp)), "iat", json!(iat)));
+        let identity = check(&verifier(), &token).await.unwrap();
+        assert_eq!(
+            identity,
+            Identity {
+                username: "oidc:jane@example.com".into(),
+                groups: vec!["oidc:dev".into(), "oidc:ops".into()],
+                expires_at: DateTime::from_timestamp(exp, 0).unwrap(),
+                issued_at: DateTime::from_timestamp(iat, 0),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_as_a_string_is_one_group_and_absent_is_none() {
+        let verifier = verifier();
+        let one = check(&verifier, &sign(&with(claims(), "groups", json!("admins"))))
+            .await
+            .unwrap();
+        assert_eq!(one.groups, vec!["oidc:admins".to_owned()]);
+        let none = check(&verifier, &sign(&without(claims(), "groups")))
+            .await
+            .unwrap();
+        assert!(none.groups.is_empty());
+    }
+
+    #[tokio::test]
+    async fn email_verified_may_be_absent_and_other_claims_need_no_verification() {
+        let verifier = verifier();
+        let token = sign(&without(claims(), "email_verified"));
+        assert!(check(&verifier, &token).await.is_ok());
+
+        let mut cfg = config(&[Algorithm::RS256]);
+        cfg.username_claim = "sub".into();
+        let jwks = JwkSet {
+            keys: vec![ISSUER_KEY.jwk.clone()],
+        };
+        let by_sub = Verifier::with_keys(cfg, KeySet::from_static(&jwks, &[Algorithm::RS256]));
+        let token = sign(&with(claims(), "email_verified", json!(false)));
+        assert_eq!(
+            check(&by_sub, &token).await.unwrap().username,
+            "oidc:CiQwOGE4Njg0Yi1kYjg4"
+        );
+    }
+
+    #[tokio::test]
+    async fn times_within_the_leeway_are_accepted() {
+        let verifier = verifier();
+        let claims = with(
+            with(
+                with(claims(), "exp", json!(now() - 10)),
+                "nbf",
+                json!(now() + 10),
+            ),
+            "iat",
+            json!(now() + 10),
+        );
+        assert!(check(&verifier, &sign(&claims)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn expired_says_when() {
+        let exp = now() - 3600;
+        let error = check(&verifier(), &sign(&with(claims(), "exp", json!(exp))))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            TokenError::Expired {
+                expired_at: DateTime::from_timestamp(exp, 0)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn es256_is_accepted_when_allowed_but_never_with_an_rsa_key() {
+        let verifier = verifier_for(&[Algorithm::RS256, Algorithm::ES256]);
+        let token = sign_with(
+            &header(Algorithm::ES256, EC_KID),
+            &claims(),
+            &ISSUER_EC_KEY.encoding,
+        );
+        assert!(check(&verifier, &token).await.is_ok());
+
+        // ES256 header naming the RSA key: the key type does not fit the algorithm.
+        let token = sign_with(
+            &header(Algorithm::ES256, KID),
+            &claims(),
+            &ISSUER_EC_KEY.encoding,
+        );
+        assert_eq!(
+            check(&verifier, &token).await.unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[tokio::test]
+    async fn hmac_is_refused_even_if_configured() {
+        // Config validation forbids HMAC; this guards against that check ever going missing.
+        let verifier = verifier_for(&[Algorithm::RS256, Algorithm::HS256]);
+        let secret = EncodingKey::from_secret(&ISSUER_KEY.public_der);
+        let token = sign_with(&header(Algorithm::HS256, KID), &claims(), &secret);
+        assert_eq!(
+            check(&verifier, &token).await.unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_issuer_is_reported_as_such() {
+        let mut cfg = config(&[Algorithm::RS256]);
+        // Nothing listens on port 1; the connection is refused at once.
+        cfg.issuer = "http://127.0.0.1:1/dex".into();
+        cfg.issuer_url = url::Url::parse(&cfg.issuer).unwrap();
+        let verifier = Verifier::new(cfg).await.unwrap();
+        assert!(!verifier.is_ready());
+        let error = check(&verifier, &sign(&claims())).await.unwrap_err();
+        assert_eq!(error.reason(), "IssuerUnavailable", "{error}");
+        assert!(verifier.load().await.is_err());
+        assert!(!verifier.is_ready());
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_or_display() {
+        let token = IdToken::from("eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl".to_owned());
+        assert_eq!(format!("{token:?}"), "IdToken(<redacted, 34 bytes>)");
+        assert!(!token.to_string().contains("eyJ"));
+        assert_eq!(token.expose(), "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl");
+    }
+
+    #[test]
+    fn every_error_has_its_reason_and_a_message() {
+        let issuer_error = IssuerError::Unreachable {
+            url: "https://dex.example.com/dex/keys".into(),
+            detail: "connection refused".into(),
+        };
+        let cases = [
+            (
+                TokenError::Malformed("it is longer than 16 KiB"),
+                "Malformed",
+            ),
+            (TokenError::BadSignature, "BadSignature"),
+            (TokenError::UnknownKey("k1".into()), "UnknownKey"),
+            (TokenError::Expired { expired_at: None }, "Expired"),
+            (TokenError::NotYetValid, "NotYetValid"),
+            (
+                TokenError::WrongIssuer {
+                    expected: ISSUER.into(),
+                },
+                "WrongIssuer",
+            ),
+            (
+                TokenError::WrongAudience {
+                    expected: CLIENT.into(),
+                },
+                "WrongAudience",
+            ),
+            (TokenError::MissingClaim("email".into()), "MissingClaim"),
+            (
+                TokenError::IssuerUnavailable(issuer_error),
+                "IssuerUnavailable",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.reason(), expected);
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_are_shortened_to_printable_text() {
+        let kid = format!("{}\u{1b}[31m", "k".repeat(300));
+        let token = sign_with(
+            &header(Algorithm::RS256, &kid),
+            &claims(),
+            &ATTACKER_KEY.encoding,
+        );
+        let TokenError::UnknownKey(shown) = check(&verifier(), &token).await.unwrap_err() else {
+            panic!("expected UnknownKey");
+        };
+        assert!(shown.chars().count() <= 65, "{shown}");
+        assert!(shown.chars().all(|c| c.is_ascii_graphic() || c == '…'));
+    }
+}
