@@ -9,8 +9,11 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-/// How far token times (`exp`, `nbf`, `iat`) may be off, to absorb clock skew between Dex and us.
-const TOKEN_LEEWAY: Duration = Duration::from_secs(30);
+/// How far token times (`exp`, `nbf`, `iat`) may be off by default, to absorb clock skew between
+/// Dex and us.
+const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+/// More skew than this would keep expired tokens alive for too long.
+const MAX_LEEWAY_SECONDS: u64 = 300;
 
 /// A configuration problem, naming the field so a person knows what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +60,7 @@ pub struct FileOidc {
     pub groups_prefix: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub signing_algorithms: Option<Vec<String>>,
+    pub leeway_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,8 +122,15 @@ pub struct ConfigArgs {
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_CA_FILE")]
     pub oidc_ca_file: Option<PathBuf>,
     /// Comma-separated signing algorithms accepted [file: oidc.signingAlgorithms; default RS256].
-    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_SIGNING_ALGORITHMS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KUBECONFIG_OPERATOR_OIDC_SIGNING_ALGORITHMS",
+        value_delimiter = ','
+    )]
     pub oidc_signing_algorithms: Option<Vec<String>>,
+    /// Clock skew tolerated on exp, nbf and iat, in seconds [file: oidc.leewaySeconds; default 30, at most 300].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_LEEWAY_SECONDS")]
+    pub oidc_leeway_seconds: Option<u64>,
     /// Address the HTTP server listens on [file: http.listen; default 127.0.0.1:8000].
     #[arg(long, env = "KUBECONFIG_OPERATOR_LISTEN")]
     pub listen: Option<String>,
@@ -209,7 +220,8 @@ impl Config {
     /// Combines file and overrides; separate from `load` so it can be tested without files.
     pub fn resolve(file: FileConfig, args: &ConfigArgs) -> Result<Self, ConfigError> {
         let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
-        let pick_path = |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
+        let pick_path =
+            |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
 
         let kubeconfig = KubeconfigSettings {
             cluster_name: non_empty_name(
@@ -264,21 +276,34 @@ impl Config {
                     .or(file.oidc.signing_algorithms)
                     .unwrap_or_else(|| vec!["RS256".into()]),
             )?,
-            leeway: TOKEN_LEEWAY,
+            leeway: leeway(
+                args.oidc_leeway_seconds
+                    .or(file.oidc.leeway_seconds)
+                    .unwrap_or(DEFAULT_LEEWAY_SECONDS),
+            )?,
         };
 
-        let listen = pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
+        let listen =
+            pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
         let http = HttpConfig {
             listen: listen.parse().map_err(|_| {
                 ConfigError::new("http.listen", format!("{listen:?} is not an address:port"))
             })?,
             tls: tls_files(
-                readable_file("http.tlsCertFile", pick_path(&args.tls_cert_file, file.http.tls_cert_file))?,
-                readable_file("http.tlsKeyFile", pick_path(&args.tls_key_file, file.http.tls_key_file))?,
+                readable_file(
+                    "http.tlsCertFile",
+                    pick_path(&args.tls_cert_file, file.http.tls_cert_file),
+                )?,
+                readable_file(
+                    "http.tlsKeyFile",
+                    pick_path(&args.tls_key_file, file.http.tls_key_file),
+                )?,
             )?,
             max_connections: positive(
                 "http.maxConnections",
-                args.max_connections.or(file.http.max_connections).unwrap_or(1024),
+                args.max_connections
+                    .or(file.http.max_connections)
+                    .unwrap_or(1024),
             )?,
             requests_per_minute_per_client: positive(
                 "http.requestsPerMinutePerClient",
@@ -300,9 +325,22 @@ impl Config {
     }
 }
 
+fn leeway(seconds: u64) -> Result<Duration, ConfigError> {
+    if seconds > MAX_LEEWAY_SECONDS {
+        return Err(ConfigError::new(
+            "oidc.leewaySeconds",
+            format!("{seconds} is more than {MAX_LEEWAY_SECONDS}"),
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
 fn non_empty_name(field: &str, value: String) -> Result<String, ConfigError> {
     if value.trim().is_empty() || value.chars().any(char::is_control) {
-        return Err(ConfigError::new(field, "must be a non-empty name without control characters"));
+        return Err(ConfigError::new(
+            field,
+            "must be a non-empty name without control characters",
+        ));
     }
     Ok(value)
 }
@@ -334,7 +372,9 @@ fn ca_pem(data: Option<String>, file: Option<PathBuf>) -> Result<Option<Vec<u8>>
         }
         (Some(data), None) => base64::engine::general_purpose::STANDARD
             .decode(data.trim())
-            .map_err(|e| ConfigError::new("certificateAuthorityData", format!("is not base64: {e}")))?,
+            .map_err(|e| {
+                ConfigError::new("certificateAuthorityData", format!("is not base64: {e}"))
+            })?,
         (None, Some(path)) => std::fs::read(&path).map_err(|e| {
             ConfigError::new(
                 "certificateAuthorityFile",
@@ -366,18 +406,33 @@ fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, 
 
 fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key) {
-        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles { cert_file, key_file })),
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+        })),
         (None, None) => Ok(None),
-        (Some(_), None) => Err(ConfigError::new("http.tlsKeyFile", "is required with http.tlsCertFile")),
-        (None, Some(_)) => Err(ConfigError::new("http.tlsCertFile", "is required with http.tlsKeyFile")),
+        (Some(_), None) => Err(ConfigError::new(
+            "http.tlsKeyFile",
+            "is required with http.tlsCertFile",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "http.tlsCertFile",
+            "is required with http.tlsKeyFile",
+        )),
     }
 }
 
-fn positive<T: PartialOrd + Default + std::fmt::Display>(field: &str, value: T) -> Result<T, ConfigError> {
+fn positive<T: PartialOrd + Default + std::fmt::Display>(
+    field: &str,
+    value: T,
+) -> Result<T, ConfigError> {
     if value > T::default() {
         Ok(value)
     } else {
-        Err(ConfigError::new(field, format!("must be greater than zero, got {value}")))
+        Err(ConfigError::new(
+            field,
+            format!("must be greater than zero, got {value}"),
+        ))
     }
 }
 
@@ -416,7 +471,9 @@ fn optional_dns_label(field: &str, value: Option<String>) -> Result<Option<Strin
         Some(value) if is_dns_label(&value) => Ok(Some(value)),
         Some(value) => Err(ConfigError::new(
             field,
-            format!("{value:?} is not a namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"),
+            format!(
+                "{value:?} is not a namespace name (a DNS label: lowercase letters, digits and '-', at most 63)"
+            ),
         )),
         None => Ok(None),
     }
@@ -448,7 +505,9 @@ mod tests {
     }
 
     fn error_field(file: FileConfig, args: &ConfigArgs) -> String {
-        Config::resolve(file, args).expect_err("configuration must be refused").field
+        Config::resolve(file, args)
+            .expect_err("configuration must be refused")
+            .field
     }
 
     #[test]
@@ -489,21 +548,51 @@ mod tests {
 
     #[test]
     fn missing_required_fields_are_named() {
-        let no_server = ConfigArgs { server: None, ..minimal() };
+        let no_server = ConfigArgs {
+            server: None,
+            ..minimal()
+        };
         assert_eq!(error_field(FileConfig::default(), &no_server), "server");
-        let no_issuer = ConfigArgs { oidc_issuer_url: None, ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &no_issuer), "oidc.issuerUrl");
-        let blank_client = ConfigArgs { oidc_client_id: Some(" ".into()), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &blank_client), "oidc.clientId");
+        let no_issuer = ConfigArgs {
+            oidc_issuer_url: None,
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &no_issuer),
+            "oidc.issuerUrl"
+        );
+        let blank_client = ConfigArgs {
+            oidc_client_id: Some(" ".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &blank_client),
+            "oidc.clientId"
+        );
     }
 
     #[test]
     fn plain_http_and_garbage_urls_are_refused() {
-        for bad in ["http://127.0.0.1:6443", "not a url", "https://", "https://h/?q=1"] {
-            let args = ConfigArgs { server: Some(bad.into()), ..minimal() };
+        for bad in [
+            "http://127.0.0.1:6443",
+            "not a url",
+            "https://",
+            "https://h/?q=1",
+        ] {
+            let args = ConfigArgs {
+                server: Some(bad.into()),
+                ..minimal()
+            };
             assert_eq!(error_field(FileConfig::default(), &args), "server", "{bad}");
-            let args = ConfigArgs { oidc_issuer_url: Some(bad.into()), ..minimal() };
-            assert_eq!(error_field(FileConfig::default(), &args), "oidc.issuerUrl", "{bad}");
+            let args = ConfigArgs {
+                oidc_issuer_url: Some(bad.into()),
+                ..minimal()
+            };
+            assert_eq!(
+                error_field(FileConfig::default(), &args),
+                "oidc.issuerUrl",
+                "{bad}"
+            );
         }
     }
 
@@ -518,8 +607,14 @@ mod tests {
             assert_eq!(error.field, "oidc.signingAlgorithms");
             assert!(error.problem.contains(bad));
         }
-        let empty = ConfigArgs { oidc_signing_algorithms: Some(vec![]), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &empty), "oidc.signingAlgorithms");
+        let empty = ConfigArgs {
+            oidc_signing_algorithms: Some(vec![]),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &empty),
+            "oidc.signingAlgorithms"
+        );
     }
 
     #[test]
@@ -529,37 +624,97 @@ mod tests {
             ca_file: Some("/etc/hostname".into()),
             ..minimal()
         };
-        assert_eq!(error_field(FileConfig::default(), &both), "certificateAuthorityData");
-        let not_base64 = ConfigArgs { ca_data: Some("***".into()), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &not_base64), "certificateAuthorityData");
-        let not_pem = ConfigArgs { ca_data: Some("aGVsbG8=".into()), ..minimal() };
+        assert_eq!(
+            error_field(FileConfig::default(), &both),
+            "certificateAuthorityData"
+        );
+        let not_base64 = ConfigArgs {
+            ca_data: Some("***".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &not_base64),
+            "certificateAuthorityData"
+        );
+        let not_pem = ConfigArgs {
+            ca_data: Some("aGVsbG8=".into()),
+            ..minimal()
+        };
         let error = Config::resolve(FileConfig::default(), &not_pem).unwrap_err();
         assert_eq!(error.problem, "holds no PEM certificate");
-        let missing = ConfigArgs { ca_file: Some("/nonexistent/ca.pem".into()), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &missing), "certificateAuthorityFile");
+        let missing = ConfigArgs {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &missing),
+            "certificateAuthorityFile"
+        );
     }
 
     #[test]
     fn namespaces_must_be_dns_labels() {
         for bad in ["Team", "-a", "a-", "a_b", &"a".repeat(64)] {
-            let args = ConfigArgs { default_namespace: Some(bad.into()), ..minimal() };
-            assert_eq!(error_field(FileConfig::default(), &args), "defaultNamespace", "{bad}");
+            let args = ConfigArgs {
+                default_namespace: Some(bad.into()),
+                ..minimal()
+            };
+            assert_eq!(
+                error_field(FileConfig::default(), &args),
+                "defaultNamespace",
+                "{bad}"
+            );
         }
-        let args = ConfigArgs { watch_namespace: Some("UPPER".into()), ..minimal() };
+        let args = ConfigArgs {
+            watch_namespace: Some("UPPER".into()),
+            ..minimal()
+        };
         assert_eq!(error_field(FileConfig::default(), &args), "watchNamespace");
         assert!(is_dns_label("team-a1"));
     }
 
     #[test]
     fn http_settings_are_checked() {
-        let bad_listen = ConfigArgs { listen: Some("localhost".into()), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &bad_listen), "http.listen");
-        let half_tls = ConfigArgs { tls_cert_file: Some("/etc/hostname".into()), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &half_tls), "http.tlsKeyFile");
-        let zero = ConfigArgs { max_connections: Some(0), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &zero), "http.maxConnections");
-        let zero_rate = ConfigArgs { requests_per_minute_per_client: Some(0), ..minimal() };
-        assert_eq!(error_field(FileConfig::default(), &zero_rate), "http.requestsPerMinutePerClient");
+        let bad_listen = ConfigArgs {
+            listen: Some("localhost".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &bad_listen),
+            "http.listen"
+        );
+        let half_tls = ConfigArgs {
+            tls_cert_file: Some("/etc/hostname".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &half_tls),
+            "http.tlsKeyFile"
+        );
+        let zero = ConfigArgs {
+            max_connections: Some(0),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &zero),
+            "http.maxConnections"
+        );
+        let long_leeway = ConfigArgs {
+            oidc_leeway_seconds: Some(301),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &long_leeway),
+            "oidc.leewaySeconds"
+        );
+        let zero_rate = ConfigArgs {
+            requests_per_minute_per_client: Some(0),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &zero_rate),
+            "http.requestsPerMinutePerClient"
+        );
     }
 
     #[test]

@@ -34,7 +34,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
         /// Log line format.
-        #[arg(long, value_enum, default_value_t, env = "KUBECONFIG_OPERATOR_LOG_FORMAT")]
+        #[arg(
+            long,
+            value_enum,
+            default_value_t,
+            env = "KUBECONFIG_OPERATOR_LOG_FORMAT"
+        )]
         log_format: LogFormat,
     },
     /// Print the KubeconfigRequest CustomResourceDefinition as YAML.
@@ -90,7 +95,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
-    let verifier = Arc::new(Verifier::new(config.oidc.clone())?);
+    let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
     let metrics = Arc::new(Metrics::default());
     let controller_ready = Arc::new(AtomicBool::new(false));
@@ -122,7 +127,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }));
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let (_, served) = tokio::join!(
-        reconciler::run(context, config.watch_namespace.as_deref(), controller_ready, on_stop()),
+        reconciler::run(
+            context,
+            config.watch_namespace.as_deref(),
+            controller_ready,
+            on_stop()
+        ),
         http::serve(&config.http, router, on_stop()),
     );
     served?;

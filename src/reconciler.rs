@@ -117,9 +117,9 @@ impl Reason {
     }
 
     fn for_token_error(error: &TokenError) -> Self {
-        match error.reason() {
-            "Expired" => Reason::TokenExpired,
-            "IssuerUnavailable" => Reason::IssuerUnavailable,
+        match error {
+            TokenError::Expired { .. } => Reason::TokenExpired,
+            TokenError::IssuerUnavailable(_) => Reason::IssuerUnavailable,
             _ => Reason::TokenInvalid,
         }
     }
@@ -463,7 +463,7 @@ async fn update_status(
         last_transition_time: previous
             .filter(|c| c.status == status_text)
             .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(Utc::now())),
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
     };
     let status = KubeconfigRequestStatus {
         conditions: vec![condition],
@@ -661,6 +661,17 @@ mod tests {
         assert_ne!(altered, label_value("alice.example@com"));
         assert!(label_value(&"a".repeat(100)).len() <= 63);
         assert!(!label_value("-x-").starts_with('-'));
+    }
+
+    #[test]
+    fn token_errors_map_to_condition_reasons() {
+        let expired = TokenError::Expired { expired_at: None };
+        assert_eq!(Reason::for_token_error(&expired), Reason::TokenExpired);
+        let unavailable = TokenError::IssuerUnavailable(crate::jwks::IssuerError::Setup("x".into()));
+        assert_eq!(Reason::for_token_error(&unavailable), Reason::IssuerUnavailable);
+        for invalid in [TokenError::BadSignature, TokenError::NotYetValid, TokenError::Malformed("x")] {
+            assert_eq!(Reason::for_token_error(&invalid), Reason::TokenInvalid);
+        }
     }
 
     #[test]
