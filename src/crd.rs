@@ -39,7 +39,10 @@ pub struct KubeconfigRequestSpec {
 
     /// Namespace set in the kubeconfig's context; kubectl uses it when no -n is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: Option<String>,
 
     /// Name of the Secret that receives the kubeconfig (key "kubeconfig"). By default it is

@@ -68,7 +68,9 @@ mod tests {
         KubeconfigSettings {
             cluster_name: "kyma.local".into(),
             server: "https://apiserver.kyma.local:9443".into(),
-            ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec()),
+            ca_pem: Some(
+                b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         }
@@ -87,15 +89,25 @@ mod tests {
         assert_eq!(parsed["current-context"], "kyma.local");
         assert_eq!(parsed["preferences"], serde_json::json!({}));
         assert_eq!(parsed["clusters"][0]["name"], "kyma.local");
-        assert_eq!(parsed["clusters"][0]["cluster"]["server"], "https://apiserver.kyma.local:9443");
-        let ca = parsed["clusters"][0]["cluster"]["certificate-authority-data"].as_str().unwrap();
-        let ca = base64::engine::general_purpose::STANDARD.decode(ca).unwrap();
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["server"],
+            "https://apiserver.kyma.local:9443"
+        );
+        let ca = parsed["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap();
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(ca)
+            .unwrap();
         assert_eq!(Some(ca), settings().ca_pem);
         assert_eq!(parsed["contexts"][0]["context"]["cluster"], "kyma.local");
         assert_eq!(parsed["contexts"][0]["context"]["user"], "OIDCUser");
         assert!(parsed["contexts"][0]["context"].get("namespace").is_none());
         assert_eq!(parsed["users"][0]["name"], "OIDCUser");
-        assert_eq!(parsed["users"][0]["user"]["token"], "header.payload.signature");
+        assert_eq!(
+            parsed["users"][0]["user"]["token"],
+            "header.payload.signature"
+        );
         assert_eq!(parsed["clusters"].as_array().unwrap().len(), 1);
         assert_eq!(parsed["users"].as_array().unwrap().len(), 1);
     }
@@ -123,7 +135,10 @@ mod tests {
 
     #[test]
     fn without_a_ca_kubectl_uses_system_roots() {
-        let no_ca = KubeconfigSettings { ca_pem: None, ..settings() };
+        let no_ca = KubeconfigSettings {
+            ca_pem: None,
+            ..settings()
+        };
         let yaml = render(&no_ca, &token(), None).unwrap();
         assert!(!yaml.contains("certificate-authority"));
     }
@@ -133,7 +148,12 @@ mod tests {
         let first = render(&settings(), &token(), Some("ns")).unwrap();
         let second = render(&settings(), &token(), Some("ns")).unwrap();
         assert_eq!(first, second);
-        let other = render(&settings(), &IdToken::from("other.token.value".to_owned()), Some("ns")).unwrap();
+        let other = render(
+            &settings(),
+            &IdToken::from("other.token.value".to_owned()),
+            Some("ns"),
+        )
+        .unwrap();
         assert_ne!(first, other);
     }
 }

@@ -55,7 +55,8 @@ impl Default for Metrics {
             "Reconciliations that failed and were retried, by error kind",
             reconcile_errors.clone(),
         );
-        let reconcile_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconciliation took",
@@ -97,12 +98,19 @@ mod tests {
         let metrics = Metrics::default();
         metrics
             .http_requests
-            .get_or_create(&RequestLabels { route: "/kube-config", code: 401 })
+            .get_or_create(&RequestLabels {
+                route: "/kube-config",
+                code: 401,
+            })
             .inc();
         metrics.count_token_failure("Expired");
         let text = metrics.render();
-        assert!(text.contains(r#"kubeconfig_operator_http_requests_total{route="/kube-config",code="401"} 1"#));
-        assert!(text.contains(r#"kubeconfig_operator_token_validation_failures_total{reason="Expired"} 1"#));
+        assert!(text.contains(
+            r#"kubeconfig_operator_http_requests_total{route="/kube-config",code="401"} 1"#
+        ));
+        assert!(text.contains(
+            r#"kubeconfig_operator_token_validation_failures_total{reason="Expired"} 1"#
+        ));
         assert!(text.contains("kubeconfig_operator_reconcile_duration_seconds_bucket"));
     }
 }

@@ -18,6 +18,8 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true))
+            .init(),
     }
 }

@@ -1,0 +1,102 @@
+//! Files that are generated or declared twice must agree with their source, so that a change in
+//! one place cannot silently leave the other behind.
+
+use std::{collections::BTreeSet, process::Command};
+
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {full}: {e}"))
+}
+
+#[test]
+fn checked_in_crd_equals_the_generated_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+        .arg("crd")
+        .output()
+        .expect("run kubeconfig-operator crd");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let generated = String::from_utf8(output.stdout).expect("CRD YAML is UTF-8");
+    assert_eq!(
+        repo_file("crds/kubeconfig.dev_kubeconfigrequests.yaml"),
+        generated,
+        "crds/ is stale: run `cargo run -- crd > crds/kubeconfig.dev_kubeconfigrequests.yaml`"
+    );
+}
+
+/// (API group, resource, verb) triples.
+type Permissions = BTreeSet<(String, String, String)>;
+
+fn role_permissions() -> Permissions {
+    let role: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("config/rbac/role.yaml")).expect("role.yaml is YAML");
+    let strings = |value: &serde_yaml::Value| -> Vec<String> {
+        value
+            .as_sequence()
+            .expect("a list")
+            .iter()
+            .map(|item| item.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let mut permissions = Permissions::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    permissions.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    permissions
+}
+
+fn readme_permissions() -> Permissions {
+    let readme = repo_file("README.md");
+    let table = readme
+        .split("<!-- permissions:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- permissions:end -->").next())
+        .expect("README has a permissions table between its markers");
+    let mut permissions = Permissions::new();
+    for row in table.lines().filter(|line| line.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(
+            cells.len(),
+            3,
+            "permissions row {row:?} needs group, resource, verbs"
+        );
+        let group = if cells[0] == "(core)" { "" } else { cells[0] };
+        for verb in cells[2].split(',').map(str::trim) {
+            permissions.insert((group.to_owned(), cells[1].to_owned(), verb.to_owned()));
+        }
+    }
+    permissions
+}
+
+#[test]
+fn operator_cluster_role_matches_the_permissions_the_readme_declares() {
+    let role = role_permissions();
+    let declared = readme_permissions();
+    let undeclared: Vec<_> = role.difference(&declared).collect();
+    let unused: Vec<_> = declared.difference(&role).collect();
+    assert!(
+        undeclared.is_empty(),
+        "config/rbac grants permissions the README does not declare: {undeclared:?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "the README declares permissions config/rbac does not grant: {unused:?}"
+    );
+    assert!(
+        !role.iter().any(|(_, _, verb)| verb == "*"),
+        "no wildcard verbs"
+    );
+    assert!(
+        !role.iter().any(|(_, resource, _)| resource == "*"),
+        "no wildcard resources"
+    );
+}

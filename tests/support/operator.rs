@@ -1,0 +1,156 @@
+//! Runs the real `kubeconfig-operator` binary against the local cluster, with the RBAC from
+//! `config/rbac` (a ServiceAccount token, not the admin credential), scoped to one test namespace
+//! so tests run side by side without two controllers fighting over a request.
+
+use std::{
+    fs,
+    io::{Read, Seek},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::Cluster;
+
+/// Which Dex the operator trusts: the main one (24 h tokens) or the short-lived one (5 s tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Issuer {
+    Main,
+    ShortLived,
+}
+
+pub struct Operator {
+    child: Child,
+    pub base_url: String,
+    pub namespace: String,
+    log_path: PathBuf,
+}
+
+/// Installs the CRD, the admission policy and the operator's RBAC once per test binary (with the
+/// same script `make run` uses), and returns a kubeconfig holding the operator ServiceAccount's
+/// token.
+fn operator_kubeconfig(cluster: &Cluster) -> &'static Path {
+    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    KUBECONFIG.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-dev.sh");
+        let output = Command::new(script)
+            .arg(&cluster.env_file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/install-dev.sh");
+        assert!(
+            output.status.success(),
+            "scripts/install-dev.sh failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("find a free port on 127.0.0.1")
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` and waits until `/readyz` answers 200.
+    pub fn start(cluster: &Cluster, namespace: &str, issuer: Issuer, extra_args: &[&str]) -> Self {
+        let kubeconfig = operator_kubeconfig(cluster);
+        let port = free_port();
+        let issuer_url = match issuer {
+            Issuer::Main => &cluster.oidc_issuer_url,
+            Issuer::ShortLived => &cluster.oidc_short_issuer_url,
+        };
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
+        fs::create_dir_all(&log_dir).expect("create the operator log directory");
+        let log_path = log_dir.join(format!("{namespace}-{port}.log"));
+        let log = fs::File::create(&log_path).expect("create the operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+            .arg("run")
+            .args(["--cluster-name", "local"])
+            .args(["--server", &cluster.kube_server])
+            .args(["--ca-file", &cluster.kube_ca_file])
+            .args(["--oidc-issuer-url", issuer_url])
+            .args(["--oidc-client-id", &cluster.oidc_client_id])
+            .args(["--oidc-ca-file", &cluster.oidc_ca_file])
+            .args(["--watch-namespace", namespace])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra_args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            // The most verbose level, so leak checks see everything the operator could ever log.
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start the kubeconfig-operator binary");
+        let mut operator = Operator {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            namespace: namespace.to_owned(),
+            log_path,
+        };
+        operator.wait_ready();
+        operator
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the operator exited with {status} before becoming ready:\n{}", self.logs());
+            }
+            if http_status(&format!("{}/readyz", self.base_url)) == Some(200) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        panic!("the operator did not become ready within 60 s:\n{}", self.logs());
+    }
+
+    /// Everything the operator has written to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(&self.log_path) {
+            let _ = file.rewind();
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Ends the process at once, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare HTTP/1.1 status probe, so readiness waits need no async runtime.
+fn http_status(url: &str) -> Option<u16> {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_whitespace().nth(1)?.parse().ok()
+}
