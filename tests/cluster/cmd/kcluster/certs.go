@@ -1,0 +1,144 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// writeCerts creates, in dir (skipping files that already exist as a set):
+//
+//	ca.crt/ca.key                  cluster CA (signs apiserver serving, admin and KCM client certs)
+//	apiserver.crt/apiserver.key    serving cert, SANs 127.0.0.1 ::1 localhost kubernetes...
+//	admin.crt/admin.key            client cert CN=kubernetes-admin O=system:masters
+//	kcm.crt/kcm.key                client cert CN=system:kube-controller-manager
+//	sa.key/sa.pub                  service-account signing key (RSA 2048)
+//	dex-ca.crt/dex-ca.key          throwaway CA for Dex
+//	dex.crt/dex.key                Dex serving cert, SANs 127.0.0.1 localhost
+func writeCerts(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dex.crt")); err == nil {
+		return nil // already generated
+	}
+	ca, caKey, err := newCA("kcluster-ca")
+	if err != nil {
+		return err
+	}
+	if err := writePair(dir, "ca", ca, caKey); err != nil {
+		return err
+	}
+	hosts := []string{"127.0.0.1", "::1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "10.0.0.1"}
+	if err := leaf(dir, "apiserver", ca, caKey, pkix.Name{CommonName: "kube-apiserver"}, hosts, true); err != nil {
+		return err
+	}
+	if err := leaf(dir, "admin", ca, caKey, pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}}, nil, false); err != nil {
+		return err
+	}
+	if err := leaf(dir, "kcm", ca, caKey, pkix.Name{CommonName: "system:kube-controller-manager"}, nil, false); err != nil {
+		return err
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	saDer, _ := x509.MarshalPKCS8PrivateKey(saKey)
+	if err := writePEM(filepath.Join(dir, "sa.key"), "PRIVATE KEY", saDer, 0o600); err != nil {
+		return err
+	}
+	pubDer, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err := writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pubDer, 0o644); err != nil {
+		return err
+	}
+	dca, dcaKey, err := newCA("kcluster-dex-ca")
+	if err != nil {
+		return err
+	}
+	if err := writePair(dir, "dex-ca", dca, dcaKey); err != nil {
+		return err
+	}
+	return leaf(dir, "dex", dca, dcaKey, pkix.Name{CommonName: "dex"}, []string{"127.0.0.1", "::1", "localhost"}, true)
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	return n
+}
+
+func newCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return c, key, err
+}
+
+func leaf(dir, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, subj pkix.Name, hosts []string, server bool) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      subj,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(5 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	c, _ := x509.ParseCertificate(der)
+	return writePair(dir, name, c, key)
+}
+
+func writePair(dir, name string, c *x509.Certificate, key *ecdsa.PrivateKey) error {
+	if err := writePEM(filepath.Join(dir, name+".crt"), "CERTIFICATE", c.Raw, 0o644); err != nil {
+		return err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(dir, name+".key"), "EC PRIVATE KEY", der, 0o600)
+}
+
+func writePEM(path, typ string, der []byte, mode os.FileMode) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
+}

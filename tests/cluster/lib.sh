@@ -1,0 +1,192 @@
+# shellcheck shell=bash
+# Shared helpers for the local test cluster scripts (up.sh, down.sh, ctl, id-token).
+# Sourced, not executed.
+
+CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$CLUSTER_SRC/../.." && pwd)"
+# State directory of this cluster (certs, configs, data, logs, pid files, env).
+CLUSTER_DIR="${CLUSTER_DIR:-$REPO_ROOT/target/cluster}"
+case "$CLUSTER_DIR" in /*) ;; *) CLUSTER_DIR="$REPO_ROOT/$CLUSTER_DIR" ;; esac
+CLUSTER_DIR="${CLUSTER_DIR%/}"
+# Built binaries are shared by every cluster and survive cluster-down.
+CLUSTER_BIN="${CLUSTER_BIN:-$REPO_ROOT/target/cluster/bin}"
+
+PKI="$CLUSTER_DIR/pki"
+RUN="$CLUSTER_DIR/run"
+LOGS="$CLUSTER_DIR/logs"
+
+# Start order; stop order is the reverse.
+COMPONENTS=(etcd ldap dex dex-short apiserver controller-manager)
+
+log() { echo "[cluster $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "[cluster] ERROR: $*" >&2; exit 1; }
+
+load_ports() {
+	[[ -f "$CLUSTER_DIR/ports" ]] || return 1
+	# shellcheck disable=SC1091
+	source "$CLUSTER_DIR/ports"
+}
+
+# pid_of NAME: prints the pid recorded for NAME if that process is alive and really ours
+# (its command line mentions this cluster's directory), else nothing and returns 1.
+pid_of() {
+	local f="$RUN/$1.pid" pid
+	[[ -f "$f" ]] || return 1
+	pid="$(cat "$f" 2>/dev/null)"
+	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
+	is_ours "$pid" || return 1
+	echo "$pid"
+}
+
+is_ours() {
+	local pid="$1"
+	[[ -r "/proc/$pid/cmdline" ]] || return 1
+	# Arguments after argv[0] must mention this cluster's directory (argv[0] is the shared
+	# binary path, which lives under the default cluster dir). A zombie has an empty command line.
+	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | tail -n +2 | grep -qF -- "$CLUSTER_DIR/"
+}
+
+# Every live process whose command line mentions this cluster's directory.
+all_our_pids() {
+	local p
+	for p in /proc/[0-9]*; do
+		p="${p#/proc/}"
+		[[ "$p" == "$$" ]] && continue
+		if is_ours "$p"; then
+			# Skip our own scripts (bash/make/etc.) that merely mention the dir in their args.
+			case "$(cat "/proc/$p/comm" 2>/dev/null)" in
+			kcluster | dex | slapd) echo "$p" ;;
+			esac
+		fi
+	done
+}
+
+# Command line for each component (array name: CMD).
+component_cmd() {
+	local name="$1"
+	load_ports || die "no $CLUSTER_DIR/ports: run up.sh first"
+	case "$name" in
+	etcd)
+		CMD=("$CLUSTER_BIN/kcluster" etcd --data-dir "$CLUSTER_DIR/etcd" --client-port "$ETCD_PORT" --peer-port "$ETCD_PEER_PORT")
+		;;
+	ldap)
+		CMD=(/usr/sbin/slapd -d 0 -f "$CLUSTER_DIR/ldap/slapd.conf" -h "ldap://127.0.0.1:$LDAP_PORT/")
+		;;
+	dex)
+		CMD=("$CLUSTER_BIN/dex" serve "$CLUSTER_DIR/dex/dex.yaml")
+		;;
+	dex-short)
+		CMD=("$CLUSTER_BIN/dex" serve "$CLUSTER_DIR/dex/dex-short.yaml")
+		;;
+	apiserver)
+		CMD=("$CLUSTER_BIN/kcluster" apiserver
+			--etcd-servers="http://127.0.0.1:$ETCD_PORT"
+			--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT"
+			--cert-dir="$CLUSTER_DIR/apiserver-certs"
+			--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
+			--client-ca-file="$PKI/ca.crt"
+			--service-account-issuer="https://kubernetes.default.svc.cluster.local"
+			--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
+			--service-cluster-ip-range=10.0.0.0/24
+			--endpoint-reconciler-type=none
+			--authorization-mode=Node,RBAC
+			--oidc-issuer-url="https://127.0.0.1:$DEX_PORT/dex"
+			--oidc-client-id=kubeconfig-operator
+			--oidc-username-claim=email --oidc-groups-claim=groups
+			--oidc-ca-file="$PKI/dex-ca.crt"
+			--profiling=false
+			--v=1)
+		;;
+	controller-manager)
+		CMD=("$CLUSTER_BIN/kcluster" controller-manager
+			--kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
+			--authentication-kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
+			--authorization-kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
+			--bind-address=127.0.0.1 --secure-port="$KCM_PORT"
+			--cert-dir="$CLUSTER_DIR/kcm-certs"
+			--controllers=garbage-collector-controller,namespace-controller,serviceaccount-token-controller,serviceaccount-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller
+			--use-service-account-credentials=false
+			--service-account-private-key-file="$PKI/sa.key"
+			--root-ca-file="$PKI/ca.crt"
+			--leader-elect=false
+			--profiling=false
+			--v=1)
+		;;
+	*) die "unknown component '$name' (one of: ${COMPONENTS[*]})" ;;
+	esac
+}
+
+# is_ready NAME: one quick probe of the component's own health endpoint.
+is_ready() {
+	load_ports || return 1
+	case "$1" in
+	etcd) curl -sf -m 3 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"' ;;
+	ldap) (exec 3<>"/dev/tcp/127.0.0.1/$LDAP_PORT") 2>/dev/null ;;
+	dex) curl -sf -m 3 --cacert "$PKI/dex-ca.crt" "https://127.0.0.1:$DEX_PORT/dex/.well-known/openid-configuration" >/dev/null ;;
+	dex-short) curl -sf -m 3 --cacert "$PKI/dex-ca.crt" "https://127.0.0.1:$DEX_SHORT_PORT/dex/.well-known/openid-configuration" >/dev/null ;;
+	apiserver) [[ "$(curl -s -m 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" == ok ]] ;;
+	controller-manager) [[ "$(curl -s -m 3 -k "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" == ok ]] ;;
+	*) return 1 ;;
+	esac
+}
+
+start_component() {
+	local name="$1" pid
+	if pid="$(pid_of "$name")"; then
+		log "$name already running (pid $pid)"
+		return 0
+	fi
+	component_cmd "$name"
+	mkdir -p "$RUN" "$LOGS"
+	echo "==== $(date -Is) start: ${CMD[*]}" >>"$LOGS/$name.log"
+	# setsid: own session, so the component outlives the shell/test that started it;
+	# all three std streams redirected so callers capturing our output don't hang.
+	setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 &
+	echo $! >"$RUN/$name.pid"
+	log "started $name (pid $!, log $LOGS/$name.log)"
+}
+
+# wait_ready NAME [TIMEOUT_S]
+wait_ready() {
+	local name="$1" timeout="${2:-120}" start=$SECONDS
+	while ! is_ready "$name"; do
+		if ! pid_of "$name" >/dev/null; then
+			echo "---- last lines of $LOGS/$name.log:" >&2
+			tail -n 40 "$LOGS/$name.log" >&2 || true
+			die "$name exited before becoming ready"
+		fi
+		if ((SECONDS - start > timeout)); then
+			echo "---- last lines of $LOGS/$name.log:" >&2
+			tail -n 40 "$LOGS/$name.log" >&2 || true
+			die "$name not ready after ${timeout}s"
+		fi
+		sleep 0.5
+	done
+	log "$name ready"
+}
+
+stop_pid() {
+	local pid="$1" name="$2" i
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < 100; i++)); do
+		is_ours "$pid" || return 0
+		sleep 0.2
+	done
+	log "$name (pid $pid) still alive after 20s: SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		is_ours "$pid" || return 0
+		sleep 0.1
+	done
+	log "WARNING: $name (pid $pid) survived SIGKILL"
+	return 1
+}
+
+stop_component() {
+	local name="$1" pid
+	if pid="$(pid_of "$name")"; then
+		log "stopping $name (pid $pid)"
+		stop_pid "$pid" "$name"
+	fi
+	rm -f "$RUN/$name.pid"
+}
