@@ -10,7 +10,7 @@
 # Environment:
 #   FUZZ_TARGETS    space-separated targets to run (default: all, from `cargo fuzz list`)
 #   FUZZ_SANITIZER  address (default) or none (faster, but catches only panics, not UB in C code)
-#   FUZZ_JOBS       cargo build jobs (default: all cores)
+#   CARGO_BUILD_JOBS  cargo build jobs (default: all cores)
 #   FUZZ_KEEP_CORPUS=1  keep the new corpus entries (their directory is printed)
 set -euo pipefail
 
@@ -29,7 +29,6 @@ fi
 export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
 build_args=(--sanitizer "$sanitizer")
-if [[ -n ${FUZZ_JOBS:-} ]]; then build_args+=(--jobs "$FUZZ_JOBS"); fi
 
 # Longest input per target: real tokens are 1-4 KiB (the verifier refuses more than 16 KiB
 # before parsing), configuration files and requests are small.
