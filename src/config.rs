@@ -24,10 +24,16 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Control characters (from paths or parser messages) become spaces, so the error stays on
+    /// the one line that start-up prints.
     fn new(field: &str, problem: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
-            problem: problem.into(),
+            problem: problem
+                .into()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
         }
     }
 }
@@ -207,10 +213,10 @@ impl Config {
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                    ConfigError::new("--config", format!("cannot read {path:?}: {e}"))
                 })?;
                 crate::yaml::from_str(&text)
-                    .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?
+                    .map_err(|e| ConfigError::new("--config", format!("{path:?}: {e}")))?
             }
             None => FileConfig::default(),
         };
@@ -378,7 +384,7 @@ fn ca_pem(data: Option<String>, file: Option<PathBuf>) -> Result<Option<Vec<u8>>
         (None, Some(path)) => std::fs::read(&path).map_err(|e| {
             ConfigError::new(
                 "certificateAuthorityFile",
-                format!("cannot read {}: {e}", path.display()),
+                format!("cannot read {path:?}: {e}"),
             )
         })?,
         (None, None) => return Ok(None),
@@ -398,7 +404,7 @@ fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, 
     match path {
         Some(path) if !path.is_file() => Err(ConfigError::new(
             field,
-            format!("{} is not a readable file", path.display()),
+            format!("{path:?} is not a readable file"),
         )),
         other => Ok(other),
     }
@@ -715,6 +721,15 @@ mod tests {
             error_field(FileConfig::default(), &zero_rate),
             "http.requestsPerMinutePerClient"
         );
+    }
+
+    #[test]
+    fn paths_with_newlines_still_give_one_line() {
+        let args = ConfigArgs { ca_file: Some("/nonexistent/a\nb".into()), ..minimal() };
+        let error = Config::resolve(FileConfig::default(), &args).unwrap_err();
+        assert!(!error.to_string().contains('\n'), "{error}");
+        let args = ConfigArgs { config: Some("/nonexistent/x\ny.yaml".into()), ..minimal() };
+        assert!(!Config::load(&args).unwrap_err().to_string().contains('\n'));
     }
 
     #[test]
