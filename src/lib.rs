@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod http;
 pub mod jwks;
 pub mod kubeconfig;
 pub mod metrics;

@@ -32,7 +32,7 @@ enum Command {
     /// Run the controller and the HTTP server.
     Run {
         #[command(flatten)]
-        config: ConfigArgs,
+        config: Box<ConfigArgs>,
         /// Log line format.
         #[arg(
             long,
@@ -119,12 +119,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.kubeconfig.clone(),
         Arc::clone(&metrics),
     ));
-    let router = http::router(Arc::new(HttpState {
+    let http_state = Arc::new(HttpState {
         verifier,
         settings: config.kubeconfig.clone(),
         metrics,
         controller_ready: Arc::clone(&controller_ready),
-    }));
+    });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let (_, served) = tokio::join!(
         reconciler::run(
@@ -133,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             controller_ready,
             on_stop()
         ),
-        http::serve(&config.http, router, on_stop()),
+        http::serve(&config.http, http_state, on_stop()),
     );
     served?;
     Ok(())
