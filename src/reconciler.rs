@@ -196,7 +196,10 @@ impl Outcome {
     }
 }
 
-pub async fn reconcile(request: Arc<KubeconfigRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    request: Arc<KubeconfigRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
     let result = reconcile_inner(&request, &ctx).await;
@@ -212,7 +215,9 @@ pub async fn reconcile(request: Arc<KubeconfigRequest>, ctx: Arc<Context>) -> Re
 pub fn error_policy(request: Arc<KubeconfigRequest>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
-        .get_or_create(&ReasonLabels { reason: error.kind() })
+        .get_or_create(&ReasonLabels {
+            reason: error.kind(),
+        })
         .inc();
     let delay = ctx.next_backoff(ObjectRef::from_obj(request.as_ref()));
     warn!(request = %request.name_any(), namespace = ?request.namespace(), %error, retry_in = ?delay, "reconcile failed");
@@ -274,14 +279,20 @@ async fn decide(
     let Some(raw) = raw else {
         return Ok(Err(Outcome::refused(
             Reason::TokenKeyMissing,
-            format!("Secret {:?} has no non-empty key {:?}", reference.name, reference.key),
+            format!(
+                "Secret {:?} has no non-empty key {:?}",
+                reference.name, reference.key
+            ),
         )));
     };
     let Ok(text) = std::str::from_utf8(raw) else {
         ctx.metrics.count_token_failure("Malformed");
         return Ok(Err(Outcome::refused(
             Reason::TokenInvalid,
-            format!("Malformed: key {:?} of Secret {:?} is not text", reference.key, reference.name),
+            format!(
+                "Malformed: key {:?} of Secret {:?} is not text",
+                reference.key, reference.name
+            ),
         )));
     };
     let token = IdToken::from(text.trim().to_owned());
@@ -349,7 +360,10 @@ async fn write_secret(
             .or(ctx.settings.default_namespace.as_deref()),
     )?;
     let desired = desired_secret(request, &identity, &secret_name, owner, rendered);
-    if existing.as_ref().is_none_or(|existing| !already_matches(existing, &desired)) {
+    if existing
+        .as_ref()
+        .is_none_or(|existing| !already_matches(existing, &desired))
+    {
         secrets
             .patch(
                 &secret_name,
@@ -400,10 +414,7 @@ fn desired_secret(
 ) -> Secret {
     let template = request.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
-    labels.insert(
-        "app.kubernetes.io/managed-by".into(),
-        FIELD_MANAGER.into(),
-    );
+    labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
     labels.insert(REQUEST_LABEL.into(), label_value(&request.name_any()));
     labels.insert(USER_LABEL.into(), label_value(&identity.username));
     let mut annotations = template.annotations;
@@ -430,14 +441,18 @@ fn desired_secret(
 /// True when applying `desired` would change nothing we manage, so GitOps diffs and watchers stay
 /// quiet on resyncs.
 fn already_matches(existing: &Secret, desired: &Secret) -> bool {
-    let contains_all = |have: Option<&BTreeMap<String, String>>, want: Option<&BTreeMap<String, String>>| {
+    let contains_all = |have: Option<&BTreeMap<String, String>>,
+                        want: Option<&BTreeMap<String, String>>| {
         want.into_iter()
             .flatten()
             .all(|(key, value)| have.and_then(|have| have.get(key)) == Some(value))
     };
     existing.data == desired.data
         && existing.type_ == desired.type_
-        && contains_all(existing.metadata.labels.as_ref(), desired.metadata.labels.as_ref())
+        && contains_all(
+            existing.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        )
         && contains_all(
             existing.metadata.annotations.as_ref(),
             desired.metadata.annotations.as_ref(),
@@ -452,8 +467,8 @@ async fn update_status(
     let previous = request.ready_condition();
     let ready = outcome.reason == Reason::Issued;
     let status_text = if ready { "True" } else { "False" };
-    let unchanged_condition = previous
-        .is_some_and(|c| c.status == status_text && c.reason == outcome.reason.as_str());
+    let unchanged_condition =
+        previous.is_some_and(|c| c.status == status_text && c.reason == outcome.reason.as_str());
     let condition = Condition {
         type_: "Ready".into(),
         status: status_text.into(),
@@ -481,10 +496,19 @@ async fn update_status(
         return Ok(());
     }
     if !unchanged_condition && !ready {
-        publish(ctx, request, EventType::Warning, outcome.reason, outcome.message.clone()).await;
+        publish(
+            ctx,
+            request,
+            EventType::Warning,
+            outcome.reason,
+            outcome.message.clone(),
+        )
+        .await;
     }
-    let api: Api<KubeconfigRequest> =
-        Api::namespaced(ctx.client.clone(), &request.namespace().ok_or(Error::NotStored)?);
+    let api: Api<KubeconfigRequest> = Api::namespaced(
+        ctx.client.clone(),
+        &request.namespace().ok_or(Error::NotStored)?,
+    );
     let patch = json!({
         "apiVersion": KubeconfigRequest::api_version(&()),
         "kind": KubeconfigRequest::kind(&()),
@@ -505,7 +529,13 @@ fn format_time(time: DateTime<Utc>) -> String {
 }
 
 /// Events are best effort: a failure to record one must not fail the reconciliation.
-async fn publish(ctx: &Context, request: &KubeconfigRequest, type_: EventType, reason: Reason, note: String) {
+async fn publish(
+    ctx: &Context,
+    request: &KubeconfigRequest,
+    type_: EventType,
+    reason: Reason,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.as_str().into(),
@@ -550,7 +580,11 @@ pub fn label_value(value: &str) -> String {
     }
     let readable = dns_safe(value, 54);
     let hash = short_hash(value);
-    if readable.is_empty() { hash } else { format!("{readable}-{hash}") }
+    if readable.is_empty() {
+        hash
+    } else {
+        format!("{readable}-{hash}")
+    }
 }
 
 fn dns_safe(value: &str, max: usize) -> String {
@@ -595,15 +629,26 @@ pub async fn run(
     let store = controller.store();
     let mapper_store = store.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            info!("request cache synced");
+        // Each wait is bounded and repeated: with the controller's applier waiting on the same
+        // store, a single long wait here was observed never to wake (kube-runtime 5.0).
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.store(true, Ordering::Relaxed);
+                    info!("request cache synced");
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
     });
     controller
-        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| {
-            requests_affected_by(&mapper_store, &secret)
-        })
+        .watches(
+            secrets,
+            watcher::Config::default().any_semantic(),
+            move |secret| requests_affected_by(&mapper_store, &secret),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -630,7 +675,9 @@ fn requests_affected_by(
         .filter(|request| request.namespace() == namespace)
         .filter(|request| {
             request.spec.token_secret_ref.name == name
-                || request.uid().is_some_and(|uid| owners.contains(&uid.as_str()))
+                || request
+                    .uid()
+                    .is_some_and(|uid| owners.contains(&uid.as_str()))
         })
         .map(|request| ObjectRef::from_obj(request.as_ref()))
         .collect()
@@ -667,9 +714,17 @@ mod tests {
     fn token_errors_map_to_condition_reasons() {
         let expired = TokenError::Expired { expired_at: None };
         assert_eq!(Reason::for_token_error(&expired), Reason::TokenExpired);
-        let unavailable = TokenError::IssuerUnavailable(crate::jwks::IssuerError::Setup("x".into()));
-        assert_eq!(Reason::for_token_error(&unavailable), Reason::IssuerUnavailable);
-        for invalid in [TokenError::BadSignature, TokenError::NotYetValid, TokenError::Malformed("x")] {
+        let unavailable =
+            TokenError::IssuerUnavailable(crate::jwks::IssuerError::Setup("x".into()));
+        assert_eq!(
+            Reason::for_token_error(&unavailable),
+            Reason::IssuerUnavailable
+        );
+        for invalid in [
+            TokenError::BadSignature,
+            TokenError::NotYetValid,
+            TokenError::Malformed("x"),
+        ] {
             assert_eq!(Reason::for_token_error(&invalid), Reason::TokenInvalid);
         }
     }
@@ -682,7 +737,10 @@ mod tests {
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(BTreeMap::from([("kubeconfig".into(), ByteString(b"x".to_vec()))])),
+            data: Some(BTreeMap::from([(
+                "kubeconfig".into(),
+                ByteString(b"x".to_vec()),
+            )])),
             ..Secret::default()
         };
         let mut existing = desired.clone();
@@ -693,7 +751,10 @@ mod tests {
             .unwrap()
             .insert("added-by-someone".into(), "y".into());
         assert!(already_matches(&existing, &desired));
-        existing.data = Some(BTreeMap::from([("kubeconfig".into(), ByteString(b"old".to_vec()))]));
+        existing.data = Some(BTreeMap::from([(
+            "kubeconfig".into(),
+            ByteString(b"old".to_vec()),
+        )]));
         assert!(!already_matches(&existing, &desired));
     }
 }
