@@ -6,6 +6,11 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# One up/down at a time per cluster (parallel test processes may all call cluster-up).
+mkdir -p "$(dirname "$CLUSTER_DIR")"
+exec 9>"$CLUSTER_DIR.lock"
+flock 9
+
 if [[ ! -d "$CLUSTER_DIR" ]]; then
 	log "nothing in $CLUSTER_DIR"
 	exit 0

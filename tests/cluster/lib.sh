@@ -141,7 +141,8 @@ start_component() {
 	echo "==== $(date -Is) start: ${CMD[*]}" >>"$LOGS/$name.log"
 	# setsid: own session, so the component outlives the shell/test that started it;
 	# all three std streams redirected so callers capturing our output don't hang.
-	setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 &
+	# 9>&-: do not hand the up/down lock (fd 9) to the long-lived component.
+	setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
 	echo $! >"$RUN/$name.pid"
 	log "started $name (pid $!, log $LOGS/$name.log)"
 }
@@ -165,14 +166,15 @@ wait_ready() {
 	log "$name ready"
 }
 
+# stop_pid PID NAME [GRACE_S]: SIGTERM, then SIGKILL after GRACE_S seconds (default 20).
 stop_pid() {
-	local pid="$1" name="$2" i
+	local pid="$1" name="$2" grace="${3:-20}" i
 	kill -TERM "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < 100; i++)); do
+	for ((i = 0; i < grace * 5; i++)); do
 		is_ours "$pid" || return 0
 		sleep 0.2
 	done
-	log "$name (pid $pid) still alive after 20s: SIGKILL"
+	log "$name (pid $pid) still alive after ${grace}s: SIGKILL"
 	kill -KILL "$pid" 2>/dev/null || true
 	for ((i = 0; i < 50; i++)); do
 		is_ours "$pid" || return 0
@@ -186,7 +188,9 @@ stop_component() {
 	local name="$1" pid
 	if pid="$(pid_of "$name")"; then
 		log "stopping $name (pid $pid)"
-		stop_pid "$pid" "$name"
+		# kube-apiserver stops listening at once but then waits up to 60s for open watch
+		# connections; nothing here needs that, so it gets 5s before SIGKILL.
+		if [[ "$name" == apiserver ]]; then stop_pid "$pid" "$name" 5; else stop_pid "$pid" "$name"; fi
 	fi
 	rm -f "$RUN/$name.pid"
 }

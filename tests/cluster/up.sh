@@ -7,6 +7,11 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# One up/down at a time per cluster (parallel test processes may all call cluster-up).
+mkdir -p "$(dirname "$CLUSTER_DIR")"
+exec 9>"$CLUSTER_DIR.lock"
+flock 9
+
 all_healthy() {
 	[[ -f "$CLUSTER_DIR/env" ]] || return 1
 	local n
@@ -150,11 +155,15 @@ fi
 
 # ---- Dex (main issuer, 24h ID tokens) and dex-short (same users/clients, 5s ID tokens) -------
 mkdir -p "$CLUSTER_DIR/dex"
-dex_config() { # dex_config PORT ID_TOKEN_EXPIRY
+dex_config() { # dex_config PORT ID_TOKEN_EXPIRY DB_FILE
+	# SQLite rather than memory storage: a restarted Dex keeps its signing keys, so tokens it
+	# issued before and after the restart both verify (kube-apiserver and the operator cache keys).
 	cat <<EOF
 issuer: https://127.0.0.1:$1/dex
 storage:
-  type: memory
+  type: sqlite3
+  config:
+    file: $3
 web:
   https: 127.0.0.1:$1
   tlsCert: $PKI/dex.crt
@@ -218,8 +227,8 @@ staticClients:
     trustedPeers: [kubeconfig-operator]
 EOF
 }
-(umask 077 && dex_config "$DEX_PORT" 24h >"$CLUSTER_DIR/dex/dex.yaml" &&
-	dex_config "$DEX_SHORT_PORT" 5s >"$CLUSTER_DIR/dex/dex-short.yaml")
+(umask 077 && dex_config "$DEX_PORT" 24h "$CLUSTER_DIR/dex/dex.db" >"$CLUSTER_DIR/dex/dex.yaml" &&
+	dex_config "$DEX_SHORT_PORT" 5s "$CLUSTER_DIR/dex/dex-short.db" >"$CLUSTER_DIR/dex/dex-short.yaml")
 
 # ---- kubeconfigs ------------------------------------------------------------------------------
 kubeconfig() { # kubeconfig USER CERT_BASENAME
@@ -245,7 +254,7 @@ current-context: $1@kcluster
 EOF
 }
 kubeconfig admin admin >"$CLUSTER_DIR/admin.kubeconfig"
-kubeconfig kube-controller-manager kcm >"$CLUSTER_DIR/kcm.kubeconfig"
+kubeconfig kube-controller-manager kcm-masters >"$CLUSTER_DIR/kcm.kubeconfig"
 
 # ---- start ----------------------------------------------------------------------------------
 t0=$SECONDS

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -15,12 +16,15 @@ import (
 	"time"
 )
 
-// writeCerts creates, in dir (skipping files that already exist as a set):
+// writeCerts creates in dir whatever of these is missing (existing files are kept, so a new
+// leaf can be added to an existing cluster without invalidating the others):
 //
 //	ca.crt/ca.key                  cluster CA (signs apiserver serving, admin and KCM client certs)
 //	apiserver.crt/apiserver.key    serving cert, SANs 127.0.0.1 ::1 localhost kubernetes...
 //	admin.crt/admin.key            client cert CN=kubernetes-admin O=system:masters
-//	kcm.crt/kcm.key                client cert CN=system:kube-controller-manager
+//	kcm-masters.crt/.key           client cert CN=system:kube-controller-manager O=system:masters
+//	                               (--use-service-account-credentials=false: the controllers act
+//	                               as the KCM itself, which therefore needs more than its bootstrap role)
 //	sa.key/sa.pub                  service-account signing key (RSA 2048)
 //	dex-ca.crt/dex-ca.key          throwaway CA for Dex
 //	dex.crt/dex.key                Dex serving cert, SANs 127.0.0.1 localhost
@@ -28,14 +32,8 @@ func writeCerts(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "dex.crt")); err == nil {
-		return nil // already generated
-	}
-	ca, caKey, err := newCA("kcluster-ca")
+	ca, caKey, err := loadOrNewCA(dir, "ca", "kcluster-ca")
 	if err != nil {
-		return err
-	}
-	if err := writePair(dir, "ca", ca, caKey); err != nil {
 		return err
 	}
 	hosts := []string{"127.0.0.1", "::1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "10.0.0.1"}
@@ -45,29 +43,56 @@ func writeCerts(dir string) error {
 	if err := leaf(dir, "admin", ca, caKey, pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}}, nil, false); err != nil {
 		return err
 	}
-	if err := leaf(dir, "kcm", ca, caKey, pkix.Name{CommonName: "system:kube-controller-manager"}, nil, false); err != nil {
+	if err := leaf(dir, "kcm-masters", ca, caKey, pkix.Name{CommonName: "system:kube-controller-manager", Organization: []string{"system:masters"}}, nil, false); err != nil {
 		return err
 	}
-	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if !exists(filepath.Join(dir, "sa.pub")) {
+		saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return err
+		}
+		saDer, _ := x509.MarshalPKCS8PrivateKey(saKey)
+		if err := writePEM(filepath.Join(dir, "sa.key"), "PRIVATE KEY", saDer, 0o600); err != nil {
+			return err
+		}
+		pubDer, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+		if err := writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pubDer, 0o644); err != nil {
+			return err
+		}
+	}
+	dca, dcaKey, err := loadOrNewCA(dir, "dex-ca", "kcluster-dex-ca")
 	if err != nil {
-		return err
-	}
-	saDer, _ := x509.MarshalPKCS8PrivateKey(saKey)
-	if err := writePEM(filepath.Join(dir, "sa.key"), "PRIVATE KEY", saDer, 0o600); err != nil {
-		return err
-	}
-	pubDer, _ := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
-	if err := writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pubDer, 0o644); err != nil {
-		return err
-	}
-	dca, dcaKey, err := newCA("kcluster-dex-ca")
-	if err != nil {
-		return err
-	}
-	if err := writePair(dir, "dex-ca", dca, dcaKey); err != nil {
 		return err
 	}
 	return leaf(dir, "dex", dca, dcaKey, pkix.Name{CommonName: "dex"}, []string{"127.0.0.1", "::1", "localhost"}, true)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func loadOrNewCA(dir, name, cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certPEM, err1 := os.ReadFile(filepath.Join(dir, name+".crt"))
+	keyPEM, err2 := os.ReadFile(filepath.Join(dir, name+".key"))
+	if err1 == nil && err2 == nil {
+		cb, _ := pem.Decode(certPEM)
+		kb, _ := pem.Decode(keyPEM)
+		if cb == nil || kb == nil {
+			return nil, nil, fmt.Errorf("%s: bad PEM", name)
+		}
+		c, err := x509.ParseCertificate(cb.Bytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		k, err := x509.ParseECPrivateKey(kb.Bytes)
+		return c, k, err
+	}
+	c, k, err := newCA(cn)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, k, writePair(dir, name, c, k)
 }
 
 func serial() *big.Int {
@@ -98,6 +123,9 @@ func newCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 }
 
 func leaf(dir, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, subj pkix.Name, hosts []string, server bool) error {
+	if exists(filepath.Join(dir, name+".crt")) && exists(filepath.Join(dir, name+".key")) {
+		return nil
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
