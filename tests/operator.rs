@@ -21,7 +21,8 @@ fn alice(cluster: &Cluster) -> String {
 }
 
 fn users_token(kubeconfig_yaml: &str) -> String {
-    let parsed: serde_json::Value = serde_yaml::from_str(kubeconfig_yaml).expect("kubeconfig is YAML");
+    let parsed: serde_json::Value =
+        serde_yaml::from_str(kubeconfig_yaml).expect("kubeconfig is YAML");
     parsed["users"][0]["user"]["token"]
         .as_str()
         .expect("the kubeconfig has a user token")
@@ -35,21 +36,44 @@ fn request_for_alice_becomes_ready_and_its_kubeconfig_acts_as_alice_within_rbac(
     let other = Namespace::new(cluster, "kcr-elsewhere");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     put_token_secret(cluster, &ns.name, "alice-token", "token", &alice(cluster));
-    apply_request(cluster, &ns.name, "alice", "tokenSecretRef: {name: alice-token}\n  namespace: default");
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}\n  namespace: default",
+    );
 
     // `kubectl wait` is what users script against; it must return.
     kubectl(
         cluster,
-        &["wait", "-n", &ns.name, "--for=condition=Ready", "kcr/alice", "--timeout=60s"],
+        &[
+            "wait",
+            "-n",
+            &ns.name,
+            "--for=condition=Ready",
+            "kcr/alice",
+            "--timeout=60s",
+        ],
     );
     let status: serde_json::Value = serde_json::from_str(&kubectl(
         cluster,
-        &["get", "kcr", "alice", "-n", &ns.name, "-o", "jsonpath={.status}"],
+        &[
+            "get",
+            "kcr",
+            "alice",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status}",
+        ],
     ))
     .unwrap();
     assert_eq!(status["username"], cluster.alice_username);
     assert_eq!(status["groups"], serde_json::json!(["team-a"]));
-    let secret_name = status["secretName"].as_str().expect("status names the Secret").to_owned();
+    let secret_name = status["secretName"]
+        .as_str()
+        .expect("status names the Secret")
+        .to_owned();
     assert!(status["expiresAt"].as_str().is_some());
 
     let kubeconfig = decoded_secret_key(cluster, &ns.name, &secret_name, "kubeconfig");
@@ -67,15 +91,26 @@ fn request_for_alice_becomes_ready_and_its_kubeconfig_acts_as_alice_within_rbac(
     kubectl(
         cluster,
         &[
-            "create", "rolebinding", "alice-view", "-n", &ns.name, "--clusterrole=view",
+            "create",
+            "rolebinding",
+            "alice-view",
+            "-n",
+            &ns.name,
+            "--clusterrole=view",
             &format!("--user={}", cluster.alice_username),
         ],
     );
-    let listed = as_alice(&["get", "configmaps", "-n", &ns.name]);
-    assert!(listed.is_ok(), "alice may list configmaps where bound: {listed:?}");
-    let refused = as_alice(&["get", "configmaps", "-n", &other.name]).expect_err("alice is not bound there");
+    // RBAC changes reach the authorizer's cache within moments, not at once.
+    support::eventually(
+        Duration::from_secs(30),
+        "alice may list configmaps where bound",
+        || as_alice(&["get", "configmaps", "-n", &ns.name]).is_ok(),
+    );
+    let refused =
+        as_alice(&["get", "configmaps", "-n", &other.name]).expect_err("alice is not bound there");
     assert!(refused.contains("forbidden"), "{refused}");
-    let secrets = as_alice(&["get", "secrets", "-n", &ns.name]).expect_err("view does not grant Secrets");
+    let secrets =
+        as_alice(&["get", "secrets", "-n", &ns.name]).expect_err("view does not grant Secrets");
     assert!(secrets.contains("forbidden"), "{secrets}");
 }
 
@@ -86,21 +121,60 @@ fn http_download_gives_an_equivalent_kubeconfig() {
     let operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     let token = alice(cluster);
     put_token_secret(cluster, &ns.name, "alice-token", "token", &token);
-    apply_request(cluster, &ns.name, "alice", "tokenSecretRef: {name: alice-token}");
-    kubectl(cluster, &["wait", "-n", &ns.name, "--for=condition=Ready", "kcr/alice", "--timeout=60s"]);
-    let secret_name = kubectl(cluster, &["get", "kcr", "alice", "-n", &ns.name, "-o", "jsonpath={.status.secretName}"]);
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}",
+    );
+    kubectl(
+        cluster,
+        &[
+            "wait",
+            "-n",
+            &ns.name,
+            "--for=condition=Ready",
+            "kcr/alice",
+            "--timeout=60s",
+        ],
+    );
+    let secret_name = kubectl(
+        cluster,
+        &[
+            "get",
+            "kcr",
+            "alice",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.secretName}",
+        ],
+    );
     let from_secret = decoded_secret_key(cluster, &ns.name, &secret_name, "kubeconfig");
 
     let response = http_get_kubeconfig(&operator.base_url, Some(&token), "");
     assert_eq!(response.status, 200, "{}", response.body);
-    assert!(response.header("content-type").starts_with("application/yaml"));
-    assert!(response.header("content-disposition").starts_with("attachment"));
+    assert!(
+        response
+            .header("content-type")
+            .starts_with("application/yaml")
+    );
+    assert!(
+        response
+            .header("content-disposition")
+            .starts_with("attachment")
+    );
     // Same inputs, same renderer: byte-identical.
     assert_eq!(response.body, from_secret);
 
     let file = write_temp(&response.body);
-    let whoami = support::kubectl_plain(&["--kubeconfig", file.path().to_str().unwrap(), "auth", "whoami"])
-        .expect("the downloaded kubeconfig works");
+    let whoami = support::kubectl_plain(&[
+        "--kubeconfig",
+        file.path().to_str().unwrap(),
+        "auth",
+        "whoami",
+    ])
+    .expect("the downloaded kubeconfig works");
     assert!(whoami.contains(&cluster.alice_username), "{whoami}");
 
     let scoped = http_get_kubeconfig(&operator.base_url, Some(&token), "?namespace=team-a");
@@ -122,14 +196,21 @@ fn bad_tokens_give_401_and_ready_false_with_the_matching_reason() {
         let response = http_get_kubeconfig(&operator.base_url, Some(token), "");
         assert_eq!(response.status, 401, "{name}: {}", response.body);
         assert!(
-            response.header("www-authenticate").contains("invalid_token"),
+            response
+                .header("www-authenticate")
+                .contains("invalid_token"),
             "{name}: {:?}",
             response.headers
         );
         assert!(response.body.contains(reason), "{name}: {}", response.body);
 
         put_token_secret(cluster, &ns.name, name, "token", token);
-        apply_request(cluster, &ns.name, name, &format!("tokenSecretRef: {{name: {name}}}"));
+        apply_request(
+            cluster,
+            &ns.name,
+            name,
+            &format!("tokenSecretRef: {{name: {name}}}"),
+        );
         let message = wait_for_reason(cluster, &ns.name, name, "TokenInvalid");
         assert!(message.contains(reason), "{name}: {message}");
     }
@@ -141,12 +222,33 @@ fn bad_tokens_give_401_and_ready_false_with_the_matching_reason() {
 fn expired_tokens_are_refused_and_an_issued_request_turns_expired_keeping_its_secret() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-expiry");
-    let operator = Operator::start(cluster, &ns.name, Issuer::ShortLived, &["--oidc-leeway-seconds", "0"]);
+    let operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::ShortLived,
+        &["--oidc-leeway-seconds", "0"],
+    );
     let token = support::id_token_short_lived(cluster, "alice");
     put_token_secret(cluster, &ns.name, "alice-token", "token", &token);
-    apply_request(cluster, &ns.name, "alice", "tokenSecretRef: {name: alice-token}");
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}",
+    );
     wait_for_reason(cluster, &ns.name, "alice", "Issued");
-    let secret_name = kubectl(cluster, &["get", "kcr", "alice", "-n", &ns.name, "-o", "jsonpath={.status.secretName}"]);
+    let secret_name = kubectl(
+        cluster,
+        &[
+            "get",
+            "kcr",
+            "alice",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.secretName}",
+        ],
+    );
 
     // Dex's short-lived issuer signs 5 s tokens; the operator requeues at expiry by itself.
     let message = wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
@@ -167,24 +269,72 @@ fn updating_the_token_secret_reissues_and_deleting_the_request_deletes_its_secre
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     let first = alice(cluster);
     put_token_secret(cluster, &ns.name, "alice-token", "token", &first);
-    apply_request(cluster, &ns.name, "alice", "tokenSecretRef: {name: alice-token}");
-    kubectl(cluster, &["wait", "-n", &ns.name, "--for=condition=Ready", "kcr/alice", "--timeout=60s"]);
-    let secret_name = kubectl(cluster, &["get", "kcr", "alice", "-n", &ns.name, "-o", "jsonpath={.status.secretName}"]);
-    assert_eq!(users_token(&decoded_secret_key(cluster, &ns.name, &secret_name, "kubeconfig")), first);
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}",
+    );
+    kubectl(
+        cluster,
+        &[
+            "wait",
+            "-n",
+            &ns.name,
+            "--for=condition=Ready",
+            "kcr/alice",
+            "--timeout=60s",
+        ],
+    );
+    let secret_name = kubectl(
+        cluster,
+        &[
+            "get",
+            "kcr",
+            "alice",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.secretName}",
+        ],
+    );
+    assert_eq!(
+        users_token(&decoded_secret_key(
+            cluster,
+            &ns.name,
+            &secret_name,
+            "kubeconfig"
+        )),
+        first
+    );
 
     // Dex tokens carry iat, so a token fetched a second later differs.
     std::thread::sleep(Duration::from_millis(1100));
     let second = alice(cluster);
     assert_ne!(first, second);
     put_token_secret(cluster, &ns.name, "alice-token", "token", &second);
-    support::eventually(Duration::from_secs(30), "the Secret holds the new token", || {
-        users_token(&decoded_secret_key(cluster, &ns.name, &secret_name, "kubeconfig")) == second
-    });
+    support::eventually(
+        Duration::from_secs(30),
+        "the Secret holds the new token",
+        || {
+            users_token(&decoded_secret_key(
+                cluster,
+                &ns.name,
+                &secret_name,
+                "kubeconfig",
+            )) == second
+        },
+    );
 
-    kubectl(cluster, &["delete", "kcr", "alice", "-n", &ns.name, "--wait=true"]);
-    support::eventually(Duration::from_secs(60), "the garbage collector deletes the Secret", || {
-        kubectl_result(cluster, &["get", "secret", &secret_name, "-n", &ns.name]).is_err()
-    });
+    kubectl(
+        cluster,
+        &["delete", "kcr", "alice", "-n", &ns.name, "--wait=true"],
+    );
+    support::eventually(
+        Duration::from_secs(60),
+        "the garbage collector deletes the Secret",
+        || kubectl_result(cluster, &["get", "secret", &secret_name, "-n", &ns.name]).is_err(),
+    );
 }
 
 #[test]
@@ -194,12 +344,22 @@ fn refusals_name_what_to_fix() {
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     let token = alice(cluster);
 
-    apply_request(cluster, &ns.name, "no-secret", "tokenSecretRef: {name: absent}");
+    apply_request(
+        cluster,
+        &ns.name,
+        "no-secret",
+        "tokenSecretRef: {name: absent}",
+    );
     let message = wait_for_reason(cluster, &ns.name, "no-secret", "TokenSecretNotFound");
     assert!(message.contains("absent"), "{message}");
 
     put_token_secret(cluster, &ns.name, "alice-token", "token", &token);
-    apply_request(cluster, &ns.name, "no-key", "tokenSecretRef: {name: alice-token, key: id-token}");
+    apply_request(
+        cluster,
+        &ns.name,
+        "no-key",
+        "tokenSecretRef: {name: alice-token, key: id-token}",
+    );
     let message = wait_for_reason(cluster, &ns.name, "no-key", "TokenKeyMissing");
     assert!(message.contains("id-token"), "{message}");
 
@@ -207,40 +367,87 @@ fn refusals_name_what_to_fix() {
         cluster,
         &ns.name,
         "not-bob",
-        &format!("tokenSecretRef: {{name: alice-token}}\n  user: {}", cluster.bob_username),
+        &format!(
+            "tokenSecretRef: {{name: alice-token}}\n  user: {}",
+            cluster.bob_username
+        ),
     );
     let message = wait_for_reason(cluster, &ns.name, "not-bob", "UserMismatch");
     assert!(message.contains(&cluster.bob_username), "{message}");
 
     // A Secret that belongs to someone else is never taken over.
-    kubectl(cluster, &["create", "secret", "generic", "taken", "-n", &ns.name, "--from-literal=kubeconfig=precious"]);
-    apply_request(cluster, &ns.name, "conflict", "tokenSecretRef: {name: alice-token}\n  secretName: taken");
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "taken",
+            "-n",
+            &ns.name,
+            "--from-literal=kubeconfig=precious",
+        ],
+    );
+    apply_request(
+        cluster,
+        &ns.name,
+        "conflict",
+        "tokenSecretRef: {name: alice-token}\n  secretName: taken",
+    );
     wait_for_reason(cluster, &ns.name, "conflict", "SecretConflict");
-    assert_eq!(decoded_secret_key(cluster, &ns.name, "taken", "kubeconfig"), "precious");
+    assert_eq!(
+        decoded_secret_key(cluster, &ns.name, "taken", "kubeconfig"),
+        "precious"
+    );
 
     // The token never appears in status or events.
-    let everything = kubectl(cluster, &["get", "kcr,events", "-n", &ns.name, "-o", "yaml"]);
+    let everything = kubectl(
+        cluster,
+        &["get", "kcr,events", "-n", &ns.name, "-o", "yaml"],
+    );
     let signature = token.rsplit('.').next().unwrap();
-    assert!(!everything.contains(signature), "a token signature leaked into status or events");
-    assert_eq!(ready_reason(cluster, &ns.name, "conflict").as_deref(), Some("SecretConflict"));
+    assert!(
+        !everything.contains(signature),
+        "a token signature leaked into status or events"
+    );
+    assert_eq!(
+        ready_reason(cluster, &ns.name, "conflict").as_deref(),
+        Some("SecretConflict")
+    );
 }
 
 #[test]
 fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-deputy");
-    put_token_secret(cluster, &ns.name, "admin-token", "token", "whatever-the-admin-keeps-here");
+    put_token_secret(
+        cluster,
+        &ns.name,
+        "admin-token",
+        "token",
+        "whatever-the-admin-keeps-here",
+    );
     kubectl(
         cluster,
         &[
-            "create", "role", "request-maker", "-n", &ns.name, "--verb=create,get,list",
+            "create",
+            "role",
+            "request-maker",
+            "-n",
+            &ns.name,
+            "--verb=create,get,list",
             "--resource=kubeconfigrequests.kubeconfig.dev",
         ],
     );
     kubectl(
         cluster,
         &[
-            "create", "rolebinding", "bob-requests", "-n", &ns.name, "--role=request-maker",
+            "create",
+            "rolebinding",
+            "bob-requests",
+            "-n",
+            &ns.name,
+            "--role=request-maker",
             &format!("--user={}", cluster.bob_username),
         ],
     );
@@ -249,25 +456,49 @@ fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
         "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: steal\n  namespace: {}\nspec:\n  tokenSecretRef: {{name: admin-token}}\n",
         ns.name
     ));
-    let refused = support::kubectl_as_token(cluster, &bob, &["create", "-f", manifest.path().to_str().unwrap()])
-        .expect_err("bob cannot read admin-token, so he may not reference it");
-    assert!(refused.contains("may not get Secret admin-token"), "{refused}");
+    // Until bob's Role reaches the authorizer he is refused for lacking `create`; after that,
+    // only the admission policy stands between him and the admin's token.
+    let create = || {
+        support::kubectl_as_token(
+            cluster,
+            &bob,
+            &["create", "-f", manifest.path().to_str().unwrap()],
+        )
+    };
+    support::eventually(
+        Duration::from_secs(30),
+        "bob is refused by the admission policy",
+        || create().is_err_and(|refused| refused.contains("may not get Secret admin-token")),
+    );
 
     kubectl(
         cluster,
         &[
-            "create", "role", "read-admin-token", "-n", &ns.name, "--verb=get",
-            "--resource=secrets", "--resource-name=admin-token",
+            "create",
+            "role",
+            "read-admin-token",
+            "-n",
+            &ns.name,
+            "--verb=get",
+            "--resource=secrets",
+            "--resource-name=admin-token",
         ],
     );
     kubectl(
         cluster,
         &[
-            "create", "rolebinding", "bob-reads", "-n", &ns.name, "--role=read-admin-token",
+            "create",
+            "rolebinding",
+            "bob-reads",
+            "-n",
+            &ns.name,
+            "--role=read-admin-token",
             &format!("--user={}", cluster.bob_username),
         ],
     );
-    support::eventually(Duration::from_secs(30), "bob is admitted once he may read the Secret", || {
-        support::kubectl_as_token(cluster, &bob, &["create", "-f", manifest.path().to_str().unwrap()]).is_ok()
-    });
+    support::eventually(
+        Duration::from_secs(30),
+        "bob is admitted once he may read the Secret",
+        || create().is_ok(),
+    );
 }
