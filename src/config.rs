@@ -725,10 +725,16 @@ mod tests {
 
     #[test]
     fn paths_with_newlines_still_give_one_line() {
-        let args = ConfigArgs { ca_file: Some("/nonexistent/a\nb".into()), ..minimal() };
+        let args = ConfigArgs {
+            ca_file: Some("/nonexistent/a\nb".into()),
+            ..minimal()
+        };
         let error = Config::resolve(FileConfig::default(), &args).unwrap_err();
         assert!(!error.to_string().contains('\n'), "{error}");
-        let args = ConfigArgs { config: Some("/nonexistent/x\ny.yaml".into()), ..minimal() };
+        let args = ConfigArgs {
+            config: Some("/nonexistent/x\ny.yaml".into()),
+            ..minimal()
+        };
         assert!(!Config::load(&args).unwrap_err().to_string().contains('\n'));
     }
 

@@ -34,7 +34,8 @@ fn b64(bytes: &[u8]) -> String {
 fn segments(token: &str) -> (String, Value, String) {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "Dex tokens have three segments");
-    let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     (parts[0].to_owned(), payload, parts[2].to_owned())
 }
 
@@ -46,22 +47,39 @@ struct Attacker {
 impl Attacker {
     fn new() -> Self {
         let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
-        let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("generate an EC key");
+        let ec =
+            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("generate an EC key");
         Self { rsa, ec }
     }
 
     fn rs256(&self, header: &Value, payload: &Value) -> String {
-        let message = format!("{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()));
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(payload.to_string().as_bytes())
+        );
         let mut signature = vec![0; self.rsa.public_modulus_len()];
         self.rsa
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message.as_bytes(), &mut signature)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message.as_bytes(),
+                &mut signature,
+            )
             .expect("sign RS256");
         format!("{message}.{}", b64(&signature))
     }
 
     fn es256(&self, header: &Value, payload: &Value) -> String {
-        let message = format!("{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()));
-        let signature = self.ec.sign(&SystemRandom::new(), message.as_bytes()).expect("sign ES256");
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(payload.to_string().as_bytes())
+        );
+        let signature = self
+            .ec
+            .sign(&SystemRandom::new(), message.as_bytes())
+            .expect("sign ES256");
         format!("{message}.{}", b64(signature.as_ref()))
     }
 
@@ -81,7 +99,9 @@ fn rsa_public_components(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
             short if short < 0x80 => (short as usize, 2),
             long => {
                 let count = (long & 0x7f) as usize;
-                let len = der[2..2 + count].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+                let len = der[2..2 + count]
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | *b as usize);
                 (len, 2 + count)
             }
         };
@@ -108,7 +128,11 @@ fn rsa_spki_pem(n: &[u8], e: &[u8]) -> String {
         if len < 0x80 {
             out.push(len as u8);
         } else {
-            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -125,23 +149,49 @@ fn rsa_spki_pem(n: &[u8], e: &[u8]) -> String {
     let rsa_key = tlv(0x30, &[integer(n), integer(e)].concat());
     let algorithm = tlv(
         0x30,
-        &[vec![0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01], vec![0x05, 0x00]].concat(),
+        &[
+            vec![
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ],
+            vec![0x05, 0x00],
+        ]
+        .concat(),
     );
-    let spki = tlv(0x30, &[algorithm, tlv(0x03, &[&[0u8][..], &rsa_key].concat())].concat());
+    let spki = tlv(
+        0x30,
+        &[algorithm, tlv(0x03, &[&[0u8][..], &rsa_key].concat())].concat(),
+    );
     let body = base64::engine::general_purpose::STANDARD.encode(spki);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 fn hs256(secret: &[u8], header: &Value, payload: &Value) -> String {
-    let message = format!("{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()));
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), message.as_bytes());
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    );
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, secret),
+        message.as_bytes(),
+    );
     format!("{message}.{}", b64(tag.as_ref()))
 }
 
 /// Dex's current signing key, fetched the way a client would: discovery, then the JWKS.
 fn dex_signing_key(cluster: &support::Cluster) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let ca = std::fs::read(&cluster.oidc_ca_file).expect("read Dex's CA");
         let client = reqwest::Client::builder()
@@ -149,7 +199,10 @@ fn dex_signing_key(cluster: &support::Cluster) -> Value {
             .build()
             .unwrap();
         let discovery: Value = client
-            .get(format!("{}/.well-known/openid-configuration", cluster.oidc_issuer_url))
+            .get(format!(
+                "{}/.well-known/openid-configuration",
+                cluster.oidc_issuer_url
+            ))
             .send()
             .await
             .expect("Dex discovery answers")
@@ -178,14 +231,22 @@ struct Case {
 }
 
 fn case(name: &'static str, token: String, reason: &'static str) -> Case {
-    Case { name, token, reason, http_status: 401 }
+    Case {
+        name,
+        token,
+        reason,
+        http_status: 401,
+    }
 }
 
 fn cases(cluster: &support::Cluster) -> Vec<Case> {
     let real = id_token(cluster, "alice");
     let (real_header, claims, real_signature) = segments(&real);
     let dex_key = dex_signing_key(cluster);
-    let dex_kid = dex_key["kid"].as_str().expect("Dex's key has a kid").to_owned();
+    let dex_kid = dex_key["kid"]
+        .as_str()
+        .expect("Dex's key has a kid")
+        .to_owned();
     let attacker = Attacker::new();
     let rs = |kid: &str| json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
     let with = |changes: Value| {
@@ -201,11 +262,18 @@ fn cases(cluster: &support::Cluster) -> Vec<Case> {
     };
     // A copy of Dex's token with changed claims and Dex's original signature.
     let tampered = |changes: Value| {
-        format!("{real_header}.{}.{real_signature}", b64(with(changes).to_string().as_bytes()))
+        format!(
+            "{real_header}.{}.{real_signature}",
+            b64(with(changes).to_string().as_bytes())
+        )
     };
     let now = chrono::Utc::now().timestamp();
-    let n = URL_SAFE_NO_PAD.decode(dex_key["n"].as_str().unwrap()).unwrap();
-    let e = URL_SAFE_NO_PAD.decode(dex_key["e"].as_str().unwrap()).unwrap();
+    let n = URL_SAFE_NO_PAD
+        .decode(dex_key["n"].as_str().unwrap())
+        .unwrap();
+    let e = URL_SAFE_NO_PAD
+        .decode(dex_key["e"].as_str().unwrap())
+        .unwrap();
     let dex_public_pem = rsa_spki_pem(&n, &e);
 
     vec![
@@ -256,10 +324,18 @@ fn crafted_tokens_are_refused_on_both_paths_and_nothing_leaks() {
     let mut error_bodies = String::new();
     for case in &cases {
         let response = http_get_kubeconfig(&operator.base_url, Some(&case.token), "");
-        assert_eq!(response.status, case.http_status, "{}: {}", case.name, response.body);
+        assert_eq!(
+            response.status, case.http_status,
+            "{}: {}",
+            case.name, response.body
+        );
         if case.http_status == 401 {
             let challenge = response.header("www-authenticate");
-            assert!(challenge.contains("invalid_token"), "{}: {challenge}", case.name);
+            assert!(
+                challenge.contains("invalid_token"),
+                "{}: {challenge}",
+                case.name
+            );
             assert!(
                 response.body.starts_with(case.reason),
                 "{}: expected {}, got {}",
@@ -274,7 +350,12 @@ fn crafted_tokens_are_refused_on_both_paths_and_nothing_leaks() {
 
     for case in &cases {
         put_token_secret(cluster, &ns.name, case.name, "token", &case.token);
-        apply_request(cluster, &ns.name, case.name, &format!("tokenSecretRef: {{name: {}}}", case.name));
+        apply_request(
+            cluster,
+            &ns.name,
+            case.name,
+            &format!("tokenSecretRef: {{name: {}}}", case.name),
+        );
     }
     for case in &cases {
         let message = wait_for_reason(cluster, &ns.name, case.name, "TokenInvalid");
@@ -292,24 +373,37 @@ fn crafted_tokens_are_refused_on_both_paths_and_nothing_leaks() {
     let accepted = http_get_kubeconfig(&operator.base_url, Some(&multi_audience), "");
     assert_eq!(accepted.status, 200, "{}", accepted.body);
 
-    let status_and_events = kubectl(cluster, &["get", "kcr,events", "-n", &ns.name, "-o", "yaml"]);
+    let status_and_events = kubectl(
+        cluster,
+        &["get", "kcr,events", "-n", &ns.name, "-o", "yaml"],
+    );
     let metrics = http_get(&operator.base_url, "/metrics", None, "").body;
     let logs = operator.logs();
-    assert!(logs.contains("TRACE") || logs.contains("trace"), "the operator ran at trace level");
+    assert!(
+        logs.contains("TRACE") || logs.contains("trace"),
+        "the operator ran at trace level"
+    );
     let places = [
         ("operator logs", &logs),
         ("status and events", &status_and_events),
         ("metrics", &metrics),
         ("HTTP error bodies and headers", &error_bodies),
     ];
-    for case in cases.iter().map(|c| c.token.as_str()).chain([multi_audience.as_str()]) {
+    for case in cases
+        .iter()
+        .map(|c| c.token.as_str())
+        .chain([multi_audience.as_str()])
+    {
         let signature = case.rsplit('.').next().unwrap_or_default();
         for (place, text) in &places {
             if case.len() >= 16 {
                 assert!(!text.contains(case), "a whole token leaked into {place}");
             }
             if signature.len() >= 16 {
-                assert!(!text.contains(signature), "a token signature leaked into {place}");
+                assert!(
+                    !text.contains(signature),
+                    "a token signature leaked into {place}"
+                );
             }
         }
     }

@@ -105,14 +105,20 @@ impl Operator {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the operator exited with {status} before becoming ready:\n{}", self.logs());
+                panic!(
+                    "the operator exited with {status} before becoming ready:\n{}",
+                    self.logs()
+                );
             }
             if http_status(&format!("{}/readyz", self.base_url)) == Some(200) {
                 return;
             }
             thread::sleep(Duration::from_millis(200));
         }
-        panic!("the operator did not become ready within 60 s:\n{}", self.logs());
+        panic!(
+            "the operator did not become ready within 60 s:\n{}",
+            self.logs()
+        );
     }
 
     /// Everything the operator has written to stdout and stderr so far.
@@ -149,7 +155,11 @@ fn http_status(url: &str) -> Option<u16> {
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = std::net::TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.split_whitespace().nth(1)?.parse().ok()

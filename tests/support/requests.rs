@@ -9,7 +9,8 @@ use super::{Cluster, eventually, kubectl, kubectl_result};
 /// A file that lives as long as the returned handle.
 pub fn write_temp(content: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("create a temporary file");
-    file.write_all(content.as_bytes()).expect("write a temporary file");
+    file.write_all(content.as_bytes())
+        .expect("write a temporary file");
     file.flush().expect("flush a temporary file");
     file
 }
@@ -44,7 +45,15 @@ pub fn request_manifest(namespace: &str, name: &str, spec: &str) -> String {
 pub fn decoded_secret_key(cluster: &Cluster, namespace: &str, name: &str, key: &str) -> String {
     let encoded = kubectl(
         cluster,
-        &["get", "secret", name, "-n", namespace, "-o", &format!("jsonpath={{.data.{key}}}")],
+        &[
+            "get",
+            "secret",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ],
     );
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
@@ -59,9 +68,12 @@ pub fn ready_reason(cluster: &Cluster, namespace: &str, name: &str) -> Option<St
 
 fn ready_field(cluster: &Cluster, namespace: &str, name: &str, field: &str) -> Option<String> {
     let jsonpath = format!("jsonpath={{.status.conditions[?(@.type==\"Ready\")].{field}}}");
-    kubectl_result(cluster, &["get", "kcr", name, "-n", namespace, "-o", &jsonpath])
-        .ok()
-        .filter(|value| !value.is_empty())
+    kubectl_result(
+        cluster,
+        &["get", "kcr", name, "-n", namespace, "-o", &jsonpath],
+    )
+    .ok()
+    .filter(|value| !value.is_empty())
 }
 
 /// Waits until the request's Ready condition has `reason`, and returns its message.
@@ -118,6 +130,10 @@ pub fn http_get(base_url: &str, path: &str, token: Option<&str>, query: &str) ->
             .map(|(key, value)| (key.to_string(), value.to_str().unwrap_or("").to_owned()))
             .collect();
         let body = response.text().await.expect("read the response body");
-        HttpResponse { status, headers, body }
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
     })
 }
