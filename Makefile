@@ -26,8 +26,22 @@ $(filter cluster-restart-%,$(CLUSTER_CTL_TARGETS)): cluster-restart-%:
 	bash tests/cluster/ctl restart $*
 # ---- end of local test cluster ----------------------------------------------------------------
 
-.PHONY: test
-# Brings the cluster up, runs every Rust test, and tears the cluster down even when tests fail.
+.PHONY: run test fuzz
+# The main job: local cluster and Dex (started or reused), CRD/policy/RBAC, a sample request for
+# alice, and the operator in the foreground on $(LISTEN).
+LISTEN ?= 127.0.0.1:8000
+export LISTEN
+run:
+	bash scripts/run-local.sh
+
+# Every test: unit and integration tests against the local cluster, then each fuzz target for
+# FUZZ_SECONDS. The cluster is torn down even when tests fail.
+FUZZ_SECONDS ?= 60
 test:
 	$(MAKE) cluster-up
-	rc=0; cargo test --all-targets || rc=$$?; $(MAKE) cluster-down; exit $$rc
+	rc=0; cargo test || rc=$$?; \
+	if [ $$rc -eq 0 ]; then bash scripts/fuzz.sh $(FUZZ_SECONDS) || rc=$$?; fi; \
+	$(MAKE) cluster-down; exit $$rc
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
