@@ -207,6 +207,26 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+#[cfg(test)]
+impl OidcConfig {
+    /// Dex-like settings for unit tests across the crate: client `kubeconfig-operator`, username
+    /// from `email`, groups from `groups`, no prefixes, 30 s leeway.
+    pub(crate) fn for_tests(issuer: &str, algorithms: &[Algorithm]) -> Self {
+        Self {
+            issuer_url: Url::parse(issuer).expect("test issuer is a URL"),
+            issuer: issuer.to_owned(),
+            client_id: "kubeconfig-operator".into(),
+            username_claim: "email".into(),
+            username_prefix: String::new(),
+            groups_claim: Some("groups".into()),
+            groups_prefix: String::new(),
+            ca_file: None,
+            algorithms: algorithms.to_vec(),
+            leeway: Duration::from_secs(DEFAULT_LEEWAY_SECONDS),
+        }
+    }
+}
+
 impl Config {
     /// Reads the file named by `--config` (if any), applies flags and environment, and validates.
     pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {

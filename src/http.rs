@@ -497,3 +497,181 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use jsonwebtoken::{Algorithm, jwk::JwkSet};
+
+    use super::*;
+    use crate::{config::OidcConfig, jwks::KeySet};
+
+    /// A verifier whose key set is empty but loaded: every token is refused without network.
+    fn state() -> Arc<HttpState> {
+        let config = OidcConfig::for_tests("https://dex.example/dex", &[Algorithm::RS256]);
+        let keys = KeySet::from_static(&JwkSet { keys: vec![] }, &config.algorithms);
+        Arc::new(HttpState {
+            verifier: Arc::new(Verifier::with_keys(config, keys)),
+            settings: KubeconfigSettings {
+                cluster_name: "local cluster".into(),
+                server: "https://127.0.0.1:6443".into(),
+                ca_pem: None,
+                user_name: "OIDCUser".into(),
+                default_namespace: None,
+            },
+            metrics: Arc::new(Metrics::default()),
+            controller_ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn call(
+        state: &Arc<HttpState>,
+        method: Method,
+        uri: &str,
+        authorization: &[&str],
+    ) -> Response {
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        for value in authorization {
+            request = request.header(header::AUTHORIZATION, *value);
+        }
+        router(Arc::clone(state))
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn missing_or_foreign_credentials_get_a_bearer_challenge() {
+        let state = state();
+        for authorization in [
+            &[][..],
+            &["Basic YWxpY2U6cHc="],
+            &["Bearer "],
+            &["Bearer a.b.c", "Bearer d.e.f"],
+        ] {
+            let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, authorization).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{authorization:?}"
+            );
+            let challenge = response.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap();
+            assert_eq!(challenge, "Bearer realm=\"kubeconfig-operator\"");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_token_gets_401_with_its_reason_and_is_counted() {
+        let state = state();
+        let response = call(
+            &state,
+            Method::GET,
+            KUBE_CONFIG_ROUTE,
+            &["bearer garbage-token-value"],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert!(
+            challenge.contains("error_description=\"Malformed\""),
+            "{challenge}"
+        );
+        let text = body(response).await;
+        assert!(text.starts_with("Malformed: "), "{text}");
+        assert!(!text.contains("garbage-token-value"));
+        let metrics = state.metrics.render();
+        assert!(
+            metrics.contains(r#"token_validation_failures_total{reason="Malformed"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"http_requests_total{route="/kube-config",code="401"} 1"#),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn query_must_be_one_valid_namespace() {
+        let state = state();
+        for query in [
+            "?namespace=Bad_NS",
+            "?namespace=a&namespace=b",
+            "?ns=team-a",
+            "?namespace=",
+        ] {
+            let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
+            let response = call(&state, Method::GET, &uri, &["Bearer a.b.c"]).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        }
+        let response = call(
+            &state,
+            Method::GET,
+            "/kube-config?namespace=team-a",
+            &["Bearer a.b.c"],
+        )
+        .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "a valid namespace reaches validation"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_methods_and_paths_are_refused_without_5xx() {
+        let state = state();
+        let response = call(&state, Method::POST, KUBE_CONFIG_ROUTE, &[]).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(response.headers().contains_key(header::ALLOW));
+        let response = call(&state, Method::GET, "/../../etc/passwd", &[]).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(
+            state
+                .metrics
+                .render()
+                .contains(r#"route="other",code="404""#)
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_the_controller_cache_and_the_keys() {
+        let state = state();
+        let response = call(&state, Method::GET, "/readyz", &[]).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(response).await.contains("cache has not synced"));
+        state.controller_ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            call(&state, Method::GET, "/readyz", &[]).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&state, Method::GET, "/healthz", &[]).await.status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn attachment_names_are_safe() {
+        assert_eq!(
+            attachment("local cluster"),
+            "attachment; filename=\"local-cluster.kubeconfig\""
+        );
+        assert_eq!(
+            attachment("a\"b;c"),
+            "attachment; filename=\"a-b-c.kubeconfig\""
+        );
+    }
+}

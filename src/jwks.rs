@@ -503,18 +503,7 @@ mod tests {
     }
 
     fn config(issuer: &str) -> OidcConfig {
-        OidcConfig {
-            issuer_url: Url::parse(issuer).unwrap(),
-            issuer: issuer.into(),
-            client_id: "client".into(),
-            username_claim: "email".into(),
-            username_prefix: String::new(),
-            groups_claim: Some("groups".into()),
-            groups_prefix: String::new(),
-            ca_file: None::<PathBuf>,
-            algorithms: vec![Algorithm::RS256],
-            leeway: Duration::from_secs(30),
-        }
+        OidcConfig::for_tests(issuer, &[Algorithm::RS256])
     }
 
     /// A loopback HTTP issuer whose answers a test can change, counting JWKS downloads.

@@ -439,7 +439,7 @@ fn expiry_of_verified(token: &str) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
-    use std::{path::PathBuf, sync::LazyLock};
+    use std::sync::LazyLock;
 
     use aws_lc_rs::{
         encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
@@ -534,16 +534,10 @@ mod tests {
 
     fn config(algorithms: &[Algorithm]) -> OidcConfig {
         OidcConfig {
-            issuer_url: url::Url::parse(ISSUER).unwrap(),
-            issuer: ISSUER.into(),
             client_id: CLIENT.into(),
-            username_claim: "email".into(),
             username_prefix: "oidc:".into(),
-            groups_claim: Some("groups".into()),
             groups_prefix: "oidc:".into(),
-            ca_file: None::<PathBuf>,
-            algorithms: algorithms.to_vec(),
-            leeway: Duration::from_secs(30),
+            ..OidcConfig::for_tests(ISSUER, algorithms)
         }
     }
 
