@@ -1,0 +1,78 @@
+//! The binary's command line: a bad configuration stops start-up with exit code 2 and one line
+//! naming the field, before any connection is attempted.
+
+use std::process::{Command, Output};
+
+fn operator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run kubeconfig-operator")
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line_naming_the_field() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["run"], "server: is required"),
+        (
+            &[
+                "run",
+                "--server",
+                "http://127.0.0.1:6443",
+                "--oidc-issuer-url",
+                "https://dex",
+                "--oidc-client-id",
+                "c",
+            ],
+            "server: \"http://127.0.0.1:6443\" must use https",
+        ),
+        (
+            &[
+                "run",
+                "--server",
+                "https://k",
+                "--oidc-issuer-url",
+                "https://dex",
+                "--oidc-client-id",
+                "c",
+                "--oidc-signing-algorithms",
+                "HS256",
+            ],
+            "oidc.signingAlgorithms: \"HS256\" is not allowed",
+        ),
+        (
+            &["run", "--config", "/nonexistent/operator.yaml"],
+            "--config: cannot read",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = operator(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("invalid configuration: "), "{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_keys_in_the_config_file_are_refused() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "server: https://k\nservr: typo\n").unwrap();
+    let output = operator(&["run", "--config", file.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("servr"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = operator(&["version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("kubeconfig-operator {}", env!("CARGO_PKG_VERSION"))
+    );
+}
