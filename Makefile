@@ -1,4 +1,4 @@
-# ---- local test cluster (tests/cluster; see NOTES-cluster.md) --------------------------------
+# ---- local test cluster (tests/cluster; see README, "Local cluster") --------------------------------
 # etcd + kube-apiserver + kube-controller-manager (k8s v1.33.13) + Dex (main, short) + OpenLDAP,
 # all on 127.0.0.1. CLUSTER_DIR=... selects another, independent cluster (default target/cluster).
 CLUSTER_DIR ?= target/cluster

@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests that run against the real local cluster
 //! (etcd + kube-apiserver + kube-controller-manager + Dex, see `tests/cluster/` and
-//! `NOTES-cluster.md`). Use it from a test file with `mod support;`.
+//! README, "Local cluster"). Use it from a test file with `mod support;`.
 //!
 //! The cluster is brought up at most once per test binary (`make cluster-up`, which is a quick
 //! no-op when it is already healthy) and left running for the next binary; `make test` tears it
