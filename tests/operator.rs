@@ -29,32 +29,53 @@ fn users_token(kubeconfig_yaml: &str) -> String {
         .to_owned()
 }
 
+/// Stores `token` in Secret `alice-token`, requests a kubeconfig from it with `spec` (default
+/// when empty), waits with `kubectl wait` as a user would, and returns the issued Secret's name.
+fn issue_for_alice(cluster: &Cluster, namespace: &str, token: &str, extra_spec: &str) -> String {
+    put_token_secret(cluster, namespace, "alice-token", "token", token);
+    apply_request(
+        cluster,
+        namespace,
+        "alice",
+        &format!("tokenSecretRef: {{name: alice-token}}{extra_spec}"),
+    );
+    kubectl(
+        cluster,
+        &[
+            "wait",
+            "-n",
+            namespace,
+            "--for=condition=Ready",
+            "kcr/alice",
+            "--timeout=60s",
+        ],
+    );
+    issued_secret_name(cluster, namespace, "alice")
+}
+
+fn issued_secret_name(cluster: &Cluster, namespace: &str, request: &str) -> String {
+    kubectl(
+        cluster,
+        &[
+            "get",
+            "kcr",
+            request,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.secretName}",
+        ],
+    )
+}
+
 #[test]
 fn request_for_alice_becomes_ready_and_its_kubeconfig_acts_as_alice_within_rbac() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-ready");
     let other = Namespace::new(cluster, "kcr-elsewhere");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
-    put_token_secret(cluster, &ns.name, "alice-token", "token", &alice(cluster));
-    apply_request(
-        cluster,
-        &ns.name,
-        "alice",
-        "tokenSecretRef: {name: alice-token}\n  namespace: default",
-    );
-
     // `kubectl wait` is what users script against; it must return.
-    kubectl(
-        cluster,
-        &[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=Ready",
-            "kcr/alice",
-            "--timeout=60s",
-        ],
-    );
+    issue_for_alice(cluster, &ns.name, &alice(cluster), "\n  namespace: default");
     let status: serde_json::Value = serde_json::from_str(&kubectl(
         cluster,
         &[
@@ -120,36 +141,7 @@ fn http_download_gives_an_equivalent_kubeconfig() {
     let ns = Namespace::new(cluster, "kcr-http");
     let operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     let token = alice(cluster);
-    put_token_secret(cluster, &ns.name, "alice-token", "token", &token);
-    apply_request(
-        cluster,
-        &ns.name,
-        "alice",
-        "tokenSecretRef: {name: alice-token}",
-    );
-    kubectl(
-        cluster,
-        &[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=Ready",
-            "kcr/alice",
-            "--timeout=60s",
-        ],
-    );
-    let secret_name = kubectl(
-        cluster,
-        &[
-            "get",
-            "kcr",
-            "alice",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.status.secretName}",
-        ],
-    );
+    let secret_name = issue_for_alice(cluster, &ns.name, &token, "");
     let from_secret = decoded_secret_key(cluster, &ns.name, &secret_name, "kubeconfig");
 
     let response = http_get_kubeconfig(&operator.base_url, Some(&token), "");
@@ -237,18 +229,7 @@ fn expired_tokens_are_refused_and_an_issued_request_turns_expired_keeping_its_se
         "tokenSecretRef: {name: alice-token}",
     );
     wait_for_reason(cluster, &ns.name, "alice", "Issued");
-    let secret_name = kubectl(
-        cluster,
-        &[
-            "get",
-            "kcr",
-            "alice",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.status.secretName}",
-        ],
-    );
+    let secret_name = issued_secret_name(cluster, &ns.name, "alice");
 
     // Dex's short-lived issuer signs 5 s tokens; the operator requeues at expiry by itself.
     let message = wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
@@ -268,36 +249,7 @@ fn updating_the_token_secret_reissues_and_deleting_the_request_deletes_its_secre
     let ns = Namespace::new(cluster, "kcr-update");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
     let first = alice(cluster);
-    put_token_secret(cluster, &ns.name, "alice-token", "token", &first);
-    apply_request(
-        cluster,
-        &ns.name,
-        "alice",
-        "tokenSecretRef: {name: alice-token}",
-    );
-    kubectl(
-        cluster,
-        &[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=Ready",
-            "kcr/alice",
-            "--timeout=60s",
-        ],
-    );
-    let secret_name = kubectl(
-        cluster,
-        &[
-            "get",
-            "kcr",
-            "alice",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.status.secretName}",
-        ],
-    );
+    let secret_name = issue_for_alice(cluster, &ns.name, &first, "");
     assert_eq!(
         users_token(&decoded_secret_key(
             cluster,
