@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod proxy;
 pub mod requests;
 
 use std::{

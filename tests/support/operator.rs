@@ -32,7 +32,7 @@ pub struct Operator {
 /// Installs the CRD, the admission policy and the operator's RBAC once per test binary (with the
 /// same script `make run` uses), and returns a kubeconfig holding the operator ServiceAccount's
 /// token.
-fn operator_kubeconfig(cluster: &Cluster) -> &'static Path {
+pub fn operator_kubeconfig(cluster: &Cluster) -> &'static Path {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-dev.sh");
@@ -60,7 +60,20 @@ fn free_port() -> u16 {
 impl Operator {
     /// Starts the operator for `namespace` and waits until `/readyz` answers 200.
     pub fn start(cluster: &Cluster, namespace: &str, issuer: Issuer, extra_args: &[&str]) -> Self {
-        let kubeconfig = operator_kubeconfig(cluster);
+        Self::start_with_kubeconfig(cluster, namespace, issuer, extra_args, None)
+    }
+
+    /// As [`Operator::start`], with another kubeconfig for the operator's own API client (e.g. a
+    /// copy of [`operator_kubeconfig`] whose server goes through a proxy).
+    pub fn start_with_kubeconfig(
+        cluster: &Cluster,
+        namespace: &str,
+        issuer: Issuer,
+        extra_args: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> Self {
+        let installed = operator_kubeconfig(cluster);
+        let kubeconfig = kubeconfig.unwrap_or(installed);
         let port = free_port();
         let issuer_url = match issuer {
             Issuer::Main => &cluster.oidc_issuer_url,
