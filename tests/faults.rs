@@ -616,16 +616,49 @@ fn apiserver_restart_mid_batch() {
 // ---------------------------------------------------------------------------------------------
 // 2. Dex goes away and comes back with new signing keys
 
-/// Dex keeps its keys in SQLite (see up.sh), so a plain restart keeps them. Removing the
-/// database while Dex is stopped makes it start as a freshly deployed (or in-memory) Dex does:
-/// with a new signing key under a new kid, as after a rotation where the old key is gone.
-fn forget_dex_keys(cluster: &Cluster) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let path: PathBuf = cluster.dir.join(format!("dex/dex.db{suffix}"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("remove {}: {e}", path.display()),
+const DEX_DB_FILES: [&str; 4] = ["dex.db", "dex.db-wal", "dex.db-shm", "dex.db-journal"];
+
+/// Dex keeps its keys in SQLite (see README, "Local cluster"), so a plain restart keeps them.
+/// `rotate` (with Dex stopped) sets its database aside, so Dex starts as a fresh (or in-memory)
+/// Dex does: with a new signing key under a new kid, the old one gone. kube-apiserver does not
+/// refetch keys for an unknown kid, so the cluster would refuse new tokens from then on; `Drop`
+/// therefore puts the original database back and restarts Dex, and everything that cached the
+/// original keys (the API server) works as before.
+struct DexKeys<'a> {
+    cluster: &'a Cluster,
+    dir: PathBuf,
+}
+
+impl<'a> DexKeys<'a> {
+    fn rotate(cluster: &'a Cluster) -> Self {
+        let dir = cluster.dir.join("dex");
+        for name in DEX_DB_FILES {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::rename(&path, dir.join(format!("{name}.faults-backup")))
+                    .unwrap_or_else(|e| panic!("set {} aside: {e}", path.display()));
+            }
+        }
+        DexKeys { cluster, dir }
+    }
+}
+
+impl Drop for DexKeys<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = ctl(self.cluster, "stop", "dex") {
+            eprintln!("stopping dex to restore its keys: {error}");
+        }
+        for name in DEX_DB_FILES {
+            let _ = std::fs::remove_file(self.dir.join(name));
+            let backup = self.dir.join(format!("{name}.faults-backup"));
+            if backup.exists()
+                && let Err(error) = std::fs::rename(&backup, self.dir.join(name))
+            {
+                eprintln!("restoring {}: {error}", backup.display());
+            }
+        }
+        if let Err(error) = ctl(self.cluster, "start", "dex") {
+            eprintln!("starting dex with its original keys: {error}");
         }
     }
 }
@@ -674,7 +707,7 @@ fn dex_down_and_back() {
     println!("unknown kid, Dex down: {message}");
 
     // Dex comes back with a new signing key.
-    forget_dex_keys(cluster);
+    let rotated = DexKeys::rotate(cluster);
     ctl_ok(cluster, "start", "dex");
     let fresh = id_token(cluster, "alice");
     let new_kid = header_kid(&fresh);
@@ -708,16 +741,24 @@ fn dex_down_and_back() {
         "the request issued while Dex was down stays Issued"
     );
 
-    // The API server trusts the new key too, so the shared cluster is usable for everyone after.
+    // Dex gets its original keys back, which the API server still trusts.
+    drop(rotated);
+    let restored = id_token(cluster, "alice");
+    assert_eq!(
+        header_kid(&restored),
+        old_kid,
+        "Dex has its original key again"
+    );
     eventually(
-        Duration::from_secs(60),
-        "the apiserver accepts Dex's new key",
-        || kubectl_as_token(cluster, &fresh, &["auth", "whoami"]).is_ok(),
+        Duration::from_secs(30),
+        "the apiserver accepts Dex's tokens again",
+        || kubectl_as_token(cluster, &restored, &["auth", "whoami"]).is_ok(),
     );
 
     let text = metrics(&operator);
     println!(
-        "old kid {old_kid}, new kid {new_kid}; HTTP answers for the new kid: {seen:?}; 503s: {}, IssuerUnavailable failures: {}",
+        "old kid {old_kid}, new kid {new_kid}; HTTP answers for the new kid: {} x 503, then 200; 503s in all: {}, IssuerUnavailable failures: {}",
+        seen.iter().filter(|s| **s == 503).count(),
         metric(
             &text,
             "kubeconfig_operator_http_requests_total",
@@ -752,16 +793,28 @@ fn operator_killed_mid_batch() {
     create_batch(cluster, &ns.name, &token, COUNT);
 
     let mut first = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
-    let written = wait_for_secrets_written(&first, 10, Duration::from_secs(120));
+    // Completed reconciliations (the duration histogram's count) are requests whose status was
+    // written; kill once some, not all, are done.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(
+        &metrics(&first),
+        "kubeconfig_operator_reconcile_duration_seconds_count",
+        "",
+    ) < 10.0
+    {
+        assert!(Instant::now() < deadline, "no progress:\n{}", tail(&first));
+        thread::sleep(Duration::from_millis(10));
+    }
     first.kill();
+    let written = secrets_written(&first);
     let ready_at_kill = ready_count(&requests(cluster, &ns.name).expect("list the requests"));
     let secrets_at_kill = written_secrets(cluster, &ns.name).len();
     println!(
         "SIGKILL after {written} Secret writes: {ready_at_kill} of {COUNT} requests Ready, {secrets_at_kill} Secrets"
     );
     assert!(
-        ready_at_kill < COUNT,
-        "every request was Ready before the kill; the fault did not land mid-batch"
+        0 < ready_at_kill && ready_at_kill < COUNT,
+        "{ready_at_kill} of {COUNT} Ready at the kill; the fault did not land mid-batch"
     );
     assert!(!first.logs().contains("panicked"));
 
@@ -810,8 +863,8 @@ fn operator_killed_mid_batch() {
         .filter(|(name, rv)| requests_idle.get(*name) != Some(rv))
         .count();
     println!(
-        "Secret writes by the new operator: {writes_converged} (for {} not Ready at the kill); rewritten while idle: {} Secrets, {status_rewritten} requests",
-        COUNT - ready_at_kill,
+        "Secret writes by the new operator: {writes_converged} (for {} Secrets missing at the kill); rewritten while idle: {} Secrets, {status_rewritten} requests",
+        COUNT - secrets_at_kill,
         rewritten.len()
     );
     assert!(
@@ -829,10 +882,10 @@ fn operator_killed_mid_batch() {
         writes_converged,
         "no Secret writes while idle"
     );
-    assert!(
-        writes_converged <= COUNT - ready_at_kill,
-        "the new operator rewrote Secrets that were already right ({writes_converged} writes for {} requests not yet Ready)",
-        COUNT - ready_at_kill
+    assert_eq!(
+        writes_converged,
+        COUNT - secrets_at_kill,
+        "the new operator writes exactly the Secrets missing at the kill, and rewrites none of the {secrets_at_kill} already there"
     );
     assert_operator_healthy(&second);
 }
