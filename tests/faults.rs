@@ -556,6 +556,9 @@ fn apiserver_restart_mid_batch() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "faults-apiserver");
     let token = id_token(cluster, "alice");
+    // The CRD must be installed before the batch is created; on a fresh cluster nothing else
+    // has installed it yet when this binary runs first.
+    operator_kubeconfig(cluster);
     let started = Instant::now();
     // Everything exists before the operator starts, so the restart lands in the middle of its
     // work rather than in the middle of ours.
