@@ -371,6 +371,8 @@ fn refusals_name_what_to_fix() {
 #[test]
 fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
     let cluster = cluster();
+    // The CRD and the admission policy under test; no operator needs to run for admission.
+    support::operator::operator_kubeconfig(cluster);
     let ns = Namespace::new(cluster, "kcr-deputy");
     put_token_secret(
         cluster,
