@@ -187,8 +187,77 @@ def structured_token_seeds(binary):
     print(f"kept {kept} structured token seeds: {sorted(k for k in seen if isinstance(k, str))}")
 
 
+def http_seeds():
+    """Requests for http_request: flags byte (bits 0-2 method: 0 GET, 2 HEAD, 3 POST, 4 PUT,
+    5 DELETE, 6 OPTIONS, 7 from line 1; bit 3 controller ready), target line, header lines
+    (`name: value`, or a bare line = an Authorization value). `@T`/`@X` stand for a valid and an
+    expired token, signed by the target at start-up (so no token is checked in)."""
+    GET, HEAD, POST, PUT, DELETE, OPTIONS, CUSTOM, READY = 0, 2, 3, 4, 5, 6, 7, 8
+    KC = "/kube-config"
+    shaped = lambda kid: f"Bearer {seg({'alg': 'RS256', 'kid': kid})}.{seg(GOOD_CLAIMS)}.{SIG}"
+    seeds = {
+        "valid": (READY, KC, ["Bearer @T"]),
+        "valid_namespace": (READY, KC + "?namespace=team-a", ["Bearer @T"]),
+        "valid_namespace_percent": (GET, KC + "?namespace=team%2Da", ["bearer @T"]),
+        "valid_header_form_padded": (GET, KC, ["Authorization: BEARER   @T  "]),
+        "valid_head": (HEAD, KC, ["Bearer @T"]),
+        "expired": (GET, KC, ["Bearer @X"]),
+        "two_authorization": (GET, KC, ["Bearer @T", "Bearer @T"]),
+        "header_and_bare_line": (GET, KC, ["authorization: Bearer @T", "Bearer a.b.c"]),
+        "no_authorization": (GET, KC, []),
+        "basic": (GET, KC, ["Basic YWxpY2U6cHc="]),
+        "bearer_only": (GET, KC, ["Bearer"]),
+        "bearer_spaces": (GET, KC, ["Bearer    "]),
+        "bearer_inner_space": (GET, KC, ["Bearer a.b c"]),
+        "bearer_no_space": (GET, KC, ["Bearer@T"]),
+        "bearer_tab": (GET, KC, ["Bearer\t@T"]),
+        "bearer_non_ascii": (GET, KC, [b"Bearer \xc3\xa9\xc3\xa9.a.b"]),
+        "bearer_long_garbage": (GET, KC, ["Bearer garbage-token-value-that-is-long"]),
+        "token_shaped": (GET, KC, [shaped("issuer-rsa")]),
+        "token_unknown_kid": (GET, KC, [shaped("someone-else")]),
+        "token_long_kid": (GET, KC, [shaped("k" * 300)]),
+        "token_alg_none": (GET, KC, [f"Bearer {seg({'alg': 'none', 'kid': 'issuer-rsa'})}.{seg(GOOD_CLAIMS)}."]),
+        "token_tampered_tail": (GET, KC, ["Bearer @TA"]),
+        "ns_invalid": (GET, KC + "?namespace=Bad_NS", ["Bearer @T"]),
+        "ns_twice": (GET, KC + "?namespace=a&namespace=b", ["Bearer @T"]),
+        "ns_unknown_param": (GET, KC + "?ns=team-a", ["Bearer @T"]),
+        "ns_empty": (GET, KC + "?namespace=", ["Bearer @T"]),
+        "ns_nul": (GET, KC + "?namespace=%00", ["Bearer @T"]),
+        "ns_too_long": (GET, KC + "?namespace=" + "a" * 64, ["Bearer @T"]),
+        "ns_trailing_amp": (GET, KC + "?namespace=team-a&", ["Bearer @T"]),
+        "ns_bad_percent": (GET, KC + "?namespace=%zz%C3%28", ["Bearer @T"]),
+        "query_only_separators": (GET, KC + "?=&&;", ["Bearer @T"]),
+        "readyz_not_ready": (GET, "/readyz", []),
+        "readyz_ready": (READY, "/readyz", []),
+        "healthz": (GET, "/healthz", []),
+        "metrics": (READY, "/metrics", ["Bearer @T"]),
+        "post": (POST, KC, ["Bearer @T"]),
+        "put": (PUT, KC, []),
+        "delete": (DELETE, "/metrics", []),
+        "options": (OPTIONS, KC, []),
+        "custom_method": (CUSTOM, "PROPFIND " + KC, ["Bearer @T"]),
+        "custom_method_connect": (CUSTOM, "CONNECT " + KC, []),
+        "path_traversal": (GET, "/../../etc/passwd", []),
+        "trailing_slash": (GET, KC + "/", ["Bearer @T"]),
+        "double_slash": (GET, "/" + KC, ["Bearer @T"]),
+        "uppercase_path": (GET, "/KUBE-CONFIG", ["Bearer @T"]),
+        "encoded_slash": (GET, "/kube%2Dconfig", ["Bearer @T"]),
+        "fragment_and_space": (GET, KC + "?namespace=a b#frag", ["Bearer @T"]),
+        "absolute_uri": (GET, "http://evil.example" + KC, ["Bearer @T"]),
+        "proxy_headers": (GET, KC, ["Host: evil.example", "X-Forwarded-For: 203.0.113.9", "Bearer @T"]),
+        "body_headers": (GET, KC, ["Content-Length: 5", "Transfer-Encoding: chunked", "Bearer @T"]),
+        "upgrade": (GET, KC, ["Connection: upgrade", "Upgrade: websocket", "Bearer @T"]),
+        "invalid_header_name": (GET, KC, ["Bad Name: x", "Bearer @T"]),
+        "echo_bait_fixed_text": (GET, KC + "?x=1", ["unknown query parameter; only namespace"]),
+    }
+    for name, (flags, target, headers) in seeds.items():
+        lines = [target.encode()] + [h if isinstance(h, bytes) else h.encode() for h in headers]
+        write("http_request", name, bytes([flags]) + b"\n".join(lines))
+
+
 if __name__ == "__main__":
     token_seeds()
     config_seeds()
+    http_seeds()
     if len(sys.argv) > 1:
         structured_token_seeds(sys.argv[1])
