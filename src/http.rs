@@ -643,31 +643,12 @@ mod tests {
     const ISSUER: &str = "https://dex.example/dex";
     const KID: &str = "test-key";
 
-    /// jsonwebtoken wants the PKCS#1 key that aws-lc-rs only exports wrapped in PKCS#8.
-    fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
-        fn element(input: &[u8]) -> (&[u8], &[u8]) {
-            let (len, start) = if input[1] < 0x80 {
-                (usize::from(input[1]), 2)
-            } else {
-                let n = usize::from(input[1] & 0x7f);
-                let len = input[2..2 + n]
-                    .iter()
-                    .fold(0, |acc, b| (acc << 8) | usize::from(*b));
-                (len, 2 + n)
-            };
-            (&input[start..start + len], &input[start + len..])
-        }
-        let (info, _) = element(pkcs8);
-        let (_, rest) = element(info); // version
-        let (_, rest) = element(rest); // algorithm identifier
-        element(rest).0.to_vec()
-    }
-
     /// The issuer's signing key and its JWK; RSA generation is slow in debug builds, so once.
     static KEY: LazyLock<(EncodingKey, Jwk)> = LazyLock::new(|| {
         let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
-        let encoding = EncodingKey::from_rsa_der(&pkcs1_from_pkcs8(pkcs8.as_ref()));
+        let encoding =
+            EncodingKey::from_rsa_der(&crate::token::tests::pkcs1_from_pkcs8(pkcs8.as_ref()));
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
         jwk.common.key_id = Some(KID.into());
         (encoding, jwk)

@@ -438,7 +438,7 @@ fn expiry_of_verified(token: &str) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::LazyLock;
 
     use aws_lc_rs::{
@@ -468,7 +468,7 @@ mod tests {
 
     /// Splits the RSAPrivateKey (PKCS#1) out of a PKCS#8 PrivateKeyInfo, which is what
     /// jsonwebtoken's `from_rsa_der` wants and aws-lc-rs does not export directly.
-    fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
+    pub(crate) fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
         fn element(input: &[u8]) -> (u8, &[u8], &[u8]) {
             let (len, start) = if input[1] < 0x80 {
                 (usize::from(input[1]), 2)
