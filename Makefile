@@ -7,6 +7,7 @@ CLUSTER_COMPONENTS := etcd ldap dex dex-short apiserver controller-manager
 
 .PHONY: cluster-up cluster-down cluster-status
 cluster-up:
+	bash scripts/install-deps.sh
 	bash tests/cluster/up.sh
 
 cluster-down:

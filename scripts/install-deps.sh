@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages the local cluster needs when they are missing (Debian), so that
+# `make run` and `make test` work on a fresh machine. Go, kubectl and cargo must already be there.
+set -euo pipefail
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin:$HOME/.cargo/bin"
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v make >/dev/null || need+=(make)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)   # Dex links SQLite through cgo
+command -v flock >/dev/null && command -v setsid >/dev/null || need+=(util-linux)
+[[ -x /usr/sbin/slapd && -x /usr/sbin/slappasswd ]] || need+=(slapd) # Dex's user directory
+if ((${#need[@]})); then
+	echo "[deps] apt-get install ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	sudo_cmd=()
+	[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+	"${sudo_cmd[@]}" apt-get update -qq
+	"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+for tool in go kubectl cargo; do
+	command -v "$tool" >/dev/null || { echo "[deps] $tool is not installed on this machine" >&2; exit 1; }
+done
