@@ -58,29 +58,37 @@ for target in "${targets[@]}"; do
   log=$scratch_root/$target.log
   echo "=== $target: ${seconds}s, seeds in $seeds, new inputs in $scratch" >&2
   # The first corpus directory receives new inputs, so the checked-in seeds stay untouched.
+  started=$SECONDS
   set +e
   cargo fuzz run "${build_args[@]}" "$target" "$scratch" "$seeds" -- \
     -max_total_time="$seconds" -max_len="$(max_len_for "$target")" -rss_limit_mb=2048 \
     -timeout=10 -print_final_stats=1 2>&1 | tee "$log" | grep -E --line-buffered \
-    '^(#[0-9]+ +(INITED|DONE|pulse)|INFO: seed corpus|==[0-9]+==|thread .* panicked|SUMMARY|artifact_prefix|Test unit written|stat::)' >&2
+    '^(#[0-9]+[[:space:]]+(INITED|DONE|pulse)|INFO: seed corpus|==[0-9]+==|thread .* panicked|SUMMARY|artifact_prefix|Test unit written|stat::)' >&2
   status=${PIPESTATUS[0]}
   set -e
+  elapsed=$((SECONDS - started))
+  # Final stats if libFuzzer printed them, else the last status line ("#N ...").
   execs=$(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" | tail -n1 | grep -Eo '[0-9]+$' || true)
-  corpus=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -n1 || true)
+  if [[ -z $execs ]]; then
+    execs=$(grep -Eo '^#[0-9]+' "$log" | tail -n1 | tr -d '#' || true)
+  fi
   if ((status != 0)); then
     failed+=("$target")
     artifact=$(grep -Eo 'Test unit written to [^ ]+' "$log" | tail -n1 | sed 's/Test unit written to //' || true)
-    summary+=("$(printf '%-14s CRASH  executions=%s  %s  reproducer=%s' "$target" "${execs:-?}" "$corpus" "${artifact:-see $log}")")
+    summary+=("fuzz: $target ${execs:-?} executions in $elapsed s, 1 crashes (exit $status, reproducer: ${artifact:-none written, see $log})")
+    # Keep the log of a crashed target: the scratch directory is removed on exit.
+    cp "$log" "fuzz/artifacts/$target/last-crash.log"
   else
-    summary+=("$(printf '%-14s ok     executions=%s  %s' "$target" "${execs:-?}" "$corpus")")
+    summary+=("fuzz: $target ${execs:-?} executions in $elapsed s, 0 crashes")
   fi
 done
 
 echo
 echo "fuzz summary (${seconds}s per target, sanitizer $sanitizer):"
-printf '  %s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}"
 if [[ -n ${FUZZ_KEEP_CORPUS:-} ]]; then echo "new corpus entries kept in $scratch_root"; fi
 if ((${#failed[@]} > 0)); then
   echo "crashed: ${failed[*]}" >&2
   exit 1
 fi
+exit 0
