@@ -19,11 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::KeySize,
-    signature::{RSA_PKCS1_SHA256, RsaKeyPair},
-};
+use aws_lc_rs::{rsa::KeySize, signature::RsaKeyPair};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use support::{
@@ -34,6 +30,7 @@ use support::{
         apply_request, http_get, http_get_kubeconfig, put_token_secret, ready_reason,
         wait_for_reason, write_temp,
     },
+    tokens::sign_rs256,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -489,10 +486,6 @@ fn wait_for_secrets_written(operator: &Operator, count: usize, timeout: Duration
 // ---------------------------------------------------------------------------------------------
 // Tokens
 
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn header_kid(token: &str) -> String {
     let header = token.split('.').next().expect("a JWT header");
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
@@ -520,20 +513,7 @@ fn forged_token(cluster: &Cluster, kid: &str) -> String {
         "iat": now,
         "exp": now + 3600,
     });
-    let message = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(
-        &RSA_PKCS1_SHA256,
-        &SystemRandom::new(),
-        message.as_bytes(),
-        &mut signature,
-    )
-    .expect("sign RS256");
-    format!("{message}.{}", b64(&signature))
+    sign_rs256(&key, &header, &claims)
 }
 
 fn request_for(cluster: &Cluster, namespace: &str, name: &str, token: &str) {

@@ -15,9 +15,7 @@ use aws_lc_rs::{
     hmac,
     rand::SystemRandom,
     rsa::KeySize,
-    signature::{
-        ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair,
-    },
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
@@ -25,11 +23,8 @@ use support::{
     Client, cluster, id_token, id_token_for_client, kubectl,
     operator::{Issuer, Operator},
     requests::{apply_request, http_get, http_get_kubeconfig, put_token_secret, wait_for_reason},
+    tokens::{b64, sign_rs256},
 };
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 fn segments(token: &str) -> (String, Value, String) {
     let parts: Vec<&str> = token.split('.').collect();
@@ -53,21 +48,7 @@ impl Attacker {
     }
 
     fn rs256(&self, header: &Value, payload: &Value) -> String {
-        let message = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(payload.to_string().as_bytes())
-        );
-        let mut signature = vec![0; self.rsa.public_modulus_len()];
-        self.rsa
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message.as_bytes(),
-                &mut signature,
-            )
-            .expect("sign RS256");
-        format!("{message}.{}", b64(&signature))
+        sign_rs256(&self.rsa, header, payload)
     }
 
     fn es256(&self, header: &Value, payload: &Value) -> String {

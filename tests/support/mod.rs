@@ -10,6 +10,7 @@
 pub mod operator;
 pub mod proxy;
 pub mod requests;
+pub mod tokens;
 
 use std::{
     collections::BTreeMap,
