@@ -14,6 +14,10 @@ use url::Url;
 const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 /// More skew than this would keep expired tokens alive for too long.
 const MAX_LEEWAY_SECONDS: u64 = 300;
+/// A day: long enough for a pipeline, short enough that a leaked kubeconfig dies on its own.
+const DEFAULT_MAX_EXPIRATION_SECONDS: i64 = 86_400;
+/// The TokenRequest API refuses shorter lifetimes.
+const MIN_EXPIRATION_SECONDS: i64 = 600;
 
 /// A configuration problem, naming the field so a person knows what to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,6 +57,14 @@ pub struct FileConfig {
     pub oidc: FileOidc,
     #[serde(default)]
     pub http: FileHttp,
+    #[serde(default)]
+    pub controller: FileController,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileController {
+    pub max_expiration_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +164,9 @@ pub struct ConfigArgs {
     /// Requests per minute one client address may make before getting 429 [file: http.requestsPerMinutePerClient; default 600].
     #[arg(long, env = "KUBECONFIG_OPERATOR_REQUESTS_PER_MINUTE_PER_CLIENT")]
     pub requests_per_minute_per_client: Option<u32>,
+    /// Longest lifetime granted to a minted ServiceAccount token, in seconds; requests asking for more get this [file: controller.maxExpirationSeconds; default 86400, at least 600].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_MAX_EXPIRATION_SECONDS")]
+    pub max_expiration_seconds: Option<i64>,
 }
 
 /// The validated configuration the rest of the crate runs on.
@@ -160,7 +175,23 @@ pub struct Config {
     pub kubeconfig: KubeconfigSettings,
     pub oidc: OidcConfig,
     pub http: HttpConfig,
+    pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
+}
+
+/// What the controller enforces beyond a request's own spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerSettings {
+    /// The admin's cap on minted ServiceAccount token lifetimes.
+    pub max_expiration_seconds: i64,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self {
+            max_expiration_seconds: DEFAULT_MAX_EXPIRATION_SECONDS,
+        }
+    }
 }
 
 /// What goes into every issued kubeconfig besides the user's token.
@@ -339,10 +370,26 @@ impl Config {
             )?,
         };
 
+        let max_expiration_seconds = args
+            .max_expiration_seconds
+            .or(file.controller.max_expiration_seconds)
+            .unwrap_or(DEFAULT_MAX_EXPIRATION_SECONDS);
+        if max_expiration_seconds < MIN_EXPIRATION_SECONDS {
+            return Err(ConfigError::new(
+                "controller.maxExpirationSeconds",
+                format!(
+                    "{max_expiration_seconds} is less than {MIN_EXPIRATION_SECONDS}, the shortest lifetime the TokenRequest API grants"
+                ),
+            ));
+        }
+
         Ok(Config {
             kubeconfig,
             oidc,
             http,
+            controller: ControllerSettings {
+                max_expiration_seconds,
+            },
             watch_namespace: optional_dns_label(
                 "watchNamespace",
                 pick(&args.watch_namespace, file.watch_namespace),

@@ -1,16 +1,25 @@
 //! The `KubeconfigRequest` custom resource: what a user asks for and what the controller reports.
-//! Field docs become the CRD's descriptions, so they are written for `kubectl explain`.
+//! Field docs become the CRD's descriptions, so they are written for `kubectl explain`; the
+//! schema's patterns and CEL rules make the API server refuse a bad object at apply time, with a
+//! message, instead of the controller finding out later.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
-use schemars::JsonSchema;
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-/// Asks for a kubeconfig made from an OIDC ID token. The controller validates the token against
-/// the configured issuer and writes the kubeconfig into a Secret in the same namespace.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A DNS subdomain (RFC 1123), the rule for Secret and ServiceAccount names.
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// The suffix of the default Secret name; request names are capped so the result stays a valid name.
+pub const SECRET_NAME_SUFFIX: &str = "-kubeconfig";
+
+/// Asks for a kubeconfig. Its credential comes either from an OIDC ID token that the user puts into a Secret (tokenSecretRef) or from a ServiceAccount token that the controller mints and renews (serviceAccount). The controller writes the kubeconfig into a Secret in the same namespace and keeps it valid.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kubeconfig.dev",
     version = "v1alpha1",
@@ -20,19 +29,29 @@ use serde::{Deserialize, Serialize};
     shortname = "kcr",
     category = "all",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"User","type":"string","jsonPath":".status.username"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Renewal","type":"string","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 242").message("metadata.name must be at most 242 characters, so that the default Secret name <name>-kubeconfig is a valid name")
+)]
+#[x_kube(
+    validation = Rule::new("has(self.tokenSecretRef) != has(self.serviceAccount)").message("exactly one of spec.tokenSecretRef (an ID token in a Secret) and spec.serviceAccount (a minted ServiceAccount token) must be set"),
+    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of spec.renewBefore and spec.renewBeforePercentage")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigRequestSpec {
-    /// The Secret in this request's namespace that holds the user's ID token. Secrets in other
-    /// namespaces cannot be named, so a request never reaches beyond its own namespace.
-    pub token_secret_ref: TokenSecretRef,
+    /// The Secret in this request's namespace that holds the user's OIDC ID token. Secrets in other namespaces cannot be named, so a request never reaches beyond its own namespace. You may only name a Secret you may read yourself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<TokenSecretRef>,
 
-    /// The username the token must carry (after the configured prefix). When set, a token for
-    /// anyone else is refused with reason UserMismatch instead of being turned into a kubeconfig.
+    /// A ServiceAccount in this request's namespace whose tokens the controller mints with the TokenRequest API, bound to the kubeconfig Secret, and renews before they expire. The ServiceAccount must carry the annotation kubeconfig.dev/issuable="true", and you may only name one you could create tokens for yourself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountSource>,
+
+    /// The username the token must carry (after the configured prefix). When set, a token for anyone else is refused with reason UserMismatch instead of being turned into a kubeconfig.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub user: Option<String>,
@@ -45,32 +64,36 @@ pub struct KubeconfigRequestSpec {
     )]
     pub namespace: Option<String>,
 
-    /// Name of the Secret that receives the kubeconfig (key "kubeconfig"). By default it is
-    /// derived from the username: "kubeconfig-" followed by a DNS-safe form of the name and a
-    /// short hash, so it is stable across re-issues and distinct per user.
+    /// Name of the Secret that receives the kubeconfig (key "kubeconfig"). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub secret_name: Option<String>,
 
-    /// Labels and annotations added to the written Secret, e.g. for a GitOps tool or a sync
-    /// controller. Labels and annotations the controller sets itself take precedence.
+    /// Labels and annotations added to the written Secret, e.g. for a GitOps tool or a sync controller. Labels and annotations the controller sets itself take precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+
+    /// How long before the token expires the controller renews it, as a duration such as "20m" or "1h30m". A ServiceAccount request mints a new token then; an ID-token request reports the condition Expiring. The default is a third of the token's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,9}(h|m|s))+$"))]
+    pub renew_before: Option<String>,
+
+    /// Renew when this percentage of the token's lifetime is left, instead of renewBefore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<u8>,
 }
 
 /// Where the ID token is: a key in a Secret of the request's own namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct TokenSecretRef {
     /// Name of the Secret in the request's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
 
     /// Key in the Secret's data that holds the ID token.
     #[serde(default = "default_token_key")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -78,44 +101,101 @@ fn default_token_key() -> String {
     "token".to_owned()
 }
 
+/// The ServiceAccount whose tokens the kubeconfig carries.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountSource {
+    /// Name of the ServiceAccount in the request's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+
+    /// Requested lifetime of each minted token, in seconds. The operator's maxExpirationSeconds may grant less; status.grantedExpirationSeconds says what was granted.
+    #[serde(default = "default_expiration_seconds")]
+    #[schemars(range(min = 600, max = 4_294_967_296i64))]
+    pub expiration_seconds: i64,
+
+    /// Audiences of the minted token. Empty means the API server's own audience, which is what kubectl needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub audiences: Vec<String>,
+}
+
+fn default_expiration_seconds() -> i64 {
+    3600
+}
+
 /// Metadata copied onto the written Secret.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct SecretTemplate {
-    /// Labels added to the Secret.
+    /// Labels added to the Secret; keys and values must be valid Kubernetes labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map_schema")]
     pub labels: BTreeMap<String, String>,
 
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret; keys must be valid annotation keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotation_map_schema")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A qualified name as labels and annotations use for keys: an optional DNS-subdomain prefix and
+/// a name part of at most 63 characters.
+const QUALIFIED_NAME_RULE: &str = "self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && k.size() <= 317)";
+
+fn label_map_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": 63 },
+        "x-kubernetes-validations": [
+            { "rule": QUALIFIED_NAME_RULE, "message": "label keys must be valid Kubernetes label keys, such as example.com/team" },
+            { "rule": "self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))", "message": "label values must be at most 63 characters of letters, digits, '-', '_' and '.', beginning and ending with a letter or digit" },
+        ],
+    })
+}
+
+fn annotation_map_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [
+            { "rule": QUALIFIED_NAME_RULE, "message": "annotation keys must be valid Kubernetes annotation keys, such as example.com/owner" },
+        ],
+    })
 }
 
 /// What the controller found. `kubectl wait --for=condition=Ready kcr/NAME` watches `conditions`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigRequestStatus {
-    /// The Ready condition: True with reason Issued once the Secret holds a working kubeconfig;
-    /// otherwise False with a reason (TokenSecretNotFound, TokenKeyMissing, TokenInvalid,
-    /// TokenExpired, UserMismatch, SecretConflict, IssuerUnavailable) and a message saying what
-    /// to change.
+    /// Ready is True with reason Issued once the Secret holds a working kubeconfig; otherwise False with a reason and a message saying what to change. Expiring is True once an ID token is past its renewal time: put a fresh token into the token Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
-    /// The username the token carries, as the API server will see it.
+    /// The username the credential carries, as the API server will see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
 
-    /// The groups the token carries, as the API server will see them.
+    /// The groups the credential carries, as the API server will see them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
 
-    /// The Secret that holds the kubeconfig.
+    /// The Secret that holds the kubeconfig and its live credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 
-    /// When the token, and so the kubeconfig, stops working (RFC 3339).
+    /// When the credential, and so the kubeconfig, stops working (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+
+    /// When the controller renews the credential, or reports Expiring for an ID token (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+
+    /// The lifetime granted to the last minted ServiceAccount token, after the operator's cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_expiration_seconds: Option<i64>,
 
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,32 +203,79 @@ pub struct KubeconfigRequestStatus {
 }
 
 impl KubeconfigRequest {
-    /// The request's Ready condition, if the controller has reported one.
-    pub fn ready_condition(&self) -> Option<&Condition> {
+    /// The request's condition of `type_`, if the controller has reported one.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.status
             .as_ref()?
             .conditions
             .iter()
-            .find(|condition| condition.type_ == "Ready")
+            .find(|condition| condition.type_ == type_)
+    }
+
+    /// The request's Ready condition, if the controller has reported one.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.condition("Ready")
+    }
+}
+
+/// The CRD as it is installed. Descriptions keep paragraph breaks but no line breaks inside a
+/// paragraph, so `kubectl explain` can wrap them to the terminal instead of breaking mid-sentence.
+pub fn definition() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(KubeconfigRequest::crd()).expect("a CRD is JSON");
+    flow_descriptions(&mut crd);
+    serde_json::from_value(crd).expect("the CRD stays a CRD")
+}
+
+fn flow_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| {
+                                paragraph.split_whitespace().collect::<Vec<_>>().join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    _ => flow_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(flow_descriptions),
+        _ => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
 
     #[test]
     fn token_key_defaults_to_token() {
         let spec: KubeconfigRequestSpec =
             serde_json::from_str(r#"{"tokenSecretRef":{"name":"alice-token"}}"#).unwrap();
-        assert_eq!(spec.token_secret_ref.key, "token");
+        assert_eq!(spec.token_secret_ref.unwrap().key, "token");
         assert_eq!(spec.secret_name, None);
     }
 
     #[test]
+    fn service_account_lifetime_defaults_to_an_hour() {
+        let spec: KubeconfigRequestSpec =
+            serde_json::from_str(r#"{"serviceAccount":{"name":"deployer"}}"#).unwrap();
+        let source = spec.service_account.unwrap();
+        assert_eq!(
+            (source.name.as_str(), source.expiration_seconds),
+            ("deployer", 3600)
+        );
+        assert!(source.audiences.is_empty());
+    }
+
+    #[test]
     fn crd_has_short_name_status_and_printer_columns() {
-        let crd = KubeconfigRequest::crd();
+        let crd = definition();
         assert_eq!(crd.spec.group, "kubeconfig.dev");
         assert_eq!(crd.spec.names.short_names, Some(vec!["kcr".to_owned()]));
         let version = &crd.spec.versions[0];
@@ -160,6 +287,48 @@ mod tests {
             .iter()
             .map(|column| column.name.as_str())
             .collect();
-        assert_eq!(columns, ["Ready", "User", "Secret", "Expires", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Ready", "Reason", "User", "Secret", "Expires", "Renewal", "Age"
+            ]
+        );
+    }
+
+    #[test]
+    fn descriptions_flow_without_line_breaks_inside_a_paragraph() {
+        let mut value = serde_json::json!({
+            "description": "one\ntwo  three\n\nnext paragraph",
+            "properties": { "a": { "description": "x\ny" } },
+        });
+        flow_descriptions(&mut value);
+        assert_eq!(value["description"], "one two three\n\nnext paragraph");
+        assert_eq!(value["properties"]["a"]["description"], "x y");
+        fn collect<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, child) in map {
+                        match child {
+                            serde_json::Value::String(text) if key == "description" => {
+                                out.push(text)
+                            }
+                            _ => collect(child, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|item| collect(item, out)),
+                _ => {}
+            }
+        }
+        let crd = serde_json::to_value(definition()).unwrap();
+        let mut descriptions = Vec::new();
+        collect(&crd, &mut descriptions);
+        assert!(descriptions.len() > 10, "{descriptions:?}");
+        for description in descriptions {
+            assert!(
+                !description.replace("\n\n", "").contains('\n'),
+                "{description:?}"
+            );
+        }
     }
 }

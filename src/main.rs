@@ -7,11 +7,10 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
 use kubeconfig_operator::{
     config::{Config, ConfigArgs},
     controller::{self, Context},
-    crd::KubeconfigRequest,
+    crd,
     http::{self, HttpState},
     metrics::Metrics,
     telemetry::{self, LogFormat},
@@ -54,7 +53,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Crd => match kubeconfig_operator::yaml::to_string(&KubeconfigRequest::crd()) {
+        Command::Crd => match kubeconfig_operator::yaml::to_string(&crd::definition()) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -117,6 +116,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         client,
         Arc::clone(&verifier),
         config.kubeconfig.clone(),
+        config.controller.clone(),
         Arc::clone(&metrics),
     ));
     let http_state = Arc::new(HttpState {

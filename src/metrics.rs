@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -18,6 +18,21 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// One KubeconfigRequest.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One KubeconfigRequest's Ready condition, as cert-manager labels its certificates' readiness.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub namespace: String,
+    pub name: String,
+    pub condition: &'static str,
+}
+
 /// Every metric the operator exports, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +41,9 @@ pub struct Metrics {
     pub reconciliations: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
+    pub request_expiration: Family<ObjectLabels, Gauge>,
+    pub request_renewal: Family<ObjectLabels, Gauge>,
+    pub request_ready: Family<ReadyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -62,8 +80,29 @@ impl Default for Metrics {
             "Time one reconciliation took",
             reconcile_duration.clone(),
         );
+        let request_expiration = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "request_expiration_timestamp_seconds",
+            "When the credential in a request's kubeconfig Secret expires (Unix time)",
+            request_expiration.clone(),
+        );
+        let request_renewal = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "request_renewal_timestamp_seconds",
+            "When a request's credential is renewed, or an ID token reported Expiring (Unix time)",
+            request_renewal.clone(),
+        );
+        let request_ready = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "request_ready_status",
+            "1 for the request's current Ready condition status (True or False), 0 for the other",
+            request_ready.clone(),
+        );
         Self {
             registry,
+            request_expiration,
+            request_renewal,
+            request_ready,
             http_requests,
             token_validation_failures,
             reconciliations,
@@ -78,6 +117,46 @@ impl Metrics {
         self.token_validation_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn set_request_times(&self, namespace: &str, name: &str, expires_at: i64, renew_at: i64) {
+        let labels = ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.request_expiration
+            .get_or_create(&labels)
+            .set(expires_at);
+        self.request_renewal.get_or_create(&labels).set(renew_at);
+    }
+
+    pub fn set_request_ready(&self, namespace: &str, name: &str, ready: bool) {
+        for (condition, value) in [("True", ready), ("False", !ready)] {
+            self.request_ready
+                .get_or_create(&ReadyLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    condition,
+                })
+                .set(i64::from(value));
+        }
+    }
+
+    /// Removes a deleted request's series, so that alerts do not fire for what no longer exists.
+    pub fn forget_request(&self, namespace: &str, name: &str) {
+        let labels = ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.request_expiration.remove(&labels);
+        self.request_renewal.remove(&labels);
+        for condition in ["True", "False"] {
+            self.request_ready.remove(&ReadyLabels {
+                namespace: labels.namespace.clone(),
+                name: labels.name.clone(),
+                condition,
+            });
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -112,5 +191,19 @@ mod tests {
             r#"kubeconfig_operator_token_validation_failures_total{reason="Expired"} 1"#
         ));
         assert!(text.contains("kubeconfig_operator_reconcile_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn per_request_series_appear_and_go_with_the_request() {
+        let metrics = Metrics::default();
+        metrics.set_request_times("team-a", "alice", 2_000_000_000, 1_999_998_800);
+        metrics.set_request_ready("team-a", "alice", true);
+        let text = metrics.render();
+        assert!(text.contains(r#"kubeconfig_operator_request_expiration_timestamp_seconds{namespace="team-a",name="alice"} 2000000000"#), "{text}");
+        assert!(text.contains(r#"kubeconfig_operator_request_renewal_timestamp_seconds{namespace="team-a",name="alice"} 1999998800"#), "{text}");
+        assert!(text.contains(r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="True"} 1"#), "{text}");
+        assert!(text.contains(r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="False"} 0"#), "{text}");
+        metrics.forget_request("team-a", "alice");
+        assert!(!metrics.render().contains("alice"));
     }
 }

@@ -13,7 +13,7 @@ use tower_test::mock::{self, Handle, SendResponse};
 
 use super::Context;
 use crate::{
-    config::KubeconfigSettings,
+    config::{ControllerSettings, KubeconfigSettings},
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
     metrics::Metrics,
     testing,
@@ -23,6 +23,9 @@ pub const NAMESPACE: &str = "team-a";
 pub const REQUEST: &str = "alice";
 pub const REQUEST_UID: &str = "0f1e2d3c-uid";
 pub const TOKEN_SECRET: &str = "alice-token";
+pub const TARGET_SECRET: &str = "alice-kubeconfig";
+/// The admin's cap in tests: two hours.
+pub const MAX_EXPIRATION_SECONDS: i64 = 7200;
 
 /// How long the script waits for the reconciler's next request before failing the test.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +48,9 @@ pub fn context() -> (Arc<Context>, ApiServer) {
         client,
         Arc::new(testing::issuer().verifier()),
         settings(),
+        ControllerSettings {
+            max_expiration_seconds: MAX_EXPIRATION_SECONDS,
+        },
         Arc::new(Metrics::default()),
     );
     (Arc::new(context), ApiServer(handle))

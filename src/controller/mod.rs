@@ -6,6 +6,7 @@
 //! status with a reason a person can act on, and the request waits for a change. Only failures to
 //! talk to the API server are errors; those are retried with a growing delay.
 
+mod cache;
 mod secret;
 mod source;
 mod status;
@@ -24,9 +25,10 @@ use std::{
 
 use chrono::Utc;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         Controller,
         controller::Action,
@@ -38,14 +40,14 @@ use kube::{
 use tracing::{info, warn};
 
 pub use secret::{
-    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION,
-    derived_secret_name, label_value,
+    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
 };
 pub use source::Credential;
+pub use source::ISSUABLE_ANNOTATION;
 pub use status::{Reason, Refusal};
 
 use crate::{
-    config::KubeconfigSettings,
+    config::{ControllerSettings, KubeconfigSettings},
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
     token::Verifier,
@@ -75,6 +77,8 @@ pub enum Error {
     Render(#[from] crate::yaml::Error),
     #[error("the request has no namespace or uid; it is not a stored object")]
     NotStored,
+    #[error("the API server answered a TokenRequest without a token")]
+    NoTokenMinted,
 }
 
 impl Error {
@@ -83,6 +87,7 @@ impl Error {
             Error::Kube { .. } => "KubeApi",
             Error::Render(_) => "Render",
             Error::NotStored => "NotStored",
+            Error::NoTokenMinted => "NoTokenMinted",
         }
     }
 }
@@ -96,10 +101,13 @@ pub struct Context {
     pub client: Client,
     pub verifier: Arc<Verifier>,
     pub settings: KubeconfigSettings,
+    pub controller: ControllerSettings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
+    token_reads: cache::SecretReads<source::TokenSecretData>,
+    verdicts: cache::Verdicts,
 }
 
 impl Context {
@@ -107,6 +115,7 @@ impl Context {
         client: Client,
         verifier: Arc<Verifier>,
         settings: KubeconfigSettings,
+        controller: ControllerSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter {
@@ -118,9 +127,51 @@ impl Context {
             client,
             verifier,
             settings,
+            controller,
             metrics,
             failures: Mutex::default(),
+            token_reads: cache::SecretReads::default(),
+            verdicts: cache::Verdicts::default(),
         }
+    }
+
+    /// Drops everything kept for requests that no longer exist: backoff counts, metric series,
+    /// cached reads of Secrets that no request names any more.
+    fn forget_deleted(&self, store: &Store<KubeconfigRequest>) {
+        let requests = store.state();
+        let exists = |reference: &ObjectRef<KubeconfigRequest>| {
+            requests
+                .iter()
+                .any(|request| ObjectRef::from_obj(request.as_ref()) == *reference)
+        };
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.retain(|reference, _| exists(reference));
+        }
+        self.token_reads.retain(|(namespace, name)| {
+            requests.iter().any(|request| {
+                request.namespace().as_ref() == Some(namespace)
+                    && token_secret_name(request) == Some(name.as_str())
+            })
+        });
+    }
+
+    /// Called when the controller finds a request gone: its retry state and metrics go too.
+    fn forget(&self, request: &ObjectRef<KubeconfigRequest>) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(request);
+        }
+        self.metrics.forget_request(
+            request.namespace.as_deref().unwrap_or_default(),
+            &request.name,
+        );
+    }
+
+    #[cfg(test)]
+    fn tracked_failures(&self) -> usize {
+        self.failures
+            .lock()
+            .map(|failures| failures.len())
+            .unwrap_or(0)
     }
 
     fn record_success(&self, request: &ObjectRef<KubeconfigRequest>) {
@@ -177,28 +228,185 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
     }
     let namespace = request.namespace().ok_or(Error::NotStored)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
+    let target = secret::target_name(request);
+    let existing = secrets
+        .get_opt(&target)
+        .await
+        .map_err(kube_error("reading the kubeconfig Secret"))?;
 
-    let outcome = match source::id_token(request, ctx, &secrets).await? {
-        Ok(credential) => secret::write(request, ctx, &secrets, credential).await?,
-        Err(refusal) => Outcome::Refused(refusal),
+    let outcome = match secret::ours(request, &owner, existing) {
+        Err(conflict) => Outcome::Refused {
+            refusal: conflict,
+            kept_secret: None,
+        },
+        Ok(ours) => {
+            let credential = match (
+                &request.spec.token_secret_ref,
+                &request.spec.service_account,
+            ) {
+                (Some(reference), _) => source::id_token(request, reference, ctx, &secrets).await?,
+                (None, Some(account)) => {
+                    service_account_credential(
+                        request,
+                        account,
+                        ctx,
+                        &secrets,
+                        &target,
+                        ours.as_ref(),
+                    )
+                    .await?
+                }
+                (None, None) => Err(Refusal::new(
+                    Reason::InvalidSpec,
+                    "set spec.tokenSecretRef or spec.serviceAccount",
+                )),
+            };
+            match credential {
+                Ok(credential) => {
+                    secret::write(request, ctx, &secrets, &target, ours.as_ref(), credential)
+                        .await?
+                }
+                Err(refusal) if revokes(refusal.reason) && ours.is_some() => {
+                    secret::delete_if_ours(
+                        request,
+                        ctx,
+                        &secrets,
+                        &target,
+                        refusal.reason.as_str(),
+                    )
+                    .await?;
+                    Outcome::Refused {
+                        refusal,
+                        kept_secret: None,
+                    }
+                }
+                Err(refusal) => Outcome::Refused {
+                    refusal,
+                    kept_secret: ours.map(|_| target.clone()),
+                },
+            }
+        }
+    };
+    // A Secret left behind by a changed spec.secretName goes once the new one is written; while
+    // the new one cannot be written, the old one stays named in status.
+    let previous = request
+        .status
+        .as_ref()
+        .and_then(|status| status.secret_name.clone())
+        .filter(|previous| *previous != target);
+    let outcome = match (outcome, previous) {
+        (outcome @ Outcome::Issued { .. }, Some(previous)) => {
+            secret::delete_if_ours(
+                request,
+                ctx,
+                &secrets,
+                &previous,
+                "spec.secretName now names another Secret",
+            )
+            .await?;
+            outcome
+        }
+        (
+            Outcome::Refused {
+                refusal,
+                kept_secret: None,
+            },
+            Some(previous),
+        ) if !revokes(refusal.reason) => {
+            let kept = secrets
+                .get_metadata_opt(&previous)
+                .await
+                .map_err(kube_error("reading the previous kubeconfig Secret"))?
+                .filter(|secret| secret::controls(secret.owner_references(), &owner))
+                .map(|_| previous);
+            Outcome::Refused {
+                refusal,
+                kept_secret: kept,
+            }
+        }
+        (outcome, _) => outcome,
     };
     status::update(request, ctx, &outcome).await?;
 
+    let now = Utc::now();
     Ok(match &outcome {
         Outcome::Issued { credential, .. } => {
-            // Wake at expiry to report TokenExpired; the Secret stays for inspection.
-            let until_expiry = (credential.expires_at - Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            Action::requeue(until_expiry + Duration::from_secs(1))
+            // Wake at the renewal time (a ServiceAccount token is replaced, an ID token reported
+            // Expiring), then at expiry to report TokenExpired.
+            let next = if credential.renew_at > now {
+                credential.renew_at
+            } else {
+                credential.expires_at
+            };
+            Action::requeue((next - now).to_std().unwrap_or_default() + Duration::from_secs(1))
         }
-        Outcome::Refused(Refusal {
-            reason: Reason::IssuerUnavailable,
-            ..
-        }) => Action::requeue(ISSUER_RETRY),
-        Outcome::Refused(_) => Action::await_change(),
+        Outcome::Refused { refusal, .. } if refusal.reason == Reason::IssuerUnavailable => {
+            Action::requeue(ISSUER_RETRY)
+        }
+        Outcome::Refused { .. } => Action::await_change(),
     })
 }
+
+/// Refusals that mean the ServiceAccount's owner no longer allows kubeconfigs for it: the
+/// Secret goes, and with it the token bound to it.
+fn revokes(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::ServiceAccountNotFound | Reason::ServiceAccountNotIssuable
+    )
+}
+
+/// The token already in the Secret while it is not due for renewal, or a newly minted one bound
+/// to the Secret (created empty first when it does not exist, since binding needs its uid).
+async fn service_account_credential(
+    request: &KubeconfigRequest,
+    account: &crate::crd::ServiceAccountSource,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+) -> Result<Result<Credential, Refusal>, Error> {
+    let namespace = request.namespace().ok_or(Error::NotStored)?;
+    if let Err(refusal) = source::issuable_service_account(account, ctx, &namespace).await? {
+        return Ok(Err(refusal));
+    }
+    if let Some(secret) = ours
+        && let Some(credential) = source::reusable_token(
+            request,
+            account,
+            secret,
+            secret::current_token(secret).as_deref(),
+            Utc::now(),
+        )
+    {
+        return Ok(Ok(credential));
+    }
+    let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
+        Some(uid) => uid,
+        None => {
+            let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
+            secret::create_empty(request, secrets, target, owner)
+                .await?
+                .metadata
+                .uid
+                .ok_or(Error::NotStored)?
+        }
+    };
+    source::mint(request, account, ctx, target, &uid).await
+}
+
+/// The token Secret a request reads, if it is an ID-token request.
+fn token_secret_name(request: &KubeconfigRequest) -> Option<&str> {
+    request
+        .spec
+        .token_secret_ref
+        .as_ref()
+        .map(|reference| reference.name.as_str())
+}
+
+/// How often state kept for deleted requests is swept away.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Runs the controller until `shutdown` resolves. `ready` turns true once the request cache is
 /// synced, which is what `/readyz` reports.
@@ -208,21 +416,35 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (requests, secrets): (Api<KubeconfigRequest>, Api<Secret>) = match watch_namespace {
+    // Secrets and ServiceAccounts are watched as metadata only: the controller needs their
+    // names, owners and versions, and unrelated Secrets' data must cost it nothing.
+    let client = ctx.client.clone();
+    let (requests, secrets, accounts): (
+        Api<KubeconfigRequest>,
+        Api<PartialObjectMeta<Secret>>,
+        Api<PartialObjectMeta<ServiceAccount>>,
+    ) = match watch_namespace {
         Some(namespace) => (
-            Api::namespaced(ctx.client.clone(), namespace),
-            Api::namespaced(ctx.client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client.clone(), namespace),
+            Api::namespaced(client, namespace),
         ),
-        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let mapper_store = store.clone();
+    let ready_store = store.clone();
     tokio::spawn(async move {
         // Each wait is bounded and repeated: with the controller's applier waiting on the same
         // store, a single long wait here was observed never to wake (kube-runtime 5.0).
         loop {
-            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+            match tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready())
+                .await
+            {
                 Ok(Ok(())) => {
                     ready.store(true, Ordering::Relaxed);
                     info!("request cache synced");
@@ -233,41 +455,110 @@ pub async fn run(
             }
         }
     });
+    let sweeper = {
+        let ctx = Arc::clone(&ctx);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                ctx.forget_deleted(&store);
+            }
+        })
+    };
+    let secret_store = store.clone();
+    let secret_ctx = Arc::clone(&ctx);
+    let account_store = store.clone();
+    let forget_ctx = Arc::clone(&ctx);
     controller
         .watches(
             secrets,
             watcher::Config::default().any_semantic(),
-            move |secret| requests_affected_by(&mapper_store, &secret),
+            move |secret| requests_affected_by(&secret_store, &secret_ctx, &secret),
+        )
+        .watches(
+            accounts,
+            watcher::Config::default().any_semantic(),
+            move |account| requests_using_account(&account_store, &account),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(move |result| {
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(request)) = result {
+                let mut gone = ObjectRef::<KubeconfigRequest>::new(&request.name);
+                if let Some(namespace) = &request.namespace {
+                    gone = gone.within(namespace);
+                }
+                forget_ctx.forget(&gone);
+            }
+            futures::future::ready(())
+        })
         .await;
+    sweeper.abort();
 }
 
-/// A Secret matters to a request when it is the request's token Secret or the Secret the request
-/// wrote (someone edited or deleted it).
+/// A Secret matters to a request when it is the request's token Secret, the Secret it writes
+/// to (so a conflict clears as soon as the other Secret goes), or one it wrote before (someone
+/// edited or deleted it). A token Secret's new resourceVersion is noted, so that the requests
+/// naming it read it once, not once each.
 fn requests_affected_by(
     store: &Store<KubeconfigRequest>,
-    secret: &Secret,
+    ctx: &Context,
+    secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KubeconfigRequest>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
     let owners: Vec<&str> = secret
         .owner_references()
         .iter()
-        .filter(|owner| owner.kind == "KubeconfigRequest")
+        .filter(|owner| owner.kind == KubeconfigRequest::kind(&()))
         .map(|owner| owner.uid.as_str())
         .collect();
+    let mut is_token_secret = false;
+    let affected = store
+        .state()
+        .into_iter()
+        .filter(|request| request.namespace() == namespace)
+        .filter(|request| {
+            let reads_it = token_secret_name(request) == Some(name.as_str());
+            is_token_secret |= reads_it;
+            reads_it
+                || secret::target_name(request) == name
+                || request
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.secret_name.as_deref())
+                    == Some(name.as_str())
+                || request
+                    .uid()
+                    .is_some_and(|uid| owners.contains(&uid.as_str()))
+        })
+        .map(|request| ObjectRef::from_obj(request.as_ref()))
+        .collect();
+    if is_token_secret && let Some(namespace) = namespace {
+        ctx.token_reads
+            .saw((namespace, name), secret.metadata.resource_version.clone());
+    }
+    affected
+}
+
+/// A ServiceAccount matters to the requests that name it: its opt-in annotation may have changed.
+fn requests_using_account(
+    store: &Store<KubeconfigRequest>,
+    account: &PartialObjectMeta<ServiceAccount>,
+) -> Vec<ObjectRef<KubeconfigRequest>> {
+    let namespace = account.namespace();
+    let name = account.name_any();
     store
         .state()
         .into_iter()
         .filter(|request| request.namespace() == namespace)
         .filter(|request| {
-            request.spec.token_secret_ref.name == name
-                || request
-                    .uid()
-                    .is_some_and(|uid| owners.contains(&uid.as_str()))
+            request
+                .spec
+                .service_account
+                .as_ref()
+                .is_some_and(|source| source.name == name)
         })
         .map(|request| ObjectRef::from_obj(request.as_ref()))
         .collect()

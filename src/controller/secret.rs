@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions},
     runtime::events::EventType,
 };
 use sha2::{Digest, Sha256};
@@ -19,7 +19,10 @@ use super::{
     source::Credential,
     status::{self, Outcome, Reason, Refusal, format_time},
 };
-use crate::{crd::KubeconfigRequest, kubeconfig};
+use crate::{
+    crd::{KubeconfigRequest, SECRET_NAME_SUFFIX},
+    kubeconfig,
+};
 
 /// Key of the written Secret that holds the kubeconfig.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
@@ -28,35 +31,93 @@ pub const USER_LABEL: &str = "kubeconfig.dev/user";
 pub const USERNAME_ANNOTATION: &str = "kubeconfig.dev/username";
 pub const EXPIRES_ANNOTATION: &str = "kubeconfig.dev/expires-at";
 
-/// Writes the kubeconfig Secret unless it already holds exactly this content, and refuses to
-/// touch a Secret that some other owner controls.
+/// The Secret a request writes to: `spec.secretName`, or the request's own name followed by
+/// `-kubeconfig`. The default comes from the request's name, which is unique in its namespace,
+/// so no other user can predict and squat on it with a request of their own.
+pub(super) fn target_name(request: &KubeconfigRequest) -> String {
+    request
+        .spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}{SECRET_NAME_SUFFIX}", request.name_any()))
+}
+
+/// The existing Secret, if this request may write to it: it is the request's controller, or it
+/// is the Secret this request's status names, with this request's label and no controller at
+/// all (someone stripped the owner reference; the next write puts it back).
+pub(super) fn ours(
+    request: &KubeconfigRequest,
+    owner: &OwnerReference,
+    existing: Option<Secret>,
+) -> Result<Option<Secret>, Refusal> {
+    let Some(existing) = existing else {
+        return Ok(None);
+    };
+    let name = existing.name_any();
+    let adoptable = existing
+        .owner_references()
+        .iter()
+        .all(|reference| reference.controller != Some(true))
+        && existing.labels().get(REQUEST_LABEL) == Some(&label_value(&request.name_any()))
+        && request
+            .status
+            .as_ref()
+            .and_then(|status| status.secret_name.as_ref())
+            == Some(&name);
+    if is_controlled_by(&existing, owner) || adoptable {
+        Ok(Some(existing))
+    } else {
+        Err(Refusal::new(
+            Reason::SecretConflict,
+            format!(
+                "Secret {name:?} already exists and is not owned by this request; choose another spec.secretName or delete that Secret"
+            ),
+        ))
+    }
+}
+
+/// The token in a kubeconfig Secret this controller wrote.
+pub(super) fn current_token(secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?.get(KUBECONFIG_KEY)?;
+    let kubeconfig: serde_json::Value =
+        crate::yaml::from_str(std::str::from_utf8(&data.0).ok()?).ok()?;
+    kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Creates the Secret without data, so a ServiceAccount token can be bound to its uid before
+/// the token exists.
+pub(super) async fn create_empty(
+    request: &KubeconfigRequest,
+    secrets: &Api<Secret>,
+    secret_name: &str,
+    owner: OwnerReference,
+) -> Result<Secret, Error> {
+    let mut secret = desired(request, None, secret_name, owner, None);
+    secret.data = None;
+    secrets
+        .patch(
+            secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(kube_error("creating the kubeconfig Secret"))
+}
+
+/// Writes the kubeconfig Secret unless it already holds exactly this content. A write the API
+/// server refuses as invalid (say, a label it does not accept) is the spec's fault, not a reason
+/// to retry: it becomes an InvalidSpec refusal.
 pub(super) async fn write(
     request: &KubeconfigRequest,
     ctx: &Context,
     secrets: &Api<Secret>,
+    secret_name: &str,
+    existing: Option<&Secret>,
     credential: Credential,
 ) -> Result<Outcome, Error> {
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-    let secret_name = request
-        .spec
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| derived_secret_name(&credential.identity.username));
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_error("reading the kubeconfig Secret"))?;
-    if let Some(existing) = &existing
-        && !is_controlled_by(existing, &owner)
-    {
-        return Ok(Outcome::Refused(Refusal::new(
-            Reason::SecretConflict,
-            format!(
-                "Secret {secret_name:?} already exists and is not owned by this request; choose another spec.secretName or delete that Secret"
-            ),
-        )));
-    }
-
     let rendered = kubeconfig::render(
         &ctx.settings,
         &credential.token,
@@ -66,25 +127,43 @@ pub(super) async fn write(
             .as_deref()
             .or(ctx.settings.default_namespace.as_deref()),
     )?;
-    let desired = desired(request, &credential, &secret_name, owner, rendered);
-    if existing
-        .as_ref()
-        .is_none_or(|existing| !already_matches(existing, &desired))
-    {
-        secrets
+    let desired = desired(
+        request,
+        Some(&credential),
+        secret_name,
+        owner,
+        Some(rendered),
+    );
+    if existing.is_none_or(|existing| !already_matches(existing, &desired)) {
+        match secrets
             .patch(
-                &secret_name,
+                secret_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&desired),
             )
             .await
-            .map_err(kube_error("applying the kubeconfig Secret"))?;
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 400 || status.code == 422 => {
+                return Ok(Outcome::Refused {
+                    refusal: Refusal::new(
+                        Reason::InvalidSpec,
+                        format!(
+                            "the API server refused the kubeconfig Secret {secret_name:?}: {}",
+                            status.message
+                        ),
+                    ),
+                    kept_secret: existing.map(|_| secret_name.to_owned()),
+                });
+            }
+            Err(error) => return Err(kube_error("applying the kubeconfig Secret")(error)),
+        }
         info!(request = %request.name_any(), secret = %secret_name, user = %credential.identity.username, "kubeconfig Secret written");
         status::publish(
             ctx,
             request,
             EventType::Normal,
-            Reason::Issued,
+            Reason::Issued.as_str(),
             format!(
                 "Wrote a kubeconfig for {} to Secret {secret_name}, valid until {}",
                 credential.identity.username,
@@ -95,15 +174,64 @@ pub(super) async fn write(
     }
     Ok(Outcome::Issued {
         credential,
-        secret_name,
+        secret_name: secret_name.to_owned(),
     })
+}
+
+/// Deletes `name` if this request controls it: the Secret a changed `spec.secretName` left
+/// behind, or one whose credential must stop working. Only the very object read is deleted
+/// (uid precondition), and only if it is ours.
+pub(super) async fn delete_if_ours(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+    why: &str,
+) -> Result<(), Error> {
+    let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
+    let Some(secret) = secrets
+        .get_metadata_opt(name)
+        .await
+        .map_err(kube_error("reading a Secret to delete"))?
+    else {
+        return Ok(());
+    };
+    if !controls(secret.owner_references(), &owner) {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => return Ok(()),
+        Err(error) => return Err(kube_error("deleting a kubeconfig Secret")(error)),
+    }
+    info!(request = %request.name_any(), secret = %name, "kubeconfig Secret deleted: {why}");
+    status::publish(
+        ctx,
+        request,
+        EventType::Normal,
+        "SecretDeleted",
+        format!("Deleted Secret {name}: {why}"),
+    )
+    .await;
+    Ok(())
 }
 
 /// True when `owner` is the Secret's controller. The uid alone would do for objects this
 /// operator made, but kind and apiVersion are checked too, so a reference that merely reuses a
 /// request's uid for another kind of owner never counts.
 pub(super) fn is_controlled_by(secret: &Secret, owner: &OwnerReference) -> bool {
-    secret.owner_references().iter().any(|reference| {
+    controls(secret.owner_references(), owner)
+}
+
+pub(super) fn controls(references: &[OwnerReference], owner: &OwnerReference) -> bool {
+    references.iter().any(|reference| {
         reference.controller == Some(true)
             && reference.uid == owner.uid
             && reference.kind == owner.kind
@@ -113,28 +241,30 @@ pub(super) fn is_controlled_by(secret: &Secret, owner: &OwnerReference) -> bool 
 
 fn desired(
     request: &KubeconfigRequest,
-    credential: &Credential,
+    credential: Option<&Credential>,
     secret_name: &str,
     owner: OwnerReference,
-    kubeconfig: String,
+    kubeconfig: Option<String>,
 ) -> Secret {
     let template = request.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
     labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
     labels.insert(REQUEST_LABEL.into(), label_value(&request.name_any()));
-    labels.insert(
-        USER_LABEL.into(),
-        label_value(&credential.identity.username),
-    );
     let mut annotations = template.annotations;
-    annotations.insert(
-        USERNAME_ANNOTATION.into(),
-        credential.identity.username.clone(),
-    );
-    annotations.insert(
-        EXPIRES_ANNOTATION.into(),
-        credential.expires_at.to_rfc3339(),
-    );
+    if let Some(credential) = credential {
+        labels.insert(
+            USER_LABEL.into(),
+            label_value(&credential.identity.username),
+        );
+        annotations.insert(
+            USERNAME_ANNOTATION.into(),
+            credential.identity.username.clone(),
+        );
+        annotations.insert(
+            EXPIRES_ANNOTATION.into(),
+            credential.expires_at.to_rfc3339(),
+        );
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name.to_owned()),
@@ -145,10 +275,12 @@ fn desired(
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            KUBECONFIG_KEY.to_owned(),
-            ByteString(kubeconfig.into_bytes()),
-        )])),
+        data: kubeconfig.map(|kubeconfig| {
+            BTreeMap::from([(
+                KUBECONFIG_KEY.to_owned(),
+                ByteString(kubeconfig.into_bytes()),
+            )])
+        }),
         ..Secret::default()
     }
 }
@@ -162,7 +294,12 @@ fn already_matches(existing: &Secret, desired: &Secret) -> bool {
             .flatten()
             .all(|(key, value)| have.and_then(|have| have.get(key)) == Some(value))
     };
-    existing.data == desired.data
+    let owner_kept = desired
+        .owner_references()
+        .first()
+        .is_none_or(|owner| is_controlled_by(existing, owner));
+    owner_kept
+        && existing.data == desired.data
         && existing.type_ == desired.type_
         && contains_all(
             existing.metadata.labels.as_ref(),
@@ -172,18 +309,6 @@ fn already_matches(existing: &Secret, desired: &Secret) -> bool {
             existing.metadata.annotations.as_ref(),
             desired.metadata.annotations.as_ref(),
         )
-}
-
-/// `kubeconfig-<readable part of the username>-<hash>`: stable for a user, distinct between users
-/// whose names differ only in characters a Secret name cannot hold.
-pub fn derived_secret_name(username: &str) -> String {
-    let readable = dns_safe(username, 40);
-    let hash = short_hash(username);
-    if readable.is_empty() {
-        format!("kubeconfig-{hash}")
-    } else {
-        format!("kubeconfig-{readable}-{hash}")
-    }
 }
 
 /// A label value (at most 63 characters of `[a-z0-9A-Z._-]`) standing for `value`; when the value
@@ -239,19 +364,6 @@ fn short_hash(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derived_secret_names_are_dns_safe_stable_and_distinct() {
-        let alice = derived_secret_name("alice@example.com");
-        assert!(alice.starts_with("kubeconfig-alice-example-com-"));
-        assert_eq!(alice, derived_secret_name("alice@example.com"));
-        assert_ne!(alice, derived_secret_name("alice.example.com"));
-        for name in ["alice@example.com", "oidc:Bob", "ÜÜÜ", "", &"x".repeat(500)] {
-            let derived = derived_secret_name(name);
-            assert!(derived.len() <= 63, "{derived}");
-            assert!(crate::config::is_dns_label(&derived), "{derived}");
-        }
-    }
 
     #[test]
     fn label_values_fit_kubernetes_rules() {
@@ -356,6 +468,7 @@ mod tests {
         let desired = Secret {
             metadata: ObjectMeta {
                 labels: Some(BTreeMap::from([("a".into(), "1".into())])),
+                owner_references: Some(vec![owner()]),
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
@@ -373,6 +486,9 @@ mod tests {
             .unwrap()
             .insert("added-by-someone".into(), "y".into());
         assert!(already_matches(&existing, &desired));
+        let mut orphaned = existing.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(!already_matches(&orphaned, &desired));
         existing.data = Some(BTreeMap::from([(
             "kubeconfig".into(),
             ByteString(b"old".to_vec()),

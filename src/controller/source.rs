@@ -1,18 +1,34 @@
 //! Where a request's credential comes from. Every source yields the same [`Credential`], so the
-//! rest of the controller (the Secret, the status, renewal) does not care how the token was made.
+//! rest of the controller (the Secret, the status, renewal) does not care how the token was made:
+//! an ID token the user put into a Secret, or a ServiceAccount token the controller mints.
 
-use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use std::{collections::BTreeMap, time::Duration};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, TimeDelta, Utc};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{Secret, ServiceAccount},
+    },
+};
+use kube::{Api, ResourceExt, api::PostParams};
+use serde::Deserialize;
 
 use super::{
-    Context, Error, kube_error,
+    Context, Error,
+    cache::SecretRead,
+    kube_error,
     status::{Reason, Refusal},
 };
 use crate::{
-    crd::KubeconfigRequest,
-    token::{IdToken, Identity},
+    crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},
+    token::{IdToken, Identity, MAX_TOKEN_BYTES},
 };
+
+/// The annotation by which a ServiceAccount's owner allows kubeconfigs to be issued for it.
+pub const ISSUABLE_ANNOTATION: &str = "kubeconfig.dev/issuable";
 
 /// A bearer token and who it makes its holder, as the API server will see them.
 #[derive(Debug, Clone)]
@@ -22,20 +38,92 @@ pub struct Credential {
     pub expires_at: DateTime<Utc>,
     /// When the controller should act before the token dies: mint a new one, or warn its owner.
     pub renew_at: DateTime<Utc>,
+    /// The lifetime a minted token was granted; `None` for tokens the controller did not mint.
+    pub granted_seconds: Option<i64>,
+}
+
+/// When to renew a token issued at `issued_at` that expires at `expires_at`: `renewBefore` or
+/// `renewBeforePercentage` ahead of expiry, by default a third of the lifetime, as cert-manager
+/// does for certificates. `Err` is a refusal for a `renewBefore` the controller cannot use.
+pub fn renewal_time(
+    spec: &KubeconfigRequestSpec,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Refusal> {
+    let lifetime = (expires_at - issued_at).max(TimeDelta::zero());
+    let before = match (&spec.renew_before, spec.renew_before_percentage) {
+        (Some(text), _) => {
+            let duration = humantime::parse_duration(text).map_err(|error| {
+                Refusal::new(
+                    Reason::InvalidSpec,
+                    format!("spec.renewBefore {text:?} is not a duration such as \"20m\": {error}"),
+                )
+            })?;
+            TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+        }
+        (None, Some(percent)) => lifetime * i32::from(percent) / 100,
+        (None, None) => lifetime / 3,
+    };
+    // A renewBefore longer than the lifetime would renew at once, forever: renew at issuance.
+    Ok((expires_at - before).max(issued_at))
+}
+
+/// A token Secret's data as far as the controller keeps it: values too large to be a token are
+/// kept as their size only, so a tenant's huge Secrets cost memory once, during the read.
+#[derive(Clone, Debug)]
+pub enum TokenSecretValue {
+    Token(Vec<u8>),
+    Oversized(usize),
+}
+
+/// `None` when the Secret does not exist.
+pub type TokenSecretData = Option<BTreeMap<String, TokenSecretValue>>;
+
+async fn read_token_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<SecretRead<TokenSecretData>, Error> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_error("reading the token Secret"))?;
+    Ok(SecretRead {
+        resource_version: secret
+            .as_ref()
+            .and_then(|secret| secret.metadata.resource_version.clone()),
+        value: secret.map(|secret| {
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, ByteString(bytes))| {
+                    let value = if bytes.len() > MAX_TOKEN_BYTES {
+                        TokenSecretValue::Oversized(bytes.len())
+                    } else {
+                        TokenSecretValue::Token(bytes)
+                    };
+                    (key, value)
+                })
+                .collect()
+        }),
+    })
 }
 
 /// Reads the ID token from the request's token Secret and verifies it.
 pub(super) async fn id_token(
     request: &KubeconfigRequest,
+    reference: &TokenSecretRef,
     ctx: &Context,
     secrets: &Api<Secret>,
 ) -> Result<Result<Credential, Refusal>, Error> {
-    let reference = &request.spec.token_secret_ref;
-    let Some(token_secret) = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(kube_error("reading the token Secret"))?
-    else {
+    let namespace = request.namespace().ok_or(Error::NotStored)?;
+    let data = ctx
+        .token_reads
+        .get_or_read((namespace, reference.name.clone()), || {
+            read_token_secret(secrets, &reference.name)
+        })
+        .await?;
+    let Some(data) = data else {
         return Ok(Err(Refusal::new(
             Reason::TokenSecretNotFound,
             format!(
@@ -44,20 +132,27 @@ pub(super) async fn id_token(
             ),
         )));
     };
-    let raw = token_secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .map(|bytes| bytes.0.as_slice())
-        .filter(|bytes| !bytes.is_empty());
-    let Some(raw) = raw else {
-        return Ok(Err(Refusal::new(
-            Reason::TokenKeyMissing,
-            format!(
-                "Secret {:?} has no non-empty key {:?}",
-                reference.name, reference.key
-            ),
-        )));
+    let raw = match data.get(&reference.key) {
+        Some(TokenSecretValue::Token(bytes)) if !bytes.is_empty() => bytes,
+        Some(TokenSecretValue::Oversized(size)) => {
+            ctx.metrics.count_token_failure("Malformed");
+            return Ok(Err(Refusal::new(
+                Reason::TokenInvalid,
+                format!(
+                    "Malformed: key {:?} of Secret {:?} holds {size} bytes; ID tokens are at most {MAX_TOKEN_BYTES}",
+                    reference.key, reference.name
+                ),
+            )));
+        }
+        _ => {
+            return Ok(Err(Refusal::new(
+                Reason::TokenKeyMissing,
+                format!(
+                    "Secret {:?} has no non-empty key {:?}",
+                    reference.name, reference.key
+                ),
+            )));
+        }
     };
     let Ok(text) = std::str::from_utf8(raw) else {
         ctx.metrics.count_token_failure("Malformed");
@@ -70,7 +165,7 @@ pub(super) async fn id_token(
         )));
     };
     let token = IdToken::from(text.trim().to_owned());
-    let identity = match ctx.verifier.verify(&token).await {
+    let identity = match ctx.verdicts.verify(&ctx.verifier, &token).await {
         Ok(identity) => identity,
         Err(error) => {
             ctx.metrics.count_token_failure(error.reason());
@@ -91,10 +186,225 @@ pub(super) async fn id_token(
             ),
         )));
     }
+    let issued_at = identity
+        .issued_at
+        .unwrap_or_else(Utc::now)
+        .min(identity.expires_at);
+    let renew_at = match renewal_time(&request.spec, issued_at, identity.expires_at) {
+        Ok(at) => at,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     Ok(Ok(Credential {
         expires_at: identity.expires_at,
-        renew_at: identity.expires_at,
+        renew_at,
         token,
         identity,
+        granted_seconds: None,
     }))
+}
+
+/// The ServiceAccount a request names, if its owner allows kubeconfigs for it.
+pub(super) async fn issuable_service_account(
+    source: &ServiceAccountSource,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<ServiceAccount, Refusal>, Error> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(account) = accounts
+        .get_opt(&source.name)
+        .await
+        .map_err(kube_error("reading the ServiceAccount"))?
+    else {
+        return Ok(Err(Refusal::new(
+            Reason::ServiceAccountNotFound,
+            format!(
+                "ServiceAccount {:?} does not exist in this namespace",
+                source.name
+            ),
+        )));
+    };
+    if account
+        .annotations()
+        .get(ISSUABLE_ANNOTATION)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return Ok(Err(Refusal::new(
+            Reason::ServiceAccountNotIssuable,
+            format!(
+                "ServiceAccount {name:?} does not allow kubeconfigs to be issued for it; its owner can allow it with: kubectl annotate serviceaccount {name} {ISSUABLE_ANNOTATION}=true",
+                name = source.name
+            ),
+        )));
+    }
+    Ok(Ok(account))
+}
+
+/// The identity the API server gives a ServiceAccount's tokens.
+fn service_account_identity(namespace: &str, name: &str, expires_at: DateTime<Utc>) -> Identity {
+    Identity {
+        username: format!("system:serviceaccount:{namespace}:{name}"),
+        groups: vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{namespace}"),
+        ],
+        expires_at,
+        issued_at: None,
+    }
+}
+
+/// The claims of a ServiceAccount token that say whom it is for and what it is bound to.
+#[derive(Deserialize)]
+struct BoundTokenClaims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaims>,
+}
+
+#[derive(Deserialize)]
+struct KubernetesClaims {
+    secret: Option<BoundObject>,
+}
+
+#[derive(Deserialize)]
+struct BoundObject {
+    uid: String,
+}
+
+/// The credential already in the kubeconfig Secret, if it is a token this request minted for
+/// this very Secret and it is not due for renewal. Its claims are read without verifying the
+/// signature: the API server signed it, and a token someone edited in fails these checks or
+/// stops working, either of which a fresh token fixes.
+pub(super) fn reusable_token(
+    request: &KubeconfigRequest,
+    source: &ServiceAccountSource,
+    secret: &Secret,
+    token: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Credential> {
+    let namespace = request.namespace()?;
+    let token = token?;
+    let payload = token.split('.').nth(1)?;
+    let claims: BoundTokenClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let identity = service_account_identity(
+        &namespace,
+        &source.name,
+        DateTime::from_timestamp(claims.exp, 0)?,
+    );
+    let bound_to = claims.kubernetes?.secret?.uid;
+    if claims.sub != identity.username || Some(&bound_to) != secret.metadata.uid.as_ref() {
+        return None;
+    }
+    let issued_at = DateTime::from_timestamp(claims.iat, 0)?;
+    let renew_at = renewal_time(&request.spec, issued_at, identity.expires_at).ok()?;
+    (now < renew_at).then(|| Credential {
+        token: IdToken::from(token.to_owned()),
+        expires_at: identity.expires_at,
+        renew_at,
+        granted_seconds: Some(claims.exp - claims.iat),
+        identity,
+    })
+}
+
+/// Mints a token for the ServiceAccount with the TokenRequest API, bound to the kubeconfig
+/// Secret (`secret_name`, `secret_uid`): deleting the Secret makes the token worthless.
+pub(super) async fn mint(
+    request: &KubeconfigRequest,
+    source: &ServiceAccountSource,
+    ctx: &Context,
+    secret_name: &str,
+    secret_uid: &str,
+) -> Result<Result<Credential, Refusal>, Error> {
+    let namespace = request.namespace().ok_or(Error::NotStored)?;
+    let requested = source
+        .expiration_seconds
+        .min(ctx.controller.max_expiration_seconds);
+    let token_request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: source.audiences.clone(),
+            expiration_seconds: Some(requested),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                name: Some(secret_name.to_owned()),
+                uid: Some(secret_uid.to_owned()),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+    let issued_at = Utc::now();
+    let minted = match accounts
+        .create_token_request(&source.name, &PostParams::default(), &token_request)
+        .await
+    {
+        Ok(minted) => minted,
+        Err(kube::Error::Api(status)) if status.code == 400 || status.code == 422 => {
+            return Ok(Err(Refusal::new(
+                Reason::InvalidSpec,
+                format!(
+                    "the API server refused to mint a token for ServiceAccount {:?}: {}",
+                    source.name, status.message
+                ),
+            )));
+        }
+        Err(error) => return Err(kube_error("minting a ServiceAccount token")(error)),
+    };
+    let status = minted.status.ok_or(Error::NoTokenMinted)?;
+    let expires_at = DateTime::from_timestamp(status.expiration_timestamp.0.as_second(), 0)
+        .unwrap_or(issued_at + Duration::from_secs(requested.unsigned_abs()));
+    let renew_at = match renewal_time(&request.spec, issued_at, expires_at) {
+        Ok(at) => at,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    Ok(Ok(Credential {
+        token: IdToken::from(status.token),
+        identity: service_account_identity(&namespace, &source.name, expires_at),
+        expires_at,
+        renew_at,
+        // Rounded: the API server states expiry in whole seconds, the request left mid-second.
+        granted_seconds: Some(((expires_at - issued_at).num_milliseconds() + 500) / 1000),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::KubeconfigRequestSpec;
+
+    fn spec(extra: serde_json::Value) -> KubeconfigRequestSpec {
+        let mut value = serde_json::json!({ "serviceAccount": { "name": "deployer" } });
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn renewal_defaults_to_a_third_of_the_lifetime_before_expiry() {
+        let issued = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let expires = issued + TimeDelta::seconds(3600);
+        let cases = [
+            (serde_json::json!({}), 2400),
+            (serde_json::json!({ "renewBefore": "10m" }), 3000),
+            (serde_json::json!({ "renewBefore": "1h5m" }), 0),
+            (serde_json::json!({ "renewBeforePercentage": 25 }), 2700),
+        ];
+        for (extra, seconds_after_issue) in cases {
+            let at = renewal_time(&spec(extra.clone()), issued, expires).unwrap();
+            assert_eq!((at - issued).num_seconds(), seconds_after_issue, "{extra}");
+        }
+        let refusal = renewal_time(
+            &spec(serde_json::json!({ "renewBefore": "soon" })),
+            issued,
+            expires,
+        )
+        .unwrap_err();
+        assert_eq!(refusal.reason, Reason::InvalidSpec);
+        assert!(refusal.message.contains("soon"), "{}", refusal.message);
+    }
 }

@@ -28,6 +28,9 @@ pub enum Reason {
     UserMismatch,
     SecretConflict,
     IssuerUnavailable,
+    InvalidSpec,
+    ServiceAccountNotFound,
+    ServiceAccountNotIssuable,
 }
 
 impl Reason {
@@ -41,6 +44,9 @@ impl Reason {
             Reason::UserMismatch => "UserMismatch",
             Reason::SecretConflict => "SecretConflict",
             Reason::IssuerUnavailable => "IssuerUnavailable",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
+            Reason::ServiceAccountNotIssuable => "ServiceAccountNotIssuable",
         }
     }
 
@@ -75,14 +81,19 @@ pub(super) enum Outcome {
         credential: Credential,
         secret_name: String,
     },
-    Refused(Refusal),
+    /// `kept_secret` is a Secret this request wrote earlier that still exists: its credential
+    /// may still be live, so status keeps naming it.
+    Refused {
+        refusal: Refusal,
+        kept_secret: Option<String>,
+    },
 }
 
 impl Outcome {
     fn reason(&self) -> Reason {
         match self {
             Outcome::Issued { .. } => Reason::Issued,
-            Outcome::Refused(refusal) => refusal.reason,
+            Outcome::Refused { refusal, .. } => refusal.reason,
         }
     }
 
@@ -96,56 +107,121 @@ impl Outcome {
                 credential.identity.username,
                 format_time(credential.expires_at)
             ),
-            Outcome::Refused(refusal) => refusal.message.clone(),
+            Outcome::Refused { refusal, .. } => refusal.message.clone(),
         }
     }
 }
 
-/// Patches the status subresource when it differs from what is there, and records a Warning
-/// Event when the request newly fails.
+const READY: &str = "Ready";
+const EXPIRING: &str = "Expiring";
+
+/// A condition that keeps its transition time while its status stays the same.
+fn condition(
+    request: &KubeconfigRequest,
+    type_: &str,
+    ready: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
+    let status_text = if ready { "True" } else { "False" };
+    Condition {
+        type_: type_.into(),
+        status: status_text.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: request.metadata.generation,
+        last_transition_time: request
+            .condition(type_)
+            .filter(|c| c.status == status_text)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+    }
+}
+
+/// Patches the status subresource when it differs from what is there, records a Warning Event
+/// when the request newly fails or its ID token newly needs replacing, and updates the
+/// per-request metrics.
 pub(super) async fn update(
     request: &KubeconfigRequest,
     ctx: &Context,
     outcome: &Outcome,
 ) -> Result<(), Error> {
-    let previous = request.ready_condition();
     let reason = outcome.reason();
     let ready = reason == Reason::Issued;
-    let status_text = if ready { "True" } else { "False" };
-    let unchanged_condition =
-        previous.is_some_and(|c| c.status == status_text && c.reason == reason.as_str());
+    let newly_failing = !ready
+        && request
+            .ready_condition()
+            .is_none_or(|c| c.status != "False" || c.reason != reason.as_str());
     let message = outcome.message();
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: status_text.into(),
-        reason: reason.as_str().into(),
-        message: message.clone(),
-        observed_generation: request.metadata.generation,
-        last_transition_time: previous
-            .filter(|c| c.status == status_text)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
-    };
     let mut status = KubeconfigRequestStatus {
-        conditions: vec![condition],
+        conditions: vec![condition(
+            request,
+            READY,
+            ready,
+            reason.as_str(),
+            message.clone(),
+        )],
         observed_generation: request.metadata.generation,
         ..KubeconfigRequestStatus::default()
     };
-    if let Outcome::Issued {
-        credential,
-        secret_name,
-    } = outcome
-    {
-        status.username = Some(credential.identity.username.clone());
-        status.groups = credential.identity.groups.clone();
-        status.secret_name = Some(secret_name.clone());
-        status.expires_at = Some(format_time(credential.expires_at));
+    let mut expiring_note = None;
+    match outcome {
+        Outcome::Issued {
+            credential,
+            secret_name,
+        } => {
+            status.username = Some(credential.identity.username.clone());
+            status.groups = credential.identity.groups.clone();
+            status.secret_name = Some(secret_name.clone());
+            status.expires_at = Some(format_time(credential.expires_at));
+            status.renewal_time = Some(format_time(credential.renew_at));
+            status.granted_expiration_seconds = credential.granted_seconds;
+            // A minted token is renewed at renew_at; only an ID token can be left to expire.
+            if credential.granted_seconds.is_none() && Utc::now() >= credential.renew_at {
+                let note = format!(
+                    "the ID token expires at {}; put a fresh token into the token Secret before then",
+                    format_time(credential.expires_at)
+                );
+                if request
+                    .condition(EXPIRING)
+                    .is_none_or(|c| c.status != "True")
+                {
+                    expiring_note = Some(note.clone());
+                }
+                status
+                    .conditions
+                    .push(condition(request, EXPIRING, true, "TokenExpiring", note));
+            }
+            ctx.metrics.set_request_times(
+                &request.namespace().unwrap_or_default(),
+                &request.name_any(),
+                credential.expires_at.timestamp(),
+                credential.renew_at.timestamp(),
+            );
+        }
+        Outcome::Refused { kept_secret, .. } => {
+            let previous = request.status.as_ref();
+            status.secret_name = kept_secret.clone();
+            if kept_secret.is_some()
+                && previous.and_then(|p| p.secret_name.as_ref()) == kept_secret.as_ref()
+            {
+                status.expires_at = previous.and_then(|p| p.expires_at.clone());
+            }
+        }
     }
+    ctx.metrics.set_request_ready(
+        &request.namespace().unwrap_or_default(),
+        &request.name_any(),
+        ready,
+    );
     if request.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    if !unchanged_condition && !ready {
-        publish(ctx, request, EventType::Warning, reason, message).await;
+    if newly_failing {
+        publish(ctx, request, EventType::Warning, reason.as_str(), message).await;
+    }
+    if let Some(note) = expiring_note {
+        publish(ctx, request, EventType::Warning, "TokenExpiring", note).await;
     }
     let api: Api<KubeconfigRequest> = Api::namespaced(
         ctx.client.clone(),
@@ -175,12 +251,12 @@ pub(super) async fn publish(
     ctx: &Context,
     request: &KubeconfigRequest,
     type_: EventType,
-    reason: Reason,
+    reason: &str,
     note: String,
 ) {
     let event = Event {
         type_,
-        reason: reason.as_str().into(),
+        reason: reason.into(),
         note: Some(note),
         action: "Issue".into(),
         secondary: None,

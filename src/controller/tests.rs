@@ -1,36 +1,49 @@
-//! `reconcile` against a scripted API server: each test asserts the exact requests made.
+//! `reconcile` against a scripted API server: each test asserts the exact requests made, in
+//! order, and that nothing else was asked.
 
 use std::sync::Arc;
 
 use axum::http::Method;
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::{fixtures::*, reconcile};
 use crate::{crd::KubeconfigRequest, testing};
 
 const ALICE: &str = "alice@example.com";
+const ACCOUNT: &str = "deployer";
+const SECRET_UID: &str = "secret-uid-1";
 
 fn alice_token() -> String {
     testing::issuer().token_for(ALICE, &["team-a"], 600)
 }
 
-fn target_secret() -> String {
-    super::derived_secret_name(ALICE)
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
 }
 
 fn ready(status: &Value) -> &Value {
-    status["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
-        .expect("a Ready condition")
+    condition(status, "Ready").expect("a Ready condition")
+}
+
+fn kubeconfig_token(secret: &Value) -> String {
+    let data = secret["data"]["kubeconfig"]
+        .as_str()
+        .expect("kubeconfig data");
+    let text = String::from_utf8(STANDARD.decode(data).unwrap()).unwrap();
+    let kubeconfig: Value = crate::yaml::from_str(&text).unwrap();
+    kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Runs `reconcile` for `request` while `script` answers the API calls, then checks that nothing
 /// else was asked.
-async fn reconcile_with<F, Fut>(
-    request: KubeconfigRequest,
-    script: F,
-) -> kube::runtime::controller::Action
+async fn reconcile_with<F, Fut>(request: KubeconfigRequest, script: F) -> Action
 where
     F: FnOnce(ApiServer) -> Fut + Send + 'static,
     Fut: Future<Output = ApiServer> + Send + 'static,
@@ -45,18 +58,49 @@ where
     action
 }
 
-#[tokio::test]
-async fn a_valid_token_is_issued_into_a_new_secret() {
-    let token = alice_token();
-    let secret = target_secret();
-    let action = reconcile_with(request(json!({})), move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TOKEN_SECRET))
-            .await
-            .reply(200, token_secret(&token));
-        api.expect(Method::GET, &secret_path(&secret))
+impl ApiServer {
+    async fn absent(&mut self, name: &str) {
+        self.expect(Method::GET, &secret_path(name))
             .await
             .not_found();
-        let apply = api.expect(Method::PATCH, &secret_path(&secret)).await;
+    }
+
+    async fn token_secret(&mut self, token: &str) {
+        self.expect(Method::GET, &secret_path(TOKEN_SECRET))
+            .await
+            .reply(200, token_secret(token));
+    }
+
+    /// Answers the status patch and returns what was patched.
+    async fn status(&mut self) -> Value {
+        let status = self.expect(Method::PATCH, &status_path()).await;
+        status.assert_applied();
+        let body = status.body.clone();
+        status.echo_request();
+        body
+    }
+
+    async fn event(&mut self, reason: &str, type_: &str) -> Value {
+        let event = self.expect(Method::POST, &events_path()).await;
+        assert_eq!(
+            (&event.body["reason"], &event.body["type"]),
+            (&json!(reason), &json!(type_)),
+            "{}",
+            event.body
+        );
+        let body = event.body.clone();
+        event.echo();
+        body
+    }
+}
+
+#[tokio::test]
+async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
+    let token = alice_token();
+    let action = reconcile_with(request(json!({})), move |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.token_secret(&token).await;
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         apply.assert_applied();
         assert_eq!(
             apply.body["metadata"]["ownerReferences"],
@@ -66,70 +110,50 @@ async fn a_valid_token_is_issued_into_a_new_secret() {
             apply.body["metadata"]["labels"]["kubeconfig.dev/request"],
             REQUEST
         );
-        let kubeconfig = apply.body["data"]["kubeconfig"]
-            .as_str()
-            .expect("kubeconfig data");
-        let kubeconfig =
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, kubeconfig).unwrap();
-        let kubeconfig: Value =
-            crate::yaml::from_str(std::str::from_utf8(&kubeconfig).unwrap()).unwrap();
-        assert_eq!(kubeconfig["users"][0]["user"]["token"], token.as_str());
+        assert_eq!(kubeconfig_token(&apply.body), token);
         apply.echo();
-        let event = api.expect(Method::POST, &events_path()).await;
-        assert_eq!(event.body["reason"], "Issued");
-        assert_eq!(event.body["type"], "Normal");
-        event.echo();
-        let status = api.expect(Method::PATCH, &status_path()).await;
-        status.assert_applied();
-        let condition = ready(&status.body);
+        api.event("Issued", "Normal").await;
+        let status = api.status().await;
+        let ready = ready(&status);
         assert_eq!(
-            (&condition["status"], &condition["reason"]),
+            (&ready["status"], &ready["reason"]),
             (&json!("True"), &json!("Issued"))
         );
-        assert_eq!(status.body["status"]["username"], ALICE);
-        assert_eq!(status.body["status"]["groups"], json!(["team-a"]));
-        assert_eq!(status.body["status"]["secretName"], secret.as_str());
-        status.echo_request();
+        assert_eq!(status["status"]["username"], ALICE);
+        assert_eq!(status["status"]["groups"], json!(["team-a"]));
+        assert_eq!(status["status"]["secretName"], TARGET_SECRET);
+        assert!(status["status"]["renewalTime"].is_string());
+        assert!(condition(&status, "Expiring").is_none());
         api
     })
     .await;
-    // Woken at expiry to report TokenExpired.
-    assert!(
-        format!("{action:?}").contains("requeue_after: Some"),
-        "{action:?}"
-    );
+    // Woken at the renewal time, about 400 s ahead (a third of 600 s before expiry).
+    let Action { .. } = action;
+    let text = format!("{action:?}");
+    assert!(text.contains("requeue_after: Some("), "{text}");
 }
 
 #[tokio::test]
-async fn a_secret_owned_by_someone_else_is_not_touched() {
-    let token = alice_token();
-    let secret = target_secret();
+async fn a_secret_owned_by_someone_else_is_not_touched_and_the_token_not_read() {
     reconcile_with(request(json!({})), move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TOKEN_SECRET))
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
-            .reply(200, token_secret(&token));
-        api.expect(Method::GET, &secret_path(&secret)).await.reply(
-            200,
-            json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": secret, "namespace": NAMESPACE },
-                "data": { "kubeconfig": "b3RoZXI=" },
-            }),
-        );
-        let event = api.expect(Method::POST, &events_path()).await;
+            .reply(
+                200,
+                json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": { "name": TARGET_SECRET, "namespace": NAMESPACE },
+                    "data": { "kubeconfig": "b3RoZXI=" },
+                }),
+            );
+        api.event("SecretConflict", "Warning").await;
+        let status = api.status().await;
+        let ready = ready(&status);
         assert_eq!(
-            (&event.body["reason"], &event.body["type"]),
-            (&json!("SecretConflict"), &json!("Warning"))
-        );
-        event.echo();
-        let status = api.expect(Method::PATCH, &status_path()).await;
-        let condition = ready(&status.body);
-        assert_eq!(
-            (&condition["status"], &condition["reason"]),
+            (&ready["status"], &ready["reason"]),
             (&json!("False"), &json!("SecretConflict"))
         );
-        assert!(status.body["status"].get("secretName").is_none());
-        status.echo_request();
+        assert!(status["status"].get("secretName").is_none());
         api
     })
     .await;
@@ -138,85 +162,394 @@ async fn a_secret_owned_by_someone_else_is_not_touched() {
 #[tokio::test]
 async fn a_token_for_another_user_is_refused_without_writing_a_secret() {
     let token = alice_token();
-    reconcile_with(
-        request(json!({ "user": "bob@example.com" })),
-        move |mut api| async move {
-            api.expect(Method::GET, &secret_path(TOKEN_SECRET))
-                .await
-                .reply(200, token_secret(&token));
-            let event = api.expect(Method::POST, &events_path()).await;
-            assert_eq!(event.body["reason"], "UserMismatch");
-            event.echo();
-            let status = api.expect(Method::PATCH, &status_path()).await;
-            let condition = ready(&status.body);
-            assert_eq!(condition["reason"], "UserMismatch");
-            let message = condition["message"].as_str().unwrap();
-            assert!(
-                message.contains("bob@example.com") && message.contains(ALICE),
-                "{message}"
-            );
-            assert!(!message.contains(&token));
-            status.echo_request();
-            api
-        },
-    )
+    let spec = json!({ "user": "bob@example.com" });
+    reconcile_with(request(spec), move |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.token_secret(&token).await;
+        api.event("UserMismatch", "Warning").await;
+        let status = api.status().await;
+        let ready = ready(&status);
+        assert_eq!(ready["reason"], "UserMismatch");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains("bob@example.com") && message.contains(ALICE),
+            "{message}"
+        );
+        assert!(!message.contains(&token));
+        api
+    })
     .await;
+}
+
+/// What one reconcile of an unissued `request` writes: (the Secret, the status).
+async fn first_issue(request: KubeconfigRequest, token: String) -> (Value, Value) {
+    let (ctx, mut api) = context();
+    let script = tokio::spawn(async move {
+        api.absent(TARGET_SECRET).await;
+        api.token_secret(&token).await;
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        let written = apply.body.clone();
+        apply.echo();
+        api.event("Issued", "Normal").await;
+        let status = api.status().await;
+        (written, status["status"].clone())
+    });
+    reconcile(Arc::new(request), ctx).await.unwrap();
+    script.await.unwrap()
 }
 
 #[tokio::test]
 async fn nothing_changed_means_nothing_written() {
     let token = alice_token();
-    let secret = target_secret();
-    // First pass: learn exactly what the reconciler writes.
-    let (written_secret, written_status) = {
-        let (ctx, mut api) = context();
-        let token = token.clone();
-        let secret = secret.clone();
-        let script = tokio::spawn(async move {
-            api.expect(Method::GET, &secret_path(TOKEN_SECRET))
-                .await
-                .reply(200, token_secret(&token));
-            api.expect(Method::GET, &secret_path(&secret))
-                .await
-                .not_found();
-            let apply = api.expect(Method::PATCH, &secret_path(&secret)).await;
-            let written = apply.body.clone();
-            apply.echo();
-            api.expect(Method::POST, &events_path()).await.echo();
-            let status = api.expect(Method::PATCH, &status_path()).await;
-            let written_status = status.body["status"].clone();
-            status.echo_request();
-            (written, written_status)
-        });
-        reconcile(Arc::new(request(json!({}))), ctx).await.unwrap();
-        script.await.unwrap()
-    };
-    // Second pass: the Secret and the status already say exactly that.
+    let (written_secret, written_status) = first_issue(request(json!({})), token.clone()).await;
     let mut stored = request(json!({}));
     stored.status = Some(serde_json::from_value(written_status).unwrap());
     reconcile_with(stored, move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TOKEN_SECRET))
-            .await
-            .reply(200, token_secret(&token));
-        api.expect(Method::GET, &secret_path(&secret))
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
             .reply(200, written_secret);
+        api.token_secret(&token).await;
         api
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_missing_token_secret_is_reported_once() {
-    reconcile_with(request(json!({})), |mut api| async move {
-        api.expect(Method::GET, &secret_path(TOKEN_SECRET))
+async fn a_secret_whose_owner_reference_was_stripped_is_adopted_again() {
+    let token = alice_token();
+    let (mut written_secret, written_status) = first_issue(request(json!({})), token.clone()).await;
+    written_secret["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    let mut stored = request(json!({}));
+    stored.status = Some(serde_json::from_value(written_status).unwrap());
+    reconcile_with(stored, move |mut api| async move {
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
-            .not_found();
-        api.expect(Method::POST, &events_path()).await.echo();
-        let status = api.expect(Method::PATCH, &status_path()).await;
-        assert_eq!(ready(&status.body)["reason"], "TokenSecretNotFound");
-        status.echo_request();
+            .reply(200, written_secret);
+        api.token_secret(&token).await;
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_eq!(
+            apply.body["metadata"]["ownerReferences"],
+            json!([owner_reference()])
+        );
+        apply.echo();
+        api.event("Issued", "Normal").await;
         api
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_changed_secret_name_deletes_the_old_secret_after_writing_the_new_one() {
+    let token = alice_token();
+    let (_, written_status) = first_issue(request(json!({})), token.clone()).await;
+    let mut moved = request(json!({ "secretName": "moved" }));
+    moved.status = Some(serde_json::from_value(written_status).unwrap());
+    reconcile_with(moved, move |mut api| async move {
+        api.absent("moved").await;
+        api.token_secret(&token).await;
+        api.expect(Method::PATCH, &secret_path("moved"))
+            .await
+            .echo();
+        api.event("Issued", "Normal").await;
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(
+                200,
+                json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {
+                        "name": TARGET_SECRET, "namespace": NAMESPACE, "uid": "old-uid",
+                        "ownerReferences": [owner_reference()],
+                    },
+                }),
+            );
+        let delete = api
+            .expect(Method::DELETE, &secret_path(TARGET_SECRET))
+            .await;
+        assert_eq!(delete.body["preconditions"]["uid"], "old-uid");
+        delete.reply(
+            200,
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
+        );
+        api.event("SecretDeleted", "Normal").await;
+        let status = api.status().await;
+        assert_eq!(status["status"]["secretName"], "moved");
+        api
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_token_secret_is_reported() {
+    reconcile_with(request(json!({})), |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.absent(TOKEN_SECRET).await;
+        api.event("TokenSecretNotFound", "Warning").await;
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "TokenSecretNotFound");
+        api
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_the_api_server_refuses_is_an_invalid_spec_not_a_retry() {
+    let token = alice_token();
+    let action = reconcile_with(request(json!({})), move |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.token_secret(&token).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .reply(
+                422,
+                json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "metadata.labels: Invalid value", "reason": "Invalid", "code": 422,
+                }),
+            );
+        api.event("InvalidSpec", "Warning").await;
+        let status = api.status().await;
+        let ready = ready(&status);
+        assert_eq!(ready["reason"], "InvalidSpec");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("metadata.labels")
+        );
+        api
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn an_id_token_past_its_renewal_time_is_reported_expiring_but_stays_ready() {
+    let token = alice_token();
+    // A renewBefore longer than the token's whole life: renewal is due at once.
+    let spec = json!({ "renewBefore": "15m" });
+    reconcile_with(request(spec), move |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.token_secret(&token).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .echo();
+        api.event("Issued", "Normal").await;
+        let event = api.event("TokenExpiring", "Warning").await;
+        assert!(event["note"].as_str().unwrap().contains("fresh token"));
+        let status = api.status().await;
+        assert_eq!(ready(&status)["status"], "True");
+        let expiring = condition(&status, "Expiring").expect("an Expiring condition");
+        assert_eq!(
+            (&expiring["status"], &expiring["reason"]),
+            (&json!("True"), &json!("TokenExpiring"))
+        );
+        api
+    })
+    .await;
+}
+
+fn account(annotated: bool) -> Value {
+    let mut account = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": { "name": ACCOUNT, "namespace": NAMESPACE },
+    });
+    if annotated {
+        account["metadata"]["annotations"] = json!({ "kubeconfig.dev/issuable": "true" });
+    }
+    account
+}
+
+fn account_path() -> String {
+    format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{ACCOUNT}")
+}
+
+/// A token shaped like a bound ServiceAccount token (its signature is never checked here).
+fn bound_token(secret_uid: &str, issued_at: i64, lifetime: i64) -> String {
+    let claims = json!({
+        "sub": format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"),
+        "iat": issued_at,
+        "exp": issued_at + lifetime,
+        "kubernetes.io": { "namespace": NAMESPACE, "secret": { "name": TARGET_SECRET, "uid": secret_uid } },
+    });
+    let encode =
+        |value: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2ln",
+        encode(&json!({ "alg": "RS256" })),
+        encode(&claims)
+    )
+}
+
+#[tokio::test]
+async fn a_service_account_without_the_opt_in_is_refused() {
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
+    reconcile_with(request(spec), |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(false));
+        api.event("ServiceAccountNotIssuable", "Warning").await;
+        let status = api.status().await;
+        let message = ready(&status)["message"].as_str().unwrap().to_owned();
+        assert!(
+            message
+                .contains("kubectl annotate serviceaccount deployer kubeconfig.dev/issuable=true"),
+            "{message}"
+        );
+        api
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
+    // Asks for more than the admin's cap of two hours.
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT, "expirationSeconds": 86400, "audiences": ["https://kubernetes.default.svc"] } });
+    reconcile_with(request(spec), |mut api| async move {
+        api.absent(TARGET_SECRET).await;
+        api.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(true));
+        let create = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        create.assert_applied();
+        assert!(create.body.get("data").is_none(), "{}", create.body);
+        let mut created = create.body.clone();
+        created["metadata"]["uid"] = json!(SECRET_UID);
+        create.reply(201, created);
+        let mint = api
+            .expect(Method::POST, &format!("{}/token", account_path()))
+            .await;
+        assert_eq!(mint.body["spec"]["expirationSeconds"], MAX_EXPIRATION_SECONDS);
+        assert_eq!(mint.body["spec"]["audiences"], json!(["https://kubernetes.default.svc"]));
+        assert_eq!(
+            mint.body["spec"]["boundObjectRef"],
+            json!({ "apiVersion": "v1", "kind": "Secret", "name": TARGET_SECRET, "uid": SECRET_UID })
+        );
+        let now = chrono::Utc::now().timestamp();
+        let minted = bound_token(SECRET_UID, now, MAX_EXPIRATION_SECONDS);
+        let expiry = chrono::DateTime::from_timestamp(now + MAX_EXPIRATION_SECONDS, 0).unwrap();
+        let mut answer = mint.body.clone();
+        answer["status"] = json!({ "token": minted, "expirationTimestamp": expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) });
+        mint.reply(201, answer);
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_eq!(kubeconfig_token(&apply.body), minted);
+        apply.echo();
+        api.event("Issued", "Normal").await;
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "Issued");
+        assert_eq!(status["status"]["username"], format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"));
+        assert_eq!(status["status"]["grantedExpirationSeconds"], MAX_EXPIRATION_SECONDS);
+        api
+    })
+    .await;
+}
+
+fn kubeconfig_secret(uid: &str, token: &str) -> Value {
+    let rendered = crate::kubeconfig::render(
+        &settings(),
+        &crate::token::IdToken::from(token.to_owned()),
+        None,
+    )
+    .unwrap();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": TARGET_SECRET, "namespace": NAMESPACE, "uid": uid,
+            "ownerReferences": [owner_reference()],
+            "labels": { "app.kubernetes.io/managed-by": "kubeconfig-operator", "kubeconfig.dev/request": REQUEST },
+        },
+        "type": "Opaque",
+        "data": { "kubeconfig": STANDARD.encode(rendered) },
+    })
+}
+
+#[tokio::test]
+async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
+    let now = chrono::Utc::now().timestamp();
+    // Issued a minute ago for an hour: renewal (at 40 minutes) is not due; only labels and
+    // annotations of the token's own are re-applied.
+    let fresh = bound_token(SECRET_UID, now - 60, 3600);
+    let kept = kubeconfig_secret(SECRET_UID, &fresh);
+    reconcile_with(request(spec.clone()), move |mut api| async move {
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(200, kept);
+        api.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(true));
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_eq!(kubeconfig_token(&apply.body), fresh, "the token is kept");
+        apply.echo();
+        api.event("Issued", "Normal").await;
+        api.status().await;
+        api
+    })
+    .await;
+
+    // Issued 50 minutes ago: past its renewal time, so a new token is minted.
+    let due = bound_token(SECRET_UID, now - 3000, 3600);
+    let stale = kubeconfig_secret(SECRET_UID, &due);
+    reconcile_with(request(spec.clone()), move |mut api| async move {
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(200, stale);
+        api.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(true));
+        let mint = api
+            .expect(Method::POST, &format!("{}/token", account_path()))
+            .await;
+        assert_eq!(mint.body["spec"]["boundObjectRef"]["uid"], SECRET_UID);
+        let mut answer = mint.body.clone();
+        answer["status"] = json!({ "token": bound_token(SECRET_UID, now, 3600), "expirationTimestamp": "2099-01-01T00:00:00Z" });
+        mint.reply(201, answer);
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_ne!(kubeconfig_token(&apply.body), due);
+        apply.echo();
+        api.event("Issued", "Normal").await;
+        api.status().await;
+        api
+    })
+    .await;
+
+    // A token bound to another Secret (this one was deleted and re-created) is replaced too.
+    let orphan = kubeconfig_secret("new-uid", &bound_token(SECRET_UID, now - 60, 3600));
+    reconcile_with(request(spec), move |mut api| async move {
+        api.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(200, orphan);
+        api.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(true));
+        let mint = api
+            .expect(Method::POST, &format!("{}/token", account_path()))
+            .await;
+        assert_eq!(mint.body["spec"]["boundObjectRef"]["uid"], "new-uid");
+        let mut answer = mint.body.clone();
+        answer["status"] = json!({ "token": bound_token("new-uid", now, 3600), "expirationTimestamp": "2099-01-01T00:00:00Z" });
+        mint.reply(201, answer);
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await.echo();
+        api.event("Issued", "Normal").await;
+        api.status().await;
+        api
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_request_leaves_no_backoff_state_behind() {
+    let (ctx, _api) = context();
+    let request = Arc::new(request(json!({})));
+    let error = super::Error::NotStored;
+    super::error_policy(Arc::clone(&request), &error, Arc::clone(&ctx));
+    assert_eq!(ctx.tracked_failures(), 1);
+    ctx.forget(&kube::runtime::reflector::ObjectRef::from_obj(
+        request.as_ref(),
+    ));
+    assert_eq!(ctx.tracked_failures(), 0);
 }

@@ -1,0 +1,227 @@
+//! Work shared between requests, so that one tenant's many requests cannot make the controller
+//! slow for everyone: a token Secret is read once per change however many requests name it, and
+//! a token's verdict is reused for as long as kube-apiserver reuses its own (its token cache keeps
+//! a success for 10 s).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::token::{IdToken, Identity, TokenError, Verifier};
+
+/// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
+/// server's own.
+const VERDICT_TTL: Duration = Duration::from_secs(10);
+/// More distinct tokens than this in 10 s means a flood; the cache is cleared rather than grown.
+const MAX_VERDICTS: usize = 10_000;
+
+/// A Secret by namespace and name.
+pub type SecretKey = (String, String);
+
+/// What a read of a token Secret found, kept only as long as the Secret's resourceVersion stays.
+#[derive(Clone, Debug)]
+pub struct SecretRead<T> {
+    pub resource_version: Option<String>,
+    pub value: T,
+}
+
+/// One Secret's last read; the async lock makes concurrent readers wait for one read.
+type ReadSlot<T> = Arc<tokio::sync::Mutex<Option<SecretRead<T>>>>;
+
+/// Reads of token Secrets, keyed by Secret and invalidated by the resourceVersion the Secret
+/// watch last saw.
+pub struct SecretReads<T> {
+    latest_versions: Mutex<HashMap<SecretKey, String>>,
+    reads: Mutex<HashMap<SecretKey, ReadSlot<T>>>,
+}
+
+impl<T: Clone> Default for SecretReads<T> {
+    fn default() -> Self {
+        Self {
+            latest_versions: Mutex::default(),
+            reads: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Clone> SecretReads<T> {
+    /// Called by the Secret watch for every change it sees.
+    pub fn saw(&self, key: SecretKey, resource_version: Option<String>) {
+        if let Ok(mut versions) = self.latest_versions.lock() {
+            match resource_version {
+                Some(version) => versions.insert(key, version),
+                None => versions.remove(&key),
+            };
+        }
+    }
+
+    /// The cached read of `key` if the watch has seen no change since; otherwise `read` runs,
+    /// once for all the callers waiting on the same Secret.
+    pub async fn get_or_read<E, F, Fut>(&self, key: SecretKey, read: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<SecretRead<T>, E>>,
+    {
+        let slot = match self.reads.lock() {
+            Ok(mut reads) => Arc::clone(reads.entry(key.clone()).or_default()),
+            Err(_) => Arc::default(),
+        };
+        let mut slot = slot.lock().await;
+        let latest = self
+            .latest_versions
+            .lock()
+            .ok()
+            .and_then(|versions| versions.get(&key).cloned());
+        if let Some(cached) = slot.as_ref()
+            && latest.is_some()
+            && cached.resource_version == latest
+        {
+            return Ok(cached.value.clone());
+        }
+        let fresh = read().await?;
+        let value = fresh.value.clone();
+        *slot = Some(fresh);
+        Ok(value)
+    }
+
+    /// Drops what is kept for Secrets that `keep` no longer wants (no request names them).
+    pub fn retain(&self, keep: impl Fn(&SecretKey) -> bool) {
+        if let Ok(mut reads) = self.reads.lock() {
+            reads.retain(|key, _| keep(key));
+        }
+        if let Ok(mut versions) = self.latest_versions.lock() {
+            versions.retain(|key, _| keep(key));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.reads.lock().map(|reads| reads.len()).unwrap_or(0)
+    }
+}
+
+/// Successful verdicts by token digest.
+#[derive(Default)]
+pub struct Verdicts {
+    cached: Mutex<HashMap<[u8; 32], (Instant, Identity)>>,
+}
+
+impl Verdicts {
+    /// `verifier.verify`, or its verdict on the same token from less than 10 s ago. Refusals are
+    /// never cached, so a token that starts working (Dex back, keys rotated in) works at once.
+    pub async fn verify(
+        &self,
+        verifier: &Verifier,
+        token: &IdToken,
+    ) -> Result<Identity, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        let now = Instant::now();
+        if let Ok(cached) = self.cached.lock()
+            && let Some((at, identity)) = cached.get(&digest)
+            && now.duration_since(*at) < VERDICT_TTL
+            && identity.expires_at > chrono::Utc::now()
+        {
+            return Ok(identity.clone());
+        }
+        let identity = verifier.verify(token).await?;
+        if let Ok(mut cached) = self.cached.lock() {
+            if cached.len() >= MAX_VERDICTS {
+                cached.retain(|_, (at, _)| now.duration_since(*at) < VERDICT_TTL);
+                if cached.len() >= MAX_VERDICTS {
+                    cached.clear();
+                }
+            }
+            cached.insert(digest, (now, identity.clone()));
+        }
+        Ok(identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn key() -> SecretKey {
+        ("team-a".into(), "alice-token".into())
+    }
+
+    async fn read_counting(reads: &SecretReads<u32>, count: &AtomicUsize, version: &str) -> u32 {
+        reads
+            .get_or_read::<(), _, _>(key(), || async {
+                let n = count.fetch_add(1, Ordering::SeqCst) as u32;
+                Ok(SecretRead {
+                    resource_version: Some(version.to_owned()),
+                    value: n,
+                })
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_read_again_only_after_the_watch_saw_it_change() {
+        let reads = SecretReads::<u32>::default();
+        let count = AtomicUsize::new(0);
+        // Nothing seen yet: every read goes to the API server.
+        assert_eq!(read_counting(&reads, &count, "1").await, 0);
+        assert_eq!(read_counting(&reads, &count, "1").await, 1);
+        reads.saw(key(), Some("1".into()));
+        assert_eq!(read_counting(&reads, &count, "1").await, 1);
+        assert_eq!(read_counting(&reads, &count, "1").await, 1);
+        reads.saw(key(), Some("2".into()));
+        assert_eq!(read_counting(&reads, &count, "2").await, 2);
+        assert_eq!(read_counting(&reads, &count, "2").await, 2);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        reads.retain(|_| false);
+        assert_eq!(reads.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_of_one_secret_share_one_read() {
+        let reads = Arc::new(SecretReads::<u32>::default());
+        reads.saw(key(), Some("5".into()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let reads = Arc::clone(&reads);
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    reads
+                        .get_or_read::<(), _, _>(key(), || async {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok(SecretRead {
+                                resource_version: Some("5".into()),
+                                value: 7,
+                            })
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 7);
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn verdicts_are_reused_but_refusals_are_not() {
+        let verdicts = Verdicts::default();
+        let verifier = crate::testing::issuer().verifier();
+        let token = IdToken::from(crate::testing::issuer().token_for("jane@example.com", &[], 600));
+        let first = verdicts.verify(&verifier, &token).await.unwrap();
+        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
+        assert_eq!(verdicts.verify(&verifier, &token).await.unwrap(), first);
+        let bad = IdToken::from("not-a-token".to_owned());
+        assert!(verdicts.verify(&verifier, &bad).await.is_err());
+        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
+    }
+}
