@@ -11,9 +11,9 @@ use kube::CustomResourceExt;
 use kubeconfig_operator::{
     config::{Config, ConfigArgs},
     crd::KubeconfigRequest,
-    http::{self, HttpState},
     metrics::Metrics,
     reconciler::{self, Context},
+    server::{self, HttpState},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -133,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             controller_ready,
             on_stop()
         ),
-        http::serve(&config.http, http_state, on_stop()),
+        server::serve(&config.http, http_state, on_stop()),
     );
     served?;
     Ok(())

@@ -1,4 +1,4 @@
-//! The HTTP routes (`http::router`: `/kube-config`, `/readyz`, `/healthz`, `/metrics`, the
+//! The HTTP routes (`server::router`: `/kube-config`, `/readyz`, `/healthz`, `/metrics`, the
 //! access log), driven in-process with hostile requests, as a client on the network would send
 //! them (minus what hyper refuses before routing: oversized heads, invalid header bytes).
 //!
@@ -41,9 +41,9 @@ use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
     config::{KubeconfigSettings, OidcConfig},
-    http::{HttpState, router},
     jwks::KeySet,
     metrics::Metrics,
+    server::{HttpState, router},
     token::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
