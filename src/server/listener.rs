@@ -197,10 +197,110 @@ mod tests {
         net::TcpStream,
     };
 
+    use axum::http::{StatusCode, header};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
     use super::*;
     use crate::server::test_fixtures::{
-        connection_limits, exchange, get, read_until_closed, request_limits, start, state,
+        connection_limits, exchange, get, read_until_closed, request_limits, signed_token, start,
+        start_with_tls, state,
     };
+
+    /// The name the test server's certificate is for; the client resolves it to the listener.
+    const TLS_HOST: &str = "kubeconfig-operator.test";
+
+    /// A CA and a server certificate for [`TLS_HOST`] signed by it, made now so that no key is
+    /// checked in. Returns the CA's PEM and the server's certificate and key files.
+    fn test_pki(dir: &Path) -> (String, TlsFiles) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "kubeconfig-operator test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec![TLS_HOST.to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let files = TlsFiles {
+            cert_file: dir.join("tls.crt"),
+            key_file: dir.join("tls.key"),
+        };
+        std::fs::write(&files.cert_file, server.pem()).unwrap();
+        std::fs::write(&files.key_file, server_key.serialize_pem()).unwrap();
+        (ca.pem(), files)
+    }
+
+    #[tokio::test]
+    async fn https_serves_the_routes_to_a_client_that_trusts_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, files) = test_pki(dir.path());
+        let acceptor = tls_acceptor(&files).expect("the generated files are accepted");
+        let server = start_with_tls(
+            state(),
+            connection_limits(),
+            request_limits(),
+            Some(acceptor),
+        )
+        .await;
+        let base = format!("https://{TLS_HOST}:{}", server.address.port());
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+            .resolve(TLS_HOST, server.address)
+            .build()
+            .unwrap();
+
+        let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(healthz.status(), StatusCode::OK);
+        assert_eq!(healthz.text().await.unwrap(), "ok\n");
+
+        let refused = client
+            .get(format!("{base}/kube-config"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let challenge = refused.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("error_description=\"Malformed\""),
+            "{challenge}"
+        );
+        assert!(refused.text().await.unwrap().starts_with("Malformed: "));
+
+        let token = signed_token();
+        let issued = client
+            .get(format!("{base}/kube-config"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(issued.status(), StatusCode::OK);
+        assert!(issued.text().await.unwrap().contains(&token));
+
+        // The answers above came through a handshake with this certificate: a client that does
+        // not trust the CA cannot connect, and plain HTTP on the port gets no HTTP answer.
+        let untrusting = reqwest::Client::builder()
+            .tls_certs_only([])
+            .resolve(TLS_HOST, server.address)
+            .build()
+            .unwrap();
+        let error = untrusting
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+        let answer = exchange(server.address, &get("/healthz")).await;
+        assert!(!answer.starts_with("HTTP/"), "{answer:?}");
+    }
 
     #[tokio::test]
     async fn headers_over_16_kib_get_431_and_the_server_keeps_serving() {

@@ -25,6 +25,7 @@ use tokio::{
     sync::oneshot,
     task::JoinHandle,
 };
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
@@ -147,13 +148,23 @@ pub(super) async fn start(
     connections: ConnectionLimits,
     requests: RequestLimits,
 ) -> TestServer {
+    start_with_tls(state, connections, requests, None).await
+}
+
+/// As [`start`], over TLS when `tls` is given.
+pub(super) async fn start_with_tls(
+    state: Arc<HttpState>,
+    connections: ConnectionLimits,
+    requests: RequestLimits,
+    tls: Option<TlsAcceptor>,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let app = routes(state, Some(&requests));
     let task = tokio::spawn(super::listener::serve_on(
         listener,
-        None,
+        tls,
         connections,
         app,
         async move {
