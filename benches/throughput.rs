@@ -224,6 +224,7 @@ fn main() {
         settings,
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(true)),
+        allowed_origins: Vec::new(),
     });
     let app = router(state);
     let authorization = format!("Bearer {}", token.expose());

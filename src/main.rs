@@ -124,6 +124,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         settings: config.kubeconfig.clone(),
         metrics,
         controller_ready: Arc::clone(&controller_ready),
+        allowed_origins: config.http.allowed_origins.clone(),
     });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let (_, served) = tokio::join!(

@@ -14,7 +14,12 @@ use axum::{
 };
 use tracing::{error, info};
 
-use super::{HttpState, auth::Authenticated, limits, limits::RequestLimits};
+use super::{
+    HttpState,
+    auth::Authenticated,
+    cors::{self, AllowedOrigins},
+    limits::{self, RequestLimits},
+};
 use crate::{config::is_dns_label, kubeconfig};
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
@@ -22,21 +27,34 @@ pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
 pub(super) const ROUTES: &[&str] = &[KUBE_CONFIG_ROUTE];
 
 /// The download route; with `limits`, a per-client budget (for GET only, so a 405 costs no
-/// budget) and a time limit.
-pub(super) fn routes(limits: Option<&RequestLimits>) -> Router<Arc<HttpState>> {
-    let Some(limits) = limits else {
-        return Router::new().route(KUBE_CONFIG_ROUTE, get(kube_config));
+/// budget) and a time limit; with `allowed_origins`, CORS around both, so a page of an allowed
+/// origin can read a 429 or 503 too, and a preflight costs no budget.
+pub(super) fn routes(
+    limits: Option<&RequestLimits>,
+    allowed_origins: &[String],
+) -> Router<Arc<HttpState>> {
+    let mut router = match limits {
+        None => Router::new().route(KUBE_CONFIG_ROUTE, get(kube_config)),
+        Some(limits) => Router::new()
+            .route(
+                KUBE_CONFIG_ROUTE,
+                get(kube_config).route_layer(middleware::from_fn_with_state(
+                    limits.client_limiter(),
+                    limits::rate_limit,
+                )),
+            )
+            .layer(middleware::from_fn_with_state(
+                limits.timeout,
+                limits::time_limit,
+            )),
     };
-    let route = get(kube_config).route_layer(middleware::from_fn_with_state(
-        limits.client_limiter(),
-        limits::rate_limit,
-    ));
-    Router::new()
-        .route(KUBE_CONFIG_ROUTE, route)
-        .layer(middleware::from_fn_with_state(
-            limits.timeout,
-            limits::time_limit,
-        ))
+    if !allowed_origins.is_empty() {
+        router = router.layer(middleware::from_fn_with_state(
+            AllowedOrigins::from(allowed_origins),
+            cors::cors,
+        ));
+    }
+    router
 }
 
 /// The namespace is checked before the token, so a typo in the query is a 400 that costs no

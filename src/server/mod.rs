@@ -14,6 +14,7 @@
 
 mod access_log;
 mod auth;
+mod cors;
 mod download;
 mod limits;
 mod listener;
@@ -58,6 +59,9 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Set by the controller once its cache has synced.
     pub controller_ready: Arc<AtomicBool>,
+    /// Origins whose pages may call `GET /kube-config` from a browser (CORS), as validated by
+    /// the configuration; empty allows none and adds no CORS handling at all.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Why the server could not start; each names what to fix.
@@ -82,7 +86,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
 /// for [`router`].
 fn routes(state: Arc<HttpState>, limits: Option<&RequestLimits>) -> Router {
     Router::new()
-        .merge(download::routes(limits))
+        .merge(download::routes(limits, &state.allowed_origins))
         .merge(probes::routes(limits))
         // Outermost, so every answer is logged and counted, including those the group layers
         // give (429, 503) and those no route gives (404).
@@ -202,6 +206,7 @@ mod tests {
             tls: None,
             max_connections: 4,
             requests_per_minute_per_client: 60,
+            allowed_origins: Vec::new(),
         };
         let error = serve(&config, state(), async {}).await.unwrap_err();
         assert!(matches!(error, ServeError::Bind { .. }), "{error}");

@@ -69,6 +69,10 @@ pub(super) fn signed_token() -> String {
 }
 
 pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {
+    state_from(verifier, &[])
+}
+
+fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
     Arc::new(HttpState {
         verifier: Arc::new(verifier),
         settings: KubeconfigSettings {
@@ -80,11 +84,15 @@ pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {
         },
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(false)),
+        allowed_origins: allowed_origins
+            .iter()
+            .map(|&origin| origin.to_owned())
+            .collect(),
     })
 }
 
 /// A verifier that knows the issuer's key from a static set: no network.
-pub(super) fn state() -> Arc<HttpState> {
+fn static_verifier() -> Verifier {
     let config = OidcConfig::for_tests(ISSUER, &[Algorithm::RS256]);
     let keys = KeySet::from_static(
         &JwkSet {
@@ -92,7 +100,17 @@ pub(super) fn state() -> Arc<HttpState> {
         },
         &config.algorithms,
     );
-    state_with(Verifier::with_keys(config, keys))
+    Verifier::with_keys(config, keys)
+}
+
+/// The routes' state with a network-free verifier and no CORS origins.
+pub(super) fn state() -> Arc<HttpState> {
+    state_with(static_verifier())
+}
+
+/// As [`state`], with pages of `origins` allowed to call the download cross-origin.
+pub(super) fn state_allowing(origins: &[&str]) -> Arc<HttpState> {
+    state_from(static_verifier(), origins)
 }
 
 /// One request through [`router`] (no per-request limits), with the given Authorization values.
@@ -106,10 +124,12 @@ pub(super) async fn call(
     for value in authorization {
         request = request.header(header::AUTHORIZATION, *value);
     }
-    router(Arc::clone(state))
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap()
+    send(state, request.body(Body::empty()).unwrap()).await
+}
+
+/// `request` through [`router`] (no per-request limits).
+pub(super) async fn send(state: &Arc<HttpState>, request: Request<Body>) -> Response {
+    router(Arc::clone(state)).oneshot(request).await.unwrap()
 }
 
 pub(super) async fn body(response: Response) -> String {
