@@ -5,7 +5,7 @@
 //!   `jsonwebtoken::decode` with the same key and a minimal `Validation`;
 //! - `render`: `kubeconfig::render` vs `serde_yaml::to_string` of an equivalent
 //!   `serde_json::Value`;
-//! - `http_kube_config`: `GET /kube-config` with the token through `http::router` (a clone of a
+//! - `http_kube_config`: `GET /kube-config` with the token through `server::router` (a clone of a
 //!   router built once, as the server does per request; body collected) vs `Verifier::verify`.
 //!
 //! Plain `std::time` (no criterion, so it builds fast): warm-up, then ROUNDS rounds of a fixed
@@ -29,10 +29,10 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use kubeconfig_operator::{
     config::{KubeconfigSettings, OidcConfig},
-    http::{HttpState, KUBE_CONFIG_ROUTE, router},
     jwks::KeySet,
     kubeconfig,
     metrics::Metrics,
+    server::{HttpState, KUBE_CONFIG_ROUTE, router},
     token::{IdToken, Verifier},
 };
 use serde_json::{Map, Value, json};
@@ -224,6 +224,7 @@ fn main() {
         settings,
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(true)),
+        allowed_origins: Vec::new(),
     });
     let app = router(state);
     let authorization = format!("Bearer {}", token.expose());

@@ -101,7 +101,8 @@ def config_seeds():
             "clusterName: prod\nuserName: oidc\ndefaultNamespace: default\nwatchNamespace: ops\n"
             "certificateAuthorityData: " + base64.b64encode(CA_PEM.encode()).decode() + "\n"
             "http:\n  listen: 0.0.0.0:8443\n  tlsCertFile: /etc/tls/tls.crt\n"
-            "  tlsKeyFile: /etc/tls/tls.key\n  maxConnections: 64\n  requestsPerMinutePerClient: 60\n"),
+            "  tlsKeyFile: /etc/tls/tls.key\n  maxConnections: 64\n  requestsPerMinutePerClient: 60\n"
+            "  allowedOrigins: [https://console.example.com, 'http://localhost:3000']\n"),
         "oidc_full": ("server: https://k.example\noidc:\n  issuerUrl: https://dex.example.com/dex/\n"
                       "  clientId: c\n  usernameClaim: sub\n  usernamePrefix: 'oidc:'\n"
                       "  groupsClaim: ''\n  groupsPrefix: 'oidc:'\n  caFile: /etc/dex/ca.pem\n"
@@ -249,6 +250,20 @@ def http_seeds():
         "upgrade": (GET, KC, ["Connection: upgrade", "Upgrade: websocket", "Bearer @T"]),
         "invalid_header_name": (GET, KC, ["Bad Name: x", "Bearer @T"]),
         "echo_bait_fixed_text": (GET, KC + "?x=1", ["unknown query parameter; only namespace"]),
+        # The target allows https://console.example.com for CORS.
+        "cors_preflight": (OPTIONS, KC, ["Origin: https://console.example.com",
+                                         "Access-Control-Request-Method: GET",
+                                         "Access-Control-Request-Headers: authorization"]),
+        "cors_preflight_other_origin": (OPTIONS, KC, ["Origin: https://evil.example",
+                                                      "Access-Control-Request-Method: GET"]),
+        "cors_preflight_post": (OPTIONS, KC, ["Origin: https://console.example.com",
+                                              "Access-Control-Request-Method: POST"]),
+        "cors_preflight_extra_header": (OPTIONS, KC, ["Origin: https://console.example.com",
+                                                      "Access-Control-Request-Method: GET",
+                                                      "Access-Control-Request-Headers: authorization, x-a"]),
+        "cors_get": (READY, KC, ["Origin: https://console.example.com", "Bearer @T"]),
+        "cors_two_origins": (GET, KC, ["Origin: https://console.example.com",
+                                       "Origin: https://console.example.com", "Bearer @T"]),
     }
     for name, (flags, target, headers) in seeds.items():
         lines = [target.encode()] + [h if isinstance(h, bytes) else h.encode() for h in headers]

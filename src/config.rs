@@ -89,6 +89,7 @@ pub struct FileHttp {
     pub tls_key_file: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub requests_per_minute_per_client: Option<u32>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Flags and environment variables; each one wins over the same field in the file.
@@ -167,6 +168,13 @@ pub struct ConfigArgs {
     /// Longest lifetime granted to a minted ServiceAccount token, in seconds; requests asking for more get this [file: controller.maxExpirationSeconds; default 86400, at least 600].
     #[arg(long, env = "KUBECONFIG_OPERATOR_MAX_EXPIRATION_SECONDS")]
     pub max_expiration_seconds: Option<i64>,
+    /// Origin of a web page allowed to call GET /kube-config from a browser (CORS), exactly as browsers send it, e.g. https://console.example.com; repeat the flag or separate with commas [file: http.allowedOrigins; default none].
+    #[arg(
+        long = "allowed-origin",
+        env = "KUBECONFIG_OPERATOR_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The validated configuration the rest of the crate runs on.
@@ -230,6 +238,9 @@ pub struct HttpConfig {
     pub tls: Option<TlsFiles>,
     pub max_connections: usize,
     pub requests_per_minute_per_client: u32,
+    /// Origins (`scheme://host[:port]`, as a browser's `Origin` header has them) whose pages may
+    /// call `GET /kube-config` cross-origin; empty allows none.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +379,12 @@ impl Config {
                     .or(file.http.requests_per_minute_per_client)
                     .unwrap_or(600),
             )?,
+            allowed_origins: origins(
+                args.allowed_origins
+                    .clone()
+                    .or(file.http.allowed_origins)
+                    .unwrap_or_default(),
+            )?,
         };
 
         let max_expiration_seconds = args
@@ -493,6 +510,44 @@ fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFi
             "is required with http.tlsKeyFile",
         )),
     }
+}
+
+/// Browsers compare the `Origin` header byte for byte, and it is always the serialised form
+/// (lowercase host, no default port, no path), so anything else would silently never match: it
+/// is refused with the form to write instead. `*` and `null` are refused too: a credential
+/// download must name the pages it trusts.
+fn origins(values: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    const FIELD: &str = "http.allowedOrigins";
+    let mut origins: Vec<String> = Vec::with_capacity(values.len());
+    for value in values {
+        let serialised = Url::parse(&value)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "https" | "http"))
+            .map(|url| url.origin().ascii_serialization())
+            .filter(|origin| origin != "null");
+        match serialised {
+            Some(origin) if origin == value => {
+                if !origins.contains(&origin) {
+                    origins.push(origin);
+                }
+            }
+            Some(origin) => {
+                return Err(ConfigError::new(
+                    FIELD,
+                    format!("{value:?} is not an origin as browsers send it; write {origin:?}"),
+                ));
+            }
+            None => {
+                return Err(ConfigError::new(
+                    FIELD,
+                    format!(
+                        "{value:?} is not an origin; write scheme://host[:port], e.g. https://console.example.com"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(origins)
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display>(
@@ -788,6 +843,83 @@ mod tests {
             error_field(FileConfig::default(), &zero_rate),
             "http.requestsPerMinutePerClient"
         );
+    }
+
+    #[test]
+    fn allowed_origins_come_from_the_file_or_the_flag_as_browsers_send_them() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert!(config.http.allowed_origins.is_empty());
+
+        let file: FileConfig = crate::yaml::from_str(
+            "http:\n  allowedOrigins: [\"https://console.example.com\", \"http://localhost:3000\"]\n",
+        )
+        .unwrap();
+        let config = Config::resolve(file, &minimal()).unwrap();
+        assert_eq!(
+            config.http.allowed_origins,
+            ["https://console.example.com", "http://localhost:3000"]
+        );
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ConfigArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "operator",
+            "--allowed-origin",
+            "https://a.example,https://b.example:8443",
+            "--allowed-origin",
+            "https://a.example",
+        ])
+        .unwrap();
+        let args = ConfigArgs {
+            allowed_origins: cli.args.allowed_origins,
+            ..minimal()
+        };
+        let file: FileConfig =
+            crate::yaml::from_str("http:\n  allowedOrigins: [\"https://file.example\"]\n").unwrap();
+        let config = Config::resolve(file, &args).unwrap();
+        assert_eq!(
+            config.http.allowed_origins,
+            ["https://a.example", "https://b.example:8443"],
+            "the flag replaces the file's list; repeats count once"
+        );
+    }
+
+    #[test]
+    fn allowed_origins_that_a_browser_would_never_send_are_refused() {
+        for (value, hint) in [
+            (
+                "https://console.example.com/",
+                "write \"https://console.example.com\"",
+            ),
+            (
+                "https://Console.Example.com",
+                "write \"https://console.example.com\"",
+            ),
+            (
+                "https://console.example.com:443",
+                "write \"https://console.example.com\"",
+            ),
+            (
+                "https://console.example.com/app",
+                "write \"https://console.example.com\"",
+            ),
+            ("*", "scheme://host[:port]"),
+            ("null", "scheme://host[:port]"),
+            ("console.example.com", "scheme://host[:port]"),
+            ("file:///tmp/page.html", "scheme://host[:port]"),
+            ("ftp://console.example.com", "scheme://host[:port]"),
+        ] {
+            let args = ConfigArgs {
+                allowed_origins: Some(vec![value.to_owned()]),
+                ..minimal()
+            };
+            let error = Config::resolve(FileConfig::default(), &args).unwrap_err();
+            assert_eq!(error.field, "http.allowedOrigins", "{value}");
+            assert!(error.to_string().contains(hint), "{value}: {error}");
+        }
     }
 
     #[test]

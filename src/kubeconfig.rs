@@ -9,8 +9,10 @@ use kube::config::{
 use crate::{config::KubeconfigSettings, token::IdToken};
 
 /// Renders the kubeconfig in the seed's shape: one cluster, one context, one user holding the
-/// token, `current-context` set. The output depends only on the inputs (no timestamps, no maps
-/// with random order), so re-rendering an unchanged token yields identical bytes and the
+/// token, `current-context` set, with keys in the order kubectl writes them (sorted, so
+/// `apiVersion`, `clusters`, `contexts`, `current-context`, `kind`, `preferences`, `users`; kube's
+/// type declares them in another order). The output depends only on the inputs (no timestamps,
+/// no maps with random order), so re-rendering an unchanged token yields identical bytes and the
 /// controller can skip writes that would change nothing.
 pub fn render(
     settings: &KubeconfigSettings,
@@ -57,7 +59,7 @@ pub fn render(
         current_context: Some(name),
         ..Kubeconfig::default()
     };
-    crate::yaml::to_string(&kubeconfig)
+    crate::yaml::to_string_sorted(&kubeconfig)
 }
 
 #[cfg(test)]
@@ -144,16 +146,74 @@ mod tests {
     }
 
     #[test]
-    fn same_inputs_give_identical_bytes() {
+    fn top_level_keys_come_in_kubectls_order() {
+        let yaml = render(&settings(), &token(), Some("ns")).unwrap();
+        let keys: Vec<&str> = yaml
+            .lines()
+            .filter(|line| !line.starts_with([' ', '-']))
+            .filter_map(|line| line.split_once(':').map(|(key, _)| key))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "apiVersion",
+                "clusters",
+                "contexts",
+                "current-context",
+                "kind",
+                "preferences",
+                "users"
+            ]
+        );
+    }
+
+    /// The controller skips a write when the rendered bytes equal the Secret's, so the exact
+    /// bytes matter: this is the whole file, as `kubectl config view --raw` would print it.
+    #[test]
+    fn the_rendered_bytes_are_exactly_kubectls_layout() {
+        let ca = base64::engine::general_purpose::STANDARD.encode(settings().ca_pem.unwrap());
+        let expected = format!(
+            "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: https://apiserver.kyma.local:9443
+  name: kyma.local
+contexts:
+- context:
+    cluster: kyma.local
+    namespace: ns
+    user: OIDCUser
+  name: kyma.local
+current-context: kyma.local
+kind: Config
+preferences: {{}}
+users:
+- name: OIDCUser
+  user:
+    token: header.payload.signature
+"
+        );
+        assert_eq!(render(&settings(), &token(), Some("ns")).unwrap(), expected);
+    }
+
+    #[test]
+    fn another_token_changes_only_the_token_line() {
         let first = render(&settings(), &token(), Some("ns")).unwrap();
-        let second = render(&settings(), &token(), Some("ns")).unwrap();
-        assert_eq!(first, second);
-        let other = render(
-            &settings(),
-            &IdToken::from("other.token.value".to_owned()),
-            Some("ns"),
-        )
-        .unwrap();
-        assert_ne!(first, other);
+        let other = IdToken::from("other.token.value".to_owned());
+        let second = render(&settings(), &other, Some("ns")).unwrap();
+        let changed: Vec<(&str, &str)> = first
+            .lines()
+            .zip(second.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            changed,
+            [(
+                "    token: header.payload.signature",
+                "    token: other.token.value"
+            )]
+        );
+        assert_eq!(first.lines().count(), second.lines().count());
     }
 }

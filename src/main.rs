@@ -11,8 +11,8 @@ use kubeconfig_operator::{
     config::{Config, ConfigArgs},
     controller::{self, Context},
     crd,
-    http::{self, HttpState},
     metrics::Metrics,
+    server::{self, HttpState},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -124,6 +124,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         settings: config.kubeconfig.clone(),
         metrics,
         controller_ready: Arc::clone(&controller_ready),
+        allowed_origins: config.http.allowed_origins.clone(),
     });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let (_, served) = tokio::join!(
@@ -133,7 +134,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             controller_ready,
             on_stop()
         ),
-        http::serve(&config.http, http_state, on_stop()),
+        server::serve(&config.http, http_state, on_stop()),
     );
     served?;
     Ok(())

@@ -3,6 +3,17 @@
 
 use std::process::{Command, Output};
 
+/// `run` with the required settings, all valid; tests add the one setting they check.
+const REQUIRED: [&str; 7] = [
+    "run",
+    "--server",
+    "https://k",
+    "--oidc-issuer-url",
+    "https://dex",
+    "--oidc-client-id",
+    "c",
+];
+
 fn operator(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
         .args(args)
@@ -13,6 +24,7 @@ fn operator(args: &[&str]) -> Output {
 
 #[test]
 fn bad_configuration_exits_2_with_one_line_naming_the_field() {
+    let hmac = [&REQUIRED[..], &["--oidc-signing-algorithms", "HS256"]].concat();
     let cases: [(&[&str], &str); 4] = [
         (&["run"], "server: is required"),
         (
@@ -27,20 +39,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_field() {
             ],
             "server: \"http://127.0.0.1:6443\" must use https",
         ),
-        (
-            &[
-                "run",
-                "--server",
-                "https://k",
-                "--oidc-issuer-url",
-                "https://dex",
-                "--oidc-client-id",
-                "c",
-                "--oidc-signing-algorithms",
-                "HS256",
-            ],
-            "oidc.signingAlgorithms: \"HS256\" is not allowed",
-        ),
+        (&hmac, "oidc.signingAlgorithms: \"HS256\" is not allowed"),
         (
             &["run", "--config", "/nonexistent/operator.yaml"],
             "--config: cannot read",
@@ -65,6 +64,46 @@ fn unknown_keys_in_the_config_file_are_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("servr"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn allowed_origins_are_read_from_the_flag_the_environment_and_the_file() {
+    const REFUSAL: &str = "invalid configuration: http.allowedOrigins: \"https://Console.example\" is not an origin as browsers send it; write \"https://console.example\"";
+    let flag = [
+        &REQUIRED[..],
+        &["--allowed-origin", "https://Console.example"],
+    ]
+    .concat();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "http:\n  allowedOrigins: [\"https://Console.example\"]\n",
+    )
+    .unwrap();
+    let from_file = [&REQUIRED[..], &["--config", file.path().to_str().unwrap()]].concat();
+    for (source, output) in [
+        ("flag", operator(&flag)),
+        (
+            "environment",
+            Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+                .args(REQUIRED)
+                .env_clear()
+                .env(
+                    "KUBECONFIG_OPERATOR_ALLOWED_ORIGIN",
+                    "https://ok.example,https://Console.example",
+                )
+                .output()
+                .expect("run kubeconfig-operator"),
+        ),
+        ("file", operator(&from_file)),
+    ] {
+        assert_eq!(output.status.code(), Some(2), "{source}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr).trim_end(),
+            REFUSAL,
+            "{source}"
+        );
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The HTTP routes (`http::router`: `/kube-config`, `/readyz`, `/healthz`, `/metrics`, the
+//! The HTTP routes (`server::router`: `/kube-config`, `/readyz`, `/healthz`, `/metrics`, the
 //! access log), driven in-process with hostile requests, as a client on the network would send
 //! them (minus what hyper refuses before routing: oversized heads, invalid header bytes).
 //!
@@ -21,7 +21,10 @@
 //! Properties: no panic; never a 500 (503 is allowed: the issuer unreachable or not ready); a
 //! 401 always carries `WWW-Authenticate`; the body never repeats an Authorization value of 16+
 //! bytes (unless a reference request, identical but for fixed dummy Authorization values, gives
-//! a body containing it too: then it is fixed text that the fuzzer copied, not an echo).
+//! a body containing it too: then it is fixed text that the fuzzer copied, not an echo); an
+//! `Access-Control-Allow-Origin` header only ever names the one allowed origin
+//! (`https://console.example.com`, configured for CORS), and only when the request's one `Origin`
+//! header is exactly that.
 #![no_main]
 
 use std::{
@@ -41,9 +44,9 @@ use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
     config::{KubeconfigSettings, OidcConfig},
-    http::{HttpState, router},
     jwks::KeySet,
     metrics::Metrics,
+    server::{HttpState, router},
     token::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
@@ -53,6 +56,8 @@ use tower::ServiceExt as _;
 const ISSUER: &str = "https://dex.example.com/dex";
 const CLIENT: &str = "kubeconfig-operator";
 const KID: &str = "issuer-rsa";
+/// The one origin whose pages may call the download cross-origin.
+const ALLOWED_ORIGIN: &str = "https://console.example.com";
 const METHODS: [Method; 7] = [
     Method::GET,
     Method::GET,
@@ -142,6 +147,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         },
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),
+        allowed_origins: vec![ALLOWED_ORIGIN.into()],
     })
 }
 
@@ -236,6 +242,7 @@ fn parse(data: &[u8]) -> Option<Parsed> {
 struct Answer {
     status: StatusCode,
     www_authenticate: bool,
+    allow_origin: Option<HeaderValue>,
     body: Vec<u8>,
 }
 
@@ -258,6 +265,10 @@ fn send(parsed: &Parsed, replace_authorization: bool) -> Answer {
             .expect("the router is infallible");
         let status = response.status();
         let www_authenticate = response.headers().contains_key(header::WWW_AUTHENTICATE);
+        let allow_origin = response
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .cloned();
         let body = response
             .into_body()
             .collect()
@@ -268,6 +279,7 @@ fn send(parsed: &Parsed, replace_authorization: bool) -> Answer {
         Answer {
             status,
             www_authenticate,
+            allow_origin,
             body,
         }
     })
@@ -302,6 +314,19 @@ fuzz_target!(|data: &[u8]| {
     );
     if answer.status == StatusCode::UNAUTHORIZED {
         assert!(answer.www_authenticate, "401 without WWW-Authenticate: {}", shown());
+    }
+    if let Some(allowed) = &answer.allow_origin {
+        let origins: Vec<&HeaderValue> = parsed
+            .headers
+            .iter()
+            .filter(|(name, _)| name == header::ORIGIN)
+            .map(|(_, value)| value)
+            .collect();
+        assert!(
+            allowed == ALLOWED_ORIGIN && origins == [ALLOWED_ORIGIN],
+            "Access-Control-Allow-Origin {allowed:?} for Origin {origins:?}: {}",
+            shown()
+        );
     }
     let echoed: Vec<&HeaderValue> = parsed
         .headers

@@ -109,14 +109,34 @@ pub fn http_get_kubeconfig(base_url: &str, token: Option<&str>, query: &str) -> 
 }
 
 pub fn http_get(base_url: &str, path: &str, token: Option<&str>, query: &str) -> HttpResponse {
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("authorization", value.as_str()))
+        .collect();
+    http_request(
+        base_url,
+        reqwest::Method::GET,
+        &format!("{path}{query}"),
+        &headers,
+    )
+}
+
+/// Any method on `path` (with its query), with the given headers.
+pub fn http_request(
+    base_url: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("build a tokio runtime");
     runtime.block_on(async {
-        let mut request = reqwest::Client::new().get(format!("{base_url}{path}{query}"));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        let mut request = reqwest::Client::new().request(method, format!("{base_url}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request
             .timeout(Duration::from_secs(30))

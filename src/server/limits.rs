@@ -1,0 +1,138 @@
+//! Per-request limits that a route group can put in front of its handlers: a budget of requests
+//! per client address, and a time limit. They are layers rather than listener settings because
+//! groups differ: the credential download is rate limited, probes must keep answering while a
+//! client is throttled, and a streaming route (a future proxy) cannot have a request timeout.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+
+use super::RETRY_AFTER_SECONDS;
+use crate::config::HttpConfig;
+
+/// Upper bound for answering one request of a time-limited group, including a key fetch from the
+/// issuer. Longer requests get 503, so a stuck issuer cannot pile up connections.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) type ClientLimiter = DefaultKeyedRateLimiter<IpAddr>;
+
+/// What `serve` hands every route group; each takes what applies to it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RequestLimits {
+    /// Requests one client address may make per minute on a rate-limited group.
+    pub(super) per_minute_per_client: NonZeroU32,
+    /// The longest a request of a time-limited group may take.
+    pub(super) timeout: Duration,
+}
+
+impl RequestLimits {
+    pub(super) fn from_config(config: &HttpConfig) -> Self {
+        Self {
+            // The configuration refuses 0.
+            per_minute_per_client: NonZeroU32::new(config.requests_per_minute_per_client)
+                .unwrap_or(NonZeroU32::MIN),
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// A fresh per-client budget. Without pruning, every address ever seen would keep an entry,
+    /// so a task forgets idle clients every minute; it holds the limiter weakly and ends once the
+    /// routes using it are gone. Needs a Tokio runtime.
+    pub(super) fn client_limiter(&self) -> Arc<ClientLimiter> {
+        let limiter = Arc::new(RateLimiter::keyed(Quota::per_minute(
+            self.per_minute_per_client,
+        )));
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                match weak.upgrade() {
+                    Some(limiter) => limiter.retain_recent(),
+                    None => break,
+                }
+            }
+        });
+        limiter
+    }
+}
+
+/// One bucket per IPv4 address, and one per /64 for IPv6: a single IPv6 host usually holds a
+/// whole /64 and could otherwise take a fresh address for every request. IPv4 clients of a
+/// dual-stack listener arrive as IPv4-mapped addresses and count as their IPv4 address.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
+/// 429 once a client address has used its budget, with the seconds until its next request
+/// would be allowed. The `ConnectInfo` extractor answers 500 if the accept loop did not attach
+/// the address, so a wiring mistake cannot silently put every client into one bucket.
+pub(super) async fn rate_limit(
+    State(limiter): State<Arc<ClientLimiter>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Err(not_until) = limiter.check_key(&client_key(client.ip())) else {
+        return next.run(request).await;
+    };
+    let wait = not_until.wait_time_from(limiter.clock().now());
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+        "too many requests from this address; try again later\n",
+    )
+        .into_response()
+}
+
+/// 503 with `Retry-After` for a request that takes longer than `limit`, so a stuck issuer cannot
+/// pile up connections.
+pub(super) async fn time_limit(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            )],
+            "the request took too long; try again later\n",
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_cannot_dodge_the_rate_limit_within_its_64() {
+        let key = |ip: &str| client_key(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+    }
+}

@@ -1,0 +1,394 @@
+//! The accept loop: TCP, optional TLS, and the bounds that hold for every connection whatever
+//! route it asks for: how many connections are served at once, how large and how slow a request
+//! head may be, how long a TLS handshake may take, and how long shutdown waits for in-flight
+//! requests. Per-request bounds (rate, time) are the route groups' business, see `limits`.
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+use tracing::{debug, info, warn};
+
+use super::ServeError;
+use crate::config::{HttpConfig, TlsFiles};
+
+/// Requests whose head (request line and headers) exceeds this get 431 from hyper before any
+/// handler runs; real requests with a 1–4 KiB ID token stay far below it.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// More headers than any real client sends; bounds hyper's per-request header parsing work.
+pub const MAX_HEADERS: usize = 100;
+/// A client that has not sent a complete request head this long after the connection opened, or
+/// after its previous response, is dropped: this is both the slow-loris defence and the bound on
+/// idle keep-alive connections, which would otherwise hold one of the `max_connections` slots.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS client may take to finish its handshake; it holds a connection slot meanwhile.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may run after shutdown begins, so a stuck client cannot delay a
+/// rollout beyond the pod's termination grace period (30 s by default).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listener's bounds. `serve` takes them from the configuration and the constants above;
+/// tests shorten the timeouts so they finish in well under a second.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionLimits {
+    pub(super) max_connections: usize,
+    pub(super) header_read_timeout: Duration,
+    pub(super) drain_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub(super) fn from_config(config: &HttpConfig) -> Self {
+        Self {
+            // The configuration refuses 0; the upper clamp keeps `Semaphore::new` from panicking.
+            max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains. Each request carries the
+/// client's address as `ConnectInfo<SocketAddr>`, which per-client limits key on.
+pub(super) async fn serve_on(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // The permit comes before accept, so connections over the limit wait in the kernel's
+        // backlog instead of being accepted and then starved.
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(problem) => {
+                    warn!(%problem, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(client));
+            app.clone().oneshot(request)
+        });
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(problem)) => {
+                                debug!(%problem, %client, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%client, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            // Header timeouts, oversized heads and resets are the client's doing: debug only.
+            if let Err(problem) = outcome {
+                debug!(%problem, %client, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    info!("HTTP server stopped accepting; finishing in-flight requests");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            "in-flight requests did not finish within {:?}; dropping them",
+            limits.drain_timeout
+        );
+    }
+}
+
+/// Reads the certificate chain and key now, so a bad file stops start-up with its path instead of
+/// failing every handshake later. The provider is named explicitly rather than taken from the
+/// process default, which would panic if none was installed.
+pub(super) fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
+    let problem = |path: &Path, problem: String| ServeError::Tls {
+        path: path.to_owned(),
+        problem,
+    };
+    let cert_pem =
+        std::fs::read(&files.cert_file).map_err(|e| problem(&files.cert_file, e.to_string()))?;
+    let certificates = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(&files.cert_file, format!("not PEM: {e}")))?;
+    if certificates.is_empty() {
+        return Err(problem(&files.cert_file, "holds no PEM certificate".into()));
+    }
+    let key_pem =
+        std::fs::read(&files.key_file).map_err(|e| problem(&files.key_file, e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| problem(&files.key_file, format!("not PEM: {e}")))?
+        .ok_or_else(|| problem(&files.key_file, "holds no PEM private key".into()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| problem(&files.cert_file, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)
+    .map_err(|e| {
+        problem(
+            &files.key_file,
+            format!("does not fit the certificate: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Over real TCP, through the accept loop.
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    use axum::http::{StatusCode, header};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+
+    use super::*;
+    use crate::server::test_fixtures::{
+        connection_limits, exchange, get, read_until_closed, request_limits, signed_token, start,
+        start_with_tls, state,
+    };
+
+    /// The name the test server's certificate is for; the client resolves it to the listener.
+    const TLS_HOST: &str = "kubeconfig-operator.test";
+
+    /// A CA and a server certificate for [`TLS_HOST`] signed by it, made now so that no key is
+    /// checked in. Returns the CA's PEM and the server's certificate and key files.
+    fn test_pki(dir: &Path) -> (String, TlsFiles) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "kubeconfig-operator test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec![TLS_HOST.to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let files = TlsFiles {
+            cert_file: dir.join("tls.crt"),
+            key_file: dir.join("tls.key"),
+        };
+        std::fs::write(&files.cert_file, server.pem()).unwrap();
+        std::fs::write(&files.key_file, server_key.serialize_pem()).unwrap();
+        (ca.pem(), files)
+    }
+
+    #[tokio::test]
+    async fn https_serves_the_routes_to_a_client_that_trusts_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, files) = test_pki(dir.path());
+        let acceptor = tls_acceptor(&files).expect("the generated files are accepted");
+        let server = start_with_tls(
+            state(),
+            connection_limits(),
+            request_limits(),
+            Some(acceptor),
+        )
+        .await;
+        let base = format!("https://{TLS_HOST}:{}", server.address.port());
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+            .resolve(TLS_HOST, server.address)
+            .build()
+            .unwrap();
+
+        let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(healthz.status(), StatusCode::OK);
+        assert_eq!(healthz.text().await.unwrap(), "ok\n");
+
+        let refused = client
+            .get(format!("{base}/kube-config"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let challenge = refused.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("error_description=\"Malformed\""),
+            "{challenge}"
+        );
+        assert!(refused.text().await.unwrap().starts_with("Malformed: "));
+
+        let token = signed_token();
+        let issued = client
+            .get(format!("{base}/kube-config"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(issued.status(), StatusCode::OK);
+        assert!(issued.text().await.unwrap().contains(&token));
+
+        // The answers above came through a handshake with this certificate: a client that does
+        // not trust the CA cannot connect, and plain HTTP on the port gets no HTTP answer.
+        let untrusting = reqwest::Client::builder()
+            .tls_certs_only([])
+            .resolve(TLS_HOST, server.address)
+            .build()
+            .unwrap();
+        let error = untrusting
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+        let answer = exchange(server.address, &get("/healthz")).await;
+        assert!(!answer.starts_with("HTTP/"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn headers_over_16_kib_get_431_and_the_server_keeps_serving() {
+        let server = start(state(), connection_limits(), request_limits()).await;
+        let padding = "a".repeat(20 * 1024);
+        let request = format!(
+            "GET /kube-config HTTP/1.1\r\nHost: x\r\nX-Padding: {padding}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = exchange(server.address, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+        let answer = exchange(server.address, &get("/healthz")).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_disconnected() {
+        let server = start(state(), connection_limits(), request_limits()).await;
+        // Never finishes its headers.
+        let mut slow = TcpStream::connect(server.address).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // Finishes one request, then keeps the connection open without sending another.
+        let mut idle = TcpStream::connect(server.address).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let answer = read_until_closed(&mut idle, Duration::from_secs(5))
+            .await
+            .expect("an idle keep-alive connection is closed");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert!(
+            read_until_closed(&mut slow, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a half-sent request is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(30),
+            ..connection_limits()
+        };
+        let server = start(state(), limits, request_limits()).await;
+        let holder = TcpStream::connect(server.address).await.unwrap();
+        let mut waiting = TcpStream::connect(server.address).await.unwrap();
+        waiting.write_all(get("/healthz").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_until_closed(&mut waiting, Duration::from_millis(300)).await,
+            None,
+            "a second connection was served while the only slot was taken"
+        );
+        drop(holder);
+        let answer = read_until_closed(&mut waiting, Duration::from_secs(5))
+            .await
+            .expect("served once the slot frees");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_stops_accepting() {
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(30),
+            ..connection_limits()
+        };
+        let server = start(state(), limits, request_limits()).await;
+        let mut idle = TcpStream::connect(server.address).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        server.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), server.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap();
+        assert!(
+            read_until_closed(&mut idle, Duration::from_secs(1))
+                .await
+                .is_some()
+        );
+        assert!(TcpStream::connect(server.address).await.is_err());
+    }
+}

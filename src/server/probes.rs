@@ -1,0 +1,105 @@
+//! What the kubelet and Prometheus ask: `/healthz` (the process runs), `/readyz` (it can answer
+//! correctly: the controller's cache has synced and the issuer's keys are loaded) and `/metrics`.
+//! They come from a few addresses at a fixed rate, so their group has no per-client budget: a
+//! throttled client must not make the pod look unhealthy.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use super::{HttpState, limits, limits::RequestLimits};
+
+const HEALTHZ_ROUTE: &str = "/healthz";
+const READYZ_ROUTE: &str = "/readyz";
+const METRICS_ROUTE: &str = "/metrics";
+/// The routes of this group, for the access log's route label.
+pub(super) const ROUTES: &[&str] = &[HEALTHZ_ROUTE, READYZ_ROUTE, METRICS_ROUTE];
+
+/// The probe routes; with `limits`, only its time limit applies.
+pub(super) fn routes(limits: Option<&RequestLimits>) -> Router<Arc<HttpState>> {
+    let router = Router::new()
+        .route(HEALTHZ_ROUTE, get(|| async { "ok\n" }))
+        .route(READYZ_ROUTE, get(readyz))
+        .route(METRICS_ROUTE, get(metrics));
+    match limits {
+        Some(limits) => router.layer(middleware::from_fn_with_state(
+            limits.timeout,
+            limits::time_limit,
+        )),
+        None => router,
+    }
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let controller = state.controller_ready.load(Ordering::Relaxed);
+    let keys = state.verifier.is_ready();
+    if controller && keys {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    let mut missing = Vec::new();
+    if !controller {
+        missing.push("the controller's cache has not synced");
+    }
+    if !keys {
+        missing.push("the issuer's signing keys are not loaded");
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {}\n", missing.join("; ")),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+    use crate::server::test_fixtures::{body, call, state};
+
+    #[tokio::test]
+    async fn readiness_needs_the_controller_cache_and_the_keys() {
+        let state = state();
+        let response = call(&state, Method::GET, "/readyz", &[]).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(response).await.contains("cache has not synced"));
+        state.controller_ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            call(&state, Method::GET, "/readyz", &[]).await.status(),
+            StatusCode::OK
+        );
+        let response = call(&state, Method::GET, "/healthz", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text() {
+        let state = state();
+        let response = call(&state, Method::GET, "/metrics", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(body(response).await.ends_with("# EOF\n"));
+    }
+}

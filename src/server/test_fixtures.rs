@@ -1,0 +1,176 @@
+//! What the server's unit tests share: an issuer key known to a network-free verifier, a state
+//! around it, and helpers to call the router in-process or a served listener over real TCP.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{Method, Request, header},
+    response::Response,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
+use crate::{config::KubeconfigSettings, metrics::Metrics, testing, token::Verifier};
+
+/// A token for jane@example.com from the test issuer, valid for ten minutes.
+pub(super) fn signed_token() -> String {
+    testing::issuer().token_for("jane@example.com", &["dev"], 600)
+}
+
+pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {
+    state_from(verifier, &[])
+}
+
+fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
+    Arc::new(HttpState {
+        verifier: Arc::new(verifier),
+        settings: KubeconfigSettings {
+            cluster_name: "local cluster".into(),
+            server: "https://127.0.0.1:6443".into(),
+            ca_pem: None,
+            user_name: "OIDCUser".into(),
+            default_namespace: None,
+        },
+        metrics: Arc::new(Metrics::default()),
+        controller_ready: Arc::new(AtomicBool::new(false)),
+        allowed_origins: allowed_origins
+            .iter()
+            .map(|&origin| origin.to_owned())
+            .collect(),
+    })
+}
+
+/// A verifier that knows the issuer's key from a static set: no network.
+fn static_verifier() -> Verifier {
+    testing::issuer().verifier()
+}
+
+/// The routes' state with a network-free verifier and no CORS origins.
+pub(super) fn state() -> Arc<HttpState> {
+    state_with(static_verifier())
+}
+
+/// As [`state`], with pages of `origins` allowed to call the download cross-origin.
+pub(super) fn state_allowing(origins: &[&str]) -> Arc<HttpState> {
+    state_from(static_verifier(), origins)
+}
+
+/// One request through [`router`] (no per-request limits), with the given Authorization values.
+pub(super) async fn call(
+    state: &Arc<HttpState>,
+    method: Method,
+    uri: &str,
+    authorization: &[&str],
+) -> Response {
+    let mut request = Request::builder().method(method).uri(uri);
+    for value in authorization {
+        request = request.header(header::AUTHORIZATION, *value);
+    }
+    send(state, request.body(Body::empty()).unwrap()).await
+}
+
+/// `request` through [`router`] (no per-request limits).
+pub(super) async fn send(state: &Arc<HttpState>, request: Request<Body>) -> Response {
+    router(Arc::clone(state)).oneshot(request).await.unwrap()
+}
+
+pub(super) async fn body(response: Response) -> String {
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Connection bounds short enough for tests.
+pub(super) fn connection_limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 8,
+        header_read_timeout: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+pub(super) fn request_limits() -> RequestLimits {
+    RequestLimits {
+        per_minute_per_client: NonZeroU32::new(600).unwrap(),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// A server on an ephemeral port; dropping `stop` (or sending on it) shuts it down.
+pub(super) struct TestServer {
+    pub(super) address: SocketAddr,
+    pub(super) stop: oneshot::Sender<()>,
+    pub(super) task: JoinHandle<()>,
+}
+
+/// Serves every route group with `requests` limits over plain TCP.
+pub(super) async fn start(
+    state: Arc<HttpState>,
+    connections: ConnectionLimits,
+    requests: RequestLimits,
+) -> TestServer {
+    start_with_tls(state, connections, requests, None).await
+}
+
+/// As [`start`], over TLS when `tls` is given.
+pub(super) async fn start_with_tls(
+    state: Arc<HttpState>,
+    connections: ConnectionLimits,
+    requests: RequestLimits,
+    tls: Option<TlsAcceptor>,
+) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = routes(state, Some(&requests));
+    let task = tokio::spawn(super::listener::serve_on(
+        listener,
+        tls,
+        connections,
+        app,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    TestServer {
+        address,
+        stop,
+        task,
+    }
+}
+
+pub(super) fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+}
+
+/// Reads until the server closes; `None` if it keeps the connection open for `wait`.
+pub(super) async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut answer = Vec::new();
+    // A reset after the answer still counts as closed; the bytes read so far are kept.
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer))
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+pub(super) async fn exchange(address: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the server answers and closes")
+}
