@@ -231,11 +231,11 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl OidcConfig {
     /// Dex-like settings for unit tests across the crate: client `kubeconfig-operator`, username
     /// from `email`, groups from `groups`, no prefixes, no stricter-than-apiserver checks.
-    pub(crate) fn for_tests(issuer: &str, algorithms: &[Algorithm]) -> Self {
+    pub fn for_tests(issuer: &str, algorithms: &[Algorithm]) -> Self {
         Self {
             issuer_url: Url::parse(issuer).expect("test issuer is a URL"),
             issuer: issuer.to_owned(),

@@ -647,8 +647,7 @@ mod tests {
     static KEY: LazyLock<(EncodingKey, Jwk)> = LazyLock::new(|| {
         let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
-        let encoding =
-            EncodingKey::from_rsa_der(&crate::token::tests::pkcs1_from_pkcs8(pkcs8.as_ref()));
+        let encoding = EncodingKey::from_rsa_der(&crate::testing::pkcs1_from_pkcs8(pkcs8.as_ref()));
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
         jwk.common.key_id = Some(KID.into());
         (encoding, jwk)

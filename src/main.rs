@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use kubeconfig_operator::{
     config::{Config, ConfigArgs},
+    controller::{self, Context},
     crd::KubeconfigRequest,
     http::{self, HttpState},
     metrics::Metrics,
-    reconciler::{self, Context},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -127,7 +127,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let (_, served) = tokio::join!(
-        reconciler::run(
+        controller::run(
             context,
             config.watch_namespace.as_deref(),
             controller_ready,

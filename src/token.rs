@@ -605,29 +605,6 @@ pub(crate) mod tests {
         public_der: Vec<u8>,
     }
 
-    /// Splits the RSAPrivateKey (PKCS#1) out of a PKCS#8 PrivateKeyInfo, which is what
-    /// jsonwebtoken's `from_rsa_der` wants and aws-lc-rs does not export directly.
-    pub(crate) fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
-        fn element(input: &[u8]) -> (u8, &[u8], &[u8]) {
-            let (len, start) = if input[1] < 0x80 {
-                (usize::from(input[1]), 2)
-            } else {
-                let n = usize::from(input[1] & 0x7f);
-                let len = input[2..2 + n]
-                    .iter()
-                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-                (len, 2 + n)
-            };
-            (input[0], &input[start..start + len], &input[start + len..])
-        }
-        let (_, info, _) = element(pkcs8);
-        let (_, _, rest) = element(info); // version
-        let (_, _, rest) = element(rest); // algorithm identifier
-        let (tag, key, _) = element(rest);
-        assert_eq!(tag, 0x04, "PKCS#8 private key is an OCTET STRING");
-        key.to_vec()
-    }
-
     fn with_kid(mut jwk: Jwk, kid: &str) -> Jwk {
         jwk.common.key_id = Some(kid.into());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
@@ -637,7 +614,7 @@ pub(crate) mod tests {
     fn rsa_key(kid: &str) -> TestKey {
         let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
-        let encoding = EncodingKey::from_rsa_der(&pkcs1_from_pkcs8(pkcs8.as_ref()));
+        let encoding = EncodingKey::from_rsa_der(&crate::testing::pkcs1_from_pkcs8(pkcs8.as_ref()));
         let public: PublicKeyX509Der = pair.public_key().as_der().unwrap();
         let jwk = with_kid(
             Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap(),
