@@ -64,9 +64,9 @@ fn a_token_for_two_clients_with_the_other_as_azp_gets_a_working_kubeconfig() {
         identity["status"]["userInfo"]["username"], cluster.alice_username,
         "{whoami}"
     );
+    let direct: Value = serde_json::from_str(&direct).expect("whoami answers JSON");
     assert_eq!(
-        identity,
-        serde_json::from_str::<Value>(&direct).unwrap(),
+        identity["status"]["userInfo"], direct["status"]["userInfo"],
         "the kubeconfig's identity is the token's identity at the API server"
     );
 
