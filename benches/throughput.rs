@@ -28,7 +28,7 @@ use axum::body::Body;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use kubeconfig_operator::{
-    config::{KubeconfigSettings, OidcConfig},
+    config::{KubeconfigSettings, OidcConfig, Strictness},
     jwks::KeySet,
     kubeconfig,
     metrics::Metrics,
@@ -123,7 +123,7 @@ fn main() {
         groups_prefix: "oidc:".into(),
         ca_file: None,
         algorithms: vec![Algorithm::RS256],
-        leeway: Duration::from_secs(30),
+        strictness: Strictness::default(),
     };
     let verifier = Arc::new(Verifier::with_keys(
         config,

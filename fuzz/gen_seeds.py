@@ -106,7 +106,8 @@ def config_seeds():
         "oidc_full": ("server: https://k.example\noidc:\n  issuerUrl: https://dex.example.com/dex/\n"
                       "  clientId: c\n  usernameClaim: sub\n  usernamePrefix: 'oidc:'\n"
                       "  groupsClaim: ''\n  groupsPrefix: 'oidc:'\n  caFile: /etc/dex/ca.pem\n"
-                      "  signingAlgorithms: [RS256, ES256, EdDSA]\n  leewaySeconds: 300\n"),
+                      "  signingAlgorithms: [RS256, PS256, ES256, ES384]\n  leewaySeconds: 0\n"
+                      "  requireAuthorizedParty: true\n  requireKeyId: true\n  strictNames: true\n"),
         "flow_style": '{server: "https://k.example", oidc: {issuerUrl: "https://d.example", clientId: c}}\n',
         "json": json.dumps({"server": "https://k.example",
                             "oidc": {"issuerUrl": "https://d.example", "clientId": "c"}}),
@@ -121,6 +122,8 @@ def config_seeds():
         "wrong_type": "server: [1, 2]\noidc: 7\n",
         "leeway_too_big": base.replace("clientId", "leewaySeconds: 301\n  clientId"),
         "leeway_negative": base.replace("clientId", "leewaySeconds: -1\n  clientId"),
+        "eddsa_algorithm": base.replace("clientId", "signingAlgorithms: [RS256, EdDSA]\n  clientId"),
+        "strict_not_bool": base.replace("clientId", "strictNames: 'yes'\n  clientId"),
         "huge_int": base + "http:\n  maxConnections: 99999999999999999999999\n",
         "zero_connections": base + "http:\n  maxConnections: 0\n  requestsPerMinutePerClient: 0\n",
         "hmac_algorithm": base.replace("clientId", "signingAlgorithms: [HS256, none]\n  clientId"),

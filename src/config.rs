@@ -2,18 +2,13 @@
 //! variable. Everything is checked before start-up so that a bad value stops the process with one
 //! line naming the field, instead of surfacing later as a confusing runtime failure.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf};
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-/// How far token times (`exp`, `nbf`, `iat`) may be off by default, to absorb clock skew between
-/// Dex and us.
-const DEFAULT_LEEWAY_SECONDS: u64 = 30;
-/// More skew than this would keep expired tokens alive for too long.
-const MAX_LEEWAY_SECONDS: u64 = 300;
 /// A day: long enough for a pipeline, short enough that a leaked kubeconfig dies on its own.
 const DEFAULT_MAX_EXPIRATION_SECONDS: i64 = 86_400;
 /// The TokenRequest API refuses shorter lifetimes.
@@ -78,6 +73,10 @@ pub struct FileOidc {
     pub groups_prefix: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub signing_algorithms: Option<Vec<String>>,
+    pub require_authorized_party: Option<bool>,
+    pub require_key_id: Option<bool>,
+    pub strict_names: Option<bool>,
+    /// Removed: only 0 is accepted, so that old files keep working and others learn why.
     pub leeway_seconds: Option<u64>,
 }
 
@@ -128,7 +127,8 @@ pub struct ConfigArgs {
     /// Claim that holds the username [file: oidc.usernameClaim; default email].
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_USERNAME_CLAIM")]
     pub oidc_username_claim: Option<String>,
-    /// Prefix put before the username, as kube-apiserver's --oidc-username-prefix [file: oidc.usernamePrefix].
+    /// Prefix put before the username, as kube-apiserver's --oidc-username-prefix: unset or empty
+    /// means `<issuer>#` for claims other than email, `-` means none [file: oidc.usernamePrefix].
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_USERNAME_PREFIX")]
     pub oidc_username_prefix: Option<String>,
     /// Claim that holds the groups [file: oidc.groupsClaim; default groups].
@@ -147,8 +147,17 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub oidc_signing_algorithms: Option<Vec<String>>,
-    /// Clock skew tolerated on exp, nbf and iat, in seconds [file: oidc.leewaySeconds; default 30, at most 300].
-    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_LEEWAY_SECONDS")]
+    /// Stricter than kube-apiserver: a token with several audiences needs `azp` equal to the client ID [file: oidc.requireAuthorizedParty; default false].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_REQUIRE_AUTHORIZED_PARTY", num_args = 0..=1, default_missing_value = "true")]
+    pub oidc_require_authorized_party: Option<bool>,
+    /// Stricter than kube-apiserver: refuse tokens without a `kid` header instead of trying every key [file: oidc.requireKeyId; default false].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_REQUIRE_KEY_ID", num_args = 0..=1, default_missing_value = "true")]
+    pub oidc_require_key_id: Option<bool>,
+    /// Stricter than kube-apiserver: refuse an empty username and control characters in the username or groups [file: oidc.strictNames; default false].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_STRICT_NAMES", num_args = 0..=1, default_missing_value = "true")]
+    pub oidc_strict_names: Option<bool>,
+    /// Removed: kube-apiserver allows no leeway on exp, so only 0 is accepted.
+    #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_LEEWAY_SECONDS", hide = true)]
     pub oidc_leeway_seconds: Option<u64>,
     /// Address the HTTP server listens on [file: http.listen; default 127.0.0.1:8000].
     #[arg(long, env = "KUBECONFIG_OPERATOR_LISTEN")]
@@ -216,7 +225,7 @@ pub struct KubeconfigSettings {
 }
 
 /// How ID tokens are verified; mirrors kube-apiserver's `--oidc-*` flags so both agree on who a
-/// token's holder is.
+/// token's holder is. Everything stricter than kube-apiserver is in [`Strictness`], off by default.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
     pub issuer_url: Url,
@@ -224,12 +233,28 @@ pub struct OidcConfig {
     pub issuer: String,
     pub client_id: String,
     pub username_claim: String,
+    /// The prefix as kube-apiserver applies it, already resolved from the flag's rules (see
+    /// [`username_prefix`]).
     pub username_prefix: String,
     pub groups_claim: Option<String>,
     pub groups_prefix: String,
     pub ca_file: Option<PathBuf>,
     pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
+    pub strictness: Strictness,
+}
+
+/// Checks kube-apiserver does not make. Each refuses tokens the API server would accept, so a
+/// user would be refused a kubeconfig that works; they are off unless an owner opts in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Strictness {
+    /// With several audiences, `azp` must equal the client ID (OIDC Core 3.1.3.7 item 4, which
+    /// kube-apiserver does not implement).
+    pub require_authorized_party: bool,
+    /// A token without `kid` is refused; kube-apiserver (go-oidc) tries every published key.
+    pub require_key_id: bool,
+    /// An empty username, or control characters in the username or a group, are refused;
+    /// kube-apiserver accepts both.
+    pub strict_names: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -252,7 +277,7 @@ pub struct TlsFiles {
 #[cfg(any(test, feature = "testing"))]
 impl OidcConfig {
     /// Dex-like settings for unit tests across the crate: client `kubeconfig-operator`, username
-    /// from `email`, groups from `groups`, no prefixes, 30 s leeway.
+    /// from `email`, groups from `groups`, no prefixes, no stricter-than-apiserver checks.
     pub fn for_tests(issuer: &str, algorithms: &[Algorithm]) -> Self {
         Self {
             issuer_url: Url::parse(issuer).expect("test issuer is a URL"),
@@ -264,7 +289,7 @@ impl OidcConfig {
             groups_prefix: String::new(),
             ca_file: None,
             algorithms: algorithms.to_vec(),
-            leeway: Duration::from_secs(DEFAULT_LEEWAY_SECONDS),
+            strictness: Strictness::default(),
         }
     }
 }
@@ -324,13 +349,29 @@ impl Config {
         }
         let groups_claim = pick(&args.oidc_groups_claim, file.oidc.groups_claim)
             .unwrap_or_else(|| "groups".into());
+        if let Some(seconds) = args
+            .oidc_leeway_seconds
+            .or(file.oidc.leeway_seconds)
+            .filter(|seconds| *seconds != 0)
+        {
+            return Err(ConfigError::new(
+                "oidc.leewaySeconds",
+                format!(
+                    "{seconds} is no longer accepted: kube-apiserver allows no leeway on exp, so a leeway would issue kubeconfigs it refuses; remove the setting"
+                ),
+            ));
+        }
+        let username_prefix = username_prefix(
+            pick(&args.oidc_username_prefix, file.oidc.username_prefix),
+            &username_claim,
+            &issuer,
+        );
         let oidc = OidcConfig {
             issuer_url,
             issuer,
             client_id,
             username_claim,
-            username_prefix: pick(&args.oidc_username_prefix, file.oidc.username_prefix)
-                .unwrap_or_default(),
+            username_prefix,
             groups_claim: Some(groups_claim).filter(|claim| !claim.is_empty()),
             groups_prefix: pick(&args.oidc_groups_prefix, file.oidc.groups_prefix)
                 .unwrap_or_default(),
@@ -344,11 +385,20 @@ impl Config {
                     .or(file.oidc.signing_algorithms)
                     .unwrap_or_else(|| vec!["RS256".into()]),
             )?,
-            leeway: leeway(
-                args.oidc_leeway_seconds
-                    .or(file.oidc.leeway_seconds)
-                    .unwrap_or(DEFAULT_LEEWAY_SECONDS),
-            )?,
+            strictness: Strictness {
+                require_authorized_party: args
+                    .oidc_require_authorized_party
+                    .or(file.oidc.require_authorized_party)
+                    .unwrap_or(false),
+                require_key_id: args
+                    .oidc_require_key_id
+                    .or(file.oidc.require_key_id)
+                    .unwrap_or(false),
+                strict_names: args
+                    .oidc_strict_names
+                    .or(file.oidc.strict_names)
+                    .unwrap_or(false),
+            },
         };
 
         let listen =
@@ -415,14 +465,15 @@ impl Config {
     }
 }
 
-fn leeway(seconds: u64) -> Result<Duration, ConfigError> {
-    if seconds > MAX_LEEWAY_SECONDS {
-        return Err(ConfigError::new(
-            "oidc.leewaySeconds",
-            format!("{seconds} is more than {MAX_LEEWAY_SECONDS}"),
-        ));
+/// kube-apiserver's `--oidc-username-prefix` rules: unset (or empty, which a flag cannot tell
+/// apart) prefixes every claim but `email` with `<issuer>#` so that, say, `sub` values of two
+/// issuers cannot collide; `-` means no prefix at all.
+fn username_prefix(configured: Option<String>, claim: &str, issuer: &str) -> String {
+    match configured.as_deref() {
+        Some("-") => String::new(),
+        None | Some("") if claim != "email" => format!("{issuer}#"),
+        _ => configured.unwrap_or_default(),
     }
-    Ok(Duration::from_secs(seconds))
 }
 
 fn non_empty_name(field: &str, value: String) -> Result<String, ConfigError> {
@@ -564,8 +615,9 @@ fn positive<T: PartialOrd + Default + std::fmt::Display>(
     }
 }
 
-/// Only asymmetric algorithms: with an HMAC algorithm anyone who knows the issuer's public key
-/// could sign tokens, and `none` signs nothing.
+/// The algorithms kube-apiserver accepts for `--oidc-signing-algs` (RS, ES and PS), minus ES512,
+/// which jsonwebtoken cannot verify. Anything else would let the operator issue kubeconfigs the
+/// API server refuses (EdDSA) or accept forgeries (HMAC with the public key, `none`).
 fn signing_algorithms(names: Vec<String>) -> Result<Vec<Algorithm>, ConfigError> {
     const FIELD: &str = "oidc.signingAlgorithms";
     if names.is_empty() {
@@ -582,11 +634,14 @@ fn signing_algorithms(names: Vec<String>) -> Result<Vec<Algorithm>, ConfigError>
             "PS512" => Ok(Algorithm::PS512),
             "ES256" => Ok(Algorithm::ES256),
             "ES384" => Ok(Algorithm::ES384),
-            "EdDSA" => Ok(Algorithm::EdDSA),
+            "ES512" => Err(ConfigError::new(
+                FIELD,
+                "\"ES512\" is accepted by kube-apiserver but not supported by this operator",
+            )),
             other => Err(ConfigError::new(
                 FIELD,
                 format!(
-                    "{other:?} is not allowed; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                    "{other:?} is not allowed; use RS256, RS384, RS512, PS256, PS384, PS512, ES256 or ES384 (as kube-apiserver's --oidc-signing-algs)"
                 ),
             )),
         })
@@ -726,7 +781,7 @@ mod tests {
 
     #[test]
     fn symmetric_and_unknown_algorithms_are_refused() {
-        for bad in ["HS256", "none", "rs256", "XYZ"] {
+        for bad in ["HS256", "none", "rs256", "XYZ", "EdDSA", "ES512"] {
             let args = ConfigArgs {
                 oidc_signing_algorithms: Some(vec!["RS256".into(), bad.into()]),
                 ..minimal()
@@ -826,14 +881,6 @@ mod tests {
         assert_eq!(
             error_field(FileConfig::default(), &zero),
             "http.maxConnections"
-        );
-        let long_leeway = ConfigArgs {
-            oidc_leeway_seconds: Some(301),
-            ..minimal()
-        };
-        assert_eq!(
-            error_field(FileConfig::default(), &long_leeway),
-            "oidc.leewaySeconds"
         );
         let zero_rate = ConfigArgs {
             requests_per_minute_per_client: Some(0),
@@ -943,5 +990,59 @@ mod tests {
         let line = error.to_string();
         assert_eq!(line, "invalid configuration: server: is required");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn username_prefix_follows_kube_apiserver_flag_rules() {
+        let resolve = |claim: &str, prefix: Option<&str>| {
+            let args = ConfigArgs {
+                oidc_username_claim: Some(claim.into()),
+                oidc_username_prefix: prefix.map(Into::into),
+                ..minimal()
+            };
+            Config::resolve(FileConfig::default(), &args)
+                .unwrap()
+                .oidc
+                .username_prefix
+        };
+        assert_eq!(resolve("email", None), "");
+        assert_eq!(resolve("sub", None), "https://dex.example/dex#");
+        assert_eq!(resolve("sub", Some("")), "https://dex.example/dex#");
+        assert_eq!(resolve("sub", Some("-")), "");
+        assert_eq!(resolve("email", Some("-")), "");
+        assert_eq!(resolve("sub", Some("oidc:")), "oidc:");
+        assert_eq!(resolve("email", Some("oidc:")), "oidc:");
+    }
+
+    #[test]
+    fn stricter_checks_are_off_unless_asked_for() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert_eq!(config.oidc.strictness, Strictness::default());
+        let file: FileConfig = crate::yaml::from_str(
+            "oidc:\n  requireAuthorizedParty: true\n  requireKeyId: true\n  strictNames: true\n",
+        )
+        .unwrap();
+        let config = Config::resolve(file, &minimal()).unwrap();
+        assert_eq!(
+            config.oidc.strictness,
+            Strictness {
+                require_authorized_party: true,
+                require_key_id: true,
+                strict_names: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_leeway_is_refused_with_the_reason() {
+        let zero = ConfigArgs {
+            oidc_leeway_seconds: Some(0),
+            ..minimal()
+        };
+        assert!(Config::resolve(FileConfig::default(), &zero).is_ok());
+        let file: FileConfig = crate::yaml::from_str("oidc:\n  leewaySeconds: 30\n").unwrap();
+        let error = Config::resolve(file, &minimal()).unwrap_err();
+        assert_eq!(error.field, "oidc.leewaySeconds");
+        assert!(error.problem.contains("no leeway on exp"), "{error}");
     }
 }

@@ -3,13 +3,15 @@
 //! Keys come only from the issuer's published JWKS, never from anything a token carries, so a
 //! token can only ever be checked against keys the issuer vouches for. The cache lets known keys
 //! keep validating while the issuer is down, and the refetch on an unknown `kid` is rate-limited
-//! so hostile tokens cannot turn the operator into a load generator against Dex.
+//! after a successful fetch, so hostile tokens cannot turn the operator into a load generator
+//! against Dex. After a failed fetch the next unknown `kid` refetches at once (one fetch in flight
+//! at a time), so a token signed with a new key works as soon as Dex is back.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,8 +29,10 @@ use crate::config::OidcConfig;
 /// How often the keys are refetched in the background; Dex rotates its signing key every few
 /// hours and publishes the next key well before using it, so this catches rotations early.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
-/// The shortest time between two fetches triggered by tokens with an unknown `kid`; bounds the
-/// load that a stream of forged `kid`s can put on the issuer.
+/// The shortest time between two fetches triggered by tokens with an unknown `kid` after a
+/// successful fetch; bounds the load that a stream of forged `kid`s can put on the issuer. It
+/// does not apply after a failed fetch: then the keys may well be stale, and refusing a genuine
+/// token with 503 for this long after the issuer comes back helps no one.
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// A connection that is not up by then will not come up; fail so the caller can report it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,6 +130,9 @@ pub struct KeySet {
     loaded: AtomicBool,
     fetcher: Option<Fetcher>,
     fetch_state: tokio::sync::Mutex<FetchState>,
+    /// Completed fetches, counted outside the lock: a caller that reads it before waiting for the
+    /// lock can tell afterwards that someone fetched meanwhile, and share that outcome.
+    fetches: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +191,7 @@ impl KeySet {
                 algorithms: cfg.algorithms.clone(),
             }),
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
+            fetches: AtomicU64::new(0),
         })
     }
 
@@ -197,6 +205,7 @@ impl KeySet {
             loaded: AtomicBool::new(true),
             fetcher: None,
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
+            fetches: AtomicU64::new(0),
         }
     }
 
@@ -215,35 +224,58 @@ impl KeySet {
         self.fetch_locked(fetcher, &mut state).await
     }
 
-    /// The key for `kid`; refetches once if it is unknown and the last fetch is older than
-    /// [`MIN_REFETCH_INTERVAL`]. `Ok(None)` means the issuer does not publish this key; `Err`
+    /// The key for `kid`; refetches once if it is unknown, unless a fetch succeeded less than
+    /// [`MIN_REFETCH_INTERVAL`] ago. `Ok(None)` means the issuer does not publish this key; `Err`
     /// means we cannot tell because the issuer is unavailable.
     pub(crate) async fn find(&self, kid: &str) -> Result<Option<SigningKey>, IssuerError> {
         if let Some(key) = self.cached(kid) {
             return Ok(Some(key));
         }
-        let Some(fetcher) = &self.fetcher else {
-            return Ok(None);
-        };
-        let mut state = self.fetch_state.lock().await;
-        // Another caller may have fetched while we waited for the lock.
-        if let Some(key) = self.cached(kid) {
-            return Ok(Some(key));
+        self.refetch_for_miss(|| self.cached(kid).is_some(), kid)
+            .await?;
+        Ok(self.cached(kid))
+    }
+
+    /// Every current key, for a token without `kid` (kube-apiserver then tries each one). Before
+    /// the first successful fetch this fetches, under the same rules as [`KeySet::find`].
+    pub(crate) async fn all(&self) -> Result<Vec<SigningKey>, IssuerError> {
+        if !self.is_loaded() {
+            self.refetch_for_miss(|| self.is_loaded(), "<none>").await?;
         }
-        let recent = state
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL);
-        if !recent {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        Ok(keys.values().cloned().collect())
+    }
+
+    /// Fetches for a lookup that missed, unless `found` turns true while we wait for the lock, or
+    /// a fetch succeeded within [`MIN_REFETCH_INTERVAL`], or another caller fetched while we
+    /// waited (its outcome is ours too: one fetch in flight at a time, even against a hanging
+    /// issuer). `Err` when the last fetch failed, so the caller reports the issuer, not the key.
+    async fn refetch_for_miss(
+        &self,
+        found: impl Fn() -> bool,
+        kid: &str,
+    ) -> Result<(), IssuerError> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        let fetches_before = self.fetches.load(Ordering::Acquire);
+        let mut state = self.fetch_state.lock().await;
+        if found() {
+            return Ok(());
+        }
+        let fetched_meanwhile = self.fetches.load(Ordering::Acquire) != fetches_before;
+        let recent_success = state.last_error.is_none()
+            && state
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL);
+        if !fetched_meanwhile && !recent_success {
             debug!(kid = %truncated(kid), "unknown key id; refetching the issuer's keys");
             // The outcome is recorded in `state`; it is examined below.
             let _ = self.fetch_locked(fetcher, &mut state).await;
         }
-        if let Some(key) = self.cached(kid) {
-            return Ok(Some(key));
-        }
         match &state.last_error {
-            Some(error) => Err(error.clone()),
-            None => Ok(None),
+            Some(error) if !found() => Err(error.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -259,7 +291,9 @@ impl KeySet {
         state: &mut FetchState,
     ) -> Result<(), IssuerError> {
         state.last_attempt = Some(Instant::now());
-        match fetcher.fetch().await {
+        let outcome = fetcher.fetch().await;
+        self.fetches.fetch_add(1, Ordering::AcqRel);
+        match outcome {
             Ok(keys) => {
                 debug!(keys = keys.len(), "fetched the issuer's signing keys");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
@@ -478,10 +512,7 @@ mod tests {
         },
     };
 
-    use jsonwebtoken::{
-        EncodingKey,
-        jwk::{JwkSet, KeyAlgorithm},
-    };
+    use jsonwebtoken::{EncodingKey, jwk::JwkSet};
     use serde_json::{Value, json};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
@@ -573,6 +604,24 @@ mod tests {
         }
     }
 
+    /// Eight lookups of `kid` at once, as from eight requests arriving together.
+    async fn concurrent_finds(
+        keys: &Arc<KeySet>,
+        kid: &'static str,
+    ) -> Vec<Result<Option<SigningKey>, IssuerError>> {
+        let lookups: Vec<_> = (0..8)
+            .map(|_| {
+                let keys = Arc::clone(keys);
+                tokio::spawn(async move { keys.find(kid).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for lookup in lookups {
+            results.push(lookup.await.unwrap());
+        }
+        results
+    }
+
     #[tokio::test]
     async fn loads_lazily_and_refetches_unknown_kids_at_most_once_per_window() {
         let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
@@ -584,14 +633,8 @@ mod tests {
         assert_eq!(issuer.hits(), 0);
 
         // Concurrent lookups of an unknown kid share one fetch.
-        let lookups: Vec<_> = (0..8)
-            .map(|_| {
-                let keys = Arc::clone(&keys);
-                tokio::spawn(async move { keys.find("nope").await })
-            })
-            .collect();
-        for lookup in lookups {
-            assert!(lookup.await.unwrap().unwrap().is_none());
+        for found in concurrent_finds(&keys, "nope").await {
+            assert!(found.unwrap().is_none());
         }
         assert_eq!(issuer.hits(), 1);
         assert!(keys.is_loaded());
@@ -702,7 +745,63 @@ mod tests {
         assert!(!good.accepts(Algorithm::RS512), "the JWK pins RS256");
         assert!(!good.accepts(Algorithm::HS256));
         assert!(!good.accepts(Algorithm::ES256));
-        assert_eq!(KeyAlgorithm::RS256.to_string(), "RS256");
+    }
+
+    #[test]
+    fn a_key_pinned_to_another_rsa_algorithm_is_kept_only_for_it() {
+        let mut ps256 = rsa_jwk("ps256");
+        ps256["alg"] = json!("PS256");
+        let jwks: JwkSet = serde_json::from_value(json!({"keys": [ps256]})).unwrap();
+
+        let for_ps256 = KeySet::from_static(&jwks, &[Algorithm::RS256, Algorithm::PS256]);
+        let key = for_ps256.cached("ps256").expect("kept for PS256");
+        assert!(key.accepts(Algorithm::PS256));
+        assert!(!key.accepts(Algorithm::RS256), "the JWK pins PS256");
+        let rs256_only = KeySet::from_static(&jwks, &[Algorithm::RS256]);
+        assert!(rs256_only.cached("ps256").is_none());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_fetch_an_unknown_kid_refetches_at_once() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1")]})).await;
+        let keys = Arc::new(KeySet::new(&config(&issuer.issuer)).await.unwrap());
+        keys.refresh().await.unwrap();
+        assert_eq!(issuer.hits(), 1);
+
+        // Dex answers garbage (as while restarting), then comes back with a new key, all within
+        // MIN_REFETCH_INTERVAL of the last fetch.
+        issuer.set("/dex/keys", "not json".into());
+        assert!(keys.refresh().await.is_err());
+        assert_eq!(issuer.hits(), 2);
+        // Concurrent lookups while it fails share one fetch and report the issuer, not the key.
+        for found in concurrent_finds(&keys, "k2").await {
+            assert!(found.is_err());
+        }
+        assert_eq!(issuer.hits(), 3);
+
+        issuer.set(
+            "/dex/keys",
+            json!({"keys": [rsa_jwk("k1"), rsa_jwk("k2")]}).to_string(),
+        );
+        assert!(keys.find("k2").await.unwrap().is_some(), "fetched at once");
+        assert_eq!(issuer.hits(), 4);
+
+        // After that success the rate limit holds again.
+        issuer.set(
+            "/dex/keys",
+            json!({"keys": [rsa_jwk("k1"), rsa_jwk("k2"), rsa_jwk("k3")]}).to_string(),
+        );
+        assert!(keys.find("k3").await.unwrap().is_none());
+        assert_eq!(issuer.hits(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_loads_the_keys_first() {
+        let issuer = FakeIssuer::start(json!({"keys": [rsa_jwk("k1"), rsa_jwk("k2")]})).await;
+        let keys = KeySet::new(&config(&issuer.issuer)).await.unwrap();
+        assert_eq!(keys.all().await.unwrap().len(), 2);
+        assert_eq!(keys.all().await.unwrap().len(), 2);
+        assert_eq!(issuer.hits(), 1, "loaded keys are not fetched again");
     }
 
     #[test]

@@ -1,18 +1,27 @@
-//! Strict verification of Dex ID tokens: the security core of the operator.
+//! Verification of ID tokens with kube-apiserver's semantics: the security core of the operator.
 //!
-//! Whatever passes here is written into a kubeconfig and trusted by whoever uses it, so every
-//! check errs on the side of refusing, and every refusal names a reason a person can act on
-//! without ever echoing the token (which is a bearer credential) back.
+//! Whatever passes here is written into a kubeconfig, and the kubeconfig is only worth having if
+//! kube-apiserver accepts its token as the same user. So the checks are those of kube-apiserver's
+//! `--oidc-*` flags (`k8s.io/apiserver/plugin/pkg/authenticator/token/oidc` and the go-oidc v2
+//! verifier it vendors), no looser and, by default, no stricter:
+//! - `iss` must equal the configured issuer byte for byte. A token of another issuer is
+//!   `WrongIssuer`, naming it: when its key is unknown, from the unverified `iss` (kube-apiserver
+//!   routes tokens by it), rather than `UnknownKey` with advice that cannot help.
+//! - `aud` must contain the client ID; `azp` is not looked at.
+//! - `exp` has no leeway: a token is refused from the second it expires.
+//! - `nbf`, when present, may be up to [`NOT_BEFORE_SKEW`] in the future; `iat` is not checked.
+//! - With the username claim `email`, an `email_verified` claim, if present, must be `true`.
+//! - Groups may be one string or a list of strings; a `null` claim means none.
+//! - A token without `kid` is checked against every published key, as go-oidc does.
 //!
-//! Choices worth knowing:
-//! - A header `alg` that is not in the configured list — including `none` and every HMAC
-//!   algorithm, which could otherwise turn the issuer's public key into a shared secret — is
-//!   reported as `BadSignature`: the token is well-formed, it is just not signed acceptably.
-//! - `jku`, `x5u`, `jwk` and `x5c` headers are ignored: keys come only from the issuer's JWKS.
-//! - A token without `kid` is `UnknownKey`; Dex always sends one, and trying every key would let
-//!   a token pick among keys it was not signed with.
-//! - A groups claim that is neither absent, a string nor an array of strings is
-//!   `MissingClaim(<groups claim>)`, rather than silently granting no groups.
+//! Checks kube-apiserver does not make are in [`crate::config::Strictness`], off by default. What is always
+//! refused even though kube-apiserver might accept it: algorithms outside the configured list
+//! (including `none` and HMAC, reported as `BadSignature`), `crit` headers, keys named by the token
+//! itself (`jku`, `x5u`, `jwk`, `x5c` are ignored), tokens over 16 KiB, times beyond the year
+//! 262143, and distributed groups claims (`_claim_names`), which the operator cannot resolve.
+//!
+//! Every refusal names a reason a person can act on without ever echoing the token (a bearer
+//! credential) back.
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -24,13 +33,16 @@ use tracing::debug;
 
 use crate::{
     config::OidcConfig,
-    jwks::{self, IssuerError, KeySet},
+    jwks::{self, IssuerError, KeySet, SigningKey},
 };
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How soon to try again after a failed background refresh, so readiness follows Dex quickly.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// How far in the future `nbf` may be: go-oidc v2.3.0's fixed one minute, which is what
+/// kube-apiserver 1.33 uses (go-oidc v3 has five minutes, but Kubernetes vendors v2).
+pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
 /// An ID token as received. It is a bearer credential, so it never shows up in `Debug` or
 /// `Display` output (and therefore not in logs or error messages by accident); reading it takes
@@ -77,8 +89,8 @@ pub struct Identity {
 }
 
 /// Why a token was refused. Messages are shown to the token's holder and logged, so they never
-/// contain the token or any part of it: `Malformed` only takes fixed texts, and `UnknownKey`
-/// holds the `kid` shortened to printable ASCII.
+/// contain the token or any part of it: `Malformed` only takes fixed texts, and `UnknownKey` and
+/// `WrongIssuer` hold values from the token shortened to printable ASCII.
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]
 pub enum TokenError {
     #[error("the token is malformed: {0}; pass the ID token exactly as Dex issued it")]
@@ -94,13 +106,22 @@ pub enum TokenError {
     #[error("the token expired{}; get a fresh token from Dex", expired_at.map(|at| format!(" at {}", at.to_rfc3339())).unwrap_or_default())]
     Expired { expired_at: Option<DateTime<Utc>> },
     #[error(
-        "the token is not valid yet (nbf or iat is in the future beyond the allowed clock skew); check the clocks of Dex and this operator"
+        "the token is not valid yet (nbf is more than a minute in the future); check the clocks of Dex and this operator"
     )]
     NotYetValid,
-    #[error("the token was not issued by the configured issuer {expected}")]
-    WrongIssuer { expected: String },
-    #[error("the token was not issued for the client {expected} (aud/azp)")]
-    WrongAudience { expected: String },
+    #[error(
+        "the token was issued by {found:?}, but only tokens of {expected} are accepted; get a token from that issuer"
+    )]
+    WrongIssuer {
+        expected: String,
+        /// The token's `iss`, shortened and made printable (it is the sender's text).
+        found: String,
+    },
+    #[error("the token was not issued for the client {expected} (aud{})", if *azp_required { "/azp" } else { "" })]
+    WrongAudience {
+        expected: String,
+        azp_required: bool,
+    },
     #[error(
         "the token's claim {0:?} is missing or has an unusable value; check the operator's username/groups claim settings and the Dex connector"
     )]
@@ -194,7 +215,7 @@ impl Verifier {
 
     async fn verify_inner(&self, token: &str) -> Result<Identity, TokenError> {
         let cfg = &self.config;
-        let header = check_shape(token)?;
+        let (header, unverified) = check_shape(token)?;
         let alg = allowed_algorithm(&header, &cfg.algorithms)?;
         if header.contains_key("crit") {
             return Err(TokenError::Malformed(
@@ -202,8 +223,8 @@ impl Verifier {
             ));
         }
         let kid = match header.get("kid") {
-            None => return Err(TokenError::UnknownKey("<none in the header>".into())),
-            Some(Value::String(kid)) => kid.as_str(),
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
             Some(_) => return Err(TokenError::Malformed("the header's kid is not a string")),
         };
         // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
@@ -211,95 +232,110 @@ impl Verifier {
         jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
 
-        let key = match self.keys.find(kid).await {
-            Ok(Some(key)) => key,
-            Ok(None) => return Err(TokenError::UnknownKey(jwks::truncated(kid))),
-            Err(error) => return Err(TokenError::IssuerUnavailable(error)),
+        let candidates = match kid {
+            Some(kid) => match self.keys.find(kid).await {
+                Ok(Some(key)) => vec![key],
+                // A token of another issuer is signed with that issuer's keys: say so, from
+                // its unverified `iss` (kube-apiserver routes tokens by it the same way).
+                Ok(None) => {
+                    self.check_issuer(&unverified)?;
+                    return Err(TokenError::UnknownKey(jwks::truncated(kid)));
+                }
+                Err(error) => return Err(TokenError::IssuerUnavailable(error)),
+            },
+            None if cfg.strictness.require_key_id => {
+                return Err(TokenError::UnknownKey("<none in the header>".into()));
+            }
+            // go-oidc tries every key when the token names none.
+            None => self
+                .keys
+                .all()
+                .await
+                .map_err(TokenError::IssuerUnavailable)?,
         };
-        if !key.accepts(alg) {
-            return Err(TokenError::BadSignature);
-        }
-
-        let mut validation = Validation::new(alg);
-        validation.set_issuer(&[&cfg.issuer]);
-        validation.set_audience(&[&cfg.client_id]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = cfg.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
-        let claims = match jsonwebtoken::decode::<Map<String, Value>>(
-            token,
-            key.decoding_key(),
-            &validation,
-        ) {
-            Ok(data) => data.claims,
-            Err(error) => return Err(self.map_library_error(error.into_kind(), token)),
+        let claims = match verified_claims(token, alg, &candidates) {
+            Ok(claims) => claims,
+            // Without kid, another issuer's token fails on the signature instead.
+            Err(TokenError::BadSignature) if kid.is_none() => {
+                self.check_issuer(&unverified)?;
+                return Err(TokenError::BadSignature);
+            }
+            Err(error) => return Err(error),
         };
+        self.check_issuer(&claims)?;
         self.identity(&claims)
     }
 
-    /// Maps jsonwebtoken's verdict to our reasons; anything unexpected counts as a bad signature,
-    /// so a new library error kind can only ever refuse a token.
-    fn map_library_error(&self, kind: ErrorKind, token: &str) -> TokenError {
-        match kind {
-            ErrorKind::ExpiredSignature => TokenError::Expired {
-                expired_at: expiry_of_verified(token),
-            },
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidIssuer => self.wrong_issuer(),
-            ErrorKind::InvalidAudience => self.wrong_audience(),
-            ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
-                TokenError::MissingClaim(claim)
-            }
-            ErrorKind::InvalidToken => TokenError::Malformed("it is not three JWT segments"),
-            ErrorKind::Base64(_) => TokenError::Malformed("a segment is not valid base64url"),
-            ErrorKind::Json(_) => {
-                TokenError::Malformed("the header or payload is not the expected JSON object")
-            }
-            ErrorKind::Utf8(_) => TokenError::Malformed("a segment is not valid UTF-8"),
-            _ => TokenError::BadSignature,
-        }
+    /// The token's `iss` must be the configured issuer exactly (a trailing slash matters).
+    fn check_issuer(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
+        let found = match claims.get("iss") {
+            None => return Err(TokenError::MissingClaim("iss".into())),
+            Some(Value::String(iss)) if *iss == self.config.issuer => return Ok(()),
+            Some(Value::String(iss)) => jwks::truncated(iss),
+            Some(_) => "<not a string>".into(),
+        };
+        Err(TokenError::WrongIssuer {
+            expected: self.config.issuer.clone(),
+            found,
+        })
     }
 
-    /// The checks jsonwebtoken does not do: exact `iss`, `azp` for several audiences, `iat`,
-    /// and the user's name and groups.
+    /// The checks on the verified claims, in kube-apiserver's terms: the types go-oidc insists on,
+    /// audience, times, then the user's name and groups.
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, TokenError> {
         let cfg = &self.config;
-        // jsonwebtoken also accepts an array of issuers if one matches; OIDC says one string.
-        if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
-            return Err(self.wrong_issuer());
-        }
+        let strict = cfg.strictness;
+        check_standard_claim_types(claims)?;
         self.check_audience(claims)?;
 
-        let leeway = i64::try_from(cfg.leeway.as_secs()).unwrap_or(i64::MAX);
+        let expires_at = match claims.get("exp") {
+            None | Some(Value::Null) => return Err(TokenError::MissingClaim("exp".into())),
+            Some(value) => {
+                timestamp(value).ok_or_else(|| TokenError::MissingClaim("exp".into()))?
+            }
+        };
+        let now = Utc::now();
+        // go-oidc: `Expiry.Before(now)`, without leeway.
+        if expires_at < now {
+            return Err(TokenError::Expired {
+                expired_at: Some(expires_at),
+            });
+        }
+        match claims.get("nbf") {
+            None | Some(Value::Null) => {}
+            Some(value) => {
+                let not_before =
+                    timestamp(value).ok_or_else(|| TokenError::MissingClaim("nbf".into()))?;
+                if now + NOT_BEFORE_SKEW < not_before {
+                    return Err(TokenError::NotYetValid);
+                }
+            }
+        }
+        // Not checked against the clock (kube-apiserver does not), but go-oidc refuses a token
+        // whose `iat` is not a time.
         let issued_at = match claims.get("iat") {
             None => None,
             Some(value) => {
                 Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
             }
         };
-        if let Some(iat) = issued_at
-            && iat.timestamp() > Utc::now().timestamp().saturating_add(leeway)
-        {
-            return Err(TokenError::NotYetValid);
-        }
-        let expires_at = claims
-            .get("exp")
-            .and_then(timestamp)
-            .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
 
+        // Like kube-apiserver, which decodes the claim into a Go string: null reads as "".
         let username = match claims.get(&cfg.username_claim) {
-            Some(Value::String(name)) if !name.is_empty() => name,
+            Some(Value::String(name)) => name.as_str(),
+            Some(Value::Null) => "",
             _ => return Err(TokenError::MissingClaim(cfg.username_claim.clone())),
         };
-        if username.chars().any(char::is_control) {
+        if strict.strict_names && username.is_empty() {
+            return Err(TokenError::MissingClaim(cfg.username_claim.clone()));
+        }
+        if strict.strict_names && username.chars().any(char::is_control) {
             return Err(TokenError::Malformed(
                 "the username claim contains control characters",
             ));
         }
         // Like kube-apiserver: an email is only an identity if the issuer did not say it is
-        // unverified.
+        // unverified; the claim must then be a JSON boolean `true` (not the string "true").
         if cfg.username_claim == "email" {
             match claims.get("email_verified") {
                 None | Some(Value::Bool(true)) => {}
@@ -309,74 +345,175 @@ impl Verifier {
 
         let groups = match &cfg.groups_claim {
             None => Vec::new(),
-            Some(claim) => {
-                let names = match claims.get(claim) {
-                    None => Vec::new(),
-                    Some(Value::String(group)) => vec![group.as_str()],
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .map(Value::as_str)
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| TokenError::MissingClaim(claim.clone()))?,
-                    Some(_) => return Err(TokenError::MissingClaim(claim.clone())),
-                };
-                if names.iter().any(|name| name.chars().any(char::is_control)) {
-                    return Err(TokenError::Malformed(
-                        "a group in the groups claim contains control characters",
-                    ));
-                }
-                names
-                    .into_iter()
-                    .map(|name| format!("{}{name}", cfg.groups_prefix))
-                    .collect()
-            }
+            Some(claim) => groups(claims, claim)?,
         };
+        if strict.strict_names && groups.iter().any(|name| name.chars().any(char::is_control)) {
+            return Err(TokenError::Malformed(
+                "a group in the groups claim contains control characters",
+            ));
+        }
 
         Ok(Identity {
             username: format!("{}{username}", cfg.username_prefix),
-            groups,
+            groups: groups
+                .into_iter()
+                .map(|name| format!("{}{name}", cfg.groups_prefix))
+                .collect(),
             expires_at,
             issued_at,
         })
     }
 
-    /// With several audiences the token was also meant for someone else; OIDC then requires
-    /// `azp` to say it was issued to us.
+    /// `aud` (one string or a list of strings) must contain the client ID. kube-apiserver ignores
+    /// `azp`; [`crate::config::Strictness::require_authorized_party`] adds OIDC's rule for several audiences.
     fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
         let client_id = self.config.client_id.as_str();
-        let ok = match claims.get("aud") {
-            Some(Value::String(aud)) => aud == client_id,
-            Some(Value::Array(auds)) => {
-                let listed = auds.iter().any(|aud| aud.as_str() == Some(client_id));
-                let azp_ok =
-                    auds.len() == 1 || claims.get("azp").and_then(Value::as_str) == Some(client_id);
-                listed && azp_ok
+        let audiences: Vec<&str> = match claims.get("aud") {
+            None => return Err(TokenError::MissingClaim("aud".into())),
+            Some(Value::String(aud)) => vec![aud.as_str()],
+            Some(Value::Null) => vec![""],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<_>>()
+                .ok_or(TokenError::Malformed(
+                    "the aud claim is not a list of strings",
+                ))?,
+            Some(_) => {
+                return Err(TokenError::Malformed(
+                    "the aud claim is not a string or a list of strings",
+                ));
             }
-            _ => false,
         };
+        let mut ok = audiences.contains(&client_id);
+        if self.config.strictness.require_authorized_party && audiences.len() > 1 {
+            ok &= claims.get("azp").and_then(Value::as_str) == Some(client_id);
+        }
         if ok {
             Ok(())
         } else {
-            Err(self.wrong_audience())
-        }
-    }
-
-    fn wrong_issuer(&self) -> TokenError {
-        TokenError::WrongIssuer {
-            expected: self.config.issuer.clone(),
-        }
-    }
-
-    fn wrong_audience(&self) -> TokenError {
-        TokenError::WrongAudience {
-            expected: self.config.client_id.clone(),
+            Err(TokenError::WrongAudience {
+                expected: client_id.to_owned(),
+                azp_required: self.config.strictness.require_authorized_party,
+            })
         }
     }
 }
 
+/// The claims of a token whose signature verifies with one of `candidates` (one key when the
+/// token names its `kid`, every key otherwise). Only the signature is jsonwebtoken's job here;
+/// every claim is checked by [`Verifier::identity`] with kube-apiserver's rules.
+fn verified_claims(
+    token: &str,
+    alg: Algorithm,
+    candidates: &[SigningKey],
+) -> Result<Map<String, Value>, TokenError> {
+    let mut validation = Validation::new(alg);
+    validation.set_required_spec_claims::<&str>(&[]);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    for key in candidates.iter().filter(|key| key.accepts(alg)) {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), &validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(error) => match error.into_kind() {
+                ErrorKind::InvalidSignature => continue,
+                ErrorKind::InvalidToken => {
+                    return Err(TokenError::Malformed("it is not three JWT segments"));
+                }
+                ErrorKind::Base64(_) => {
+                    return Err(TokenError::Malformed("a segment is not valid base64url"));
+                }
+                ErrorKind::Json(_) => {
+                    return Err(TokenError::Malformed(
+                        "the header or payload is not the expected JSON object",
+                    ));
+                }
+                ErrorKind::Utf8(_) => {
+                    return Err(TokenError::Malformed("a segment is not valid UTF-8"));
+                }
+                // Anything unexpected can only ever refuse a token.
+                _ => return Err(TokenError::BadSignature),
+            },
+        }
+    }
+    Err(TokenError::BadSignature)
+}
+
+/// go-oidc decodes the registered claims into typed fields and refuses the whole token when one
+/// does not fit; these are the ones [`Verifier::identity`] does not look at itself.
+fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<(), TokenError> {
+    for name in ["sub", "nonce", "at_hash"] {
+        if !matches!(
+            claims.get(name),
+            None | Some(Value::String(_) | Value::Null)
+        ) {
+            return Err(TokenError::Malformed(
+                "a registered claim (sub, nonce, at_hash) is not a string",
+            ));
+        }
+    }
+    // Distributed claims: every named source must exist, as go-oidc requires.
+    let names = match claims.get("_claim_names") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(names)) => names,
+        Some(_) => return Err(TokenError::Malformed("_claim_names is not an object")),
+    };
+    let sources = claims.get("_claim_sources").and_then(Value::as_object);
+    for source in names.values() {
+        let known = source
+            .as_str()
+            .filter(|source| !source.is_empty())
+            .is_some_and(|source| sources.is_some_and(|all| all.contains_key(source)));
+        if !known {
+            return Err(TokenError::Malformed(
+                "_claim_names refers to a source missing from _claim_sources",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The groups claim as kube-apiserver reads it: absent or `null` is no groups, a string is one
+/// group, a list of strings is the groups (a `null` item reads as ""). A groups claim the issuer
+/// only names as distributed (`_claim_names`) would be fetched by kube-apiserver from another
+/// endpoint; the operator cannot know that answer, so it refuses rather than guess.
+fn groups(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, TokenError> {
+    let unusable = || TokenError::MissingClaim(claim.to_owned());
+    match claims.get(claim) {
+        None => {
+            let distributed = claims
+                .get("_claim_names")
+                .and_then(Value::as_object)
+                .is_some_and(|names| names.contains_key(claim));
+            if distributed {
+                Err(unusable())
+            } else {
+                Ok(Vec::new())
+            }
+        }
+        Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(group)) => Ok(vec![group.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(group) => Some(group.clone()),
+                Value::Null => Some(String::new()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(unusable),
+        Some(_) => Err(unusable()),
+    }
+}
+
+/// A decoded JWT header or claim set.
+type JsonObject = Map<String, Value>;
+
 /// Length cap, then exactly three base64url segments (the signature may be empty, so that an
-/// unsigned `alg: none` token is refused for its algorithm), then a JSON object header.
-fn check_shape(token: &str) -> Result<Map<String, Value>, TokenError> {
+/// unsigned `alg: none` token is refused for its algorithm), then JSON objects as header and
+/// payload. The payload is not verified yet: only `iss` may be read from it before the signature.
+fn check_shape(token: &str) -> Result<(JsonObject, JsonObject), TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("it is longer than 16 KiB"));
     }
@@ -394,14 +531,17 @@ fn check_shape(token: &str) -> Result<Map<String, Value>, TokenError> {
     let header = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| TokenError::Malformed("the header segment is not valid base64url"))?;
-    URL_SAFE_NO_PAD
+    let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| TokenError::Malformed("the payload segment is not valid base64url"))?;
     URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
-    serde_json::from_slice(&header)
-        .map_err(|_| TokenError::Malformed("the header is not a JSON object"))
+    let header = serde_json::from_slice(&header)
+        .map_err(|_| TokenError::Malformed("the header is not a JSON object"))?;
+    let payload = serde_json::from_slice(&payload)
+        .map_err(|_| TokenError::Malformed("the payload is not a JSON object"))?;
+    Ok((header, payload))
 }
 
 /// The header's algorithm, if it is one we accept; see the module docs for why a refused
@@ -419,22 +559,20 @@ fn allowed_algorithm(
     }
 }
 
-/// A NumericDate (seconds, possibly fractional) as a time.
+/// A NumericDate as go-oidc reads it: an integer, or a fractional number truncated toward zero,
+/// also when written as a JSON string holding a number.
 fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
-    let seconds = match value.as_i64() {
+    let number = match value {
+        Value::Number(number) => number.clone(),
+        Value::String(text) => serde_json::from_str::<serde_json::Number>(text).ok()?,
+        _ => return None,
+    };
+    let seconds = match number.as_i64() {
         Some(seconds) => seconds,
-        // Truncation is intended: sub-second precision does not matter here.
-        None => value.as_f64().filter(|s| s.is_finite())?.floor() as i64,
+        // Truncation is intended: it is what Go's int64(float64) does.
+        None => number.as_f64().filter(|s| s.is_finite())?.trunc() as i64,
     };
     DateTime::from_timestamp(seconds, 0)
-}
-
-/// `exp` of a token whose signature jsonwebtoken has already verified (it checks times only
-/// after the signature), so the expiry message can say when.
-fn expiry_of_verified(token: &str) -> Option<DateTime<Utc>> {
-    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload).ok()?;
-    claims.get("exp").and_then(timestamp)
 }
 
 #[cfg(test)]
@@ -453,6 +591,7 @@ pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::Strictness;
 
     const ISSUER: &str = "https://dex.example.com/dex";
     const CLIENT: &str = "kubeconfig-operator";
@@ -527,6 +666,18 @@ pub(crate) mod tests {
 
     fn verifier() -> Verifier {
         verifier_for(&[Algorithm::RS256])
+    }
+
+    /// A verifier with some of the stricter-than-kube-apiserver checks switched on.
+    fn strict_verifier(strictness: Strictness) -> Verifier {
+        let jwks = JwkSet {
+            keys: vec![ISSUER_KEY.jwk.clone()],
+        };
+        let cfg = OidcConfig {
+            strictness,
+            ..config(&[Algorithm::RS256])
+        };
+        Verifier::with_keys(cfg, KeySet::from_static(&jwks, &[Algorithm::RS256]))
     }
 
     fn now() -> i64 {
@@ -695,9 +846,14 @@ pub(crate) mod tests {
                 "UnknownKey",
             ),
             (
-                "no kid",
+                "no kid, signed by the issuer (go-oidc tries every key)",
                 sign_with(&no_kid, &claims(), &ISSUER_KEY.encoding),
-                "UnknownKey",
+                "Accepted",
+            ),
+            (
+                "no kid, signed by another key",
+                sign_with(&no_kid, &claims(), &attacker.encoding),
+                "BadSignature",
             ),
             (
                 "kid with path text",
@@ -767,9 +923,14 @@ pub(crate) mod tests {
                 "NotYetValid",
             ),
             (
-                "iat in the future",
+                "iat in the future (kube-apiserver does not check iat)",
                 sign(&with(claims(), "iat", json!(now() + 3600))),
-                "NotYetValid",
+                "Accepted",
+            ),
+            (
+                "iat not a time",
+                sign(&with(claims(), "iat", json!("yesterday"))),
+                "MissingClaim",
             ),
             (
                 "wrong iss",
@@ -813,12 +974,22 @@ pub(crate) mod tests {
             (
                 "several audiences without azp",
                 sign(&several_auds),
-                "WrongAudience",
+                "Accepted",
             ),
             (
-                "several audiences with a wrong azp",
+                "several audiences, azp the other client",
                 sign(&with(several_auds.clone(), "azp", json!("other-client"))),
-                "WrongAudience",
+                "Accepted",
+            ),
+            (
+                "aud a list holding a number",
+                sign(&with(claims(), "aud", json!([CLIENT, 7]))),
+                "Malformed",
+            ),
+            (
+                "sub a number",
+                sign(&with(claims(), "sub", json!(7))),
+                "Malformed",
             ),
             (
                 "several audiences with the right azp",
@@ -905,14 +1076,14 @@ pub(crate) mod tests {
                 "MissingClaim",
             ),
             (
-                "username claim empty",
+                "username claim empty (kube-apiserver accepts it)",
                 sign(&with(claims(), "email", json!(""))),
-                "MissingClaim",
+                "Accepted",
             ),
             (
-                "username with control characters",
+                "username with control characters (kube-apiserver accepts them)",
                 sign(&with(claims(), "email", json!("jane\n@example.com"))),
-                "Malformed",
+                "Accepted",
             ),
             (
                 "email_verified false",
@@ -922,6 +1093,11 @@ pub(crate) mod tests {
             (
                 "email_verified a string",
                 sign(&with(claims(), "email_verified", json!("true"))),
+                "MissingClaim",
+            ),
+            (
+                "email_verified null",
+                sign(&with(claims(), "email_verified", Value::Null)),
                 "MissingClaim",
             ),
             (
@@ -1029,21 +1205,6 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn times_within_the_leeway_are_accepted() {
-        let verifier = verifier();
-        let claims = with(
-            with(
-                with(claims(), "exp", json!(now() - 10)),
-                "nbf",
-                json!(now() + 10),
-            ),
-            "iat",
-            json!(now() + 10),
-        );
-        assert!(check(&verifier, &sign(&claims)).await.is_ok());
-    }
-
-    #[tokio::test]
     async fn expired_says_when() {
         let exp = now() - 3600;
         let error = check(&verifier(), &sign(&with(claims(), "exp", json!(exp))))
@@ -1099,7 +1260,8 @@ pub(crate) mod tests {
         cfg.issuer_url = url::Url::parse(&cfg.issuer).unwrap();
         let verifier = Verifier::new(cfg).await.unwrap();
         assert!(!verifier.is_ready());
-        let error = check(&verifier, &sign(&claims())).await.unwrap_err();
+        let token = sign(&with(claims(), "iss", json!("http://127.0.0.1:1/dex")));
+        let error = check(&verifier, &token).await.unwrap_err();
         assert_eq!(error.reason(), "IssuerUnavailable", "{error}");
         assert!(verifier.load().await.is_err());
         assert!(!verifier.is_ready());
@@ -1111,45 +1273,6 @@ pub(crate) mod tests {
         assert_eq!(format!("{token:?}"), "IdToken(<redacted, 34 bytes>)");
         assert!(!token.to_string().contains("eyJ"));
         assert_eq!(token.expose(), "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl");
-    }
-
-    #[test]
-    fn every_error_has_its_reason_and_a_message() {
-        let issuer_error = IssuerError::Unreachable {
-            url: "https://dex.example.com/dex/keys".into(),
-            detail: "connection refused".into(),
-        };
-        let cases = [
-            (
-                TokenError::Malformed("it is longer than 16 KiB"),
-                "Malformed",
-            ),
-            (TokenError::BadSignature, "BadSignature"),
-            (TokenError::UnknownKey("k1".into()), "UnknownKey"),
-            (TokenError::Expired { expired_at: None }, "Expired"),
-            (TokenError::NotYetValid, "NotYetValid"),
-            (
-                TokenError::WrongIssuer {
-                    expected: ISSUER.into(),
-                },
-                "WrongIssuer",
-            ),
-            (
-                TokenError::WrongAudience {
-                    expected: CLIENT.into(),
-                },
-                "WrongAudience",
-            ),
-            (TokenError::MissingClaim("email".into()), "MissingClaim"),
-            (
-                TokenError::IssuerUnavailable(issuer_error),
-                "IssuerUnavailable",
-            ),
-        ];
-        for (error, expected) in cases {
-            assert_eq!(error.reason(), expected);
-            assert!(!error.to_string().is_empty());
-        }
     }
 
     #[tokio::test]
@@ -1165,5 +1288,179 @@ pub(crate) mod tests {
         };
         assert!(shown.chars().count() <= 65, "{shown}");
         assert!(shown.chars().all(|c| c.is_ascii_graphic() || c == '…'));
+    }
+
+    #[tokio::test]
+    async fn exp_has_no_leeway() {
+        let verifier = verifier();
+        let error = check(&verifier, &sign(&with(claims(), "exp", json!(now() - 1))))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "Expired", "expired 1 s ago: {error}");
+        let token = sign(&with(claims(), "exp", json!(now() + 5)));
+        assert!(check(&verifier, &token).await.is_ok(), "valid for 5 more s");
+    }
+
+    #[tokio::test]
+    async fn nbf_may_be_one_minute_ahead_as_in_go_oidc_v2() {
+        let verifier = verifier();
+        let nbf = |offset: i64| sign(&with(claims(), "nbf", json!(now() + offset)));
+        assert!(check(&verifier, &nbf(45)).await.is_ok(), "45 s ahead");
+        for refused in [75, 4 * 60, 6 * 60] {
+            let error = check(&verifier, &nbf(refused)).await.unwrap_err();
+            assert_eq!(error, TokenError::NotYetValid, "{refused} s ahead");
+        }
+        // A JSON string holding a number is a time too, as for Go's json.Number.
+        let as_text = sign(&with(claims(), "nbf", json!((now() + 600).to_string())));
+        assert_eq!(
+            check(&verifier, &as_text).await.unwrap_err(),
+            TokenError::NotYetValid
+        );
+    }
+
+    #[tokio::test]
+    async fn iat_is_reported_but_not_checked_against_the_clock() {
+        let iat = now() + 3600;
+        let token = sign(&with(claims(), "iat", json!(iat)));
+        let identity = check(&verifier(), &token).await.unwrap();
+        assert_eq!(identity.issued_at, DateTime::from_timestamp(iat, 0));
+    }
+
+    #[tokio::test]
+    async fn a_foreign_azp_is_accepted_unless_the_authorized_party_is_required() {
+        let token = sign(&with(
+            with(claims(), "aud", json!(["other-client", CLIENT])),
+            "azp",
+            json!("other-client"),
+        ));
+        assert!(check(&verifier(), &token).await.is_ok());
+
+        let strict = strict_verifier(Strictness {
+            require_authorized_party: true,
+            ..Strictness::default()
+        });
+        let error = check(&strict, &token).await.unwrap_err();
+        assert_eq!(error.reason(), "WrongAudience");
+        assert!(error.to_string().contains("aud/azp"), "{error}");
+        let own_azp = sign(&with(
+            with(claims(), "aud", json!(["other-client", CLIENT])),
+            "azp",
+            json!(CLIENT),
+        ));
+        assert!(check(&strict, &own_azp).await.is_ok());
+        // One audience needs no azp even then.
+        assert!(check(&strict, &sign(&claims())).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_token_of_another_issuer_names_that_issuer_not_an_unknown_key() {
+        // Signed by a key this issuer never published, as another issuer's token would be.
+        let token = sign_with(
+            &header(Algorithm::RS256, "someone-elses-kid"),
+            &with(claims(), "iss", json!("https://login.other.example/")),
+            &ATTACKER_KEY.encoding,
+        );
+        let error = check(&verifier(), &token).await.unwrap_err();
+        assert_eq!(
+            error,
+            TokenError::WrongIssuer {
+                expected: ISSUER.into(),
+                found: "https://login.other.example/".into(),
+            }
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("\"https://login.other.example/\""),
+            "{error}"
+        );
+
+        let hostile = format!("https://evil.example/\n{}\u{1b}[31m", "x".repeat(300));
+        let token = sign_with(
+            &header(Algorithm::RS256, "k"),
+            &with(claims(), "iss", json!(hostile)),
+            &ATTACKER_KEY.encoding,
+        );
+        let TokenError::WrongIssuer { found, .. } = check(&verifier(), &token).await.unwrap_err()
+        else {
+            panic!("expected WrongIssuer");
+        };
+        assert!(found.chars().count() <= 65, "{found}");
+        assert!(
+            found.chars().all(|c| c.is_ascii_graphic() || c == '…'),
+            "{found}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_needs_one_only_when_configured() {
+        let mut no_kid = Header::new(Algorithm::RS256);
+        no_kid.kid = None;
+        let token = sign_with(&no_kid, &claims(), &ISSUER_KEY.encoding);
+        assert!(check(&verifier(), &token).await.is_ok());
+        let strict = strict_verifier(Strictness {
+            require_key_id: true,
+            ..Strictness::default()
+        });
+        assert_eq!(
+            check(&strict, &token).await.unwrap_err().reason(),
+            "UnknownKey"
+        );
+    }
+
+    #[tokio::test]
+    async fn strict_names_refuse_empty_usernames_and_control_characters() {
+        let strict = strict_verifier(Strictness {
+            strict_names: true,
+            ..Strictness::default()
+        });
+        for (claim, value, expected) in [
+            ("email", json!(""), "MissingClaim"),
+            ("email", Value::Null, "MissingClaim"),
+            ("email", json!("jane\n@example.com"), "Malformed"),
+            ("groups", json!(["dev", "o\u{7}ps"]), "Malformed"),
+        ] {
+            let token = sign(&with(claims(), claim, value.clone()));
+            let result = check(&strict, &token).await;
+            assert_eq!(reason(&result), expected, "{claim}: {value}");
+            // The default, as kube-apiserver: accepted.
+            assert!(check(&verifier(), &token).await.is_ok(), "{claim}: {value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_are_read_as_kube_apiserver_reads_them() {
+        let verifier = verifier();
+        let groups = |value: Value| sign(&with(claims(), "groups", value));
+        let null = check(&verifier, &groups(Value::Null)).await.unwrap();
+        assert!(null.groups.is_empty());
+        let with_null = check(&verifier, &groups(json!(["dev", null])))
+            .await
+            .unwrap();
+        assert_eq!(
+            with_null.groups,
+            vec!["oidc:dev".to_owned(), "oidc:".to_owned()]
+        );
+
+        // Named as a distributed claim only: kube-apiserver would fetch it elsewhere.
+        let distributed = with(
+            with(
+                without(claims(), "groups"),
+                "_claim_names",
+                json!({"groups": "src1"}),
+            ),
+            "_claim_sources",
+            json!({"src1": {"endpoint": "https://dex.example.com/groups"}}),
+        );
+        let error = check(&verifier, &sign(&distributed)).await.unwrap_err();
+        assert_eq!(error, TokenError::MissingClaim("groups".into()));
+        let dangling = with(claims(), "_claim_names", json!({"roles": "nowhere"}));
+        assert_eq!(
+            check(&verifier, &sign(&dangling))
+                .await
+                .unwrap_err()
+                .reason(),
+            "Malformed"
+        );
     }
 }

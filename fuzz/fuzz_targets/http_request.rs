@@ -27,10 +27,7 @@
 //! header is exactly that.
 #![no_main]
 
-use std::{
-    sync::{Arc, LazyLock, atomic::AtomicBool},
-    time::Duration,
-};
+use std::sync::{Arc, LazyLock, atomic::AtomicBool};
 
 use aws_lc_rs::{
     rand::SystemRandom,
@@ -43,7 +40,7 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
-    config::{KubeconfigSettings, OidcConfig},
+    config::{KubeconfigSettings, OidcConfig, Strictness},
     jwks::KeySet,
     metrics::Metrics,
     server::{HttpState, router},
@@ -107,7 +104,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         groups_prefix: "oidc:".into(),
         ca_file: None,
         algorithms: vec![Algorithm::RS256],
-        leeway: Duration::from_secs(30),
+        strictness: Strictness::default(),
     };
     let verifier = Verifier::with_keys(config, KeySet::from_static(&jwks, &[Algorithm::RS256]));
     let now = std::time::SystemTime::now()

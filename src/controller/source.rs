@@ -365,9 +365,20 @@ pub(super) async fn mint(
         identity: service_account_identity(&namespace, &source.name, expires_at),
         expires_at,
         renew_at,
-        // Rounded: the API server states expiry in whole seconds, the request left mid-second.
-        granted_seconds: Some(((expires_at - issued_at).num_milliseconds() + 500) / 1000),
+        granted_seconds: Some(granted_seconds(requested, issued_at, expires_at)),
     }))
+}
+
+/// The lifetime the API server granted: what was asked for when its expiry says so (it states
+/// expiry in whole seconds, so a second either way is only rounding), else what the expiry gives
+/// (the API server may cap lifetimes with --service-account-max-token-expiration).
+fn granted_seconds(requested: i64, issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> i64 {
+    let lifetime = (expires_at - issued_at).num_seconds();
+    if (lifetime - requested).abs() <= 2 {
+        requested
+    } else {
+        lifetime
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +393,15 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn granted_lifetime_is_the_request_unless_the_api_server_cut_it() {
+        let issued = DateTime::from_timestamp_millis(1_000_000_900).unwrap();
+        let at = |seconds: i64| DateTime::from_timestamp(1_000_000 + seconds, 0).unwrap();
+        assert_eq!(granted_seconds(3600, issued, at(3600)), 3600);
+        assert_eq!(granted_seconds(3600, issued, at(3601)), 3600);
+        assert_eq!(granted_seconds(86400, issued, at(3600)), 3599);
     }
 
     #[test]

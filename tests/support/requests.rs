@@ -36,6 +36,19 @@ pub fn apply_request(cluster: &Cluster, namespace: &str, name: &str, spec: &str)
     kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
 }
 
+/// A KubeconfigRequest `name` reading `token` from the Secret `<name>-token` (key `token`): the
+/// usual pair, in one call.
+pub fn request_with_token(cluster: &Cluster, namespace: &str, name: &str, token: &str) {
+    let secret = format!("{name}-token");
+    put_token_secret(cluster, namespace, &secret, "token", token);
+    apply_request(
+        cluster,
+        namespace,
+        name,
+        &format!("tokenSecretRef: {{name: {secret}}}"),
+    );
+}
+
 pub fn request_manifest(namespace: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  {spec}\n"
