@@ -173,7 +173,7 @@ fn main() {
     let settings = KubeconfigSettings {
         cluster_name: "local-cluster".into(),
         server: "https://127.0.0.1:6443".into(),
-        ca_pem: Some(ca_pem.to_vec()),
+        ca: kubeconfig_operator::ca::CaBundle::fixed(Some(ca_pem.to_vec())),
         user_name: "OIDCUser".into(),
         default_namespace: None,
     };

@@ -9,6 +9,8 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
+use crate::ca::CaBundle;
+
 /// A day: long enough for a pipeline, short enough that a leaked kubeconfig dies on its own.
 const DEFAULT_MAX_EXPIRATION_SECONDS: i64 = 86_400;
 /// The TokenRequest API refuses shorter lifetimes.
@@ -218,8 +220,9 @@ pub struct KubeconfigSettings {
     /// The server URL exactly as configured (validated as https), so the kubeconfig shows what
     /// the operator's owner wrote rather than a normalised form.
     pub server: String,
-    /// PEM bytes of the server's CA; `None` leaves kubectl on the system's trust roots.
-    pub ca_pem: Option<Vec<u8>>,
+    /// The server's CA (PEM), followed when it comes from a file; none leaves kubectl on the
+    /// system's trust roots.
+    pub ca: CaBundle,
     pub user_name: String,
     pub default_namespace: Option<String>,
 }
@@ -322,7 +325,7 @@ impl Config {
                 pick(&args.cluster_name, file.cluster_name).unwrap_or_else(|| "kubernetes".into()),
             )?,
             server: https_url("server", pick(&args.server, file.server))?.1,
-            ca_pem: ca_pem(
+            ca: ca_bundle(
                 pick(&args.ca_data, file.certificate_authority_data),
                 pick_path(&args.ca_file, file.certificate_authority_file),
             )?,
@@ -503,36 +506,40 @@ fn https_url(field: &str, value: Option<String>) -> Result<(Url, String), Config
     Ok((url, value))
 }
 
-fn ca_pem(data: Option<String>, file: Option<PathBuf>) -> Result<Option<Vec<u8>>, ConfigError> {
-    let pem = match (data, file) {
+fn ca_bundle(data: Option<String>, file: Option<PathBuf>) -> Result<CaBundle, ConfigError> {
+    let (field, pem, file) = match (data, file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
                 "certificateAuthorityData",
                 "set either certificateAuthorityData or certificateAuthorityFile, not both",
             ));
         }
-        (Some(data), None) => base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|e| {
-                ConfigError::new("certificateAuthorityData", format!("is not base64: {e}"))
+        (Some(data), None) => (
+            "certificateAuthorityData",
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| {
+                    ConfigError::new("certificateAuthorityData", format!("is not base64: {e}"))
+                })?,
+            None,
+        ),
+        (None, Some(path)) => (
+            "certificateAuthorityFile",
+            std::fs::read(&path).map_err(|e| {
+                ConfigError::new(
+                    "certificateAuthorityFile",
+                    format!("cannot read {path:?}: {e}"),
+                )
             })?,
-        (None, Some(path)) => std::fs::read(&path).map_err(|e| {
-            ConfigError::new(
-                "certificateAuthorityFile",
-                format!("cannot read {path:?}: {e}"),
-            )
-        })?,
-        (None, None) => return Ok(None),
+            Some(path),
+        ),
+        (None, None) => return Ok(CaBundle::default()),
     };
-    let field = "certificateAuthorityData";
-    let mut reader = pem.as_slice();
-    let certificates = rustls_pemfile::certs(&mut reader)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::new(field, format!("is not PEM: {e}")))?;
-    if certificates.is_empty() {
-        return Err(ConfigError::new(field, "holds no PEM certificate"));
-    }
-    Ok(Some(pem))
+    crate::ca::parse_pem(&pem).map_err(|problem| ConfigError::new(field, problem))?;
+    Ok(match file {
+        Some(path) => CaBundle::from_file(path, pem),
+        None => CaBundle::fixed(Some(pem)),
+    })
 }
 
 fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
@@ -704,7 +711,7 @@ mod tests {
         assert_eq!(config.oidc.issuer, "https://dex.example/dex");
         assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
         assert!(config.http.tls.is_none());
-        assert!(config.kubeconfig.ca_pem.is_none());
+        assert!(config.kubeconfig.ca.current().is_none());
     }
 
     #[test]

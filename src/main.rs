@@ -96,6 +96,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
     let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
+    tokio::spawn(
+        config
+            .kubeconfig
+            .ca
+            .clone()
+            .watch_file(kubeconfig_operator::ca::POLL_INTERVAL),
+    );
     let metrics = Arc::new(Metrics::default());
     let controller_ready = Arc::new(AtomicBool::new(false));
 

@@ -554,3 +554,67 @@ fn an_id_token_request_reports_expiring_before_token_expired() {
     assert!(events.contains("TokenExpiring"), "{events}");
     wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
 }
+
+#[test]
+fn a_rotated_ca_file_reaches_issued_kubeconfigs_and_downloads() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-ca-rotation");
+    let ca_file = write_temp(&std::fs::read_to_string(&cluster.kube_ca_file).unwrap());
+    let operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--ca-file", ca_file.path().to_str().unwrap()],
+    );
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    apply_request(
+        cluster,
+        &ns.name,
+        "pipeline",
+        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
+    );
+    wait_ready(cluster, &ns.name, "pipeline");
+    let ca_of = |kubeconfig: &str| -> String {
+        let parsed: serde_json::Value = serde_yaml::from_str(kubeconfig).unwrap();
+        parsed["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let encode = |path: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+    };
+    let secret_ca = || {
+        ca_of(&decoded_secret_key(
+            cluster,
+            &ns.name,
+            "pipeline-kubeconfig",
+            "kubeconfig",
+        ))
+    };
+    assert_eq!(secret_ca(), encode(&cluster.kube_ca_file));
+
+    // Rotation: another valid CA replaces the file (here Dex's, which is just another PEM).
+    std::fs::copy(&cluster.oidc_ca_file, ca_file.path()).unwrap();
+    let rotated = encode(&cluster.oidc_ca_file);
+    eventually(
+        Duration::from_secs(30),
+        "the issued kubeconfig carries the new CA",
+        || secret_ca() == rotated,
+    );
+    let alice = id_token(cluster, "alice");
+    let download = support::requests::http_get_kubeconfig(&operator.base_url, Some(&alice), "");
+    assert_eq!(download.status, 200);
+    assert_eq!(ca_of(&download.body), rotated);
+
+    // Garbage in the file is ignored: the last good CA stays.
+    std::fs::write(ca_file.path(), "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(secret_ca(), rotated);
+    assert!(
+        operator
+            .logs()
+            .contains("ignoring the CA file's new content")
+    );
+}

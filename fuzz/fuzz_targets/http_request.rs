@@ -138,7 +138,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
-            ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec()),
+            ca: kubeconfig_operator::ca::CaBundle::fixed(Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec())),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         },

@@ -466,6 +466,12 @@ pub async fn run(
             }
         })
     };
+    // A rotated CA changes every kubeconfig: re-render them all.
+    let ca_rotations =
+        futures::stream::unfold(ctx.settings.ca.changes(), |mut changes| async move {
+            changes.changed().await.ok()?;
+            Some(((), changes))
+        });
     let secret_store = store.clone();
     let secret_ctx = Arc::clone(&ctx);
     let account_store = store.clone();
@@ -481,6 +487,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
             move |account| requests_using_account(&account_store, &account),
         )
+        .reconcile_all_on(ca_rotations)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {

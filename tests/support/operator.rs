@@ -87,7 +87,13 @@ impl Operator {
             .arg("run")
             .args(["--cluster-name", "local"])
             .args(["--server", &cluster.kube_server])
-            .args(["--ca-file", &cluster.kube_ca_file])
+            // The cluster's CA unless the test brings its own CA file.
+            .args(
+                (!extra_args.contains(&"--ca-file"))
+                    .then_some(["--ca-file", cluster.kube_ca_file.as_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--oidc-issuer-url", issuer_url])
             .args(["--oidc-client-id", &cluster.oidc_client_id])
             .args(["--oidc-ca-file", &cluster.oidc_ca_file])
