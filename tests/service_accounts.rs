@@ -30,6 +30,18 @@ fn service_account(cluster: &Cluster, namespace: &str, name: &str, issuable: boo
     kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
 }
 
+/// An issuable ServiceAccount `deployer` and a Ready request `request` for it.
+fn issue_for_account(cluster: &Cluster, namespace: &str, request: &str, extra_spec: &str) {
+    service_account(cluster, namespace, ACCOUNT, true);
+    apply_request(
+        cluster,
+        namespace,
+        request,
+        &format!("serviceAccount: {{name: {ACCOUNT}}}{extra_spec}"),
+    );
+    wait_ready(cluster, namespace, request);
+}
+
 fn wait_ready(cluster: &Cluster, namespace: &str, request: &str) {
     kubectl(
         cluster,
@@ -118,14 +130,7 @@ fn an_opted_in_service_account_gets_a_kubeconfig_that_acts_as_exactly_it() {
     let ns = Namespace::new(cluster, "kcr-sa");
     let elsewhere = Namespace::new(cluster, "kcr-sa-elsewhere");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
-    service_account(cluster, &ns.name, ACCOUNT, true);
-    apply_request(
-        cluster,
-        &ns.name,
-        "pipeline",
-        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
-    );
-    wait_ready(cluster, &ns.name, "pipeline");
+    issue_for_account(cluster, &ns.name, "pipeline", "");
     let status = status(cluster, &ns.name, "pipeline");
     let username = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
     assert_eq!(status["username"], username.as_str());
@@ -271,29 +276,14 @@ fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
     support::operator::operator_kubeconfig(cluster);
     let ns = Namespace::new(cluster, "kcr-sa-deputy");
     service_account(cluster, &ns.name, ACCOUNT, true);
-    kubectl(
+    support::grant(
         cluster,
-        &[
-            "create",
-            "role",
-            "request-maker",
-            "-n",
-            &ns.name,
-            "--verb=create,get,list",
-            "--resource=kubeconfigrequests.kubeconfig.dev",
-        ],
-    );
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "bob-requests",
-            "-n",
-            &ns.name,
-            "--role=request-maker",
-            &format!("--user={}", cluster.bob_username),
-        ],
+        &ns.name,
+        "request-maker",
+        &cluster.bob_username,
+        "create,get,list",
+        "kubeconfigrequests.kubeconfig.dev",
+        &[],
     );
     let bob = id_token(cluster, "bob");
     let manifest = write_temp(&support::requests::request_manifest(
@@ -321,30 +311,14 @@ fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
     );
 
     // With the right to mint the account's tokens himself, the same request is admitted.
-    kubectl(
+    support::grant(
         cluster,
-        &[
-            "create",
-            "role",
-            "token-maker",
-            "-n",
-            &ns.name,
-            "--verb=create",
-            "--resource=serviceaccounts/token",
-            &format!("--resource-name={ACCOUNT}"),
-        ],
-    );
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "bob-tokens",
-            "-n",
-            &ns.name,
-            "--role=token-maker",
-            &format!("--user={}", cluster.bob_username),
-        ],
+        &ns.name,
+        "token-maker",
+        &cluster.bob_username,
+        "create",
+        "serviceaccounts/token",
+        &[ACCOUNT],
     );
     eventually(Duration::from_secs(30), "bob's request is admitted", || {
         create().is_ok()
@@ -420,14 +394,7 @@ fn a_deleted_or_edited_secret_is_restored_and_a_moved_one_deleted() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-sa-heal");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
-    service_account(cluster, &ns.name, ACCOUNT, true);
-    apply_request(
-        cluster,
-        &ns.name,
-        "pipeline",
-        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
-    );
-    wait_ready(cluster, &ns.name, "pipeline");
+    issue_for_account(cluster, &ns.name, "pipeline", "");
     let secret = "pipeline-kubeconfig";
     let first = secret_token(cluster, &ns.name, secret);
     assert!(authenticates(cluster, &first));
@@ -566,14 +533,7 @@ fn a_rotated_ca_file_reaches_issued_kubeconfigs_and_downloads() {
         Issuer::Main,
         &["--ca-file", ca_file.path().to_str().unwrap()],
     );
-    service_account(cluster, &ns.name, ACCOUNT, true);
-    apply_request(
-        cluster,
-        &ns.name,
-        "pipeline",
-        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
-    );
-    wait_ready(cluster, &ns.name, "pipeline");
+    issue_for_account(cluster, &ns.name, "pipeline", "");
     let ca_of = |kubeconfig: &str| -> String {
         let parsed: serde_json::Value = serde_yaml::from_str(kubeconfig).unwrap();
         parsed["clusters"][0]["cluster"]["certificate-authority-data"]
