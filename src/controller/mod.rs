@@ -108,6 +108,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
     verdicts: cache::Verdicts,
+    namespaces: cache::NamespaceLimits,
 }
 
 impl Context {
@@ -132,6 +133,7 @@ impl Context {
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
             verdicts: cache::Verdicts::default(),
+            namespaces: cache::NamespaceLimits::default(),
         }
     }
 
@@ -147,6 +149,11 @@ impl Context {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| exists(reference));
         }
+        self.namespaces.retain(|namespace| {
+            requests
+                .iter()
+                .any(|request| request.namespace().as_deref() == Some(namespace))
+        });
         self.token_reads.retain(|(namespace, name)| {
             requests.iter().any(|request| {
                 request.namespace().as_ref() == Some(namespace)
@@ -198,6 +205,10 @@ pub async fn reconcile(
     request: Arc<KubeconfigRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let _slot = ctx
+        .namespaces
+        .acquire(&request.namespace().unwrap_or_default())
+        .await;
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
     let result = reconcile_inner(&request, &ctx).await;

@@ -81,7 +81,12 @@ impl Operator {
         };
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
         fs::create_dir_all(&log_dir).expect("create the operator log directory");
-        let log_path = log_dir.join(format!("{namespace}-{port}.log"));
+        let scope = if namespace.is_empty() {
+            "all-namespaces"
+        } else {
+            namespace
+        };
+        let log_path = log_dir.join(format!("{scope}-{port}.log"));
         let log = fs::File::create(&log_path).expect("create the operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
             .arg("run")
@@ -97,14 +102,24 @@ impl Operator {
             .args(["--oidc-issuer-url", issuer_url])
             .args(["--oidc-client-id", &cluster.oidc_client_id])
             .args(["--oidc-ca-file", &cluster.oidc_ca_file])
-            .args(["--watch-namespace", namespace])
+            // An empty namespace: the whole cluster, as a deployed operator watches it.
+            .args(
+                (!namespace.is_empty())
+                    .then_some(["--watch-namespace", namespace])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
-            // The most verbose level, so leak checks see everything the operator could ever log.
-            .env("RUST_LOG", "trace")
+            // The most verbose level, so leak checks see everything the operator could ever log;
+            // benchmarks lower it with TEST_OPERATOR_LOG so logging does not dominate them.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_OPERATOR_LOG").unwrap_or_else(|_| "trace".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log)
