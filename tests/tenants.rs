@@ -502,40 +502,52 @@ fn a_secret_the_api_server_refuses_is_reported_as_invalid_spec_not_retried() {
         "token",
         &id_token(cluster, "alice"),
     );
+    kubectl(
+        cluster,
+        &["create", "serviceaccount", "deployer", "-n", &ns.name],
+    );
+    kubectl(
+        cluster,
+        &[
+            "annotate",
+            "serviceaccount",
+            "deployer",
+            "-n",
+            &ns.name,
+            "kubeconfig.dev/issuable=true",
+        ],
+    );
     // Each annotation passes the schema, but together they exceed the API server's 256 KiB limit
     // for a Secret's annotations. (`kubectl create`, since `apply` would copy the spec into an
     // annotation of the request itself.)
     let annotations: serde_json::Map<String, Value> = (0..64)
         .map(|i| (format!("example.com/note-{i}"), json!("x".repeat(4096))))
         .collect();
-    create_as_admin(
-        cluster,
-        &request(
-            &ns.name,
-            "big",
-            json!({
-                "tokenSecretRef": {"name": "big-token"},
-                "secretTemplate": {"annotations": annotations},
-            }),
-        ),
-    )
-    .expect("the request itself is valid");
-    let message = wait_for_reason(cluster, &ns.name, "big", "InvalidSpec");
-    assert!(message.contains("big-kubeconfig"), "{message}");
-    let events = kubectl(
-        cluster,
-        &[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "--field-selector",
-            "involvedObject.name=big",
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-    );
-    assert!(events.contains("InvalidSpec"), "events: {events}");
+    let template = json!({"annotations": annotations});
+    let sources = [
+        ("big", json!({"tokenSecretRef": {"name": "big-token"}})),
+        ("minted", json!({"serviceAccount": {"name": "deployer"}})),
+    ];
+    for (name, mut spec) in sources {
+        spec["secretTemplate"] = template.clone();
+        create_as_admin(cluster, &request(&ns.name, name, spec)).expect("the request is valid");
+        let message = wait_for_reason(cluster, &ns.name, name, "InvalidSpec");
+        assert!(message.contains(&format!("{name}-kubeconfig")), "{message}");
+        let events = kubectl(
+            cluster,
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ],
+        );
+        assert!(events.contains("InvalidSpec"), "{name}: events {events}");
+    }
     // Not an API error to retry with backoff: no further attempts while nothing changes.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -547,7 +559,9 @@ fn a_secret_the_api_server_refuses_is_reported_as_invalid_spec_not_retried() {
         failures.is_empty(),
         "the refusal was retried as an error: {failures:?}"
     );
-    assert!(!exists(cluster, &ns.name, "secret/big-kubeconfig"));
+    for secret in ["secret/big-kubeconfig", "secret/minted-kubeconfig"] {
+        assert!(!exists(cluster, &ns.name, secret), "{secret}");
+    }
 }
 
 #[test]
