@@ -397,11 +397,10 @@ async fn service_account_credential(
         Some(uid) => uid,
         None => {
             let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-            secret::create_empty(request, secrets, target, owner)
-                .await?
-                .metadata
-                .uid
-                .ok_or(Error::NotStored)?
+            match secret::create_empty(request, secrets, target, owner).await? {
+                Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
+                Err(refusal) => return Ok(Err(refusal)),
+            }
         }
     };
     source::mint(request, account, ctx, target, &uid).await

@@ -110,6 +110,8 @@ impl Operator {
                     .flatten(),
             )
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // One JSON object per line, so tests read fields instead of parsing text.
+            .args(["--log-format", "json"])
             .args(extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -163,6 +165,25 @@ impl Operator {
             let _ = file.read_to_string(&mut text);
         }
         text
+    }
+
+    /// The log events written so far, one JSON object each (`--log-format json`), in order. The
+    /// fields of an event are at the top level: `level`, `message`, and those of the log call,
+    /// such as `request`. Lines that are not JSON (a panic message) are left out.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
+    /// The log events whose message is `message`.
+    pub fn log_events_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_events()
+            .into_iter()
+            .filter(|event| event["message"] == message)
+            .collect()
     }
 
     /// Ends the process at once, as a crash or an OOM kill would.
