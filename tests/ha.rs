@@ -208,6 +208,9 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // The operators first: a leader would create the Lease again.
+        self.leader.kill();
+        self.follower.kill();
         let _ = kubectl_result(
             self.cluster,
             &[
