@@ -56,6 +56,16 @@ pub struct FileConfig {
     pub http: FileHttp,
     #[serde(default)]
     pub controller: FileController,
+    #[serde(default)]
+    pub leader_election: FileLeaderElection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileLeaderElection {
+    pub enabled: Option<bool>,
+    pub lease_name: Option<String>,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +196,15 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// Run the controller only while holding a Lease, so that of several replicas exactly one reconciles (all serve HTTP) [file: leaderElection.enabled; default true in a pod, false elsewhere].
+    #[arg(long = "leader-elect", env = "KUBECONFIG_OPERATOR_LEADER_ELECT", num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: Option<bool>,
+    /// Name of the Lease the replicas compete for [file: leaderElection.leaseName; default kubeconfig-operator].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_LEADER_ELECTION_LEASE_NAME")]
+    pub leader_election_lease_name: Option<String>,
+    /// Namespace of that Lease [file: leaderElection.namespace; default the pod's namespace, else kubeconfig-operator].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
 }
 
 /// The validated configuration the rest of the crate runs on.
@@ -196,7 +215,46 @@ pub struct Config {
     pub http: HttpConfig,
     pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
+    /// `None` when leader election is off: the controller runs from the start.
+    pub leader_election: Option<LeaderElectionSettings>,
 }
+
+/// Where the Lease lives that replicas compete for (see `controller::leader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElectionSettings {
+    pub lease_name: String,
+    pub namespace: String,
+}
+
+/// What the process knows about the pod it runs in, if any: the defaults of leader election
+/// depend on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodEnvironment {
+    pub in_pod: bool,
+    /// The namespace of the pod's ServiceAccount, as the kubelet mounts it.
+    pub namespace: Option<String>,
+}
+
+impl PodEnvironment {
+    /// Inside a pod the kubelet sets `KUBERNETES_SERVICE_HOST` (kube's in-cluster configuration
+    /// reads the same variable) and mounts the ServiceAccount's namespace.
+    pub fn detect() -> Self {
+        const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+        let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+        Self {
+            in_pod,
+            namespace: in_pod
+                .then(|| std::fs::read_to_string(NAMESPACE_FILE).ok())
+                .flatten()
+                .map(|namespace| namespace.trim().to_owned())
+                .filter(|namespace| is_dns_label(namespace)),
+        }
+    }
+}
+
+/// The Lease's name and namespace when nothing else is said: the names `config/default` installs.
+const DEFAULT_LEASE_NAME: &str = "kubeconfig-operator";
+const DEFAULT_LEASE_NAMESPACE: &str = "kubeconfig-operator";
 
 /// What the controller enforces beyond a request's own spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,11 +368,22 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Self::resolve(file, args)
+        Self::resolve_in(file, args, &PodEnvironment::detect())
     }
 
     /// Combines file and overrides; separate from `load` so it can be tested without files.
+    /// Defaults are those of a process outside any pod.
     pub fn resolve(file: FileConfig, args: &ConfigArgs) -> Result<Self, ConfigError> {
+        Self::resolve_in(file, args, &PodEnvironment::default())
+    }
+
+    /// As [`Config::resolve`], with the defaults that depend on the pod the process runs in.
+    pub fn resolve_in(
+        file: FileConfig,
+        args: &ConfigArgs,
+        pod: &PodEnvironment,
+    ) -> Result<Self, ConfigError> {
+        let leader_election = leader_election(file.leader_election, args, pod)?;
         let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
         let pick_path =
             |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
@@ -464,8 +533,51 @@ impl Config {
                 "watchNamespace",
                 pick(&args.watch_namespace, file.watch_namespace),
             )?,
+            leader_election,
         })
     }
+}
+
+/// On by default in a pod, where a Deployment may run several replicas; off elsewhere (a
+/// developer's `make run`), where there is nobody to compete with.
+fn leader_election(
+    file: FileLeaderElection,
+    args: &ConfigArgs,
+    pod: &PodEnvironment,
+) -> Result<Option<LeaderElectionSettings>, ConfigError> {
+    if !args.leader_elect.or(file.enabled).unwrap_or(pod.in_pod) {
+        return Ok(None);
+    }
+    let lease_name = args
+        .leader_election_lease_name
+        .clone()
+        .or(file.lease_name)
+        .unwrap_or_else(|| DEFAULT_LEASE_NAME.into());
+    if !is_dns_subdomain(&lease_name) {
+        return Err(ConfigError::new(
+            "leaderElection.leaseName",
+            format!(
+                "{lease_name:?} is not a Lease name (a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253)"
+            ),
+        ));
+    }
+    let namespace = optional_dns_label(
+        "leaderElection.namespace",
+        args.leader_election_namespace
+            .clone()
+            .or(file.namespace)
+            .or_else(|| pod.namespace.clone()),
+    )?
+    .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.into());
+    Ok(Some(LeaderElectionSettings {
+        lease_name,
+        namespace,
+    }))
+}
+
+/// RFC 1123 subdomain, the rule Kubernetes applies to most object names.
+fn is_dns_subdomain(value: &str) -> bool {
+    value.len() <= 253 && value.split('.').all(is_dns_label)
 }
 
 /// kube-apiserver's `--oidc-username-prefix` rules: unset (or empty, which a flag cannot tell
@@ -1051,5 +1163,86 @@ mod tests {
         let error = Config::resolve(file, &minimal()).unwrap_err();
         assert_eq!(error.field, "oidc.leewaySeconds");
         assert!(error.problem.contains("no leeway on exp"), "{error}");
+    }
+
+    #[test]
+    fn leader_election_is_on_in_a_pod_and_off_elsewhere_unless_asked() {
+        let resolve = |file: &str, args: &ConfigArgs, pod: &PodEnvironment| {
+            let file: FileConfig = crate::yaml::from_str(file).unwrap();
+            Config::resolve_in(file, args, pod).map(|config| config.leader_election)
+        };
+        let outside = PodEnvironment::default();
+        let pod = PodEnvironment {
+            in_pod: true,
+            namespace: Some("operators".into()),
+        };
+        assert_eq!(resolve("{}", &minimal(), &outside), Ok(None));
+        let defaults_in_pod = Some(LeaderElectionSettings {
+            lease_name: "kubeconfig-operator".into(),
+            namespace: "operators".into(),
+        });
+        assert_eq!(resolve("{}", &minimal(), &pod), Ok(defaults_in_pod));
+        let off = ConfigArgs {
+            leader_elect: Some(false),
+            ..minimal()
+        };
+        assert_eq!(resolve("{}", &off, &pod), Ok(None));
+        assert_eq!(
+            resolve("leaderElection: {enabled: false}", &minimal(), &pod),
+            Ok(None)
+        );
+        // Asked for outside a pod: the namespace config/default installs into.
+        let on = ConfigArgs {
+            leader_elect: Some(true),
+            ..minimal()
+        };
+        assert_eq!(
+            resolve("{}", &on, &outside),
+            Ok(Some(LeaderElectionSettings {
+                lease_name: "kubeconfig-operator".into(),
+                namespace: "kubeconfig-operator".into(),
+            }))
+        );
+        // The flag wins over the file, the file over the pod.
+        let named = ConfigArgs {
+            leader_election_lease_name: Some("ha.kubeconfig.dev".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            resolve(
+                "leaderElection: {leaseName: from-file, namespace: from-file}",
+                &named,
+                &pod
+            ),
+            Ok(Some(LeaderElectionSettings {
+                lease_name: "ha.kubeconfig.dev".into(),
+                namespace: "from-file".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn leader_election_names_are_checked() {
+        for (file, field) in [
+            (
+                "leaderElection: {enabled: true, leaseName: Lease_1}",
+                "leaderElection.leaseName",
+            ),
+            (
+                "leaderElection: {enabled: true, leaseName: a..b}",
+                "leaderElection.leaseName",
+            ),
+            (
+                "leaderElection: {enabled: true, namespace: a.b}",
+                "leaderElection.namespace",
+            ),
+        ] {
+            let file: FileConfig = crate::yaml::from_str(file).unwrap();
+            assert_eq!(error_field(file, &minimal()), field);
+        }
+        // Not checked while leader election is off.
+        let file: FileConfig =
+            crate::yaml::from_str("leaderElection: {enabled: false, leaseName: Lease_1}").unwrap();
+        assert!(Config::resolve(file, &minimal()).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+pub mod leader;
 mod secret;
 mod source;
 mod status;
