@@ -59,6 +59,21 @@ impl TestIssuer {
         }
     }
 
+    /// `header.claims.signature`, RS256-signed with this key whatever `header` says: for tokens
+    /// that play the attacker (foreign `alg`, `jwk` or `kid` headers).
+    pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, Algorithm::RS256)
+                .expect("sign a test token");
+        format!("{message}.{signature}")
+    }
+
     /// `claims` signed RS256 under this key's `kid`.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);

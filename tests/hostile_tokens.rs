@@ -11,19 +11,18 @@
 mod support;
 
 use aws_lc_rs::{
-    encoding::AsDer,
     hmac,
     rand::SystemRandom,
-    rsa::KeySize,
-    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair},
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use kubeconfig_operator::testing::TestIssuer;
 use serde_json::{Value, json};
 use support::{
     Client, cluster, id_token, id_token_for_client, id_token_short_lived, kubectl,
     operator::{Issuer, Operator},
     requests::{apply_request, http_get, http_get_kubeconfig, put_token_secret, wait_for_reason},
-    tokens::{b64, sign_rs256},
+    tokens::b64,
 };
 
 fn segments(token: &str) -> (String, Value, String) {
@@ -35,20 +34,20 @@ fn segments(token: &str) -> (String, Value, String) {
 }
 
 struct Attacker {
-    rsa: RsaKeyPair,
+    rsa: TestIssuer,
     ec: EcdsaKeyPair,
 }
 
 impl Attacker {
     fn new() -> Self {
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
+        let rsa = TestIssuer::generate("attacker");
         let ec =
             EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("generate an EC key");
         Self { rsa, ec }
     }
 
     fn rs256(&self, header: &Value, payload: &Value) -> String {
-        sign_rs256(&self.rsa, header, payload)
+        self.rsa.sign_raw(header, payload)
     }
 
     fn es256(&self, header: &Value, payload: &Value) -> String {
@@ -66,39 +65,10 @@ impl Attacker {
 
     /// The attacker's public key as a JWK, for `jwk` headers.
     fn public_jwk(&self, kid: &str) -> Value {
-        let der = self.rsa.public_key().as_der().expect("public key DER");
-        let (n, e) = rsa_public_components(der.as_ref());
-        json!({"kty": "RSA", "kid": kid, "n": b64(&n), "e": b64(&e), "use": "sig", "alg": "RS256"})
+        let mut jwk = serde_json::to_value(&self.rsa.jwk).expect("a JWK is JSON");
+        jwk["kid"] = json!(kid);
+        jwk
     }
-}
-
-/// Reads n and e out of a PKCS#1 RSAPublicKey or an X.509 SubjectPublicKeyInfo.
-fn rsa_public_components(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    fn read(der: &[u8]) -> (u8, &[u8], &[u8]) {
-        let tag = der[0];
-        let (len, header) = match der[1] {
-            short if short < 0x80 => (short as usize, 2),
-            long => {
-                let count = (long & 0x7f) as usize;
-                let len = der[2..2 + count]
-                    .iter()
-                    .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-                (len, 2 + count)
-            }
-        };
-        (tag, &der[header..header + len], &der[header + len..])
-    }
-    let (_, mut body, _) = read(der);
-    if body[0] == 0x30 {
-        // SubjectPublicKeyInfo: skip the algorithm, open the bit string.
-        let (_, _, rest) = read(body);
-        let (_, bits, _) = read(rest);
-        let (_, inner, _) = read(&bits[1..]);
-        body = inner;
-    }
-    let (_, n, rest) = read(body);
-    let (_, e, _) = read(rest);
-    (n.to_vec(), e.to_vec())
 }
 
 /// DER of a SubjectPublicKeyInfo for an RSA key, to try it as an HMAC secret.
