@@ -19,6 +19,7 @@ mod download;
 mod limits;
 mod listener;
 mod probes;
+pub mod proxy;
 #[cfg(test)]
 mod test_fixtures;
 
