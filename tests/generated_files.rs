@@ -30,9 +30,9 @@ fn checked_in_crd_equals_the_generated_one() {
 /// (API group, resource, verb) triples.
 type Permissions = BTreeSet<(String, String, String)>;
 
-fn role_permissions() -> Permissions {
+fn role_permissions(path: &str) -> Permissions {
     let role: serde_yaml::Value =
-        serde_yaml::from_str(&repo_file("config/rbac/role.yaml")).expect("role.yaml is YAML");
+        serde_yaml::from_str(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     let strings = |value: &serde_yaml::Value| -> Vec<String> {
         value
             .as_sequence()
@@ -54,13 +54,14 @@ fn role_permissions() -> Permissions {
     permissions
 }
 
-fn readme_permissions() -> Permissions {
+/// The README table between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->`.
+fn readme_permissions(marker: &str) -> Permissions {
     let readme = repo_file("README.md");
     let table = readme
-        .split("<!-- permissions:begin -->")
+        .split(&format!("<!-- {marker}:begin -->"))
         .nth(1)
-        .and_then(|rest| rest.split("<!-- permissions:end -->").next())
-        .expect("README has a permissions table between its markers");
+        .and_then(|rest| rest.split(&format!("<!-- {marker}:end -->")).next())
+        .unwrap_or_else(|| panic!("README has a {marker} table between its markers"));
     let mut permissions = Permissions::new();
     for row in table.lines().filter(|line| line.starts_with('|')).skip(2) {
         let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
@@ -77,20 +78,41 @@ fn readme_permissions() -> Permissions {
     permissions
 }
 
-#[test]
-fn operator_cluster_role_matches_the_permissions_the_readme_declares() {
-    let role = role_permissions();
-    let declared = readme_permissions();
+/// `role` (a ClusterRole file) grants exactly what the README table `marker` declares.
+fn assert_role_matches_readme(role_file: &str, marker: &str) -> Permissions {
+    let role = role_permissions(role_file);
+    let declared = readme_permissions(marker);
     let undeclared: Vec<_> = role.difference(&declared).collect();
     let unused: Vec<_> = declared.difference(&role).collect();
     assert!(
         undeclared.is_empty(),
-        "config/rbac grants permissions the README does not declare: {undeclared:?}"
+        "{role_file} grants permissions the README does not declare: {undeclared:?}"
     );
     assert!(
         unused.is_empty(),
-        "the README declares permissions config/rbac does not grant: {unused:?}"
+        "the README declares permissions {role_file} does not grant: {unused:?}"
     );
+    role
+}
+
+#[test]
+fn proxy_cluster_role_only_impersonates_users_and_groups_as_the_readme_declares() {
+    let role = assert_role_matches_readme("config/proxy/role.yaml", "proxy-permissions");
+    assert!(
+        role.iter().all(|(_, _, verb)| verb == "impersonate"),
+        "the proxy may only impersonate: {role:?}"
+    );
+    assert!(
+        !role
+            .iter()
+            .any(|(_, resource, _)| resource == "serviceaccounts" || resource == "*"),
+        "the proxy may not impersonate ServiceAccounts or everything: {role:?}"
+    );
+}
+
+#[test]
+fn operator_cluster_role_matches_the_permissions_the_readme_declares() {
+    let role = assert_role_matches_readme("config/rbac/role.yaml", "permissions");
     assert!(
         !role.iter().any(|(_, _, verb)| verb == "*"),
         "no wildcard verbs"
