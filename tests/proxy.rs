@@ -756,3 +756,121 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
             .contains("kubeconfig_operator_proxy_upgraded_streams 0")
     });
 }
+
+/// The harness has no kubelet, so no exec or port-forward session can open. What it can show is
+/// who the API server authorizes the upgrade as: bob, who may read the pod but not exec into it,
+/// gets the API server's 403 naming him; alice, who may, gets past authorization to the API
+/// server's own complaint that the pod has no node. Without impersonation on the upgrade the
+/// API server would see the proxy's ServiceAccount and refuse both alike.
+#[test]
+fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-exec");
+    let n = ns.name.as_str();
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "target", "namespace": n},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "main", "image": "registry.invalid/none:1"}],
+        },
+    });
+    let manifest = write_temp(&pod.to_string());
+    kubectl(
+        cluster,
+        &["create", "-f", manifest.path().to_str().unwrap()],
+    );
+    // kubectl port-forward refuses a pod that is not Running before it dials.
+    kubectl(
+        cluster,
+        &[
+            "patch",
+            "pod",
+            "target",
+            "-n",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ],
+    );
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "role",
+            "read-pods",
+            "--verb=get,list",
+            "--resource=pods",
+            "-n",
+            n,
+        ],
+    );
+    // WebSocket upgrades are GETs, SPDY ones POSTs: kube-apiserver 1.33 authorizes them as get
+    // and create on the subresource.
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "role",
+            "exec",
+            "--verb=get,create",
+            "--resource=pods/exec,pods/portforward",
+            "-n",
+            n,
+        ],
+    );
+    for (role, user) in [
+        ("read-pods", &cluster.alice_username),
+        ("read-pods", &cluster.bob_username),
+        ("exec", &cluster.alice_username),
+    ] {
+        kubectl(
+            cluster,
+            &[
+                "create",
+                "rolebinding",
+                &format!("{role}-{}", user.replace(['@', '.'], "-")),
+                &format!("--role={role}"),
+                &format!("--user={user}"),
+                "-n",
+                n,
+            ],
+        );
+    }
+    let proxied = Proxied::start(cluster, n);
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let bob = proxied.kubeconfig_for(&id_token(cluster, "bob"), "bob.kubeconfig");
+    let exec = ["exec", "target", "-n", n, "--", "true"];
+    let port_forward = [
+        "port-forward",
+        "pod/target",
+        "-n",
+        n,
+        "--address=127.0.0.1",
+        "0:80",
+    ];
+
+    for args in [&exec[..], &port_forward] {
+        let refused = kubectl_with(&bob, args).unwrap_err();
+        assert!(
+            refused.contains(&format!("User \"{}\" cannot", cluster.bob_username))
+                && (refused.contains("pods/exec") || refused.contains("pods/portforward")),
+            "{refused}"
+        );
+        let authorized = kubectl_with(&alice, args).unwrap_err();
+        assert!(
+            authorized.contains("does not have a host assigned") && !authorized.contains("cannot"),
+            "{authorized}"
+        );
+    }
+    let metrics = proxied.metrics();
+    for series in [
+        r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="403"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="400"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing in\n{metrics}");
+    }
+}
