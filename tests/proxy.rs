@@ -594,6 +594,16 @@ fn smuggled_identity_headers_gain_nothing() {
             "{name}: a token came back"
         );
     }
+    // Nor can the proxy be used as a tunnel.
+    let tunnel = proxied.raw(
+        format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n{as_alice}\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(2),
+    );
+    assert!(
+        tunnel.starts_with("HTTP/1.1 405 ") && tunnel.contains("does not open tunnels"),
+        "{tunnel}"
+    );
 }
 
 #[test]

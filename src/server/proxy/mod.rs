@@ -149,6 +149,17 @@ async fn handle(
         Err(refused) => return (None, refused),
     };
     let user = Some(identity.username.clone());
+    // The API server has no use for CONNECT; refusing it keeps tunnels out of the proxy.
+    if parts.method == Method::CONNECT {
+        return (
+            user,
+            refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the proxy does not open tunnels",
+            ),
+        );
+    }
     // 2. Nobody chooses whom the proxy impersonates but the proxy.
     if let Some(name) = headers::client_impersonation(&parts.headers) {
         let message = format!(

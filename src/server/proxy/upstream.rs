@@ -194,6 +194,22 @@ fn read_token(file: &std::path::Path) -> Result<HeaderValue, String> {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_rotated_token_is_used_after_the_next_refresh_and_a_broken_file_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first").unwrap();
+        let credential = Credential::load(file.clone()).unwrap();
+        credential.keep_fresh();
+        std::fs::write(&file, "second").unwrap();
+        assert_eq!(credential.current().await, "Bearer first");
+        tokio::time::sleep(CREDENTIAL_REFRESH + Duration::from_secs(1)).await;
+        assert_eq!(credential.current().await, "Bearer second");
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(CREDENTIAL_REFRESH).await;
+        assert_eq!(credential.current().await, "Bearer second");
+    }
+
     #[test]
     fn the_token_file_is_trimmed_and_refused_when_empty() {
         let file = tempfile::NamedTempFile::new().unwrap();
