@@ -884,3 +884,55 @@ fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
         assert!(metrics.contains(series), "{series} missing in\n{metrics}");
     }
 }
+
+/// The README's benchmark row: `kubectl get` through the proxy against `kubectl get` with the
+/// same token straight at the API server, interleaved in one run so both see the same machine
+/// load. Printed (`--nocapture`); the bound only catches a proxy gone badly wrong (a handshake
+/// or a token check per request that takes longer than kubectl itself).
+#[test]
+fn kubectl_get_through_the_proxy_against_directly() {
+    const ROUNDS: usize = 15;
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-bench");
+    let_alice_use_configmaps(cluster, &ns.name);
+    let proxied = Proxied::start(cluster, &ns.name);
+    let token = id_token(cluster, "alice");
+    let alice = proxied.kubeconfig_for(&token, "alice.kubeconfig");
+    let cache = |name: &str| format!("--cache-dir={}", proxied.dir.path().join(name).display());
+    let (direct_cache, proxy_cache) = (cache("direct-cache"), cache("proxy-cache"));
+    let get = ["get", "configmaps", "-n", ns.name.as_str(), "-o", "name"];
+    let timed = |run: &dyn Fn() -> Result<String, String>| {
+        let started = std::time::Instant::now();
+        run().unwrap();
+        started.elapsed()
+    };
+    let direct_run = || {
+        let mut args = vec![direct_cache.as_str()];
+        args.extend_from_slice(&get);
+        kubectl_as_token(cluster, &token, &args)
+    };
+    let proxy_run = || {
+        let mut args = vec![proxy_cache.as_str()];
+        args.extend_from_slice(&get);
+        kubectl_with(&alice, &args)
+    };
+    // Warm-up: discovery caches, pooled connections.
+    timed(&direct_run);
+    timed(&proxy_run);
+    let (mut direct, mut proxy) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        direct.push(timed(&direct_run));
+        proxy.push(timed(&proxy_run));
+    }
+    direct.sort();
+    proxy.sort();
+    let (direct, proxy) = (direct[ROUNDS / 2], proxy[ROUNDS / 2]);
+    let ratio = proxy.as_secs_f64() / direct.as_secs_f64();
+    eprintln!(
+        "kubectl get, median of {ROUNDS}: through the proxy {proxy:?}, directly {direct:?}, ratio {ratio:.2}"
+    );
+    assert!(
+        ratio < 3.0,
+        "through the proxy {proxy:?}, directly {direct:?}"
+    );
+}
