@@ -83,10 +83,33 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|token| !token.is_empty())
 }
 
-/// Replaces every `Authorization` header with the proxy's own credential.
+/// kube-apiserver also reads a bearer token from a WebSocket subprotocol of this prefix (for
+/// browsers, which cannot set `Authorization` on a WebSocket).
+const SUBPROTOCOL_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// Replaces every `Authorization` header with the proxy's own credential, and removes any bearer
+/// token the client put among its WebSocket subprotocols: no credential of the client's travels
+/// on, so the API server has no second identity to fall back to.
 pub(super) fn set_credential(headers: &mut HeaderMap, credential: HeaderValue) {
     headers.remove(header::AUTHORIZATION);
     headers.insert(header::AUTHORIZATION, credential);
+    let protocols: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty() && !protocol.starts_with(SUBPROTOCOL_BEARER_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if protocols.is_empty() {
+        return;
+    }
+    // Each part came out of a valid header value, so the joined one is valid too.
+    if let Ok(value) = HeaderValue::from_str(&protocols.join(", ")) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
 }
 
 /// A name kube-apiserver would not receive as sent: HTTP header values cannot carry control
@@ -216,6 +239,27 @@ mod tests {
         set_credential(&mut map, HeaderValue::from_static("Bearer proxy"));
         let values: Vec<_> = map.get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(values, ["Bearer proxy"]);
+    }
+
+    #[test]
+    fn bearer_tokens_among_websocket_subprotocols_are_removed() {
+        let mut map = headers(&[
+            (
+                "sec-websocket-protocol",
+                "base64url.bearer.authorization.k8s.io.YWRtaW4, v5.channel.k8s.io",
+            ),
+            ("sec-websocket-protocol", "v4.channel.k8s.io"),
+        ]);
+        set_credential(&mut map, HeaderValue::from_static("Bearer proxy"));
+        let protocols: Vec<_> = map.get_all("sec-websocket-protocol").iter().collect();
+        assert_eq!(protocols, ["v5.channel.k8s.io, v4.channel.k8s.io"]);
+
+        let mut map = headers(&[(
+            "sec-websocket-protocol",
+            "base64url.bearer.authorization.k8s.io.YWRtaW4",
+        )]);
+        set_credential(&mut map, HeaderValue::from_static("Bearer proxy"));
+        assert!(!map.contains_key("sec-websocket-protocol"));
     }
 
     #[test]

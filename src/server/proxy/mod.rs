@@ -7,7 +7,8 @@
 //!    reason, or 503 if the issuer is unreachable);
 //! 2. a request carrying `Impersonate-*` headers of its own gets 403;
 //! 3. hop-by-hop headers and every header named in `Connection` are dropped;
-//! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token);
+//! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
+//!    a bearer token among the WebSocket subprotocols is removed;
 //! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`) are
 //!    added for the verified identity.
 //!
