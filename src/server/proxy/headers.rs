@@ -3,6 +3,8 @@
 //! proxy's credential, and impersonate the verified user. Pure functions over a `HeaderMap`, so
 //! each rule is tested here without a network.
 
+use std::net::IpAddr;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::token::Identity;
@@ -86,6 +88,20 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// kube-apiserver also reads a bearer token from a WebSocket subprotocol of this prefix (for
 /// browsers, which cannot set `Authorization` on a WebSocket).
 const SUBPROTOCOL_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// Says who the client is, for the API server's audit log (`sourceIPs` reads `X-Forwarded-For`,
+/// then `X-Real-Ip`): the address the connection came from, replacing whatever the client
+/// claimed, since the proxy is where requests enter.
+pub(super) fn set_forwarded_for(headers: &mut HeaderMap, client: Option<IpAddr>) {
+    headers.remove("x-forwarded-for");
+    headers.remove("x-real-ip");
+    if let Some(client) = client {
+        // An address always makes a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+}
 
 /// Replaces every `Authorization` header with the proxy's own credential, and removes any bearer
 /// token the client put among its WebSocket subprotocols: no credential of the client's travels
@@ -239,6 +255,19 @@ mod tests {
         set_credential(&mut map, HeaderValue::from_static("Bearer proxy"));
         let values: Vec<_> = map.get_all(header::AUTHORIZATION).iter().collect();
         assert_eq!(values, ["Bearer proxy"]);
+    }
+
+    #[test]
+    fn the_forwarded_for_address_is_the_connections_not_the_clients_claim() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-for", "10.8.8.8"),
+            ("x-real-ip", "10.7.7.7"),
+        ]);
+        set_forwarded_for(&mut map, Some("192.0.2.1".parse().unwrap()));
+        let forwarded: Vec<_> = map.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(forwarded, ["192.0.2.1"]);
+        assert!(!map.contains_key("x-real-ip"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod upgrade;
 mod upstream;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -118,7 +118,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response<
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(address)| address.ip());
-    let (user, response) = handle(&proxy, parts, body, upgrade).await;
+    let (user, response) = handle(&proxy, parts, body, upgrade, client).await;
     let code = response.status().as_u16();
     proxy
         .http
@@ -143,6 +143,7 @@ async fn handle(
     mut parts: Parts,
     body: Body,
     upgrade: Option<HeaderValue>,
+    client: Option<IpAddr>,
 ) -> (Option<String>, Response<Body>) {
     // 1. Who is asking.
     let identity = match Authenticated::from_request_parts(&mut parts, &proxy.http).await {
@@ -171,6 +172,7 @@ async fn handle(
     // 3. Connection-level headers stay on this hop.
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    headers::set_forwarded_for(&mut parts.headers, client);
     // 4. The proxy's own credential...
     headers::set_credential(&mut parts.headers, proxy.credential.current().await);
     // 5. ...acting as the user.
