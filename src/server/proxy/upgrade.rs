@@ -78,7 +78,10 @@ pub(super) async fn forward(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     parts.headers.insert(header::UPGRADE, upgrade);
-    // Upgrade requests carry no body (a GET, or kubectl's POST for exec with none).
+    // Upgrade requests carry no body (a GET, or kubectl's POST for exec with none); one that
+    // announced a body is sent without it, so the API server does not wait for bytes that
+    // never come.
+    parts.headers.remove(header::CONTENT_LENGTH);
     let request = Request::from_parts(parts, Body::empty());
 
     let mut response = match sender.send_request(request).await {
