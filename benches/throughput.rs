@@ -19,34 +19,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::KeySize,
-    signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair},
-};
 use axum::body::Body;
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use kubeconfig_operator::{
-    config::{KubeconfigSettings, OidcConfig, Strictness},
-    jwks::KeySet,
+    config::KubeconfigSettings,
     kubeconfig,
     metrics::Metrics,
     server::{HttpState, KUBE_CONFIG_ROUTE, router},
-    token::{IdToken, Verifier},
+    testing,
+    token::IdToken,
 };
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
-const ISSUER: &str = "https://dex.example.com/dex";
-const CLIENT: &str = "kubeconfig-operator";
-const KID: &str = "issuer-rsa";
 const ROUNDS: usize = 9;
 const WARM_UP: Duration = Duration::from_millis(300);
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// Median ns/op over ROUNDS rounds of `iterations` calls each, after a warm-up. `round` runs the
 /// operation `n` times (so async code can run a whole round inside one `block_on`).
@@ -80,62 +68,17 @@ fn main() {
         .build()
         .unwrap();
 
-    // Issuer key and a token valid for an hour.
-    let key = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-    let public = key.public_key();
-    let n = b64(public.modulus().big_endian_without_leading_zero());
-    let e = b64(public.exponent().big_endian_without_leading_zero());
-    let jwks: JwkSet = serde_json::from_value(json!({"keys": [{
-        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID, "n": n, "e": e,
-    }]}))
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let header = b64(json!({"alg": "RS256", "kid": KID, "typ": "JWT"})
-        .to_string()
-        .as_bytes());
-    let payload = b64(json!({
-        "iss": ISSUER, "aud": CLIENT, "exp": now + 3600, "iat": now - 60, "sub": "CiQwOGE4",
-        "email": "jane@example.com", "email_verified": true, "groups": ["dev", "ops"],
-    })
-    .to_string()
-    .as_bytes());
-    let signing_input = format!("{header}.{payload}");
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(
-        &RSA_PKCS1_SHA256,
-        &SystemRandom::new(),
-        signing_input.as_bytes(),
-        &mut signature,
-    )
-    .unwrap();
-    let token = IdToken::from(format!("{signing_input}.{}", b64(&signature)));
-
-    let config = OidcConfig {
-        issuer_url: ISSUER.parse().unwrap(),
-        issuer: ISSUER.into(),
-        client_id: CLIENT.into(),
-        username_claim: "email".into(),
-        username_prefix: "oidc:".into(),
-        groups_claim: Some("groups".into()),
-        groups_prefix: "oidc:".into(),
-        ca_file: None,
-        algorithms: vec![Algorithm::RS256],
-        strictness: Strictness::default(),
-    };
-    let verifier = Arc::new(Verifier::with_keys(
-        config,
-        KeySet::from_static(&jwks, &[Algorithm::RS256]),
-    ));
+    // The shared test issuer (src/testing.rs) and a token valid for an hour.
+    let issuer = testing::issuer();
+    let token = IdToken::from(issuer.token_for("jane@example.com", &["dev", "ops"], 3600));
+    let verifier = Arc::new(issuer.verifier());
     // Sanity: every path below succeeds, or the figures would time an error path.
     runtime
         .block_on(verifier.verify(&token))
         .expect("the benchmark token verifies");
 
     // (a) verify vs bare jsonwebtoken::decode.
-    let decoding_key = DecodingKey::from_rsa_components(&n, &e).unwrap();
+    let decoding_key = DecodingKey::from_jwk(&issuer.jwk).unwrap();
     let mut minimal = Validation::new(Algorithm::RS256);
     minimal.validate_aud = false;
     jsonwebtoken::decode::<Map<String, Value>>(token.expose(), &decoding_key, &minimal)
@@ -173,7 +116,7 @@ fn main() {
     let settings = KubeconfigSettings {
         cluster_name: "local-cluster".into(),
         server: "https://127.0.0.1:6443".into(),
-        ca_pem: Some(ca_pem.to_vec()),
+        ca: kubeconfig_operator::ca::CaBundle::fixed(Some(ca_pem.to_vec())),
         user_name: "OIDCUser".into(),
         default_namespace: None,
     };

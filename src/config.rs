@@ -9,6 +9,8 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
+use crate::ca::CaBundle;
+
 /// A day: long enough for a pipeline, short enough that a leaked kubeconfig dies on its own.
 const DEFAULT_MAX_EXPIRATION_SECONDS: i64 = 86_400;
 /// The TokenRequest API refuses shorter lifetimes.
@@ -56,6 +58,8 @@ pub struct FileConfig {
     pub controller: FileController,
     /// Present (with `listen`) to serve the authenticating API server proxy.
     pub proxy: Option<FileProxy>,
+    #[serde(default)]
+    pub leader_election: FileLeaderElection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +75,14 @@ pub struct FileProxy {
     pub token_file: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub stream_idle_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileLeaderElection {
+    pub enabled: Option<bool>,
+    pub lease_name: Option<String>,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +243,15 @@ pub struct ConfigArgs {
     /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed [file: proxy.streamIdleTimeoutSeconds; default 14400, kubelet's].
     #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_STREAM_IDLE_TIMEOUT_SECONDS")]
     pub proxy_stream_idle_timeout_seconds: Option<u64>,
+    /// Run the controller only while holding a Lease, so that of several replicas exactly one reconciles (all serve HTTP) [file: leaderElection.enabled; default true in a pod, false elsewhere].
+    #[arg(long = "leader-elect", env = "KUBECONFIG_OPERATOR_LEADER_ELECT", num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: Option<bool>,
+    /// Name of the Lease the replicas compete for [file: leaderElection.leaseName; default kubeconfig-operator].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_LEADER_ELECTION_LEASE_NAME")]
+    pub leader_election_lease_name: Option<String>,
+    /// Namespace of that Lease [file: leaderElection.namespace; default the pod's namespace, else kubeconfig-operator].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
 }
 
 /// kubelet's default `--streaming-connection-idle-timeout`.
@@ -244,6 +265,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
+    /// `None` when leader election is off: the controller runs from the start.
+    pub leader_election: Option<LeaderElectionSettings>,
     /// The authenticating API server proxy, when configured.
     pub proxy: Option<ProxyConfig>,
 }
@@ -262,6 +285,43 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     pub stream_idle_timeout: Duration,
 }
+
+/// Where the Lease lives that replicas compete for (see `controller::leader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElectionSettings {
+    pub lease_name: String,
+    pub namespace: String,
+}
+
+/// What the process knows about the pod it runs in, if any: the defaults of leader election
+/// depend on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodEnvironment {
+    pub in_pod: bool,
+    /// The namespace of the pod's ServiceAccount, as the kubelet mounts it.
+    pub namespace: Option<String>,
+}
+
+impl PodEnvironment {
+    /// Inside a pod the kubelet sets `KUBERNETES_SERVICE_HOST` (kube's in-cluster configuration
+    /// reads the same variable) and mounts the ServiceAccount's namespace.
+    pub fn detect() -> Self {
+        const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+        let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+        Self {
+            in_pod,
+            namespace: in_pod
+                .then(|| std::fs::read_to_string(NAMESPACE_FILE).ok())
+                .flatten()
+                .map(|namespace| namespace.trim().to_owned())
+                .filter(|namespace| is_dns_label(namespace)),
+        }
+    }
+}
+
+/// The Lease's name and namespace when nothing else is said: the names `config/default` installs.
+const DEFAULT_LEASE_NAME: &str = "kubeconfig-operator";
+const DEFAULT_LEASE_NAMESPACE: &str = "kubeconfig-operator";
 
 /// What the controller enforces beyond a request's own spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,8 +345,9 @@ pub struct KubeconfigSettings {
     /// The server URL exactly as configured (validated as https), so the kubeconfig shows what
     /// the operator's owner wrote rather than a normalised form.
     pub server: String,
-    /// PEM bytes of the server's CA; `None` leaves kubectl on the system's trust roots.
-    pub ca_pem: Option<Vec<u8>>,
+    /// The server's CA (PEM), followed when it comes from a file; none leaves kubectl on the
+    /// system's trust roots.
+    pub ca: CaBundle,
     pub user_name: String,
     pub default_namespace: Option<String>,
 }
@@ -374,11 +435,22 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Self::resolve(file, args)
+        Self::resolve_in(file, args, &PodEnvironment::detect())
     }
 
     /// Combines file and overrides; separate from `load` so it can be tested without files.
+    /// Defaults are those of a process outside any pod.
     pub fn resolve(file: FileConfig, args: &ConfigArgs) -> Result<Self, ConfigError> {
+        Self::resolve_in(file, args, &PodEnvironment::default())
+    }
+
+    /// As [`Config::resolve`], with the defaults that depend on the pod the process runs in.
+    pub fn resolve_in(
+        file: FileConfig,
+        args: &ConfigArgs,
+        pod: &PodEnvironment,
+    ) -> Result<Self, ConfigError> {
+        let leader_election = leader_election(file.leader_election, args, pod)?;
         let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
         let pick_path =
             |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
@@ -389,7 +461,7 @@ impl Config {
                 pick(&args.cluster_name, file.cluster_name).unwrap_or_else(|| "kubernetes".into()),
             )?,
             server: https_url("server", pick(&args.server, file.server))?.1,
-            ca_pem: ca_pem(
+            ca: ca_bundle(
                 pick(&args.ca_data, file.certificate_authority_data),
                 pick_path(&args.ca_file, file.certificate_authority_file),
             )?,
@@ -532,6 +604,7 @@ impl Config {
                 "watchNamespace",
                 pick(&args.watch_namespace, file.watch_namespace),
             )?,
+            leader_election,
         })
     }
 }
@@ -581,27 +654,21 @@ fn proxy(
         ));
     }
     let upstream_ca_pem = match pick_path(&args.proxy_upstream_ca_file, file.upstream_ca_file) {
-        Some(path) => pem_certificates(
-            "proxy.upstreamCaFile",
-            std::fs::read(&path).map_err(|e| {
-                ConfigError::new("proxy.upstreamCaFile", format!("cannot read {path:?}: {e}"))
-            })?,
-        )?,
-        None => kubeconfig.ca_pem.clone().ok_or_else(|| {
+        Some(path) => read_pem_file("proxy.upstreamCaFile", &path)?,
+        None => kubeconfig.ca.current().map(|pem| pem.to_vec()).ok_or_else(|| {
             ConfigError::new(
                 "proxy.upstreamCaFile",
                 "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
             )
         })?,
     };
-    let ca_pem = match ca_file {
-        Some(path) => Some(pem_certificates(
-            "proxy.caFile",
-            std::fs::read(&path).map_err(|e| {
-                ConfigError::new("proxy.caFile", format!("cannot read {path:?}: {e}"))
-            })?,
-        )?),
-        None => None,
+    // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
+    let ca = match ca_file {
+        Some(path) => {
+            let pem = read_pem_file("proxy.caFile", &path)?;
+            CaBundle::from_file(path, pem)
+        }
+        None => CaBundle::default(),
     };
     // Required rather than defaulting to the pod's own token: the operator's ServiceAccount may
     // read Secrets, and the proxy must act with nothing but the right to impersonate.
@@ -629,7 +696,7 @@ fn proxy(
     )?;
     let kubeconfig = KubeconfigSettings {
         server: url,
-        ca_pem,
+        ca,
         ..kubeconfig
     };
     Ok((
@@ -644,6 +711,48 @@ fn proxy(
             stream_idle_timeout: Duration::from_secs(idle),
         }),
     ))
+}
+
+/// On by default in a pod, where a Deployment may run several replicas; off elsewhere (a
+/// developer's `make run`), where there is nobody to compete with.
+fn leader_election(
+    file: FileLeaderElection,
+    args: &ConfigArgs,
+    pod: &PodEnvironment,
+) -> Result<Option<LeaderElectionSettings>, ConfigError> {
+    if !args.leader_elect.or(file.enabled).unwrap_or(pod.in_pod) {
+        return Ok(None);
+    }
+    let lease_name = args
+        .leader_election_lease_name
+        .clone()
+        .or(file.lease_name)
+        .unwrap_or_else(|| DEFAULT_LEASE_NAME.into());
+    if !is_dns_subdomain(&lease_name) {
+        return Err(ConfigError::new(
+            "leaderElection.leaseName",
+            format!(
+                "{lease_name:?} is not a Lease name (a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253)"
+            ),
+        ));
+    }
+    let namespace = optional_dns_label(
+        "leaderElection.namespace",
+        args.leader_election_namespace
+            .clone()
+            .or(file.namespace)
+            .or_else(|| pod.namespace.clone()),
+    )?
+    .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.into());
+    Ok(Some(LeaderElectionSettings {
+        lease_name,
+        namespace,
+    }))
+}
+
+/// RFC 1123 subdomain, the rule Kubernetes applies to most object names.
+fn is_dns_subdomain(value: &str) -> bool {
+    value.len() <= 253 && value.split('.').all(is_dns_label)
 }
 
 /// kube-apiserver's `--oidc-username-prefix` rules: unset (or empty, which a flag cannot tell
@@ -684,38 +793,47 @@ fn https_url(field: &str, value: Option<String>) -> Result<(Url, String), Config
     Ok((url, value))
 }
 
-fn ca_pem(data: Option<String>, file: Option<PathBuf>) -> Result<Option<Vec<u8>>, ConfigError> {
-    let pem = match (data, file) {
+fn ca_bundle(data: Option<String>, file: Option<PathBuf>) -> Result<CaBundle, ConfigError> {
+    let (field, pem, file) = match (data, file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
                 "certificateAuthorityData",
                 "set either certificateAuthorityData or certificateAuthorityFile, not both",
             ));
         }
-        (Some(data), None) => base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|e| {
-                ConfigError::new("certificateAuthorityData", format!("is not base64: {e}"))
+        (Some(data), None) => (
+            "certificateAuthorityData",
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| {
+                    ConfigError::new("certificateAuthorityData", format!("is not base64: {e}"))
+                })?,
+            None,
+        ),
+        (None, Some(path)) => (
+            "certificateAuthorityFile",
+            std::fs::read(&path).map_err(|e| {
+                ConfigError::new(
+                    "certificateAuthorityFile",
+                    format!("cannot read {path:?}: {e}"),
+                )
             })?,
-        (None, Some(path)) => std::fs::read(&path).map_err(|e| {
-            ConfigError::new(
-                "certificateAuthorityFile",
-                format!("cannot read {path:?}: {e}"),
-            )
-        })?,
-        (None, None) => return Ok(None),
+            Some(path),
+        ),
+        (None, None) => return Ok(CaBundle::default()),
     };
-    pem_certificates("certificateAuthorityData", pem).map(Some)
+    crate::ca::parse_pem(&pem).map_err(|problem| ConfigError::new(field, problem))?;
+    Ok(match file {
+        Some(path) => CaBundle::from_file(path, pem),
+        None => CaBundle::fixed(Some(pem)),
+    })
 }
 
-/// `pem` if it holds at least one PEM certificate.
-fn pem_certificates(field: &str, pem: Vec<u8>) -> Result<Vec<u8>, ConfigError> {
-    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::new(field, format!("is not PEM: {e}")))?;
-    if certificates.is_empty() {
-        return Err(ConfigError::new(field, "holds no PEM certificate"));
-    }
+/// The PEM certificates in `path`, checked as certificateAuthorityFile is.
+fn read_pem_file(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read {path:?}: {e}")))?;
+    crate::ca::parse_pem(&pem).map_err(|problem| ConfigError::new(field, problem))?;
     Ok(pem)
 }
 
@@ -925,7 +1043,7 @@ mod tests {
         assert_eq!(proxy.token_file, token);
         assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(14_400));
         assert_eq!(config.kubeconfig.server, "https://proxy.example:8443");
-        assert_eq!(config.kubeconfig.ca_pem, None);
+        assert_eq!(config.kubeconfig.ca.current(), None);
 
         let args = ConfigArgs {
             proxy_ca_file: Some(ca.clone()),
@@ -933,7 +1051,10 @@ mod tests {
             ..with_proxy(&ca, &token)
         };
         let config = Config::resolve(FileConfig::default(), &args).unwrap();
-        assert_eq!(config.kubeconfig.ca_pem, Some(std::fs::read(&ca).unwrap()));
+        assert_eq!(
+            config.kubeconfig.ca.current().as_deref(),
+            Some(std::fs::read(&ca).unwrap().as_slice())
+        );
         assert_eq!(config.proxy.unwrap().upstream.as_str(), "https://10.0.0.1/");
     }
 
@@ -1037,7 +1158,7 @@ mod tests {
         assert_eq!(config.oidc.issuer, "https://dex.example/dex");
         assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
         assert!(config.http.tls.is_none());
-        assert!(config.kubeconfig.ca_pem.is_none());
+        assert!(config.kubeconfig.ca.current().is_none());
     }
 
     #[test]
@@ -1377,5 +1498,86 @@ mod tests {
         let error = Config::resolve(file, &minimal()).unwrap_err();
         assert_eq!(error.field, "oidc.leewaySeconds");
         assert!(error.problem.contains("no leeway on exp"), "{error}");
+    }
+
+    #[test]
+    fn leader_election_is_on_in_a_pod_and_off_elsewhere_unless_asked() {
+        let resolve = |file: &str, args: &ConfigArgs, pod: &PodEnvironment| {
+            let file: FileConfig = crate::yaml::from_str(file).unwrap();
+            Config::resolve_in(file, args, pod).map(|config| config.leader_election)
+        };
+        let outside = PodEnvironment::default();
+        let pod = PodEnvironment {
+            in_pod: true,
+            namespace: Some("operators".into()),
+        };
+        assert_eq!(resolve("{}", &minimal(), &outside), Ok(None));
+        let defaults_in_pod = Some(LeaderElectionSettings {
+            lease_name: "kubeconfig-operator".into(),
+            namespace: "operators".into(),
+        });
+        assert_eq!(resolve("{}", &minimal(), &pod), Ok(defaults_in_pod));
+        let off = ConfigArgs {
+            leader_elect: Some(false),
+            ..minimal()
+        };
+        assert_eq!(resolve("{}", &off, &pod), Ok(None));
+        assert_eq!(
+            resolve("leaderElection: {enabled: false}", &minimal(), &pod),
+            Ok(None)
+        );
+        // Asked for outside a pod: the namespace config/default installs into.
+        let on = ConfigArgs {
+            leader_elect: Some(true),
+            ..minimal()
+        };
+        assert_eq!(
+            resolve("{}", &on, &outside),
+            Ok(Some(LeaderElectionSettings {
+                lease_name: "kubeconfig-operator".into(),
+                namespace: "kubeconfig-operator".into(),
+            }))
+        );
+        // The flag wins over the file, the file over the pod.
+        let named = ConfigArgs {
+            leader_election_lease_name: Some("ha.kubeconfig.dev".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            resolve(
+                "leaderElection: {leaseName: from-file, namespace: from-file}",
+                &named,
+                &pod
+            ),
+            Ok(Some(LeaderElectionSettings {
+                lease_name: "ha.kubeconfig.dev".into(),
+                namespace: "from-file".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn leader_election_names_are_checked() {
+        for (file, field) in [
+            (
+                "leaderElection: {enabled: true, leaseName: Lease_1}",
+                "leaderElection.leaseName",
+            ),
+            (
+                "leaderElection: {enabled: true, leaseName: a..b}",
+                "leaderElection.leaseName",
+            ),
+            (
+                "leaderElection: {enabled: true, namespace: a.b}",
+                "leaderElection.namespace",
+            ),
+        ] {
+            let file: FileConfig = crate::yaml::from_str(file).unwrap();
+            assert_eq!(error_field(file, &minimal()), field);
+        }
+        // Not checked while leader election is off.
+        let file: FileConfig =
+            crate::yaml::from_str("leaderElection: {enabled: false, leaseName: Lease_1}").unwrap();
+        assert!(Config::resolve(file, &minimal()).is_ok());
     }
 }

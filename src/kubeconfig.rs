@@ -29,8 +29,8 @@ pub fn render(
             cluster: Some(Cluster {
                 server: Some(settings.server.clone()),
                 certificate_authority_data: settings
-                    .ca_pem
-                    .as_ref()
+                    .ca
+                    .current()
                     .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem)),
                 ..Cluster::default()
             }),
@@ -70,9 +70,9 @@ mod tests {
         KubeconfigSettings {
             cluster_name: "kyma.local".into(),
             server: "https://apiserver.kyma.local:9443".into(),
-            ca_pem: Some(
+            ca: crate::ca::CaBundle::fixed(Some(
                 b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
-            ),
+            )),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         }
@@ -101,7 +101,7 @@ mod tests {
         let ca = base64::engine::general_purpose::STANDARD
             .decode(ca)
             .unwrap();
-        assert_eq!(Some(ca), settings().ca_pem);
+        assert_eq!(Some(ca.as_slice()), settings().ca.current().as_deref());
         assert_eq!(parsed["contexts"][0]["context"]["cluster"], "kyma.local");
         assert_eq!(parsed["contexts"][0]["context"]["user"], "OIDCUser");
         assert!(parsed["contexts"][0]["context"].get("namespace").is_none());
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn without_a_ca_kubectl_uses_system_roots() {
         let no_ca = KubeconfigSettings {
-            ca_pem: None,
+            ca: crate::ca::CaBundle::default(),
             ..settings()
         };
         let yaml = render(&no_ca, &token(), None).unwrap();
@@ -171,7 +171,7 @@ mod tests {
     /// bytes matter: this is the whole file, as `kubectl config view --raw` would print it.
     #[test]
     fn the_rendered_bytes_are_exactly_kubectls_layout() {
-        let ca = base64::engine::general_purpose::STANDARD.encode(settings().ca_pem.unwrap());
+        let ca = base64::engine::general_purpose::STANDARD.encode(settings().ca.current().unwrap());
         let expected = format!(
             "apiVersion: v1
 clusters:

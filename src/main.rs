@@ -9,7 +9,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
     config::{Config, ConfigArgs},
-    controller::{self, Context},
+    controller::{self, Context, leader},
     crd,
     metrics::Metrics,
     server::{self, HttpState, proxy::BoundProxy},
@@ -96,8 +96,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
     let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
+    tokio::spawn(
+        config
+            .kubeconfig
+            .ca
+            .clone()
+            .watch_file(kubeconfig_operator::ca::POLL_INTERVAL),
+    );
     let metrics = Arc::new(Metrics::default());
     let controller_ready = Arc::new(AtomicBool::new(false));
+    let ready_flag = Arc::clone(&controller_ready);
 
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -113,7 +121,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let context = Arc::new(Context::new(
-        client,
+        client.clone(),
         Arc::clone(&verifier),
         config.kubeconfig.clone(),
         config.controller.clone(),
@@ -131,13 +139,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
+    let controller = async {
+        match &config.leader_election {
+            // Every replica serves HTTP; only the Lease's holder runs the controller.
+            Some(settings) => {
+                let elector = leader::Elector::new(client, settings, leader::identity());
+                let watch_namespace = config.watch_namespace.clone();
+                leader::run(elector, on_stop(), controller_ready, move |stop| {
+                    let (context, ready) = (Arc::clone(&context), Arc::clone(&ready_flag));
+                    let watch_namespace = watch_namespace.clone();
+                    async move {
+                        controller::run(context, watch_namespace.as_deref(), ready, stop).await;
+                    }
+                })
+                .await;
+            }
+            None => {
+                controller::run(
+                    context,
+                    config.watch_namespace.as_deref(),
+                    controller_ready,
+                    on_stop(),
+                )
+                .await
+            }
+        }
+    };
     let (_, served, ()) = tokio::join!(
-        controller::run(
-            context,
-            config.watch_namespace.as_deref(),
-            controller_ready,
-            on_stop()
-        ),
+        controller,
         server::serve(&config.http, http_state, on_stop()),
         async {
             if let Some(proxy) = proxy {

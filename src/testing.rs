@@ -6,8 +6,9 @@
 use std::sync::LazyLock;
 
 use aws_lc_rs::{
-    encoding::{AsDer, Pkcs8V1Der},
+    encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
     rsa::{KeyPair, KeySize},
+    signature::KeyPair as _,
 };
 use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
@@ -25,6 +26,8 @@ pub const KID: &str = "test-key";
 pub struct TestIssuer {
     pub encoding: EncodingKey,
     pub jwk: Jwk,
+    /// SubjectPublicKeyInfo DER of the public key, for key-confusion attacks.
+    pub public_der: Vec<u8>,
 }
 
 /// The issuer's key, made once per process: RSA generation is slow in debug builds.
@@ -38,11 +41,16 @@ impl TestIssuer {
     pub fn generate(kid: &str) -> Self {
         let pair = KeyPair::generate(KeySize::Rsa2048).expect("generate an RSA key");
         let pkcs8: Pkcs8V1Der = pair.as_der().expect("export the key as PKCS#8");
+        let public: PublicKeyX509Der = pair.public_key().as_der().expect("export the public key");
         let encoding = EncodingKey::from_rsa_der(&pkcs1_from_pkcs8(pkcs8.as_ref()));
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("key as a JWK");
         jwk.common.key_id = Some(kid.into());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        Self { encoding, jwk }
+        Self {
+            encoding,
+            jwk,
+            public_der: public.as_ref().to_vec(),
+        }
     }
 
     pub fn jwks(&self) -> JwkSet {

@@ -580,9 +580,8 @@ pub(crate) mod tests {
     use std::sync::LazyLock;
 
     use aws_lc_rs::{
-        encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
         rand::SystemRandom,
-        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
     };
     use jsonwebtoken::{
         EncodingKey, Header,
@@ -612,18 +611,11 @@ pub(crate) mod tests {
     }
 
     fn rsa_key(kid: &str) -> TestKey {
-        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let pkcs8: Pkcs8V1Der = pair.as_der().unwrap();
-        let encoding = EncodingKey::from_rsa_der(&crate::testing::pkcs1_from_pkcs8(pkcs8.as_ref()));
-        let public: PublicKeyX509Der = pair.public_key().as_der().unwrap();
-        let jwk = with_kid(
-            Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap(),
-            kid,
-        );
+        let key = crate::testing::TestIssuer::generate(kid);
         TestKey {
-            encoding,
-            jwk,
-            public_der: public.as_ref().to_vec(),
+            encoding: key.encoding,
+            jwk: key.jwk,
+            public_der: key.public_der,
         }
     }
 

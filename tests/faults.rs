@@ -367,9 +367,9 @@ fn metrics(operator: &Operator) -> String {
     response.body
 }
 
-/// Counts of `... Secret written` log lines (each is one write of a kubeconfig Secret).
+/// Counts of `kubeconfig Secret written` log events (each is one write of a kubeconfig Secret).
 fn secrets_written(operator: &Operator) -> usize {
-    operator.logs().matches("kubeconfig Secret written").count()
+    operator.log_events_with("kubeconfig Secret written").len()
 }
 
 /// The process is alive (not exited, not a zombie), still answers `/healthz`, and never
@@ -435,33 +435,12 @@ fn wait_until_quiet(operator: &Operator, still: Duration, timeout: Duration) -> 
     }
 }
 
-/// The log without terminal colour codes (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `reconcile failed` log lines by request name.
-fn failures_by_request(log: &str) -> BTreeMap<String, usize> {
+/// `reconcile failed` log events by request name.
+fn failures_by_request(events: &[Value]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    let log = strip_ansi(log);
-    for line in log.lines().filter(|l| l.contains("reconcile failed")) {
-        if let Some(rest) = line.split("reconcile failed request=").nth(1) {
-            let name = rest.split_whitespace().next().unwrap_or("").to_owned();
-            *out.entry(name).or_insert(0) += 1;
-        }
+    for event in events.iter().filter(|e| e["message"] == "reconcile failed") {
+        let name = event["request"].as_str().unwrap_or_default().to_owned();
+        *out.entry(name).or_insert(0) += 1;
     }
     out
 }
@@ -954,12 +933,12 @@ fn slow_and_failing_api_server() {
         },
     );
     let at_outage = metrics(&operator);
-    let log_at_outage = operator.logs().len();
+    let events_at_outage = operator.log_events().len();
     let connections_before = proxy.connections();
     proxy.set_dropping(true);
     thread::sleep(OUTAGE);
     let after = metrics(&operator);
-    let outage_log = operator.logs()[log_at_outage..].to_owned();
+    let outage_events = operator.log_events().split_off(events_at_outage);
     let connections_during = proxy.connections() - connections_before;
     let dropped = proxy.dropped_connections();
     proxy.set_dropping(false);
@@ -971,7 +950,7 @@ fn slow_and_failing_api_server() {
     println!(
         "outage of {OUTAGE:?}: {attempts} reconcile attempts started, {errors} reconcile errors, {connections_during} connections to the proxy ({dropped} dropped)"
     );
-    let failures_by_request = failures_by_request(&outage_log);
+    let failures_by_request = failures_by_request(&outage_events);
     println!("failed reconciliations during the outage, by request: {failures_by_request:?}");
     assert_eq!(
         failures_by_request.keys().collect::<Vec<_>>(),

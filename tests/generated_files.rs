@@ -30,9 +30,11 @@ fn checked_in_crd_equals_the_generated_one() {
 /// (API group, resource, verb) triples.
 type Permissions = BTreeSet<(String, String, String)>;
 
-fn role_permissions(path: &str) -> Permissions {
+/// The rules of `path` (a ClusterRole or Role of `kind`).
+fn role_permissions(path: &str, kind: &str) -> Permissions {
     let role: serde_yaml::Value =
         serde_yaml::from_str(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(role["kind"].as_str(), Some(kind), "{path} is a {kind}");
     let strings = |value: &serde_yaml::Value| -> Vec<String> {
         value
             .as_sequence()
@@ -54,14 +56,14 @@ fn role_permissions(path: &str) -> Permissions {
     permissions
 }
 
-/// The README table between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->`.
+/// The table between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->` in the README.
 fn readme_permissions(marker: &str) -> Permissions {
     let readme = repo_file("README.md");
     let table = readme
         .split(&format!("<!-- {marker}:begin -->"))
         .nth(1)
         .and_then(|rest| rest.split(&format!("<!-- {marker}:end -->")).next())
-        .unwrap_or_else(|| panic!("README has a {marker} table between its markers"));
+        .unwrap_or_else(|| panic!("README has a table between its {marker} markers"));
     let mut permissions = Permissions::new();
     for row in table.lines().filter(|line| line.starts_with('|')).skip(2) {
         let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
@@ -78,26 +80,66 @@ fn readme_permissions(marker: &str) -> Permissions {
     permissions
 }
 
-/// `role` (a ClusterRole file) grants exactly what the README table `marker` declares.
-fn assert_role_matches_readme(role_file: &str, marker: &str) -> Permissions {
-    let role = role_permissions(role_file);
-    let declared = readme_permissions(marker);
-    let undeclared: Vec<_> = role.difference(&declared).collect();
-    let unused: Vec<_> = declared.difference(&role).collect();
+fn assert_same(role: &Permissions, declared: &Permissions, path: &str) {
+    let undeclared: Vec<_> = role.difference(declared).collect();
+    let unused: Vec<_> = declared.difference(role).collect();
     assert!(
         undeclared.is_empty(),
-        "{role_file} grants permissions the README does not declare: {undeclared:?}"
+        "{path} grants permissions the README does not declare: {undeclared:?}"
     );
     assert!(
         unused.is_empty(),
-        "the README declares permissions {role_file} does not grant: {unused:?}"
+        "the README declares permissions {path} does not grant: {unused:?}"
     );
-    role
+    assert!(
+        !role.iter().any(|(_, _, verb)| verb == "*"),
+        "no wildcard verbs in {path}"
+    );
+    assert!(
+        !role.iter().any(|(_, resource, _)| resource == "*"),
+        "no wildcard resources in {path}"
+    );
+}
+
+#[test]
+fn operator_cluster_role_matches_the_permissions_the_readme_declares() {
+    let path = "config/rbac/role.yaml";
+    let role = role_permissions(path, "ClusterRole");
+    assert_same(&role, &readme_permissions("permissions"), path);
+    assert!(
+        !role
+            .iter()
+            .any(|(group, _, _)| group == "coordination.k8s.io"),
+        "Leases belong to the leader-election Role in the operator's namespace, not the ClusterRole"
+    );
+}
+
+#[test]
+fn leader_election_role_matches_the_permissions_the_readme_declares() {
+    let path = "config/rbac/leader_election_role.yaml";
+    let role = role_permissions(path, "Role");
+    assert_same(
+        &role,
+        &readme_permissions("leader-election-permissions"),
+        path,
+    );
+    let kustomization = repo_file("config/rbac/kustomization.yaml");
+    for file in [
+        "leader_election_role.yaml",
+        "leader_election_role_binding.yaml",
+    ] {
+        assert!(
+            kustomization.contains(file),
+            "config/rbac/kustomization.yaml installs {file}"
+        );
+    }
 }
 
 #[test]
 fn proxy_cluster_role_only_impersonates_users_and_groups_as_the_readme_declares() {
-    let role = assert_role_matches_readme("config/proxy/role.yaml", "proxy-permissions");
+    let path = "config/proxy/role.yaml";
+    let role = role_permissions(path, "ClusterRole");
+    assert_same(&role, &readme_permissions("proxy-permissions"), path);
     assert!(
         role.iter().all(|(_, _, verb)| verb == "impersonate"),
         "the proxy may only impersonate: {role:?}"
@@ -105,20 +147,7 @@ fn proxy_cluster_role_only_impersonates_users_and_groups_as_the_readme_declares(
     assert!(
         !role
             .iter()
-            .any(|(_, resource, _)| resource == "serviceaccounts" || resource == "*"),
-        "the proxy may not impersonate ServiceAccounts or everything: {role:?}"
-    );
-}
-
-#[test]
-fn operator_cluster_role_matches_the_permissions_the_readme_declares() {
-    let role = assert_role_matches_readme("config/rbac/role.yaml", "permissions");
-    assert!(
-        !role.iter().any(|(_, _, verb)| verb == "*"),
-        "no wildcard verbs"
-    );
-    assert!(
-        !role.iter().any(|(_, resource, _)| resource == "*"),
-        "no wildcard resources"
+            .any(|(_, resource, _)| resource == "serviceaccounts"),
+        "the proxy may not impersonate ServiceAccounts: {role:?}"
     );
 }

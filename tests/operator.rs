@@ -381,29 +381,14 @@ fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
         "token",
         "whatever-the-admin-keeps-here",
     );
-    kubectl(
+    support::grant(
         cluster,
-        &[
-            "create",
-            "role",
-            "request-maker",
-            "-n",
-            &ns.name,
-            "--verb=create,get,list",
-            "--resource=kubeconfigrequests.kubeconfig.dev",
-        ],
-    );
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "bob-requests",
-            "-n",
-            &ns.name,
-            "--role=request-maker",
-            &format!("--user={}", cluster.bob_username),
-        ],
+        &ns.name,
+        "request-maker",
+        &cluster.bob_username,
+        "create,get,list",
+        "kubeconfigrequests.kubeconfig.dev",
+        &[],
     );
     let bob = id_token(cluster, "bob");
     let manifest = write_temp(&format!(
@@ -425,30 +410,14 @@ fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
         || create().is_err_and(|refused| refused.contains("may not get Secret admin-token")),
     );
 
-    kubectl(
+    support::grant(
         cluster,
-        &[
-            "create",
-            "role",
-            "read-admin-token",
-            "-n",
-            &ns.name,
-            "--verb=get",
-            "--resource=secrets",
-            "--resource-name=admin-token",
-        ],
-    );
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "bob-reads",
-            "-n",
-            &ns.name,
-            "--role=read-admin-token",
-            &format!("--user={}", cluster.bob_username),
-        ],
+        &ns.name,
+        "read-admin-token",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &["admin-token"],
     );
     support::eventually(
         Duration::from_secs(30),

@@ -209,19 +209,6 @@ fn let_alice_use_configmaps(cluster: &Cluster, namespace: &str) {
     );
 }
 
-/// The log with the terminal colour codes the text format adds taken out.
-fn without_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut rest = log;
-    while let Some(start) = rest.find('\x1b') {
-        plain.push_str(&rest[..start]);
-        rest = &rest[start..];
-        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
-    }
-    plain.push_str(rest);
-    plain
-}
-
 fn user_info(whoami_json: &str) -> serde_json::Value {
     let review: serde_json::Value = serde_json::from_str(whoami_json).expect("whoami JSON");
     review["status"]["userInfo"].clone()
@@ -335,15 +322,18 @@ fn kubectl_through_the_proxy_acts_as_alice_within_her_rbac() {
         assert!(metrics.contains(series), "{series} missing in\n{metrics}");
     }
 
-    let logs = without_colours(&proxied.operator.logs());
+    let path = format!("/api/v1/namespaces/{n}/configmaps");
+    let access = proxied.operator.log_events_with("proxied");
     assert!(
-        logs.lines().any(|line| line.contains("proxied")
-            && line.contains(&cluster.alice_username)
-            && line.contains("verb=\"create\"")
-            && line.contains(&format!("/api/v1/namespaces/{n}/configmaps"))
-            && line.contains("code=201")),
-        "no access log line for alice's create:\n{logs}"
+        access
+            .iter()
+            .any(|event| event["user"] == cluster.alice_username.as_str()
+                && event["verb"] == "create"
+                && event["path"] == path.as_str()
+                && event["code"] == 201),
+        "no access log event for alice's create in {access:?}"
     );
+    let logs = proxied.operator.logs();
     for secret in [alice_token.as_str(), proxied.proxy_token.as_str()] {
         let signature = secret.rsplit('.').next().unwrap();
         assert!(

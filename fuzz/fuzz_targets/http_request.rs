@@ -29,30 +29,20 @@
 
 use std::sync::{Arc, LazyLock, atomic::AtomicBool};
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    rsa::KeySize,
-    signature::{KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair},
-};
 use axum::body::Body;
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
-use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
-    config::{KubeconfigSettings, OidcConfig, Strictness},
-    jwks::KeySet,
+    config::KubeconfigSettings,
     metrics::Metrics,
     server::{HttpState, router},
+    testing,
     token::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use tower::ServiceExt as _;
 
-const ISSUER: &str = "https://dex.example.com/dex";
-const CLIENT: &str = "kubeconfig-operator";
-const KID: &str = "issuer-rsa";
 /// The one origin whose pages may call the download cross-origin.
 const ALLOWED_ORIGIN: &str = "https://console.example.com";
 const METHODS: [Method; 7] = [
@@ -65,61 +55,27 @@ const METHODS: [Method; 7] = [
     Method::OPTIONS,
 ];
 
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
 struct Fixture {
     verifier: Arc<Verifier>,
     valid_token: String,
     expired_token: String,
 }
 
-fn sign(key: &RsaKeyPair, claims: serde_json::Value) -> String {
-    let header = b64(json!({"alg": "RS256", "kid": KID, "typ": "JWT"}).to_string().as_bytes());
-    let payload = b64(claims.to_string().as_bytes());
-    let input = format!("{header}.{payload}");
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut signature)
-        .unwrap();
-    format!("{input}.{}", b64(&signature))
-}
-
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let key = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-    let public = key.public_key();
-    let jwks: JwkSet = serde_json::from_value(json!({"keys": [{
-        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID,
-        "n": b64(public.modulus().big_endian_without_leading_zero()),
-        "e": b64(public.exponent().big_endian_without_leading_zero()),
-    }]}))
-    .unwrap();
-    let config = OidcConfig {
-        issuer_url: ISSUER.parse().unwrap(),
-        issuer: ISSUER.into(),
-        client_id: CLIENT.into(),
-        username_claim: "email".into(),
-        username_prefix: "oidc:".into(),
-        groups_claim: Some("groups".into()),
-        groups_prefix: "oidc:".into(),
-        ca_file: None,
-        algorithms: vec![Algorithm::RS256],
-        strictness: Strictness::default(),
-    };
-    let verifier = Verifier::with_keys(config, KeySet::from_static(&jwks, &[Algorithm::RS256]));
+    let issuer = testing::issuer();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let claims = |exp: u64| {
-        json!({"iss": ISSUER, "aud": CLIENT, "exp": exp, "iat": now - 60,
+        json!({"iss": testing::ISSUER, "aud": testing::CLIENT_ID, "exp": exp, "iat": now - 60,
                "email": "jane@example.com", "email_verified": true, "groups": ["dev"]})
     };
     Fixture {
-        verifier: Arc::new(verifier),
+        verifier: Arc::new(issuer.verifier()),
         // Valid for 10 years: a fuzzing campaign never outlives it.
-        valid_token: sign(&key, claims(now + 10 * 365 * 86_400)),
-        expired_token: sign(&key, claims(now - 3600)),
+        valid_token: issuer.sign(&claims(now + 10 * 365 * 86_400)),
+        expired_token: issuer.sign(&claims(now - 3600)),
     }
 });
 
@@ -138,7 +94,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
-            ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec()),
+            ca: kubeconfig_operator::ca::CaBundle::fixed(Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec())),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         },

@@ -34,7 +34,7 @@ use aws_lc_rs::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
-    config::{OidcConfig, Strictness},
+    config::OidcConfig,
     jwks::KeySet,
     token::{IdToken, TokenError, Verifier},
 };
@@ -101,16 +101,9 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 fn config() -> OidcConfig {
     OidcConfig {
-        issuer_url: ISSUER.parse().unwrap(),
-        issuer: ISSUER.into(),
-        client_id: CLIENT.into(),
-        username_claim: "email".into(),
         username_prefix: "oidc:".into(),
-        groups_claim: Some("groups".into()),
         groups_prefix: "oidc:".into(),
-        ca_file: None,
-        algorithms: ALGORITHMS.to_vec(),
-        strictness: Strictness::default(),
+        ..OidcConfig::for_tests(ISSUER, &ALGORITHMS)
     }
 }
 

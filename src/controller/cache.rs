@@ -59,8 +59,8 @@ impl<T: Clone> SecretReads<T> {
         }
     }
 
-    /// The cached read of `key` if the watch has seen no change since; otherwise `read` runs,
-    /// once for all the callers waiting on the same Secret.
+    /// The cached read of `key` if the watch has seen no other version since; otherwise `read`
+    /// runs, once for all the callers waiting on the same Secret.
     pub async fn get_or_read<E, F, Fut>(&self, key: SecretKey, read: F) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
@@ -76,9 +76,11 @@ impl<T: Clone> SecretReads<T> {
             .lock()
             .ok()
             .and_then(|versions| versions.get(&key).cloned());
+        // Valid unless the watch has seen another version since: a change always reaches the
+        // watch (which then notes the new version before waking the requests that read it), so
+        // a Secret the watch has said nothing about since the read is still as read.
         if let Some(cached) = slot.as_ref()
-            && latest.is_some()
-            && cached.resource_version == latest
+            && (latest.is_none() || cached.resource_version == latest)
         {
             return Ok(cached.value.clone());
         }
@@ -101,6 +103,38 @@ impl<T: Clone> SecretReads<T> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.reads.lock().map(|reads| reads.len()).unwrap_or(0)
+    }
+}
+
+/// At most this many reconciliations of one namespace run at once; the rest of that namespace
+/// waits, while other namespaces go ahead.
+pub const PER_NAMESPACE_CONCURRENCY: usize = 4;
+
+/// Fair share between namespaces: one tenant's hundreds of requests queue behind each other,
+/// not in front of everyone else's.
+#[derive(Default)]
+pub struct NamespaceLimits {
+    permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl NamespaceLimits {
+    /// Waits for one of `namespace`'s slots; the slot is free again when the permit is dropped.
+    pub async fn acquire(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.permits.lock().ok().map(|mut permits| {
+            Arc::clone(permits.entry(namespace.to_owned()).or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(PER_NAMESPACE_CONCURRENCY))
+            }))
+        })?;
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// Drops the slots of namespaces `keep` no longer wants, unless some are in use.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut permits) = self.permits.lock() {
+            permits.retain(|namespace, semaphore| {
+                keep(namespace) || semaphore.available_permits() < PER_NAMESPACE_CONCURRENCY
+            });
+        }
     }
 }
 
@@ -168,16 +202,22 @@ mod tests {
     async fn a_secret_is_read_again_only_after_the_watch_saw_it_change() {
         let reads = SecretReads::<u32>::default();
         let count = AtomicUsize::new(0);
-        // Nothing seen yet: every read goes to the API server.
+        // The watch has said nothing: the first read is kept.
         assert_eq!(read_counting(&reads, &count, "1").await, 0);
-        assert_eq!(read_counting(&reads, &count, "1").await, 1);
+        assert_eq!(read_counting(&reads, &count, "1").await, 0);
         reads.saw(key(), Some("1".into()));
-        assert_eq!(read_counting(&reads, &count, "1").await, 1);
-        assert_eq!(read_counting(&reads, &count, "1").await, 1);
+        assert_eq!(read_counting(&reads, &count, "1").await, 0);
+        // A new version seen by the watch makes the next caller read again, once.
         reads.saw(key(), Some("2".into()));
-        assert_eq!(read_counting(&reads, &count, "2").await, 2);
-        assert_eq!(read_counting(&reads, &count, "2").await, 2);
-        assert_eq!(count.load(Ordering::SeqCst), 3);
+        assert_eq!(read_counting(&reads, &count, "2").await, 1);
+        assert_eq!(read_counting(&reads, &count, "2").await, 1);
+        // A read that raced ahead of the watch is read again until the watch catches up.
+        reads.saw(key(), Some("3".into()));
+        assert_eq!(read_counting(&reads, &count, "4").await, 2);
+        assert_eq!(read_counting(&reads, &count, "4").await, 3);
+        reads.saw(key(), Some("4".into()));
+        assert_eq!(read_counting(&reads, &count, "4").await, 3);
+        assert_eq!(count.load(Ordering::SeqCst), 4);
         reads.retain(|_| false);
         assert_eq!(reads.len(), 0);
     }
@@ -210,6 +250,30 @@ mod tests {
             assert_eq!(task.await.unwrap(), 7);
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn one_namespace_cannot_take_the_slots_of_another() {
+        let limits = NamespaceLimits::default();
+        let mut busy = Vec::new();
+        for _ in 0..PER_NAMESPACE_CONCURRENCY {
+            busy.push(limits.acquire("flood").await.unwrap());
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), limits.acquire("flood"));
+        assert!(
+            waiting.await.is_err(),
+            "the flooding namespace waits for its own slots"
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(50), limits.acquire("quiet"));
+        assert!(quiet.await.is_ok(), "another namespace goes ahead");
+        limits.retain(|_| false);
+        assert!(
+            limits.permits.lock().unwrap().contains_key("flood"),
+            "in use, kept"
+        );
+        busy.clear();
+        limits.retain(|_| false);
+        assert!(limits.permits.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ pub fn settings() -> KubeconfigSettings {
     KubeconfigSettings {
         cluster_name: "local".into(),
         server: "https://127.0.0.1:6443".into(),
-        ca_pem: None,
+        ca: crate::ca::CaBundle::default(),
         user_name: "OIDCUser".into(),
         default_namespace: None,
     }

@@ -7,6 +7,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+pub mod leader;
 mod secret;
 mod source;
 mod status;
@@ -108,6 +109,7 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
     verdicts: cache::Verdicts,
+    namespaces: cache::NamespaceLimits,
 }
 
 impl Context {
@@ -132,6 +134,7 @@ impl Context {
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
             verdicts: cache::Verdicts::default(),
+            namespaces: cache::NamespaceLimits::default(),
         }
     }
 
@@ -147,6 +150,11 @@ impl Context {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| exists(reference));
         }
+        self.namespaces.retain(|namespace| {
+            requests
+                .iter()
+                .any(|request| request.namespace().as_deref() == Some(namespace))
+        });
         self.token_reads.retain(|(namespace, name)| {
             requests.iter().any(|request| {
                 request.namespace().as_ref() == Some(namespace)
@@ -198,6 +206,10 @@ pub async fn reconcile(
     request: Arc<KubeconfigRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let _slot = ctx
+        .namespaces
+        .acquire(&request.namespace().unwrap_or_default())
+        .await;
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
     let result = reconcile_inner(&request, &ctx).await;
@@ -386,11 +398,10 @@ async fn service_account_credential(
         Some(uid) => uid,
         None => {
             let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-            secret::create_empty(request, secrets, target, owner)
-                .await?
-                .metadata
-                .uid
-                .ok_or(Error::NotStored)?
+            match secret::create_empty(request, secrets, target, owner).await? {
+                Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
+                Err(refusal) => return Ok(Err(refusal)),
+            }
         }
     };
     source::mint(request, account, ctx, target, &uid).await
@@ -466,6 +477,12 @@ pub async fn run(
             }
         })
     };
+    // A rotated CA changes every kubeconfig: re-render them all.
+    let ca_rotations =
+        futures::stream::unfold(ctx.settings.ca.changes(), |mut changes| async move {
+            changes.changed().await.ok()?;
+            Some(((), changes))
+        });
     let secret_store = store.clone();
     let secret_ctx = Arc::clone(&ctx);
     let account_store = store.clone();
@@ -481,6 +498,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
             move |account| requests_using_account(&account_store, &account),
         )
+        .reconcile_all_on(ca_rotations)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {

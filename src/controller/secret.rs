@@ -87,23 +87,46 @@ pub(super) fn current_token(secret: &Secret) -> Option<String> {
 }
 
 /// Creates the Secret without data, so a ServiceAccount token can be bound to its uid before
-/// the token exists.
+/// the token exists. A Secret the API server refuses as invalid is an InvalidSpec refusal, as in
+/// [`write`].
 pub(super) async fn create_empty(
     request: &KubeconfigRequest,
     secrets: &Api<Secret>,
     secret_name: &str,
     owner: OwnerReference,
-) -> Result<Secret, Error> {
+) -> Result<Result<Secret, Refusal>, Error> {
     let mut secret = desired(request, None, secret_name, owner, None);
     secret.data = None;
-    secrets
+    match secrets
         .patch(
             secret_name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
         )
         .await
-        .map_err(kube_error("creating the kubeconfig Secret"))
+    {
+        Ok(secret) => Ok(Ok(secret)),
+        Err(kube::Error::Api(status)) if refused_as_invalid(&status) => {
+            Ok(Err(invalid_secret(secret_name, &status)))
+        }
+        Err(error) => Err(kube_error("creating the kubeconfig Secret")(error)),
+    }
+}
+
+/// The API server refused the Secret itself (say, a label or annotations it does not accept):
+/// the spec's fault, not a reason to retry.
+fn refused_as_invalid(status: &kube::core::Status) -> bool {
+    status.code == 400 || status.code == 422
+}
+
+fn invalid_secret(secret_name: &str, status: &kube::core::Status) -> Refusal {
+    Refusal::new(
+        Reason::InvalidSpec,
+        format!(
+            "the API server refused the kubeconfig Secret {secret_name:?}: {}",
+            status.message
+        ),
+    )
 }
 
 /// Writes the kubeconfig Secret unless it already holds exactly this content. A write the API
@@ -144,15 +167,9 @@ pub(super) async fn write(
             .await
         {
             Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 400 || status.code == 422 => {
+            Err(kube::Error::Api(status)) if refused_as_invalid(&status) => {
                 return Ok(Outcome::Refused {
-                    refusal: Refusal::new(
-                        Reason::InvalidSpec,
-                        format!(
-                            "the API server refused the kubeconfig Secret {secret_name:?}: {}",
-                            status.message
-                        ),
-                    ),
+                    refusal: invalid_secret(secret_name, &status),
                     kept_secret: existing.map(|_| secret_name.to_owned()),
                 });
             }

@@ -80,6 +80,27 @@ impl ApiServer {
         body
     }
 
+    /// The kubeconfig Secret exists as `secret`, and the ServiceAccount opted in.
+    async fn secret_and_issuable_account(&mut self, secret: Value) {
+        self.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(200, secret);
+        self.expect(Method::GET, &account_path())
+            .await
+            .reply(200, account(true));
+    }
+
+    /// Answers the TokenRequest, which must bind to `secret_uid`, with `token`.
+    async fn mint(&mut self, secret_uid: &str, token: String) {
+        let mint = self
+            .expect(Method::POST, &format!("{}/token", account_path()))
+            .await;
+        assert_eq!(mint.body["spec"]["boundObjectRef"]["uid"], secret_uid);
+        let mut answer = mint.body.clone();
+        answer["status"] = json!({ "token": token, "expirationTimestamp": "2099-01-01T00:00:00Z" });
+        mint.reply(201, answer);
+    }
+
     async fn event(&mut self, reason: &str, type_: &str) -> Value {
         let event = self.expect(Method::POST, &events_path()).await;
         assert_eq!(
@@ -476,12 +497,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
     let fresh = bound_token(SECRET_UID, now - 60, 3600);
     let kept = kubeconfig_secret(SECRET_UID, &fresh);
     reconcile_with(request(spec.clone()), move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TARGET_SECRET))
-            .await
-            .reply(200, kept);
-        api.expect(Method::GET, &account_path())
-            .await
-            .reply(200, account(true));
+        api.secret_and_issuable_account(kept).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(kubeconfig_token(&apply.body), fresh, "the token is kept");
         apply.echo();
@@ -495,19 +511,9 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
     let due = bound_token(SECRET_UID, now - 3000, 3600);
     let stale = kubeconfig_secret(SECRET_UID, &due);
     reconcile_with(request(spec.clone()), move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TARGET_SECRET))
-            .await
-            .reply(200, stale);
-        api.expect(Method::GET, &account_path())
-            .await
-            .reply(200, account(true));
-        let mint = api
-            .expect(Method::POST, &format!("{}/token", account_path()))
+        api.secret_and_issuable_account(stale).await;
+        api.mint(SECRET_UID, bound_token(SECRET_UID, now, 3600))
             .await;
-        assert_eq!(mint.body["spec"]["boundObjectRef"]["uid"], SECRET_UID);
-        let mut answer = mint.body.clone();
-        answer["status"] = json!({ "token": bound_token(SECRET_UID, now, 3600), "expirationTimestamp": "2099-01-01T00:00:00Z" });
-        mint.reply(201, answer);
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_ne!(kubeconfig_token(&apply.body), due);
         apply.echo();
@@ -520,20 +526,11 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
     // A token bound to another Secret (this one was deleted and re-created) is replaced too.
     let orphan = kubeconfig_secret("new-uid", &bound_token(SECRET_UID, now - 60, 3600));
     reconcile_with(request(spec), move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TARGET_SECRET))
+        api.secret_and_issuable_account(orphan).await;
+        api.mint("new-uid", bound_token("new-uid", now, 3600)).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
-            .reply(200, orphan);
-        api.expect(Method::GET, &account_path())
-            .await
-            .reply(200, account(true));
-        let mint = api
-            .expect(Method::POST, &format!("{}/token", account_path()))
-            .await;
-        assert_eq!(mint.body["spec"]["boundObjectRef"]["uid"], "new-uid");
-        let mut answer = mint.body.clone();
-        answer["status"] = json!({ "token": bound_token("new-uid", now, 3600), "expirationTimestamp": "2099-01-01T00:00:00Z" });
-        mint.reply(201, answer);
-        api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await.echo();
+            .echo();
         api.event("Issued", "Normal").await;
         api.status().await;
         api

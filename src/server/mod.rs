@@ -57,7 +57,9 @@ pub struct HttpState {
     pub verifier: Arc<Verifier>,
     pub settings: KubeconfigSettings,
     pub metrics: Arc<Metrics>,
-    /// Set by the controller once its cache has synced.
+    /// Whether the controller lets the replica be ready: set by the controller once its cache
+    /// has synced; with leader election, also set while this replica does not lead, since it
+    /// runs no controller and serves downloads with its keys alone (`controller::leader`).
     pub controller_ready: Arc<AtomicBool>,
     /// Origins whose pages may call `GET /kube-config` from a browser (CORS), as validated by
     /// the configuration; empty allows none and adds no CORS handling at all.

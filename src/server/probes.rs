@@ -1,5 +1,7 @@
 //! What the kubelet and Prometheus ask: `/healthz` (the process runs), `/readyz` (it can answer
 //! correctly: the controller's cache has synced and the issuer's keys are loaded) and `/metrics`.
+//! With leader election, a replica that does not lead runs no controller: it is ready once it
+//! can serve downloads, that is once the issuer's keys are loaded.
 //! They come from a few addresses at a fixed rate, so their group has no per-client budget: a
 //! throttled client must not make the pod look unhealthy.
 

@@ -40,7 +40,7 @@ fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
-            ca_pem: None,
+            ca: crate::ca::CaBundle::default(),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         },

@@ -283,6 +283,41 @@ pub fn kubectl_as_token(cluster: &Cluster, token: &str, args: &[&str]) -> Result
     run(command, args)
 }
 
+/// Gives `user` a Role `role` in `namespace` with `verbs` on `resources` (kubectl's
+/// `--resource` syntax), limited to `names` when any: how tests hand out exactly the rights a
+/// scenario names.
+pub fn grant(
+    cluster: &Cluster,
+    namespace: &str,
+    role: &str,
+    user: &str,
+    verbs: &str,
+    resources: &str,
+    names: &[&str],
+) {
+    let verbs = format!("--verb={verbs}");
+    let resources = format!("--resource={resources}");
+    let mut create_role = vec!["create", "role", role, "-n", namespace, &verbs, &resources];
+    let names: Vec<String> = names
+        .iter()
+        .map(|name| format!("--resource-name={name}"))
+        .collect();
+    create_role.extend(names.iter().map(String::as_str));
+    kubectl(cluster, &create_role);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            &format!("{role}-binding"),
+            "-n",
+            namespace,
+            &format!("--role={role}"),
+            &format!("--user={user}"),
+        ],
+    );
+}
+
 /// `kubectl auth can-i ARGS` as the holder of `token`: true for "yes", false for "no".
 pub fn can_i_as_token(cluster: &Cluster, token: &str, args: &[&str]) -> bool {
     let mut full = vec!["auth", "can-i"];

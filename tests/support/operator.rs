@@ -82,24 +82,47 @@ impl Operator {
         };
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
         fs::create_dir_all(&log_dir).expect("create the operator log directory");
-        let log_path = log_dir.join(format!("{namespace}-{port}.log"));
+        let scope = if namespace.is_empty() {
+            "all-namespaces"
+        } else {
+            namespace
+        };
+        let log_path = log_dir.join(format!("{scope}-{port}.log"));
         let log = fs::File::create(&log_path).expect("create the operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
             .arg("run")
             .args(["--cluster-name", "local"])
             .args(["--server", &cluster.kube_server])
-            .args(["--ca-file", &cluster.kube_ca_file])
+            // The cluster's CA unless the test brings its own CA file.
+            .args(
+                (!extra_args.contains(&"--ca-file"))
+                    .then_some(["--ca-file", cluster.kube_ca_file.as_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--oidc-issuer-url", issuer_url])
             .args(["--oidc-client-id", &cluster.oidc_client_id])
             .args(["--oidc-ca-file", &cluster.oidc_ca_file])
-            .args(["--watch-namespace", namespace])
+            // An empty namespace: the whole cluster, as a deployed operator watches it.
+            .args(
+                (!namespace.is_empty())
+                    .then_some(["--watch-namespace", namespace])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // One JSON object per line, so tests read fields instead of parsing text.
+            .args(["--log-format", "json"])
             .args(extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
-            // The most verbose level, so leak checks see everything the operator could ever log.
-            .env("RUST_LOG", "trace")
+            // The most verbose level, so leak checks see everything the operator could ever log;
+            // benchmarks lower it with TEST_OPERATOR_LOG so logging does not dominate them.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_OPERATOR_LOG").unwrap_or_else(|_| "trace".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log)
@@ -145,6 +168,25 @@ impl Operator {
         text
     }
 
+    /// The log events written so far, one JSON object each (`--log-format json`), in order. The
+    /// fields of an event are at the top level: `level`, `message`, and those of the log call,
+    /// such as `request`. Lines that are not JSON (a panic message) are left out.
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
+    /// The log events whose message is `message`.
+    pub fn log_events_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_events()
+            .into_iter()
+            .filter(|event| event["message"] == message)
+            .collect()
+    }
+
     /// Ends the process at once, as a crash or an OOM kill would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -153,6 +195,34 @@ impl Operator {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM, as the kubelet does when a pod is stopped, without waiting for the exit.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `host:port` the HTTP server listens on.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
     }
 }
 

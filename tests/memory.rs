@@ -1,0 +1,148 @@
+//! Unrelated Secrets must not cost the operator memory: it watches Secrets as metadata only.
+//! 20,000 Secrets of 2 KiB each are created in the namespace the operator watches, and its
+//! resident memory (VmRSS) may grow by less than 10 MiB. The namespace, and with it the Secrets,
+//! is deleted at the end.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use support::{
+    Namespace, cluster, id_token,
+    operator::{Issuer, Operator},
+    requests::{apply_request, put_token_secret, wait_for_reason},
+};
+
+const SECRETS: usize = 20_000;
+const SECRET_BYTES: usize = 2048;
+/// Creates in flight at once: enough to keep the API server busy, few enough for its
+/// max-requests-inflight.
+const CONCURRENCY: usize = 64;
+const MAX_GROWTH_KIB: u64 = 10 * 1024;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in kB")
+}
+
+async fn admin_client(kubeconfig: &str) -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("read the admin kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("a client configuration from the admin kubeconfig");
+    Client::try_from(config).expect("a Kubernetes client")
+}
+
+async fn create_secrets(kubeconfig: &str, namespace: &str) {
+    let api: Api<Secret> = Api::namespaced(admin_client(kubeconfig).await, namespace);
+    futures::stream::iter(0..SECRETS)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let filler = format!("{i:08}");
+                let payload: Vec<u8> = filler.bytes().cycle().take(SECRET_BYTES).collect();
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("unrelated-{i}")),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(BTreeMap::from([("blob".to_owned(), ByteString(payload))])),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await
+        .expect("create the unrelated Secrets");
+}
+
+#[test]
+fn twenty_thousand_unrelated_secrets_cost_less_than_10_mib() {
+    let cluster = cluster();
+    let namespace = Namespace::new(cluster, "memory");
+    let ns = namespace.name.as_str();
+    let operator = Operator::start(cluster, ns, Issuer::Main, &[]);
+    // A request waiting for its token Secret: it becomes Issued only when the Secret watch
+    // delivers that Secret, which comes after all the unrelated ones.
+    apply_request(
+        cluster,
+        ns,
+        "waiting",
+        "tokenSecretRef: {name: waiting-token}",
+    );
+    wait_for_reason(cluster, ns, "waiting", "TokenSecretNotFound");
+    thread::sleep(Duration::from_secs(2));
+    let pid = operator.pid();
+    let before = rss_kib(pid);
+
+    // Sample RSS while the Secrets stream in, to catch a peak as well as the end state.
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (Arc::clone(&peak), Arc::clone(&sampling));
+        thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let start = Instant::now();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(create_secrets(&cluster.kubeconfig, ns));
+    let created_in = start.elapsed();
+    put_token_secret(
+        cluster,
+        ns,
+        "waiting-token",
+        "token",
+        &id_token(cluster, "alice"),
+    );
+    wait_for_reason(cluster, ns, "waiting", "Issued");
+    thread::sleep(Duration::from_secs(3));
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().expect("the RSS sampler");
+    let after = rss_kib(pid);
+    let peak = peak.load(Ordering::Relaxed).max(after);
+
+    let growth = peak.saturating_sub(before);
+    println!(
+        "{SECRETS} Secrets of {SECRET_BYTES} B created in {:.1} s; operator RSS before {before} KiB, \
+         peak {peak} KiB, after {after} KiB: growth {growth} KiB at peak, {} KiB at the end",
+        created_in.as_secs_f64(),
+        after.saturating_sub(before)
+    );
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "the operator's RSS grew by {growth} KiB (before {before}, peak {peak}); at most {MAX_GROWTH_KIB} KiB allowed"
+    );
+}

@@ -1,0 +1,580 @@
+//! Credentials that stay alive (issue 7), end to end on the local cluster: ServiceAccount-backed
+//! requests, the opt-in and admission rules around them, the admin's lifetime cap, renewal with
+//! overlapping tokens, self-healing Secrets, and Expiring before TokenExpired for ID tokens.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    Cluster, Namespace, cluster, eventually, id_token, id_token_short_lived, kubectl,
+    kubectl_as_token, kubectl_result,
+    operator::{Issuer, Operator},
+    requests::{
+        apply_request, decoded_secret_key, http_get, put_token_secret, wait_for_reason, write_temp,
+    },
+};
+
+const ACCOUNT: &str = "deployer";
+
+/// A ServiceAccount, annotated as issuable when `issuable`.
+fn service_account(cluster: &Cluster, namespace: &str, name: &str, issuable: bool) {
+    let annotations = if issuable {
+        "\n  annotations:\n    kubeconfig.dev/issuable: \"true\""
+    } else {
+        ""
+    };
+    let file = write_temp(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}{annotations}\n"
+    ));
+    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+}
+
+/// An issuable ServiceAccount `deployer` and a Ready request `request` for it.
+fn issue_for_account(cluster: &Cluster, namespace: &str, request: &str, extra_spec: &str) {
+    service_account(cluster, namespace, ACCOUNT, true);
+    apply_request(
+        cluster,
+        namespace,
+        request,
+        &format!("serviceAccount: {{name: {ACCOUNT}}}{extra_spec}"),
+    );
+    wait_ready(cluster, namespace, request);
+}
+
+fn wait_ready(cluster: &Cluster, namespace: &str, request: &str) {
+    kubectl(
+        cluster,
+        &[
+            "wait",
+            "-n",
+            namespace,
+            "--for=condition=Ready",
+            &format!("kcr/{request}"),
+            "--timeout=60s",
+        ],
+    );
+}
+
+fn status(cluster: &Cluster, namespace: &str, request: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl(
+        cluster,
+        &[
+            "get",
+            "kcr",
+            request,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status}",
+        ],
+    ))
+    .expect("status is JSON")
+}
+
+fn kubeconfig_token(kubeconfig: &str) -> String {
+    let parsed: serde_json::Value = serde_yaml::from_str(kubeconfig).expect("kubeconfig is YAML");
+    parsed["users"][0]["user"]["token"]
+        .as_str()
+        .expect("a user token")
+        .to_owned()
+}
+
+fn secret_token(cluster: &Cluster, namespace: &str, secret: &str) -> String {
+    kubeconfig_token(&decoded_secret_key(
+        cluster,
+        namespace,
+        secret,
+        "kubeconfig",
+    ))
+}
+
+/// Whether the API server authenticates `token` (TokenReview as admin; the token goes through a
+/// file, never a command line).
+fn authenticates(cluster: &Cluster, token: &str) -> bool {
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": { "token": token },
+    });
+    let file = write_temp(&review.to_string());
+    let answer: serde_json::Value = serde_json::from_str(&kubectl(
+        cluster,
+        &["create", "-f", file.path().to_str().unwrap(), "-o", "json"],
+    ))
+    .expect("a TokenReview answer");
+    answer["status"]["authenticated"] == true
+}
+
+/// `kubectl` with the kubeconfig stored in `secret`.
+fn with_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    secret: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let file = write_temp(&decoded_secret_key(
+        cluster,
+        namespace,
+        secret,
+        "kubeconfig",
+    ));
+    let mut full = vec!["--kubeconfig", file.path().to_str().unwrap()];
+    full.extend_from_slice(args);
+    support::kubectl_plain(&full)
+}
+
+#[test]
+fn an_opted_in_service_account_gets_a_kubeconfig_that_acts_as_exactly_it() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa");
+    let elsewhere = Namespace::new(cluster, "kcr-sa-elsewhere");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    issue_for_account(cluster, &ns.name, "pipeline", "");
+    let status = status(cluster, &ns.name, "pipeline");
+    let username = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
+    assert_eq!(status["username"], username.as_str());
+    assert_eq!(status["secretName"], "pipeline-kubeconfig");
+    assert_eq!(status["grantedExpirationSeconds"], 3600);
+
+    let whoami = with_kubeconfig(
+        cluster,
+        &ns.name,
+        "pipeline-kubeconfig",
+        &["auth", "whoami", "-o", "json"],
+    )
+    .expect("the ServiceAccount can ask who it is");
+    let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(whoami["status"]["userInfo"]["username"], username.as_str());
+
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "deployer-edit",
+            "-n",
+            &ns.name,
+            "--clusterrole=edit",
+            &format!("--serviceaccount={}:{ACCOUNT}", ns.name),
+        ],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the ServiceAccount may list configmaps where bound",
+        || {
+            with_kubeconfig(
+                cluster,
+                &ns.name,
+                "pipeline-kubeconfig",
+                &["get", "configmaps", "-n", &ns.name],
+            )
+            .is_ok()
+        },
+    );
+    let refused = with_kubeconfig(
+        cluster,
+        &ns.name,
+        "pipeline-kubeconfig",
+        &["get", "configmaps", "-n", &elsewhere.name],
+    )
+    .expect_err("not bound there");
+    assert!(
+        refused.contains("forbidden") && refused.contains(&username),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_service_account_without_the_opt_in_is_refused_and_opting_out_revokes() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-optin");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, false);
+    apply_request(
+        cluster,
+        &ns.name,
+        "pipeline",
+        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
+    );
+    let message = wait_for_reason(cluster, &ns.name, "pipeline", "ServiceAccountNotIssuable");
+    assert!(
+        message.contains("kubeconfig.dev/issuable=true"),
+        "{message}"
+    );
+    assert!(
+        kubectl_result(
+            cluster,
+            &["get", "secret", "pipeline-kubeconfig", "-n", &ns.name]
+        )
+        .is_err()
+    );
+
+    // Opting in issues; opting out again deletes the Secret, and the bound token dies with it.
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    wait_for_reason(cluster, &ns.name, "pipeline", "Issued");
+    let token = secret_token(cluster, &ns.name, "pipeline-kubeconfig");
+    assert!(authenticates(cluster, &token));
+    kubectl(
+        cluster,
+        &[
+            "annotate",
+            "serviceaccount",
+            ACCOUNT,
+            "-n",
+            &ns.name,
+            "kubeconfig.dev/issuable-",
+        ],
+    );
+    wait_for_reason(cluster, &ns.name, "pipeline", "ServiceAccountNotIssuable");
+    eventually(
+        Duration::from_secs(30),
+        "the opted-out token stops authenticating",
+        || !authenticates(cluster, &token),
+    );
+    assert!(
+        kubectl_result(
+            cluster,
+            &["get", "secret", "pipeline-kubeconfig", "-n", &ns.name]
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn the_api_server_refuses_both_sources_or_neither_with_the_rules_message() {
+    let cluster = cluster();
+    support::operator::operator_kubeconfig(cluster);
+    let ns = Namespace::new(cluster, "kcr-sa-schema");
+    for spec in [
+        format!("serviceAccount: {{name: {ACCOUNT}}}\n  tokenSecretRef: {{name: t}}"),
+        "namespace: default".to_owned(),
+    ] {
+        let file = write_temp(&support::requests::request_manifest(
+            &ns.name, "both", &spec,
+        ));
+        let refused = kubectl_result(cluster, &["apply", "-f", file.path().to_str().unwrap()])
+            .expect_err("the schema refuses it");
+        assert!(
+            refused.contains("exactly one of spec.tokenSecretRef"),
+            "{refused}"
+        );
+    }
+    let file = write_temp(&support::requests::request_manifest(
+        &ns.name,
+        "short",
+        &format!("serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 60}}"),
+    ));
+    let refused = kubectl_result(cluster, &["apply", "-f", file.path().to_str().unwrap()])
+        .expect_err("too short a lifetime");
+    assert!(refused.contains("expirationSeconds"), "{refused}");
+}
+
+#[test]
+fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
+    let cluster = cluster();
+    support::operator::operator_kubeconfig(cluster);
+    let ns = Namespace::new(cluster, "kcr-sa-deputy");
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    support::grant(
+        cluster,
+        &ns.name,
+        "request-maker",
+        &cluster.bob_username,
+        "create,get,list",
+        "kubeconfigrequests.kubeconfig.dev",
+        &[],
+    );
+    let bob = id_token(cluster, "bob");
+    let manifest = write_temp(&support::requests::request_manifest(
+        &ns.name,
+        "borrow",
+        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
+    ));
+    let create = || {
+        kubectl_as_token(
+            cluster,
+            &bob,
+            &["create", "-f", manifest.path().to_str().unwrap()],
+        )
+    };
+    eventually(
+        Duration::from_secs(30),
+        "bob is refused by the admission policy",
+        || {
+            create().is_err_and(|refused| {
+                refused.contains(&format!(
+                    "may not create tokens for ServiceAccount {ACCOUNT}"
+                ))
+            })
+        },
+    );
+
+    // With the right to mint the account's tokens himself, the same request is admitted.
+    support::grant(
+        cluster,
+        &ns.name,
+        "token-maker",
+        &cluster.bob_username,
+        "create",
+        "serviceaccounts/token",
+        &[ACCOUNT],
+    );
+    eventually(Duration::from_secs(30), "bob's request is admitted", || {
+        create().is_ok()
+    });
+}
+
+#[test]
+fn renewal_replaces_the_token_and_both_stay_valid_and_the_admin_cap_applies() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-renew");
+    let operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--max-expiration-seconds", "900"],
+    );
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    // Asks for an hour, gets the admin's 15 minutes; renews 10 s after issuance.
+    apply_request(
+        cluster,
+        &ns.name,
+        "pipeline",
+        &format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 3600}}\n  renewBefore: 890s"
+        ),
+    );
+    wait_ready(cluster, &ns.name, "pipeline");
+    let first_status = status(cluster, &ns.name, "pipeline");
+    assert_eq!(
+        first_status["grantedExpirationSeconds"], 900,
+        "{first_status}"
+    );
+    let first = secret_token(cluster, &ns.name, "pipeline-kubeconfig");
+    eventually(
+        Duration::from_secs(40),
+        "the token in the Secret is replaced",
+        || secret_token(cluster, &ns.name, "pipeline-kubeconfig") != first,
+    );
+    let second = secret_token(cluster, &ns.name, "pipeline-kubeconfig");
+    assert!(
+        authenticates(cluster, &first),
+        "the old token lives until its own expiry"
+    );
+    assert!(authenticates(cluster, &second));
+
+    // The expiry metrics say what status says.
+    let status = status(cluster, &ns.name, "pipeline");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(status["expiresAt"].as_str().unwrap()).unwrap();
+    let renews =
+        chrono::DateTime::parse_from_rfc3339(status["renewalTime"].as_str().unwrap()).unwrap();
+    let metrics = http_get(&operator.base_url, "/metrics", None, "").body;
+    let labels = format!("{{namespace=\"{}\",name=\"pipeline\"}}", ns.name);
+    let metric = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("kubeconfig_operator_{name}{labels} ")))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for the request in\n{metrics}"))
+    };
+    // A renewal may land between reading status and metrics; they agree within one cycle.
+    assert!((metric("request_expiration_timestamp_seconds") - expires.timestamp()).abs() <= 15);
+    assert!((metric("request_renewal_timestamp_seconds") - renews.timestamp()).abs() <= 15);
+    assert!(metrics.contains(&format!(
+        "kubeconfig_operator_request_ready_status{{namespace=\"{}\",name=\"pipeline\",condition=\"True\"}} 1",
+        ns.name
+    )));
+}
+
+#[test]
+fn a_deleted_or_edited_secret_is_restored_and_a_moved_one_deleted() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-heal");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    issue_for_account(cluster, &ns.name, "pipeline", "");
+    let secret = "pipeline-kubeconfig";
+    let first = secret_token(cluster, &ns.name, secret);
+    assert!(authenticates(cluster, &first));
+
+    // Deleting the Secret kills its bound token; the Secret comes back with a fresh one.
+    kubectl(cluster, &["delete", "secret", secret, "-n", &ns.name]);
+    eventually(Duration::from_secs(30), "the Secret is re-created", || {
+        kubectl_result(cluster, &["get", "secret", secret, "-n", &ns.name]).is_ok()
+            && secret_token(cluster, &ns.name, secret) != first
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the deleted Secret's token stops authenticating",
+        || !authenticates(cluster, &first),
+    );
+    let second = secret_token(cluster, &ns.name, secret);
+    assert!(authenticates(cluster, &second));
+
+    // Hand edits of the data and of a managed label are undone.
+    kubectl(
+        cluster,
+        &[
+            "patch",
+            "secret",
+            secret,
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"kubeconfig":"Z2FyYmFnZQ=="},"metadata":{"labels":{"kubeconfig.dev/request":"other"}}}"#,
+        ],
+    );
+    eventually(Duration::from_secs(30), "the hand edit is undone", || {
+        let label = kubectl(
+            cluster,
+            &[
+                "get",
+                "secret",
+                secret,
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.metadata.labels.kubeconfig\\.dev/request}",
+            ],
+        );
+        let kubeconfig = decoded_secret_key(cluster, &ns.name, secret, "kubeconfig");
+        label == "pipeline" && kubeconfig.contains("current-context")
+    });
+    let restored = secret_token(cluster, &ns.name, secret);
+    assert!(authenticates(cluster, &restored));
+
+    // Moving the output deletes the old Secret once the new one is written.
+    apply_request(
+        cluster,
+        &ns.name,
+        "pipeline",
+        &format!("serviceAccount: {{name: {ACCOUNT}}}\n  secretName: moved"),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the old Secret is gone and the new one named",
+        || {
+            kubectl_result(cluster, &["get", "secret", secret, "-n", &ns.name]).is_err()
+                && status(cluster, &ns.name, "pipeline")["secretName"] == "moved"
+        },
+    );
+    assert!(with_kubeconfig(cluster, &ns.name, "moved", &["auth", "whoami"]).is_ok());
+    eventually(
+        Duration::from_secs(30),
+        "the old Secret's token stops authenticating",
+        || !authenticates(cluster, &restored),
+    );
+}
+
+#[test]
+fn an_id_token_request_reports_expiring_before_token_expired() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-expiring");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::ShortLived, &[]);
+    put_token_secret(
+        cluster,
+        &ns.name,
+        "alice-token",
+        "token",
+        &id_token_short_lived(cluster, "alice"),
+    );
+    // The short-lived Dex's tokens live 5 s; renewal is due after 1 % of that.
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}\n  renewBeforePercentage: 99",
+    );
+    let expiring = |cluster: &Cluster| {
+        kubectl(
+            cluster,
+            &[
+                "get",
+                "kcr",
+                "alice",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}/{.status.conditions[?(@.type==\"Expiring\")].status}",
+            ],
+        )
+    };
+    eventually(
+        Duration::from_secs(20),
+        "Ready=True with Expiring=True",
+        || expiring(cluster) == "True/True",
+    );
+    let events = kubectl(
+        cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(events.contains("TokenExpiring"), "{events}");
+    wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
+}
+
+#[test]
+fn a_rotated_ca_file_reaches_issued_kubeconfigs_and_downloads() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-ca-rotation");
+    let ca_file = write_temp(&std::fs::read_to_string(&cluster.kube_ca_file).unwrap());
+    let operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--ca-file", ca_file.path().to_str().unwrap()],
+    );
+    issue_for_account(cluster, &ns.name, "pipeline", "");
+    let ca_of = |kubeconfig: &str| -> String {
+        let parsed: serde_json::Value = serde_yaml::from_str(kubeconfig).unwrap();
+        parsed["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let encode = |path: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+    };
+    let secret_ca = || {
+        ca_of(&decoded_secret_key(
+            cluster,
+            &ns.name,
+            "pipeline-kubeconfig",
+            "kubeconfig",
+        ))
+    };
+    assert_eq!(secret_ca(), encode(&cluster.kube_ca_file));
+
+    // Rotation: another valid CA replaces the file (here Dex's, which is just another PEM).
+    std::fs::copy(&cluster.oidc_ca_file, ca_file.path()).unwrap();
+    let rotated = encode(&cluster.oidc_ca_file);
+    eventually(
+        Duration::from_secs(30),
+        "the issued kubeconfig carries the new CA",
+        || secret_ca() == rotated,
+    );
+    let alice = id_token(cluster, "alice");
+    let download = support::requests::http_get_kubeconfig(&operator.base_url, Some(&alice), "");
+    assert_eq!(download.status, 200);
+    assert_eq!(ca_of(&download.body), rotated);
+
+    // Garbage in the file is ignored: the last good CA stays.
+    std::fs::write(ca_file.path(), "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(secret_ca(), rotated);
+    assert!(
+        operator
+            .logs()
+            .contains("ignoring the CA file's new content")
+    );
+}

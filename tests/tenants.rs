@@ -1,0 +1,673 @@
+//! Hostile neighbours in one namespace (issue 8), on the local cluster, Dex and the real operator
+//! binary. The attacker is bob with exactly the rights named in each test, acting with his own Dex
+//! token (`kubectl --token`), never as admin: he cannot squat on another request's Secret, nor have
+//! the operator write a Secret of his choice. Conflicts clear on their own, names the operator
+//! could not use are refused at apply time, what still fails is reported as InvalidSpec, status
+//! keeps naming a Secret that holds a live credential, and a stripped ownerReference is put back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{
+    Cluster, Namespace, can_i_as_token, cluster, eventually, id_token, kubectl, kubectl_as_token,
+    kubectl_result,
+    operator::{Issuer, Operator, operator_kubeconfig},
+    requests::{
+        apply_request, decoded_secret_key, put_token_secret, ready_reason, request_with_token,
+        wait_for_reason, write_temp,
+    },
+};
+
+/// How soon a request must react to a change of a Secret it depends on.
+const PROMPTLY: Duration = Duration::from_secs(15);
+
+/// A KubeconfigRequest manifest as JSON, so that names with spaces or newlines survive intact.
+fn request(namespace: &str, name: &str, spec: Value) -> String {
+    json!({
+        "apiVersion": "kubeconfig.dev/v1alpha1",
+        "kind": "KubeconfigRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+/// `kubectl create -f` of `manifest` as the holder of `token`.
+fn create_as(cluster: &Cluster, token: &str, manifest: &str) -> Result<String, String> {
+    let file = write_temp(manifest);
+    kubectl_as_token(
+        cluster,
+        token,
+        &["create", "-f", file.path().to_str().unwrap()],
+    )
+}
+
+/// `kubectl create -f` of `manifest` as admin.
+fn create_as_admin(cluster: &Cluster, manifest: &str) -> Result<String, String> {
+    let file = write_temp(manifest);
+    kubectl_result(cluster, &["create", "-f", file.path().to_str().unwrap()])
+}
+
+/// A Role with one rule and a RoleBinding of it to `user`.
+fn grant(
+    cluster: &Cluster,
+    namespace: &str,
+    role: &str,
+    verbs: &str,
+    resource: &str,
+    resource_name: Option<&str>,
+    user: &str,
+) {
+    let verbs = format!("--verb={verbs}");
+    let resource = format!("--resource={resource}");
+    let mut args = vec!["create", "role", role, "-n", namespace, &verbs, &resource];
+    let resource_name = resource_name.map(|name| format!("--resource-name={name}"));
+    if let Some(name) = &resource_name {
+        args.push(name);
+    }
+    kubectl(cluster, &args);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            role,
+            "-n",
+            namespace,
+            &format!("--role={role}"),
+            &format!("--user={user}"),
+        ],
+    );
+}
+
+/// Waits until the authorizer answers `can-i ARGS` with yes for the holder of `token` (RBAC
+/// changes reach its cache within moments, not at once).
+fn wait_until_allowed(cluster: &Cluster, token: &str, args: &[&str]) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("the user may {}", args.join(" ")),
+        || can_i_as_token(cluster, token, args),
+    );
+}
+
+/// Gives bob his Dex token in Secret `bob-token` (put there by admin) and exactly these rights in
+/// `namespace`: `request_verbs` on KubeconfigRequests, `get` on Secret `bob-token`, and `create`
+/// on Secrets only when `may_create_secrets`. Returns his token.
+fn bob_with_rights(
+    cluster: &Cluster,
+    namespace: &str,
+    request_verbs: &str,
+    may_create_secrets: bool,
+) -> String {
+    let bob = id_token(cluster, "bob");
+    put_token_secret(cluster, namespace, "bob-token", "token", &bob);
+    grant(
+        cluster,
+        namespace,
+        "bob-requests",
+        request_verbs,
+        "kubeconfigrequests.kubeconfig.dev",
+        None,
+        &cluster.bob_username,
+    );
+    grant(
+        cluster,
+        namespace,
+        "bob-reads-his-token",
+        "get",
+        "secrets",
+        Some("bob-token"),
+        &cluster.bob_username,
+    );
+    if may_create_secrets {
+        grant(
+            cluster,
+            namespace,
+            "bob-creates-secrets",
+            "create",
+            "secrets",
+            None,
+            &cluster.bob_username,
+        );
+        wait_until_allowed(cluster, &bob, &["create", "secrets", "-n", namespace]);
+    }
+    wait_until_allowed(
+        cluster,
+        &bob,
+        &[
+            "create",
+            "kubeconfigrequests.kubeconfig.dev",
+            "-n",
+            namespace,
+        ],
+    );
+    wait_until_allowed(cluster, &bob, &["get", "secret/bob-token", "-n", namespace]);
+    assert_eq!(
+        can_i_as_token(cluster, &bob, &["create", "secrets", "-n", namespace]),
+        may_create_secrets,
+        "bob's right to create Secrets in {namespace}"
+    );
+    bob
+}
+
+/// Bob's request `name` for his own token, without spec.secretName: admitted.
+fn bob_requests_his_own(cluster: &Cluster, bob: &str, namespace: &str, name: &str) {
+    let spec = json!({"tokenSecretRef": {"name": "bob-token"}});
+    create_as(cluster, bob, &request(namespace, name, spec))
+        .expect("bob may create a request for his own token without spec.secretName");
+}
+
+/// A request `name` for alice's ID token in Secret `<name>-token`, as admin.
+fn request_for_alice(cluster: &Cluster, namespace: &str, name: &str) {
+    request_with_token(cluster, namespace, name, &id_token(cluster, "alice"));
+}
+
+/// A Secret that no request owns, created by admin, holding `content` under `kubeconfig`.
+fn foreign_secret(cluster: &Cluster, namespace: &str, name: &str, content: &str) {
+    let literal = format!("--from-literal=kubeconfig={content}");
+    let args = [
+        "create", "secret", "generic", name, "-n", namespace, &literal,
+    ];
+    kubectl(cluster, &args);
+}
+
+/// One field of an object, read as admin with a jsonpath.
+fn field(cluster: &Cluster, namespace: &str, object: &str, jsonpath: &str) -> String {
+    kubectl(
+        cluster,
+        &[
+            "get",
+            object,
+            "-n",
+            namespace,
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ],
+    )
+}
+
+fn exists(cluster: &Cluster, namespace: &str, object: &str) -> bool {
+    kubectl_result(cluster, &["get", object, "-n", namespace]).is_ok()
+}
+
+/// The username the API server sees for the kubeconfig in Secret `secret`.
+fn whoami(cluster: &Cluster, namespace: &str, secret: &str) -> String {
+    let kubeconfig = decoded_secret_key(cluster, namespace, secret, "kubeconfig");
+    let file = write_temp(&kubeconfig);
+    let answer = support::kubectl_plain(&[
+        "--kubeconfig",
+        file.path().to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "json",
+    ])
+    .unwrap_or_else(|e| panic!("the kubeconfig in Secret {secret} does not authenticate: {e}"));
+    let review: Value = serde_json::from_str(&answer).expect("whoami prints JSON");
+    review["status"]["userInfo"]["username"]
+        .as_str()
+        .expect("whoami names a user")
+        .to_owned()
+}
+
+/// The request's status names `secret`, and the kubeconfig in it authenticates as `username`.
+fn assert_names_secret_of(
+    cluster: &Cluster,
+    namespace: &str,
+    request: &str,
+    secret: &str,
+    username: &str,
+) {
+    assert_eq!(status_secret_name(cluster, namespace, request), secret);
+    assert_eq!(
+        whoami(cluster, namespace, secret),
+        username,
+        "the kubeconfig in Secret {secret}"
+    );
+}
+
+/// The uid of the request, as the ownerReference of its Secret must name it.
+fn request_uid(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    field(
+        cluster,
+        namespace,
+        &format!("kcr/{name}"),
+        "{.metadata.uid}",
+    )
+}
+
+/// The uids of the Secret's controller ownerReferences.
+fn controller_uids(cluster: &Cluster, namespace: &str, secret: &str) -> Vec<String> {
+    let references = field(
+        cluster,
+        namespace,
+        &format!("secret/{secret}"),
+        "{.metadata.ownerReferences}",
+    );
+    if references.is_empty() {
+        return Vec::new();
+    }
+    let references: Vec<Value> = serde_json::from_str(&references).expect("ownerReferences");
+    references
+        .iter()
+        .filter(|reference| reference["controller"] == json!(true))
+        .filter_map(|reference| reference["uid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn status_secret_name(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    field(
+        cluster,
+        namespace,
+        &format!("kcr/{name}"),
+        "{.status.secretName}",
+    )
+}
+
+#[test]
+fn a_user_without_create_secrets_cannot_squat_on_the_name_another_request_derives() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-squat");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    let bob = bob_with_rights(cluster, &ns.name, "create,get", false);
+
+    // (a) Bob asks first for the name alice's request `alice` will derive: refused at admission.
+    let refused = create_as(
+        cluster,
+        &bob,
+        &request(
+            &ns.name,
+            "squat",
+            json!({"tokenSecretRef": {"name": "bob-token"}, "secretName": "alice-kubeconfig"}),
+        ),
+    )
+    .expect_err("bob may not choose the Secret name alice's request derives");
+    assert!(
+        refused.contains(&format!(
+            "user {} may not create Secrets in namespace {}",
+            cluster.bob_username, ns.name
+        )) && refused.contains("cannot choose the Secret name alice-kubeconfig"),
+        "{refused}"
+    );
+    assert!(!exists(cluster, &ns.name, "kcr/squat"));
+
+    // (b) Without spec.secretName bob's request is admitted and writes under its own name.
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
+    wait_for_reason(cluster, &ns.name, "bob", "Issued");
+    assert_names_secret_of(
+        cluster,
+        &ns.name,
+        "bob",
+        "bob-kubeconfig",
+        &cluster.bob_username,
+    );
+
+    request_for_alice(cluster, &ns.name, "alice");
+    wait_for_reason(cluster, &ns.name, "alice", "Issued");
+    assert_names_secret_of(
+        cluster,
+        &ns.name,
+        "alice",
+        "alice-kubeconfig",
+        &cluster.alice_username,
+    );
+    // And bob cannot read what the operator wrote for alice.
+    let forbidden = kubectl_as_token(
+        cluster,
+        &bob,
+        &["get", "secret", "alice-kubeconfig", "-n", &ns.name],
+    )
+    .expect_err("bob may not read alice's kubeconfig");
+    assert!(forbidden.contains("forbidden"), "{forbidden}");
+}
+
+#[test]
+fn a_user_without_create_secrets_cannot_make_the_operator_write_a_secret_of_his_choice() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-writer");
+    let control = Namespace::new(cluster, "kcr-writer-ok");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    // `patch` as well, so that the update path of the admission policy is tried too.
+    let bob = bob_with_rights(cluster, &ns.name, "create,get,patch", false);
+    let chosen = json!({
+        "tokenSecretRef": {"name": "bob-token"},
+        "secretName": "chosen",
+        "secretTemplate": {"labels": {"app.kubernetes.io/part-of": "payroll"}},
+    });
+
+    let refused = create_as(cluster, &bob, &request(&ns.name, "mine", chosen.clone()))
+        .expect_err("bob may not name the Secret");
+    assert!(
+        refused.contains("may not create Secrets")
+            && refused.contains("leave spec.secretName unset"),
+        "{refused}"
+    );
+
+    // Created without a name, then changed to name one: refused on update as well.
+    bob_requests_his_own(cluster, &bob, &ns.name, "mine");
+    wait_for_reason(cluster, &ns.name, "mine", "Issued");
+    let refused = kubectl_as_token(
+        cluster,
+        &bob,
+        &[
+            "patch",
+            "kcr",
+            "mine",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"secretName":"chosen"}}"#,
+        ],
+    )
+    .expect_err("bob may not add spec.secretName later");
+    assert!(refused.contains("may not create Secrets"), "{refused}");
+
+    // The one name he does choose, `<request>-kubeconfig`, never overwrites a Secret that exists.
+    foreign_secret(cluster, &ns.name, "payroll-kubeconfig", "precious");
+    bob_requests_his_own(cluster, &bob, &ns.name, "payroll");
+    wait_for_reason(cluster, &ns.name, "payroll", "SecretConflict");
+    assert_eq!(
+        decoded_secret_key(cluster, &ns.name, "payroll-kubeconfig", "kubeconfig"),
+        "precious"
+    );
+    assert!(controller_uids(cluster, &ns.name, "payroll-kubeconfig").is_empty());
+    assert!(
+        !exists(cluster, &ns.name, "secret/chosen"),
+        "the operator wrote a Secret whose name bob chose"
+    );
+    assert_eq!(
+        field(cluster, &ns.name, "kcr/mine", "{.spec.secretName}"),
+        ""
+    );
+
+    // Where bob may create Secrets himself, the very same request is admitted.
+    let bob_there = bob_with_rights(cluster, &control.name, "create,get", true);
+    create_as(cluster, &bob_there, &request(&control.name, "mine", chosen))
+        .expect("bob may name the Secret where he may create Secrets");
+}
+
+#[test]
+fn a_conflict_clears_within_seconds_once_the_foreign_secret_is_gone() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-conflict");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    foreign_secret(cluster, &ns.name, "x-kubeconfig", "someone-elses");
+    request_for_alice(cluster, &ns.name, "x");
+    let message = wait_for_reason(cluster, &ns.name, "x", "SecretConflict");
+    assert!(message.contains("x-kubeconfig"), "{message}");
+    let generation = field(cluster, &ns.name, "kcr/x", "{.metadata.generation}");
+
+    // Nothing but the conflicting Secret changes.
+    kubectl(
+        cluster,
+        &["delete", "secret", "x-kubeconfig", "-n", &ns.name],
+    );
+    eventually(PROMPTLY, "kcr/x is Ready after the conflict went", || {
+        ready_reason(cluster, &ns.name, "x").as_deref() == Some("Issued")
+    });
+    assert_eq!(
+        field(cluster, &ns.name, "kcr/x", "{.metadata.generation}"),
+        generation
+    );
+    assert_eq!(
+        controller_uids(cluster, &ns.name, "x-kubeconfig"),
+        [request_uid(cluster, &ns.name, "x")]
+    );
+    assert_names_secret_of(
+        cluster,
+        &ns.name,
+        "x",
+        "x-kubeconfig",
+        &cluster.alice_username,
+    );
+}
+
+#[test]
+fn names_the_operator_could_not_use_are_refused_when_applied() {
+    let cluster = cluster();
+    // Installs the CRD under test; no operator takes part in validation.
+    operator_kubeconfig(cluster);
+    let ns = Namespace::new(cluster, "kcr-schema");
+    let token_ref = |name: &str| json!({"tokenSecretRef": {"name": name}});
+    let with_labels = |labels: Value| json!({"tokenSecretRef": {"name": "alice-token"}, "secretTemplate": {"labels": labels}});
+    let name_rule = "spec.tokenSecretRef.name in body should match";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("a space", token_ref("alice b"), name_rule),
+        ("a newline", token_ref("alice\nb"), name_rule),
+        ("a path", token_ref("../../x/secrets/y"), name_rule),
+        ("a query", token_ref("alice-b?pretty=true"), name_rule),
+        (
+            "a bad secretName",
+            json!({"tokenSecretRef": {"name": "alice-token"}, "secretName": "Alice_Kubeconfig"}),
+            "spec.secretName in body should match",
+        ),
+        (
+            "a bad ServiceAccount name",
+            json!({"serviceAccount": {"name": "deployer/token"}}),
+            "spec.serviceAccount.name in body should match",
+        ),
+        (
+            "a label value with a space and '!'",
+            with_labels(json!({"team": "bad value!"})),
+            "label values must be at most 63 characters",
+        ),
+        (
+            "a label key starting with '-'",
+            with_labels(json!({"-x": "a"})),
+            "label keys must be valid Kubernetes label keys",
+        ),
+        (
+            "an annotation key with a space",
+            json!({
+                "tokenSecretRef": {"name": "alice-token"},
+                "secretTemplate": {"annotations": {"bad key": "a"}},
+            }),
+            "annotation keys must be valid Kubernetes annotation keys",
+        ),
+        (
+            "both sources",
+            json!({"tokenSecretRef": {"name": "alice-token"}, "serviceAccount": {"name": "deployer"}}),
+            "exactly one of spec.tokenSecretRef",
+        ),
+        ("no source", json!({}), "exactly one of spec.tokenSecretRef"),
+    ];
+    for (index, (case, spec, rule)) in cases.into_iter().enumerate() {
+        let name = format!("bad-{index}");
+        let file = write_temp(&request(&ns.name, &name, spec));
+        let refused = kubectl_result(cluster, &["apply", "-f", file.path().to_str().unwrap()])
+            .expect_err(&format!(
+                "a request with {case} must be refused when applied"
+            ));
+        assert!(refused.contains(rule), "{case}: {refused}");
+        assert!(!exists(cluster, &ns.name, &format!("kcr/{name}")), "{case}");
+    }
+    // The refusals come from the rules, not from a broken manifest: a good one is stored.
+    let good = with_labels(json!({"example.com/team": "a-1.b_2"}));
+    let file = write_temp(&request(&ns.name, "good", good));
+    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+}
+
+#[test]
+fn a_secret_the_api_server_refuses_is_reported_as_invalid_spec_not_retried() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-invalid");
+    let operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    put_token_secret(
+        cluster,
+        &ns.name,
+        "big-token",
+        "token",
+        &id_token(cluster, "alice"),
+    );
+    kubectl(
+        cluster,
+        &["create", "serviceaccount", "deployer", "-n", &ns.name],
+    );
+    kubectl(
+        cluster,
+        &[
+            "annotate",
+            "serviceaccount",
+            "deployer",
+            "-n",
+            &ns.name,
+            "kubeconfig.dev/issuable=true",
+        ],
+    );
+    // Each annotation passes the schema, but together they exceed the API server's 256 KiB limit
+    // for a Secret's annotations. (`kubectl create`, since `apply` would copy the spec into an
+    // annotation of the request itself.)
+    let annotations: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("example.com/note-{i}"), json!("x".repeat(4096))))
+        .collect();
+    let template = json!({"annotations": annotations});
+    let sources = [
+        ("big", json!({"tokenSecretRef": {"name": "big-token"}})),
+        ("minted", json!({"serviceAccount": {"name": "deployer"}})),
+    ];
+    for (name, mut spec) in sources {
+        spec["secretTemplate"] = template.clone();
+        create_as_admin(cluster, &request(&ns.name, name, spec)).expect("the request is valid");
+        let message = wait_for_reason(cluster, &ns.name, name, "InvalidSpec");
+        assert!(message.contains(&format!("{name}-kubeconfig")), "{message}");
+        let events = kubectl(
+            cluster,
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ],
+        );
+        assert!(events.contains("InvalidSpec"), "{name}: events {events}");
+    }
+    // Not an API error to retry with backoff: no further attempts while nothing changes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !operator.log_events_with("request cache synced").is_empty(),
+        "the operator's log is read as JSON events"
+    );
+    let failures = operator.log_events_with("reconcile failed");
+    assert!(
+        failures.is_empty(),
+        "the refusal was retried as an error: {failures:?}"
+    );
+    for secret in ["secret/big-kubeconfig", "secret/minted-kubeconfig"] {
+        assert!(!exists(cluster, &ns.name, secret), "{secret}");
+    }
+}
+
+#[test]
+fn a_secret_holding_a_live_credential_stays_named_and_a_stripped_owner_is_put_back() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-lifecycle");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    request_for_alice(cluster, &ns.name, "alice");
+    wait_for_reason(cluster, &ns.name, "alice", "Issued");
+    let uid = request_uid(cluster, &ns.name, "alice");
+    assert_eq!(
+        controller_uids(cluster, &ns.name, "alice-kubeconfig"),
+        [uid.as_str()]
+    );
+
+    // Someone strips the ownerReference: the operator re-adopts its own Secret.
+    kubectl(
+        cluster,
+        &[
+            "patch",
+            "secret",
+            "alice-kubeconfig",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/ownerReferences"}]"#,
+        ],
+    );
+    let stripped = Instant::now();
+    let mut reasons = Vec::new();
+    eventually(PROMPTLY, "the Secret has its ownerReference back", || {
+        reasons.extend(ready_reason(cluster, &ns.name, "alice"));
+        controller_uids(cluster, &ns.name, "alice-kubeconfig") == [uid.as_str()]
+    });
+    // Give a late SecretConflict the chance to show.
+    while stripped.elapsed() < Duration::from_secs(3) {
+        reasons.extend(ready_reason(cluster, &ns.name, "alice"));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    reasons.extend(ready_reason(cluster, &ns.name, "alice"));
+    assert!(
+        reasons.iter().all(|reason| reason == "Issued"),
+        "the request left Ready: {reasons:?}"
+    );
+
+    // The token Secret goes: the kubeconfig Secret still holds a live token, so status names it.
+    kubectl(
+        cluster,
+        &["delete", "secret", "alice-token", "-n", &ns.name],
+    );
+    eventually(PROMPTLY, "kcr/alice reports TokenSecretNotFound", || {
+        ready_reason(cluster, &ns.name, "alice").as_deref() == Some("TokenSecretNotFound")
+    });
+    assert_names_secret_of(
+        cluster,
+        &ns.name,
+        "alice",
+        "alice-kubeconfig",
+        &cluster.alice_username,
+    );
+    assert_eq!(
+        controller_uids(cluster, &ns.name, "alice-kubeconfig"),
+        [uid.as_str()]
+    );
+}
+
+#[test]
+fn a_changed_secret_name_deletes_the_old_secret_once_the_new_one_is_written() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-rename");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    request_for_alice(cluster, &ns.name, "alice");
+    wait_for_reason(cluster, &ns.name, "alice", "Issued");
+    assert!(exists(cluster, &ns.name, "secret/alice-kubeconfig"));
+
+    // First to a name that is taken: the new Secret cannot be written, so the old one stays, and
+    // stays named in status.
+    foreign_secret(cluster, &ns.name, "renamed", "someone-elses");
+    apply_request(
+        cluster,
+        &ns.name,
+        "alice",
+        "tokenSecretRef: {name: alice-token}\n  secretName: renamed",
+    );
+    wait_for_reason(cluster, &ns.name, "alice", "SecretConflict");
+    assert!(exists(cluster, &ns.name, "secret/alice-kubeconfig"));
+    assert_eq!(
+        status_secret_name(cluster, &ns.name, "alice"),
+        "alice-kubeconfig"
+    );
+
+    // Once it can be written, the old one goes.
+    kubectl(cluster, &["delete", "secret", "renamed", "-n", &ns.name]);
+    eventually(PROMPTLY, "the old Secret is deleted", || {
+        !exists(cluster, &ns.name, "secret/alice-kubeconfig")
+    });
+    assert_names_secret_of(
+        cluster,
+        &ns.name,
+        "alice",
+        "renamed",
+        &cluster.alice_username,
+    );
+    assert_eq!(
+        ready_reason(cluster, &ns.name, "alice").as_deref(),
+        Some("Issued")
+    );
+}
