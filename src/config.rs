@@ -2,7 +2,7 @@
 //! variable. Everything is checked before start-up so that a bad value stops the process with one
 //! line naming the field, instead of surfacing later as a confusing runtime failure.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
@@ -56,8 +56,25 @@ pub struct FileConfig {
     pub http: FileHttp,
     #[serde(default)]
     pub controller: FileController,
+    /// Present (with `listen`) to serve the authenticating API server proxy.
+    pub proxy: Option<FileProxy>,
     #[serde(default)]
     pub leader_election: FileLeaderElection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileProxy {
+    pub listen: Option<String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub upstream_url: Option<String>,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub stream_idle_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +213,36 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// Serve the authenticating API server proxy on this address; unset: no proxy [file: proxy.listen].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_LISTEN")]
+    pub proxy_listen: Option<String>,
+    /// PEM certificate chain the proxy serves [file: proxy.tlsCertFile; required with the proxy].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_TLS_CERT_FILE")]
+    pub proxy_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the proxy's certificate [file: proxy.tlsKeyFile; required with the proxy].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_TLS_KEY_FILE")]
+    pub proxy_tls_key_file: Option<PathBuf>,
+    /// https URL clients reach the proxy at; issued kubeconfigs name it instead of `server` [file: proxy.url; required with the proxy].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_URL")]
+    pub proxy_url: Option<String>,
+    /// PEM file of the CA that signed the proxy's certificate, put into issued kubeconfigs [file: proxy.caFile; default none: system roots].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_CA_FILE")]
+    pub proxy_ca_file: Option<PathBuf>,
+    /// https URL of the API server the proxy forwards to [file: proxy.upstreamUrl; default server].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_UPSTREAM_URL")]
+    pub proxy_upstream_url: Option<String>,
+    /// PEM file of the API server's CA [file: proxy.upstreamCaFile; default the certificateAuthority* setting].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_UPSTREAM_CA_FILE")]
+    pub proxy_upstream_ca_file: Option<PathBuf>,
+    /// File holding the proxy's own bearer token, of the ServiceAccount in config/proxy, re-read every minute [file: proxy.tokenFile; required with the proxy].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_TOKEN_FILE")]
+    pub proxy_token_file: Option<PathBuf>,
+    /// Connections the proxy serves at once, upgraded streams included [file: proxy.maxConnections; default 1024].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS")]
+    pub proxy_max_connections: Option<usize>,
+    /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed [file: proxy.streamIdleTimeoutSeconds; default 14400, kubelet's].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_PROXY_STREAM_IDLE_TIMEOUT_SECONDS")]
+    pub proxy_stream_idle_timeout_seconds: Option<u64>,
     /// Run the controller only while holding a Lease, so that of several replicas exactly one reconciles (all serve HTTP) [file: leaderElection.enabled; default true in a pod, false elsewhere].
     #[arg(long = "leader-elect", env = "KUBECONFIG_OPERATOR_LEADER_ELECT", num_args = 0..=1, default_missing_value = "true")]
     pub leader_elect: Option<bool>,
@@ -207,6 +254,9 @@ pub struct ConfigArgs {
     pub leader_election_namespace: Option<String>,
 }
 
+/// kubelet's default `--streaming-connection-idle-timeout`.
+const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 4 * 60 * 60;
+
 /// The validated configuration the rest of the crate runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -217,6 +267,23 @@ pub struct Config {
     pub watch_namespace: Option<String>,
     /// `None` when leader election is off: the controller runs from the start.
     pub leader_election: Option<LeaderElectionSettings>,
+    /// The authenticating API server proxy, when configured.
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// The authenticating proxy in front of the API server (see `server::proxy`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    /// The API server, https, no path.
+    pub upstream: Url,
+    /// PEM bytes of the API server's CA.
+    pub upstream_ca_pem: Vec<u8>,
+    /// The proxy's own bearer token, re-read while running.
+    pub token_file: PathBuf,
+    pub max_connections: usize,
+    pub stream_idle_timeout: Duration,
 }
 
 /// Where the Lease lives that replicas compete for (see `controller::leader`).
@@ -480,6 +547,7 @@ impl Config {
                 ConfigError::new("http.listen", format!("{listen:?} is not an address:port"))
             })?,
             tls: tls_files(
+                "http",
                 readable_file(
                     "http.tlsCertFile",
                     pick_path(&args.tls_cert_file, file.http.tls_cert_file),
@@ -522,10 +590,13 @@ impl Config {
             ));
         }
 
+        let (kubeconfig, proxy) = proxy(file.proxy.unwrap_or_default(), args, kubeconfig)?;
+
         Ok(Config {
             kubeconfig,
             oidc,
             http,
+            proxy,
             controller: ControllerSettings {
                 max_expiration_seconds,
             },
@@ -536,6 +607,110 @@ impl Config {
             leader_election,
         })
     }
+}
+
+/// The `proxy` section. Without `proxy.listen` there is no proxy and the kubeconfig settings stay
+/// as they are; with it, kubeconfigs name the proxy (`proxy.url`, `proxy.caFile`) and `server`
+/// with its CA become the proxy's upstream unless `proxy.upstream*` say otherwise.
+fn proxy(
+    file: FileProxy,
+    args: &ConfigArgs,
+    kubeconfig: KubeconfigSettings,
+) -> Result<(KubeconfigSettings, Option<ProxyConfig>), ConfigError> {
+    let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
+    let pick_path = |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
+    let Some(listen) = pick(&args.proxy_listen, file.listen) else {
+        return Ok((kubeconfig, None));
+    };
+    let listen = listen.parse().map_err(|_| {
+        ConfigError::new("proxy.listen", format!("{listen:?} is not an address:port"))
+    })?;
+    let tls = tls_files(
+        "proxy",
+        readable_file(
+            "proxy.tlsCertFile",
+            pick_path(&args.proxy_tls_cert_file, file.tls_cert_file),
+        )?,
+        readable_file(
+            "proxy.tlsKeyFile",
+            pick_path(&args.proxy_tls_key_file, file.tls_key_file),
+        )?,
+    )?
+    .ok_or_else(|| {
+        ConfigError::new(
+            "proxy.tlsCertFile",
+            "is required with proxy.listen: the proxy serves HTTPS only",
+        )
+    })?;
+    let url = https_url("proxy.url", pick(&args.proxy_url, file.url))?.1;
+    let ca_file = readable_file("proxy.caFile", pick_path(&args.proxy_ca_file, file.ca_file))?;
+    let upstream_text = pick(&args.proxy_upstream_url, file.upstream_url)
+        .unwrap_or_else(|| kubeconfig.server.clone());
+    let upstream = https_url("proxy.upstreamUrl", Some(upstream_text.clone()))?.0;
+    if !matches!(upstream.path(), "" | "/") {
+        return Err(ConfigError::new(
+            "proxy.upstreamUrl",
+            format!("{upstream_text:?} must not have a path"),
+        ));
+    }
+    let upstream_ca_pem = match pick_path(&args.proxy_upstream_ca_file, file.upstream_ca_file) {
+        Some(path) => read_pem_file("proxy.upstreamCaFile", &path)?,
+        None => kubeconfig.ca.current().map(|pem| pem.to_vec()).ok_or_else(|| {
+            ConfigError::new(
+                "proxy.upstreamCaFile",
+                "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
+            )
+        })?,
+    };
+    // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
+    let ca = match ca_file {
+        Some(path) => {
+            let pem = read_pem_file("proxy.caFile", &path)?;
+            CaBundle::from_file(path, pem)
+        }
+        None => CaBundle::default(),
+    };
+    // Required rather than defaulting to the pod's own token: the operator's ServiceAccount may
+    // read Secrets, and the proxy must act with nothing but the right to impersonate.
+    let token_file = readable_file(
+        "proxy.tokenFile",
+        pick_path(&args.proxy_token_file, file.token_file),
+    )?
+    .ok_or_else(|| {
+        ConfigError::new(
+            "proxy.tokenFile",
+            "is required with proxy.listen: a token of the proxy's own ServiceAccount (config/proxy), not the operator's",
+        )
+    })?;
+    let max_connections = positive(
+        "proxy.maxConnections",
+        args.proxy_max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024),
+    )?;
+    let idle = positive(
+        "proxy.streamIdleTimeoutSeconds",
+        args.proxy_stream_idle_timeout_seconds
+            .or(file.stream_idle_timeout_seconds)
+            .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS),
+    )?;
+    let kubeconfig = KubeconfigSettings {
+        server: url,
+        ca,
+        ..kubeconfig
+    };
+    Ok((
+        kubeconfig,
+        Some(ProxyConfig {
+            listen,
+            tls,
+            upstream,
+            upstream_ca_pem,
+            token_file,
+            max_connections,
+            stream_idle_timeout: Duration::from_secs(idle),
+        }),
+    ))
 }
 
 /// On by default in a pod, where a Deployment may run several replicas; off elsewhere (a
@@ -654,6 +829,14 @@ fn ca_bundle(data: Option<String>, file: Option<PathBuf>) -> Result<CaBundle, Co
     })
 }
 
+/// The PEM certificates in `path`, checked as certificateAuthorityFile is.
+fn read_pem_file(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(field, format!("cannot read {path:?}: {e}")))?;
+    crate::ca::parse_pem(&pem).map_err(|problem| ConfigError::new(field, problem))?;
+    Ok(pem)
+}
+
 fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
     match path {
         Some(path) if !path.is_file() => Err(ConfigError::new(
@@ -664,7 +847,12 @@ fn readable_file(field: &str, path: Option<PathBuf>) -> Result<Option<PathBuf>, 
     }
 }
 
-fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+/// Both files of a section's certificate (`http` or `proxy`), or neither.
+fn tls_files(
+    section: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key) {
         (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
             cert_file,
@@ -672,12 +860,12 @@ fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFi
         })),
         (None, None) => Ok(None),
         (Some(_), None) => Err(ConfigError::new(
-            "http.tlsKeyFile",
-            "is required with http.tlsCertFile",
+            &format!("{section}.tlsKeyFile"),
+            format!("is required with {section}.tlsCertFile"),
         )),
         (None, Some(_)) => Err(ConfigError::new(
-            "http.tlsCertFile",
-            "is required with http.tlsKeyFile",
+            &format!("{section}.tlsCertFile"),
+            format!("is required with {section}.tlsKeyFile"),
         )),
     }
 }
@@ -810,6 +998,153 @@ mod tests {
         Config::resolve(file, args)
             .expect_err("configuration must be refused")
             .field
+    }
+
+    /// A proxy section with readable files: (directory, CA file, token file).
+    fn proxy_files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        (dir, ca, token)
+    }
+
+    fn with_proxy(ca: &std::path::Path, token: &std::path::Path) -> ConfigArgs {
+        ConfigArgs {
+            ca_file: Some(ca.to_owned()),
+            proxy_listen: Some("127.0.0.1:8443".into()),
+            proxy_tls_cert_file: Some(ca.to_owned()),
+            proxy_tls_key_file: Some(ca.to_owned()),
+            proxy_url: Some("https://proxy.example:8443".into()),
+            proxy_token_file: Some(token.to_owned()),
+            ..minimal()
+        }
+    }
+
+    #[test]
+    fn without_proxy_listen_there_is_no_proxy() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert!(config.proxy.is_none());
+        assert_eq!(config.kubeconfig.server, "https://127.0.0.1:6443");
+    }
+
+    #[test]
+    fn with_the_proxy_kubeconfigs_name_it_and_server_becomes_the_upstream() {
+        let (_dir, ca, token) = proxy_files();
+        let config = Config::resolve(FileConfig::default(), &with_proxy(&ca, &token)).unwrap();
+        let proxy = config.proxy.expect("a proxy");
+        assert_eq!(proxy.upstream.as_str(), "https://127.0.0.1:6443/");
+        assert_eq!(proxy.upstream_ca_pem, std::fs::read(&ca).unwrap());
+        assert_eq!(proxy.token_file, token);
+        assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(14_400));
+        assert_eq!(config.kubeconfig.server, "https://proxy.example:8443");
+        assert_eq!(config.kubeconfig.ca.current(), None);
+
+        let args = ConfigArgs {
+            proxy_ca_file: Some(ca.clone()),
+            proxy_upstream_url: Some("https://10.0.0.1".into()),
+            ..with_proxy(&ca, &token)
+        };
+        let config = Config::resolve(FileConfig::default(), &args).unwrap();
+        assert_eq!(
+            config.kubeconfig.ca.current().as_deref(),
+            Some(std::fs::read(&ca).unwrap().as_slice())
+        );
+        assert_eq!(config.proxy.unwrap().upstream.as_str(), "https://10.0.0.1/");
+    }
+
+    #[test]
+    fn an_incomplete_proxy_section_names_the_missing_field() {
+        let (_dir, ca, token) = proxy_files();
+        for (args, field) in [
+            (
+                ConfigArgs {
+                    proxy_tls_cert_file: None,
+                    proxy_tls_key_file: None,
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.tlsCertFile",
+            ),
+            (
+                ConfigArgs {
+                    proxy_tls_key_file: None,
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.tlsKeyFile",
+            ),
+            (
+                ConfigArgs {
+                    proxy_url: None,
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.url",
+            ),
+            (
+                ConfigArgs {
+                    proxy_url: Some("http://proxy.example".into()),
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.url",
+            ),
+            (
+                ConfigArgs {
+                    ca_file: None,
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.upstreamCaFile",
+            ),
+            (
+                ConfigArgs {
+                    proxy_upstream_url: Some("https://api.example/prefix".into()),
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.upstreamUrl",
+            ),
+            (
+                ConfigArgs {
+                    proxy_token_file: Some("/nonexistent/token".into()),
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.tokenFile",
+            ),
+            (
+                ConfigArgs {
+                    proxy_token_file: None,
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.tokenFile",
+            ),
+            (
+                ConfigArgs {
+                    proxy_listen: Some("8443".into()),
+                    ..with_proxy(&ca, &token)
+                },
+                "proxy.listen",
+            ),
+        ] {
+            assert_eq!(error_field(FileConfig::default(), &args), field);
+        }
+    }
+
+    #[test]
+    fn the_proxy_section_reads_from_the_file() {
+        let (_dir, ca, token) = proxy_files();
+        let yaml = format!(
+            "server: https://127.0.0.1:6443\ncertificateAuthorityFile: {ca}\noidc: {{issuerUrl: https://dex.example/dex, clientId: c}}\nproxy:\n  listen: 0.0.0.0:8443\n  tlsCertFile: {ca}\n  tlsKeyFile: {ca}\n  url: https://proxy.example\n  tokenFile: {token}\n  maxConnections: 7\n  streamIdleTimeoutSeconds: 60\n",
+            ca = ca.display(),
+            token = token.display()
+        );
+        let file: FileConfig = crate::yaml::from_str(&yaml).unwrap();
+        let config = Config::resolve(file, &ConfigArgs::default()).unwrap();
+        let proxy = config.proxy.unwrap();
+        assert_eq!(proxy.max_connections, 7);
+        assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.kubeconfig.server, "https://proxy.example");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kubeconfig_operator::{
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
-    server::{self, HttpState},
+    server::{self, HttpState, proxy::BoundProxy},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -134,6 +134,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         controller_ready: Arc::clone(&controller_ready),
         allowed_origins: config.http.allowed_origins.clone(),
     });
+    let proxy = match &config.proxy {
+        Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),
+        None => None,
+    };
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
     let controller = async {
         match &config.leader_election {
@@ -161,9 +165,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let (_, served) = tokio::join!(
+    let (_, served, ()) = tokio::join!(
         controller,
-        server::serve(&config.http, http_state, on_stop())
+        server::serve(&config.http, http_state, on_stop()),
+        async {
+            if let Some(proxy) = proxy {
+                proxy.serve(on_stop()).await;
+            }
+        },
     );
     served?;
     Ok(())

@@ -18,6 +18,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// One request through the API server proxy: the Kubernetes verb (a fixed set) and the status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    pub verb: &'static str,
+    pub code: u16,
+}
+
 /// One KubeconfigRequest.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
@@ -44,6 +51,9 @@ pub struct Metrics {
     pub request_expiration: Family<ObjectLabels, Gauge>,
     pub request_renewal: Family<ObjectLabels, Gauge>,
     pub request_ready: Family<ReadyLabels, Gauge>,
+    pub proxy_requests: Family<ProxyLabels, Counter>,
+    pub proxy_upstream_duration: Histogram,
+    pub proxy_upgraded_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,8 +108,31 @@ impl Default for Metrics {
             "1 for the request's current Ready condition status (True or False), 0 for the other",
             request_ready.clone(),
         );
+        let proxy_requests = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests answered by the API server proxy, by Kubernetes verb and status code",
+            proxy_requests.clone(),
+        );
+        let proxy_upstream_duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "proxy_upstream_duration_seconds",
+            "Time from forwarding a request to the API server until its response headers arrived",
+            proxy_upstream_duration.clone(),
+        );
+        let proxy_upgraded_streams = Gauge::default();
+        registry.register(
+            "proxy_upgraded_streams",
+            "Upgraded connections (exec, attach, port-forward, WebSocket) open through the proxy",
+            proxy_upgraded_streams.clone(),
+        );
         Self {
             registry,
+            proxy_requests,
+            proxy_upstream_duration,
+            proxy_upgraded_streams,
             request_expiration,
             request_renewal,
             request_ready,

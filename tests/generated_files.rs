@@ -134,3 +134,20 @@ fn leader_election_role_matches_the_permissions_the_readme_declares() {
         );
     }
 }
+
+#[test]
+fn proxy_cluster_role_only_impersonates_users_and_groups_as_the_readme_declares() {
+    let path = "config/proxy/role.yaml";
+    let role = role_permissions(path, "ClusterRole");
+    assert_same(&role, &readme_permissions("proxy-permissions"), path);
+    assert!(
+        role.iter().all(|(_, _, verb)| verb == "impersonate"),
+        "the proxy may only impersonate: {role:?}"
+    );
+    assert!(
+        !role
+            .iter()
+            .any(|(_, resource, _)| resource == "serviceaccounts"),
+        "the proxy may not impersonate ServiceAccounts: {role:?}"
+    );
+}

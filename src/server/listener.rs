@@ -7,11 +7,11 @@ use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
 };
-use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
@@ -54,6 +54,13 @@ impl ConnectionLimits {
     }
 }
 
+/// Binds `address`; the error names it.
+pub(super) async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains. Each request carries the
 /// client's address as `ConnectInfo<SocketAddr>`, which per-client limits key on.
 pub(super) async fn serve_on(
@@ -64,7 +71,7 @@ pub(super) async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (drain, draining) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -101,15 +108,11 @@ pub(super) async fn serve_on(
         });
         let builder = builder.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
+                None => serve_connection(&builder, stream, service, draining).await,
                 Some(acceptor) => {
                     let stream =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -125,9 +128,7 @@ pub(super) async fn serve_on(
                                 return;
                             }
                         };
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await
+                    serve_connection(&builder, stream, service, draining).await
                 }
             };
             // Header timeouts, oversized heads and resets are the client's doing: debug only.
@@ -137,8 +138,11 @@ pub(super) async fn serve_on(
         });
     }
     drop(listener);
+    drop(draining);
     info!("HTTP server stopped accepting; finishing in-flight requests");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let _ = drain.send(true);
+    // Every connection task holds a receiver; `closed` resolves once the last one has ended.
+    if tokio::time::timeout(limits.drain_timeout, drain.closed())
         .await
         .is_err()
     {
@@ -146,6 +150,35 @@ pub(super) async fn serve_on(
             "in-flight requests did not finish within {:?}; dropping them",
             limits.drain_timeout
         );
+    }
+}
+
+/// Serves one connection, with upgrades (the proxy's exec and WebSocket streams hand the
+/// connection over to the route once it answered 101; the other routes never answer 101), until
+/// it ends or `draining` turns true: then hyper finishes the request in flight and closes.
+/// hyper-util's `GracefulShutdown` cannot watch an upgradeable HTTP/1 connection, hence the
+/// channel.
+async fn serve_connection<T, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: T,
+    service: S,
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        () = async { let _ = draining.wait_for(|draining| *draining).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     }
 }
 

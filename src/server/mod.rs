@@ -19,6 +19,7 @@ mod download;
 mod limits;
 mod listener;
 mod probes;
+pub mod proxy;
 #[cfg(test)]
 mod test_fixtures;
 
@@ -30,7 +31,6 @@ use std::{
 };
 
 use axum::{Router, middleware};
-use tokio::net::TcpListener;
 use tracing::info;
 
 pub use auth::Authenticated;
@@ -76,6 +76,10 @@ pub enum ServeError {
     },
     #[error("cannot use the TLS file {}: {problem}", path.display())]
     Tls { path: PathBuf, problem: String },
+    #[error("cannot set up the connection to the API server: {problem}")]
+    Upstream { problem: String },
+    #[error("cannot use the proxy's token file {}: {problem}", path.display())]
+    Credential { path: PathBuf, problem: String },
 }
 
 /// The routes and the access log, without the per-request limits (no rate limit, no request
@@ -113,12 +117,7 @@ pub async fn serve(
         .as_ref()
         .map(listener::tls_acceptor)
         .transpose()?;
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: config.listen,
-            source,
-        })?;
+    let tcp = listener::bind(config.listen).await?;
     let address = tcp.local_addr().unwrap_or(config.listen);
     info!(%address, tls = tls.is_some(), "HTTP server listening");
     let app = routes(state, Some(&RequestLimits::from_config(config)));
@@ -138,6 +137,7 @@ mod tests {
     use std::num::NonZeroU32;
 
     use axum::http::{Method, StatusCode, header};
+    use tokio::net::TcpListener;
 
     use super::*;
     use crate::config::TlsFiles;

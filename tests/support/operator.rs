@@ -50,7 +50,8 @@ pub fn operator_kubeconfig(cluster: &Cluster) -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

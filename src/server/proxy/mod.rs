@@ -1,0 +1,393 @@
+//! The authenticating API server proxy: for clusters whose API server cannot trust the issuer,
+//! issued kubeconfigs point here, and the proxy forwards each request to the API server as the
+//! token's user, by impersonation.
+//!
+//! Every request, in this order ([`handle`] reads as the list):
+//! 1. the bearer token is verified with the same extractor as `/kube-config` (401 with the
+//!    reason, or 503 if the issuer is unreachable);
+//! 2. a request carrying `Impersonate-*` headers of its own gets 403;
+//! 3. hop-by-hop headers and every header named in `Connection` are dropped;
+//! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
+//!    a bearer token among the WebSocket subprotocols is removed;
+//! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`) are
+//!    added for the verified identity.
+//!
+//! The API server then authorizes the request as the user, and its answer (including its own
+//! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
+//! attach, port-forward, WebSocket watches) take the same steps, then go over a fresh connection
+//! (see [`upgrade`]). There is no request timeout on this listener: a watch or an exec session
+//! lasts as long as it is used. The bounds are the listener's (connections at once, idle
+//! keep-alive connections closed after [`super::HEADER_READ_TIMEOUT`]) and, for upgraded
+//! streams, a slot per stream and an idle timeout.
+
+mod headers;
+mod upgrade;
+mod upstream;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, FromRequestParts, Request, State},
+    http::{HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts},
+    response::IntoResponse,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+
+use super::{
+    Authenticated, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, HttpState, ServeError,
+    listener::{self, ConnectionLimits},
+};
+use crate::{config::ProxyConfig, metrics::ProxyLabels};
+use upstream::{Credential, Upstream};
+
+/// What every proxied request shares.
+struct Proxy {
+    http: Arc<HttpState>,
+    upstream: Upstream,
+    credential: Arc<Credential>,
+    /// One permit per open upgraded stream; an upgraded connection has left the listener's
+    /// count, so this keeps streams bounded too.
+    streams: Arc<Semaphore>,
+    stream_idle_timeout: Duration,
+}
+
+/// The proxy's listener, bound and with its files read, ready to serve. Binding is separate
+/// from serving so that a bad certificate, CA or token file stops start-up.
+pub struct BoundProxy {
+    tcp: TcpListener,
+    tls: TlsAcceptor,
+    limits: ConnectionLimits,
+    app: Router,
+}
+
+impl BoundProxy {
+    /// Reads the serving certificate, the API server's CA and the proxy's token, and binds.
+    pub async fn bind(config: &ProxyConfig, http: Arc<HttpState>) -> Result<Self, ServeError> {
+        let tls = listener::tls_acceptor(&config.tls)?;
+        let upstream = Upstream::new(config)?;
+        let credential = Credential::load(config.token_file.clone())?;
+        credential.keep_fresh();
+        let tcp = listener::bind(config.listen).await?;
+        let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let proxy = Arc::new(Proxy {
+            http,
+            upstream,
+            credential,
+            streams: Arc::new(Semaphore::new(max_connections)),
+            stream_idle_timeout: config.stream_idle_timeout,
+        });
+        Ok(Self {
+            tcp,
+            tls,
+            limits: ConnectionLimits {
+                max_connections,
+                header_read_timeout: HEADER_READ_TIMEOUT,
+                drain_timeout: DRAIN_TIMEOUT,
+            },
+            app: Router::new().fallback(forward).with_state(proxy),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then drains like the main listener.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        info!(address = ?self.local_addr(), "API server proxy listening");
+        listener::serve_on(self.tcp, Some(self.tls), self.limits, self.app, shutdown).await;
+    }
+}
+
+/// Counts and logs every answer: user, verb, path and status, never a header or the query.
+async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let upgrade = headers::requested_upgrade(&parts.headers);
+    let verb = verb(&parts.method, &parts.uri, upgrade.is_some());
+    let path = parts.uri.path().to_owned();
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    let (user, response) = handle(&proxy, parts, body, upgrade, client).await;
+    let code = response.status().as_u16();
+    proxy
+        .http
+        .metrics
+        .proxy_requests
+        .get_or_create(&ProxyLabels { verb, code })
+        .inc();
+    let user = user.as_deref().unwrap_or("-");
+    let millis = started.elapsed().as_millis();
+    if response.status().is_server_error() {
+        warn!(user, verb, path, code, millis, ?client, "proxied");
+    } else {
+        info!(user, verb, path, code, millis, ?client, "proxied");
+    }
+    response
+}
+
+/// The steps of the module documentation, in order. Returns the verified username (once there
+/// is one) with the answer.
+async fn handle(
+    proxy: &Arc<Proxy>,
+    mut parts: Parts,
+    body: Body,
+    upgrade: Option<HeaderValue>,
+    client: Option<IpAddr>,
+) -> (Option<String>, Response<Body>) {
+    // 1. Who is asking.
+    let identity = match Authenticated::from_request_parts(&mut parts, &proxy.http).await {
+        Ok(authenticated) => authenticated.identity,
+        Err(refused) => return (None, refused),
+    };
+    let user = Some(identity.username.clone());
+    // The API server has no use for CONNECT; refusing it keeps tunnels out of the proxy.
+    if parts.method == Method::CONNECT {
+        return (
+            user,
+            refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the proxy does not open tunnels",
+            ),
+        );
+    }
+    // 2. Nobody chooses whom the proxy impersonates but the proxy.
+    if let Some(name) = headers::client_impersonation(&parts.headers) {
+        let message = format!(
+            "the proxy refuses requests that carry their own {name} header: it impersonates the token's user itself"
+        );
+        return (user, refusal(StatusCode::FORBIDDEN, "Forbidden", &message));
+    }
+    // 3. Connection-level headers stay on this hop.
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    headers::set_forwarded_for(&mut parts.headers, client);
+    // 4. The proxy's own credential...
+    headers::set_credential(&mut parts.headers, proxy.credential.current().await);
+    // 5. ...acting as the user.
+    if let Err(problem) = headers::impersonate(&mut parts.headers, &identity) {
+        return (
+            user,
+            refusal(StatusCode::FORBIDDEN, "Forbidden", &problem.to_string()),
+        );
+    }
+    let response = match upgrade {
+        Some(upgrade) => match Arc::clone(&proxy.streams).try_acquire_owned() {
+            Ok(permit) => upgrade::forward(proxy, parts, upgrade, permit).await,
+            Err(_) => refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the proxy has as many open streams as it serves; try again later",
+            ),
+        },
+        None => plain(proxy, parts, body).await,
+    };
+    (user, response)
+}
+
+/// Any request but an upgrade, over the pooled connections; the answer streams back as it
+/// arrives.
+async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
+    parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
+        Ok(uri) => uri,
+        Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
+    };
+    parts.version = axum::http::Version::HTTP_11;
+    let started = Instant::now();
+    match proxy
+        .upstream
+        .pooled()
+        .request(Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => {
+            proxy
+                .http
+                .metrics
+                .proxy_upstream_duration
+                .observe(started.elapsed().as_secs_f64());
+            let (mut head, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut head.headers);
+            Response::from_parts(head, Body::new(body))
+        }
+        Err(problem) => {
+            error!(problem = %problem, "cannot forward a request to the API server");
+            refusal(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                "the proxy cannot reach the API server",
+            )
+        }
+    }
+}
+
+/// The proxy's own refusals, as a Kubernetes `Status`, so kubectl prints the message.
+fn refusal(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": status.as_u16(),
+    });
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// The Kubernetes verb of a request, as the API server's request info names it, from a fixed
+/// set so that clients cannot create metric series: `watch` (a `watch` query or a `/watch/`
+/// path), `connect` (other upgrades: exec, attach, port-forward), `get` or `list` (a GET for one
+/// object or a collection; non-resource paths are `get`), `create`, `update`, `patch`,
+/// `delete` or `deletecollection`, and `other`.
+fn verb(method: &Method, uri: &Uri, upgrade: bool) -> &'static str {
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let resource_path = match segments.as_slice() {
+        ["api", _version, rest @ ..] | ["apis", _, _version, rest @ ..] => Some(rest),
+        _ => None,
+    };
+    let watch_query = uri.query().is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(key, value)| key == "watch" && (value == "true" || value == "1"))
+    });
+    if watch_query || resource_path.is_some_and(|rest| rest.first() == Some(&"watch")) {
+        return "watch";
+    }
+    if upgrade {
+        return "connect";
+    }
+    let one_object = resource_path.is_none_or(|rest| {
+        let rest = match rest {
+            ["namespaces", _, rest @ ..] if !rest.is_empty() => rest,
+            other => other,
+        };
+        rest.is_empty() || rest.len() >= 2
+    });
+    match *method {
+        Method::GET | Method::HEAD if one_object => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if one_object => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_follow_the_api_servers_request_info() {
+        for (method, uri, upgrade, expected) in [
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/configmaps",
+                false,
+                "list",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/configmaps/x",
+                false,
+                "get",
+            ),
+            (Method::GET, "/api/v1/namespaces/a", false, "get"),
+            (Method::GET, "/api/v1/namespaces", false, "list"),
+            (Method::GET, "/apis/apps/v1/deployments", false, "list"),
+            (
+                Method::GET,
+                "/apis/apps/v1/namespaces/a/deployments/d",
+                false,
+                "get",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/configmaps?watch=true",
+                false,
+                "watch",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/configmaps?watch=1",
+                true,
+                "watch",
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/a/configmaps",
+                false,
+                "watch",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/configmaps?watch=false",
+                false,
+                "list",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/a/pods/p/exec?command=ls",
+                true,
+                "connect",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/a/configmaps",
+                false,
+                "create",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/a/configmaps/x",
+                false,
+                "update",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/a/configmaps/x",
+                false,
+                "patch",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/configmaps/x",
+                false,
+                "delete",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/configmaps",
+                false,
+                "deletecollection",
+            ),
+            (Method::GET, "/version", false, "get"),
+            (Method::GET, "/apis", false, "get"),
+            (Method::OPTIONS, "/api", false, "other"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(verb(&method, &uri, upgrade), expected, "{method} {uri}");
+        }
+    }
+}

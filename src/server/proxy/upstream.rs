@@ -1,0 +1,229 @@
+//! The proxy's side towards the API server: the TLS trust in its CA, a pool of HTTP/1.1
+//! connections for ordinary requests, fresh connections for upgrades, and the proxy's own
+//! credential, read from its ServiceAccount token file and re-read while running.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{HeaderValue, Uri, uri::PathAndQuery},
+};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use rustls::pki_types::ServerName;
+use tokio::{net::TcpStream, sync::RwLock};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tracing::warn;
+use url::Url;
+
+use crate::{config::ProxyConfig, server::ServeError};
+
+/// How often the token file is re-read. A projected ServiceAccount token is rotated by kubelet
+/// well before it expires; client-go re-reads its token file every minute too.
+const CREDENTIAL_REFRESH: Duration = Duration::from_secs(60);
+/// How long a pooled connection to the API server may sit unused before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long connecting (TCP and TLS) to the API server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) struct Upstream {
+    /// `https://host:port`, the base of every forwarded URI.
+    base: Url,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    pooled: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The same trust, with ALPN `http/1.1` only, for upgrade connections.
+    tls: TlsConnector,
+}
+
+impl Upstream {
+    pub(super) fn new(config: &ProxyConfig) -> Result<Self, ServeError> {
+        let problem = |problem: String| ServeError::Upstream { problem };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pemfile::certs(&mut config.upstream_ca_pem.as_slice()) {
+            let certificate =
+                certificate.map_err(|e| problem(format!("the upstream CA is not PEM: {e}")))?;
+            roots
+                .add(certificate)
+                .map_err(|e| problem(format!("the upstream CA is not usable: {e}")))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| problem(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut upgrade_tls = tls.clone();
+        upgrade_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+        let host = config
+            .upstream
+            .host_str()
+            .ok_or_else(|| problem("the upstream URL has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = config.upstream.port_or_known_default().unwrap_or(443);
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| problem(format!("{host:?} is not a TLS server name: {e}")))?;
+        let mut base = config.upstream.clone();
+        base.set_path("");
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let pooled = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Self {
+            base,
+            host,
+            port,
+            server_name,
+            pooled,
+            tls: TlsConnector::from(Arc::new(upgrade_tls)),
+        })
+    }
+
+    /// The API server's URI for a request's path and query.
+    pub(super) fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, String> {
+        let path = path_and_query.map_or("/", PathAndQuery::as_str);
+        format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+            .parse()
+            .map_err(|e| format!("cannot forward to that path: {e}"))
+    }
+
+    /// `host:port` as the `Host` header of an upgrade request names it.
+    pub(super) fn authority(&self) -> &str {
+        self.base.authority()
+    }
+
+    pub(super) fn pooled(&self) -> &Client<HttpsConnector<HttpConnector>, Body> {
+        &self.pooled
+    }
+
+    /// A new TLS connection, never pooled and never reused: an upgrade gets a connection of its
+    /// own, which ends with the upgrade or with the refusal.
+    pub(super) async fn connect_fresh(&self) -> std::io::Result<TokioIo<TlsStream<TcpStream>>> {
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            tcp.set_nodelay(true)?;
+            self.tls.connect(self.server_name.clone(), tcp).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(stream) => stream.map(TokioIo::new),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting to the API server timed out",
+            )),
+        }
+    }
+}
+
+/// The proxy's bearer token, as an `Authorization` header value marked sensitive (hyper then
+/// keeps it out of debug output). Never logged.
+pub(super) struct Credential {
+    file: PathBuf,
+    value: RwLock<HeaderValue>,
+}
+
+impl Credential {
+    /// Reads the token now, so a missing or empty file stops start-up.
+    pub(super) fn load(file: PathBuf) -> Result<Arc<Self>, ServeError> {
+        let value = read_token(&file).map_err(|problem| ServeError::Credential {
+            path: file.clone(),
+            problem,
+        })?;
+        Ok(Arc::new(Self {
+            file,
+            value: RwLock::new(value),
+        }))
+    }
+
+    pub(super) async fn current(&self) -> HeaderValue {
+        self.value.read().await.clone()
+    }
+
+    /// Re-reads the file every [`CREDENTIAL_REFRESH`], so a rotated token is used without a
+    /// restart. A failed read keeps the last token and says why; it ends when the proxy is gone.
+    pub(super) fn keep_fresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CREDENTIAL_REFRESH).await;
+                let Some(credential) = weak.upgrade() else {
+                    break;
+                };
+                match read_token(&credential.file) {
+                    Ok(value) => *credential.value.write().await = value,
+                    Err(problem) => warn!(
+                        file = %credential.file.display(),
+                        problem,
+                        "cannot re-read the proxy's token; keeping the last one"
+                    ),
+                }
+            }
+        });
+    }
+}
+
+/// `Bearer <the file's content, trimmed>`. Problems name the file, never its content.
+fn read_token(file: &std::path::Path) -> Result<HeaderValue, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("the token file is empty".into());
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token file holds characters a header cannot carry".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rotated_token_is_used_after_the_next_refresh_and_a_broken_file_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first").unwrap();
+        let credential = Credential::load(file.clone()).unwrap();
+        credential.keep_fresh();
+        std::fs::write(&file, "second").unwrap();
+        assert_eq!(credential.current().await, "Bearer first");
+        tokio::time::sleep(CREDENTIAL_REFRESH + Duration::from_secs(1)).await;
+        assert_eq!(credential.current().await, "Bearer second");
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(CREDENTIAL_REFRESH).await;
+        assert_eq!(credential.current().await, "Bearer second");
+    }
+
+    #[test]
+    fn the_token_file_is_trimmed_and_refused_when_empty() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "  abc.def.ghi\n").unwrap();
+        let value = read_token(file.path()).unwrap();
+        assert_eq!(value, "Bearer abc.def.ghi");
+        assert!(value.is_sensitive());
+        std::fs::write(file.path(), "\n").unwrap();
+        assert_eq!(
+            read_token(file.path()).unwrap_err(),
+            "the token file is empty"
+        );
+        std::fs::write(file.path(), "a\nb").unwrap();
+        let problem = read_token(file.path()).unwrap_err();
+        assert!(!problem.contains("a\nb"), "{problem}");
+    }
+}

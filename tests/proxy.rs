@@ -1,0 +1,928 @@
+//! The authenticating API server proxy, end to end on the local cluster and Dex: the operator
+//! serves the proxy with a real ServiceAccount token that may only impersonate (config/proxy),
+//! real kubectl uses the kubeconfig the operator issues in proxy mode, and the API server judges
+//! every request as the token's user.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, OnceLock, mpsc},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+use support::{
+    Client, Cluster, Namespace, can_i_as_token, cluster, id_token, id_token_for_client, kubectl,
+    kubectl_as_token, kubectl_plain,
+    operator::{Issuer, Operator, free_port, operator_kubeconfig},
+    requests::{http_get, http_get_kubeconfig, write_temp},
+};
+
+const PROXY_NAMESPACE: &str = "kubeconfig-operator";
+const PROXY_SERVICE_ACCOUNT: &str = "kubeconfig-operator-proxy";
+
+/// Installs config/proxy once per test binary and returns a fresh token of its ServiceAccount.
+fn proxy_token(cluster: &Cluster) -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        // Creates the operator's namespace, among the rest.
+        operator_kubeconfig(cluster);
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy");
+        kubectl(cluster, &["apply", "-n", PROXY_NAMESPACE, "-k", config]);
+        kubectl(
+            cluster,
+            &[
+                "create",
+                "token",
+                PROXY_SERVICE_ACCOUNT,
+                "-n",
+                PROXY_NAMESPACE,
+                "--duration=2h",
+            ],
+        )
+    })
+}
+
+/// The operator with its proxy on 127.0.0.1, a certificate made now by a CA made now, and the
+/// proxy ServiceAccount's token.
+struct Proxied {
+    operator: Operator,
+    address: SocketAddr,
+    url: String,
+    ca_pem: String,
+    proxy_token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Proxied {
+    fn start(cluster: &Cluster, namespace: &str) -> Self {
+        let proxy_token = proxy_token(cluster).to_owned();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let cert_file = file("tls.crt", &certificate.pem());
+        let key_file = file("tls.key", &key.serialize_pem());
+        let ca_file = file("ca.crt", &ca.pem());
+        let token_file = file("token", &proxy_token);
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let url = format!("https://{address}");
+        let operator = Operator::start(
+            cluster,
+            namespace,
+            Issuer::Main,
+            &[
+                "--proxy-listen",
+                &address.to_string(),
+                "--proxy-tls-cert-file",
+                &cert_file,
+                "--proxy-tls-key-file",
+                &key_file,
+                "--proxy-url",
+                &url,
+                "--proxy-ca-file",
+                &ca_file,
+                "--proxy-token-file",
+                &token_file,
+            ],
+        );
+        Proxied {
+            operator,
+            address,
+            url,
+            ca_pem: ca.pem(),
+            proxy_token,
+            dir,
+        }
+    }
+
+    /// The kubeconfig the operator issues for `token`, written to a file.
+    fn kubeconfig_for(&self, token: &str, name: &str) -> PathBuf {
+        let response = http_get_kubeconfig(&self.operator.base_url, Some(token), "");
+        assert_eq!(response.status, 200, "{}", response.body);
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, &response.body).unwrap();
+        path
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.operator.base_url, "/metrics", None, "").body
+    }
+
+    fn tls(&self) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots.add(certificate.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// Sends `request` as written (header names in any case, duplicates as given) over TLS and
+    /// reads until the proxy closes the connection, or `timeout`.
+    fn raw(&self, request: &[u8], timeout: Duration) -> String {
+        runtime().block_on(async {
+            let tcp = TcpStream::connect(self.address).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = self.tls().connect(name, tcp).await.unwrap();
+            tls.write_all(request).await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(timeout, tls.read_to_end(&mut answer)).await;
+            let mut text = String::from_utf8_lossy(&answer).into_owned();
+            if read.is_err() {
+                text.push_str("\n<still open>");
+            }
+            text
+        })
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+    let mut full = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+    full.extend_from_slice(args);
+    kubectl_plain(&full)
+}
+
+/// alice may get, list, watch, create and delete ConfigMaps in `namespace`, nothing else.
+fn let_alice_use_configmaps(cluster: &Cluster, namespace: &str) {
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "role",
+            "configmaps",
+            "--verb=get,list,watch,create,delete",
+            "--resource=configmaps",
+            "-n",
+            namespace,
+        ],
+    );
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "alice-configmaps",
+            "--role=configmaps",
+            &format!("--user={}", cluster.alice_username),
+            "-n",
+            namespace,
+        ],
+    );
+}
+
+fn user_info(whoami_json: &str) -> serde_json::Value {
+    let review: serde_json::Value = serde_json::from_str(whoami_json).expect("whoami JSON");
+    review["status"]["userInfo"].clone()
+}
+
+#[test]
+fn kubectl_through_the_proxy_acts_as_alice_within_her_rbac() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-rbac");
+    let other = Namespace::new(cluster, "proxy-elsewhere");
+    let_alice_use_configmaps(cluster, &ns.name);
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice_token = id_token(cluster, "alice");
+    let alice = proxied.kubeconfig_for(&alice_token, "alice.kubeconfig");
+
+    // The issued kubeconfig names the proxy and its CA, not the API server.
+    let parsed: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let cluster_entry = &parsed["clusters"][0]["cluster"];
+    assert_eq!(cluster_entry["server"], proxied.url.as_str());
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(
+            cluster_entry["certificate-authority-data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8(ca).unwrap(), proxied.ca_pem);
+
+    // The API server sees exactly the user it sees with the token itself.
+    let through_proxy = kubectl_with(&alice, &["auth", "whoami", "-o", "json"]).unwrap();
+    let direct =
+        kubectl_as_token(cluster, &alice_token, &["auth", "whoami", "-o", "json"]).unwrap();
+    assert_eq!(user_info(&through_proxy), user_info(&direct));
+    assert_eq!(
+        user_info(&through_proxy),
+        serde_json::json!({
+            "username": cluster.alice_username,
+            "groups": ["team-a", "system:authenticated"],
+        })
+    );
+
+    let n = ns.name.as_str();
+    kubectl_with(
+        &alice,
+        &[
+            "create",
+            "configmap",
+            "made-by-alice",
+            "--from-literal=a=b",
+            "-n",
+            n,
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        kubectl_with(
+            &alice,
+            &[
+                "get",
+                "configmap",
+                "made-by-alice",
+                "-n",
+                n,
+                "-o",
+                "jsonpath={.data.a}"
+            ]
+        )
+        .unwrap(),
+        "b"
+    );
+    let listed = kubectl_with(&alice, &["get", "configmaps", "-n", n, "-o", "name"]).unwrap();
+    assert!(listed.contains("configmap/made-by-alice"), "{listed}");
+    kubectl_with(&alice, &["delete", "configmap", "made-by-alice", "-n", n]).unwrap();
+    assert!(
+        kubectl(cluster, &["get", "configmaps", "-n", n, "-o", "name"])
+            .lines()
+            .all(|line| line != "configmap/made-by-alice")
+    );
+
+    // Beyond her RoleBinding the answer is the API server's own 403, naming her.
+    for args in [
+        &["get", "configmaps", "-n", other.name.as_str()][..],
+        &["get", "secrets", "-n", n],
+        &["create", "configmap", "x", "-n", other.name.as_str()],
+    ] {
+        let refused = kubectl_with(&alice, args).unwrap_err();
+        assert!(
+            refused.to_lowercase().contains("forbidden")
+                && refused.contains(&format!("User \"{}\" cannot", cluster.alice_username)),
+            "{refused}"
+        );
+    }
+    // bob, through the same proxy, has none of alice's rights.
+    let bob = proxied.kubeconfig_for(&id_token(cluster, "bob"), "bob.kubeconfig");
+    let refused = kubectl_with(&bob, &["get", "configmaps", "-n", n]).unwrap_err();
+    assert!(
+        refused.contains(&format!("User \"{}\" cannot list", cluster.bob_username)),
+        "{refused}"
+    );
+
+    let metrics = proxied.metrics();
+    for series in [
+        r#"kubeconfig_operator_proxy_requests_total{verb="create",code="201"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="get",code="200"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="list",code="200"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="delete",code="200"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="list",code="403"}"#,
+        "kubeconfig_operator_proxy_upstream_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(series), "{series} missing in\n{metrics}");
+    }
+
+    let path = format!("/api/v1/namespaces/{n}/configmaps");
+    let access = proxied.operator.log_events_with("proxied");
+    assert!(
+        access
+            .iter()
+            .any(|event| event["user"] == cluster.alice_username.as_str()
+                && event["verb"] == "create"
+                && event["path"] == path.as_str()
+                && event["code"] == 201),
+        "no access log event for alice's create in {access:?}"
+    );
+    let logs = proxied.operator.logs();
+    for secret in [alice_token.as_str(), proxied.proxy_token.as_str()] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(
+            !logs.contains(signature),
+            "a token is in the operator's log"
+        );
+    }
+}
+
+#[test]
+fn a_watch_through_the_proxy_streams_objects_created_after_it_began() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-watch");
+    let_alice_use_configmaps(cluster, &ns.name);
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    kubectl(cluster, &["create", "configmap", "before", "-n", &ns.name]);
+
+    let mut watch = Command::new("kubectl")
+        .env("KUBECONFIG", "/dev/null")
+        .args(["--kubeconfig", alice.to_str().unwrap()])
+        .args(["get", "configmaps", "-w", "-o", "name", "-n", &ns.name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kubectl get -w");
+    let (lines, received) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |wanted: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match received.recv_timeout(left) {
+                Ok(line) if line == wanted => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(wait_for("configmap/before"), "the watch did not list");
+    // Longer than the listener's idle keep-alive limit: a streaming answer is not idle.
+    std::thread::sleep(Duration::from_secs(12));
+    kubectl(cluster, &["create", "configmap", "after", "-n", &ns.name]);
+    let seen = wait_for("configmap/after");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        seen,
+        "the watch did not stream an object created after it began"
+    );
+    assert!(
+        proxied
+            .metrics()
+            .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="200"}"#)
+    );
+}
+
+/// What the API server said for a SelfSubjectReview sent through the proxy.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Refused(u16),
+    Saw(serde_json::Value),
+}
+
+fn self_subject_review(proxied: &Proxied, header_lines: &[String]) -> (Outcome, String) {
+    let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    // HTTP/1.0, so the answer's body runs to the end of the connection, unchunked.
+    let mut request = format!(
+        "POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        proxied.address,
+        body.len()
+    );
+    for line in header_lines {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let answer = proxied.raw(request.as_bytes(), Duration::from_secs(20));
+    let code: u16 = answer
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let outcome = if code == 201 {
+        let json = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap();
+        let review: serde_json::Value = serde_json::from_str(json).expect("a review");
+        Outcome::Saw(review["status"]["userInfo"].clone())
+    } else {
+        Outcome::Refused(code)
+    };
+    (outcome, answer)
+}
+
+#[test]
+fn smuggled_identity_headers_gain_nothing() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-smuggling");
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice = id_token(cluster, "alice");
+    let bob = id_token(cluster, "bob");
+    let other_app = id_token_for_client(cluster, "alice", Client::Other);
+    let exactly_alice = Outcome::Saw(serde_json::json!({
+        "username": cluster.alice_username,
+        "groups": ["team-a", "system:authenticated"],
+    }));
+    let as_alice = format!("Authorization: Bearer {alice}");
+    let lines = |extra: &[&str]| -> Vec<String> {
+        std::iter::once(as_alice.clone())
+            .chain(extra.iter().map(|line| (*line).to_owned()))
+            .collect()
+    };
+    let ours = "refuses requests that carry their own";
+    let cases: Vec<(&str, Vec<String>, Outcome, Option<&str>)> = vec![
+        ("plain", lines(&[]), exactly_alice.clone(), None),
+        (
+            "Impersonate-User",
+            lines(&["Impersonate-User: admin"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "Impersonate-Group",
+            lines(&["Impersonate-Group: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "upper case",
+            lines(&["IMPERSONATE-GROUP: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "lower case",
+            lines(&["impersonate-group: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "mixed case",
+            lines(&["iMpErSoNaTe-GrOuP: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "underscore",
+            lines(&["Impersonate_Group: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "duplicated",
+            lines(&[
+                "Impersonate-Group: system:masters",
+                "Impersonate-Group: system:masters",
+            ]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "extra",
+            lines(&["Impersonate-Extra-Groups: system:masters"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "uid",
+            lines(&["Impersonate-Uid: 0"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        (
+            "hidden behind Connection",
+            lines(&["Connection: Impersonate-User", "Impersonate-User: admin"]),
+            Outcome::Refused(403),
+            Some(ours),
+        ),
+        // Naming the proxy's own headers in Connection must not strip them.
+        (
+            "Connection names Impersonate-User",
+            lines(&["Connection: Impersonate-User, Impersonate-Group"]),
+            exactly_alice.clone(),
+            None,
+        ),
+        (
+            "Connection names Authorization",
+            lines(&["Connection: Authorization"]),
+            exactly_alice.clone(),
+            None,
+        ),
+        // Front-proxy headers count only with the front proxy's client certificate.
+        (
+            "front-proxy headers",
+            lines(&["X-Remote-User: admin", "X-Remote-Group: system:masters"]),
+            exactly_alice.clone(),
+            None,
+        ),
+        (
+            "two Authorization headers",
+            lines(&[&format!("Authorization: Bearer {bob}")]),
+            Outcome::Refused(401),
+            None,
+        ),
+        (
+            "the same token twice",
+            lines(&[as_alice.as_str()]),
+            Outcome::Refused(401),
+            None,
+        ),
+        (
+            "a token for other-app",
+            vec![format!("Authorization: Bearer {other_app}")],
+            Outcome::Refused(401),
+            Some("WrongAudience"),
+        ),
+        (
+            "other-app with impersonation",
+            vec![
+                format!("Authorization: Bearer {other_app}"),
+                "Impersonate-User: admin".into(),
+            ],
+            Outcome::Refused(401),
+            None,
+        ),
+        (
+            "no token",
+            vec!["Impersonate-User: admin".into()],
+            Outcome::Refused(401),
+            None,
+        ),
+    ];
+    for (name, header_lines, expected, says) in cases {
+        let (outcome, answer) = self_subject_review(&proxied, &header_lines);
+        assert_eq!(outcome, expected, "{name}: {answer}");
+        if let Some(says) = says {
+            assert!(answer.contains(says), "{name}: {answer}");
+        }
+        assert!(
+            !answer.contains(&alice) && !answer.contains(&proxied.proxy_token),
+            "{name}: a token came back"
+        );
+    }
+    // Nor can the proxy be used as a tunnel.
+    let tunnel = proxied.raw(
+        format!("CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n{as_alice}\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(2),
+    );
+    assert!(
+        tunnel.starts_with("HTTP/1.1 405 ") && tunnel.contains("does not open tunnels"),
+        "{tunnel}"
+    );
+}
+
+#[test]
+fn the_proxys_service_account_may_only_impersonate() {
+    let cluster = cluster();
+    let token = proxy_token(cluster);
+    let refused =
+        kubectl_as_token(cluster, token, &["get", "secrets", "-n", PROXY_NAMESPACE]).unwrap_err();
+    assert!(refused.contains("Forbidden"), "{refused}");
+    for denied in [
+        &["get", "secrets", "--all-namespaces"][..],
+        &["list", "configmaps", "--all-namespaces"],
+        &["create", "pods", "-n", "default"],
+        &["impersonate", "serviceaccounts", "-n", "default"],
+    ] {
+        assert!(!can_i_as_token(cluster, token, denied), "{denied:?}");
+    }
+    for allowed in [&["impersonate", "users"][..], &["impersonate", "groups"]] {
+        assert!(can_i_as_token(cluster, token, allowed), "{allowed:?}");
+    }
+    // Nor UIDs or extras, which the proxy never sends. kubectl auth can-i cannot name resources
+    // no API serves; ask the API server directly.
+    for (resource, subresource) in [("uids", ""), ("userextras", "scopes")] {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {
+                "verb": "impersonate",
+                "group": "authentication.k8s.io",
+                "resource": resource,
+                "subresource": subresource,
+            }},
+        });
+        let file = write_temp(&review.to_string());
+        let allowed = kubectl_as_token(
+            cluster,
+            token,
+            &[
+                "create",
+                "--validate=false",
+                "-f",
+                file.path().to_str().unwrap(),
+                "-o",
+                "jsonpath={.status.allowed}",
+            ],
+        )
+        .unwrap();
+        assert_eq!(allowed, "false", "impersonate {resource}/{subresource}");
+    }
+}
+
+#[test]
+fn a_refused_upgrade_is_returned_and_its_connection_closed() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-upgrade-refused");
+    let elsewhere = Namespace::new(cluster, "proxy-upgrade-elsewhere");
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice = id_token(cluster, "alice");
+    // A WebSocket watch where alice may not watch, with a second request pipelined behind it:
+    // after the refusal the connection must close, so the second is never answered.
+    let upgrade = format!(
+        "GET /api/v1/namespaces/{}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        elsewhere.name, proxied.address
+    );
+    let pipelined = format!(
+        "GET /api/v1/namespaces/{}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\n\r\n",
+        ns.name, proxied.address
+    );
+    let answer = proxied.raw(
+        format!("{upgrade}{pipelined}").as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(
+        answer.contains(&format!(
+            "User \\\"{}\\\" cannot watch",
+            cluster.alice_username
+        )),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("<still open>"),
+        "the connection stayed open: {answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(
+        proxied
+            .metrics()
+            .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="403"} 1"#)
+    );
+}
+
+#[test]
+fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-websocket");
+    let_alice_use_configmaps(cluster, &ns.name);
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice = id_token(cluster, "alice");
+    let runtime = runtime();
+    let mut socket = runtime.block_on(async {
+        let tcp = TcpStream::connect(proxied.address).await.unwrap();
+        let tls = proxied
+            .tls()
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut request = format!(
+            "wss://{}/api/v1/namespaces/{}/configmaps?watch=true",
+            proxied.address, ns.name
+        )
+        .into_client_request()
+        .unwrap();
+        let headers = request.headers_mut();
+        headers.insert("authorization", format!("Bearer {alice}").parse().unwrap());
+        headers.insert("origin", "https://127.0.0.1".parse().unwrap());
+        let (socket, response) = tokio_tungstenite::client_async(request, tls)
+            .await
+            .expect("the WebSocket handshake through the proxy");
+        assert_eq!(response.status(), 101);
+        socket
+    });
+    assert!(
+        proxied
+            .metrics()
+            .contains("kubeconfig_operator_proxy_upgraded_streams 1"),
+        "{}",
+        proxied.metrics()
+    );
+    kubectl(
+        cluster,
+        &["create", "configmap", "over-websocket", "-n", &ns.name],
+    );
+    let event = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(message) = socket.next().await {
+                let text = match message.expect("a WebSocket message") {
+                    Message::Text(text) => text.to_string(),
+                    Message::Binary(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    _ => continue,
+                };
+                let event: serde_json::Value = serde_json::from_str(&text).expect("a watch event");
+                if event["object"]["metadata"]["name"] == "over-websocket" {
+                    return event;
+                }
+            }
+            panic!("the WebSocket closed before the event came");
+        })
+        .await
+        .expect("the event within 30 s")
+    });
+    assert_eq!(event["type"], "ADDED");
+    runtime.block_on(async {
+        let _ = socket.close(None).await;
+    });
+    drop(socket);
+    support::eventually(Duration::from_secs(10), "the stream gauge drops", || {
+        proxied
+            .metrics()
+            .contains("kubeconfig_operator_proxy_upgraded_streams 0")
+    });
+}
+
+/// The harness has no kubelet, so no exec or port-forward session can open. What it can show is
+/// who the API server authorizes the upgrade as: bob, who may read the pod but not exec into it,
+/// gets the API server's 403 naming him; alice, who may, gets past authorization to the API
+/// server's own complaint that the pod has no node. Without impersonation on the upgrade the
+/// API server would see the proxy's ServiceAccount and refuse both alike.
+#[test]
+fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-exec");
+    let n = ns.name.as_str();
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "target", "namespace": n},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "main", "image": "registry.invalid/none:1"}],
+        },
+    });
+    let manifest = write_temp(&pod.to_string());
+    kubectl(
+        cluster,
+        &["create", "-f", manifest.path().to_str().unwrap()],
+    );
+    // kubectl port-forward refuses a pod that is not Running before it dials.
+    kubectl(
+        cluster,
+        &[
+            "patch",
+            "pod",
+            "target",
+            "-n",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ],
+    );
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "role",
+            "read-pods",
+            "--verb=get,list",
+            "--resource=pods",
+            "-n",
+            n,
+        ],
+    );
+    // WebSocket upgrades are GETs, SPDY ones POSTs: kube-apiserver 1.33 authorizes them as get
+    // and create on the subresource.
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "role",
+            "exec",
+            "--verb=get,create",
+            "--resource=pods/exec,pods/portforward",
+            "-n",
+            n,
+        ],
+    );
+    for (role, user) in [
+        ("read-pods", &cluster.alice_username),
+        ("read-pods", &cluster.bob_username),
+        ("exec", &cluster.alice_username),
+    ] {
+        kubectl(
+            cluster,
+            &[
+                "create",
+                "rolebinding",
+                &format!("{role}-{}", user.replace(['@', '.'], "-")),
+                &format!("--role={role}"),
+                &format!("--user={user}"),
+                "-n",
+                n,
+            ],
+        );
+    }
+    let proxied = Proxied::start(cluster, n);
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let bob = proxied.kubeconfig_for(&id_token(cluster, "bob"), "bob.kubeconfig");
+    let exec = ["exec", "target", "-n", n, "--", "true"];
+    let port_forward = [
+        "port-forward",
+        "pod/target",
+        "-n",
+        n,
+        "--address=127.0.0.1",
+        "0:80",
+    ];
+
+    for args in [&exec[..], &port_forward] {
+        let refused = kubectl_with(&bob, args).unwrap_err();
+        assert!(
+            refused.contains(&format!("User \"{}\" cannot", cluster.bob_username))
+                && (refused.contains("pods/exec") || refused.contains("pods/portforward")),
+            "{refused}"
+        );
+        let authorized = kubectl_with(&alice, args).unwrap_err();
+        assert!(
+            authorized.contains("does not have a host assigned") && !authorized.contains("cannot"),
+            "{authorized}"
+        );
+    }
+    let metrics = proxied.metrics();
+    for series in [
+        r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="403"}"#,
+        r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="400"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing in\n{metrics}");
+    }
+}
+
+/// The README's benchmark row: `kubectl get` through the proxy against `kubectl get` with the
+/// same token straight at the API server, interleaved in one run so both see the same machine
+/// load. Printed (`--nocapture`); the bound only catches a proxy gone badly wrong (a handshake
+/// or a token check per request that takes longer than kubectl itself).
+#[test]
+fn kubectl_get_through_the_proxy_against_directly() {
+    const ROUNDS: usize = 15;
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-bench");
+    let_alice_use_configmaps(cluster, &ns.name);
+    let proxied = Proxied::start(cluster, &ns.name);
+    let token = id_token(cluster, "alice");
+    let alice = proxied.kubeconfig_for(&token, "alice.kubeconfig");
+    let cache = |name: &str| format!("--cache-dir={}", proxied.dir.path().join(name).display());
+    let (direct_cache, proxy_cache) = (cache("direct-cache"), cache("proxy-cache"));
+    let get = ["get", "configmaps", "-n", ns.name.as_str(), "-o", "name"];
+    let timed = |run: &dyn Fn() -> Result<String, String>| {
+        let started = std::time::Instant::now();
+        run().unwrap();
+        started.elapsed()
+    };
+    let direct_run = || {
+        let mut args = vec![direct_cache.as_str()];
+        args.extend_from_slice(&get);
+        kubectl_as_token(cluster, &token, &args)
+    };
+    let proxy_run = || {
+        let mut args = vec![proxy_cache.as_str()];
+        args.extend_from_slice(&get);
+        kubectl_with(&alice, &args)
+    };
+    // Warm-up: discovery caches, pooled connections.
+    timed(&direct_run);
+    timed(&proxy_run);
+    let (mut direct, mut proxy) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        direct.push(timed(&direct_run));
+        proxy.push(timed(&proxy_run));
+    }
+    direct.sort();
+    proxy.sort();
+    let (direct, proxy) = (direct[ROUNDS / 2], proxy[ROUNDS / 2]);
+    let ratio = proxy.as_secs_f64() / direct.as_secs_f64();
+    eprintln!(
+        "kubectl get, median of {ROUNDS}: through the proxy {proxy:?}, directly {direct:?}, ratio {ratio:.2}"
+    );
+    assert!(
+        ratio < 3.0,
+        "through the proxy {proxy:?}, directly {direct:?}"
+    );
+}
