@@ -36,13 +36,11 @@ run:
 	bash scripts/run-local.sh
 
 # Every test: unit and integration tests against the local cluster, then each fuzz target for
-# FUZZ_SECONDS. The cluster is torn down even when tests fail.
+# FUZZ_SECONDS (scripts/test.sh builds all three parts side by side). The cluster is torn down
+# even when tests fail.
 FUZZ_SECONDS ?= 60
 test:
-	$(MAKE) cluster-up
-	rc=0; cargo test || rc=$$?; \
-	if [ $$rc -eq 0 ]; then bash scripts/fuzz.sh $(FUZZ_SECONDS) || rc=$$?; fi; \
-	$(MAKE) cluster-down; exit $$rc
+	bash scripts/test.sh $(FUZZ_SECONDS)
 
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)

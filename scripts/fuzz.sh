@@ -12,6 +12,7 @@
 #   FUZZ_SANITIZER  address (default) or none (faster, but catches only panics, not UB in C code)
 #   CARGO_BUILD_JOBS  cargo build jobs (default: all cores)
 #   FUZZ_KEEP_CORPUS=1  keep the new corpus entries (their directory is printed)
+#   FUZZ_BUILD_ONLY=1   build the targets and stop
 set -euo pipefail
 
 seconds=${1:-60}
@@ -44,6 +45,8 @@ max_len_for() {
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo fuzz list | tr '\n' ' ')}"
 echo "building ${targets[*]} (sanitizer: $sanitizer)" >&2
 cargo fuzz build "${build_args[@]}"
+# FUZZ_BUILD_ONLY=1: build the targets now (e.g. beside other builds) and run them later.
+if [[ -n ${FUZZ_BUILD_ONLY:-} ]]; then exit 0; fi
 
 scratch_root=$(mktemp -d "${TMPDIR:-/tmp}/kubeconfig-operator-fuzz.XXXXXX")
 if [[ -z ${FUZZ_KEEP_CORPUS:-} ]]; then trap 'rm -rf "$scratch_root"' EXIT; fi

@@ -866,6 +866,47 @@ fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
             "{authorized}"
         );
     }
+    // The API server's audit log says who each exec and port-forward was authorized as: the
+    // proxy's account, impersonating exactly the token's user, and refused for bob.
+    let audit_log = cluster.dir.join("logs/audit.log");
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| {
+                event["objectRef"]["namespace"] == n && event["stage"] == "ResponseComplete"
+            })
+            .collect()
+    };
+    for subresource in ["exec", "portforward"] {
+        for (user, refused) in [
+            (&cluster.alice_username, false),
+            (&cluster.bob_username, true),
+        ] {
+            support::eventually(
+                Duration::from_secs(15),
+                &format!("the audit log has {user}'s pods/{subresource} through the proxy"),
+                || {
+                    events().iter().any(|event| {
+                        event["objectRef"]["subresource"] == subresource
+                            && event["impersonatedUser"]["username"] == user.as_str()
+                            && event["user"]["username"]
+                                .as_str()
+                                .is_some_and(|proxy| proxy.starts_with("system:serviceaccount:"))
+                            && (event["responseStatus"]["code"] == 403) == refused
+                    })
+                },
+            );
+        }
+    }
+    assert!(
+        !events()
+            .iter()
+            .any(|event| event["objectRef"]["subresource"].is_string()
+                && event["impersonatedUser"].is_null()),
+        "every exec and port-forward through the proxy is impersonated"
+    );
     let metrics = proxied.metrics();
     for series in [
         r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="403"}"#,
@@ -877,8 +918,8 @@ fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
 
 /// The README's benchmark row: `kubectl get` through the proxy against `kubectl get` with the
 /// same token straight at the API server, interleaved in one run so both see the same machine
-/// load. Printed (`--nocapture`); the bound only catches a proxy gone badly wrong (a handshake
-/// or a token check per request that takes longer than kubectl itself).
+/// load. It checks that every one of the runs succeeds on both paths; the timing is printed
+/// (`--nocapture`), never asserted: a benchmark measures, a test does not time.
 #[test]
 fn kubectl_get_through_the_proxy_against_directly() {
     const ROUNDS: usize = 15;
@@ -920,9 +961,5 @@ fn kubectl_get_through_the_proxy_against_directly() {
     let ratio = proxy.as_secs_f64() / direct.as_secs_f64();
     eprintln!(
         "kubectl get, median of {ROUNDS}: through the proxy {proxy:?}, directly {direct:?}, ratio {ratio:.2}"
-    );
-    assert!(
-        ratio < 3.0,
-        "through the proxy {proxy:?}, directly {direct:?}"
     );
 }

@@ -79,6 +79,19 @@ component_cmd() {
 		CMD=("$CLUSTER_BIN/dex" serve "$CLUSTER_DIR/dex/dex-short.yaml")
 		;;
 	apiserver)
+		# Audit what no test can see otherwise: the identity exec, attach and port-forward
+		# requests are authorized as (the proxy impersonates; the cluster has no kubelet).
+		cat >"$CLUSTER_DIR/audit-policy.yaml" <<-'POLICY'
+			apiVersion: audit.k8s.io/v1
+			kind: Policy
+			omitStages: [RequestReceived]
+			rules:
+			  - level: Metadata
+			    resources:
+			      - group: ""
+			        resources: ["pods/exec", "pods/attach", "pods/portforward"]
+			  - level: None
+		POLICY
 		CMD=("$CLUSTER_BIN/kcluster" apiserver
 			--etcd-servers="http://127.0.0.1:$ETCD_PORT"
 			--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT"
@@ -94,6 +107,8 @@ component_cmd() {
 			--oidc-client-id=kubeconfig-operator
 			--oidc-username-claim=email --oidc-groups-claim=groups
 			--oidc-ca-file="$PKI/dex-ca.crt"
+			--audit-policy-file="$CLUSTER_DIR/audit-policy.yaml"
+			--audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-maxsize=50
 			--profiling=false
 			--v=1)
 		;;
@@ -109,6 +124,8 @@ component_cmd() {
 			--service-account-private-key-file="$PKI/sa.key"
 			--root-ca-file="$PKI/ca.crt"
 			--leader-elect=false
+			--audit-policy-file="$CLUSTER_DIR/audit-policy.yaml"
+			--audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-maxsize=50
 			--profiling=false
 			--v=1)
 		;;
