@@ -124,8 +124,6 @@ component_cmd() {
 			--service-account-private-key-file="$PKI/sa.key"
 			--root-ca-file="$PKI/ca.crt"
 			--leader-elect=false
-			--audit-policy-file="$CLUSTER_DIR/audit-policy.yaml"
-			--audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-maxsize=50
 			--profiling=false
 			--v=1)
 		;;
