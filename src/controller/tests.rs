@@ -149,7 +149,6 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
     })
     .await;
     // Woken at the renewal time, about 400 s ahead (a third of 600 s before expiry).
-    let Action { .. } = action;
     let text = format!("{action:?}");
     assert!(text.contains("requeue_after: Some("), "{text}");
 }
