@@ -25,6 +25,7 @@ use std::{
 
 use support::{
     Cluster, Namespace, cluster, id_token, kubectl,
+    load::{admin_client, percentile, rss_kib},
     operator::{Issuer, Operator},
     requests::{put_token_secret, write_temp},
 };
@@ -35,19 +36,6 @@ const PADDING_BYTES: usize = 900 * 1024;
 const SAMPLES: usize = 30;
 /// Between rounds of annotating all five Secrets: up to 25 changes a second.
 const ANNOTATION_PAUSE: Duration = Duration::from_millis(200);
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Apply-to-Ready times of `SAMPLES` single requests in `namespace`, in milliseconds, sorted.
 fn apply_to_ready(cluster: &Cluster, namespace: &str, phase: &str) -> Vec<f64> {
@@ -68,11 +56,6 @@ fn apply_to_ready(cluster: &Cluster, namespace: &str, phase: &str) -> Vec<f64> {
         .collect();
     times.sort_by(f64::total_cmp);
     times
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn main() {
@@ -148,13 +131,7 @@ fn main() {
         workers.push(thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let config = kube::Config::from_custom_kubeconfig(
-                    kube::config::Kubeconfig::read_from(&kubeconfig).expect("the admin kubeconfig"),
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .expect("a client configuration");
-                let client = kube::Client::try_from(config).expect("a client");
+                let client = admin_client(&kubeconfig).await;
                 let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &namespace);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {

@@ -2,6 +2,7 @@
 //! through a `KubeconfigRequest` custom resource. The token's path through the crate is
 //! `token` (validation) → `kubeconfig` (rendering) → `server` (download) or `controller` (Secret).
 
+pub mod allocator;
 pub mod ca;
 pub mod config;
 pub mod controller;

@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     collections::BTreeMap,
-    fs,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -19,12 +18,12 @@ use std::{
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
-    Api, Client,
+    Api,
     api::{ObjectMeta, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use support::{
     Namespace, cluster, id_token,
+    load::{admin_client, rss_kib},
     operator::{Issuer, Operator},
     requests::{apply_request, put_token_secret, wait_for_reason},
 };
@@ -35,24 +34,6 @@ const SECRET_BYTES: usize = 2048;
 /// max-requests-inflight.
 const CONCURRENCY: usize = 64;
 const MAX_GROWTH_KIB: u64 = 10 * 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in kB")
-}
-
-async fn admin_client(kubeconfig: &str) -> Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("read the admin kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("a client configuration from the admin kubeconfig");
-    Client::try_from(config).expect("a Kubernetes client")
-}
 
 async fn create_secrets(kubeconfig: &str, namespace: &str) {
     let api: Api<Secret> = Api::namespaced(admin_client(kubeconfig).await, namespace);

@@ -108,7 +108,7 @@ impl<T: Clone> SecretReads<T> {
 
 /// At most this many reconciliations of one namespace run at once; the rest of that namespace
 /// waits, while other namespaces go ahead.
-pub const PER_NAMESPACE_CONCURRENCY: usize = 2;
+pub const PER_NAMESPACE_CONCURRENCY: usize = 8;
 
 /// Fair share between namespaces: one tenant's hundreds of requests queue behind each other,
 /// not in front of everyone else's.

@@ -7,6 +7,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+mod index;
 pub mod leader;
 mod secret;
 mod source;
@@ -25,20 +26,20 @@ use std::{
 };
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
-        events::{Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        predicates,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use secret::{
     EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
@@ -83,6 +84,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server refused a write because the namespace is terminating; it says so only in
+    /// the message (the status cause `NamespaceTerminating` is not surfaced by kube's error).
+    fn is_namespace_terminating(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(status), .. }
+            if status.code == 403 && status.message.contains("because it is being terminated"))
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "KubeApi",
@@ -103,13 +111,15 @@ pub struct Context {
     pub verifier: Arc<Verifier>,
     pub settings: KubeconfigSettings,
     pub controller: ControllerSettings,
-    pub recorder: Recorder,
+    /// Names this replica in the Events it records (`reportingInstance`).
+    pub reporting_instance: String,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
     verdicts: cache::Verdicts,
     namespaces: cache::NamespaceLimits,
+    index: index::RequestIndex,
 }
 
 impl Context {
@@ -120,12 +130,9 @@ impl Context {
         controller: ControllerSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporting_instance: std::env::var("POD_NAME")
+                .unwrap_or_else(|_| FIELD_MANAGER.to_owned()),
             client,
             verifier,
             settings,
@@ -135,32 +142,22 @@ impl Context {
             token_reads: cache::SecretReads::default(),
             verdicts: cache::Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
+            index: index::RequestIndex::default(),
         }
     }
 
-    /// Drops everything kept for requests that no longer exist: backoff counts, metric series,
-    /// cached reads of Secrets that no request names any more.
-    fn forget_deleted(&self, store: &Store<KubeconfigRequest>) {
-        let requests = store.state();
-        let exists = |reference: &ObjectRef<KubeconfigRequest>| {
-            requests
-                .iter()
-                .any(|request| ObjectRef::from_obj(request.as_ref()) == *reference)
-        };
+    /// Drops everything kept for requests that no longer exist: backoff counts, idle namespace
+    /// slots, cached reads of Secrets that no request names any more. Runs against the index, so
+    /// it costs time linear in what is kept, however many requests there are.
+    fn forget_deleted(&self) {
         if let Ok(mut failures) = self.failures.lock() {
-            failures.retain(|reference, _| exists(reference));
+            failures.retain(|reference, _| self.index.contains(reference));
         }
-        self.namespaces.retain(|namespace| {
-            requests
-                .iter()
-                .any(|request| request.namespace().as_deref() == Some(namespace))
-        });
-        self.token_reads.retain(|(namespace, name)| {
-            requests.iter().any(|request| {
-                request.namespace().as_ref() == Some(namespace)
-                    && token_secret_name(request) == Some(name.as_str())
-            })
-        });
+        self.namespaces
+            .retain(|namespace| self.index.has_namespace(namespace));
+        self.token_reads
+            .retain(|key| self.index.is_token_secret(key));
+        crate::allocator::release_freed_memory();
     }
 
     /// Called when the controller finds a request gone: its retry state and metrics go too.
@@ -223,6 +220,12 @@ pub async fn reconcile(
 }
 
 pub fn error_policy(request: Arc<KubeconfigRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    // The namespace is being deleted, and the request with it: retrying would only re-create
+    // what the garbage collector is removing (the API server refuses that with 403).
+    if error.is_namespace_terminating() {
+        debug!(request = %request.name_any(), namespace = ?request.namespace(), "namespace is being deleted; not retrying");
+        return Action::await_change();
+    }
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ReasonLabels {
@@ -407,15 +410,6 @@ async fn service_account_credential(
     source::mint(request, account, ctx, target, &uid).await
 }
 
-/// The token Secret a request reads, if it is an ID-token request.
-fn token_secret_name(request: &KubeconfigRequest) -> Option<&str> {
-    request
-        .spec
-        .token_secret_ref
-        .as_ref()
-        .map(|reference| reference.name.as_str())
-}
-
 /// How often state kept for deleted requests is swept away.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -446,8 +440,26 @@ pub async fn run(
             Api::all(client),
         ),
     };
-    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The request watch feeds, in order: the index (which requests a Secret concerns), then the
+    // store, without managedFields (the store holds every request; they are most of its size
+    // and nothing here reads them). Only spec changes trigger a reconciliation: the operator's
+    // own status writes must not start another one.
+    let (store, writer) = reflector::store();
+    let index_ctx = Arc::clone(&ctx);
+    let request_stream = watcher(requests, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|request| {
+            request.managed_fields_mut().clear();
+        })
+        .inspect_ok(move |event| {
+            for gone in index_ctx.index.observe(event) {
+                index_ctx.forget(&gone);
+            }
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(request_stream, store.clone());
     let ready_store = store.clone();
     tokio::spawn(async move {
         // Each wait is bounded and repeated: with the controller's applier waiting on the same
@@ -468,12 +480,11 @@ pub async fn run(
     });
     let sweeper = {
         let ctx = Arc::clone(&ctx);
-        let store = store.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 ticks.tick().await;
-                ctx.forget_deleted(&store);
+                ctx.forget_deleted();
             }
         })
     };
@@ -483,20 +494,24 @@ pub async fn run(
             changes.changed().await.ok()?;
             Some(((), changes))
         });
-    let secret_store = store.clone();
     let secret_ctx = Arc::clone(&ctx);
-    let account_store = store.clone();
+    let account_ctx = Arc::clone(&ctx);
     let forget_ctx = Arc::clone(&ctx);
     controller
         .watches(
             secrets,
             watcher::Config::default().any_semantic(),
-            move |secret| requests_affected_by(&secret_store, &secret_ctx, &secret),
+            move |secret| requests_affected_by(&secret_ctx, &secret),
         )
         .watches(
             accounts,
             watcher::Config::default().any_semantic(),
-            move |account| requests_using_account(&account_store, &account),
+            move |account| {
+                account_ctx.index.for_account(
+                    &account.namespace().unwrap_or_default(),
+                    &account.name_any(),
+                )
+            },
         )
         .reconcile_all_on(ca_rotations)
         .graceful_shutdown_on(shutdown)
@@ -515,16 +530,16 @@ pub async fn run(
     sweeper.abort();
 }
 
-/// A Secret matters to a request when it is the request's token Secret, the Secret it writes
-/// to (so a conflict clears as soon as the other Secret goes), or one it wrote before (someone
-/// edited or deleted it). A token Secret's new resourceVersion is noted, so that the requests
-/// naming it read it once, not once each.
+/// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token
+/// Secret's new resourceVersion is noted, so that the requests naming it read it once, not once
+/// each.
 fn requests_affected_by(
-    store: &Store<KubeconfigRequest>,
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KubeconfigRequest>> {
-    let namespace = secret.namespace();
+    let Some(namespace) = secret.namespace() else {
+        return Vec::new();
+    };
     let name = secret.name_any();
     let owners: Vec<&str> = secret
         .owner_references()
@@ -532,54 +547,17 @@ fn requests_affected_by(
         .filter(|owner| owner.kind == KubeconfigRequest::kind(&()))
         .map(|owner| owner.uid.as_str())
         .collect();
-    let mut is_token_secret = false;
-    let affected = store
-        .state()
-        .into_iter()
-        .filter(|request| request.namespace() == namespace)
-        .filter(|request| {
-            let reads_it = token_secret_name(request) == Some(name.as_str());
-            is_token_secret |= reads_it;
-            reads_it
-                || secret::target_name(request) == name
-                || request
-                    .status
-                    .as_ref()
-                    .and_then(|status| status.secret_name.as_deref())
-                    == Some(name.as_str())
-                || request
-                    .uid()
-                    .is_some_and(|uid| owners.contains(&uid.as_str()))
-        })
-        .map(|request| ObjectRef::from_obj(request.as_ref()))
-        .collect();
-    if is_token_secret && let Some(namespace) = namespace {
+    let affected = ctx.index.for_secret(
+        &namespace,
+        &name,
+        secret.metadata.resource_version.as_deref(),
+        &owners,
+    );
+    if affected.is_token_secret {
         ctx.token_reads
             .saw((namespace, name), secret.metadata.resource_version.clone());
     }
-    affected
-}
-
-/// A ServiceAccount matters to the requests that name it: its opt-in annotation may have changed.
-fn requests_using_account(
-    store: &Store<KubeconfigRequest>,
-    account: &PartialObjectMeta<ServiceAccount>,
-) -> Vec<ObjectRef<KubeconfigRequest>> {
-    let namespace = account.namespace();
-    let name = account.name_any();
-    store
-        .state()
-        .into_iter()
-        .filter(|request| request.namespace() == namespace)
-        .filter(|request| {
-            request
-                .spec
-                .service_account
-                .as_ref()
-                .is_some_and(|source| source.name == name)
-        })
-        .map(|request| ObjectRef::from_obj(request.as_ref()))
-        .collect()
+    affected.requests
 }
 
 #[cfg(test)]

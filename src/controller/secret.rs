@@ -166,7 +166,11 @@ pub(super) async fn write(
             )
             .await
         {
-            Ok(_) => {}
+            Ok(written) => ctx.index.wrote(
+                &written.namespace().unwrap_or_default(),
+                secret_name,
+                written.metadata.resource_version,
+            ),
             Err(kube::Error::Api(status)) if refused_as_invalid(&status) => {
                 return Ok(Outcome::Refused {
                     refusal: invalid_secret(secret_name, &status),

@@ -2,11 +2,14 @@
 //! that `kubectl describe` lists. Nothing here decides; it reports what `reconcile` decided.
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::{
+    api::events::v1::Event,
+    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
+};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    api::{Patch, PatchParams, PostParams},
+    runtime::events::EventType,
 };
 use serde_json::json;
 use tracing::warn;
@@ -246,22 +249,56 @@ pub(super) fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Events are best effort: a failure to record one must not fail the reconciliation.
+/// The longest note the API server accepts on an Event.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// Records an Event on the request. Events are best effort: a failure to record one must not
+/// fail the reconciliation. They are written directly rather than through kube's `Recorder`,
+/// whose series cache keeps every Event for six minutes after the request is gone; the
+/// controller only records transitions, so it has no repeats to fold into a series.
 pub(super) async fn publish(
     ctx: &Context,
     request: &KubeconfigRequest,
     type_: EventType,
     reason: &str,
-    note: String,
+    mut note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Issue".into(),
-        secondary: None,
+    let Some(namespace) = request.namespace() else {
+        return;
     };
-    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
+    if note.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let event = Event {
+        metadata: ObjectMeta {
+            // As client-go names Events: the object's name and a nanosecond timestamp.
+            name: Some(format!("{}.{:x}", request.name_any(), now.as_nanosecond())),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        reason: Some(reason.to_owned()),
+        note: Some(note),
+        action: Some("Issue".to_owned()),
+        regarding: Some(request.object_ref(&())),
+        reporting_controller: Some(FIELD_MANAGER.to_owned()),
+        reporting_instance: Some(ctx.reporting_instance.clone()),
+        ..Event::default()
+    };
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(error) = events.create(&PostParams::default(), &event).await {
         warn!(request = %request.name_any(), %error, "cannot record event");
     }
 }

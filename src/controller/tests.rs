@@ -549,3 +549,32 @@ async fn a_deleted_request_leaves_no_backoff_state_behind() {
     ));
     assert_eq!(ctx.tracked_failures(), 0);
 }
+
+#[tokio::test]
+async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
+    let (ctx, _api) = context();
+    let request = Arc::new(request(json!({})));
+    let refused = |message: &str| super::Error::Kube {
+        action: "applying the kubeconfig Secret",
+        source: kube::Error::Api(
+            kube::core::Status::failure(message, "Forbidden")
+                .with_code(403)
+                .boxed(),
+        ),
+    };
+    let terminating = refused(
+        "secrets \"alice-kubeconfig\" is forbidden: unable to create new content in namespace team because it is being terminated",
+    );
+    assert_eq!(
+        super::error_policy(Arc::clone(&request), &terminating, Arc::clone(&ctx)),
+        Action::await_change()
+    );
+    assert_eq!(ctx.tracked_failures(), 0);
+    // Any other 403 is retried with backoff.
+    let forbidden = refused("secrets is forbidden: User cannot create resource");
+    assert_ne!(
+        super::error_policy(Arc::clone(&request), &forbidden, Arc::clone(&ctx)),
+        Action::await_change()
+    );
+    assert_eq!(ctx.tracked_failures(), 1);
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# HTTP load on the release build (issue 12): wrk (Debian's package) on core 1, the operator on
+# core 0, CONNECTIONS connections, ROUNDS interleaved rounds of DURATION per target. Targets:
+#   healthz              the server's own /healthz: the HTTP floor
+#   kube-config          GET /kube-config with alice's Dex token, API-server confirmation off
+#   kube-config+confirm  the same with SelfSubjectReview confirmation on (the default)
+#   proxy / direct       a `kubectl get configmaps` request (GET .../configmaps with alice's token)
+#                        through the apiserver-proxy, and straight at the API server
+# Also the operator's CPU per /kube-config answer against one RS256 verification (the
+# `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`, on the same core).
+# Prints a table and appends it to bench/results.md. Usage: bench/http.sh
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-20s}
+CONNECTIONS=${CONNECTIONS:-16}
+command -v wrk >/dev/null || bash scripts/install-deps.sh
+
+bench_cluster
+bench_build release
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+token=$(tests/cluster/id-token alice)
+namespace=bench-http
+kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create rolebinding alice-view -n "$namespace" --clusterrole=view --user="$ALICE_USERNAME" \
+	--dry-run=client -o yaml | kubectl apply -f - >/dev/null
+for i in $(seq 1 5); do
+	kubectl create configmap "cm-$i" -n "$namespace" --from-literal=k=v --dry-run=client -o yaml |
+		kubectl apply -f - >/dev/null
+done
+
+# The proxy: a certificate for 127.0.0.1 and its ServiceAccount's token (config/proxy).
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-proxy \
+	-addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+kubectl apply -n kubeconfig-operator -k config/proxy >/dev/null
+kubectl create token kubeconfig-operator-proxy -n kubeconfig-operator --duration=2h >"$work/proxy-token"
+
+ports=($(python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*[x.getsockname()[1] for x in s])'))
+plain=127.0.0.1:${ports[0]} confirming=127.0.0.1:${ports[1]} proxy=127.0.0.1:${ports[2]}
+
+# One operator per configuration, both on core 0; only one is under load at a time. Both watch
+# only $namespace (no requests there), so the controller is idle.
+start_operator() {
+	local listen=$1
+	shift
+	KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run \
+		--watch-namespace "$namespace" --cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
+		--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
+		--listen "$listen" --requests-per-minute-per-client 100000000 --max-connections 4096 "$@" \
+		>"$work/operator-$listen.log" 2>&1 &
+	pids+=($!)
+	wait_ready "$listen"
+}
+start_operator "$plain" --confirm-with-api-server=false \
+	--proxy-listen "$proxy" --proxy-url "https://$proxy" --proxy-tls-cert-file "$work/tls.crt" \
+	--proxy-tls-key-file "$work/tls.key" --proxy-ca-file "$work/tls.crt" --proxy-token-file "$work/proxy-token"
+plain_pid=${pids[-1]}
+start_operator "$confirming"
+
+declare -A url=(
+	[healthz]="http://$plain/healthz"
+	[kube-config]="http://$plain/kube-config"
+	[kube-config+confirm]="http://$confirming/kube-config"
+	[proxy]="https://$proxy/api/v1/namespaces/$namespace/configmaps"
+	[direct]="$KUBE_SERVER/api/v1/namespaces/$namespace/configmaps"
+)
+targets=(healthz kube-config kube-config+confirm proxy direct)
+for target in "${targets[@]}"; do
+	code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "${url[$target]}")
+	[[ $code == 200 ]] || { echo "$target answers $code, not 200: nothing to measure" >&2; exit 1; }
+done
+
+# "123.4us" / "5.6ms" / "1.2s" -> milliseconds
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; printf "%.3f", n }'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+declare -A rps p50 p99
+kube_config_requests=0 kube_config_ticks=0
+for round in $(seq 1 "$ROUNDS"); do
+	for target in "${targets[@]}"; do
+		before=$(cpu_ticks "$plain_pid")
+		out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+			-H "Authorization: Bearer $token" "${url[$target]}")
+		after=$(cpu_ticks "$plain_pid")
+		if grep -q 'Non-2xx' <<<"$out"; then
+			echo "round $round, $target: $(grep 'Non-2xx' <<<"$out")" >&2
+			exit 1
+		fi
+		rps[$target]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
+		p50[$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
+		p99[$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
+		if [[ $target == kube-config ]]; then
+			kube_config_requests=$((kube_config_requests + $(awk '/requests in/ {print $1}' <<<"$out")))
+			kube_config_ticks=$((kube_config_ticks + after - before))
+		fi
+	done
+	echo "round $round of $ROUNDS done" >&2
+done
+
+median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+verify_ns=$(taskset -c 0 cargo bench --bench throughput 2>/dev/null | awk '$2 == "jsonwebtoken_decode" {print $3}')
+cpu_us=$(awk -v t="$kube_config_ticks" -v n="$kube_config_requests" -v hz="$(getconf CLK_TCK)" \
+	'BEGIN { printf "%.1f", t / hz / n * 1e6 }')
+
+floor=$(median "${rps[healthz]}")
+direct=$(median "${rps[direct]}")
+{
+	echo "| target | requests/s | ratio | p50 ms | p99 ms |"
+	echo "|---|---|---|---|---|"
+	for target in "${targets[@]}"; do
+		r=$(median "${rps[$target]}")
+		case $target in
+		proxy) ratio=$(awk -v a="$r" -v b="$direct" 'BEGIN { printf "%.2f× direct", a / b }') ;;
+		direct) ratio="1.00× direct" ;;
+		*) ratio=$(awk -v a="$r" -v b="$floor" 'BEGIN { printf "%.2f× healthz", a / b }') ;;
+		esac
+		echo "| $target | $r | $ratio | $(median "${p50[$target]}") | $(median "${p99[$target]}") |"
+	done
+	echo
+	awk -v c="$cpu_us" -v v="$verify_ns" 'BEGIN { printf "Operator CPU per /kube-config answer (confirmation off): %s µs = %.2f× one RS256 verification (%.1f µs, jsonwebtoken::decode on the same core).\n", c, c * 1000 / v, v / 1000 }'
+	echo "Medians of $ROUNDS interleaved rounds of $DURATION, $CONNECTIONS connections, wrk on core 1, operator on core 0; the API server is not pinned."
+} | append_results "HTTP load (bench/http.sh)" "ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bench/http.sh"

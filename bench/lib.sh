@@ -1,0 +1,61 @@
+# Shared by the bench/ scripts: the cluster, the release build, and the results file. Every
+# figure a script prints is a ratio to a baseline measured in the same run on the same machine;
+# absolute numbers are printed beside it only to show the scale.
+# shellcheck shell=bash
+set -euo pipefail
+bench_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$bench_root"
+results="$bench_root/bench/results.md"
+export CLUSTER_DIR=${CLUSTER_DIR:-$bench_root/target/cluster}
+
+# The local cluster (started or reused) and its env; the operator's CRD, policy and RBAC, and the
+# path of a kubeconfig with exactly the operator's rights in $operator_kubeconfig.
+bench_cluster() {
+	make --no-print-directory cluster-up >&2
+	# shellcheck disable=SC1091
+	source "$CLUSTER_DIR/env"
+	operator_kubeconfig=$(scripts/install-dev.sh "$CLUSTER_DIR/env" 2>/dev/null)
+}
+
+# The release build the figures are for; `profiling` (release with symbols) for bench/profile.sh.
+bench_build() {
+	local profile=${1:-release}
+	cargo build --profile "$profile" --bin kubeconfig-operator >&2
+	case $profile in
+	release) operator_bin="$bench_root/target/release/kubeconfig-operator" ;;
+	*) operator_bin="$bench_root/target/$profile/kubeconfig-operator" ;;
+	esac
+}
+
+# VmRSS and VmHWM (peak) of a process in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# Waits until http://$1/readyz answers 200 (the controller's cache has synced).
+wait_ready() {
+	local i
+	for i in $(seq 1 200); do
+		[[ $(curl -s -o /dev/null -w '%{http_code}' "http://$1/readyz") == 200 ]] && return 0
+		sleep 0.1
+	done
+	echo "operator on $1 never became ready" >&2
+	return 1
+}
+
+# Appends a section to bench/results.md: a heading, the machine and versions, the commands that
+# produced it, and the table on stdin.
+append_results() {
+	local title=$1 commands=$2
+	{
+		printf '\n## %s: %s\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$title"
+		printf -- '- machine: %s cores, %s, %s MiB memory (%s)\n' "$(nproc)" \
+			"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
+			"$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)" "$(uname -r)"
+		printf -- '- versions: operator %s (%s), %s, kube-apiserver %s\n' \
+			"$(git describe --always --dirty 2>/dev/null)" "$(cargo pkgid | sed 's/.*[#@]//')" \
+			"$(rustc --version)" \
+			"$(kubectl version -o json 2>/dev/null | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -1)"
+		printf -- '- commands: `%s`\n\n' "$commands"
+		cat
+	} | tee -a "$results"
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# CPU profiles as flame graphs (perf + inferno), saved under bench/:
+#   bench/profile-http.svg      the operator serving GET /kube-config under wrk load
+#   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
+# Both use the `profiling` build (release with symbols) and DWARF call graphs, so the operator
+# needs no frame pointers. Needs perf (linux-perf) and inferno (`cargo install inferno`).
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+SECONDS_RECORDED=${SECONDS_RECORDED:-15}
+command -v perf >/dev/null && command -v wrk >/dev/null || bash scripts/install-deps.sh
+command -v inferno-flamegraph >/dev/null || cargo install inferno --locked
+bench_cluster
+bench_build profiling
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+flamegraph() {
+	local data=$1 title=$2 out=$3
+	perf script -i "$data" 2>/dev/null | inferno-collapse-perf >"$work/folded"
+	inferno-flamegraph --title "$title" --minwidth 0.2 <"$work/folded" >"$out"
+	# The heaviest frames by self time, for the note beside the picture.
+	awk '{n = $NF; sub(/ [0-9]+$/, ""); k = split($0, f, ";"); self[f[k]] += n; total += n}
+		END {for (s in self) printf "%5.1f%% %s\n", 100 * self[s] / total, s}' "$work/folded" |
+		sort -rn | head -15
+}
+
+# ---- the HTTP path ----------------------------------------------------------------------------
+token=$(tests/cluster/id-token alice)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run --watch-namespace bench-profile \
+	--cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
+	--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
+	--listen "127.0.0.1:$port" --requests-per-minute-per-client 100000000 --max-connections 4096 \
+	${PROFILE_ARGS:-} >"$work/operator.log" 2>&1 &
+pids+=($!)
+wait_ready "127.0.0.1:$port"
+taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -H "Authorization: Bearer $token" \
+	"http://127.0.0.1:$port/kube-config" >"$work/wrk.txt" &
+sleep 2
+perf record -F 499 --call-graph dwarf,32768 -o "$work/http.data" -p "${pids[0]}" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+wait %2 || true
+echo "== GET /kube-config under load: heaviest functions by self time"
+flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections)" bench/profile-http.svg
+
+# ---- issuance ---------------------------------------------------------------------------------
+ISSUANCE_SIZES=${ISSUANCE_SIZES:-1000} MEMORY_REQUESTS=0 UNRELATED_SECRETS=0 SINGLE_SAMPLES=1 \
+	cargo bench --profile profiling --bench issuance >"$work/issuance.txt" 2>&1 &
+bench=$!
+pids+=($bench)
+operator=""
+until [[ -n $operator ]]; do
+	sleep 1
+	operator=$(pgrep -f 'target/profiling/kubeconfig-operator run' | head -1 || true)
+	kill -0 "$bench" 2>/dev/null || { cat "$work/issuance.txt" >&2; exit 1; }
+done
+perf record -F 499 --call-graph dwarf,32768 -o "$work/issuance.data" -p "$operator" 2>/dev/null &
+recorder=$!
+wait "$bench"
+kill -INT "$recorder"
+wait "$recorder" || true
+grep '^|' "$work/issuance.txt"
+echo "== issuance of ${ISSUANCE_SIZES:-1000} requests: heaviest functions by self time"
+flamegraph "$work/issuance.data" "issuance of ${ISSUANCE_SIZES:-1000} requests (operator process)" bench/profile-issuance.svg

@@ -1,0 +1,546 @@
+//! Issuance at the scale of a real cluster, and the operator's memory (issue 12). Every time is
+//! a ratio to plain writes through the same API server, with the same client concurrency, in
+//! the same run:
+//!
+//! - N requests created at once, each right after its token Secret, until all are Ready, against
+//!   N plain Secrets and against 4N plain Secrets: the writes a request inherently causes (its
+//!   token Secret, the request, the kubeconfig Secret, one status update);
+//! - N ServiceAccount requests naming one opted-in ServiceAccount, against N TokenRequests for it;
+//! - apply-to-Ready p50 and p99 of single requests on an idle operator;
+//! - the API server's request counter and the operator's CPU, per request;
+//! - the operator's RSS: idle, with N Ready, after they are all deleted, with MEMORY_REQUESTS
+//!   Ready, after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart.
+//!
+//! One operator process (release build) watches the whole cluster, as deployed. Nothing is
+//! asserted. Settings (environment): ISSUANCE_SIZES (default `1000,5000`), MEMORY_REQUESTS
+//! (10000), UNRELATED_SECRETS (20000), SINGLE_SAMPLES (30). Run through `bench/issuance.sh`,
+//! which appends the table (lines starting `|`) to bench/results.md.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Secret, ServiceAccount},
+    },
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use kubeconfig_operator::{controller::ISSUABLE_ANNOTATION, crd::KubeconfigRequest};
+use serde_json::json;
+use support::{
+    Cluster, Namespace, cluster, id_token,
+    load::{admin_client, peak_rss_kib, percentile, rss_kib},
+    operator::{Issuer, Operator},
+};
+use tokio::sync::Notify;
+
+/// Client calls in flight at once, for the plain writes and the requests alike.
+const CONCURRENCY: usize = 16;
+const UNRELATED_SECRET_BYTES: usize = 2048;
+/// How long memory is left to settle before it is read.
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn setting(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// User plus system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // CLK_TCK is 100 on Linux (x86_64 and aarch64).
+    ticks / 100.0
+}
+
+fn process_id(cluster: &Cluster, component: &str) -> u32 {
+    fs::read_to_string(cluster.dir.join("run").join(format!("{component}.pid")))
+        .expect("the component's pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// `apiserver_request_total` summed by verb and resource (with subresource), as the API server
+/// counts them.
+async fn api_request_counts(client: &Client) -> BTreeMap<String, f64> {
+    let request = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let subresource = label("subresource");
+        let key = format!(
+            "{} {}{}",
+            label("verb"),
+            label("resource"),
+            if subresource.is_empty() {
+                String::new()
+            } else {
+                format!("/{subresource}")
+            }
+        );
+        *counts.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+fn token_secret(name: &str, token: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([("token".to_owned(), token.to_owned())])),
+        ..Secret::default()
+    }
+}
+
+fn request(name: &str, spec: serde_json::Value) -> KubeconfigRequest {
+    serde_json::from_value(json!({
+        "apiVersion": "kubeconfig.dev/v1alpha1",
+        "kind": "KubeconfigRequest",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("a KubeconfigRequest")
+}
+
+fn is_ready(request: &KubeconfigRequest) -> bool {
+    request
+        .ready_condition()
+        .is_some_and(|condition| condition.status == "True")
+}
+
+/// Watches the namespace's requests from now on and resolves once `expected` of them are Ready
+/// (each counted once). Started before the requests are created, so no transition is missed.
+fn ready_counter(
+    api: Api<KubeconfigRequest>,
+    expected: usize,
+) -> (Arc<Notify>, tokio::task::JoinHandle<Instant>) {
+    let started = Arc::new(Notify::new());
+    let signal = Arc::clone(&started);
+    let task = tokio::spawn(async move {
+        let mut ready = HashSet::new();
+        let stream = watcher(api, watcher::Config::default()).applied_objects();
+        futures::pin_mut!(stream);
+        signal.notify_one();
+        while let Some(request) = stream.next().await {
+            let Ok(request) = request else { continue };
+            if is_ready(&request) {
+                ready.insert(request.name_any());
+                if ready.len() >= expected {
+                    return Instant::now();
+                }
+            }
+        }
+        panic!(
+            "the watch of requests ended with {} of {expected} Ready",
+            ready.len()
+        );
+    });
+    (started, task)
+}
+
+/// Creates `n` objects with `make(i)`, CONCURRENCY at a time; returns how long it took.
+async fn create_all<F, Fut>(n: usize, make: F) -> Duration
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(make)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<()>()
+        .await;
+    started.elapsed()
+}
+
+async fn plain_secrets(client: &Client, namespace: &str, n: usize, token: &str) -> Duration {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    create_all(n, |i| {
+        let api = api.clone();
+        async move {
+            api.create(
+                &PostParams::default(),
+                &token_secret(&format!("plain-{i}"), token),
+            )
+            .await
+            .expect("create a plain Secret");
+        }
+    })
+    .await
+}
+
+/// Creates `n` token Secrets and requests naming them, and times until all are Ready.
+async fn issue(client: &Client, namespace: &str, n: usize, token: &str) -> Duration {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
+    let (watching, all_ready) = ready_counter(requests.clone(), n);
+    watching.notified().await;
+    let started = Instant::now();
+    create_all(n, |i| {
+        let (secrets, requests) = (secrets.clone(), requests.clone());
+        async move {
+            let secret = format!("token-{i}");
+            secrets
+                .create(&PostParams::default(), &token_secret(&secret, token))
+                .await
+                .expect("create a token Secret");
+            requests
+                .create(
+                    &PostParams::default(),
+                    &request(
+                        &format!("r-{i}"),
+                        json!({"tokenSecretRef": {"name": secret}}),
+                    ),
+                )
+                .await
+                .expect("create a request");
+        }
+    })
+    .await;
+    all_ready.await.expect("the Ready watch") - started
+}
+
+async fn service_account_issuance(
+    client: &Client,
+    namespace: &str,
+    n: usize,
+) -> (Duration, Duration) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("deployer".into()),
+            annotations: Some(BTreeMap::from([(
+                ISSUABLE_ANNOTATION.into(),
+                "true".into(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("create the ServiceAccount");
+    let plain = create_all(n, |_| {
+        let accounts = accounts.clone();
+        async move {
+            let token_request = TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            };
+            accounts
+                .create_token_request("deployer", &PostParams::default(), &token_request)
+                .await
+                .expect("a TokenRequest");
+        }
+    })
+    .await;
+    let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
+    let (watching, all_ready) = ready_counter(requests.clone(), n);
+    watching.notified().await;
+    let started = Instant::now();
+    create_all(n, |i| {
+        let requests = requests.clone();
+        async move {
+            requests
+                .create(
+                    &PostParams::default(),
+                    &request(
+                        &format!("sa-{i}"),
+                        json!({"serviceAccount": {"name": "deployer", "expirationSeconds": 3600}}),
+                    ),
+                )
+                .await
+                .expect("create a ServiceAccount request");
+        }
+    })
+    .await;
+    (all_ready.await.expect("the Ready watch") - started, plain)
+}
+
+/// Apply-to-Ready of single requests, one at a time, in milliseconds, sorted.
+async fn single_requests(
+    client: &Client,
+    namespace: &str,
+    samples: usize,
+    token: &str,
+) -> Vec<f64> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    secrets
+        .create(&PostParams::default(), &token_secret("single-token", token))
+        .await
+        .expect("create the token Secret");
+    let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let name = format!("single-{i}");
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(requests.clone(), config).applied_objects();
+        futures::pin_mut!(stream);
+        // The watch is established once its (empty) initial list is through.
+        let started = Instant::now();
+        requests
+            .create(
+                &PostParams::default(),
+                &request(&name, json!({"tokenSecretRef": {"name": "single-token"}})),
+            )
+            .await
+            .expect("create a request");
+        while let Some(request) = stream.try_next().await.expect("the request watch") {
+            if is_ready(&request) {
+                break;
+            }
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+async fn unrelated_secrets(client: &Client, namespace: &str, n: usize) -> Duration {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    create_all(n, |i| {
+        let api = api.clone();
+        async move {
+            let payload: Vec<u8> = format!("{i:08}")
+                .bytes()
+                .cycle()
+                .take(UNRELATED_SECRET_BYTES)
+                .collect();
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(format!("unrelated-{i}")),
+                    ..ObjectMeta::default()
+                },
+                data: Some(BTreeMap::from([("blob".to_owned(), ByteString(payload))])),
+                ..Secret::default()
+            };
+            api.create(&PostParams::default(), &secret)
+                .await
+                .expect("create an unrelated Secret");
+        }
+    })
+    .await
+}
+
+/// Deletes the namespace and waits until the API server no longer has it (its objects gone).
+fn delete_namespace(cluster: &Cluster, namespace: Namespace) {
+    support::kubectl(
+        cluster,
+        &[
+            "delete",
+            "namespace",
+            &namespace.name,
+            "--wait=true",
+            "--timeout=600s",
+        ],
+    );
+}
+
+fn main() {
+    // SAFETY: set before any thread starts; the operator inherits it.
+    unsafe { std::env::set_var("TEST_OPERATOR_LOG", "info") };
+    let sizes: Vec<usize> = setting("ISSUANCE_SIZES", "1000,5000")
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("ISSUANCE_SIZES: numbers separated by commas")
+        })
+        .collect();
+    let memory_requests: usize = setting("MEMORY_REQUESTS", "10000")
+        .parse()
+        .expect("MEMORY_REQUESTS");
+    let unrelated: usize = setting("UNRELATED_SECRETS", "20000")
+        .parse()
+        .expect("UNRELATED_SECRETS");
+    let samples: usize = setting("SINGLE_SAMPLES", "30")
+        .parse()
+        .expect("SINGLE_SAMPLES");
+
+    let cluster = cluster();
+    let token = id_token(cluster, "alice");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let client = runtime.block_on(admin_client(&cluster.kubeconfig));
+    let apiserver = process_id(cluster, "apiserver");
+    let mut operator = Operator::start(cluster, "", Issuer::Main, &[]);
+    thread::sleep(SETTLE);
+    let idle = rss_kib(operator.pid());
+    let mut rows = vec![format!(
+        "| operator RSS, idle | {} MiB | 1.00× idle |",
+        mib(idle)
+    )];
+
+    let single_ns = Namespace::new(cluster, "bench-single");
+    let single = runtime.block_on(single_requests(&client, &single_ns.name, samples, &token));
+    rows.push(format!(
+        "| apply-to-Ready of a single request, idle operator ({samples} samples) | p50 {:.0} ms, p99 {:.0} ms | |",
+        percentile(&single, 50.0),
+        percentile(&single, 99.0)
+    ));
+    delete_namespace(cluster, single_ns);
+
+    for &n in &sizes {
+        let plain_ns = Namespace::new(cluster, "bench-plain");
+        let plain = runtime.block_on(plain_secrets(&client, &plain_ns.name, n, &token));
+        let plain4_ns = Namespace::new(cluster, "bench-plain4");
+        let plain4 = runtime.block_on(plain_secrets(&client, &plain4_ns.name, 4 * n, &token));
+        delete_namespace(cluster, plain_ns);
+        delete_namespace(cluster, plain4_ns);
+
+        let issue_ns = Namespace::new(cluster, "bench-issue");
+        let calls_before = runtime.block_on(api_request_counts(&client));
+        let (operator_cpu, apiserver_cpu) = (cpu_seconds(operator.pid()), cpu_seconds(apiserver));
+        let issued = runtime.block_on(issue(&client, &issue_ns.name, n, &token));
+        // Let the reconciles the last writes cause finish before counting.
+        thread::sleep(SETTLE);
+        let operator_cpu = cpu_seconds(operator.pid()) - operator_cpu;
+        let apiserver_cpu = cpu_seconds(apiserver) - apiserver_cpu;
+        let calls_after = runtime.block_on(api_request_counts(&client));
+        let with_n = rss_kib(operator.pid());
+        let per_request: Vec<String> = calls_after
+            .iter()
+            .filter_map(|(key, after)| {
+                let delta = after - calls_before.get(key).copied().unwrap_or(0.0);
+                (delta >= n as f64 / 10.0).then(|| format!("{key} {:.2}", delta / n as f64))
+            })
+            .collect();
+        let total_calls: f64 =
+            calls_after.values().sum::<f64>() - calls_before.values().sum::<f64>();
+        delete_namespace(cluster, issue_ns);
+        thread::sleep(SETTLE);
+        let after_delete = rss_kib(operator.pid());
+
+        rows.push(format!(
+            "| {n} requests with their token Secrets, created until all Ready | {:.1} s | {:.2}× {} plain Secrets ({:.1} s), {:.2}× {n} plain Secrets ({:.1} s) |",
+            issued.as_secs_f64(),
+            issued.as_secs_f64() / plain4.as_secs_f64(),
+            4 * n,
+            plain4.as_secs_f64(),
+            issued.as_secs_f64() / plain.as_secs_f64(),
+            plain.as_secs_f64()
+        ));
+        rows.push(format!(
+            "| API calls per request ({n}), all clients, the bench's own 2 creates included | {:.2} | {} |",
+            total_calls / n as f64,
+            per_request.join(", ")
+        ));
+        rows.push(format!(
+            "| CPU per request ({n}): operator / API server | {:.2} ms / {:.2} ms | |",
+            operator_cpu * 1000.0 / n as f64,
+            apiserver_cpu * 1000.0 / n as f64
+        ));
+        rows.push(format!(
+            "| operator RSS with {n} Ready / after they are deleted | {} / {} MiB | {:.2}× / {:.2}× idle |",
+            mib(with_n),
+            mib(after_delete),
+            with_n as f64 / idle as f64,
+            after_delete as f64 / idle as f64
+        ));
+    }
+
+    let sa_n = sizes[0];
+    let sa_ns = Namespace::new(cluster, "bench-sa");
+    let (sa_issued, token_requests) =
+        runtime.block_on(service_account_issuance(&client, &sa_ns.name, sa_n));
+    rows.push(format!(
+        "| {sa_n} ServiceAccount requests, created until all Ready | {:.1} s | {:.2}× {sa_n} TokenRequests ({:.1} s) |",
+        sa_issued.as_secs_f64(),
+        sa_issued.as_secs_f64() / token_requests.as_secs_f64(),
+        token_requests.as_secs_f64()
+    ));
+    delete_namespace(cluster, sa_ns);
+
+    let memory_ns = Namespace::new(cluster, "bench-memory");
+    runtime.block_on(issue(&client, &memory_ns.name, memory_requests, &token));
+    thread::sleep(SETTLE);
+    let with_many = rss_kib(operator.pid());
+    let unrelated_ns = Namespace::new(cluster, "bench-unrelated");
+    runtime.block_on(unrelated_secrets(&client, &unrelated_ns.name, unrelated));
+    thread::sleep(SETTLE);
+    let with_unrelated = rss_kib(operator.pid());
+    let peak = peak_rss_kib(operator.pid());
+    operator.terminate();
+    operator.wait_exit(Duration::from_secs(30));
+    drop(operator);
+    let restarted = Operator::start(cluster, "", Issuer::Main, &[]);
+    thread::sleep(SETTLE);
+    let after_restart = rss_kib(restarted.pid());
+    let restart_peak = peak_rss_kib(restarted.pid());
+    rows.push(format!(
+        "| operator RSS with {memory_requests} Ready (peak so far) | {} MiB ({} MiB) | {:.2}× idle |",
+        mib(with_many),
+        mib(peak),
+        with_many as f64 / idle as f64
+    ));
+    rows.push(format!(
+        "| … plus {unrelated} unrelated 2 KiB Secrets in another namespace | {} MiB | {:.2}× without them |",
+        mib(with_unrelated),
+        with_unrelated as f64 / with_many as f64
+    ));
+    rows.push(format!(
+        "| … after a restart (peak during the initial listing) | {} MiB ({} MiB) | {:.2}× before the restart |",
+        mib(after_restart),
+        mib(restart_peak),
+        after_restart as f64 / with_unrelated as f64
+    ));
+    drop(restarted);
+    delete_namespace(cluster, unrelated_ns);
+    delete_namespace(cluster, memory_ns);
+
+    println!("| measurement | figure | ratio to the same run's baseline |");
+    println!("|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
