@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub user_name: Option<String>,
     pub default_namespace: Option<String>,
     pub watch_namespace: Option<String>,
+    pub confirm_with_api_server: Option<bool>,
     #[serde(default)]
     pub oidc: FileOidc,
     #[serde(default)]
@@ -147,6 +148,9 @@ pub struct ConfigArgs {
     /// Reconcile requests in this namespace only; all namespaces when unset [file: watchNamespace].
     #[arg(long, env = "KUBECONFIG_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Before writing a kubeconfig Secret or answering GET /kube-config, ask the API server (SelfSubjectReview with the token) who the token's holder is, and refuse tokens it does not accept; turn off when issued kubeconfigs point at a proxy that authenticates tokens the API server itself does not accept [file: confirmWithApiServer; default true].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CONFIRM_WITH_API_SERVER", num_args = 0..=1, default_missing_value = "true")]
+    pub confirm_with_api_server: Option<bool>,
     /// OIDC issuer URL, exactly as in the tokens' `iss` claim [file: oidc.issuerUrl].
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_ISSUER_URL")]
     pub oidc_issuer_url: Option<String>,
@@ -265,6 +269,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
+    /// Whether the API server confirms each token before a kubeconfig holding it is handed out
+    /// (see `crate::confirm`).
+    pub confirm_with_api_server: bool,
     /// `None` when leader election is off: the controller runs from the start.
     pub leader_election: Option<LeaderElectionSettings>,
     /// The authenticating API server proxy, when configured.
@@ -593,6 +600,10 @@ impl Config {
         let (kubeconfig, proxy) = proxy(file.proxy.unwrap_or_default(), args, kubeconfig)?;
 
         Ok(Config {
+            confirm_with_api_server: args
+                .confirm_with_api_server
+                .or(file.confirm_with_api_server)
+                .unwrap_or(true),
             kubeconfig,
             oidc,
             http,

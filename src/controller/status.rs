@@ -31,6 +31,7 @@ pub enum Reason {
     InvalidSpec,
     ServiceAccountNotFound,
     ServiceAccountNotIssuable,
+    RejectedByAPIServer,
 }
 
 impl Reason {
@@ -47,6 +48,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
             Reason::ServiceAccountNotIssuable => "ServiceAccountNotIssuable",
+            Reason::RejectedByAPIServer => "RejectedByAPIServer",
         }
     }
 
@@ -172,6 +174,7 @@ pub(super) async fn update(
         } => {
             status.username = Some(credential.identity.username.clone());
             status.groups = credential.identity.groups.clone();
+            status.identity = credential.confirmed.clone();
             status.secret_name = Some(secret_name.clone());
             status.expires_at = Some(format_time(credential.expires_at));
             status.renewal_time = Some(format_time(credential.renew_at));

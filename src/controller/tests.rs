@@ -549,3 +549,5 @@ async fn a_deleted_request_leaves_no_backoff_state_behind() {
     ));
     assert_eq!(ctx.tracked_failures(), 0);
 }
+
+mod confirm;

@@ -1,26 +1,29 @@
-//! `GET /kube-config`: the caller's verified ID token, rendered into a kubeconfig and sent as a
-//! file download. The route is public and hands out credentials, so its group is rate limited per
-//! client and time limited.
+//! `GET /kube-config`: the caller's verified ID token, confirmed by the API server, rendered into a
+//! kubeconfig and sent as a file download, with the identity the API server gave in headers. The
+//! route is public and hands out credentials, so its group is rate limited per client and time
+//! limited.
 
 use std::sync::Arc;
 
 use axum::{
     Router,
     extract::{FromRequestParts, State},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
-use tracing::{error, info};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tracing::{error, info, warn};
 
 use super::{
     HttpState,
-    auth::Authenticated,
+    auth::{self, Authenticated},
     cors::{self, AllowedOrigins},
     limits::{self, RequestLimits},
 };
-use crate::{config::is_dns_label, kubeconfig};
+use crate::{config::is_dns_label, confirm::ConfirmError, kubeconfig};
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
 /// The routes of this group, for the access log's route label.
@@ -64,10 +67,18 @@ async fn kube_config(
     RequestedNamespace(namespace): RequestedNamespace,
     Authenticated { token, identity }: Authenticated,
 ) -> Response {
+    let confirmed = match &state.confirmer {
+        None => None,
+        Some(confirmer) => match confirmer.confirm(&token).await {
+            Ok(user) => Some(user),
+            Err(error) => return unconfirmed(&state, &error),
+        },
+    };
     match kubeconfig::render(&state.settings, &token, namespace.as_deref()) {
         Ok(yaml) => {
             info!(user = %identity.username, expires_at = %identity.expires_at, "kubeconfig issued over HTTP");
             (
+                confirmed.as_ref().map(identity_headers).unwrap_or_default(),
                 [
                     (
                         header::CONTENT_TYPE,
@@ -96,6 +107,64 @@ async fn kube_config(
         }
     }
 }
+
+/// The API server refused the token (401: the kubeconfig would not work) or could not be asked
+/// (503: not the caller's fault, try again).
+fn unconfirmed(state: &HttpState, error: &ConfirmError) -> Response {
+    match error {
+        ConfirmError::Refused => {
+            state.metrics.count_token_failure(REJECTED_BY_API_SERVER);
+            auth::invalid_token(
+                REJECTED_BY_API_SERVER,
+                format!("{REJECTED_BY_API_SERVER}: {error}\n"),
+            )
+        }
+        ConfirmError::Unavailable(_) => {
+            warn!(%error, "cannot confirm a token with the API server");
+            auth::unavailable(format!("APIServerUnavailable: {error}\n"))
+        }
+    }
+}
+
+/// The identity the API server gave the token, as response headers that a page or script can
+/// show before it saves the file: `X-Kubeconfig-User`, `X-Kubeconfig-Uid`, `X-Kubeconfig-Groups`
+/// (comma-separated) and `X-Kubeconfig-Extra` (comma-separated `key=value`, one per value). Every
+/// name and value is percent-encoded (UTF-8) where it has a byte a header cannot carry or one of
+/// the separators `%`, `,` and `=`.
+fn identity_headers(user: &UserInfo) -> HeaderMap {
+    let encode = |text: &str| utf8_percent_encode(text, IDENTITY_ESCAPES).to_string();
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        // Every byte outside visible ASCII is escaped, so the value is always a valid header.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    if let Some(username) = &user.username {
+        put("x-kubeconfig-user", encode(username));
+    }
+    if let Some(uid) = &user.uid {
+        put("x-kubeconfig-uid", encode(uid));
+    }
+    let groups = user.groups.iter().flatten();
+    put(
+        "x-kubeconfig-groups",
+        groups.map(|group| encode(group)).collect::<Vec<_>>().join(","),
+    );
+    let extra = user.extra.iter().flatten().flat_map(|(key, values)| {
+        values
+            .iter()
+            .map(move |value| format!("{}={}", encode(key), encode(value)))
+    });
+    put("x-kubeconfig-extra", extra.collect::<Vec<_>>().join(","));
+    headers
+}
+
+/// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
+const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
+
+/// The reason for a token the API server refused, in the challenge and the body.
+const REJECTED_BY_API_SERVER: &str = "RejectedByAPIServer";
 
 /// The `?namespace=` of the request, if any. Only `namespace` is understood; anything else is
 /// refused with 400 so a typo does not silently give a kubeconfig without the namespace the
