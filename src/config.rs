@@ -1182,7 +1182,9 @@ mod tests {
                 confirm_with_api_server: flag,
                 ..minimal()
             };
-            Config::resolve(file, &args).unwrap().confirm_with_api_server
+            Config::resolve(file, &args)
+                .unwrap()
+                .confirm_with_api_server
         };
         assert!(resolve("{}", None));
         assert!(!resolve("confirmWithApiServer: false", None));
@@ -1196,7 +1198,10 @@ mod tests {
             token = token.display()
         );
         assert!(!resolve(&with_proxy, None));
-        assert!(resolve(&format!("{with_proxy}\nconfirmWithApiServer: true"), None));
+        assert!(resolve(
+            &format!("{with_proxy}\nconfirmWithApiServer: true"),
+            None
+        ));
     }
 
     #[test]

@@ -70,10 +70,9 @@ impl Confirmer {
         authorization.set_sensitive(true);
         let body = serde_json::to_vec(&SelfSubjectReview::default())
             .map_err(|error| ConfirmError::Unavailable(error.to_string()))?;
-        let mut request =
-            kube::core::Request::new(SelfSubjectReview::url_path(&(), None))
-                .create(&PostParams::default(), body)
-                .map_err(|error| ConfirmError::Unavailable(error.to_string()))?;
+        let mut request = kube::core::Request::new(SelfSubjectReview::url_path(&(), None))
+            .create(&PostParams::default(), body)
+            .map_err(|error| ConfirmError::Unavailable(error.to_string()))?;
         request
             .headers_mut()
             .insert(header::AUTHORIZATION, authorization);

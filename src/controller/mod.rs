@@ -290,7 +290,9 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 )),
             };
             let credential = match credential {
-                Ok(credential) if credential.confirmed.is_none() => confirm(ctx, credential).await?,
+                Ok(credential) if credential.confirmed.is_none() => {
+                    confirm(ctx, credential).await?
+                }
                 judged => judged,
             };
             match credential {
@@ -446,7 +448,7 @@ async fn confirm(
         .await
     {
         Ok(user) => Ok(Ok(Credential {
-            confirmed: Some(user),
+            confirmed: Some(Box::new(user)),
             ..credential
         })),
         Err(refused @ ConfirmError::Refused) => Ok(Err(Refusal::new(

@@ -40,8 +40,9 @@ pub struct Credential {
     pub renew_at: DateTime<Utc>,
     /// The lifetime a minted token was granted; `None` for tokens the controller did not mint.
     pub granted_seconds: Option<i64>,
-    /// Who the API server says the token's holder is, once it was asked.
-    pub confirmed: Option<UserInfo>,
+    /// Who the API server says the token's holder is, once it was asked (boxed: most of a
+    /// credential's size otherwise).
+    pub confirmed: Option<Box<UserInfo>>,
 }
 
 /// When to renew a token issued at `issued_at` that expires at `expires_at`: `renewBefore` or

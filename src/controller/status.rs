@@ -174,7 +174,7 @@ pub(super) async fn update(
         } => {
             status.username = Some(credential.identity.username.clone());
             status.groups = credential.identity.groups.clone();
-            status.identity = credential.confirmed.clone();
+            status.identity = credential.confirmed.as_deref().cloned();
             status.secret_name = Some(secret_name.clone());
             status.expires_at = Some(format_time(credential.expires_at));
             status.renewal_time = Some(format_time(credential.renew_at));

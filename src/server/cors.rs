@@ -270,7 +270,10 @@ mod tests {
         );
         assert_eq!(
             cors_headers(&response),
-            ["access-control-allow-origin", "access-control-expose-headers"]
+            [
+                "access-control-allow-origin",
+                "access-control-expose-headers"
+            ]
         );
         let exposed = response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
             .to_str()

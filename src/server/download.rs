@@ -149,7 +149,10 @@ fn identity_headers(user: &UserInfo) -> HeaderMap {
     let groups = user.groups.iter().flatten();
     put(
         GROUPS_HEADER,
-        groups.map(|group| encode(group)).collect::<Vec<_>>().join(","),
+        groups
+            .map(|group| encode(group))
+            .collect::<Vec<_>>()
+            .join(","),
     );
     let extra = user.extra.iter().flatten().flat_map(|(key, values)| {
         values

@@ -18,7 +18,11 @@ where
 {
     let script = tokio::spawn(script(api));
     let result = reconcile(Arc::new(request), ctx).await;
-    script.await.expect("the script ran to its end").assert_done().await;
+    script
+        .await
+        .expect("the script ran to its end")
+        .assert_done()
+        .await;
     result
 }
 
