@@ -9,9 +9,12 @@ mod support;
 use base64::Engine as _;
 use support::{
     Cluster, Namespace, cluster, grant, id_token, id_token_short_lived, kubectl_as_token,
-    kubectl_plain, kubectl_result,
+    kubectl_result,
     operator::{Issuer, Operator},
-    requests::{apply_request, http_get_kubeconfig, put_token_secret, wait_for_reason, write_temp},
+    requests::{
+        apply_request, http_get_kubeconfig, put_token_secret, wait_for_reason,
+        whoami_with_kubeconfig, write_temp,
+    },
 };
 
 /// `kubectl create -f` of `manifest` as the holder of `token`.
@@ -100,20 +103,8 @@ fn status_identity_and_download_headers_are_what_kubectl_auth_whoami_says() {
     let kubeconfig = base64::engine::general_purpose::STANDARD
         .decode(kubeconfig)
         .expect("base64");
-    let file = write_temp(std::str::from_utf8(&kubeconfig).expect("UTF-8"));
-    let whoami: serde_json::Value = serde_json::from_str(
-        &kubectl_plain(&[
-            "--kubeconfig",
-            file.path().to_str().unwrap(),
-            "auth",
-            "whoami",
-            "-o",
-            "json",
-        ])
-        .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .expect("whoami prints JSON");
-    let seen = &whoami["status"]["userInfo"];
+    let seen = &whoami_with_kubeconfig(std::str::from_utf8(&kubeconfig).expect("UTF-8"))
+        .unwrap_or_else(|e| panic!("the issued kubeconfig does not authenticate: {e}"));
     assert_eq!(identity, seen, "status.identity is what kubectl sees");
     assert_eq!(seen["username"].as_str(), Some(user.as_str()));
 
