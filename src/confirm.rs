@@ -23,6 +23,10 @@ use crate::token::IdToken;
 /// a reconcile or a download must not hang on it.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The reason a refusal by the API server is reported under: a status condition, an HTTP
+/// challenge, a metric label.
+pub const REJECTED_BY_API_SERVER: &str = "RejectedByAPIServer";
+
 /// Why the API server gave no identity for a token.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfirmError {

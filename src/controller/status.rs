@@ -48,7 +48,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
             Reason::ServiceAccountNotIssuable => "ServiceAccountNotIssuable",
-            Reason::RejectedByAPIServer => "RejectedByAPIServer",
+            Reason::RejectedByAPIServer => crate::confirm::REJECTED_BY_API_SERVER,
         }
     }
 

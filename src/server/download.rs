@@ -23,7 +23,11 @@ use super::{
     cors::{self, AllowedOrigins},
     limits::{self, RequestLimits},
 };
-use crate::{config::is_dns_label, confirm::ConfirmError, kubeconfig};
+use crate::{
+    config::is_dns_label,
+    confirm::{ConfirmError, REJECTED_BY_API_SERVER},
+    kubeconfig,
+};
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
 /// The routes of this group, for the access log's route label.
@@ -173,9 +177,6 @@ pub(super) const IDENTITY_HEADERS: &str =
 
 /// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
 const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
-
-/// The reason for a token the API server refused, in the challenge and the body.
-const REJECTED_BY_API_SERVER: &str = "RejectedByAPIServer";
 
 /// The `?namespace=` of the request, if any. Only `namespace` is understood; anything else is
 /// refused with 400 so a typo does not silently give a kubeconfig without the namespace the

@@ -103,6 +103,7 @@ async fn a_confirmed_token_is_issued_with_the_api_servers_identity_asked_once() 
 async fn a_token_the_api_server_refuses_is_rejected_and_no_secret_written() {
     let token = alice_token();
     let (ctx, api) = confirming_context();
+    let metrics = Arc::clone(&ctx.metrics);
     let action = reconcile_on(ctx, api, request(json!({})), move |mut api| async move {
         api.absent(TARGET_SECRET).await;
         api.token_secret(&token).await;
@@ -124,6 +125,11 @@ async fn a_token_the_api_server_refuses_is_rejected_and_no_secret_written() {
     .await
     .expect("a refusal is an outcome, not an error");
     assert_eq!(action, Action::await_change());
+    assert!(
+        metrics
+            .render()
+            .contains(r#"token_validation_failures_total{reason="RejectedByAPIServer"} 1"#)
+    );
 }
 
 #[tokio::test]
