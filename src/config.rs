@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub user_name: Option<String>,
     pub default_namespace: Option<String>,
     pub watch_namespace: Option<String>,
+    pub confirm_with_api_server: Option<bool>,
     #[serde(default)]
     pub oidc: FileOidc,
     #[serde(default)]
@@ -147,6 +148,9 @@ pub struct ConfigArgs {
     /// Reconcile requests in this namespace only; all namespaces when unset [file: watchNamespace].
     #[arg(long, env = "KUBECONFIG_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Before writing a kubeconfig Secret or answering GET /kube-config, ask the API server (SelfSubjectReview with the token) who the token's holder is, and refuse tokens it does not accept; turn off when issued kubeconfigs point at a proxy that authenticates tokens the API server itself does not accept [file: confirmWithApiServer; default true, false with proxy.listen].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_CONFIRM_WITH_API_SERVER", num_args = 0..=1, default_missing_value = "true")]
+    pub confirm_with_api_server: Option<bool>,
     /// OIDC issuer URL, exactly as in the tokens' `iss` claim [file: oidc.issuerUrl].
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_ISSUER_URL")]
     pub oidc_issuer_url: Option<String>,
@@ -265,6 +269,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
+    /// Whether the API server confirms each token before a kubeconfig holding it is handed out
+    /// (see `crate::confirm`).
+    pub confirm_with_api_server: bool,
     /// `None` when leader election is off: the controller runs from the start.
     pub leader_election: Option<LeaderElectionSettings>,
     /// The authenticating API server proxy, when configured.
@@ -593,6 +600,12 @@ impl Config {
         let (kubeconfig, proxy) = proxy(file.proxy.unwrap_or_default(), args, kubeconfig)?;
 
         Ok(Config {
+            // Kubeconfigs that name the operator's own proxy are for an API server that need not
+            // accept the token: asking it would refuse every one.
+            confirm_with_api_server: args
+                .confirm_with_api_server
+                .or(file.confirm_with_api_server)
+                .unwrap_or(proxy.is_none()),
             kubeconfig,
             oidc,
             http,
@@ -1159,6 +1172,36 @@ mod tests {
         assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
         assert!(config.http.tls.is_none());
         assert!(config.kubeconfig.ca.current().is_none());
+    }
+
+    #[test]
+    fn confirmation_is_on_unless_the_file_or_a_flag_turns_it_off() {
+        let resolve = |yaml: &str, flag: Option<bool>| {
+            let file: FileConfig = crate::yaml::from_str(yaml).unwrap();
+            let args = ConfigArgs {
+                confirm_with_api_server: flag,
+                ..minimal()
+            };
+            Config::resolve(file, &args)
+                .unwrap()
+                .confirm_with_api_server
+        };
+        assert!(resolve("{}", None));
+        assert!(!resolve("confirmWithApiServer: false", None));
+        assert!(resolve("confirmWithApiServer: false", Some(true)));
+        assert!(!resolve("{}", Some(false)));
+        // Kubeconfigs that name the operator's own proxy: off unless asked for.
+        let (_dir, ca, token) = proxy_files();
+        let with_proxy = format!(
+            "certificateAuthorityFile: {ca}\nproxy: {{listen: 0.0.0.0:8443, tlsCertFile: {ca}, tlsKeyFile: {ca}, url: https://proxy.example, tokenFile: {token}}}",
+            ca = ca.display(),
+            token = token.display()
+        );
+        assert!(!resolve(&with_proxy, None));
+        assert!(resolve(
+            &format!("{with_proxy}\nconfirmWithApiServer: true"),
+            None
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
+    api::authentication::v1::UserInfo,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
 };
@@ -180,6 +181,10 @@ pub struct KubeconfigRequestStatus {
     /// The groups the credential carries, as the API server will see them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+
+    /// Who the API server says the credential's holder is (its SelfSubjectReview answer: username, uid, groups, extra): the identity the kubeconfig really has. Absent when the operator is configured not to ask (confirmWithApiServer: false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<UserInfo>,
 
     /// The Secret that holds the kubeconfig and its live credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,10 +1,12 @@
 //! kubeconfig-operator: turns a Dex ID token into a kubeconfig, over HTTP (`GET /kube-config`) or
 //! through a `KubeconfigRequest` custom resource. The token's path through the crate is
-//! `token` (validation) → `kubeconfig` (rendering) → `server` (download) or `controller` (Secret).
+//! `token` (validation) → `confirm` (the API server's verdict) → `kubeconfig` (rendering) →
+//! `server` (download) or `controller` (Secret).
 
 pub mod allocator;
 pub mod ca;
 pub mod config;
+pub mod confirm;
 pub mod controller;
 pub mod crd;
 pub mod jwks;

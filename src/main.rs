@@ -9,6 +9,7 @@ use std::{
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
     config::{Config, ConfigArgs},
+    confirm::Confirmer,
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
@@ -91,9 +92,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // kube, reqwest and the HTTPS listener all use rustls; name its provider once for the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let client = kube::Client::try_from(kube_config.clone())
+        .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    // Reviews go to the API server the operator talks to, without the operator's credentials.
+    let confirmer = match config.confirm_with_api_server {
+        true => Some(
+            Confirmer::new(&kube_config)
+                .map_err(|e| anyhow::anyhow!("cannot configure the confirming client: {e}"))?,
+        ),
+        false => None,
+    };
     let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
     tokio::spawn(
@@ -126,6 +137,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.kubeconfig.clone(),
         config.controller.clone(),
         Arc::clone(&metrics),
+        confirmer.clone(),
     ));
     let http_state = Arc::new(HttpState {
         verifier,
@@ -133,12 +145,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         controller_ready: Arc::clone(&controller_ready),
         allowed_origins: config.http.allowed_origins.clone(),
+        confirmer,
     });
     let proxy = match &config.proxy {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),
         None => None,
     };
-    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
+    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, confirm_with_api_server = config.confirm_with_api_server, "starting");
     let controller = async {
         match &config.leader_election {
             // Every replica serves HTTP; only the Lease's holder runs the controller.

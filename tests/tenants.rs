@@ -16,7 +16,7 @@ use support::{
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
         apply_request, decoded_secret_key, put_token_secret, ready_reason, request_with_token,
-        wait_for_reason, write_temp,
+        wait_for_reason, whoami_with_kubeconfig, write_temp,
     },
 };
 
@@ -195,18 +195,9 @@ fn exists(cluster: &Cluster, namespace: &str, object: &str) -> bool {
 /// The username the API server sees for the kubeconfig in Secret `secret`.
 fn whoami(cluster: &Cluster, namespace: &str, secret: &str) -> String {
     let kubeconfig = decoded_secret_key(cluster, namespace, secret, "kubeconfig");
-    let file = write_temp(&kubeconfig);
-    let answer = support::kubectl_plain(&[
-        "--kubeconfig",
-        file.path().to_str().unwrap(),
-        "auth",
-        "whoami",
-        "-o",
-        "json",
-    ])
-    .unwrap_or_else(|e| panic!("the kubeconfig in Secret {secret} does not authenticate: {e}"));
-    let review: Value = serde_json::from_str(&answer).expect("whoami prints JSON");
-    review["status"]["userInfo"]["username"]
+    let user = whoami_with_kubeconfig(&kubeconfig)
+        .unwrap_or_else(|e| panic!("the kubeconfig in Secret {secret} does not authenticate: {e}"));
+    user["username"]
         .as_str()
         .expect("whoami names a user")
         .to_owned()

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use axum::http::{Method, Request, Response};
+use axum::http::{HeaderMap, Method, Request, Response};
 use base64::Engine as _;
 use kube::{Client, client::Body};
 use serde_json::{Value, json};
@@ -14,6 +14,7 @@ use tower_test::mock::{self, Handle, SendResponse};
 use super::Context;
 use crate::{
     config::{ControllerSettings, KubeconfigSettings},
+    confirm::Confirmer,
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
     metrics::Metrics,
     testing,
@@ -40,10 +41,22 @@ pub fn settings() -> KubeconfigSettings {
     }
 }
 
-/// A context whose client talks to the returned script instead of a cluster.
+/// A context whose client talks to the returned script instead of a cluster, with confirmation
+/// by the API server turned off.
 pub fn context() -> (Arc<Context>, ApiServer) {
+    build_context(false)
+}
+
+/// As [`context`], with each credential confirmed by a SelfSubjectReview that the script answers
+/// too.
+pub fn confirming_context() -> (Arc<Context>, ApiServer) {
+    build_context(true)
+}
+
+fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NAMESPACE);
+    let confirmer = confirm.then(|| Confirmer::with_client(client.clone()));
     let context = Context::new(
         client,
         Arc::new(testing::issuer().verifier()),
@@ -52,6 +65,7 @@ pub fn context() -> (Arc<Context>, ApiServer) {
             max_expiration_seconds: MAX_EXPIRATION_SECONDS,
         },
         Arc::new(Metrics::default()),
+        confirmer,
     );
     (Arc::new(context), ApiServer(handle))
 }
@@ -112,6 +126,7 @@ pub struct Call {
     pub method: Method,
     pub path: String,
     pub query: BTreeMap<String, String>,
+    pub headers: HeaderMap,
     pub body: Value,
     respond: SendResponse<Response<Body>>,
 }
@@ -136,6 +151,7 @@ impl ApiServer {
             query: url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect(),
+            headers: parts.headers,
             body,
             respond,
         }

@@ -1,6 +1,7 @@
 //! The controller: turns each `KubeconfigRequest` into a kubeconfig Secret and reports the outcome
 //! in status conditions and Events. `reconcile` reads like the steps it takes: find the
-//! credential (`source`), write the Secret (`secret`), report (`status`).
+//! credential (`source`), have the API server confirm it (`crate::confirm`), write the Secret
+//! (`secret`), report (`status`).
 //!
 //! A refusal (missing Secret, bad token, conflict) is an outcome, not an error: it is written to the
 //! status with a reason a person can act on, and the request waits for a change. Only failures to
@@ -27,7 +28,10 @@ use std::{
 
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::{
+    authentication::v1::UserInfo,
+    core::v1::{Secret, ServiceAccount},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -50,9 +54,10 @@ pub use status::{Reason, Refusal};
 
 use crate::{
     config::{ControllerSettings, KubeconfigSettings},
+    confirm::{ConfirmError, Confirmer},
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
-    token::Verifier,
+    token::{Identity, Verifier},
 };
 use status::Outcome;
 
@@ -81,6 +86,8 @@ pub enum Error {
     NotStored,
     #[error("the API server answered a TokenRequest without a token")]
     NoTokenMinted,
+    #[error(transparent)]
+    Confirm(ConfirmError),
 }
 
 impl Error {
@@ -97,6 +104,7 @@ impl Error {
             Error::Render(_) => "Render",
             Error::NotStored => "NotStored",
             Error::NoTokenMinted => "NoTokenMinted",
+            Error::Confirm(_) => "Confirm",
         }
     }
 }
@@ -114,10 +122,14 @@ pub struct Context {
     /// Names this replica in the Events it records (`reportingInstance`).
     pub reporting_instance: String,
     pub metrics: Arc<Metrics>,
+    /// Asks the API server about each credential before it is written; `None` when
+    /// confirmation is turned off.
+    confirmer: Option<Confirmer>,
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
-    verdicts: cache::Verdicts,
+    verdicts: cache::Verdicts<Identity>,
+    confirmations: cache::Verdicts<UserInfo>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
 }
@@ -129,6 +141,7 @@ impl Context {
         settings: KubeconfigSettings,
         controller: ControllerSettings,
         metrics: Arc<Metrics>,
+        confirmer: Option<Confirmer>,
     ) -> Self {
         Self {
             reporting_instance: std::env::var("POD_NAME")
@@ -138,9 +151,11 @@ impl Context {
             settings,
             controller,
             metrics,
+            confirmer,
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
             verdicts: cache::Verdicts::default(),
+            confirmations: cache::Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
         }
@@ -277,6 +292,12 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                     "set spec.tokenSecretRef or spec.serviceAccount",
                 )),
             };
+            let credential = match credential {
+                Ok(credential) if credential.confirmed.is_none() => {
+                    confirm(ctx, credential).await?
+                }
+                judged => judged,
+            };
             match credential {
                 Ok(credential) => {
                     secret::write(request, ctx, &secrets, &target, ours.as_ref(), credential)
@@ -394,8 +415,11 @@ async fn service_account_credential(
             secret::current_token(secret).as_deref(),
             Utc::now(),
         )
+        // A token the API server no longer accepts (say, its ServiceAccount was deleted and
+        // created again) is not reused but replaced.
+        && let Ok(confirmed) = confirm(ctx, credential).await?
     {
-        return Ok(Ok(credential));
+        return Ok(Ok(confirmed));
     }
     let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
         Some(uid) => uid,
@@ -408,6 +432,38 @@ async fn service_account_credential(
         }
     };
     source::mint(request, account, ctx, target, &uid).await
+}
+
+/// The credential with the API server's word on its token, when confirmation is on: the identity
+/// it answers goes into status; its refusal refuses the request, since a kubeconfig holding the
+/// token could not work. A minted ServiceAccount token is confirmed too: that proves the token
+/// bound to the Secret works, for one cheap call that the verdict cache shares.
+async fn confirm(
+    ctx: &Context,
+    credential: Credential,
+) -> Result<Result<Credential, Refusal>, Error> {
+    let Some(confirmer) = &ctx.confirmer else {
+        return Ok(Ok(credential));
+    };
+    match ctx
+        .confirmations
+        .confirm(confirmer, &credential.token, credential.expires_at)
+        .await
+    {
+        Ok(user) => Ok(Ok(Credential {
+            confirmed: Some(Box::new(user)),
+            ..credential
+        })),
+        Err(refused @ ConfirmError::Refused) => {
+            ctx.metrics
+                .count_token_failure(Reason::RejectedByAPIServer.as_str());
+            Ok(Err(Refusal::new(
+                Reason::RejectedByAPIServer,
+                refused.to_string(),
+            )))
+        }
+        Err(unavailable) => Err(Error::Confirm(unavailable)),
+    }
 }
 
 /// How often state kept for deleted requests is swept away.

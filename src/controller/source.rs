@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::{
     ByteString,
     api::{
-        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec, UserInfo},
         core::v1::{Secret, ServiceAccount},
     },
 };
@@ -40,6 +40,9 @@ pub struct Credential {
     pub renew_at: DateTime<Utc>,
     /// The lifetime a minted token was granted; `None` for tokens the controller did not mint.
     pub granted_seconds: Option<i64>,
+    /// Who the API server says the token's holder is, once it was asked (boxed: most of a
+    /// credential's size otherwise).
+    pub confirmed: Option<Box<UserInfo>>,
 }
 
 /// When to renew a token issued at `issued_at` that expires at `expires_at`: `renewBefore` or
@@ -200,6 +203,7 @@ pub(super) async fn id_token(
         token,
         identity,
         granted_seconds: None,
+        confirmed: None,
     }))
 }
 
@@ -306,6 +310,7 @@ pub(super) fn reusable_token(
         renew_at,
         granted_seconds: Some(claims.exp - claims.iat),
         identity,
+        confirmed: None,
     })
 }
 
@@ -366,6 +371,7 @@ pub(super) async fn mint(
         expires_at,
         renew_at,
         granted_seconds: Some(granted_seconds(requested, issued_at, expires_at)),
+        confirmed: None,
     }))
 }
 

@@ -34,6 +34,7 @@ pub enum Reason {
     InvalidSpec,
     ServiceAccountNotFound,
     ServiceAccountNotIssuable,
+    RejectedByAPIServer,
 }
 
 impl Reason {
@@ -50,6 +51,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
             Reason::ServiceAccountNotIssuable => "ServiceAccountNotIssuable",
+            Reason::RejectedByAPIServer => crate::confirm::REJECTED_BY_API_SERVER,
         }
     }
 
@@ -175,6 +177,7 @@ pub(super) async fn update(
         } => {
             status.username = Some(credential.identity.username.clone());
             status.groups = credential.identity.groups.clone();
+            status.identity = credential.confirmed.as_deref().cloned();
             status.secret_name = Some(secret_name.clone());
             status.expires_at = Some(format_time(credential.expires_at));
             status.renewal_time = Some(format_time(credential.renew_at));

@@ -578,3 +578,5 @@ async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
     );
     assert_eq!(ctx.tracked_failures(), 1);
 }
+
+mod confirm;

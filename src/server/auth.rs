@@ -89,20 +89,28 @@ fn missing_credentials(problem: &'static str) -> Response {
 fn token_refused(refusal: &TokenError) -> Response {
     let body = format!("{}: {refusal}\n", refusal.reason());
     if matches!(refusal, TokenError::IssuerUnavailable(_)) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            )],
-            body,
-        )
-            .into_response();
+        return unavailable(body);
     }
-    // The reason is one of a fixed set of words, so the header value is always valid.
+    invalid_token(refusal.reason(), body)
+}
+
+/// 503 with `Retry-After`: something the operator depends on did not answer.
+pub(super) fn unavailable(body: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// 401 for a token that does not work, `reason` (one word, no quotes) in the challenge.
+pub(super) fn invalid_token(reason: &str, body: String) -> Response {
     let challenge = format!(
-        "Bearer realm=\"kubeconfig-operator\", error=\"invalid_token\", error_description=\"{}\"",
-        refusal.reason()
+        "Bearer realm=\"kubeconfig-operator\", error=\"invalid_token\", error_description=\"{reason}\""
     );
     (
         StatusCode::UNAUTHORIZED,

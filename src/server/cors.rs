@@ -20,6 +20,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use super::download::IDENTITY_HEADERS;
+
 /// Origins whose pages may call the routes this layer wraps, in the form validated by the
 /// configuration (`scheme://host[:port]`).
 pub(super) type AllowedOrigins = Arc<[String]>;
@@ -49,9 +51,13 @@ pub(super) async fn cors(
     }
     let mut response = next.run(request).await;
     if let Some(origin) = origin.filter(|_| matches!(method, Method::GET | Method::HEAD)) {
-        response
-            .headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        // The page may show whom the kubeconfig is for before the user saves it.
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(IDENTITY_HEADERS),
+        );
     }
     vary_origin(response)
 }
@@ -262,7 +268,17 @@ mod tests {
             response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             CONSOLE
         );
-        assert_eq!(cors_headers(&response), ["access-control-allow-origin"]);
+        assert_eq!(
+            cors_headers(&response),
+            [
+                "access-control-allow-origin",
+                "access-control-expose-headers"
+            ]
+        );
+        let exposed = response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap();
+        assert!(exposed.contains("x-kubeconfig-user"), "{exposed}");
         assert_eq!(vary(&response), ["Origin"]);
 
         // The console can read a refusal too, to tell the user why.

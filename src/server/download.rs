@@ -1,26 +1,33 @@
-//! `GET /kube-config`: the caller's verified ID token, rendered into a kubeconfig and sent as a
-//! file download. The route is public and hands out credentials, so its group is rate limited per
-//! client and time limited.
+//! `GET /kube-config`: the caller's verified ID token, confirmed by the API server, rendered into a
+//! kubeconfig and sent as a file download, with the identity the API server gave in headers. The
+//! route is public and hands out credentials, so its group is rate limited per client and time
+//! limited.
 
 use std::sync::Arc;
 
 use axum::{
     Router,
     extract::{FromRequestParts, State},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
-use tracing::{error, info};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tracing::{error, info, warn};
 
 use super::{
     HttpState,
-    auth::Authenticated,
+    auth::{self, Authenticated},
     cors::{self, AllowedOrigins},
     limits::{self, RequestLimits},
 };
-use crate::{config::is_dns_label, kubeconfig};
+use crate::{
+    config::is_dns_label,
+    confirm::{ConfirmError, REJECTED_BY_API_SERVER},
+    kubeconfig,
+};
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
 /// The routes of this group, for the access log's route label.
@@ -64,10 +71,18 @@ async fn kube_config(
     RequestedNamespace(namespace): RequestedNamespace,
     Authenticated { token, identity }: Authenticated,
 ) -> Response {
+    let confirmed = match &state.confirmer {
+        None => None,
+        Some(confirmer) => match confirmer.confirm(&token).await {
+            Ok(user) => Some(user),
+            Err(error) => return unconfirmed(&state, &error),
+        },
+    };
     match kubeconfig::render(&state.settings, &token, namespace.as_deref()) {
         Ok(yaml) => {
             info!(user = %identity.username, expires_at = %identity.expires_at, "kubeconfig issued over HTTP");
             (
+                confirmed.as_ref().map(identity_headers).unwrap_or_default(),
                 [
                     (
                         header::CONTENT_TYPE,
@@ -96,6 +111,72 @@ async fn kube_config(
         }
     }
 }
+
+/// The API server refused the token (401: the kubeconfig would not work) or could not be asked
+/// (503: not the caller's fault, try again).
+fn unconfirmed(state: &HttpState, error: &ConfirmError) -> Response {
+    match error {
+        ConfirmError::Refused => {
+            state.metrics.count_token_failure(REJECTED_BY_API_SERVER);
+            auth::invalid_token(
+                REJECTED_BY_API_SERVER,
+                format!("{REJECTED_BY_API_SERVER}: {error}\n"),
+            )
+        }
+        ConfirmError::Unavailable(_) => {
+            warn!(%error, "cannot confirm a token with the API server");
+            auth::unavailable(format!("APIServerUnavailable: {error}\n"))
+        }
+    }
+}
+
+/// The identity the API server gave the token, as response headers that a page or script can
+/// show before it saves the file: `X-Kubeconfig-User`, `X-Kubeconfig-Uid`, `X-Kubeconfig-Groups`
+/// (comma-separated) and `X-Kubeconfig-Extra` (comma-separated `key=value`, one per value). Every
+/// name and value is percent-encoded (UTF-8) where it has a byte a header cannot carry or one of
+/// the separators `%`, `,` and `=`.
+fn identity_headers(user: &UserInfo) -> HeaderMap {
+    let encode = |text: &str| utf8_percent_encode(text, IDENTITY_ESCAPES).to_string();
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        // Every byte outside visible ASCII is escaped, so the value is always a valid header.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    if let Some(username) = &user.username {
+        put(USER_HEADER, encode(username));
+    }
+    if let Some(uid) = &user.uid {
+        put(UID_HEADER, encode(uid));
+    }
+    let groups = user.groups.iter().flatten();
+    put(
+        GROUPS_HEADER,
+        groups
+            .map(|group| encode(group))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let extra = user.extra.iter().flatten().flat_map(|(key, values)| {
+        values
+            .iter()
+            .map(move |value| format!("{}={}", encode(key), encode(value)))
+    });
+    put(EXTRA_HEADER, extra.collect::<Vec<_>>().join(","));
+    headers
+}
+
+const USER_HEADER: &str = "x-kubeconfig-user";
+const UID_HEADER: &str = "x-kubeconfig-uid";
+const GROUPS_HEADER: &str = "x-kubeconfig-groups";
+const EXTRA_HEADER: &str = "x-kubeconfig-extra";
+/// The identity headers, as CORS lists them for pages to read.
+pub(super) const IDENTITY_HEADERS: &str =
+    "x-kubeconfig-user, x-kubeconfig-uid, x-kubeconfig-groups, x-kubeconfig-extra";
+
+/// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
+const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
 
 /// The `?namespace=` of the request, if any. Only `namespace` is understood; anything else is
 /// refused with 400 so a typo does not silently give a kubeconfig without the namespace the
@@ -163,9 +244,10 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
+        confirm::Confirmer,
         server::{
             routes,
-            test_fixtures::{body, call, signed_token, state, state_with},
+            test_fixtures::{body, call, signed_token, state, state_confirming, state_with},
         },
         token::Verifier,
     };
@@ -250,6 +332,112 @@ mod tests {
                 .render()
                 .contains(r#"http_requests_total{route="/kube-config",code="503"} 1"#)
         );
+    }
+
+    /// A confirmer whose API server answers one SelfSubjectReview, which must carry the caller's
+    /// token, with `status` and `answer`.
+    fn api_server_answering(status: u16, answer: serde_json::Value) -> Confirmer {
+        let (service, mut handle) = tower_test::mock::pair::<
+            axum::http::Request<kube::client::Body>,
+            axum::http::Response<kube::client::Body>,
+        >();
+        tokio::spawn(async move {
+            let (request, respond) = handle.next_request().await.expect("a review");
+            assert_eq!(
+                request.uri().path(),
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+            );
+            assert_eq!(
+                request.headers()[header::AUTHORIZATION],
+                format!("Bearer {}", signed_token()).as_str()
+            );
+            respond.send_response(
+                axum::http::Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                    .unwrap(),
+            );
+        });
+        Confirmer::with_client(kube::Client::new(service, "default"))
+    }
+
+    fn status(code: u16) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "refused", "code": code,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_download_names_the_api_servers_identity_in_headers() {
+        let review = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "status": { "userInfo": {
+                "username": "oidc:jane@example.com",
+                "uid": "jane-1",
+                "groups": ["dev", "ops, east", "zürich", "system:authenticated"],
+                "extra": { "scopes": ["read", "a=b"] },
+            }},
+        });
+        let state = state_confirming(api_server_answering(201, review));
+        let authorization = format!("Bearer {}", signed_token());
+        let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["x-kubeconfig-user"], "oidc:jane@example.com");
+        assert_eq!(headers["x-kubeconfig-uid"], "jane-1");
+        assert_eq!(
+            headers["x-kubeconfig-groups"],
+            "dev,ops%2C%20east,z%C3%BCrich,system:authenticated"
+        );
+        assert_eq!(headers["x-kubeconfig-extra"], "scopes=read,scopes=a%3Db");
+        assert_eq!(
+            IDENTITY_HEADERS,
+            [USER_HEADER, UID_HEADER, GROUPS_HEADER, EXTRA_HEADER].join(", "),
+            "CORS exposes every identity header"
+        );
+        let token = signed_token();
+        for value in headers.values() {
+            assert!(!value.to_str().unwrap_or_default().contains(&token));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_the_api_server_refuses_gets_401_saying_so() {
+        let state = state_confirming(api_server_answering(401, status(401)));
+        let authorization = format!("Bearer {}", signed_token());
+        let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("error_description=\"RejectedByAPIServer\""),
+            "{challenge}"
+        );
+        assert!(!response.headers().contains_key("x-kubeconfig-user"));
+        let text = body(response).await;
+        assert!(text.starts_with("RejectedByAPIServer: "), "{text}");
+        assert!(text.contains("does not accept this token"), "{text}");
+        assert!(
+            state
+                .metrics
+                .render()
+                .contains(r#"token_validation_failures_total{reason="RejectedByAPIServer"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_cannot_answer_is_503_not_a_refusal() {
+        let state = state_confirming(api_server_answering(500, status(500)));
+        let authorization = format!("Bearer {}", signed_token());
+        let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let text = body(response).await;
+        assert!(text.starts_with("APIServerUnavailable: "), "{text}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub use listener::{
 
 use crate::{
     config::{HttpConfig, KubeconfigSettings},
+    confirm::Confirmer,
     metrics::Metrics,
     token::Verifier,
 };
@@ -64,6 +65,9 @@ pub struct HttpState {
     /// Origins whose pages may call `GET /kube-config` from a browser (CORS), as validated by
     /// the configuration; empty allows none and adds no CORS handling at all.
     pub allowed_origins: Vec<String>,
+    /// Asks the API server about each token before `/kube-config` answers; `None` when turned
+    /// off (`confirmWithApiServer: false`).
+    pub confirmer: Option<Confirmer>,
 }
 
 /// Why the server could not start; each names what to fix.

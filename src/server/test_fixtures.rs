@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
-use crate::{config::KubeconfigSettings, metrics::Metrics, testing, token::Verifier};
+use crate::{
+    config::KubeconfigSettings, confirm::Confirmer, metrics::Metrics, testing, token::Verifier,
+};
 
 /// A token for jane@example.com from the test issuer, valid for ten minutes.
 pub(super) fn signed_token() -> String {
@@ -31,10 +33,19 @@ pub(super) fn signed_token() -> String {
 }
 
 pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {
-    state_from(verifier, &[])
+    state_from(verifier, &[], None)
 }
 
-fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
+/// As [`state`], with downloads confirmed by the API server that `confirmer` reaches.
+pub(super) fn state_confirming(confirmer: Confirmer) -> Arc<HttpState> {
+    state_from(static_verifier(), &[], Some(confirmer))
+}
+
+fn state_from(
+    verifier: Verifier,
+    allowed_origins: &[&str],
+    confirmer: Option<Confirmer>,
+) -> Arc<HttpState> {
     Arc::new(HttpState {
         verifier: Arc::new(verifier),
         settings: KubeconfigSettings {
@@ -50,6 +61,7 @@ fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
             .iter()
             .map(|&origin| origin.to_owned())
             .collect(),
+        confirmer,
     })
 }
 
@@ -65,7 +77,7 @@ pub(super) fn state() -> Arc<HttpState> {
 
 /// As [`state`], with pages of `origins` allowed to call the download cross-origin.
 pub(super) fn state_allowing(origins: &[&str]) -> Arc<HttpState> {
-    state_from(static_verifier(), origins)
+    state_from(static_verifier(), origins, None)
 }
 
 /// One request through [`router`] (no per-request limits), with the given Authorization values.

@@ -16,6 +16,8 @@ use std::{
 use super::Cluster;
 
 /// Which Dex the operator trusts: the main one (24 h tokens) or the short-lived one (5 s tokens).
+/// kube-apiserver trusts only the main one, so with the short-lived one the operator does not
+/// ask the API server to confirm tokens, unless a test passes `--confirm-with-api-server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Issuer {
     Main,
@@ -103,6 +105,13 @@ impl Operator {
             .args(["--oidc-issuer-url", issuer_url])
             .args(["--oidc-client-id", &cluster.oidc_client_id])
             .args(["--oidc-ca-file", &cluster.oidc_ca_file])
+            .args(
+                (issuer == Issuer::ShortLived
+                    && !extra_args
+                        .iter()
+                        .any(|arg| arg.starts_with("--confirm-with-api-server")))
+                .then_some("--confirm-with-api-server=false"),
+            )
             // An empty namespace: the whole cluster, as a deployed operator watches it.
             .args(
                 (!namespace.is_empty())

@@ -74,6 +74,22 @@ pub fn decoded_secret_key(cluster: &Cluster, namespace: &str, name: &str, key: &
     String::from_utf8(bytes).expect("Secret data is UTF-8")
 }
 
+/// `kubectl auth whoami -o json` with `kubeconfig` (YAML): the API server's `userInfo` for it, or
+/// kubectl's complaint.
+pub fn whoami_with_kubeconfig(kubeconfig: &str) -> Result<serde_json::Value, String> {
+    let file = write_temp(kubeconfig);
+    let answer = super::kubectl_plain(&[
+        "--kubeconfig",
+        file.path().to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "json",
+    ])?;
+    let review: serde_json::Value = serde_json::from_str(&answer).expect("whoami prints JSON");
+    Ok(review["status"]["userInfo"].clone())
+}
+
 /// The Ready condition's reason, if any.
 pub fn ready_reason(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
     ready_field(cluster, namespace, name, "reason")

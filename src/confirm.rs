@@ -1,0 +1,103 @@
+//! The API server's own verdict on a token: a `SelfSubjectReview` sent with nothing but that
+//! token. The operator verifies tokens itself, but only the API server's answer says whether a
+//! kubeconfig holding the token will work, and as whom (username, uid, groups and extra, after
+//! every prefix and mapping the API server applies). The controller asks before it writes a
+//! Secret, the download before it answers.
+//!
+//! The question goes to the API server the operator itself talks to, found the way its own client
+//! is (in-cluster settings or `KUBECONFIG`: URL, CA, TLS server name, HTTP proxy), but with every
+//! credential of the operator's removed, so the only identity the API server can see is the
+//! token's. That is not always the `server` written into kubeconfigs: when that is a proxy which
+//! authenticates tokens itself (this operator's `proxy`, or another), the API server may not
+//! accept the token directly at all, and confirmation must be turned off.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, header};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
+use kube::{Client, Resource, api::PostParams, config::AuthInfo};
+
+use crate::token::IdToken;
+
+/// A review the API server has not answered by then is treated as the API server being down:
+/// a reconcile or a download must not hang on it.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reason a refusal by the API server is reported under: a status condition, an HTTP
+/// challenge, a metric label.
+pub const REJECTED_BY_API_SERVER: &str = "RejectedByAPIServer";
+
+/// Why the API server gave no identity for a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// 401: the API server does not accept the token, so a kubeconfig holding it cannot work.
+    #[error(
+        "the API server does not accept this token (SelfSubjectReview answered 401 Unauthorized): it does not trust the token's issuer or audience, or judges its claims differently from the operator; a kubeconfig with it would not work. Use a token the API server accepts, or, if issued kubeconfigs point at a proxy that authenticates tokens itself, turn confirmWithApiServer off"
+    )]
+    Refused,
+    /// Anything else (unreachable, 5xx, 429, a 403 for SelfSubjectReview itself): nothing is
+    /// known about the token, so this is worth retrying and never the token's fault.
+    #[error("cannot ask the API server who the token belongs to: {0}")]
+    Unavailable(String),
+}
+
+/// Sends SelfSubjectReviews. Cheap to share: one connection pool for every token, each review
+/// carrying its own `Authorization` header.
+#[derive(Clone)]
+pub struct Confirmer {
+    /// A client without credentials of its own.
+    anonymous: Client,
+}
+
+impl Confirmer {
+    /// A confirmer reaching the API server as `config` does, with all of `config`'s credentials
+    /// (token, client certificate, exec plugin, impersonation, extra headers) removed.
+    pub fn new(config: &kube::Config) -> Result<Self, kube::Error> {
+        let mut config = config.clone();
+        config.auth_info = AuthInfo::default();
+        config.headers.clear();
+        Ok(Self {
+            anonymous: Client::try_from(config)?,
+        })
+    }
+
+    /// A confirmer over a client that must carry no credentials (unit tests script it).
+    pub fn with_client(anonymous: Client) -> Self {
+        Self { anonymous }
+    }
+
+    /// Who the API server says `token`'s holder is.
+    pub async fn confirm(&self, token: &IdToken) -> Result<UserInfo, ConfirmError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            // A token that cannot even be sent is one the API server cannot accept.
+            .map_err(|_| ConfirmError::Refused)?;
+        authorization.set_sensitive(true);
+        let body = serde_json::to_vec(&SelfSubjectReview::default())
+            .map_err(|error| ConfirmError::Unavailable(error.to_string()))?;
+        let mut request = kube::core::Request::new(SelfSubjectReview::url_path(&(), None))
+            .create(&PostParams::default(), body)
+            .map_err(|error| ConfirmError::Unavailable(error.to_string()))?;
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
+        let review: SelfSubjectReview =
+            match tokio::time::timeout(REVIEW_TIMEOUT, self.anonymous.request(request)).await {
+                Err(_) => {
+                    return Err(ConfirmError::Unavailable(format!(
+                        "no answer within {REVIEW_TIMEOUT:?}"
+                    )));
+                }
+                Ok(Err(kube::Error::Api(status))) if status.code == 401 => {
+                    return Err(ConfirmError::Refused);
+                }
+                Ok(Err(error)) => return Err(ConfirmError::Unavailable(error.to_string())),
+                Ok(Ok(review)) => review,
+            };
+        review
+            .status
+            .and_then(|status| status.user_info)
+            .ok_or_else(|| {
+                ConfirmError::Unavailable("the SelfSubjectReview came back without userInfo".into())
+            })
+    }
+}
