@@ -169,6 +169,8 @@ fn main() {
         controller_ready: Arc::new(AtomicBool::new(true)),
         allowed_origins: Vec::new(),
         confirmer: None,
+        verdicts: Default::default(),
+        confirmations: Default::default(),
     });
     let app = router(state);
     let authorization = format!("Bearer {}", token.expose());

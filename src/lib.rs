@@ -17,4 +17,5 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod token;
+pub mod verdicts;
 pub mod yaml;

@@ -146,6 +146,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         controller_ready: Arc::clone(&controller_ready),
         allowed_origins: config.http.allowed_origins.clone(),
         confirmer,
+        verdicts: Default::default(),
+        confirmations: Default::default(),
     });
     let proxy = match &config.proxy {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),

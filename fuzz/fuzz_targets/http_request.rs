@@ -94,7 +94,9 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
-            ca: kubeconfig_operator::ca::CaBundle::fixed(Some(b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec())),
+            ca: kubeconfig_operator::ca::CaBundle::fixed(Some(
+                b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
+            )),
             user_name: "OIDCUser".into(),
             default_namespace: None,
         },
@@ -102,6 +104,8 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         confirmer: None,
+        verdicts: Default::default(),
+        confirmations: Default::default(),
     })
 }
 
@@ -150,7 +154,10 @@ fn parse(data: &[u8]) -> Option<Parsed> {
     let mut target = lines.next().unwrap_or_default();
     let method = match usize::from(flags & 7) {
         7 => {
-            let space = target.iter().position(|&b| b == b' ').unwrap_or(target.len());
+            let space = target
+                .iter()
+                .position(|&b| b == b' ')
+                .unwrap_or(target.len());
             let method = Method::from_bytes(&target[..space]).ok()?;
             target = target.get(space + 1..).unwrap_or_default();
             method
@@ -249,7 +256,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let answer = send(&parsed, false);
     if *EXPLAIN {
-        eprintln!("OUTCOME {} {} {}", answer.status.as_u16(), parsed.method, parsed.uri);
+        eprintln!(
+            "OUTCOME {} {} {}",
+            answer.status.as_u16(),
+            parsed.method,
+            parsed.uri
+        );
     }
     let shown = || {
         format!(
@@ -267,7 +279,11 @@ fuzz_target!(|data: &[u8]| {
         shown()
     );
     if answer.status == StatusCode::UNAUTHORIZED {
-        assert!(answer.www_authenticate, "401 without WWW-Authenticate: {}", shown());
+        assert!(
+            answer.www_authenticate,
+            "401 without WWW-Authenticate: {}",
+            shown()
+        );
     }
     if let Some(allowed) = &answer.allow_origin {
         let origins: Vec<&HeaderValue> = parsed

@@ -1,28 +1,12 @@
 //! Work shared between requests, so that one tenant's many requests cannot make the controller
 //! slow for everyone: a token Secret is read once per change however many requests name it, and
-//! a token's verdict, the operator's and the API server's, is reused for as long as kube-apiserver
-//! reuses its own (its token cache keeps a success for 10 s).
+//! each namespace gets a bounded number of reconciliation slots. Token verdicts are shared the
+//! same way, through `crate::verdicts`.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
-
-use chrono::{DateTime, Utc};
-use k8s_openapi::api::authentication::v1::UserInfo;
-use sha2::{Digest, Sha256};
-
-use crate::{
-    confirm::{ConfirmError, Confirmer},
-    token::{IdToken, Identity, TokenError, Verifier},
-};
-
-/// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
-/// server's own.
-const VERDICT_TTL: Duration = Duration::from_secs(10);
-/// More distinct tokens than this in 10 s means a flood; the cache is cleared rather than grown.
-const MAX_VERDICTS: usize = 10_000;
 
 /// A Secret by namespace and name.
 pub type SecretKey = (String, String);
@@ -143,103 +127,12 @@ impl NamespaceLimits {
     }
 }
 
-/// Successful verdicts by token digest: the operator's own ([`Identity`]) and the API server's
-/// (a SelfSubjectReview's [`UserInfo`]), each kept in its own cache.
-pub struct Verdicts<V> {
-    cached: Mutex<HashMap<[u8; 32], Cached<V>>>,
-}
-
-/// A verdict, when it was reached, and when the token it is about expires.
-struct Cached<V> {
-    at: Instant,
-    token_expires_at: DateTime<Utc>,
-    verdict: V,
-}
-
-impl<V> Default for Verdicts<V> {
-    fn default() -> Self {
-        Self {
-            cached: Mutex::default(),
-        }
-    }
-}
-
-impl<V: Clone> Verdicts<V> {
-    /// `judge`'s verdict on `token`, or one from less than 10 s ago on the same token while it
-    /// has not expired. `judge` also says when the token expires. Refusals and errors are never
-    /// cached, so a token that starts working (Dex back, keys rotated in) works at once.
-    pub async fn get_or_judge<E, Fut>(
-        &self,
-        token: &IdToken,
-        judge: impl FnOnce() -> Fut,
-    ) -> Result<V, E>
-    where
-        Fut: Future<Output = Result<(V, DateTime<Utc>), E>>,
-    {
-        let digest: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
-        let now = Instant::now();
-        if let Ok(cached) = self.cached.lock()
-            && let Some(hit) = cached.get(&digest)
-            && now.duration_since(hit.at) < VERDICT_TTL
-            && hit.token_expires_at > Utc::now()
-        {
-            return Ok(hit.verdict.clone());
-        }
-        let (verdict, token_expires_at) = judge().await?;
-        if let Ok(mut cached) = self.cached.lock() {
-            if cached.len() >= MAX_VERDICTS {
-                cached.retain(|_, hit| now.duration_since(hit.at) < VERDICT_TTL);
-                if cached.len() >= MAX_VERDICTS {
-                    cached.clear();
-                }
-            }
-            cached.insert(
-                digest,
-                Cached {
-                    at: now,
-                    token_expires_at,
-                    verdict: verdict.clone(),
-                },
-            );
-        }
-        Ok(verdict)
-    }
-}
-
-impl Verdicts<Identity> {
-    /// `verifier.verify`, through the cache.
-    pub async fn verify(
-        &self,
-        verifier: &Verifier,
-        token: &IdToken,
-    ) -> Result<Identity, TokenError> {
-        self.get_or_judge(token, || async {
-            let identity = verifier.verify(token).await?;
-            let expires_at = identity.expires_at;
-            Ok((identity, expires_at))
-        })
-        .await
-    }
-}
-
-impl Verdicts<UserInfo> {
-    /// `confirmer.confirm` for a token that expires at `expires_at`, through the cache.
-    pub async fn confirm(
-        &self,
-        confirmer: &Confirmer,
-        token: &IdToken,
-        expires_at: DateTime<Utc>,
-    ) -> Result<UserInfo, ConfirmError> {
-        self.get_or_judge(token, || async {
-            Ok((confirmer.confirm(token).await?, expires_at))
-        })
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
 
     use super::*;
 
@@ -336,18 +229,5 @@ mod tests {
         busy.clear();
         limits.retain(|_| false);
         assert!(limits.permits.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn verdicts_are_reused_but_refusals_are_not() {
-        let verdicts = Verdicts::<Identity>::default();
-        let verifier = crate::testing::issuer().verifier();
-        let token = IdToken::from(crate::testing::issuer().token_for("jane@example.com", &[], 600));
-        let first = verdicts.verify(&verifier, &token).await.unwrap();
-        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
-        assert_eq!(verdicts.verify(&verifier, &token).await.unwrap(), first);
-        let bad = IdToken::from("not-a-token".to_owned());
-        assert!(verdicts.verify(&verifier, &bad).await.is_err());
-        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
     }
 }

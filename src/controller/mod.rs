@@ -58,6 +58,7 @@ use crate::{
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
     token::{Identity, Verifier},
+    verdicts::Verdicts,
 };
 use status::Outcome;
 
@@ -128,8 +129,8 @@ pub struct Context {
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
-    verdicts: cache::Verdicts<Identity>,
-    confirmations: cache::Verdicts<UserInfo>,
+    verdicts: Verdicts<Identity>,
+    confirmations: Verdicts<UserInfo>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
 }
@@ -154,8 +155,8 @@ impl Context {
             confirmer,
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
-            verdicts: cache::Verdicts::default(),
-            confirmations: cache::Verdicts::default(),
+            verdicts: Verdicts::default(),
+            confirmations: Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
         }

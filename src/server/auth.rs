@@ -33,7 +33,7 @@ impl FromRequestParts<Arc<HttpState>> for Authenticated {
         state: &Arc<HttpState>,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).map_err(missing_credentials)?;
-        match state.verifier.verify(&token).await {
+        match state.verdicts.verify(&state.verifier, &token).await {
             Ok(identity) => Ok(Self { token, identity }),
             Err(refusal) => {
                 state.metrics.count_token_failure(refusal.reason());

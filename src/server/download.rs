@@ -73,7 +73,11 @@ async fn kube_config(
 ) -> Response {
     let confirmed = match &state.confirmer {
         None => None,
-        Some(confirmer) => match confirmer.confirm(&token).await {
+        Some(confirmer) => match state
+            .confirmations
+            .confirm(confirmer, &token, identity.expires_at)
+            .await
+        {
             Ok(user) => Some(user),
             Err(error) => return unconfirmed(&state, &error),
         },
@@ -367,6 +371,23 @@ mod tests {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": "refused", "code": code,
         })
+    }
+
+    #[tokio::test]
+    async fn a_token_downloaded_again_within_seconds_reuses_the_api_servers_answer() {
+        let review = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+            "status": { "userInfo": { "username": "jane@example.com" } },
+        });
+        // The scripted API server answers one review and then goes away: a second review would
+        // fail, and the download with it (503).
+        let state = state_confirming(api_server_answering(201, review));
+        let authorization = format!("Bearer {}", signed_token());
+        for attempt in ["first", "second"] {
+            let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
+            assert_eq!(response.status(), StatusCode::OK, "{attempt} download");
+            assert_eq!(response.headers()["x-kubeconfig-user"], "jane@example.com");
+        }
     }
 
     #[tokio::test]

@@ -44,8 +44,10 @@ use crate::{
     config::{HttpConfig, KubeconfigSettings},
     confirm::Confirmer,
     metrics::Metrics,
-    token::Verifier,
+    token::{Identity, Verifier},
+    verdicts::Verdicts,
 };
+use k8s_openapi::api::authentication::v1::UserInfo;
 use limits::RequestLimits;
 use listener::ConnectionLimits;
 
@@ -68,6 +70,10 @@ pub struct HttpState {
     /// Asks the API server about each token before `/kube-config` answers; `None` when turned
     /// off (`confirmWithApiServer: false`).
     pub confirmer: Option<Confirmer>,
+    /// The verifier's and the API server's recent verdicts, so a client calling in a loop costs
+    /// one verification and one review per token per 10 s.
+    pub verdicts: Verdicts<Identity>,
+    pub confirmations: Verdicts<UserInfo>,
 }
 
 /// Why the server could not start; each names what to fix.

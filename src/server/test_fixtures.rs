@@ -62,6 +62,8 @@ fn state_from(
             .map(|&origin| origin.to_owned())
             .collect(),
         confirmer,
+        verdicts: Default::default(),
+        confirmations: Default::default(),
     })
 }
 
