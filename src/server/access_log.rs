@@ -10,7 +10,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{HttpState, download, probes};
 use crate::metrics::RequestLabels;
@@ -30,7 +30,9 @@ fn route_label(request: &Request) -> &'static str {
 }
 
 /// Counts and logs every response. 503 means the issuer or a slow request, so it is a warning;
-/// any other 5xx is a bug of ours and an error.
+/// any other 5xx is a bug of ours and an error. Successes are logged at debug: the download logs
+/// whom it issued a kubeconfig for at info itself, and a line per probe or per answer doubled
+/// the cost of a download under load (every answer is counted in `http_requests_total` anyway).
 pub(super) async fn access_log(
     State(state): State<Arc<HttpState>>,
     request: Request,
@@ -56,6 +58,8 @@ pub(super) async fn access_log(
         warn!(%method, route, code, millis, ?client, "request");
     } else if status.is_server_error() {
         error!(%method, route, code, millis, ?client, "request failed");
+    } else if status.is_success() {
+        debug!(%method, route, code, millis, ?client, "request");
     } else {
         info!(%method, route, code, millis, ?client, "request");
     }
