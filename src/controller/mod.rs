@@ -501,9 +501,13 @@ pub async fn run(
     // store, without managedFields (the store holds every request; they are most of its size
     // and nothing here reads them). Only spec changes trigger a reconciliation: the operator's
     // own status writes must not start another one.
+    //
+    // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
+    // API server answers from its cache in one piece whatever the page size, and one piece of
+    // 20,000 Secrets' metadata took the operator from 15 to 85 MiB at start-up.
     let (store, writer) = reflector::store();
     let index_ctx = Arc::clone(&ctx);
-    let request_stream = watcher(requests, watcher::Config::default().any_semantic())
+    let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
         .modify(|request| {
             request.managed_fields_mut().clear();
@@ -557,12 +561,12 @@ pub async fn run(
     controller
         .watches(
             secrets,
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default(),
             move |secret| requests_affected_by(&secret_ctx, &secret),
         )
         .watches(
             accounts,
-            watcher::Config::default().any_semantic(),
+            watcher::Config::default(),
             move |account| {
                 account_ctx.index.for_account(
                     &account.namespace().unwrap_or_default(),
