@@ -168,6 +168,7 @@ fn main() {
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(true)),
         allowed_origins: Vec::new(),
+        console: None,
     });
     let app = router(state);
     let authorization = format!("Bearer {}", token.expose());

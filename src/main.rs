@@ -12,7 +12,7 @@ use kubeconfig_operator::{
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
-    server::{self, HttpState, proxy::BoundProxy},
+    server::{self, HttpState, console::Console, proxy::BoundProxy},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -127,12 +127,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.controller.clone(),
         Arc::clone(&metrics),
     ));
+    let console = match config.console.clone() {
+        Some(page) => Some(Arc::new(
+            Console::new(page, Arc::clone(&verifier), config.kubeconfig.clone()).await?,
+        )),
+        None => None,
+    };
     let http_state = Arc::new(HttpState {
         verifier,
         settings: config.kubeconfig.clone(),
         metrics,
         controller_ready: Arc::clone(&controller_ready),
         allowed_origins: config.http.allowed_origins.clone(),
+        console,
     });
     let proxy = match &config.proxy {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),

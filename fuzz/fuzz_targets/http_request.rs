@@ -101,6 +101,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
+        console: None,
     })
 }
 

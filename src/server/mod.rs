@@ -14,6 +14,7 @@
 
 mod access_log;
 mod auth;
+pub mod console;
 mod cors;
 mod download;
 mod limits;
@@ -64,6 +65,8 @@ pub struct HttpState {
     /// Origins whose pages may call `GET /kube-config` from a browser (CORS), as validated by
     /// the configuration; empty allows none and adds no CORS handling at all.
     pub allowed_origins: Vec<String>,
+    /// The login and download page at `/`, when configured.
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// Why the server could not start; each names what to fix.
@@ -91,9 +94,13 @@ pub fn router(state: Arc<HttpState>) -> Router {
 /// Every route group, each with its own layers, behind one access log. `limits` is `None` only
 /// for [`router`].
 fn routes(state: Arc<HttpState>, limits: Option<&RequestLimits>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(download::routes(limits, &state.allowed_origins))
-        .merge(probes::routes(limits))
+        .merge(probes::routes(limits));
+    if let Some(page) = &state.console {
+        router = router.merge(console::routes(Arc::clone(page), limits));
+    }
+    router
         // Outermost, so every answer is logged and counted, including those the group layers
         // give (429, 503) and those no route gives (404).
         .layer(middleware::from_fn_with_state(

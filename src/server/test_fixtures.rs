@@ -50,6 +50,7 @@ fn state_from(verifier: Verifier, allowed_origins: &[&str]) -> Arc<HttpState> {
             .iter()
             .map(|&origin| origin.to_owned())
             .collect(),
+        console: None,
     })
 }
 
