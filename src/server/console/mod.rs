@@ -501,15 +501,14 @@ struct LogoutForm {
     csrf: String,
 }
 
-/// Ends the session. Only a form of the page itself may: the browser's `Origin` must be the
-/// page's, and the CSRF token the session's.
+/// Ends the session. Only a form of the page itself may: see [`from_the_page`], and the CSRF
+/// token must be the session's.
 async fn logout(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
-    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
-    if origin != Some(console.config.origin().as_bytes()) {
+    if !from_the_page(&headers, &console.config.origin()) {
         return console.problem(
             StatusCode::FORBIDDEN,
             "Refused: the request did not come from this page (Origin).",
@@ -527,6 +526,20 @@ async fn logout(
     }
     let jar = jar.remove(console.cookies.removal(Kind::Session));
     (jar, Redirect::to(PAGE_ROUTE)).into_response()
+}
+
+/// Whether a POST comes from a page of `origin`. Under the page's own `Referrer-Policy:
+/// no-referrer`, browsers send `Origin: null` for its form posts (Fetch, "serializing a request
+/// origin"); then `Sec-Fetch-Site`, which no page can set or suppress, must say `same-origin`.
+/// A request with neither is refused.
+fn from_the_page(headers: &HeaderMap, origin: &str) -> bool {
+    match headers.get(header::ORIGIN).map(HeaderValue::as_bytes) {
+        Some(sent) if sent == origin.as_bytes() => true,
+        Some(b"null") => {
+            headers.get("sec-fetch-site").map(HeaderValue::as_bytes) == Some(b"same-origin")
+        }
+        _ => false,
+    }
 }
 
 async fn script() -> Response {
