@@ -20,6 +20,8 @@ mod config;
 mod oidc;
 mod page;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

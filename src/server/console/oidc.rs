@@ -252,8 +252,8 @@ mod tests {
     #[test]
     fn pkce_s256_matches_rfc_7636_appendix_b() {
         assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-1J0JTAY8Uk4n9A4wqK6Ud2YYQG9vvY"),
-            "E9Melhoa2OwvFrS4yYWvJvaXbjTTTNWEE1YfqnFdDlQ"
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 

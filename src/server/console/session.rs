@@ -171,7 +171,7 @@ impl SpentStates {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use axum::http::{HeaderMap, HeaderValue, header};
     use axum_extra::extract::cookie::Key;
 
@@ -184,7 +184,7 @@ mod tests {
     }
 
     /// The `Cookie` header a browser would send back after receiving `jar`'s cookies.
-    fn sent_back(jar: PrivateCookieJar) -> HeaderMap {
+    pub(in crate::server::console) fn sent_back(jar: PrivateCookieJar) -> HeaderMap {
         use axum::response::IntoResponse as _;
         let response = (jar, ()).into_response();
         let cookies: Vec<&str> = response
