@@ -390,12 +390,7 @@ async fn finish_login(
             )
         }
     })?;
-    let claims = DisplayClaims::of(token.expose());
-    if !claims
-        .nonce
-        .as_deref()
-        .is_some_and(|nonce| session::equal(&login.nonce, nonce))
-    {
+    if !nonce_matches(token.expose(), &login.nonce) {
         return Err((
             StatusCode::BAD_REQUEST,
             "The ID token was not issued for this login (nonce mismatch); start again.",
@@ -405,6 +400,15 @@ async fn finish_login(
         Session::new(token.expose().to_owned(), identity.expires_at),
         identity,
     ))
+}
+
+/// Whether the verified ID token was issued for this login (OIDC Core 3.1.3.7 item 11): its
+/// `nonce` must be the one sent, which a token obtained for another login cannot carry.
+fn nonce_matches(token: &str, expected: &str) -> bool {
+    DisplayClaims::of(token)
+        .nonce
+        .as_deref()
+        .is_some_and(|nonce| session::equal(expected, nonce))
 }
 
 /// Claims of an already verified ID token that the verdict does not carry.

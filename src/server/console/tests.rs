@@ -14,7 +14,7 @@ use chrono::Utc;
 use tower::ServiceExt as _;
 
 use super::{
-    Console, ConsoleConfig, from_the_page,
+    Console, ConsoleConfig, from_the_page, nonce_matches,
     oidc::Pending,
     session::{CookiePolicy, Kind, LoginCookie, Session, tests::sent_back},
 };
@@ -328,4 +328,19 @@ fn origin_null_counts_only_with_fetch_metadata_saying_same_origin() {
     ] {
         assert!(!from_the_page(&refused, page), "{refused:?}");
     }
+}
+
+#[test]
+fn the_id_token_must_carry_the_logins_nonce() {
+    let token = |claims: serde_json::Value| testing::issuer().sign(&claims);
+    let with_nonce = token(serde_json::json!({"nonce": "n-1", "name": "Jane"}));
+    assert!(nonce_matches(&with_nonce, "n-1"));
+    assert!(!nonce_matches(&with_nonce, "n-2"));
+    assert!(!nonce_matches(&with_nonce, ""));
+    assert!(!nonce_matches(
+        &token(serde_json::json!({"name": "Jane"})),
+        "n-1"
+    ));
+    assert!(!nonce_matches(&token(serde_json::json!({"nonce": 1})), "1"));
+    assert!(!nonce_matches("not a token", "n-1"));
 }
