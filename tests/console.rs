@@ -133,10 +133,16 @@ async fn log_in_at_dex(browser: &Client, user: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
+    click(browser, Locator::Css("#submit-login"), "Dex's login button").await;
+}
+
+/// Waits for the element, then clicks it.
+async fn click(browser: &Client, locator: Locator<'_>, what: &str) {
     browser
-        .find(Locator::Css("#submit-login"))
+        .wait()
+        .for_element(locator)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
         .click()
         .await
         .unwrap();
@@ -186,14 +192,12 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
 
     // The page, logged out: a link to log in.
     browser.goto(&format!("{base}/")).await.unwrap();
-    browser
-        .wait()
-        .for_element(Locator::LinkText("Log in"))
-        .await
-        .expect("the logged-out page offers to log in")
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        Locator::LinkText("Log in"),
+        "the logged-out page offers to log in",
+    )
+    .await;
 
     // At Dex, the login cookie is in the browser: HttpOnly, SameSite=Lax, not Secure (plain
     // HTTP on loopback), scoped to the whole page.
@@ -334,13 +338,7 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
         assert_eq!(response.status(), 403, "logout from {origin} with {csrf}");
         assert_page_headers(&response);
     }
-    browser
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::Id("logout"), "the logout button").await;
     browser
         .wait()
         .for_element(Locator::LinkText("Log in"))
@@ -350,18 +348,12 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     assert!(cookie_named(&cookies, "kubeconfig-session").is_none());
 
     // A forged state is refused, even with a live login cookie.
-    browser
-        .find(Locator::LinkText("Log in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, Locator::LinkText("Log in"), "the login link").await;
     browser
         .wait()
         .for_element(Locator::Css("input[name=login]"))
         .await
-        .unwrap();
+        .expect("Dex's login form");
     browser
         .goto(&format!("{base}/callback?code=forged&state=forged"))
         .await

@@ -76,6 +76,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 /// The names `kubectl create secret` and the KubeconfigRequest on the page use.
 const TOKEN_SECRET_NAME: &str = "my-id-token";
 const REQUEST_NAME: &str = "my-kubeconfig";
+/// Shown with 503 whenever the issuer (discovery, token endpoint or keys) cannot be reached.
+const ISSUER_UNAVAILABLE: &str = "The issuer cannot be reached right now, so you cannot be logged in or checked; try again in a minute.";
 
 /// The page's state: its configuration, the login client, and what `GET /kube-config` uses.
 pub struct Console {
@@ -205,10 +207,7 @@ async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
     let (session, identity) = match console.session(&jar).await {
         Ok(found) => found,
         Err(NoSession::IssuerUnavailable) => {
-            return console.problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The issuer's keys cannot be fetched right now, so your session cannot be checked; try again in a minute.",
-            );
+            return console.problem(StatusCode::SERVICE_UNAVAILABLE, ISSUER_UNAVAILABLE);
         }
         Err(reason) => {
             let notice = matches!(reason, NoSession::Ended)
@@ -269,10 +268,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respo
         Ok(url) => url,
         Err(problem) => {
             warn!(%problem, "cannot start a login at the issuer");
-            return console.problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The issuer cannot be reached right now; try again in a minute.",
-            );
+            return console.problem(StatusCode::SERVICE_UNAVAILABLE, ISSUER_UNAVAILABLE);
         }
     };
     let now = Utc::now().timestamp();
@@ -372,7 +368,7 @@ async fn finish_login(
                 warn!(%problem, "cannot complete a login at the issuer");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "The issuer cannot be reached right now; try again in a minute.",
+                    ISSUER_UNAVAILABLE,
                 )
             }
         })?;
@@ -380,7 +376,7 @@ async fn finish_login(
         if let TokenError::IssuerUnavailable(_) = refusal {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "The issuer's keys cannot be fetched right now; try again in a minute.",
+                ISSUER_UNAVAILABLE,
             )
         } else {
             info!(reason = refusal.reason(), %refusal, "the issuer's ID token was refused");
@@ -455,10 +451,7 @@ async fn download(
     let (session, identity) = match console.session(&jar).await {
         Ok(found) => found,
         Err(NoSession::IssuerUnavailable) => {
-            return console.problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The issuer's keys cannot be fetched right now; try again in a minute.",
-            );
+            return console.problem(StatusCode::SERVICE_UNAVAILABLE, ISSUER_UNAVAILABLE);
         }
         Err(_) => {
             return console.problem(

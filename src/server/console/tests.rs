@@ -18,17 +18,7 @@ use super::{
     oidc::Pending,
     session::{CookiePolicy, Kind, LoginCookie, Session, tests::sent_back},
 };
-use crate::{config::KubeconfigSettings, testing};
-
-fn settings() -> KubeconfigSettings {
-    KubeconfigSettings {
-        cluster_name: "local".into(),
-        server: "https://127.0.0.1:6443".into(),
-        ca: crate::ca::CaBundle::default(),
-        user_name: "OIDCUser".into(),
-        default_namespace: None,
-    }
-}
+use crate::{controller::fixtures::settings, testing};
 
 async fn console(key: &Key) -> Arc<Console> {
     let config = ConsoleConfig {
