@@ -267,6 +267,39 @@ mod tests {
     }
 
     #[test]
+    fn the_page_is_off_unless_configured_and_refused_at_start_up_when_wrong() {
+        use crate::config::{Config, ConfigArgs, FileConfig};
+        let args = ConfigArgs {
+            server: Some("https://127.0.0.1:6443".into()),
+            oidc_issuer_url: Some("https://dex.example/dex".into()),
+            oidc_client_id: Some("kubeconfig-operator".into()),
+            ..ConfigArgs::default()
+        };
+        let resolve = |yaml: &str| {
+            let file: FileConfig = crate::yaml::from_str(yaml).unwrap();
+            Config::resolve(file, &args)
+        };
+        assert!(resolve("{}").unwrap().console.is_none());
+        let page = resolve("console: {clientSecret: s, redirectUrl: 'https://k.example/callback'}")
+            .unwrap()
+            .console
+            .expect("configured");
+        assert_eq!(page.origin(), "https://k.example");
+        let error = resolve("console: {clientSecret: s, redirectUrl: 'http://k.example/callback'}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("invalid configuration: console.redirectUrl: ")
+                && !error.contains('\n'),
+            "{error}"
+        );
+        assert!(
+            crate::yaml::from_str::<FileConfig>("console: {clientSecrett: s}").is_err(),
+            "a misspelt field is refused"
+        );
+    }
+
+    #[test]
     fn a_configured_key_is_used_so_replicas_can_share_it() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
         let yaml = format!(
