@@ -392,10 +392,15 @@ async fn finish_login(
             "The ID token was not issued for this login (nonce mismatch); start again.",
         ));
     }
-    Ok((
-        Session::new(token.expose().to_owned(), identity.expires_at),
-        identity,
-    ))
+    let session = Session::new(token.expose().to_owned(), identity.expires_at);
+    if !session.fits_in_a_cookie() {
+        warn!(user = %identity.username, "the ID token is too large for a session cookie");
+        return Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Your ID token is too large to keep in a browser session; get your kubeconfig from GET /kube-config with the token instead.",
+        ));
+    }
+    Ok((session, identity))
 }
 
 /// Whether the verified ID token was issued for this login (OIDC Core 3.1.3.7 item 11): its

@@ -25,6 +25,9 @@ pub(super) const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
 /// Logins whose `state` is remembered as used at once, per replica; beyond this new callbacks
 /// are refused until old entries expire, so a flood cannot grow memory without bound.
 const MAX_SPENT_STATES: usize = 100_000;
+/// Browsers keep at most 4096 bytes of a cookie's name and value; encrypted (12 bytes of nonce,
+/// 16 of tag), encoded and named, a payload of this size stays below that (a test checks).
+const MAX_SESSION_JSON_BYTES: usize = 2900;
 
 /// Names and flags of the cookies, which depend on whether the page is served over TLS.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +54,7 @@ impl CookiePolicy {
 
     /// A cookie of `kind` holding `value`, for `max_age`.
     pub(super) fn cookie(self, kind: Kind, value: String, max_age: Duration) -> Cookie<'static> {
-        let mut cookie = Cookie::build((self.name(kind), value))
+        Cookie::build((self.name(kind), value))
             .http_only(true)
             .same_site(SameSite::Lax)
             .path("/")
@@ -59,10 +62,7 @@ impl CookiePolicy {
             .max_age(time::Duration::seconds(
                 i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
             ))
-            .build();
-        // The builder leaves `Secure` unset rather than false; say it either way explicitly.
-        cookie.set_secure(self.over_tls);
-        cookie
+            .build()
     }
 
     /// What removes the cookie of `kind` (same name and path, expired).
@@ -136,6 +136,12 @@ impl Session {
     /// Ends with the ID token, even if a browser kept the cookie longer than told.
     pub(super) fn is_live(&self, now: i64) -> bool {
         now < self.expires_at
+    }
+
+    /// Whether the browser will keep the cookie: an ID token with, say, hundreds of groups may
+    /// not fit, and a dropped cookie would send the user round the login forever.
+    pub(super) fn fits_in_a_cookie(&self) -> bool {
+        serde_json::to_string(self).is_ok_and(|json| json.len() <= MAX_SESSION_JSON_BYTES)
     }
 
     /// Whether a form's CSRF token is this session's, compared in constant time.
@@ -289,6 +295,28 @@ pub(super) mod tests {
         );
         let cookie = jar.get(policy.name(Kind::Session)).unwrap();
         assert_eq!(cookie.max_age(), Some(time::Duration::ZERO));
+    }
+
+    #[test]
+    fn a_session_too_large_for_a_cookie_is_noticed() {
+        let expires = DateTime::from_timestamp(NOW + 300, 0).unwrap();
+        assert!(!Session::new("t".repeat(2900), expires).fits_in_a_cookie());
+        // The largest session that fits, within what browsers keep.
+        let overhead = serde_json::to_string(&Session::new(String::new(), expires))
+            .unwrap()
+            .len();
+        let largest = Session::new("t".repeat(MAX_SESSION_JSON_BYTES - overhead), expires);
+        assert!(largest.fits_in_a_cookie());
+        let policy = CookiePolicy { over_tls: true };
+        let headers = sent_back(policy.write(
+            jar(&Key::generate()),
+            Kind::Session,
+            &largest,
+            NOW + 300,
+            NOW,
+        ));
+        let sent = headers[header::COOKIE].len();
+        assert!(sent <= 4096, "{sent}");
     }
 
     #[test]
