@@ -21,9 +21,13 @@ use super::{
 use crate::{controller::fixtures::settings, testing};
 
 async fn console(key: &Key) -> Arc<Console> {
+    console_at(key, "http://127.0.0.1:8000/callback").await
+}
+
+async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
     let config = ConsoleConfig {
         client_secret: "secret".into(),
-        redirect_url: "http://127.0.0.1:8000/callback".parse().unwrap(),
+        redirect_url: redirect_url.parse().unwrap(),
         cookie_key: key.clone(),
         scopes: vec!["openid".into()],
     };
@@ -43,10 +47,19 @@ const POLICY: CookiePolicy = CookiePolicy { over_tls: false };
 /// The `Cookie` header of a browser holding a session for a token of jane@example.com that
 /// verifies for `token_seconds`, with the session itself ending after `session_seconds`.
 fn session_cookie(key: &Key, token_seconds: i64, session_seconds: i64) -> (HeaderMap, Session) {
+    session_cookie_with(POLICY, key, token_seconds, session_seconds)
+}
+
+fn session_cookie_with(
+    policy: CookiePolicy,
+    key: &Key,
+    token_seconds: i64,
+    session_seconds: i64,
+) -> (HeaderMap, Session) {
     let token = testing::issuer().token_for("jane@example.com", &["dev"], token_seconds);
     let now = Utc::now();
     let session = Session::new(token, now + chrono::Duration::seconds(session_seconds));
-    let jar = POLICY.write(
+    let jar = policy.write(
         PrivateCookieJar::new(key.clone()),
         Kind::Session,
         &session,
@@ -57,10 +70,14 @@ fn session_cookie(key: &Key, token_seconds: i64, session_seconds: i64) -> (Heade
 }
 
 fn login_cookie(key: &Key) -> (HeaderMap, String) {
+    login_cookie_with(POLICY, key)
+}
+
+fn login_cookie_with(policy: CookiePolicy, key: &Key) -> (HeaderMap, String) {
     let now = Utc::now().timestamp();
     let login = LoginCookie::new(Pending::new(), now);
     let state = login.state.clone();
-    let jar = POLICY.write(
+    let jar = policy.write(
         PrivateCookieJar::new(key.clone()),
         Kind::Login,
         &login,
@@ -333,4 +350,62 @@ fn the_id_token_must_carry_the_logins_nonce() {
     ));
     assert!(!nonce_matches(&token(serde_json::json!({"nonce": 1})), "1"));
     assert!(!nonce_matches("not a token", "n-1"));
+}
+
+#[tokio::test]
+async fn over_tls_the_cookies_are_secure_and_host_prefixed() {
+    let key = Key::generate();
+    let console = console_at(&key, "https://kubeconfig.example/callback").await;
+    let tls = CookiePolicy { over_tls: true };
+    // A plain-HTTP session cookie is not the page's session over TLS.
+    let (plain, _) = session_cookie(&key, 600, 600);
+    let page = text(call(&console, Method::GET, "/", &plain, "").await).await;
+    assert!(page.contains(r#"href="/login""#), "{page}");
+    let (cookie, session) = session_cookie_with(tls, &key, 600, 600);
+    let page = text(call(&console, Method::GET, "/", &cookie, "").await).await;
+    assert!(page.contains("jane@example.com"), "{page}");
+
+    let mut headers = cookie.clone();
+    headers.insert(
+        header::ORIGIN,
+        HeaderValue::from_static("https://kubeconfig.example"),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let body = format!("csrf={}", session.csrf);
+    let response = call(&console, Method::POST, "/logout", &headers, &body).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let removal = set_cookies(&response);
+    assert!(
+        removal
+            .iter()
+            .any(|c| c.starts_with("__Host-kubeconfig-session=;")
+                && c.contains("Secure")
+                && c.contains("HttpOnly")
+                && c.contains("SameSite=Lax")
+                && c.contains("Path=/")
+                && !c.contains("Domain")),
+        "{removal:?}"
+    );
+
+    // The login cookie is read and removed under its TLS name too.
+    let (login, _) = login_cookie_with(tls, &key);
+    let response = call(
+        &console,
+        Method::GET,
+        "/callback?code=c&state=forged",
+        &login,
+        "",
+    )
+    .await;
+    let removal = set_cookies(&response);
+    assert!(
+        removal
+            .iter()
+            .any(|c| c.starts_with("__Host-kubeconfig-login=;") && c.contains("Secure")),
+        "{removal:?}"
+    );
+    assert!(text(response).await.contains("state mismatch"));
 }
