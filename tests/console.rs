@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum_extra::extract::cookie::SameSite;
-use fantoccini::{Client, ClientBuilder, Locator, cookies::Cookie};
+use fantoccini::{Client, ClientBuilder, Locator, cookies::Cookie, key::Key};
 use hyper_util::client::legacy::connect::HttpConnector;
 use support::{
     Cluster, Namespace, cluster, kubectl_plain,
@@ -190,14 +190,19 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     let profile = tempfile::tempdir().unwrap();
     let browser = driver.browser(profile.path()).await;
 
-    // The page, logged out: a link to log in.
+    // The page, logged out: a link to log in, the first stop of the keyboard.
     browser.goto(&format!("{base}/")).await.unwrap();
-    click(
-        &browser,
-        Locator::LinkText("Log in"),
-        "the logged-out page offers to log in",
-    )
-    .await;
+    browser
+        .wait()
+        .for_element(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys(&Key::Tab.to_string())
+        .await
+        .unwrap();
+    let focused = browser.active_element().await.unwrap();
+    assert_eq!(focused.text().await.unwrap(), "Log in");
+    focused.send_keys(&Key::Enter.to_string()).await.unwrap();
 
     // At Dex, the login cookie is in the browser: HttpOnly, SameSite=Lax, not Secure (plain
     // HTTP on loopback), scoped to the whole page.
