@@ -1,13 +1,16 @@
 //! The kubeconfig page in a real browser: headless Chromium driven through chromedriver (both
 //! from Debian's packages, see scripts/install-deps.sh) logs in at the real Dex as alice through
 //! its LDAP login form, sees her name, downloads the token kubeconfig within the session, and
-//! real `kubectl auth whoami` with it prints alice. The same browser shows that a forged or
+//! real `kubectl auth whoami` with it prints alice; the page's `kubectl create secret` command
+//! and KubeconfigRequest, run as alice, issue the same kubeconfig into a Secret. The same browser
+//! shows that a forged or
 //! replayed `state` and a callback without the login cookie are refused, that the cookies carry
 //! the flags the page promises, and that logging out needs the page's own form.
 
 mod support;
 
 use std::{
+    io::Write as _,
     net::TcpStream,
     process::{Child, Command, Stdio},
     thread,
@@ -18,9 +21,9 @@ use axum_extra::extract::cookie::SameSite;
 use fantoccini::{Client, ClientBuilder, Locator, cookies::Cookie, key::Key};
 use hyper_util::client::legacy::connect::HttpConnector;
 use support::{
-    Cluster, Namespace, cluster, kubectl_plain,
+    Cluster, Namespace, cluster, eventually, grant, kubectl_plain,
     operator::{Issuer, Operator, free_port},
-    requests::write_temp,
+    requests::{decoded_secret_key, wait_for_reason, write_temp},
 };
 
 /// The browser flags that work on an offline machine: no sandbox (root in CI), no GPU, no
@@ -298,6 +301,80 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     ])
     .expect("kubectl auth whoami with the downloaded kubeconfig");
     assert_eq!(whoami, cluster.alice_username);
+
+    // The page's command and KubeconfigRequest, run as alice with only the rights they need,
+    // issue the same kubeconfig into a Secret.
+    grant(
+        cluster,
+        &namespace.name,
+        "id-token-keeper",
+        &cluster.alice_username,
+        "create,get",
+        "secrets",
+        &[],
+    );
+    grant(
+        cluster,
+        &namespace.name,
+        "request-maker",
+        &cluster.alice_username,
+        "create,get,patch",
+        "kubeconfigrequests.kubeconfig.dev",
+        &[],
+    );
+    let alice = directory.path().join("alice.kubeconfig");
+    std::fs::write(&alice, &kubeconfig).unwrap();
+    let context_namespace = format!("--namespace={}", namespace.name);
+    kubectl_plain(&[
+        "--kubeconfig",
+        alice.to_str().unwrap(),
+        "config",
+        "set-context",
+        "--current",
+        &context_namespace,
+    ])
+    .unwrap();
+    let secret_command = text_of(&browser, "secret-command").await;
+    let request_yaml = text_of(&browser, "request-yaml").await;
+    let as_alice = |program: &str, args: &[&str], stdin: &str| {
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(directory.path())
+            .env("KUBECONFIG", &alice)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait().unwrap().success()
+    };
+    // Retried until alice's Roles reach the authorizer.
+    eventually(
+        Duration::from_secs(30),
+        "the page's kubectl create secret works for alice",
+        || as_alice("bash", &["-c", &secret_command], ""),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "alice applies the page's KubeconfigRequest",
+        || as_alice("kubectl", &["apply", "-f", "-"], &request_yaml),
+    );
+    wait_for_reason(cluster, &namespace.name, "my-kubeconfig", "Issued");
+    assert_eq!(
+        decoded_secret_key(
+            cluster,
+            &namespace.name,
+            "my-kubeconfig-kubeconfig",
+            "kubeconfig"
+        ),
+        kubeconfig
+    );
 
     // The token is in no URL, on no page, in no log line.
     let token = kubectl_plain(&[
