@@ -3,9 +3,9 @@
 //! its LDAP login form, sees her name, downloads the token kubeconfig within the session, and
 //! real `kubectl auth whoami` with it prints alice; the page's `kubectl create secret` command
 //! and KubeconfigRequest, run as alice, issue the same kubeconfig into a Secret. The same browser
-//! shows that a forged or
-//! replayed `state` and a callback without the login cookie are refused, that the cookies carry
-//! the flags the page promises, and that logging out needs the page's own form.
+//! shows that a forged or replayed `state` and a callback without the login cookie are refused,
+//! that the cookies carry the flags the page promises, and that logging out needs the page's own
+//! form.
 
 mod support;
 
