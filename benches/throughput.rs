@@ -171,6 +171,7 @@ fn main() {
         confirmer: None,
         verdicts: Default::default(),
         confirmations: Default::default(),
+        console: None,
     });
     let app = router(state);
     let authorization = format!("Bearer {}", token.expose());

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages the local cluster needs when they are missing (Debian), so that
-# `make run` and `make test` work on a fresh machine. Go, kubectl and cargo must already be there.
+# Installs the system packages the local cluster and the browser test need when they are missing
+# (Debian), so that `make run` and `make test` work on a fresh machine. Go, kubectl and cargo must
+# already be there.
 set -euo pipefail
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin:$HOME/.cargo/bin"
 need=()
@@ -9,6 +10,9 @@ command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)   # Dex links SQLite through cgo
 command -v flock >/dev/null && command -v setsid >/dev/null || need+=(util-linux)
 [[ -x /usr/sbin/slapd && -x /usr/sbin/slappasswd ]] || need+=(slapd) # Dex's user directory
+# The kubeconfig page's browser test (tests/console.rs): headless Chromium and its driver.
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
 	echo "[deps] apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive

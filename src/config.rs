@@ -27,7 +27,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// Control characters (from paths or parser messages) become spaces, so the error stays on
     /// the one line that start-up prints.
-    fn new(field: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, problem: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             problem: problem
@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub proxy: Option<FileProxy>,
     #[serde(default)]
     pub leader_election: FileLeaderElection,
+    /// Present to serve the login and download page (see `server::console`).
+    pub console: Option<crate::server::console::FileConsole>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +278,8 @@ pub struct Config {
     pub leader_election: Option<LeaderElectionSettings>,
     /// The authenticating API server proxy, when configured.
     pub proxy: Option<ProxyConfig>,
+    /// The login and download page, when configured.
+    pub console: Option<crate::server::console::ConsoleConfig>,
 }
 
 /// The authenticating proxy in front of the API server (see `server::proxy`).
@@ -618,6 +622,10 @@ impl Config {
                 pick(&args.watch_namespace, file.watch_namespace),
             )?,
             leader_election,
+            console: file
+                .console
+                .map(crate::server::console::ConsoleConfig::resolve)
+                .transpose()?,
         })
     }
 }

@@ -151,28 +151,7 @@ impl KeySet {
     /// Prepares fetching from the configured issuer without contacting it, so the operator can
     /// start (and report itself unready) while Dex is still down.
     pub async fn new(cfg: &OidcConfig) -> Result<Self, IssuerError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(same_origin_redirects());
-        if let Some(path) = &cfg.ca_file {
-            let pem = tokio::fs::read(path).await.map_err(|e| {
-                IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                IssuerError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
-            })?;
-            if certs.is_empty() {
-                return Err(IssuerError::Setup(format!(
-                    "the CA file {} holds no certificate",
-                    path.display()
-                )));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| IssuerError::Setup(error_chain(&e)))?;
+        let client = issuer_client(cfg).await?;
         let discovery = format!(
             "{}/.well-known/openid-configuration",
             cfg.issuer.trim_end_matches('/')
@@ -350,8 +329,7 @@ impl Fetcher {
         Ok(keys)
     }
 
-    /// GET with the body read in chunks, so an oversized answer is cut off after
-    /// [`MAX_RESPONSE_BYTES`] instead of being buffered whole.
+    /// GET of a JSON document, size-capped by [`json_body`].
     async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IssuerError> {
         let unreachable = |e: reqwest::Error| IssuerError::Unreachable {
             url: url.to_string(),
@@ -361,7 +339,7 @@ impl Fetcher {
             url: url.to_string(),
             detail,
         };
-        let mut response = self
+        let response = self
             .client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -371,21 +349,68 @@ impl Fetcher {
         if !response.status().is_success() {
             return Err(bad(format!("HTTP status {}", response.status())));
         }
-        if response
-            .content_length()
-            .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
-        {
+        json_body(url, response).await
+    }
+}
+
+/// The HTTP client for everything the operator asks the issuer: its CA, bounded waits, and
+/// redirects only within the issuer's origin. Shared by key fetching and the page's login.
+pub(crate) async fn issuer_client(cfg: &OidcConfig) -> Result<reqwest::Client, IssuerError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(same_origin_redirects());
+    if let Some(path) = &cfg.ca_file {
+        let pem = tokio::fs::read(path).await.map_err(|e| {
+            IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            IssuerError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(IssuerError::Setup(format!(
+                "the CA file {} holds no certificate",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| IssuerError::Setup(error_chain(&e)))
+}
+
+/// The body of a successful answer as JSON, read in chunks so an oversized answer is cut off
+/// after [`MAX_RESPONSE_BYTES`] instead of being buffered whole.
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    url: &Url,
+    mut response: reqwest::Response,
+) -> Result<T, IssuerError> {
+    let bad = |detail: String| IssuerError::BadResponse {
+        url: url.to_string(),
+        detail,
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(bad(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| IssuerError::Unreachable {
+            url: url.to_string(),
+            detail: error_chain(&e),
+        })?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(bad(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(bad(format!("larger than {MAX_RESPONSE_BYTES} bytes")));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        serde_json::from_slice(&body).map_err(|e| bad(format!("not the expected JSON: {e}")))
+        body.extend_from_slice(&chunk);
     }
+    serde_json::from_slice(&body).map_err(|e| bad(format!("not the expected JSON: {e}")))
 }
 
 /// Redirects are followed only within the origin of the URL first requested, so a compromised
@@ -491,7 +516,7 @@ pub(crate) fn truncated(text: &str) -> String {
 }
 
 /// reqwest's top-level message rarely says what failed (refused, TLS, timeout); its sources do.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

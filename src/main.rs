@@ -13,7 +13,7 @@ use kubeconfig_operator::{
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
-    server::{self, HttpState, proxy::BoundProxy},
+    server::{self, HttpState, console::Console, proxy::BoundProxy},
     telemetry::{self, LogFormat},
     token::Verifier,
 };
@@ -139,6 +139,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         confirmer.clone(),
     ));
+    let console = match config.console.clone() {
+        Some(page) => Some(Arc::new(
+            Console::new(page, Arc::clone(&verifier), config.kubeconfig.clone()).await?,
+        )),
+        None => None,
+    };
     let http_state = Arc::new(HttpState {
         verifier,
         settings: config.kubeconfig.clone(),
@@ -148,6 +154,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         confirmer,
         verdicts: Default::default(),
         confirmations: Default::default(),
+        console,
     });
     let proxy = match &config.proxy {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),

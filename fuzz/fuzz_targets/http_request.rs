@@ -106,6 +106,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         confirmer: None,
         verdicts: Default::default(),
         confirmations: Default::default(),
+        console: None,
     })
 }
 

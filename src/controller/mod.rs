@@ -15,7 +15,7 @@ mod source;
 mod status;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 use std::{
     collections::HashMap,

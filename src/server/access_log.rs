@@ -12,7 +12,7 @@ use axum::{
 };
 use tracing::{debug, error, info, warn};
 
-use super::{HttpState, download, probes};
+use super::{HttpState, console, download, probes};
 use crate::metrics::RequestLabels;
 
 /// The route as a fixed label, so clients cannot create metric series at will.
@@ -21,7 +21,7 @@ fn route_label(request: &Request) -> &'static str {
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    [download::ROUTES, probes::ROUTES]
+    [download::ROUTES, probes::ROUTES, console::ROUTES]
         .into_iter()
         .flatten()
         .find(|route| Some(**route) == matched)

@@ -215,9 +215,18 @@ fn requested_namespace(query: Option<&str>) -> Result<Option<String>, &'static s
     Ok(namespace)
 }
 
-/// `attachment; filename="<cluster>.kubeconfig"`, with the name reduced to characters that need
-/// no quoting in any browser.
-fn attachment(cluster_name: &str) -> HeaderValue {
+/// `attachment; filename="<cluster>.kubeconfig"`.
+pub(super) fn attachment(cluster_name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        file_name(cluster_name)
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment; filename=\"kubeconfig\""))
+}
+
+/// `<cluster>.kubeconfig`, with the name reduced to characters that need no quoting in any
+/// browser or shell.
+pub(super) fn file_name(cluster_name: &str) -> String {
     let safe: String = cluster_name
         .chars()
         .map(|c| {
@@ -228,8 +237,7 @@ fn attachment(cluster_name: &str) -> HeaderValue {
             }
         })
         .collect();
-    HeaderValue::from_str(&format!("attachment; filename=\"{safe}.kubeconfig\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment; filename=\"kubeconfig\""))
+    format!("{safe}.kubeconfig")
 }
 
 #[cfg(test)]

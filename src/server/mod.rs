@@ -14,6 +14,7 @@
 
 mod access_log;
 mod auth;
+pub mod console;
 mod cors;
 mod download;
 mod limits;
@@ -74,6 +75,8 @@ pub struct HttpState {
     /// one verification and one review per token per 10 s.
     pub verdicts: Verdicts<Identity>,
     pub confirmations: Verdicts<UserInfo>,
+    /// The login and download page at `/`, when configured.
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// Why the server could not start; each names what to fix.
@@ -101,9 +104,13 @@ pub fn router(state: Arc<HttpState>) -> Router {
 /// Every route group, each with its own layers, behind one access log. `limits` is `None` only
 /// for [`router`].
 fn routes(state: Arc<HttpState>, limits: Option<&RequestLimits>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .merge(download::routes(limits, &state.allowed_origins))
-        .merge(probes::routes(limits))
+        .merge(probes::routes(limits));
+    if let Some(page) = &state.console {
+        router = router.merge(console::routes(Arc::clone(page), limits));
+    }
+    router
         // Outermost, so every answer is logged and counted, including those the group layers
         // give (429, 503) and those no route gives (404).
         .layer(middleware::from_fn_with_state(

@@ -64,6 +64,7 @@ fn state_from(
         confirmer,
         verdicts: Default::default(),
         confirmations: Default::default(),
+        console: None,
     })
 }
 

@@ -64,6 +64,13 @@ EOF
 	mv "$CLUSTER_DIR/ports.tmp" "$CLUSTER_DIR/ports"
 fi
 load_ports
+# The kubeconfig page's port for tests (its redirect URL must be registered at Dex exactly);
+# added to clusters whose ports file predates it.
+if [[ -z "${CONSOLE_PORT:-}" ]]; then
+	CONSOLE_PORT=$("$CLUSTER_BIN/kcluster" freeports 1)
+	[[ "$CONSOLE_PORT" =~ ^[0-9]+$ ]] || die "could not allocate the console port"
+	echo "CONSOLE_PORT=$CONSOLE_PORT" >>"$CLUSTER_DIR/ports"
+fi
 
 "$CLUSTER_BIN/kcluster" certs "$PKI"
 
@@ -215,9 +222,11 @@ staticClients:
   - id: kubeconfig-operator
     name: kubeconfig-operator
     secret: $OIDC_CLIENT_SECRET
+    # The kubeconfig page (server::console) of make run (default LISTEN) and of tests/console.rs.
     redirectURIs:
       - http://127.0.0.1:8000/callback
       - http://localhost:8000/callback
+      - http://127.0.0.1:$CONSOLE_PORT/callback
     trustedPeers: [other-app]
   - id: other-app
     name: other-app
@@ -279,6 +288,7 @@ done
 		OIDC_CLIENT_SECRET "$OIDC_CLIENT_SECRET" \
 		OIDC_OTHER_CLIENT_ID other-app \
 		OIDC_OTHER_CLIENT_SECRET "$OIDC_OTHER_CLIENT_SECRET" \
+		CONSOLE_REDIRECT_URL "http://127.0.0.1:$CONSOLE_PORT/callback" \
 		ALICE_USERNAME alice@example.com \
 		ALICE_PASSWORD "$ALICE_PASSWORD" \
 		BOB_USERNAME bob@example.com \

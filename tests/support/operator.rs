@@ -77,7 +77,13 @@ impl Operator {
     ) -> Self {
         let installed = operator_kubeconfig(cluster);
         let kubeconfig = kubeconfig.unwrap_or(installed);
-        let port = free_port();
+        // A test that needs a known address (e.g. a redirect URL registered at Dex) passes its
+        // own --listen.
+        let own_listen = extra_args.iter().position(|arg| *arg == "--listen");
+        let port = own_listen
+            .and_then(|at| extra_args.get(at + 1))
+            .and_then(|address| address.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_port);
         let issuer_url = match issuer {
             Issuer::Main => &cluster.oidc_issuer_url,
             Issuer::ShortLived => &cluster.oidc_short_issuer_url,
@@ -119,7 +125,13 @@ impl Operator {
                     .into_iter()
                     .flatten(),
             )
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(
+                own_listen
+                    .is_none()
+                    .then(|| ["--listen".to_owned(), format!("127.0.0.1:{port}")])
+                    .into_iter()
+                    .flatten(),
+            )
             // One JSON object per line, so tests read fields instead of parsing text.
             .args(["--log-format", "json"])
             .args(extra_args)
