@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub default_namespace: Option<String>,
     pub watch_namespace: Option<String>,
     #[serde(default)]
+    pub exec: FileExec,
+    #[serde(default)]
     pub oidc: FileOidc,
     #[serde(default)]
     pub http: FileHttp,
@@ -60,6 +62,14 @@ pub struct FileConfig {
     pub proxy: Option<FileProxy>,
     #[serde(default)]
     pub leader_election: FileLeaderElection,
+}
+
+/// The `exec` kubeconfig format (kubelogin); off until `clientId` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileExec {
+    pub client_id: Option<String>,
+    pub extra_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +151,16 @@ pub struct ConfigArgs {
     /// Name of the user entry in issued kubeconfigs [file: userName; default OIDCUser].
     #[arg(long, env = "KUBECONFIG_OPERATOR_USER_NAME")]
     pub user_name: Option<String>,
+    /// Public OIDC client (no secret) that kubelogin logs in with in `exec` kubeconfigs; unset: no exec format [file: exec.clientId].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_EXEC_CLIENT_ID")]
+    pub exec_client_id: Option<String>,
+    /// Comma-separated scopes kubelogin requests besides openid: the claims the API server reads, and offline_access for refresh [file: exec.extraScopes; default email,groups,offline_access].
+    #[arg(
+        long,
+        env = "KUBECONFIG_OPERATOR_EXEC_EXTRA_SCOPES",
+        value_delimiter = ','
+    )]
+    pub exec_extra_scopes: Option<Vec<String>>,
     /// Namespace of the context when the request names none [file: defaultNamespace].
     #[arg(long, env = "KUBECONFIG_OPERATOR_DEFAULT_NAMESPACE")]
     pub default_namespace: Option<String>,
@@ -350,6 +370,23 @@ pub struct KubeconfigSettings {
     pub ca: CaBundle,
     pub user_name: String,
     pub default_namespace: Option<String>,
+    /// The `exec` format's kubelogin arguments; `None` when no public client is configured.
+    pub exec: Option<ExecSettings>,
+}
+
+/// What an `exec` kubeconfig tells kubelogin: where to log in and as which public client. All of
+/// it is public, so the file may be shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// The issuer exactly as configured, as kube-apiserver expects it in `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    /// The scopes whose claims the API server reads (email, groups), and offline_access so
+    /// kubelogin gets a refresh token; the ID token's own `openid` is always requested.
+    pub extra_scopes: Vec<String>,
+    /// The issuer's CA (`oidc.caFile`), read at start-up and put into the kubeconfig as data, so
+    /// the file works on machines that do not have it.
+    pub issuer_ca_pem: Option<Vec<u8>>,
 }
 
 /// How ID tokens are verified; mirrors kube-apiserver's `--oidc-*` flags so both agree on who a
@@ -455,7 +492,7 @@ impl Config {
         let pick_path =
             |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
 
-        let kubeconfig = KubeconfigSettings {
+        let mut kubeconfig = KubeconfigSettings {
             cluster_name: non_empty_name(
                 "clusterName",
                 pick(&args.cluster_name, file.cluster_name).unwrap_or_else(|| "kubernetes".into()),
@@ -473,6 +510,7 @@ impl Config {
                 "defaultNamespace",
                 pick(&args.default_namespace, file.default_namespace),
             )?,
+            exec: None,
         };
 
         let issuer = pick(&args.oidc_issuer_url, file.oidc.issuer_url)
@@ -539,6 +577,8 @@ impl Config {
                     .unwrap_or(false),
             },
         };
+
+        kubeconfig.exec = exec_settings(file.exec, args, &oidc)?;
 
         let listen =
             pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
@@ -607,6 +647,50 @@ impl Config {
             leader_election,
         })
     }
+}
+
+/// The `exec` section: kubelogin logs in at the verifier's issuer, trusting its CA.
+fn exec_settings(
+    file: FileExec,
+    args: &ConfigArgs,
+    oidc: &OidcConfig,
+) -> Result<Option<ExecSettings>, ConfigError> {
+    let Some(client_id) = args.exec_client_id.clone().or(file.client_id) else {
+        return Ok(None);
+    };
+    if client_id.trim().is_empty() || client_id.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "exec.clientId",
+            "must be a client ID: not empty, no control characters",
+        ));
+    }
+    let extra_scopes = args
+        .exec_extra_scopes
+        .clone()
+        .or(file.extra_scopes)
+        .unwrap_or_else(|| {
+            ["email", "groups", "offline_access"]
+                .map(str::to_owned)
+                .to_vec()
+        });
+    if let Some(bad) = extra_scopes.iter().find(|scope| {
+        scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control())
+    }) {
+        return Err(ConfigError::new(
+            "exec.extraScopes",
+            format!("{bad:?} is not a scope (OAuth 2.0 scopes are non-empty, without spaces)"),
+        ));
+    }
+    let issuer_ca_pem = match &oidc.ca_file {
+        Some(path) => Some(read_pem_file("oidc.caFile", path)?),
+        None => None,
+    };
+    Ok(Some(ExecSettings {
+        issuer: oidc.issuer.clone(),
+        client_id,
+        extra_scopes,
+        issuer_ca_pem,
+    }))
 }
 
 /// The `proxy` section. Without `proxy.listen` there is no proxy and the kubeconfig settings stay

@@ -75,7 +75,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("cannot render the kubeconfig: {0}")]
-    Render(#[from] crate::yaml::Error),
+    Render(#[from] crate::kubeconfig::Error),
     #[error("the request has no namespace or uid; it is not a stored object")]
     NotStored,
     #[error("the API server answered a TokenRequest without a token")]
@@ -388,7 +388,7 @@ async fn service_account_credential(
             request,
             account,
             secret,
-            secret::current_token(secret).as_deref(),
+            secret::current_token(request, secret).as_deref(),
             Utc::now(),
         )
     {
