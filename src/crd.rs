@@ -68,7 +68,7 @@ pub struct KubeconfigRequestSpec {
     )]
     pub namespace: Option<String>,
 
-    /// Name of the Secret that receives the kubeconfig (key "kubeconfig"). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
+    /// Name of the Secret that receives the kubeconfig (under the keys of secretKeys, or the Argo CD keys of format argocd). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub secret_name: Option<String>,

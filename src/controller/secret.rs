@@ -328,7 +328,12 @@ fn secret_data(request: &KubeconfigRequest, rendered: Rendered) -> BTreeMap<Stri
             .spec
             .secret_keys
             .iter()
-            .map(|key| (key.as_str().to_owned(), ByteString(yaml.clone().into_bytes())))
+            .map(|key| {
+                (
+                    key.as_str().to_owned(),
+                    ByteString(yaml.clone().into_bytes()),
+                )
+            })
             .collect(),
         Rendered::ArgoCdCluster(data) => data
             .into_iter()

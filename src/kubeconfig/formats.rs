@@ -215,7 +215,8 @@ mod tests {
             ]
         );
         // The cluster half is the token format's: same server, CA, context and names.
-        let token_yaml = kubeconfig(render(&exec_settings(), Format::Token, &token(), None).unwrap());
+        let token_yaml =
+            kubeconfig(render(&exec_settings(), Format::Token, &token(), None).unwrap());
         let cluster_part = |yaml: &str| yaml.split("\nusers:").next().unwrap().to_owned();
         assert_eq!(cluster_part(&yaml), cluster_part(&token_yaml));
     }
@@ -274,13 +275,17 @@ mod tests {
             panic!("expected Argo CD cluster data");
         };
         let config: serde_json::Value = serde_json::from_str(&data["config"]).unwrap();
-        assert_eq!(config["tlsClientConfig"], serde_json::json!({ "insecure": false }));
+        assert_eq!(
+            config["tlsClientConfig"],
+            serde_json::json!({ "insecure": false })
+        );
     }
 
     #[test]
     fn a_token_with_json_syntax_stays_one_string_in_argocd_config() {
         let hostile = IdToken::from(r#"a","insecure":true,"x":"#.to_owned());
-        let Rendered::ArgoCdCluster(data) = render(&settings(), Format::ArgoCd, &hostile, None).unwrap()
+        let Rendered::ArgoCdCluster(data) =
+            render(&settings(), Format::ArgoCd, &hostile, None).unwrap()
         else {
             panic!("expected Argo CD cluster data");
         };

@@ -45,9 +45,7 @@ pub fn render(
 ) -> Result<Rendered, Error> {
     let user = match format {
         Format::Token => formats::token_user(token.expose()),
-        Format::Exec => {
-            formats::exec_user(settings.exec.as_ref().ok_or(Error::ExecNotConfigured)?)
-        }
+        Format::Exec => formats::exec_user(settings.exec.as_ref().ok_or(Error::ExecNotConfigured)?),
         Format::ArgoCd => {
             return Ok(Rendered::ArgoCdCluster(formats::argocd_cluster(
                 settings,

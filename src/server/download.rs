@@ -87,14 +87,13 @@ async fn kube_config(
                 .into_response()
         }
         // The query parser admits kubeconfig formats only; refused the same way for safety.
-        Ok(Rendered::ArgoCdCluster(_)) => {
-            (StatusCode::BAD_REQUEST, FORMAT_PROBLEM).into_response()
-        }
+        Ok(Rendered::ArgoCdCluster(_)) => (StatusCode::BAD_REQUEST, FORMAT_PROBLEM).into_response(),
         // The owner has not enabled exec; the caller can still ask for the token format.
-        Err(problem @ kubeconfig::Error::ExecNotConfigured) => {
-            (StatusCode::BAD_REQUEST, format!("{problem}; ask for format=token instead\n"))
-                .into_response()
-        }
+        Err(problem @ kubeconfig::Error::ExecNotConfigured) => (
+            StatusCode::BAD_REQUEST,
+            format!("{problem}; ask for format=token instead\n"),
+        )
+            .into_response(),
         Err(problem) => {
             // The error comes from serialising settings we own; it cannot contain the token's
             // value, but the user name identifies whom it failed for.
@@ -305,11 +304,17 @@ mod tests {
             let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
             let response = call(&state, Method::GET, &uri, &["Bearer a.b.c"]).await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
-            assert!(!response.headers().contains_key(header::SET_COOKIE), "{query}");
+            assert!(
+                !response.headers().contains_key(header::SET_COOKIE),
+                "{query}"
+            );
             let text = body(response).await;
             assert!(text.contains("format"), "{query}: {text}");
         }
-        assert_eq!(parse_query(Some("format=exec")).unwrap().format, Format::Exec);
+        assert_eq!(
+            parse_query(Some("format=exec")).unwrap().format,
+            Format::Exec
+        );
         assert_eq!(parse_query(None).unwrap().format, Format::Token);
     }
 
