@@ -421,6 +421,7 @@ fn short_hash(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KubeconfigSettings;
 
     #[test]
     fn label_values_fit_kubernetes_rules() {
@@ -518,6 +519,87 @@ mod tests {
             };
             assert_eq!(is_controlled_by(&secret, &owner()), expected, "{case}");
         }
+    }
+
+    /// The Secret `request` wants for `token`, as `write` would apply it.
+    fn desired_for(request: &KubeconfigRequest, token: &str) -> Secret {
+        let settings = crate::controller::fixtures::settings();
+        let rendered = kubeconfig::render(
+            &settings,
+            request.spec.format,
+            &crate::token::IdToken::from(token.to_owned()),
+            None,
+        )
+        .unwrap();
+        desired(request, None, "out", owner(), Some(rendered))
+    }
+
+    #[test]
+    fn secret_keys_each_get_the_kubeconfig_and_the_token_reads_back() {
+        use crate::controller::fixtures::request;
+        let one = request(serde_json::json!({}));
+        let secret = desired_for(&one, "t.o.k");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["kubeconfig"]);
+        assert_eq!(current_token(&one, &secret).as_deref(), Some("t.o.k"));
+
+        let both = request(serde_json::json!({ "secretKeys": ["value", "kubeconfig"] }));
+        let secret = desired_for(&both, "t.o.k");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["kubeconfig", "value"]);
+        assert_eq!(data["kubeconfig"], data["value"]);
+        assert_eq!(current_token(&both, &secret).as_deref(), Some("t.o.k"));
+        assert!(!secret.labels().contains_key(ARGOCD_SECRET_TYPE_LABEL));
+    }
+
+    #[test]
+    fn argocd_secret_has_argo_cds_label_and_keys_and_its_token_reads_back() {
+        use crate::controller::fixtures::request;
+        let argo = request(serde_json::json!({ "format": "argocd",
+            "secretTemplate": { "labels": { ARGOCD_SECRET_TYPE_LABEL: "repository" } } }));
+        let secret = desired_for(&argo, "t.o.k");
+        assert_eq!(secret.labels()[ARGOCD_SECRET_TYPE_LABEL], "cluster");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["config", "name", "server"]
+        );
+        assert_eq!(current_token(&argo, &secret).as_deref(), Some("t.o.k"));
+        // A token-format request reads no token out of an Argo CD Secret, and the reverse.
+        let token_format = request(serde_json::json!({}));
+        assert_eq!(current_token(&token_format, &secret), None);
+        let kubeconfig_secret = desired_for(&token_format, "t.o.k");
+        assert_eq!(current_token(&argo, &kubeconfig_secret), None);
+    }
+
+    #[test]
+    fn exec_secret_holds_no_token() {
+        use crate::controller::fixtures::request;
+        let exec = request(serde_json::json!({ "format": "exec" }));
+        let settings = KubeconfigSettings {
+            exec: Some(crate::config::ExecSettings {
+                issuer: "https://dex.example.com/dex".into(),
+                client_id: "kubelogin".into(),
+                extra_scopes: vec![],
+                issuer_ca_pem: None,
+            }),
+            ..crate::controller::fixtures::settings()
+        };
+        let rendered = kubeconfig::render(
+            &settings,
+            Format::Exec,
+            &crate::token::IdToken::from("t.o.k".to_owned()),
+            None,
+        )
+        .unwrap();
+        let secret = desired(&exec, None, "out", owner(), Some(rendered));
+        let text =
+            String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+        assert!(
+            text.contains("oidc-login") && !text.contains("t.o.k"),
+            "{text}"
+        );
+        assert_eq!(current_token(&exec, &secret), None);
     }
 
     #[test]
