@@ -5,6 +5,7 @@
 mod support;
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     process::{Command, Stdio},
     time::Duration,
@@ -79,15 +80,14 @@ fn apply_as(
     )
 }
 
-/// A Secret's key as alice reads it.
-fn secret_key_as(
+/// A Secret's data, decoded, as the holder of `token` reads it.
+fn secret_data_as(
     cluster: &Cluster,
     token: &str,
     namespace: &str,
     secret: &str,
-    key: &str,
-) -> String {
-    let encoded = kubectl_as_token(
+) -> BTreeMap<String, String> {
+    let data = kubectl_as_token(
         cluster,
         token,
         &[
@@ -97,16 +97,28 @@ fn secret_key_as(
             "-n",
             namespace,
             "-o",
-            &format!("jsonpath={{.data.{key}}}"),
+            "jsonpath={.data}",
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .expect("Secret data is base64"),
-    )
-    .expect("Secret data is UTF-8")
+    let data: BTreeMap<String, String> =
+        serde_json::from_str(&data).expect("Secret data is a JSON object of strings");
+    data.into_iter()
+        .map(|(key, encoded)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .expect("Secret data is base64");
+            (key, String::from_utf8(bytes).expect("Secret data is UTF-8"))
+        })
+        .collect()
+}
+
+/// Applies a request for alice's token Secret with `extra` spec lines, as alice, and waits until
+/// it is Issued.
+fn issue_as_alice(cluster: &Cluster, alice: &str, namespace: &str, name: &str, extra: &str) {
+    let spec = format!("tokenSecretRef: {{name: {ALICE_TOKEN_SECRET}}}{extra}");
+    apply_as(cluster, alice, namespace, name, &spec).unwrap_or_else(|e| panic!("{e}"));
+    wait_for_reason(cluster, namespace, name, "Issued");
 }
 
 fn whoami(cluster: &Cluster, token: &str) -> serde_json::Value {
@@ -120,25 +132,28 @@ fn whoami(cluster: &Cluster, token: &str) -> serde_json::Value {
 #[test]
 fn secret_keys_kubeconfig_and_value_both_hold_a_working_kubeconfig() {
     let cluster = cluster();
-    let (namespace, alice) = tenant_namespace(cluster, "formats-keys", &["both-kubeconfig"]);
+    let (namespace, alice) = tenant_namespace(
+        cluster,
+        "formats-keys",
+        &["both-kubeconfig", "one-kubeconfig"],
+    );
     let ns = namespace.name.as_str();
     let _operator = Operator::start(cluster, ns, Issuer::Main, &[]);
-    apply_as(
+    issue_as_alice(
         cluster,
         &alice,
         ns,
         "both",
-        &format!(
-            "tokenSecretRef: {{name: {ALICE_TOKEN_SECRET}}}\n  secretKeys: [kubeconfig, value]"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_for_reason(cluster, ns, "both", "Issued");
+        "\n  secretKeys: [kubeconfig, value]",
+    );
 
-    let kubeconfig = secret_key_as(cluster, &alice, ns, "both-kubeconfig", "kubeconfig");
-    let value = secret_key_as(cluster, &alice, ns, "both-kubeconfig", "value");
-    assert_eq!(kubeconfig, value);
-    let file = write_temp(&value);
+    let data = secret_data_as(cluster, &alice, ns, "both-kubeconfig");
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["kubeconfig", "value"]
+    );
+    assert_eq!(data["kubeconfig"], data["value"]);
+    let file = write_temp(&data["value"]);
     let out = kubectl_plain(&[
         "--kubeconfig",
         file.path().to_str().unwrap(),
@@ -149,32 +164,9 @@ fn secret_keys_kubeconfig_and_value_both_hold_a_working_kubeconfig() {
     assert!(out.contains("alice@example.com"), "{out}");
 
     // The default stays one key: a request without secretKeys writes only "kubeconfig".
-    apply_as(
-        cluster,
-        &alice,
-        ns,
-        "one",
-        &format!("tokenSecretRef: {{name: {ALICE_TOKEN_SECRET}}}"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_for_reason(cluster, ns, "one", "Issued");
-    let keys = support::kubectl(
-        cluster,
-        &[
-            "get",
-            "secret",
-            "one-kubeconfig",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.data}",
-        ],
-    );
-    let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
-    assert_eq!(
-        keys.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["kubeconfig"]
-    );
+    issue_as_alice(cluster, &alice, ns, "one", "");
+    let data = secret_data_as(cluster, &alice, ns, "one-kubeconfig");
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["kubeconfig"]);
 }
 
 #[test]
@@ -183,15 +175,7 @@ fn argocd_request_writes_a_cluster_secret_whose_bearer_token_works() {
     let (namespace, alice) = tenant_namespace(cluster, "formats-argocd", &["argo-kubeconfig"]);
     let ns = namespace.name.as_str();
     let _operator = Operator::start(cluster, ns, Issuer::Main, &[]);
-    apply_as(
-        cluster,
-        &alice,
-        ns,
-        "argo",
-        &format!("tokenSecretRef: {{name: {ALICE_TOKEN_SECRET}}}\n  format: argocd"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_for_reason(cluster, ns, "argo", "Issued");
+    issue_as_alice(cluster, &alice, ns, "argo", "\n  format: argocd");
 
     let label = kubectl_as_token(
         cluster,
@@ -208,40 +192,15 @@ fn argocd_request_writes_a_cluster_secret_whose_bearer_token_works() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(label, "cluster");
+    let data = secret_data_as(cluster, &alice, ns, "argo-kubeconfig");
     assert_eq!(
-        secret_key_as(cluster, &alice, ns, "argo-kubeconfig", "name"),
-        "local"
-    );
-    assert_eq!(
-        secret_key_as(cluster, &alice, ns, "argo-kubeconfig", "server"),
-        cluster.kube_server
-    );
-    let keys = support::kubectl(
-        cluster,
-        &[
-            "get",
-            "secret",
-            "argo-kubeconfig",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.data}",
-        ],
-    );
-    let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
-    assert_eq!(
-        keys.as_object().unwrap().keys().collect::<Vec<_>>(),
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
         ["config", "name", "server"]
     );
+    assert_eq!(data["name"], "local");
+    assert_eq!(data["server"], cluster.kube_server);
 
-    let config: serde_json::Value = serde_json::from_str(&secret_key_as(
-        cluster,
-        &alice,
-        ns,
-        "argo-kubeconfig",
-        "config",
-    ))
-    .expect("config is JSON");
+    let config: serde_json::Value = serde_json::from_str(&data["config"]).expect("config is JSON");
     assert_eq!(config["tlsClientConfig"]["insecure"], false);
     let ca = base64::engine::general_purpose::STANDARD
         .decode(
