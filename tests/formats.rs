@@ -424,3 +424,119 @@ fn password_grant(
     );
     serde_json::from_str(&body).expect("Dex answers JSON")
 }
+
+/// The GitOps case: an Argo CD cluster Secret for a ServiceAccount, whose token the controller
+/// keeps while it is not due (read back from `config`) and renews when it is, in place.
+#[test]
+fn argocd_secret_for_a_service_account_keeps_its_token_until_renewal_replaces_it() {
+    const ACCOUNT: &str = "deployer";
+    // The request's default Secret name: naming another needs the right to create Secrets.
+    const SECRET: &str = "gitops-kubeconfig";
+    let cluster = cluster();
+    let (namespace, alice) = tenant_namespace(cluster, "formats-argocd-sa", &[SECRET]);
+    let ns = namespace.name.as_str();
+    let account = write_temp(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {ACCOUNT}\n  namespace: {ns}\n  annotations:\n    kubeconfig.dev/issuable: \"true\"\n"
+    ));
+    support::kubectl(cluster, &["apply", "-f", account.path().to_str().unwrap()]);
+    grant(
+        cluster,
+        ns,
+        "alice-mints",
+        &cluster.alice_username,
+        "create",
+        "serviceaccounts/token",
+        &[ACCOUNT],
+    );
+    let _operator = Operator::start(
+        cluster,
+        ns,
+        Issuer::Main,
+        &["--max-expiration-seconds", "900"],
+    );
+    let spec = |extra: &str| {
+        format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 900}}\n  format: argocd{extra}"
+        )
+    };
+    let apply = |extra: &str| {
+        eventually(
+            Duration::from_secs(30),
+            "alice's request is admitted",
+            || apply_as(cluster, &alice, ns, "gitops", &spec(extra)).is_ok(),
+        );
+    };
+    let bearer = || {
+        let data = secret_data_as(cluster, &alice, ns, SECRET);
+        let config: serde_json::Value = serde_json::from_str(&data["config"]).unwrap();
+        config["bearerToken"].as_str().unwrap().to_owned()
+    };
+    let observed = |generation: i64| {
+        eventually(
+            Duration::from_secs(60),
+            &format!("generation {generation} is reconciled"),
+            || {
+                support::kubectl(
+                    cluster,
+                    &[
+                        "get",
+                        "kcr",
+                        "gitops",
+                        "-n",
+                        ns,
+                        "-o",
+                        "jsonpath={.status.observedGeneration}",
+                    ],
+                ) == generation.to_string()
+            },
+        );
+    };
+    let service_account = format!("system:serviceaccount:{ns}:{ACCOUNT}");
+
+    apply("");
+    wait_for_reason(cluster, ns, "gitops", "Issued");
+    let first = bearer();
+    assert_eq!(
+        whoami(cluster, &first)["username"],
+        service_account.as_str()
+    );
+
+    // A spec change that does not touch the credential: the token read back from `config` is
+    // not due, so it is kept rather than minted again.
+    apply("\n  secretTemplate: {labels: {team: a}}");
+    observed(2);
+    // Compared, not printed: a failure must not put a live token into CI logs.
+    assert!(bearer() == first, "the not-yet-due token was minted again");
+
+    // Renewal due 10 s after issuance: a new token replaces it in the same Secret, and the old
+    // one stays valid until its own expiry, as for kubeconfig Secrets.
+    apply("\n  secretTemplate: {labels: {team: a}}\n  renewBefore: 890s");
+    observed(3);
+    eventually(
+        Duration::from_secs(60),
+        "the Argo CD token is renewed",
+        || bearer() != first,
+    );
+    let second = bearer();
+    assert_eq!(
+        whoami(cluster, &second)["username"],
+        service_account.as_str()
+    );
+    assert_eq!(
+        whoami(cluster, &first)["username"],
+        service_account.as_str()
+    );
+    let label = support::kubectl(
+        cluster,
+        &[
+            "get",
+            "secret",
+            SECRET,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.labels.argocd\\.argoproj\\.io/secret-type}",
+        ],
+    );
+    assert_eq!(label, "cluster");
+}
