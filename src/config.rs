@@ -1232,6 +1232,65 @@ mod tests {
     }
 
     #[test]
+    fn exec_format_is_off_until_a_public_client_is_named() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert_eq!(config.kubeconfig.exec, None);
+
+        let (_dir, ca, _token) = proxy_files();
+        let file: FileConfig = crate::yaml::from_str("exec:\n  clientId: kubelogin\n").unwrap();
+        let args = ConfigArgs {
+            oidc_ca_file: Some(ca.clone()),
+            ..minimal()
+        };
+        let exec = Config::resolve(file, &args)
+            .unwrap()
+            .kubeconfig
+            .exec
+            .unwrap();
+        assert_eq!(
+            exec,
+            ExecSettings {
+                issuer: "https://dex.example/dex".into(),
+                client_id: "kubelogin".into(),
+                extra_scopes: vec!["email".into(), "groups".into(), "offline_access".into()],
+                issuer_ca_pem: Some(std::fs::read(&ca).unwrap()),
+            }
+        );
+
+        let args = ConfigArgs {
+            exec_client_id: Some("from-flag".into()),
+            exec_extra_scopes: Some(vec!["groups".into(), "audience:server:client_id:x".into()]),
+            ..minimal()
+        };
+        let exec = Config::resolve(FileConfig::default(), &args)
+            .unwrap()
+            .kubeconfig
+            .exec
+            .unwrap();
+        assert_eq!(exec.client_id, "from-flag");
+        assert_eq!(exec.extra_scopes, ["groups", "audience:server:client_id:x"]);
+        assert_eq!(exec.issuer_ca_pem, None);
+    }
+
+    #[test]
+    fn exec_client_and_scopes_must_be_well_formed() {
+        for (client, scopes) in [
+            (" ", None),
+            ("kube\nlogin", None),
+            ("kubelogin", Some(vec!["groups offline_access".to_owned()])),
+            ("kubelogin", Some(vec![String::new()])),
+        ] {
+            let args = ConfigArgs {
+                exec_client_id: Some(client.into()),
+                exec_extra_scopes: scopes.clone(),
+                ..minimal()
+            };
+            let field = error_field(FileConfig::default(), &args);
+            assert!(field.starts_with("exec."), "{client:?} {scopes:?}: {field}");
+        }
+    }
+
+    #[test]
     fn minimal_configuration_gets_documented_defaults() {
         let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
         assert_eq!(config.kubeconfig.user_name, "OIDCUser");
