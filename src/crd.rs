@@ -98,7 +98,7 @@ pub struct KubeconfigRequestSpec {
 }
 
 /// A data key of the written Secret that holds the kubeconfig.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretKey {
     /// The key kubectl users and most tools are pointed at.
