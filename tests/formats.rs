@@ -540,3 +540,94 @@ fn argocd_secret_for_a_service_account_keeps_its_token_until_renewal_replaces_it
     );
     assert_eq!(label, "cluster");
 }
+
+/// Two clusters' kubeconfigs merged the way people merge them, by real kubectl
+/// (`KUBECONFIG=a:b kubectl config view --flatten`): with the seed's shared user name the second
+/// cluster's context silently sends the first one's token; with a user name per cluster each
+/// context keeps its own user.
+#[test]
+fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
+    use kubeconfig_operator::{
+        ca::CaBundle,
+        config::KubeconfigSettings,
+        kubeconfig::{self, Format, Rendered},
+        token::IdToken,
+    };
+    let cluster = cluster();
+    let alice = id_token(cluster, "alice");
+    let bob = id_token(cluster, "bob");
+    let ca = std::fs::read(&cluster.kube_ca_file).unwrap();
+    let file_for = |name: &str, user_name: &str, token: &str| {
+        let settings = KubeconfigSettings {
+            cluster_name: name.into(),
+            server: cluster.kube_server.clone(),
+            ca: CaBundle::fixed(Some(ca.clone())),
+            user_name: user_name.into(),
+            default_namespace: None,
+            exec: None,
+        };
+        let Rendered::Kubeconfig(yaml) = kubeconfig::render(
+            &settings,
+            Format::Token,
+            &IdToken::from(token.to_owned()),
+            None,
+        )
+        .unwrap() else {
+            panic!("the token format renders a kubeconfig");
+        };
+        write_temp(&yaml)
+    };
+    let user_of_context =
+        |a: &tempfile::NamedTempFile, b: &tempfile::NamedTempFile, context: &str| {
+            let path = format!("{}:{}", a.path().display(), b.path().display());
+            let run = |args: &[&str]| {
+                let output = Command::new("kubectl")
+                    .args(args)
+                    .env("KUBECONFIG", &path)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                String::from_utf8(output.stdout).unwrap()
+            };
+            let merged = write_temp(&run(&["config", "view", "--flatten"]));
+            kubectl_plain(&[
+                "--kubeconfig",
+                merged.path().to_str().unwrap(),
+                "--context",
+                context,
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+
+    let shared = (
+        file_for("cluster-a", "OIDCUser", &alice),
+        file_for("cluster-b", "OIDCUser", &bob),
+    );
+    assert_eq!(
+        user_of_context(&shared.0, &shared.1, "cluster-b"),
+        cluster.alice_username,
+        "kubectl's merge keeps the first OIDCUser entry"
+    );
+
+    let own = (
+        file_for("cluster-a", "oidc@cluster-a", &alice),
+        file_for("cluster-b", "oidc@cluster-b", &bob),
+    );
+    assert_eq!(
+        user_of_context(&own.0, &own.1, "cluster-a"),
+        cluster.alice_username
+    );
+    assert_eq!(
+        user_of_context(&own.0, &own.1, "cluster-b"),
+        cluster.bob_username
+    );
+}
