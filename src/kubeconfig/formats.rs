@@ -137,13 +137,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        kubeconfig::{Rendered, render, tests::settings},
+        kubeconfig::{
+            Rendered, render,
+            tests::{settings, token, yaml},
+        },
         token::IdToken,
     };
-
-    fn token() -> IdToken {
-        IdToken::from("header.payload.signature".to_owned())
-    }
 
     fn exec_settings() -> KubeconfigSettings {
         KubeconfigSettings {
@@ -154,13 +153,6 @@ mod tests {
                 issuer_ca_pem: Some(b"issuer CA PEM".to_vec()),
             }),
             ..settings()
-        }
-    }
-
-    fn kubeconfig(rendered: Rendered) -> String {
-        match rendered {
-            Rendered::Kubeconfig(yaml) => yaml,
-            Rendered::ArgoCdCluster(_) => panic!("expected a kubeconfig"),
         }
     }
 
@@ -182,11 +174,14 @@ mod tests {
 
     #[test]
     fn exec_kubeconfig_runs_kubelogin_and_holds_no_credential() {
-        let yaml = kubeconfig(render(&exec_settings(), Format::Exec, &token(), None).unwrap());
-        assert!(!yaml.contains("header.payload.signature"), "{yaml}");
-        assert!(!yaml.contains("token:"), "{yaml}");
-        assert!(!yaml.contains("secret"), "{yaml}");
-        let parsed = Kubeconfig::from_yaml(&yaml).unwrap();
+        let exec_yaml = yaml(render(&exec_settings(), Format::Exec, &token(), None).unwrap());
+        assert!(
+            !exec_yaml.contains("header.payload.signature"),
+            "{exec_yaml}"
+        );
+        assert!(!exec_yaml.contains("token:"), "{exec_yaml}");
+        assert!(!exec_yaml.contains("secret"), "{exec_yaml}");
+        let parsed = Kubeconfig::from_yaml(&exec_yaml).unwrap();
         let user = &parsed.auth_infos[0];
         assert_eq!(user.name, "OIDCUser");
         let exec = user.auth_info.as_ref().unwrap().exec.as_ref().unwrap();
@@ -215,17 +210,16 @@ mod tests {
             ]
         );
         // The cluster half is the token format's: same server, CA, context and names.
-        let token_yaml =
-            kubeconfig(render(&exec_settings(), Format::Token, &token(), None).unwrap());
+        let token_yaml = yaml(render(&exec_settings(), Format::Token, &token(), None).unwrap());
         let cluster_part = |yaml: &str| yaml.split("\nusers:").next().unwrap().to_owned();
-        assert_eq!(cluster_part(&yaml), cluster_part(&token_yaml));
+        assert_eq!(cluster_part(&exec_yaml), cluster_part(&token_yaml));
     }
 
     #[test]
     fn exec_without_an_issuer_ca_leaves_kubelogin_on_system_roots() {
         let mut settings = exec_settings();
         settings.exec.as_mut().unwrap().issuer_ca_pem = None;
-        let yaml = kubeconfig(render(&settings, Format::Exec, &token(), None).unwrap());
+        let yaml = yaml(render(&settings, Format::Exec, &token(), None).unwrap());
         assert!(!yaml.contains("certificate-authority-data="), "{yaml}");
     }
 

@@ -77,17 +77,26 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn token() -> IdToken {
+        IdToken::from("header.payload.signature".to_owned())
+    }
+
+    /// The kubeconfig file of a kubeconfig format.
+    pub(crate) fn yaml(rendered: Rendered) -> String {
+        match rendered {
+            Rendered::Kubeconfig(yaml) => yaml,
+            Rendered::ArgoCdCluster(_) => panic!("expected a kubeconfig"),
+        }
+    }
+
     fn token_kubeconfig(settings: &KubeconfigSettings, token: &str) -> Kubeconfig {
-        let Rendered::Kubeconfig(yaml) = render(
+        let rendered = render(
             settings,
             Format::Token,
             &IdToken::from(token.to_owned()),
             None,
-        )
-        .unwrap() else {
-            panic!("the token format renders a kubeconfig");
-        };
-        Kubeconfig::from_yaml(&yaml).unwrap()
+        );
+        Kubeconfig::from_yaml(&yaml(rendered.unwrap())).unwrap()
     }
 
     /// The token the merged file's context `context` would send, following kubectl's merge rules

@@ -64,13 +64,12 @@ pub(super) fn kubeconfig(
 mod tests {
     use super::*;
     use crate::{
-        kubeconfig::{Format, Rendered, tests::settings},
+        kubeconfig::{
+            Format,
+            tests::{settings, token, yaml},
+        },
         token::IdToken,
     };
-
-    fn token() -> IdToken {
-        IdToken::from("header.payload.signature".to_owned())
-    }
 
     /// The token format, the one whose shape the seed defined.
     fn render(
@@ -78,10 +77,7 @@ mod tests {
         token: &IdToken,
         namespace: Option<&str>,
     ) -> Result<String, crate::kubeconfig::Error> {
-        match crate::kubeconfig::render(settings, Format::Token, token, namespace)? {
-            Rendered::Kubeconfig(yaml) => Ok(yaml),
-            Rendered::ArgoCdCluster(_) => panic!("the token format renders a kubeconfig"),
-        }
+        crate::kubeconfig::render(settings, Format::Token, token, namespace).map(yaml)
     }
 
     #[test]
