@@ -119,9 +119,14 @@ fn main() {
         ca: kubeconfig_operator::ca::CaBundle::fixed(Some(ca_pem.to_vec())),
         user_name: "OIDCUser".into(),
         default_namespace: None,
+        exec: None,
     };
     let namespace = Some("team-a");
-    let rendered = kubeconfig::render(&settings, &token, namespace).unwrap();
+    let kubeconfig::Rendered::Kubeconfig(rendered) =
+        kubeconfig::render(&settings, kubeconfig::Format::Token, &token, namespace).unwrap()
+    else {
+        panic!("the token format renders a kubeconfig");
+    };
     let document = json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -150,7 +155,15 @@ fn main() {
     });
     let render_ns = measure(5_000, |n| {
         for _ in 0..n {
-            black_box(kubeconfig::render(black_box(&settings), &token, namespace).unwrap());
+            black_box(
+                kubeconfig::render(
+                    black_box(&settings),
+                    kubeconfig::Format::Token,
+                    &token,
+                    namespace,
+                )
+                .unwrap(),
+            );
         }
     });
     report(

@@ -62,4 +62,6 @@ exec env KUBECONFIG="$operator_kubeconfig" target/debug/kubeconfig-operator run 
   --oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" \
   --oidc-ca-file "$OIDC_CA_FILE" \
   --config "$page_dir/operator.yaml" \
+  --exec-client-id "$OIDC_PUBLIC_CLIENT_ID" \
+  --exec-extra-scopes "email,groups,offline_access,audience:server:client_id:$OIDC_CLIENT_ID" \
   --listen "$listen"

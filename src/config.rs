@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub watch_namespace: Option<String>,
     pub confirm_with_api_server: Option<bool>,
     #[serde(default)]
+    pub exec: FileExec,
+    #[serde(default)]
     pub oidc: FileOidc,
     #[serde(default)]
     pub http: FileHttp,
@@ -63,6 +65,14 @@ pub struct FileConfig {
     pub leader_election: FileLeaderElection,
     /// Present to serve the login and download page (see `server::console`).
     pub console: Option<crate::server::console::FileConsole>,
+}
+
+/// The `exec` kubeconfig format (kubelogin); off until `clientId` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileExec {
+    pub client_id: Option<String>,
+    pub extra_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +154,16 @@ pub struct ConfigArgs {
     /// Name of the user entry in issued kubeconfigs [file: userName; default OIDCUser].
     #[arg(long, env = "KUBECONFIG_OPERATOR_USER_NAME")]
     pub user_name: Option<String>,
+    /// Public OIDC client (no secret) that kubelogin logs in with in `exec` kubeconfigs; unset: no exec format [file: exec.clientId].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_EXEC_CLIENT_ID")]
+    pub exec_client_id: Option<String>,
+    /// Comma-separated scopes kubelogin requests besides openid: the claims the API server reads, and offline_access for refresh [file: exec.extraScopes; default email,groups,offline_access].
+    #[arg(
+        long,
+        env = "KUBECONFIG_OPERATOR_EXEC_EXTRA_SCOPES",
+        value_delimiter = ','
+    )]
+    pub exec_extra_scopes: Option<Vec<String>>,
     /// Namespace of the context when the request names none [file: defaultNamespace].
     #[arg(long, env = "KUBECONFIG_OPERATOR_DEFAULT_NAMESPACE")]
     pub default_namespace: Option<String>,
@@ -361,6 +381,23 @@ pub struct KubeconfigSettings {
     pub ca: CaBundle,
     pub user_name: String,
     pub default_namespace: Option<String>,
+    /// The `exec` format's kubelogin arguments; `None` when no public client is configured.
+    pub exec: Option<ExecSettings>,
+}
+
+/// What an `exec` kubeconfig tells kubelogin: where to log in and as which public client. All of
+/// it is public, so the file may be shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// The issuer exactly as configured, as kube-apiserver expects it in `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    /// The scopes whose claims the API server reads (email, groups), and offline_access so
+    /// kubelogin gets a refresh token; the ID token's own `openid` is always requested.
+    pub extra_scopes: Vec<String>,
+    /// The issuer's CA (`oidc.caFile`), read at start-up and put into the kubeconfig as data, so
+    /// the file works on machines that do not have it.
+    pub issuer_ca_pem: Option<Vec<u8>>,
 }
 
 /// How ID tokens are verified; mirrors kube-apiserver's `--oidc-*` flags so both agree on who a
@@ -466,7 +503,7 @@ impl Config {
         let pick_path =
             |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
 
-        let kubeconfig = KubeconfigSettings {
+        let mut kubeconfig = KubeconfigSettings {
             cluster_name: non_empty_name(
                 "clusterName",
                 pick(&args.cluster_name, file.cluster_name).unwrap_or_else(|| "kubernetes".into()),
@@ -484,6 +521,7 @@ impl Config {
                 "defaultNamespace",
                 pick(&args.default_namespace, file.default_namespace),
             )?,
+            exec: None,
         };
 
         let issuer = pick(&args.oidc_issuer_url, file.oidc.issuer_url)
@@ -550,6 +588,8 @@ impl Config {
                     .unwrap_or(false),
             },
         };
+
+        kubeconfig.exec = exec_settings(file.exec, args, &oidc)?;
 
         let listen =
             pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
@@ -628,6 +668,50 @@ impl Config {
                 .transpose()?,
         })
     }
+}
+
+/// The `exec` section: kubelogin logs in at the verifier's issuer, trusting its CA.
+fn exec_settings(
+    file: FileExec,
+    args: &ConfigArgs,
+    oidc: &OidcConfig,
+) -> Result<Option<ExecSettings>, ConfigError> {
+    let Some(client_id) = args.exec_client_id.clone().or(file.client_id) else {
+        return Ok(None);
+    };
+    if client_id.trim().is_empty() || client_id.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "exec.clientId",
+            "must be a client ID: not empty, no control characters",
+        ));
+    }
+    let extra_scopes = args
+        .exec_extra_scopes
+        .clone()
+        .or(file.extra_scopes)
+        .unwrap_or_else(|| {
+            ["email", "groups", "offline_access"]
+                .map(str::to_owned)
+                .to_vec()
+        });
+    if let Some(bad) = extra_scopes.iter().find(|scope| {
+        scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control())
+    }) {
+        return Err(ConfigError::new(
+            "exec.extraScopes",
+            format!("{bad:?} is not a scope (OAuth 2.0 scopes are non-empty, without spaces)"),
+        ));
+    }
+    let issuer_ca_pem = match &oidc.ca_file {
+        Some(path) => Some(read_pem_file("oidc.caFile", path)?),
+        None => None,
+    };
+    Ok(Some(ExecSettings {
+        issuer: oidc.issuer.clone(),
+        client_id,
+        extra_scopes,
+        issuer_ca_pem,
+    }))
 }
 
 /// The `proxy` section. Without `proxy.listen` there is no proxy and the kubeconfig settings stay
@@ -1166,6 +1250,65 @@ mod tests {
         assert_eq!(proxy.max_connections, 7);
         assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(60));
         assert_eq!(config.kubeconfig.server, "https://proxy.example");
+    }
+
+    #[test]
+    fn exec_format_is_off_until_a_public_client_is_named() {
+        let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
+        assert_eq!(config.kubeconfig.exec, None);
+
+        let (_dir, ca, _token) = proxy_files();
+        let file: FileConfig = crate::yaml::from_str("exec:\n  clientId: kubelogin\n").unwrap();
+        let args = ConfigArgs {
+            oidc_ca_file: Some(ca.clone()),
+            ..minimal()
+        };
+        let exec = Config::resolve(file, &args)
+            .unwrap()
+            .kubeconfig
+            .exec
+            .unwrap();
+        assert_eq!(
+            exec,
+            ExecSettings {
+                issuer: "https://dex.example/dex".into(),
+                client_id: "kubelogin".into(),
+                extra_scopes: vec!["email".into(), "groups".into(), "offline_access".into()],
+                issuer_ca_pem: Some(std::fs::read(&ca).unwrap()),
+            }
+        );
+
+        let args = ConfigArgs {
+            exec_client_id: Some("from-flag".into()),
+            exec_extra_scopes: Some(vec!["groups".into(), "audience:server:client_id:x".into()]),
+            ..minimal()
+        };
+        let exec = Config::resolve(FileConfig::default(), &args)
+            .unwrap()
+            .kubeconfig
+            .exec
+            .unwrap();
+        assert_eq!(exec.client_id, "from-flag");
+        assert_eq!(exec.extra_scopes, ["groups", "audience:server:client_id:x"]);
+        assert_eq!(exec.issuer_ca_pem, None);
+    }
+
+    #[test]
+    fn exec_client_and_scopes_must_be_well_formed() {
+        for (client, scopes) in [
+            (" ", None),
+            ("kube\nlogin", None),
+            ("kubelogin", Some(vec!["groups offline_access".to_owned()])),
+            ("kubelogin", Some(vec![String::new()])),
+        ] {
+            let args = ConfigArgs {
+                exec_client_id: Some(client.into()),
+                exec_extra_scopes: scopes.clone(),
+                ..minimal()
+            };
+            let field = error_field(FileConfig::default(), &args);
+            assert!(field.starts_with("exec."), "{client:?} {scopes:?}: {field}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::kubeconfig::Format;
+
 /// A DNS subdomain (RFC 1123), the rule for Secret and ServiceAccount names.
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// The suffix of the default Secret name; request names are capped so the result stays a valid name.
@@ -40,7 +42,9 @@ pub const SECRET_NAME_SUFFIX: &str = "-kubeconfig";
 )]
 #[x_kube(
     validation = Rule::new("has(self.tokenSecretRef) != has(self.serviceAccount)").message("exactly one of spec.tokenSecretRef (an ID token in a Secret) and spec.serviceAccount (a minted ServiceAccount token) must be set"),
-    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of spec.renewBefore and spec.renewBeforePercentage")
+    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of spec.renewBefore and spec.renewBeforePercentage"),
+    validation = Rule::new("!has(self.format) || self.format != 'exec' || has(self.tokenSecretRef)").message("spec.format exec needs spec.tokenSecretRef: kubelogin logs a person in, a ServiceAccount has no login; use token or argocd"),
+    validation = Rule::new("!has(self.format) || self.format != 'argocd' || !has(self.secretKeys) || self.secretKeys == ['kubeconfig']").message("spec.secretKeys applies to kubeconfig formats; an argocd Secret always has the keys name, server and config")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigRequestSpec {
@@ -65,10 +69,19 @@ pub struct KubeconfigRequestSpec {
     )]
     pub namespace: Option<String>,
 
-    /// Name of the Secret that receives the kubeconfig (key "kubeconfig"). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
+    /// Name of the Secret that receives the kubeconfig (under the keys of secretKeys, or the Argo CD keys of format argocd). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub secret_name: Option<String>,
+
+    /// What the Secret holds: "token" (default), a kubeconfig with the credential as a bearer token; "exec", a kubeconfig without any credential whose user runs kubelogin (kubectl oidc-login) to log in and refresh, so each person who uses it logs in as themselves (needs tokenSecretRef and the operator's exec.clientId); "argocd", an Argo CD cluster Secret (label argocd.argoproj.io/secret-type=cluster, keys name, server and config) instead of a kubeconfig.
+    #[serde(default)]
+    pub format: Format,
+
+    /// The data keys that each receive the kubeconfig: "kubeconfig" (the default), and "value", the key Cluster API and Flux read. Not for format argocd.
+    #[serde(default = "default_secret_keys")]
+    #[schemars(schema_with = "secret_keys_schema")]
+    pub secret_keys: Vec<SecretKey>,
 
     /// Labels and annotations added to the written Secret, e.g. for a GitOps tool or a sync controller. Labels and annotations the controller sets itself take precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +96,41 @@ pub struct KubeconfigRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<u8>,
+}
+
+/// A data key of the written Secret that holds the kubeconfig.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretKey {
+    /// The key kubectl users and most tools are pointed at.
+    Kubeconfig,
+    /// The key Cluster API writes and Flux's `kubeConfig.secretRef` reads by default.
+    Value,
+}
+
+impl SecretKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKey::Kubeconfig => "kubeconfig",
+            SecretKey::Value => "value",
+        }
+    }
+}
+
+fn default_secret_keys() -> Vec<SecretKey> {
+    vec![SecretKey::Kubeconfig]
+}
+
+/// A set (the API server refuses duplicates) of one or both keys.
+fn secret_keys_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "type": "string", "enum": ["kubeconfig", "value"] },
+        "minItems": 1,
+        "maxItems": 2,
+        "x-kubernetes-list-type": "set",
+        "default": ["kubeconfig"],
+    })
 }
 
 /// Where the ID token is: a key in a Secret of the request's own namespace.

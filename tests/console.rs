@@ -114,7 +114,14 @@ fn operator_with_page(cluster: &Cluster, namespace: &str) -> (Operator, String) 
         cluster,
         namespace,
         Issuer::Main,
-        &["--config", &config_path, "--listen", &listen],
+        &[
+            "--config",
+            &config_path,
+            "--listen",
+            &listen,
+            "--exec-client-id",
+            &cluster.env["OIDC_PUBLIC_CLIENT_ID"],
+        ],
     );
     // The operator read both files at start-up.
     drop((secret, config));
@@ -301,6 +308,26 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     ])
     .expect("kubectl auth whoami with the downloaded kubeconfig");
     assert_eq!(whoami, cluster.alice_username);
+
+    // The kubelogin kubeconfig: it logs in with the public client and holds no token.
+    let response = http()
+        .get(format!("{base}/download?format=exec"))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_page_headers(&response);
+    let exec = response.text().await.unwrap();
+    assert!(exec.contains("oidc-login"), "{exec}");
+    assert!(
+        exec.contains(&cluster.env["OIDC_PUBLIC_CLIENT_ID"]),
+        "{exec}"
+    );
+    assert!(
+        !exec.contains(session.value()) && !exec.contains("token:"),
+        "{exec}"
+    );
 
     // The page's command and KubeconfigRequest, run as alice with only the rights they need,
     // issue the same kubeconfig into a Secret.

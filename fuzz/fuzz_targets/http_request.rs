@@ -99,6 +99,13 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
             )),
             user_name: "OIDCUser".into(),
             default_namespace: None,
+            // Enabled, so `?format=exec` reaches the exec renderer too.
+            exec: Some(kubeconfig_operator::config::ExecSettings {
+                issuer: "https://127.0.0.1:5556/dex".into(),
+                client_id: "kubelogin".into(),
+                extra_scopes: vec!["groups".into()],
+                issuer_ca_pem: None,
+            }),
         },
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),

@@ -38,6 +38,7 @@ pub fn settings() -> KubeconfigSettings {
         ca: crate::ca::CaBundle::default(),
         user_name: "OIDCUser".into(),
         default_namespace: None,
+        exec: None,
     }
 }
 

@@ -82,7 +82,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("cannot render the kubeconfig: {0}")]
-    Render(#[from] crate::yaml::Error),
+    Render(#[from] crate::kubeconfig::Error),
     #[error("the request has no namespace or uid; it is not a stored object")]
     NotStored,
     #[error("the API server answered a TokenRequest without a token")]
@@ -413,7 +413,7 @@ async fn service_account_credential(
             request,
             account,
             secret,
-            secret::current_token(secret).as_deref(),
+            secret::current_token(request, secret).as_deref(),
             Utc::now(),
         )
         // A token the API server no longer accepts (say, its ServiceAccount was deleted and
@@ -559,21 +559,15 @@ pub async fn run(
     let account_ctx = Arc::clone(&ctx);
     let forget_ctx = Arc::clone(&ctx);
     controller
-        .watches(
-            secrets,
-            watcher::Config::default(),
-            move |secret| requests_affected_by(&secret_ctx, &secret),
-        )
-        .watches(
-            accounts,
-            watcher::Config::default(),
-            move |account| {
-                account_ctx.index.for_account(
-                    &account.namespace().unwrap_or_default(),
-                    &account.name_any(),
-                )
-            },
-        )
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            requests_affected_by(&secret_ctx, &secret)
+        })
+        .watches(accounts, watcher::Config::default(), move |account| {
+            account_ctx.index.for_account(
+                &account.namespace().unwrap_or_default(),
+                &account.name_any(),
+            )
+        })
         .reconcile_all_on(ca_rotations)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -20,12 +20,16 @@ use super::{
     status::{self, Outcome, Reason, Refusal, format_time},
 };
 use crate::{
-    crd::{KubeconfigRequest, SECRET_NAME_SUFFIX},
-    kubeconfig,
+    crd::{Format, KubeconfigRequest, SECRET_NAME_SUFFIX},
+    kubeconfig::{self, Rendered},
 };
 
-/// Key of the written Secret that holds the kubeconfig.
+/// Key of the written Secret that holds the kubeconfig unless `spec.secretKeys` says otherwise.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
+/// The label by which Argo CD finds its cluster Secrets.
+pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
+/// The key of an Argo CD cluster Secret that holds the credential.
+const ARGOCD_CONFIG_KEY: &str = "config";
 pub const REQUEST_LABEL: &str = "kubeconfig.dev/request";
 pub const USER_LABEL: &str = "kubeconfig.dev/user";
 pub const USERNAME_ANNOTATION: &str = "kubeconfig.dev/username";
@@ -76,14 +80,21 @@ pub(super) fn ours(
     }
 }
 
-/// The token in a kubeconfig Secret this controller wrote.
-pub(super) fn current_token(secret: &Secret) -> Option<String> {
-    let data = secret.data.as_ref()?.get(KUBECONFIG_KEY)?;
-    let kubeconfig: serde_json::Value =
-        crate::yaml::from_str(std::str::from_utf8(&data.0).ok()?).ok()?;
-    kubeconfig["users"][0]["user"]["token"]
-        .as_str()
-        .map(str::to_owned)
+/// The token in a Secret this controller wrote in the request's format: the `config` of an Argo
+/// CD cluster Secret, or the user's token in the first kubeconfig key (`exec` holds none).
+pub(super) fn current_token(request: &KubeconfigRequest, secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| std::str::from_utf8(&data.get(key)?.0).ok();
+    match request.spec.format {
+        Format::ArgoCd => kubeconfig::argocd_bearer_token(text(ARGOCD_CONFIG_KEY)?),
+        Format::Token | Format::Exec => {
+            let key = request.spec.secret_keys.first()?.as_str();
+            let kubeconfig: serde_json::Value = crate::yaml::from_str(text(key)?).ok()?;
+            kubeconfig["users"][0]["user"]["token"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    }
 }
 
 /// Creates the Secret without data, so a ServiceAccount token can be bound to its uid before
@@ -141,15 +152,25 @@ pub(super) async fn write(
     credential: Credential,
 ) -> Result<Outcome, Error> {
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-    let rendered = kubeconfig::render(
+    let rendered = match kubeconfig::render(
         &ctx.settings,
+        request.spec.format,
         &credential.token,
         request
             .spec
             .namespace
             .as_deref()
             .or(ctx.settings.default_namespace.as_deref()),
-    )?;
+    ) {
+        Ok(rendered) => rendered,
+        Err(error @ kubeconfig::Error::ExecNotConfigured) => {
+            return Ok(Outcome::Refused {
+                refusal: Refusal::new(Reason::InvalidSpec, error.to_string()),
+                kept_secret: existing.map(|_| secret_name.to_owned()),
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
     let desired = desired(
         request,
         Some(&credential),
@@ -265,12 +286,15 @@ fn desired(
     credential: Option<&Credential>,
     secret_name: &str,
     owner: OwnerReference,
-    kubeconfig: Option<String>,
+    rendered: Option<Rendered>,
 ) -> Secret {
     let template = request.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
     labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
     labels.insert(REQUEST_LABEL.into(), label_value(&request.name_any()));
+    if request.spec.format == Format::ArgoCd {
+        labels.insert(ARGOCD_SECRET_TYPE_LABEL.into(), "cluster".into());
+    }
     let mut annotations = template.annotations;
     if let Some(credential) = credential {
         labels.insert(
@@ -296,13 +320,29 @@ fn desired(
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: kubeconfig.map(|kubeconfig| {
-            BTreeMap::from([(
-                KUBECONFIG_KEY.to_owned(),
-                ByteString(kubeconfig.into_bytes()),
-            )])
-        }),
+        data: rendered.map(|rendered| secret_data(request, rendered)),
         ..Secret::default()
+    }
+}
+
+/// A kubeconfig goes under each of `spec.secretKeys`; Argo CD's data keys are its own.
+fn secret_data(request: &KubeconfigRequest, rendered: Rendered) -> BTreeMap<String, ByteString> {
+    match rendered {
+        Rendered::Kubeconfig(yaml) => request
+            .spec
+            .secret_keys
+            .iter()
+            .map(|key| {
+                (
+                    key.as_str().to_owned(),
+                    ByteString(yaml.clone().into_bytes()),
+                )
+            })
+            .collect(),
+        Rendered::ArgoCdCluster(data) => data
+            .into_iter()
+            .map(|(key, value)| (key, ByteString(value.into_bytes())))
+            .collect(),
     }
 }
 
@@ -385,6 +425,7 @@ fn short_hash(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KubeconfigSettings;
 
     #[test]
     fn label_values_fit_kubernetes_rules() {
@@ -482,6 +523,87 @@ mod tests {
             };
             assert_eq!(is_controlled_by(&secret, &owner()), expected, "{case}");
         }
+    }
+
+    /// The Secret `request` wants for `token`, as `write` would apply it.
+    fn desired_for(request: &KubeconfigRequest, token: &str) -> Secret {
+        let settings = crate::controller::fixtures::settings();
+        let rendered = kubeconfig::render(
+            &settings,
+            request.spec.format,
+            &crate::token::IdToken::from(token.to_owned()),
+            None,
+        )
+        .unwrap();
+        desired(request, None, "out", owner(), Some(rendered))
+    }
+
+    #[test]
+    fn secret_keys_each_get_the_kubeconfig_and_the_token_reads_back() {
+        use crate::controller::fixtures::request;
+        let one = request(serde_json::json!({}));
+        let secret = desired_for(&one, "t.o.k");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["kubeconfig"]);
+        assert_eq!(current_token(&one, &secret).as_deref(), Some("t.o.k"));
+
+        let both = request(serde_json::json!({ "secretKeys": ["value", "kubeconfig"] }));
+        let secret = desired_for(&both, "t.o.k");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["kubeconfig", "value"]);
+        assert_eq!(data["kubeconfig"], data["value"]);
+        assert_eq!(current_token(&both, &secret).as_deref(), Some("t.o.k"));
+        assert!(!secret.labels().contains_key(ARGOCD_SECRET_TYPE_LABEL));
+    }
+
+    #[test]
+    fn argocd_secret_has_argo_cds_label_and_keys_and_its_token_reads_back() {
+        use crate::controller::fixtures::request;
+        let argo = request(serde_json::json!({ "format": "argocd",
+            "secretTemplate": { "labels": { ARGOCD_SECRET_TYPE_LABEL: "repository" } } }));
+        let secret = desired_for(&argo, "t.o.k");
+        assert_eq!(secret.labels()[ARGOCD_SECRET_TYPE_LABEL], "cluster");
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["config", "name", "server"]
+        );
+        assert_eq!(current_token(&argo, &secret).as_deref(), Some("t.o.k"));
+        // A token-format request reads no token out of an Argo CD Secret, and the reverse.
+        let token_format = request(serde_json::json!({}));
+        assert_eq!(current_token(&token_format, &secret), None);
+        let kubeconfig_secret = desired_for(&token_format, "t.o.k");
+        assert_eq!(current_token(&argo, &kubeconfig_secret), None);
+    }
+
+    #[test]
+    fn exec_secret_holds_no_token() {
+        use crate::controller::fixtures::request;
+        let exec = request(serde_json::json!({ "format": "exec" }));
+        let settings = KubeconfigSettings {
+            exec: Some(crate::config::ExecSettings {
+                issuer: "https://dex.example.com/dex".into(),
+                client_id: "kubelogin".into(),
+                extra_scopes: vec![],
+                issuer_ca_pem: None,
+            }),
+            ..crate::controller::fixtures::settings()
+        };
+        let rendered = kubeconfig::render(
+            &settings,
+            Format::Exec,
+            &crate::token::IdToken::from("t.o.k".to_owned()),
+            None,
+        )
+        .unwrap();
+        let secret = desired(&exec, None, "out", owner(), Some(rendered));
+        let text =
+            String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+        assert!(
+            text.contains("oidc-login") && !text.contains("t.o.k"),
+            "{text}"
+        );
+        assert_eq!(current_token(&exec, &secret), None);
     }
 
     #[test]

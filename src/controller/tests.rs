@@ -469,12 +469,15 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
 }
 
 fn kubeconfig_secret(uid: &str, token: &str) -> Value {
-    let rendered = crate::kubeconfig::render(
+    let crate::kubeconfig::Rendered::Kubeconfig(rendered) = crate::kubeconfig::render(
         &settings(),
+        crate::kubeconfig::Format::Token,
         &crate::token::IdToken::from(token.to_owned()),
         None,
     )
-    .unwrap();
+    .unwrap() else {
+        panic!("the token format renders a kubeconfig");
+    };
     json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {

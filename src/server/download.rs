@@ -26,7 +26,7 @@ use super::{
 use crate::{
     config::is_dns_label,
     confirm::{ConfirmError, REJECTED_BY_API_SERVER},
-    kubeconfig,
+    kubeconfig::{self, Format, Rendered},
 };
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
@@ -64,11 +64,10 @@ pub(super) fn routes(
     router
 }
 
-/// The namespace is checked before the token, so a typo in the query is a 400 that costs no
-/// verification.
+/// The query is checked before the token, so a typo in it is a 400 that costs no verification.
 async fn kube_config(
     State(state): State<Arc<HttpState>>,
-    RequestedNamespace(namespace): RequestedNamespace,
+    Query { namespace, format }: Query,
     Authenticated { token, identity }: Authenticated,
 ) -> Response {
     let confirmed = match &state.confirmer {
@@ -82,9 +81,9 @@ async fn kube_config(
             Err(error) => return unconfirmed(&state, &error),
         },
     };
-    match kubeconfig::render(&state.settings, &token, namespace.as_deref()) {
-        Ok(yaml) => {
-            info!(user = %identity.username, expires_at = %identity.expires_at, "kubeconfig issued over HTTP");
+    match kubeconfig::render(&state.settings, format, &token, namespace.as_deref()) {
+        Ok(Rendered::Kubeconfig(yaml)) => {
+            info!(user = %identity.username, expires_at = %identity.expires_at, format = format.as_str(), "kubeconfig issued over HTTP");
             (
                 confirmed.as_ref().map(identity_headers).unwrap_or_default(),
                 [
@@ -103,6 +102,14 @@ async fn kube_config(
             )
                 .into_response()
         }
+        // The query parser admits kubeconfig formats only; refused the same way for safety.
+        Ok(Rendered::ArgoCdCluster(_)) => (StatusCode::BAD_REQUEST, FORMAT_PROBLEM).into_response(),
+        // The owner has not enabled exec; the caller can still ask for the token format.
+        Err(problem @ kubeconfig::Error::ExecNotConfigured) => (
+            StatusCode::BAD_REQUEST,
+            format!("{problem}; ask for format=token instead\n"),
+        )
+            .into_response(),
         Err(problem) => {
             // The error comes from serialising settings we own; it cannot contain the token's
             // value, but the user name identifies whom it failed for.
@@ -182,23 +189,26 @@ pub(super) const IDENTITY_HEADERS: &str =
 /// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
 const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
 
-/// The `?namespace=` of the request, if any. Only `namespace` is understood; anything else is
-/// refused with 400 so a typo does not silently give a kubeconfig without the namespace the
-/// caller meant.
-struct RequestedNamespace(Option<String>);
+const FORMAT_PROBLEM: &str = "format must be given at most once, as token (the default: the token inside) or exec (kubelogin logs in; no token inside); argocd Secrets are issued by a KubeconfigRequest\n";
 
-impl<S: Sync> FromRequestParts<S> for RequestedNamespace {
+/// The query: `?namespace=` and `?format=`, each at most once. Anything else is refused with
+/// 400, so a typo does not silently give a kubeconfig other than the one the caller meant.
+struct Query {
+    namespace: Option<String>,
+    format: Format,
+}
+
+impl<S: Sync> FromRequestParts<S> for Query {
     type Rejection = (StatusCode, &'static str);
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        requested_namespace(parts.uri.query())
-            .map(Self)
-            .map_err(|problem| (StatusCode::BAD_REQUEST, problem))
+        parse_query(parts.uri.query()).map_err(|problem| (StatusCode::BAD_REQUEST, problem))
     }
 }
 
-fn requested_namespace(query: Option<&str>) -> Result<Option<String>, &'static str> {
+fn parse_query(query: Option<&str>) -> Result<Query, &'static str> {
     let mut namespace = None;
+    let mut format = None;
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "namespace" if namespace.is_none() && is_dns_label(&value) => {
@@ -209,10 +219,21 @@ fn requested_namespace(query: Option<&str>) -> Result<Option<String>, &'static s
                     "namespace must be given once, as a namespace name (a DNS label: lowercase letters, digits and '-', at most 63)\n",
                 );
             }
-            _ => return Err("unknown query parameter; only namespace is supported\n"),
+            "format" if format.is_none() => {
+                format = Some(match value.as_ref() {
+                    "token" => Format::Token,
+                    "exec" => Format::Exec,
+                    _ => return Err(FORMAT_PROBLEM),
+                });
+            }
+            "format" => return Err(FORMAT_PROBLEM),
+            _ => return Err("unknown query parameter; only namespace and format are supported\n"),
         }
     }
-    Ok(namespace)
+    Ok(Query {
+        namespace,
+        format: format.unwrap_or_default(),
+    })
 }
 
 /// `attachment; filename="<cluster>.kubeconfig"`.
@@ -311,6 +332,81 @@ mod tests {
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
             assert!(body(response).await.contains("namespace"), "{query}");
         }
+    }
+
+    #[tokio::test]
+    async fn format_chooses_token_or_exec_and_exec_needs_the_owners_client() {
+        let token = signed_token();
+        let authorization = format!("Bearer {token}");
+        let response = call(
+            &state(),
+            Method::GET,
+            &format!("{KUBE_CONFIG_ROUTE}?format=exec"),
+            &[&authorization],
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(body(response).await.contains("exec.clientId"));
+
+        let mut with_exec = Arc::into_inner(state()).unwrap();
+        with_exec.settings.exec = Some(crate::config::ExecSettings {
+            issuer: "https://dex.example.com/dex".into(),
+            client_id: "kubelogin".into(),
+            extra_scopes: vec!["groups".into()],
+            issuer_ca_pem: None,
+        });
+        let with_exec = Arc::new(with_exec);
+        for query in ["", "?format=token"] {
+            let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
+            let response = call(&with_exec, Method::GET, &uri, &[&authorization]).await;
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let kubeconfig: serde_json::Value =
+                crate::yaml::from_str(&body(response).await).unwrap();
+            assert_eq!(kubeconfig["users"][0]["user"]["token"], token.as_str());
+        }
+        let uri = format!("{KUBE_CONFIG_ROUTE}?namespace=team-a&format=exec");
+        let response = call(&with_exec, Method::GET, &uri, &[&authorization]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let text = body(response).await;
+        assert!(!text.contains(&token), "{text}");
+        let kubeconfig: serde_json::Value = crate::yaml::from_str(&text).unwrap();
+        assert_eq!(kubeconfig["contexts"][0]["context"]["namespace"], "team-a");
+        let exec = &kubeconfig["users"][0]["user"]["exec"];
+        assert_eq!(exec["args"][3], "--oidc-client-id=kubelogin");
+        assert!(kubeconfig["users"][0]["user"]["token"].is_null());
+    }
+
+    #[tokio::test]
+    async fn format_must_be_one_known_kubeconfig_format() {
+        let state = state();
+        for query in [
+            "?format=argocd",
+            "?format=ARGOCD",
+            "?format=Token",
+            "?format=",
+            "?format=token&format=exec",
+            "?format=token&format=token",
+            "?format=exec%00",
+            "?format=%E2%80%AEtoken",
+            "?format=token%0d%0aSet-Cookie:%20x=1",
+            "?format[]=token",
+        ] {
+            let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
+            let response = call(&state, Method::GET, &uri, &["Bearer a.b.c"]).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            assert!(
+                !response.headers().contains_key(header::SET_COOKIE),
+                "{query}"
+            );
+            let text = body(response).await;
+            assert!(text.contains("format"), "{query}: {text}");
+        }
+        assert_eq!(
+            parse_query(Some("format=exec")).unwrap().format,
+            Format::Exec
+        );
+        assert_eq!(parse_query(None).unwrap().format, Format::Token);
     }
 
     #[tokio::test]

@@ -54,6 +54,7 @@ fn state_from(
             ca: crate::ca::CaBundle::default(),
             user_name: "OIDCUser".into(),
             default_namespace: None,
+            exec: None,
         },
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(false)),

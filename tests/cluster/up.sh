@@ -227,7 +227,16 @@ staticClients:
       - http://127.0.0.1:8000/callback
       - http://localhost:8000/callback
       - http://127.0.0.1:$CONSOLE_PORT/callback
-    trustedPeers: [other-app]
+    # kubelogin's tokens must carry this client's ID, the audience kube-apiserver checks.
+    trustedPeers: [other-app, kubelogin]
+  # The public client of exec kubeconfigs: kubelogin on a user's machine holds no secret. It
+  # asks for audience:server:client_id:kubeconfig-operator, so its tokens name both clients.
+  - id: kubelogin
+    name: kubelogin
+    public: true
+    redirectURIs:
+      - http://localhost:8000
+      - http://localhost:18000
   - id: other-app
     name: other-app
     secret: $OIDC_OTHER_CLIENT_SECRET
@@ -287,6 +296,7 @@ done
 		OIDC_CLIENT_ID kubeconfig-operator \
 		OIDC_CLIENT_SECRET "$OIDC_CLIENT_SECRET" \
 		OIDC_OTHER_CLIENT_ID other-app \
+		OIDC_PUBLIC_CLIENT_ID kubelogin \
 		OIDC_OTHER_CLIENT_SECRET "$OIDC_OTHER_CLIENT_SECRET" \
 		CONSOLE_REDIRECT_URL "http://127.0.0.1:$CONSOLE_PORT/callback" \
 		ALICE_USERNAME alice@example.com \

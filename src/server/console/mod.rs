@@ -240,6 +240,7 @@ async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
         secret_command: &secret_command(&file_name),
         request_yaml: &request_yaml,
         csrf: &session.csrf,
+        exec: console.settings.exec.is_some(),
     };
     Html(page::logged_in(&viewer, &offers, Utc::now()).into_string()).into_response()
 }
@@ -465,15 +466,13 @@ async fn download(
             );
         }
     };
-    if query.format == Format::Exec {
-        return console.problem(
-            StatusCode::NOT_IMPLEMENTED,
-            "The kubelogin kubeconfig is not available from this operator yet.",
-        );
-    }
     let token = IdToken::from(session.id_token);
-    match kubeconfig::render(&console.settings, &token, None) {
-        Ok(yaml) => {
+    let format = match query.format {
+        Format::Token => kubeconfig::Format::Token,
+        Format::Exec => kubeconfig::Format::Exec,
+    };
+    match kubeconfig::render(&console.settings, format, &token, None) {
+        Ok(kubeconfig::Rendered::Kubeconfig(yaml)) => {
             info!(user = %identity.username, expires_at = %identity.expires_at, "kubeconfig downloaded from the page");
             (
                 [
@@ -489,6 +488,12 @@ async fn download(
                 yaml,
             )
                 .into_response()
+        }
+        Ok(kubeconfig::Rendered::ArgoCdCluster(_)) | Err(kubeconfig::Error::ExecNotConfigured) => {
+            console.problem(
+                StatusCode::NOT_FOUND,
+                "The kubelogin kubeconfig is not offered by this operator (exec.clientId is not set).",
+            )
         }
         Err(problem) => {
             error!(%problem, user = %identity.username, "cannot render a kubeconfig");

@@ -55,6 +55,8 @@ pub(super) struct Offers<'a> {
     pub secret_command: &'a str,
     pub request_yaml: &'a str,
     pub csrf: &'a str,
+    /// Whether the owner configured a public client for exec (kubelogin) kubeconfigs.
+    pub exec: bool,
 }
 
 pub(super) fn logged_in(viewer: &Viewer<'_>, offers: &Offers<'_>, now: DateTime<Utc>) -> Markup {
@@ -90,9 +92,11 @@ pub(super) fn logged_in(viewer: &Viewer<'_>, offers: &Offers<'_>, now: DateTime<
                             "Download " (offers.file_name) " (holds your token)"
                         }
                     }
-                    li {
-                        a #download-exec href={ (DOWNLOAD_ROUTE) "?format=exec" } {
-                            "Download a kubeconfig that logs in with kubelogin (holds no token)"
+                    @if offers.exec {
+                        li {
+                            a #download-exec href={ (DOWNLOAD_ROUTE) "?format=exec" } {
+                                "Download a kubeconfig that logs in with kubelogin (holds no token)"
+                            }
                         }
                     }
                 }

@@ -219,9 +219,17 @@ async fn the_download_is_the_token_kubeconfig_of_the_session() {
         "attachment; filename=\"local.kubeconfig\""
     );
     let yaml = text(response).await;
-    let expected =
-        crate::kubeconfig::render(&settings(), &session.id_token.clone().into(), None).unwrap();
-    assert_eq!(yaml, expected);
+    let expected = crate::kubeconfig::render(
+        &settings(),
+        crate::kubeconfig::Format::Token,
+        &session.id_token.clone().into(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(crate::kubeconfig::Rendered::Kubeconfig(yaml), expected);
+    // The test settings enable no exec client, so the page does not offer that kubeconfig.
+    let response = call(&console, Method::GET, "/download?format=exec", &cookie, "").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let response = call(&console, Method::GET, "/download?format=yaml", &cookie, "").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }

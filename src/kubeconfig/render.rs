@@ -1,22 +1,23 @@
-//! The one place that builds a kubeconfig. Both the HTTP download and the controller's Secret use
-//! it, so the two paths always hand out the same file for the same token.
+//! The kubeconfig file itself: one cluster, one context and one user, typed with kube's
+//! `Kubeconfig` so that kubectl and kube's own parser read exactly what we meant, and written with
+//! the keys in the order kubectl writes them.
 
 use base64::Engine as _;
 use kube::config::{
     AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext, Preferences,
 };
 
-use crate::{config::KubeconfigSettings, token::IdToken};
+use crate::config::KubeconfigSettings;
 
-/// Renders the kubeconfig in the seed's shape: one cluster, one context, one user holding the
-/// token, `current-context` set, with keys in the order kubectl writes them (sorted, so
-/// `apiVersion`, `clusters`, `contexts`, `current-context`, `kind`, `preferences`, `users`; kube's
-/// type declares them in another order). The output depends only on the inputs (no timestamps,
-/// no maps with random order), so re-rendering an unchanged token yields identical bytes and the
-/// controller can skip writes that would change nothing.
-pub fn render(
+/// Renders the kubeconfig in the seed's shape with `user` as its one user entry, with keys in the
+/// order kubectl writes them (sorted, so `apiVersion`, `clusters`, `contexts`, `current-context`,
+/// `kind`, `preferences`, `users`; kube's type declares them in another order). The output
+/// depends only on the inputs (no timestamps, no maps with random order), so re-rendering an
+/// unchanged credential yields identical bytes and the controller can skip writes that would
+/// change nothing.
+pub(super) fn kubeconfig(
     settings: &KubeconfigSettings,
-    token: &IdToken,
+    user: AuthInfo,
     namespace: Option<&str>,
 ) -> Result<String, crate::yaml::Error> {
     let name = settings.cluster_name.clone();
@@ -50,10 +51,7 @@ pub fn render(
         }],
         auth_infos: vec![NamedAuthInfo {
             name: settings.user_name.clone(),
-            auth_info: Some(AuthInfo {
-                token: Some(token.expose().to_owned().into()),
-                ..AuthInfo::default()
-            }),
+            auth_info: Some(user),
             ..NamedAuthInfo::default()
         }],
         current_context: Some(name),
@@ -65,21 +63,21 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        kubeconfig::{
+            Format,
+            tests::{settings, token, yaml},
+        },
+        token::IdToken,
+    };
 
-    fn settings() -> KubeconfigSettings {
-        KubeconfigSettings {
-            cluster_name: "kyma.local".into(),
-            server: "https://apiserver.kyma.local:9443".into(),
-            ca: crate::ca::CaBundle::fixed(Some(
-                b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
-            )),
-            user_name: "OIDCUser".into(),
-            default_namespace: None,
-        }
-    }
-
-    fn token() -> IdToken {
-        IdToken::from("header.payload.signature".to_owned())
+    /// The token format, the one whose shape the seed defined.
+    fn render(
+        settings: &KubeconfigSettings,
+        token: &IdToken,
+        namespace: Option<&str>,
+    ) -> Result<String, crate::kubeconfig::Error> {
+        crate::kubeconfig::render(settings, Format::Token, token, namespace).map(yaml)
     }
 
     #[test]
