@@ -44,7 +44,13 @@ pub fn render(
     namespace: Option<&str>,
 ) -> Result<Rendered, Error> {
     let user = match format {
-        Format::Token => formats::token_user(token.expose()),
+        Format::Token => {
+            return Ok(Rendered::Kubeconfig(render::token_kubeconfig(
+                settings,
+                token.expose(),
+                namespace,
+            )?));
+        }
         Format::Exec => formats::exec_user(settings.exec.as_ref().ok_or(Error::ExecNotConfigured)?),
         Format::ArgoCd => {
             return Ok(Rendered::ArgoCdCluster(formats::argocd_cluster(
