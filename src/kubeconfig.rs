@@ -6,7 +6,7 @@ use kube::config::{
     AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext, Preferences,
 };
 
-use crate::{config::KubeconfigSettings, token::IdToken};
+use crate::{config::KubeconfigSettings, oidc::verify::IdToken};
 
 /// Renders the kubeconfig in the seed's shape: one cluster, one context, one user holding the
 /// token, `current-context` set, with keys in the order kubectl writes them (sorted, so

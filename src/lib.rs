@@ -1,17 +1,16 @@
 //! kubeconfig-operator: turns a Dex ID token into a kubeconfig, over HTTP (`GET /kube-config`) or
 //! through a `KubeconfigRequest` custom resource. The token's path through the crate is
-//! `token` (validation) → `kubeconfig` (rendering) → `server` (download) or `controller` (Secret).
+//! `oidc` (validation) → `kubeconfig` (rendering) → `server` (download) or `controller` (Secret).
 
 pub mod ca;
 pub mod config;
 pub mod controller;
 pub mod crd;
-pub mod jwks;
 pub mod kubeconfig;
 pub mod metrics;
+pub mod oidc;
 pub mod server;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod token;
 pub mod yaml;

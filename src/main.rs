@@ -12,9 +12,9 @@ use kubeconfig_operator::{
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
+    oidc::verify::Verifier,
     server::{self, HttpState, proxy::BoundProxy},
     telemetry::{self, LogFormat},
-    token::Verifier,
 };
 use tokio::sync::watch;
 use tracing::{error, info};

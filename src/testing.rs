@@ -16,7 +16,7 @@ use jsonwebtoken::{
 };
 use serde_json::{Value, json};
 
-use crate::{config::OidcConfig, jwks::KeySet, token::Verifier};
+use crate::{config::OidcConfig, oidc::jwks::KeySet, oidc::verify::Verifier};
 
 pub const ISSUER: &str = "https://dex.example/dex";
 pub const CLIENT_ID: &str = "kubeconfig-operator";

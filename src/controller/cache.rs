@@ -11,7 +11,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::token::{IdToken, Identity, TokenError, Verifier};
+use crate::oidc::verify::{IdToken, Identity, TokenError, Verifier};
 
 /// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
 /// server's own.

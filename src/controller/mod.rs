@@ -51,7 +51,7 @@ use crate::{
     config::{ControllerSettings, KubeconfigSettings},
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
-    token::Verifier,
+    oidc::verify::Verifier,
 };
 use status::Outcome;
 

@@ -471,7 +471,7 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
 fn kubeconfig_secret(uid: &str, token: &str) -> Value {
     let rendered = crate::kubeconfig::render(
         &settings(),
-        &crate::token::IdToken::from(token.to_owned()),
+        &crate::oidc::verify::IdToken::from(token.to_owned()),
         None,
     )
     .unwrap();

@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{HttpState, RETRY_AFTER_SECONDS};
-use crate::token::{IdToken, Identity, TokenError};
+use crate::oidc::verify::{IdToken, Identity, TokenError};
 
 /// A request whose `Authorization: Bearer` ID token verified. The token is kept because the
 /// download hands it back inside the kubeconfig; [`IdToken`] never prints it.
@@ -126,11 +126,11 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
+        oidc::verify::Verifier,
         server::{
             KUBE_CONFIG_ROUTE,
             test_fixtures::{body, call, signed_token, state, state_with},
         },
-        token::Verifier,
     };
 
     #[tokio::test]

@@ -163,11 +163,11 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
+        oidc::verify::Verifier,
         server::{
             routes,
             test_fixtures::{body, call, signed_token, state, state_with},
         },
-        token::Verifier,
     };
 
     #[tokio::test]

@@ -43,7 +43,7 @@ pub use listener::{
 use crate::{
     config::{HttpConfig, KubeconfigSettings},
     metrics::Metrics,
-    token::Verifier,
+    oidc::verify::Verifier,
 };
 use limits::RequestLimits;
 use listener::ConnectionLimits;

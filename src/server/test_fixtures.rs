@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
-use crate::{config::KubeconfigSettings, metrics::Metrics, testing, token::Verifier};
+use crate::{config::KubeconfigSettings, metrics::Metrics, oidc::verify::Verifier, testing};
 
 /// A token for jane@example.com from the test issuer, valid for ten minutes.
 pub(super) fn signed_token() -> String {

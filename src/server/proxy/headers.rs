@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::token::Identity;
+use crate::oidc::verify::Identity;
 
 /// The group kube-apiserver gives every authenticated user; impersonation does not add it by
 /// itself when groups are named, so the proxy names it.

@@ -33,7 +33,7 @@ use tracing::debug;
 
 use crate::{
     config::OidcConfig,
-    jwks::{self, IssuerError, KeySet, SigningKey},
+    oidc::jwks::{self, IssuerError, KeySet, SigningKey},
 };
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.

@@ -1,0 +1,5 @@
+//! Everything about ID tokens: the issuers' keys ([`jwks`]) and the verdict on a token
+//! ([`verify`]), with kube-apiserver's semantics.
+
+pub mod jwks;
+pub mod verify;
