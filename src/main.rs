@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
-    config::{Config, ConfigArgs},
+    config::{Config, ConfigArgs, OidcSettings},
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
@@ -94,8 +94,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
-    let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
+    let verifier = Arc::new(match &config.oidc {
+        OidcSettings::Flags(oidc) => Verifier::new(oidc.clone()).await?,
+        OidcSettings::AuthenticationConfig { path, strictness } => {
+            Verifier::from_authentication_config(path, *strictness).await?
+        }
+    });
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
+    tokio::spawn(
+        Arc::clone(&verifier).watch_authentication_config(kubeconfig_operator::ca::POLL_INTERVAL),
+    );
     tokio::spawn(
         config
             .kubeconfig
@@ -138,7 +146,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),
         None => None,
     };
-    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, "starting");
+    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), oidc = ?config.oidc, "starting");
     let controller = async {
         match &config.leader_election {
             // Every replica serves HTTP; only the Lease's holder runs the controller.

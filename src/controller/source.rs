@@ -250,6 +250,8 @@ fn service_account_identity(namespace: &str, name: &str, expires_at: DateTime<Ut
         ],
         expires_at,
         issued_at: None,
+        uid: String::new(),
+        extra: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 use url::Url;
 
+use super::authn_config::{CertificateAuthority, JwtAuthenticator};
 use crate::config::OidcConfig;
 
 /// How often the keys are refetched in the background; Dex rotates its signing key every few
@@ -151,32 +152,45 @@ impl KeySet {
     /// Prepares fetching from the configured issuer without contacting it, so the operator can
     /// start (and report itself unready) while Dex is still down.
     pub async fn new(cfg: &OidcConfig) -> Result<Self, IssuerError> {
+        Self::for_authenticator(&JwtAuthenticator::from_legacy(cfg)).await
+    }
+
+    /// [`KeySet::new`] for one issuer of an authentication configuration: its discovery URL, if
+    /// set, replaces `<issuer>/.well-known/openid-configuration`, as kube-apiserver does.
+    pub async fn for_authenticator(cfg: &JwtAuthenticator) -> Result<Self, IssuerError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .redirect(same_origin_redirects());
-        if let Some(path) = &cfg.ca_file {
-            let pem = tokio::fs::read(path).await.map_err(|e| {
-                IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                IssuerError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
-            })?;
+        let (pem, source) = match &cfg.certificate_authority {
+            CertificateAuthority::SystemRoots => (None, String::new()),
+            CertificateAuthority::Pem(pem) => {
+                (Some(pem.clone()), "certificateAuthority".to_owned())
+            }
+            CertificateAuthority::File(path) => (
+                Some(tokio::fs::read(path).await.map_err(|e| {
+                    IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
+                })?),
+                format!("the CA file {}", path.display()),
+            ),
+        };
+        if let Some(pem) = pem {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| IssuerError::Setup(format!("{source} is not PEM: {e}")))?;
             if certs.is_empty() {
-                return Err(IssuerError::Setup(format!(
-                    "the CA file {} holds no certificate",
-                    path.display()
-                )));
+                return Err(IssuerError::Setup(format!("{source} holds no certificate")));
             }
             builder = builder.tls_certs_merge(certs);
         }
         let client = builder
             .build()
             .map_err(|e| IssuerError::Setup(error_chain(&e)))?;
-        let discovery = format!(
-            "{}/.well-known/openid-configuration",
-            cfg.issuer.trim_end_matches('/')
-        );
+        let discovery = cfg.discovery_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/.well-known/openid-configuration",
+                cfg.issuer.trim_end_matches('/')
+            )
+        });
         let discovery_url = Url::parse(&discovery).map_err(|e| {
             IssuerError::Setup(format!("{discovery} is not a usable discovery URL: {e}"))
         })?;

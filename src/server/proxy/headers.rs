@@ -189,6 +189,8 @@ mod tests {
             groups: vec!["team-a".into()],
             expires_at: Utc::now(),
             issued_at: None,
+            uid: String::new(),
+            extra: Default::default(),
         }
     }
 
