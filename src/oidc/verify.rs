@@ -897,6 +897,9 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
 }
 
 #[cfg(test)]
+mod config_tests;
+
+#[cfg(test)]
 pub(crate) mod tests {
     use std::sync::LazyLock;
 
