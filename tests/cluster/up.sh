@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bring up the local test cluster (etcd, OpenLDAP, 2x Dex, kube-apiserver, kube-controller-manager)
+# Bring up the local test cluster (etcd, OpenLDAP, 2x Dex, the test issuer, kube-apiserver with
+# --oidc-* flags and a second one with --authentication-config, kube-controller-manager)
 # on 127.0.0.1 with free ports. State goes to CLUSTER_DIR (default target/cluster); the env file
 # $CLUSTER_DIR/env is written last. Idempotent: a healthy cluster is left alone, a partly running
 # one gets its missing components restarted with the same ports and keys.
@@ -64,8 +65,16 @@ EOF
 	mv "$CLUSTER_DIR/ports.tmp" "$CLUSTER_DIR/ports"
 fi
 load_ports
+# Ports added after a cluster was first brought up: appended, so running components keep theirs.
+if [[ -z "${TEST_ISSUER_PORT:-}" || -z "${API_AUTHN_PORT:-}" ]]; then
+	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 2)
+	((${#p[@]} == 2)) || die "could not allocate ports"
+	printf 'TEST_ISSUER_PORT=%s\nAPI_AUTHN_PORT=%s\n' "${p[0]}" "${p[1]}" >>"$CLUSTER_DIR/ports"
+	load_ports
+fi
 
 "$CLUSTER_BIN/kcluster" certs "$PKI"
+"$CLUSTER_BIN/kcluster" testissuer-keys "$CLUSTER_DIR/test-issuer"
 
 rand() { tr -dc 'A-Za-z0-9' </dev/urandom | head -c "${1:-24}" || true; }
 if [[ ! -f "$CLUSTER_DIR/secrets" ]]; then
@@ -274,6 +283,11 @@ done
 		KUBE_CA_FILE "$PKI/ca.crt" \
 		OIDC_ISSUER_URL "https://127.0.0.1:$DEX_PORT/dex" \
 		OIDC_SHORT_ISSUER_URL "https://127.0.0.1:$DEX_SHORT_PORT/dex" \
+		TEST_ISSUER_URL "https://127.0.0.1:$TEST_ISSUER_PORT" \
+		TEST_ISSUER_RSA_KEY_FILE "$CLUSTER_DIR/test-issuer/rsa.pem" \
+		TEST_ISSUER_EC_KEY_FILE "$CLUSTER_DIR/test-issuer/ec.pem" \
+		KUBE_AUTHN_SERVER "https://127.0.0.1:$API_AUTHN_PORT" \
+		AUTHENTICATION_CONFIG_FILE "$CLUSTER_DIR/authentication-config.yaml" \
 		OIDC_CA_FILE "$PKI/dex-ca.crt" \
 		OIDC_CLIENT_ID kubeconfig-operator \
 		OIDC_CLIENT_SECRET "$OIDC_CLIENT_SECRET" \
