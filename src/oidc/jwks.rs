@@ -18,7 +18,7 @@ use std::{
 
 use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
@@ -74,8 +74,6 @@ pub enum IssuerError {
 pub(crate) struct SigningKey {
     key: DecodingKey,
     family: AlgorithmFamily,
-    /// The JWK's `alg`, when it pins one.
-    alg: Option<Algorithm>,
     curve: Option<EllipticCurve>,
 }
 
@@ -85,8 +83,9 @@ impl SigningKey {
     }
 
     /// Whether a signature made with `alg` may be checked with this key: same key family (so an
-    /// RSA or EC public key can never act as an HMAC secret), same curve, and the JWK's own `alg`
-    /// if it states one.
+    /// RSA or EC public key can never act as an HMAC secret) and same curve. The JWK's own `alg`,
+    /// `use` and `key_ops` are not looked at: go-jose, which kube-apiserver verifies with, ignores
+    /// them too (an RSA key published as `alg: RS256` verifies PS256 signatures there).
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         let curve_matches = match alg {
             Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
@@ -94,10 +93,7 @@ impl SigningKey {
             Algorithm::EdDSA => self.curve == Some(EllipticCurve::Ed25519),
             _ => true,
         };
-        alg.family() != AlgorithmFamily::Hmac
-            && self.family == alg.family()
-            && self.alg.is_none_or(|own| own == alg)
-            && curve_matches
+        alg.family() != AlgorithmFamily::Hmac && self.family == alg.family() && curve_matches
     }
 }
 
@@ -447,15 +443,6 @@ fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) ->
 }
 
 fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
-    match &jwk.common.public_key_use {
-        None | Some(PublicKeyUse::Signature) => {}
-        Some(_) => return None,
-    }
-    if let Some(ops) = &jwk.common.key_operations
-        && !ops.contains(&KeyOperations::Verify)
-    {
-        return None;
-    }
     let (family, curve) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
         AlgorithmParameters::EllipticCurve(params) => {
@@ -467,15 +454,9 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
         // A symmetric secret has no business in a public JWKS; never use one.
         _ => return None,
     };
-    let alg = match jwk.common.key_algorithm {
-        // Names jsonwebtoken cannot verify with (e.g. RSA-OAEP) make the key unusable.
-        Some(declared) => Some(declared.to_string().parse::<Algorithm>().ok()?),
-        None => None,
-    };
     let key = SigningKey {
         key: DecodingKey::from_jwk(jwk).ok()?,
         family,
-        alg,
         curve,
     };
     algorithms
@@ -730,8 +711,10 @@ mod tests {
         ));
     }
 
+    /// As go-jose: `use`, `key_ops` and `alg` of a JWK do not restrict it; only a key that cannot
+    /// verify the allowed algorithms at all (HMAC secret, no kid) is dropped.
     #[test]
-    fn only_signing_keys_usable_with_the_allowed_algorithms_are_kept() {
+    fn keys_are_kept_by_their_type_as_go_jose_keeps_them() {
         let mut encryption = rsa_jwk("enc");
         encryption["use"] = json!("enc");
         let mut rs512 = rsa_jwk("rs512");
@@ -752,27 +735,19 @@ mod tests {
         let keys = KeySet::from_static(&jwks, &[Algorithm::RS256]);
         let mut kept: Vec<_> = keys.keys.read().unwrap().keys().cloned().collect();
         kept.sort();
-        assert_eq!(kept, vec!["good".to_owned(), "no-alg".to_owned()]);
+        assert_eq!(
+            kept,
+            ["enc", "good", "no-alg", "oaep", "rs512", "verify-only"].map(str::to_owned)
+        );
 
         let good = keys.cached("good").unwrap();
         assert!(good.accepts(Algorithm::RS256));
-        assert!(!good.accepts(Algorithm::RS512), "the JWK pins RS256");
+        assert!(
+            good.accepts(Algorithm::PS256),
+            "the JWK's alg RS256 does not pin it"
+        );
         assert!(!good.accepts(Algorithm::HS256));
         assert!(!good.accepts(Algorithm::ES256));
-    }
-
-    #[test]
-    fn a_key_pinned_to_another_rsa_algorithm_is_kept_only_for_it() {
-        let mut ps256 = rsa_jwk("ps256");
-        ps256["alg"] = json!("PS256");
-        let jwks: JwkSet = serde_json::from_value(json!({"keys": [ps256]})).unwrap();
-
-        let for_ps256 = KeySet::from_static(&jwks, &[Algorithm::RS256, Algorithm::PS256]);
-        let key = for_ps256.cached("ps256").expect("kept for PS256");
-        assert!(key.accepts(Algorithm::PS256));
-        assert!(!key.accepts(Algorithm::RS256), "the JWK pins PS256");
-        let rs256_only = KeySet::from_static(&jwks, &[Algorithm::RS256]);
-        assert!(rs256_only.cached("ps256").is_none());
     }
 
     #[tokio::test]

@@ -37,10 +37,11 @@ mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS" "$PKI" "$CLUSTER_BIN"
 # ---- build (Go's build cache makes this a no-op/relink when nothing changed) -----------------
 build() {
 	local t0=$SECONDS
-	log "building kcluster and dex into $CLUSTER_BIN (log: $LOGS/build.log)"
+	log "building kcluster, dex and dexkey into $CLUSTER_BIN (log: $LOGS/build.log)"
 	{
 		(cd "$CLUSTER_SRC" && go build -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
-			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex)
+			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex) &&
+			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dexkey" ./cmd/dexkey)
 	} >>"$LOGS/build.log" 2>&1 || {
 		tail -n 40 "$LOGS/build.log" >&2
 		die "build failed"
@@ -283,6 +284,8 @@ done
 		KUBE_CA_FILE "$PKI/ca.crt" \
 		OIDC_ISSUER_URL "https://127.0.0.1:$DEX_PORT/dex" \
 		OIDC_SHORT_ISSUER_URL "https://127.0.0.1:$DEX_SHORT_PORT/dex" \
+		DEX_KEY_TOOL "$CLUSTER_BIN/dexkey" \
+		DEX_DB_FILE "$CLUSTER_DIR/dex/dex.db" \
 		TEST_ISSUER_URL "https://127.0.0.1:$TEST_ISSUER_PORT" \
 		TEST_ISSUER_RSA_KEY_FILE "$CLUSTER_DIR/test-issuer/rsa.pem" \
 		TEST_ISSUER_EC_KEY_FILE "$CLUSTER_DIR/test-issuer/ec.pem" \
