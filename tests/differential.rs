@@ -692,11 +692,15 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         "the invalid edit is logged",
         || {
             !operator
-                .log_events_with("ignoring the changed authentication configuration")
+                .log_events_with(
+                    "ignoring the changed authentication configuration; keeping the previous one",
+                )
                 .is_empty()
         },
     );
-    let logged = operator.log_events_with("ignoring the changed authentication configuration");
+    let logged = operator.log_events_with(
+        "ignoring the changed authentication configuration; keeping the previous one",
+    );
     let problem = logged[0].to_string();
     assert!(
         problem.contains("sha256:") && problem.contains("audienceMatchPolicy must be MatchAny"),

@@ -176,6 +176,9 @@ pub struct Verifier {
 struct ConfigFile {
     path: PathBuf,
     strictness: Strictness,
+    /// The digest of the last content refused, so an invalid file is reported once, not at
+    /// every poll.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 /// Why the operator cannot start with its authentication configuration file.
@@ -254,6 +257,7 @@ impl Verifier {
             Some(ConfigFile {
                 path: path.to_owned(),
                 strictness,
+                refused: std::sync::Mutex::new(None),
             }),
         ))
     }
@@ -346,14 +350,26 @@ impl Verifier {
             .await
             .map_err(|e| format!("cannot read it: {e}"))?;
         let digest = authn_config::digest(&data);
-        if self.current().digest.as_deref() == Some(digest.as_str()) {
+        let mut refused = file
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if [self.current().digest.as_ref(), refused.as_ref()].contains(&Some(&digest)) {
             return Ok(());
         }
-        let loaded = authn_config::parse(&data, file.strictness)
-            .map_err(|problem| format!("{digest} is invalid: {problem}"))?;
-        let issuers = issuers_for(loaded.authenticators)
-            .await
-            .map_err(|e| format!("{digest}: {e}"))?;
+        let issuers = match authn_config::parse(&data, file.strictness) {
+            Ok(loaded) => issuers_for(loaded.authenticators)
+                .await
+                .map_err(|e| format!("{digest}: {e}")),
+            Err(problem) => Err(format!("{digest} is invalid: {problem}")),
+        };
+        let issuers = issuers.inspect_err(|_| refused = Some(digest.clone()));
+        *file
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
+        let issuers = issuers?;
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
             let _ = issuer.keys.refresh().await;
