@@ -360,7 +360,7 @@ pub struct KubeconfigSettings {
 #[derive(Debug, Clone)]
 pub enum OidcSettings {
     /// The flat `oidc.*` settings, meaning what kube-apiserver's `--oidc-*` flags mean.
-    Flags(OidcConfig),
+    Flags(Box<OidcConfig>),
     /// An `AuthenticationConfiguration` file, validated when the verifier loads it.
     AuthenticationConfig {
         path: PathBuf,
@@ -533,7 +533,7 @@ impl Config {
             }
             (Some(path), None) => OidcSettings::AuthenticationConfig { path, strictness },
             (None, issuer) => {
-                OidcSettings::Flags(legacy_oidc(&args, file.oidc, issuer, strictness)?)
+                OidcSettings::Flags(Box::new(legacy_oidc(args, file.oidc, issuer, strictness)?))
             }
         };
 

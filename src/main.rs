@@ -95,7 +95,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
     let verifier = Arc::new(match &config.oidc {
-        OidcSettings::Flags(oidc) => Verifier::new(oidc.clone()).await?,
+        OidcSettings::Flags(oidc) => Verifier::new(oidc.as_ref().clone()).await?,
         OidcSettings::AuthenticationConfig { path, strictness } => {
             Verifier::from_authentication_config(path, *strictness).await?
         }

@@ -100,17 +100,21 @@ async fn api_server_verdict(
     }
 }
 
-/// What is compared: the identity without its times, or the refusal.
-fn comparable(
-    verdict: &Option<Identity>,
-) -> Option<(String, String, Vec<String>, BTreeMap<String, Vec<String>>)> {
-    verdict.as_ref().map(|identity| {
-        (
-            identity.username.clone(),
-            identity.uid.clone(),
-            identity.groups.clone(),
-            identity.extra.clone(),
-        )
+/// What is compared: the identity without its times (`None` for a refusal).
+#[derive(Debug, PartialEq)]
+struct Who {
+    username: String,
+    uid: String,
+    groups: Vec<String>,
+    extra: BTreeMap<String, Vec<String>>,
+}
+
+fn comparable(verdict: &Option<Identity>) -> Option<Who> {
+    verdict.as_ref().map(|identity| Who {
+        username: identity.username.clone(),
+        uid: identity.uid.clone(),
+        groups: identity.groups.clone(),
+        extra: identity.extra.clone(),
     })
 }
 
@@ -592,7 +596,7 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
         .expect("the legacy settings are valid")
         .oidc
     {
-        OidcSettings::Flags(oidc) => Verifier::new(oidc).await.expect("a verifier"),
+        OidcSettings::Flags(oidc) => Verifier::new(*oidc).await.expect("a verifier"),
         other => panic!("expected the flat settings, got {other:?}"),
     };
     let legacy_corpus = corpus(cluster, &expired);

@@ -166,7 +166,7 @@ mod tests {
         oidc::verify::Verifier,
         server::{
             routes,
-            test_fixtures::{body, call, signed_token, state, state_with},
+            test_fixtures::{body, call, signed_token, signed_token_from, state, state_with},
         },
     };
 
@@ -234,7 +234,10 @@ mod tests {
             }),
         );
         let mut request = Request::get(KUBE_CONFIG_ROUTE)
-            .header(header::AUTHORIZATION, format!("Bearer {}", signed_token()))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", signed_token_from(&issuer)),
+            )
             .body(Body::empty())
             .unwrap();
         request

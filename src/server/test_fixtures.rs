@@ -30,6 +30,11 @@ pub(super) fn signed_token() -> String {
     testing::issuer().token_for("jane@example.com", &["dev"], 600)
 }
 
+/// [`signed_token`] naming another issuer.
+pub(super) fn signed_token_from(issuer: &str) -> String {
+    testing::issuer().token_from(issuer, "jane@example.com", &["dev"], 600)
+}
+
 pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {
     state_from(verifier, &[])
 }
