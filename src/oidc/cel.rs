@@ -128,13 +128,14 @@ impl Expression {
     }
 
     /// Evaluates against `value`, bound to the expression's variable (JSON as kube-apiserver's
-    /// unstructured conversion gives it).
+    /// unstructured conversion gives it). The error never quotes a claim's value: it ends up in
+    /// refusals shown to the token's holder and in logs.
     pub fn evaluate(&self, value: &serde_json::Value) -> Result<Value, String> {
         let mut context = context();
         context.add_variable_from_value(self.variable.name(), from_json(value));
         self.program
             .execute(&context)
-            .map_err(|e| one_line(&e.to_string()))
+            .map_err(|error| describe(&error))
     }
 }
 
@@ -288,6 +289,26 @@ pub fn as_string_list(value: &Value) -> Option<Vec<String>> {
     }
 }
 
+/// The interpreter's error without the values some variants carry (they come from the token).
+fn describe(error: &ExecutionError) -> String {
+    match error {
+        ExecutionError::NoSuchKey(key) => format!("no such key: {}", one_line(key)),
+        ExecutionError::UndeclaredReference(name) => {
+            format!("undeclared reference to '{}'", one_line(name))
+        }
+        // `got` may be a debug print of the value itself.
+        ExecutionError::UnexpectedType { want, .. } => {
+            format!("unexpected type, want {}", one_line(want))
+        }
+        ExecutionError::NoSuchOverload => "no such overload".into(),
+        ExecutionError::InvalidArgumentCount { expected, actual } => {
+            format!("invalid argument count: expected {expected}, got {actual}")
+        }
+        ExecutionError::MissingArgumentOrTarget => "missing argument or target".into(),
+        _ => "an operation is not supported on the values of these claims".into(),
+    }
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -321,7 +342,9 @@ mod tests {
             as_bool(&eval("claims.groups.all(g, g != 'root')", claims.clone()).unwrap()),
             Some(true)
         );
-        assert!(eval("claims.missing", claims).is_err());
+        assert!(eval("claims.missing", claims.clone()).is_err());
+        let refused = eval("claims.email + 1", claims).unwrap_err();
+        assert!(!refused.contains("Jane"), "no claim value in {refused:?}");
     }
 
     #[test]
