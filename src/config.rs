@@ -1208,6 +1208,50 @@ mod tests {
     }
 
     #[test]
+    fn an_authentication_configuration_replaces_the_flat_oidc_settings() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_owned();
+        let args = ConfigArgs {
+            oidc_issuer_url: None,
+            oidc_client_id: None,
+            authentication_config: Some(path.clone()),
+            oidc_strict_names: Some(true),
+            ..minimal()
+        };
+        match Config::resolve(FileConfig::default(), &args).unwrap().oidc {
+            OidcSettings::AuthenticationConfig {
+                path: read,
+                strictness,
+            } => {
+                assert_eq!(read, path);
+                assert!(strictness.strict_names, "the stricter options still apply");
+            }
+            other => panic!("{other:?}"),
+        }
+        // As kube-apiserver: the file and the --oidc-* flags are mutually exclusive.
+        let both = ConfigArgs {
+            authentication_config: Some(path),
+            ..minimal()
+        };
+        let error = Config::resolve(FileConfig::default(), &both).unwrap_err();
+        assert_eq!(error.field, "oidc.authenticationConfig");
+        assert!(
+            error.problem.contains("mutually exclusive"),
+            "{}",
+            error.problem
+        );
+        let missing = ConfigArgs {
+            oidc_issuer_url: None,
+            authentication_config: Some("/nonexistent/authn.yaml".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &missing),
+            "oidc.authenticationConfig"
+        );
+    }
+
+    #[test]
     fn minimal_configuration_gets_documented_defaults() {
         let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
         assert_eq!(config.kubeconfig.user_name, "OIDCUser");
