@@ -62,6 +62,22 @@ all_our_pids() {
 }
 
 # Command line for each component (array name: CMD).
+# The flags both API servers share (same etcd, certificates and service-account keys): CMD for
+# one listening on PORT with its own CERT_DIR; callers append their authentication flags.
+apiserver_cmd() { # apiserver_cmd PORT CERT_DIR
+	CMD=("$CLUSTER_BIN/kcluster" apiserver
+		--etcd-servers="http://127.0.0.1:$ETCD_PORT"
+		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$1"
+		--cert-dir="$2"
+		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
+		--client-ca-file="$PKI/ca.crt"
+		--service-account-issuer="https://kubernetes.default.svc.cluster.local"
+		--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
+		--service-cluster-ip-range=10.0.0.0/24
+		--endpoint-reconciler-type=none
+		--authorization-mode=Node,RBAC)
+}
+
 component_cmd() {
 	local name="$1"
 	load_ports || die "no $CLUSTER_DIR/ports: run up.sh first"
@@ -92,17 +108,8 @@ component_cmd() {
 			        resources: ["pods/exec", "pods/attach", "pods/portforward"]
 			  - level: None
 		POLICY
-		CMD=("$CLUSTER_BIN/kcluster" apiserver
-			--etcd-servers="http://127.0.0.1:$ETCD_PORT"
-			--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT"
-			--cert-dir="$CLUSTER_DIR/apiserver-certs"
-			--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
-			--client-ca-file="$PKI/ca.crt"
-			--service-account-issuer="https://kubernetes.default.svc.cluster.local"
-			--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
-			--service-cluster-ip-range=10.0.0.0/24
-			--endpoint-reconciler-type=none
-			--authorization-mode=Node,RBAC
+		apiserver_cmd "$API_PORT" "$CLUSTER_DIR/apiserver-certs"
+		CMD+=(
 			--oidc-issuer-url="https://127.0.0.1:$DEX_PORT/dex"
 			--oidc-client-id=kubeconfig-operator
 			--oidc-username-claim=email --oidc-groups-claim=groups
@@ -121,17 +128,8 @@ component_cmd() {
 		# AuthenticationConfiguration instead of --oidc-* flags (tests/differential.rs compares
 		# its verdicts with the operator's).
 		write_authentication_config >"$CLUSTER_DIR/authentication-config.yaml"
-		CMD=("$CLUSTER_BIN/kcluster" apiserver
-			--etcd-servers="http://127.0.0.1:$ETCD_PORT"
-			--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_AUTHN_PORT"
-			--cert-dir="$CLUSTER_DIR/apiserver-authn-certs"
-			--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
-			--client-ca-file="$PKI/ca.crt"
-			--service-account-issuer="https://kubernetes.default.svc.cluster.local"
-			--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
-			--service-cluster-ip-range=10.0.0.0/24
-			--endpoint-reconciler-type=none
-			--authorization-mode=Node,RBAC
+		apiserver_cmd "$API_AUTHN_PORT" "$CLUSTER_DIR/apiserver-authn-certs"
+		CMD+=(
 			--authentication-config="$CLUSTER_DIR/authentication-config.yaml"
 			--profiling=false
 			--v=1)

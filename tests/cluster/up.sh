@@ -52,8 +52,8 @@ build
 
 # ---- ports, keys, secrets (kept across restarts of this cluster) ---------------------------
 if [[ ! -f "$CLUSTER_DIR/ports" ]]; then
-	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 7)
-	((${#p[@]} == 7)) || die "could not allocate ports"
+	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 9)
+	((${#p[@]} == 9)) || die "could not allocate ports"
 	cat >"$CLUSTER_DIR/ports.tmp" <<EOF
 ETCD_PORT=${p[0]}
 ETCD_PEER_PORT=${p[1]}
@@ -62,11 +62,13 @@ DEX_PORT=${p[3]}
 DEX_SHORT_PORT=${p[4]}
 API_PORT=${p[5]}
 KCM_PORT=${p[6]}
+TEST_ISSUER_PORT=${p[7]}
+API_AUTHN_PORT=${p[8]}
 EOF
 	mv "$CLUSTER_DIR/ports.tmp" "$CLUSTER_DIR/ports"
 fi
 load_ports
-# Ports added after a cluster was first brought up: appended, so running components keep theirs.
+# Ports added after this cluster was first brought up: appended, so running components keep theirs.
 if [[ -z "${TEST_ISSUER_PORT:-}" || -z "${API_AUTHN_PORT:-}" ]]; then
 	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 2)
 	((${#p[@]} == 2)) || die "could not allocate ports"
