@@ -1,18 +1,21 @@
 //! Verification of ID tokens with kube-apiserver's semantics: the security core of the operator.
 //!
 //! Whatever passes here is written into a kubeconfig, and the kubeconfig is only worth having if
-//! kube-apiserver accepts its token as the same user. So the checks are those of kube-apiserver's
-//! `--oidc-*` flags (`k8s.io/apiserver/plugin/pkg/authenticator/token/oidc` and the go-oidc v2
-//! verifier it vendors), no looser and, by default, no stricter:
-//! - `iss` must equal the configured issuer byte for byte. A token of another issuer is
-//!   `WrongIssuer`, naming it: when its key is unknown, from the unverified `iss` (kube-apiserver
-//!   routes tokens by it), rather than `UnknownKey` with advice that cannot help.
-//! - `aud` must contain the client ID; `azp` is not looked at.
+//! kube-apiserver accepts its token as the same user. So the checks are kube-apiserver's, for its
+//! `--oidc-*` flags and its `--authentication-config` alike (both are a list of
+//! [`JwtAuthenticator`]s, see [`authn_config`]), read from
+//! `k8s.io/apiserver/plugin/pkg/authenticator/token/oidc` and the go-oidc v2 verifier it vendors,
+//! no looser and, by default, no stricter:
+//! - A token goes to the issuer whose URL equals its unverified `iss`, byte for byte, as
+//!   kube-apiserver routes; a token of no configured issuer is `WrongIssuer`, naming its `iss`.
+//! - `aud` must contain one of the issuer's audiences; `azp` is not looked at.
 //! - `exp` has no leeway: a token is refused from the second it expires.
 //! - `nbf`, when present, may be up to [`NOT_BEFORE_SKEW`] in the future; `iat` is not checked.
 //! - With the username claim `email`, an `email_verified` claim, if present, must be `true`.
 //! - Groups may be one string or a list of strings; a `null` claim means none.
 //! - A token without `kid` is checked against every published key, as go-oidc does.
+//! - Then the mappings (username, groups, uid, extra; a claim with a prefix or CEL), required
+//!   claims, claim validation rules and user validation rules, in kube-apiserver's order.
 //!
 //! Checks kube-apiserver does not make are in [`crate::config::Strictness`], off by default. What is always
 //! refused even though kube-apiserver might accept it: algorithms outside the configured list
@@ -408,6 +411,8 @@ impl Verifier {
         let issuers = self.current();
         let iss = match unverified.get("iss") {
             None => return Err(TokenError::MissingClaim("iss".into())),
+            // Google's legacy `iss` without a scheme, which kube-apiserver coalesces.
+            Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => Some(GOOGLE_ISSUER),
             Some(Value::String(iss)) => Some(iss.as_str()),
             Some(_) => None,
         };
@@ -476,6 +481,12 @@ impl Issuer {
         let found = match claims.get("iss") {
             None => return Err(TokenError::MissingClaim("iss".into())),
             Some(Value::String(iss)) if *iss == self.rules.issuer => return Ok(()),
+            // go-oidc's one exception, for Google's legacy tokens.
+            Some(Value::String(iss))
+                if self.rules.issuer == GOOGLE_ISSUER && iss == GOOGLE_ISSUER_NO_SCHEME =>
+            {
+                return Ok(());
+            }
             Some(Value::String(iss)) => jwks::truncated(iss),
             Some(_) => "<not a string>".into(),
         };
@@ -698,6 +709,11 @@ impl Issuer {
         }
     }
 }
+
+/// Google's issuer, and the `iss` without a scheme that its older tokens carry and that both
+/// kube-apiserver's routing and go-oidc accept for it.
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+const GOOGLE_ISSUER_NO_SCHEME: &str = "accounts.google.com";
 
 /// kube-apiserver's key for the token's `jti` in the user's extra (`user.CredentialIDKey`).
 pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";

@@ -129,7 +129,7 @@ mod tests {
         oidc::verify::Verifier,
         server::{
             KUBE_CONFIG_ROUTE,
-            test_fixtures::{body, call, signed_token, signed_token_from, state, state_with},
+            test_fixtures::{body, call, signed_token_from, state, state_with},
         },
     };
 

@@ -282,3 +282,21 @@ async fn an_invalid_file_is_refused_at_start_up_naming_the_field() {
     );
     assert!(!error.contains('\n'));
 }
+
+#[tokio::test]
+async fn googles_legacy_issuer_without_a_scheme_is_routed_to_google() {
+    let google = CONFIG.replace("https://short.example/dex", "https://accounts.google.com");
+    let loaded = authn_config::parse(google.as_bytes(), Strictness::default()).unwrap();
+    let issuers = loaded
+        .authenticators
+        .into_iter()
+        .map(|rules| {
+            let keys = KeySet::from_static(&OTHER_KEY.jwks(), &rules.algorithms);
+            (rules, keys)
+        })
+        .collect();
+    let verifier = Verifier::with_authenticators(issuers);
+    let legacy = with(claims(), "iss", json!("accounts.google.com"));
+    let identity = verdict(&verifier, OTHER_KEY.sign(&legacy)).await.unwrap();
+    assert_eq!(identity.username, "alice@example.com");
+}
