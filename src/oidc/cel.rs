@@ -8,7 +8,10 @@
 //! the interpreter knows. Anything else refuses the configuration, naming the rule, rather than
 //! refusing (or worse, accepting) tokens later on a guess.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, LazyLock},
+};
 
 use kube_cel::{
     KubeCelExt,
@@ -97,12 +100,11 @@ impl Expression {
                 variable.name()
             ));
         }
-        let context = context();
         for function in &walk.functions {
             if BUILT_INS.contains(&function.as_str()) {
                 continue;
             }
-            if !is_known_function(&context, function) {
+            if !is_known_function(&ROOT, function) {
                 return Err(format!(
                     "compilation failed: function '{function}' is not supported by this operator's CEL interpreter"
                 ));
@@ -131,7 +133,7 @@ impl Expression {
     /// unstructured conversion gives it). The error never quotes a claim's value: it ends up in
     /// refusals shown to the token's holder and in logs.
     pub fn evaluate(&self, value: &serde_json::Value) -> Result<Value, String> {
-        let mut context = context();
+        let mut context = ROOT.new_inner_scope();
         context.add_variable_from_value(self.variable.name(), from_json(value));
         self.program
             .execute(&context)
@@ -159,11 +161,9 @@ fn from_json(value: &serde_json::Value) -> Value {
     }
 }
 
-/// A fresh interpreter context with the Kubernetes libraries, as kube-apiserver's environment
-/// has them.
-fn context() -> Context<'static> {
-    Context::default().with_all()
-}
+/// The interpreter's functions with the Kubernetes libraries, as kube-apiserver's environment has
+/// them; registered once, each evaluation adds its variable in a scope of its own.
+static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| Context::default().with_all());
 
 /// A call without arguments fails with `UndeclaredReference` only when the function is unknown
 /// (any known function fails on its arguments instead), so this asks the interpreter itself.
