@@ -388,12 +388,14 @@ impl Verifier {
         Ok(())
     }
 
-    /// Readiness: without keys every token of that issuer would be refused.
+    /// Readiness: some issuer's keys are loaded, so some tokens can be judged. One issuer being
+    /// down does not take the operator away from the users of the others: its tokens get
+    /// `IssuerUnavailable` (503 with `Retry-After`) until its keys load.
     pub fn is_ready(&self) -> bool {
         self.current()
             .issuers
             .iter()
-            .all(|issuer| issuer.keys.is_loaded())
+            .any(|issuer| issuer.keys.is_loaded())
     }
 
     /// The only way from a token to an [`Identity`]: signature, issuer, audience and time checks

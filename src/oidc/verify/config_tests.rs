@@ -300,3 +300,43 @@ async fn googles_legacy_issuer_without_a_scheme_is_routed_to_google() {
     let identity = verdict(&verifier, OTHER_KEY.sign(&legacy)).await.unwrap();
     assert_eq!(identity.username, "alice@example.com");
 }
+
+#[tokio::test]
+async fn one_issuer_down_does_not_make_the_operator_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authn.yaml");
+    std::fs::write(&path, CONFIG).unwrap();
+    // Nothing answers for these issuers: no keys are loaded.
+    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
+        .await
+        .unwrap();
+    assert!(!verifier.is_ready(), "no issuer has keys");
+    let loaded = verifier_for(CONFIG);
+    assert!(loaded.is_ready());
+    let mut issuers: Vec<_> = authn_config::parse(CONFIG.as_bytes(), Strictness::default())
+        .unwrap()
+        .authenticators
+        .into_iter()
+        .map(|rules| (rules, None))
+        .collect();
+    issuers[0].1 = Some(KeySet::from_static(
+        &testing::issuer().jwks(),
+        &issuers[0].0.algorithms,
+    ));
+    let mut partly = Vec::new();
+    for (rules, keys) in issuers {
+        let keys = match keys {
+            Some(keys) => keys,
+            None => KeySet::for_authenticator(&rules).await.unwrap(),
+        };
+        partly.push((rules, keys));
+    }
+    let partly = Verifier::with_authenticators(partly);
+    assert!(partly.is_ready(), "the main issuer's keys suffice");
+    assert!(
+        verdict(&partly, testing::issuer().sign(&claims()))
+            .await
+            .is_ok(),
+        "its users are served"
+    );
+}
