@@ -349,30 +349,42 @@ impl Verifier {
 
     /// One reload attempt: `Ok` also when nothing changed.
     async fn reload(&self, file: &ConfigFile) -> Result<(), String> {
-        let data = tokio::fs::read(&file.path)
-            .await
-            .map_err(|e| format!("cannot read it: {e}"))?;
-        let digest = authn_config::digest(&data);
-        let mut refused = file
-            .refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if [self.current().digest.as_ref(), refused.as_ref()].contains(&Some(&digest)) {
+        let read = tokio::fs::read(&file.path).await;
+        // What identifies this content (or this failure to read it), to report it only once.
+        let seen = match &read {
+            Ok(data) => authn_config::digest(data),
+            Err(error) => format!("unreadable ({})", error.kind()),
+        };
+        let refused = || {
+            file.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if self.current().digest.as_ref() == Some(&seen) {
+            // Back to the configuration in force: a later bad edit is news again.
+            *refused() = None;
             return Ok(());
         }
-        let issuers = match authn_config::parse(&data, file.strictness) {
-            Ok(loaded) => issuers_for(loaded.authenticators)
-                .await
-                .map_err(|e| format!("{digest}: {e}")),
-            Err(problem) => Err(format!("{digest} is invalid: {problem}")),
+        if refused().as_ref() == Some(&seen) {
+            return Ok(());
+        }
+        let issuers = match read {
+            Err(error) => Err(format!("cannot read it: {error}")),
+            Ok(data) => match authn_config::parse(&data, file.strictness) {
+                Ok(loaded) => issuers_for(loaded.authenticators)
+                    .await
+                    .map_err(|e| format!("{seen}: {e}")),
+                Err(problem) => Err(format!("{seen} is invalid: {problem}")),
+            },
         };
-        let issuers = issuers.inspect_err(|_| refused = Some(digest.clone()));
-        *file
-            .refused
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
-        let issuers = issuers?;
+        let issuers = match issuers {
+            Ok(issuers) => issuers,
+            Err(problem) => {
+                *refused() = Some(seen);
+                return Err(problem);
+            }
+        };
+        *refused() = None;
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
             let _ = issuer.keys.refresh().await;
@@ -382,9 +394,9 @@ impl Verifier {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Issuers {
             issuers: issuers.into_iter().map(Arc::new).collect(),
-            digest: Some(digest.clone()),
+            digest: Some(seen.clone()),
         });
-        info!(path = %file.path.display(), %digest, "reloaded the authentication configuration");
+        info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
     }
 

@@ -238,8 +238,18 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
         "{error}"
     );
     assert_eq!(verifier.current().digest.as_deref(), Some(before.as_str()));
-    // The same invalid content is reported once, not at every poll.
+    // The same invalid content is reported once, not at every poll; so is a missing file.
     verifier.reload(file).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        verifier
+            .reload(file)
+            .await
+            .unwrap_err()
+            .contains("cannot read it")
+    );
+    verifier.reload(file).await.unwrap();
+    assert_eq!(verifier.current().digest.as_deref(), Some(before.as_str()));
 
     let one_issuer = CONFIG
         .split("- issuer:\n    url: https://short")
