@@ -108,6 +108,13 @@ fn every_validation_error_reads_like_kube_apiservers() {
             "jwt[0].issuer.discoveryURL: Invalid value: \"https://dex.example/\": discoveryURL must be different from URL",
         ),
         (
+            one(
+                "    url: https://dex.example\n    discoveryURL: http://internal.example/.well-known/openid-configuration\n    audiences: [a]\n",
+                GOOD_MAPPINGS,
+            ),
+            "jwt[0].issuer.discoveryURL: Invalid value: \"http://internal.example/.well-known/openid-configuration\": URL scheme must be https",
+        ),
+        (
             one("    url: https://dex.example\n", GOOD_MAPPINGS),
             "jwt[0].issuer.audiences: Required value: at least one jwt[0].issuer.audiences is required",
         ),
