@@ -12,6 +12,7 @@ use kubeconfig_operator::{
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
+    oidc::authn_config,
     oidc::verify::Verifier,
     server::{self, HttpState, proxy::BoundProxy},
     telemetry::{self, LogFormat},
@@ -75,6 +76,14 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            // The API server's file is part of the configuration: a bad one is refused the same
+            // way, before any connection (the verifier reads it again, and then keeps watching).
+            if let OidcSettings::AuthenticationConfig { path, strictness } = &config.oidc
+                && let Err(problem) = authn_config::load(path, *strictness)
+            {
+                eprintln!("invalid configuration: oidc.authenticationConfig: {problem}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             telemetry::init(log_format);
             match run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
