@@ -69,6 +69,18 @@ fn verifier_for(config: &str) -> Verifier {
     Verifier::with_authenticators(issuers)
 }
 
+/// A verifier reading `config` from a file (`authn.yaml` in the returned directory); it fetches
+/// nothing until asked.
+async fn from_file(config: &str) -> (tempfile::TempDir, Verifier) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authn.yaml");
+    std::fs::write(&path, config).unwrap();
+    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
+        .await
+        .unwrap();
+    (dir, verifier)
+}
+
 fn claims() -> Value {
     let now = Utc::now().timestamp();
     json!({
@@ -220,12 +232,8 @@ async fn algorithms_are_those_of_an_api_server_with_a_configuration_file() {
 
 #[tokio::test]
 async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, verifier) = from_file(CONFIG).await;
     let path = dir.path().join("authn.yaml");
-    std::fs::write(&path, CONFIG).unwrap();
-    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
-        .await
-        .unwrap();
     let file = verifier.file.as_ref().unwrap();
     let before = verifier.current().digest.clone().unwrap();
     assert_eq!(before, authn_config::digest(CONFIG.as_bytes()));
@@ -313,13 +321,8 @@ async fn googles_legacy_issuer_without_a_scheme_is_routed_to_google() {
 
 #[tokio::test]
 async fn one_issuer_down_does_not_make_the_operator_unready() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("authn.yaml");
-    std::fs::write(&path, CONFIG).unwrap();
     // Nothing answers for these issuers: no keys are loaded.
-    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
-        .await
-        .unwrap();
+    let (_dir, verifier) = from_file(CONFIG).await;
     assert!(!verifier.is_ready(), "no issuer has keys");
     let loaded = verifier_for(CONFIG);
     assert!(loaded.is_ready());
