@@ -26,9 +26,9 @@ use kubeconfig_operator::{
     config::KubeconfigSettings,
     kubeconfig,
     metrics::Metrics,
+    oidc::verify::IdToken,
     server::{HttpState, KUBE_CONFIG_ROUTE, router},
     testing,
-    token::IdToken,
 };
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;

@@ -107,6 +107,7 @@ pub struct FileController {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileOidc {
+    pub authentication_config: Option<PathBuf>,
     pub issuer_url: Option<String>,
     pub client_id: Option<String>,
     pub username_claim: Option<String>,
@@ -173,6 +174,9 @@ pub struct ConfigArgs {
     /// Before writing a kubeconfig Secret or answering GET /kube-config, ask the API server (SelfSubjectReview with the token) who the token's holder is, and refuse tokens it does not accept; turn off when issued kubeconfigs point at a proxy that authenticates tokens the API server itself does not accept [file: confirmWithApiServer; default true, false with proxy.listen].
     #[arg(long, env = "KUBECONFIG_OPERATOR_CONFIRM_WITH_API_SERVER", num_args = 0..=1, default_missing_value = "true")]
     pub confirm_with_api_server: Option<bool>,
+    /// kube-apiserver's AuthenticationConfiguration file (its --authentication-config), instead of the oidc.issuerUrl/clientId/claim settings; reloaded when it changes [file: oidc.authenticationConfig].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_AUTHENTICATION_CONFIG")]
+    pub authentication_config: Option<PathBuf>,
     /// OIDC issuer URL, exactly as in the tokens' `iss` claim [file: oidc.issuerUrl].
     #[arg(long, env = "KUBECONFIG_OPERATOR_OIDC_ISSUER_URL")]
     pub oidc_issuer_url: Option<String>,
@@ -287,7 +291,7 @@ const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 4 * 60 * 60;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kubeconfig: KubeconfigSettings,
-    pub oidc: OidcConfig,
+    pub oidc: OidcSettings,
     pub http: HttpConfig,
     pub controller: ControllerSettings,
     pub watch_namespace: Option<String>,
@@ -398,6 +402,28 @@ pub struct ExecSettings {
     /// The issuer's CA (`oidc.caFile`), read at start-up and put into the kubeconfig as data, so
     /// the file works on machines that do not have it.
     pub issuer_ca_pem: Option<Vec<u8>>,
+}
+
+/// Where the rules for ID tokens come from: kube-apiserver's two mutually exclusive forms.
+#[derive(Debug, Clone)]
+pub enum OidcSettings {
+    /// The flat `oidc.*` settings, meaning what kube-apiserver's `--oidc-*` flags mean.
+    Flags(Box<OidcConfig>),
+    /// An `AuthenticationConfiguration` file, validated when the verifier loads it.
+    AuthenticationConfig {
+        path: PathBuf,
+        strictness: Strictness,
+    },
+}
+
+#[cfg(test)]
+impl OidcSettings {
+    fn flags(&self) -> &OidcConfig {
+        match self {
+            OidcSettings::Flags(oidc) => oidc,
+            OidcSettings::AuthenticationConfig { .. } => panic!("expected the oidc.* settings"),
+        }
+    }
 }
 
 /// How ID tokens are verified; mirrors kube-apiserver's `--oidc-*` flags so both agree on who a
@@ -524,72 +550,62 @@ impl Config {
             exec: None,
         };
 
-        let issuer = pick(&args.oidc_issuer_url, file.oidc.issuer_url)
-            .ok_or_else(|| ConfigError::new("oidc.issuerUrl", "is required"))?;
-        let (issuer_url, issuer) = https_url("oidc.issuerUrl", Some(issuer))?;
-        let client_id = pick(&args.oidc_client_id, file.oidc.client_id)
-            .filter(|id| !id.trim().is_empty())
-            .ok_or_else(|| ConfigError::new("oidc.clientId", "is required"))?;
-        let username_claim = pick(&args.oidc_username_claim, file.oidc.username_claim)
-            .unwrap_or_else(|| "email".into());
-        if username_claim.is_empty() {
-            return Err(ConfigError::new("oidc.usernameClaim", "must not be empty"));
-        }
-        let groups_claim = pick(&args.oidc_groups_claim, file.oidc.groups_claim)
-            .unwrap_or_else(|| "groups".into());
-        if let Some(seconds) = args
-            .oidc_leeway_seconds
-            .or(file.oidc.leeway_seconds)
-            .filter(|seconds| *seconds != 0)
-        {
-            return Err(ConfigError::new(
-                "oidc.leewaySeconds",
-                format!(
-                    "{seconds} is no longer accepted: kube-apiserver allows no leeway on exp, so a leeway would issue kubeconfigs it refuses; remove the setting"
-                ),
-            ));
-        }
-        let username_prefix = username_prefix(
-            pick(&args.oidc_username_prefix, file.oidc.username_prefix),
-            &username_claim,
-            &issuer,
-        );
-        let oidc = OidcConfig {
-            issuer_url,
-            issuer,
-            client_id,
-            username_claim,
-            username_prefix,
-            groups_claim: Some(groups_claim).filter(|claim| !claim.is_empty()),
-            groups_prefix: pick(&args.oidc_groups_prefix, file.oidc.groups_prefix)
-                .unwrap_or_default(),
-            ca_file: readable_file(
-                "oidc.caFile",
-                pick_path(&args.oidc_ca_file, file.oidc.ca_file),
-            )?,
-            algorithms: signing_algorithms(
-                args.oidc_signing_algorithms
-                    .clone()
-                    .or(file.oidc.signing_algorithms)
-                    .unwrap_or_else(|| vec!["RS256".into()]),
-            )?,
-            strictness: Strictness {
-                require_authorized_party: args
-                    .oidc_require_authorized_party
-                    .or(file.oidc.require_authorized_party)
-                    .unwrap_or(false),
-                require_key_id: args
-                    .oidc_require_key_id
-                    .or(file.oidc.require_key_id)
-                    .unwrap_or(false),
-                strict_names: args
-                    .oidc_strict_names
-                    .or(file.oidc.strict_names)
-                    .unwrap_or(false),
-            },
+        let strictness = Strictness {
+            require_authorized_party: args
+                .oidc_require_authorized_party
+                .or(file.oidc.require_authorized_party)
+                .unwrap_or(false),
+            require_key_id: args
+                .oidc_require_key_id
+                .or(file.oidc.require_key_id)
+                .unwrap_or(false),
+            strict_names: args
+                .oidc_strict_names
+                .or(file.oidc.strict_names)
+                .unwrap_or(false),
+        };
+        let authentication_config = readable_file(
+            "oidc.authenticationConfig",
+            pick_path(
+                &args.authentication_config,
+                file.oidc.authentication_config.clone(),
+            ),
+        )?;
+        let issuer = pick(&args.oidc_issuer_url, file.oidc.issuer_url.clone());
+        let oidc = match (authentication_config, issuer) {
+            (Some(_), Some(_)) => {
+                // kube-apiserver: "authentication-config file and oidc-* flags are mutually exclusive".
+                return Err(ConfigError::new(
+                    "oidc.authenticationConfig",
+                    "and oidc.issuerUrl are mutually exclusive, as kube-apiserver's --authentication-config and --oidc-* flags are",
+                ));
+            }
+            (Some(path), None) => OidcSettings::AuthenticationConfig { path, strictness },
+            (None, issuer) => {
+                OidcSettings::Flags(Box::new(legacy_oidc(args, file.oidc, issuer, strictness)?))
+            }
         };
 
-        kubeconfig.exec = exec_settings(file.exec, args, &oidc)?;
+        // The exec kubeconfig and the page log in at one issuer; an authentication configuration
+        // may name several, and choosing one for the user is not done yet.
+        let single_issuer = |field: &str| {
+            ConfigError::new(
+                field,
+                "needs oidc.issuerUrl; it is not available with oidc.authenticationConfig",
+            )
+        };
+        kubeconfig.exec = match &oidc {
+            OidcSettings::Flags(flags) => exec_settings(file.exec, args, flags)?,
+            OidcSettings::AuthenticationConfig { .. } => {
+                if args.exec_client_id.is_some() || file.exec.client_id.is_some() {
+                    return Err(single_issuer("exec.clientId"));
+                }
+                None
+            }
+        };
+        if file.console.is_some() && matches!(oidc, OidcSettings::AuthenticationConfig { .. }) {
+            return Err(single_issuer("console"));
+        }
 
         let listen =
             pick(&args.listen, file.http.listen).unwrap_or_else(|| "127.0.0.1:8000".into());
@@ -858,6 +874,69 @@ fn leader_election(
 /// RFC 1123 subdomain, the rule Kubernetes applies to most object names.
 fn is_dns_subdomain(value: &str) -> bool {
     value.len() <= 253 && value.split('.').all(is_dns_label)
+}
+
+/// The flat `oidc.*` settings, with kube-apiserver's `--oidc-*` defaults and rules.
+fn legacy_oidc(
+    args: &ConfigArgs,
+    file: FileOidc,
+    issuer: Option<String>,
+    strictness: Strictness,
+) -> Result<OidcConfig, ConfigError> {
+    let pick = |flag: &Option<String>, from_file: Option<String>| flag.clone().or(from_file);
+    let pick_path = |flag: &Option<PathBuf>, from_file: Option<PathBuf>| flag.clone().or(from_file);
+    let issuer = issuer.ok_or_else(|| {
+        ConfigError::new(
+            "oidc.issuerUrl",
+            "is required (or oidc.authenticationConfig)",
+        )
+    })?;
+
+    let (issuer_url, issuer) = https_url("oidc.issuerUrl", Some(issuer))?;
+    let client_id = pick(&args.oidc_client_id, file.client_id)
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| ConfigError::new("oidc.clientId", "is required"))?;
+    let username_claim =
+        pick(&args.oidc_username_claim, file.username_claim).unwrap_or_else(|| "email".into());
+    if username_claim.is_empty() {
+        return Err(ConfigError::new("oidc.usernameClaim", "must not be empty"));
+    }
+    let groups_claim =
+        pick(&args.oidc_groups_claim, file.groups_claim).unwrap_or_else(|| "groups".into());
+    if let Some(seconds) = args
+        .oidc_leeway_seconds
+        .or(file.leeway_seconds)
+        .filter(|seconds| *seconds != 0)
+    {
+        return Err(ConfigError::new(
+            "oidc.leewaySeconds",
+            format!(
+                "{seconds} is no longer accepted: kube-apiserver allows no leeway on exp, so a leeway would issue kubeconfigs it refuses; remove the setting"
+            ),
+        ));
+    }
+    let username_prefix = username_prefix(
+        pick(&args.oidc_username_prefix, file.username_prefix),
+        &username_claim,
+        &issuer,
+    );
+    Ok(OidcConfig {
+        issuer_url,
+        issuer,
+        client_id,
+        username_claim,
+        username_prefix,
+        groups_claim: Some(groups_claim).filter(|claim| !claim.is_empty()),
+        groups_prefix: pick(&args.oidc_groups_prefix, file.groups_prefix).unwrap_or_default(),
+        ca_file: readable_file("oidc.caFile", pick_path(&args.oidc_ca_file, file.ca_file))?,
+        algorithms: signing_algorithms(
+            args.oidc_signing_algorithms
+                .clone()
+                .or(file.signing_algorithms)
+                .unwrap_or_else(|| vec!["RS256".into()]),
+        )?,
+        strictness,
+    })
 }
 
 /// kube-apiserver's `--oidc-username-prefix` rules: unset (or empty, which a flag cannot tell
@@ -1312,14 +1391,58 @@ mod tests {
     }
 
     #[test]
+    fn an_authentication_configuration_replaces_the_flat_oidc_settings() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_owned();
+        let args = ConfigArgs {
+            oidc_issuer_url: None,
+            oidc_client_id: None,
+            authentication_config: Some(path.clone()),
+            oidc_strict_names: Some(true),
+            ..minimal()
+        };
+        match Config::resolve(FileConfig::default(), &args).unwrap().oidc {
+            OidcSettings::AuthenticationConfig {
+                path: read,
+                strictness,
+            } => {
+                assert_eq!(read, path);
+                assert!(strictness.strict_names, "the stricter options still apply");
+            }
+            other => panic!("{other:?}"),
+        }
+        // As kube-apiserver: the file and the --oidc-* flags are mutually exclusive.
+        let both = ConfigArgs {
+            authentication_config: Some(path),
+            ..minimal()
+        };
+        let error = Config::resolve(FileConfig::default(), &both).unwrap_err();
+        assert_eq!(error.field, "oidc.authenticationConfig");
+        assert!(
+            error.problem.contains("mutually exclusive"),
+            "{}",
+            error.problem
+        );
+        let missing = ConfigArgs {
+            oidc_issuer_url: None,
+            authentication_config: Some("/nonexistent/authn.yaml".into()),
+            ..minimal()
+        };
+        assert_eq!(
+            error_field(FileConfig::default(), &missing),
+            "oidc.authenticationConfig"
+        );
+    }
+
+    #[test]
     fn minimal_configuration_gets_documented_defaults() {
         let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
         assert_eq!(config.kubeconfig.user_name, "OIDCUser");
         assert_eq!(config.kubeconfig.cluster_name, "kubernetes");
-        assert_eq!(config.oidc.username_claim, "email");
-        assert_eq!(config.oidc.groups_claim.as_deref(), Some("groups"));
-        assert_eq!(config.oidc.algorithms, vec![Algorithm::RS256]);
-        assert_eq!(config.oidc.issuer, "https://dex.example/dex");
+        assert_eq!(config.oidc.flags().username_claim, "email");
+        assert_eq!(config.oidc.flags().groups_claim.as_deref(), Some("groups"));
+        assert_eq!(config.oidc.flags().algorithms, vec![Algorithm::RS256]);
+        assert_eq!(config.oidc.flags().issuer, "https://dex.example/dex");
         assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
         assert!(config.http.tls.is_none());
         assert!(config.kubeconfig.ca.current().is_none());
@@ -1368,7 +1491,7 @@ mod tests {
         let config = Config::resolve(file, &args).unwrap();
         assert_eq!(config.kubeconfig.cluster_name, "from-flag");
         assert_eq!(config.kubeconfig.user_name, "file-user");
-        assert_eq!(config.oidc.username_claim, "sub");
+        assert_eq!(config.oidc.flags().username_claim, "sub");
     }
 
     #[test]
@@ -1651,7 +1774,9 @@ mod tests {
             Config::resolve(FileConfig::default(), &args)
                 .unwrap()
                 .oidc
+                .flags()
                 .username_prefix
+                .clone()
         };
         assert_eq!(resolve("email", None), "");
         assert_eq!(resolve("sub", None), "https://dex.example/dex#");
@@ -1665,14 +1790,14 @@ mod tests {
     #[test]
     fn stricter_checks_are_off_unless_asked_for() {
         let config = Config::resolve(FileConfig::default(), &minimal()).unwrap();
-        assert_eq!(config.oidc.strictness, Strictness::default());
+        assert_eq!(config.oidc.flags().strictness, Strictness::default());
         let file: FileConfig = crate::yaml::from_str(
             "oidc:\n  requireAuthorizedParty: true\n  requireKeyId: true\n  strictNames: true\n",
         )
         .unwrap();
         let config = Config::resolve(file, &minimal()).unwrap();
         assert_eq!(
-            config.oidc.strictness,
+            config.oidc.flags().strictness,
             Strictness {
                 require_authorized_party: true,
                 require_key_id: true,

@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, header};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{Client, Resource, api::PostParams, config::AuthInfo};
 
-use crate::token::IdToken;
+use crate::oidc::verify::IdToken;
 
 /// A review the API server has not answered by then is treated as the API server being down:
 /// a reconcile or a download must not hang on it.

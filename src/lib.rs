@@ -1,6 +1,6 @@
 //! kubeconfig-operator: turns a Dex ID token into a kubeconfig, over HTTP (`GET /kube-config`) or
 //! through a `KubeconfigRequest` custom resource. The token's path through the crate is
-//! `token` (validation) → `confirm` (the API server's verdict) → `kubeconfig` (rendering) →
+//! `oidc` (validation) → `confirm` (the API server's verdict) → `kubeconfig` (rendering) →
 //! `server` (download) or `controller` (Secret).
 
 pub mod allocator;
@@ -9,13 +9,12 @@ pub mod config;
 pub mod confirm;
 pub mod controller;
 pub mod crd;
-pub mod jwks;
 pub mod kubeconfig;
 pub mod metrics;
+pub mod oidc;
 pub mod server;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod token;
 pub mod verdicts;
 pub mod yaml;

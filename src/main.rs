@@ -8,14 +8,15 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
-    config::{Config, ConfigArgs},
+    config::{Config, ConfigArgs, OidcSettings},
     confirm::Confirmer,
     controller::{self, Context, leader},
     crd,
     metrics::Metrics,
+    oidc::authn_config,
+    oidc::verify::Verifier,
     server::{self, HttpState, console::Console, proxy::BoundProxy},
     telemetry::{self, LogFormat},
-    token::Verifier,
 };
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -76,6 +77,14 @@ async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
+            // The API server's file is part of the configuration: a bad one is refused the same
+            // way, before any connection (the verifier reads it again, and then keeps watching).
+            if let OidcSettings::AuthenticationConfig { path, strictness } = &config.oidc
+                && let Err(problem) = authn_config::load(path, *strictness)
+            {
+                eprintln!("invalid configuration: oidc.authenticationConfig: {problem}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             telemetry::init(log_format);
             match run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -105,8 +114,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         false => None,
     };
-    let verifier = Arc::new(Verifier::new(config.oidc.clone()).await?);
+    let verifier = Arc::new(match &config.oidc {
+        OidcSettings::Flags(oidc) => Verifier::new(oidc.as_ref().clone()).await?,
+        OidcSettings::AuthenticationConfig { path, strictness } => {
+            Verifier::from_authentication_config(path, *strictness).await?
+        }
+    });
     tokio::spawn(Arc::clone(&verifier).keep_keys_fresh());
+    tokio::spawn(
+        Arc::clone(&verifier).watch_authentication_config(kubeconfig_operator::ca::POLL_INTERVAL),
+    );
     tokio::spawn(
         config
             .kubeconfig
@@ -139,11 +156,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         confirmer.clone(),
     ));
-    let console = match config.console.clone() {
-        Some(page) => Some(Arc::new(
-            Console::new(page, Arc::clone(&verifier), config.kubeconfig.clone()).await?,
+    // The configuration refuses a page without oidc.issuerUrl: it logs in at that one issuer.
+    let console = match (config.console.clone(), &config.oidc) {
+        (Some(page), OidcSettings::Flags(oidc)) => Some(Arc::new(
+            Console::new(page, oidc, Arc::clone(&verifier), config.kubeconfig.clone()).await?,
         )),
-        None => None,
+        _ => None,
     };
     let http_state = Arc::new(HttpState {
         verifier,
@@ -160,7 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),
         None => None,
     };
-    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), issuer = %config.oidc.issuer, confirm_with_api_server = config.confirm_with_api_server, "starting");
+    info!(listen = %config.http.listen, tls = config.http.tls.is_some(), oidc = ?config.oidc, confirm_with_api_server = config.confirm_with_api_server, "starting");
     let controller = async {
         match &config.leader_election {
             // Every replica serves HTTP; only the Lease's holder runs the controller.

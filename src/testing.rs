@@ -16,7 +16,7 @@ use jsonwebtoken::{
 };
 use serde_json::{Value, json};
 
-use crate::{config::OidcConfig, jwks::KeySet, token::Verifier};
+use crate::{config::OidcConfig, oidc::jwks::KeySet, oidc::verify::Verifier};
 
 pub const ISSUER: &str = "https://dex.example/dex";
 pub const CLIENT_ID: &str = "kubeconfig-operator";
@@ -83,9 +83,21 @@ impl TestIssuer {
 
     /// A token that [`oidc_config`] accepts for `email` in `groups`, valid for `lifetime_seconds`.
     pub fn token_for(&self, email: &str, groups: &[&str], lifetime_seconds: i64) -> String {
+        self.token_from(ISSUER, email, groups, lifetime_seconds)
+    }
+
+    /// [`TestIssuer::token_for`] with another `iss`, for verifiers of another issuer URL (tokens
+    /// are routed to an issuer by their `iss`, so a token must name the issuer under test).
+    pub fn token_from(
+        &self,
+        issuer: &str,
+        email: &str,
+        groups: &[&str],
+        lifetime_seconds: i64,
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
         self.sign(&json!({
-            "iss": ISSUER,
+            "iss": issuer,
             "sub": format!("sub-{email}"),
             "aud": CLIENT_ID,
             "exp": now + lifetime_seconds,

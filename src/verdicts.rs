@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     confirm::{ConfirmError, Confirmer},
-    token::{IdToken, Identity, TokenError, Verifier},
+    oidc::verify::{IdToken, Identity, TokenError, Verifier},
 };
 
 /// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API

@@ -56,6 +56,31 @@ fn bad_configuration_exits_2_with_one_line_naming_the_field() {
 }
 
 #[test]
+fn a_bad_authentication_configuration_exits_2_naming_the_field() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: http://dex.example\n    audiences: [a]\n  claimMappings:\n    username: {claim: sub, prefix: ''}\n",
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap();
+    let output = operator(&[
+        "run",
+        "--server",
+        "https://k",
+        "--authentication-config",
+        path,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "invalid configuration: oidc.authenticationConfig: jwt[0].issuer.url: Invalid value: \"http://dex.example\": URL scheme must be https"
+    );
+}
+
+#[test]
 fn unknown_keys_in_the_config_file_are_refused() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "server: https://k\nservr: typo\n").unwrap();

@@ -395,8 +395,8 @@ fn cluster_down_stops_a_second_cluster_and_removes_its_dir() {
     let pids = pids_of(&dir);
     assert_eq!(
         pids.len(),
-        6,
-        "etcd, ldap, dex, dex-short, apiserver, controller-manager: {pids:?}"
+        8,
+        "etcd, ldap, dex, dex-short, test-issuer, apiserver, apiserver-authn, controller-manager: {pids:?}"
     );
     assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
 

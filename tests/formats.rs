@@ -551,7 +551,7 @@ fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
         ca::CaBundle,
         config::KubeconfigSettings,
         kubeconfig::{self, Format, Rendered},
-        token::IdToken,
+        oidc::verify::IdToken,
     };
     let cluster = cluster();
     let alice = id_token(cluster, "alice");

@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
     };
     confine(&mut file.certificate_authority_file);
     confine(&mut file.oidc.ca_file);
+    confine(&mut file.oidc.authentication_config);
     confine(&mut file.http.tls_cert_file);
     confine(&mut file.http.tls_key_file);
 

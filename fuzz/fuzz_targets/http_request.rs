@@ -37,7 +37,7 @@ use kubeconfig_operator::{
     metrics::Metrics,
     server::{HttpState, router},
     testing,
-    token::Verifier,
+    oidc::verify::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;

@@ -35,8 +35,8 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
     config::OidcConfig,
-    jwks::KeySet,
-    token::{IdToken, TokenError, Verifier},
+    oidc::jwks::KeySet,
+    oidc::verify::{IdToken, TokenError, Verifier},
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn verify(token: &str) -> Result<kubeconfig_operator::token::Identity, TokenError> {
+fn verify(token: &str) -> Result<kubeconfig_operator::oidc::verify::Identity, TokenError> {
     let result = RUNTIME.block_on(VERIFIER.verify(&IdToken::from(token.to_owned())));
     if let Err(error) = &result {
         assert_no_echo(error, token);

@@ -57,7 +57,7 @@ use crate::{
     confirm::{ConfirmError, Confirmer},
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
-    token::{Identity, Verifier},
+    oidc::verify::{Identity, Verifier},
     verdicts::Verdicts,
 };
 use status::Outcome;

@@ -531,7 +531,7 @@ mod tests {
         let rendered = kubeconfig::render(
             &settings,
             request.spec.format,
-            &crate::token::IdToken::from(token.to_owned()),
+            &crate::oidc::verify::IdToken::from(token.to_owned()),
             None,
         )
         .unwrap();
@@ -592,7 +592,7 @@ mod tests {
         let rendered = kubeconfig::render(
             &settings,
             Format::Exec,
-            &crate::token::IdToken::from("t.o.k".to_owned()),
+            &crate::oidc::verify::IdToken::from("t.o.k".to_owned()),
             None,
         )
         .unwrap();

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},
-    token::{IdToken, Identity, MAX_TOKEN_BYTES},
+    oidc::verify::{IdToken, Identity, MAX_TOKEN_BYTES},
 };
 
 /// The annotation by which a ServiceAccount's owner allows kubeconfigs to be issued for it.
@@ -254,6 +254,8 @@ fn service_account_identity(namespace: &str, name: &str, expires_at: DateTime<Ut
         ],
         expires_at,
         issued_at: None,
+        uid: String::new(),
+        extra: Default::default(),
     }
 }
 

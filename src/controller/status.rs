@@ -17,7 +17,7 @@ use tracing::warn;
 use super::{Context, Error, FIELD_MANAGER, kube_error, source::Credential};
 use crate::{
     crd::{KubeconfigRequest, KubeconfigRequestStatus},
-    token::TokenError,
+    oidc::verify::TokenError,
 };
 
 /// The Ready condition's reasons; each names what a person should look at.
@@ -315,7 +315,7 @@ mod tests {
         let expired = TokenError::Expired { expired_at: None };
         assert_eq!(Reason::for_token_error(&expired), Reason::TokenExpired);
         let unavailable =
-            TokenError::IssuerUnavailable(crate::jwks::IssuerError::Setup("x".into()));
+            TokenError::IssuerUnavailable(crate::oidc::jwks::IssuerError::Setup("x".into()));
         assert_eq!(
             Reason::for_token_error(&unavailable),
             Reason::IssuerUnavailable

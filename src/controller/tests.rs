@@ -472,7 +472,7 @@ fn kubeconfig_secret(uid: &str, token: &str) -> Value {
     let crate::kubeconfig::Rendered::Kubeconfig(rendered) = crate::kubeconfig::render(
         &settings(),
         crate::kubeconfig::Format::Token,
-        &crate::token::IdToken::from(token.to_owned()),
+        &crate::oidc::verify::IdToken::from(token.to_owned()),
         None,
     )
     .unwrap() else {

@@ -141,7 +141,7 @@ mod tests {
             Rendered, render,
             tests::{settings, token, yaml},
         },
-        token::IdToken,
+        oidc::verify::IdToken,
     };
 
     fn exec_settings() -> KubeconfigSettings {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 pub use formats::{Format, argocd_bearer_token};
 
-use crate::{config::KubeconfigSettings, token::IdToken};
+use crate::{config::KubeconfigSettings, oidc::verify::IdToken};
 
 /// A credential in the form its consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -253,7 +253,7 @@ mod tests {
             Format,
             tests::{settings, token, yaml},
         },
-        token::IdToken,
+        oidc::verify::IdToken,
     };
 
     /// The token format, the one whose shape the seed defined.

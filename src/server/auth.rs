@@ -12,7 +12,7 @@ use axum::{
 };
 
 use super::{HttpState, RETRY_AFTER_SECONDS};
-use crate::token::{IdToken, Identity, TokenError};
+use crate::oidc::verify::{IdToken, Identity, TokenError};
 
 /// A request whose `Authorization: Bearer` ID token verified. The token is kept because the
 /// download hands it back inside the kubeconfig; [`IdToken`] never prints it.
@@ -134,11 +134,11 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
+        oidc::verify::Verifier,
         server::{
             KUBE_CONFIG_ROUTE,
-            test_fixtures::{body, call, signed_token, state, state_with},
+            test_fixtures::{body, call, signed_token_from, state, state_with},
         },
-        token::Verifier,
     };
 
     #[tokio::test]
@@ -212,7 +212,7 @@ mod tests {
         // Nothing listens on port 1, so the key fetch for the token's kid fails at once.
         let config = OidcConfig::for_tests("https://127.0.0.1:1/dex", &[Algorithm::RS256]);
         let state = state_with(Verifier::new(config).await.unwrap());
-        let authorization = format!("Bearer {}", signed_token());
+        let authorization = format!("Bearer {}", signed_token_from("https://127.0.0.1:1/dex"));
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "10");

@@ -278,11 +278,13 @@ mod tests {
     use crate::{
         config::OidcConfig,
         confirm::Confirmer,
+        oidc::verify::Verifier,
         server::{
             routes,
-            test_fixtures::{body, call, signed_token, state, state_confirming, state_with},
+            test_fixtures::{
+                body, call, signed_token, signed_token_from, state, state_confirming, state_with,
+            },
         },
-        token::Verifier,
     };
 
     #[tokio::test]
@@ -424,7 +426,10 @@ mod tests {
             }),
         );
         let mut request = Request::get(KUBE_CONFIG_ROUTE)
-            .header(header::AUTHORIZATION, format!("Bearer {}", signed_token()))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", signed_token_from(&issuer)),
+            )
             .body(Body::empty())
             .unwrap();
         request

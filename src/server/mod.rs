@@ -45,7 +45,7 @@ use crate::{
     config::{HttpConfig, KubeconfigSettings},
     confirm::Confirmer,
     metrics::Metrics,
-    token::{Identity, Verifier},
+    oidc::verify::{Identity, Verifier},
     verdicts::Verdicts,
 };
 use k8s_openapi::api::authentication::v1::UserInfo;

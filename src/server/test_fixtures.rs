@@ -24,12 +24,18 @@ use tower::ServiceExt as _;
 
 use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
 use crate::{
-    config::KubeconfigSettings, confirm::Confirmer, metrics::Metrics, testing, token::Verifier,
+    config::KubeconfigSettings, confirm::Confirmer, metrics::Metrics, oidc::verify::Verifier,
+    testing,
 };
 
 /// A token for jane@example.com from the test issuer, valid for ten minutes.
 pub(super) fn signed_token() -> String {
     testing::issuer().token_for("jane@example.com", &["dev"], 600)
+}
+
+/// [`signed_token`] naming another issuer.
+pub(super) fn signed_token_from(issuer: &str) -> String {
+    testing::issuer().token_from(issuer, "jane@example.com", &["dev"], 600)
 }
 
 pub(super) fn state_with(verifier: Verifier) -> Arc<HttpState> {

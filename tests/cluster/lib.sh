@@ -16,7 +16,7 @@ RUN="$CLUSTER_DIR/run"
 LOGS="$CLUSTER_DIR/logs"
 
 # Start order; stop order is the reverse.
-COMPONENTS=(etcd ldap dex dex-short apiserver controller-manager)
+COMPONENTS=(etcd ldap dex dex-short test-issuer apiserver apiserver-authn controller-manager)
 
 log() { echo "[cluster $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "[cluster] ERROR: $*" >&2; exit 1; }
@@ -62,6 +62,22 @@ all_our_pids() {
 }
 
 # Command line for each component (array name: CMD).
+# The flags both API servers share (same etcd, certificates and service-account keys): CMD for
+# one listening on PORT with its own CERT_DIR; callers append their authentication flags.
+apiserver_cmd() { # apiserver_cmd PORT CERT_DIR
+	CMD=("$CLUSTER_BIN/kcluster" apiserver
+		--etcd-servers="http://127.0.0.1:$ETCD_PORT"
+		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$1"
+		--cert-dir="$2"
+		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
+		--client-ca-file="$PKI/ca.crt"
+		--service-account-issuer="https://kubernetes.default.svc.cluster.local"
+		--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
+		--service-cluster-ip-range=10.0.0.0/24
+		--endpoint-reconciler-type=none
+		--authorization-mode=Node,RBAC)
+}
+
 component_cmd() {
 	local name="$1"
 	load_ports || die "no $CLUSTER_DIR/ports: run up.sh first"
@@ -92,23 +108,29 @@ component_cmd() {
 			        resources: ["pods/exec", "pods/attach", "pods/portforward"]
 			  - level: None
 		POLICY
-		CMD=("$CLUSTER_BIN/kcluster" apiserver
-			--etcd-servers="http://127.0.0.1:$ETCD_PORT"
-			--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT"
-			--cert-dir="$CLUSTER_DIR/apiserver-certs"
-			--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
-			--client-ca-file="$PKI/ca.crt"
-			--service-account-issuer="https://kubernetes.default.svc.cluster.local"
-			--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
-			--service-cluster-ip-range=10.0.0.0/24
-			--endpoint-reconciler-type=none
-			--authorization-mode=Node,RBAC
+		apiserver_cmd "$API_PORT" "$CLUSTER_DIR/apiserver-certs"
+		CMD+=(
 			--oidc-issuer-url="https://127.0.0.1:$DEX_PORT/dex"
 			--oidc-client-id=kubeconfig-operator
 			--oidc-username-claim=email --oidc-groups-claim=groups
 			--oidc-ca-file="$PKI/dex-ca.crt"
 			--audit-policy-file="$CLUSTER_DIR/audit-policy.yaml"
 			--audit-log-path="$LOGS/audit.log" --audit-log-format=json --audit-log-maxsize=50
+			--profiling=false
+			--v=1)
+		;;
+	test-issuer)
+		CMD=("$CLUSTER_BIN/kcluster" testissuer --dir "$CLUSTER_DIR/test-issuer" --port "$TEST_ISSUER_PORT"
+			--cert "$PKI/dex.crt" --key "$PKI/dex.key")
+		;;
+	apiserver-authn)
+		# A second API server on the same etcd, configured the modern way: an
+		# AuthenticationConfiguration instead of --oidc-* flags (tests/differential.rs compares
+		# its verdicts with the operator's).
+		write_authentication_config >"$CLUSTER_DIR/authentication-config.yaml"
+		apiserver_cmd "$API_AUTHN_PORT" "$CLUSTER_DIR/apiserver-authn-certs"
+		CMD+=(
+			--authentication-config="$CLUSTER_DIR/authentication-config.yaml"
 			--profiling=false
 			--v=1)
 		;;
@@ -132,6 +154,79 @@ component_cmd() {
 }
 
 # is_ready NAME: one quick probe of the component's own health endpoint.
+# The AuthenticationConfiguration of apiserver-authn, which the operator reads too in
+# tests/differential.rs: three issuers (main Dex, short-lived Dex, the harness's test issuer), two
+# audiences, claim rules, CEL mappings for username, uid and extra, group prefixes, a user rule.
+write_authentication_config() {
+	local dex_ca
+	dex_ca="$(sed 's/^/      /' "$PKI/dex-ca.crt")"
+	cat <<EOF
+apiVersion: apiserver.config.k8s.io/v1beta1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://127.0.0.1:$DEX_PORT/dex
+    audiences: [kubeconfig-operator, other-app]
+    audienceMatchPolicy: MatchAny
+    certificateAuthority: |
+$dex_ca
+  claimValidationRules:
+  - expression: "!has(claims.email_verified) || claims.email_verified == true"
+    message: the email address must be verified
+  claimMappings:
+    username:
+      expression: "'dex:' + claims.email"
+    groups:
+      claim: groups
+      prefix: "dex:"
+    uid:
+      claim: sub
+    extra:
+    - key: example.com/name
+      valueExpression: "has(claims.name) ? claims.name : ''"
+- issuer:
+    url: https://127.0.0.1:$DEX_SHORT_PORT/dex
+    audiences: [kubeconfig-operator]
+    certificateAuthority: |
+$dex_ca
+  claimMappings:
+    username:
+      claim: email
+      prefix: "short:"
+    groups:
+      claim: groups
+      prefix: ""
+- issuer:
+    url: https://127.0.0.1:$TEST_ISSUER_PORT
+    audiences: [kubeconfig-operator, test-audience-b]
+    audienceMatchPolicy: MatchAny
+    certificateAuthority: |
+$dex_ca
+  claimValidationRules:
+  - claim: tenant
+    requiredValue: acme
+  - expression: "!has(claims.blocked) || claims.blocked != true"
+    message: blocked by the test issuer
+  claimMappings:
+    username:
+      claim: email
+      prefix: "test:"
+    groups:
+      claim: groups
+      prefix: "test:"
+    uid:
+      expression: "'uid-' + claims.sub"
+    extra:
+    - key: example.com/roles
+      valueExpression: "has(claims.roles) ? claims.roles : []"
+    - key: example.com/tenant
+      valueExpression: claims.tenant
+  userValidationRules:
+  - expression: "!user.username.startsWith('test:root')"
+    message: root is not a user
+EOF
+}
+
 is_ready() {
 	load_ports || return 1
 	case "$1" in
@@ -139,7 +234,9 @@ is_ready() {
 	ldap) (exec 3<>"/dev/tcp/127.0.0.1/$LDAP_PORT") 2>/dev/null ;;
 	dex) curl -sf -m 3 --cacert "$PKI/dex-ca.crt" "https://127.0.0.1:$DEX_PORT/dex/.well-known/openid-configuration" >/dev/null ;;
 	dex-short) curl -sf -m 3 --cacert "$PKI/dex-ca.crt" "https://127.0.0.1:$DEX_SHORT_PORT/dex/.well-known/openid-configuration" >/dev/null ;;
+	test-issuer) curl -sf -m 3 --cacert "$PKI/dex-ca.crt" "https://127.0.0.1:$TEST_ISSUER_PORT/keys" >/dev/null ;;
 	apiserver) [[ "$(curl -s -m 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" == ok ]] ;;
+	apiserver-authn) [[ "$(curl -s -m 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_AUTHN_PORT/readyz" 2>/dev/null)" == ok ]] ;;
 	controller-manager) [[ "$(curl -s -m 3 -k "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" == ok ]] ;;
 	*) return 1 ;;
 	esac

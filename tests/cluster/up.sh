@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bring up the local test cluster (etcd, OpenLDAP, 2x Dex, kube-apiserver, kube-controller-manager)
+# Bring up the local test cluster (etcd, OpenLDAP, 2x Dex, the test issuer, kube-apiserver with
+# --oidc-* flags and a second one with --authentication-config, kube-controller-manager)
 # on 127.0.0.1 with free ports. State goes to CLUSTER_DIR (default target/cluster); the env file
 # $CLUSTER_DIR/env is written last. Idempotent: a healthy cluster is left alone, a partly running
 # one gets its missing components restarted with the same ports and keys.
@@ -36,10 +37,11 @@ mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS" "$PKI" "$CLUSTER_BIN"
 # ---- build (Go's build cache makes this a no-op/relink when nothing changed) -----------------
 build() {
 	local t0=$SECONDS
-	log "building kcluster and dex into $CLUSTER_BIN (log: $LOGS/build.log)"
+	log "building kcluster, dex and dexkey into $CLUSTER_BIN (log: $LOGS/build.log)"
 	{
 		(cd "$CLUSTER_SRC" && go build -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
-			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex)
+			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex) &&
+			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dexkey" ./cmd/dexkey)
 	} >>"$LOGS/build.log" 2>&1 || {
 		tail -n 40 "$LOGS/build.log" >&2
 		die "build failed"
@@ -50,8 +52,8 @@ build
 
 # ---- ports, keys, secrets (kept across restarts of this cluster) ---------------------------
 if [[ ! -f "$CLUSTER_DIR/ports" ]]; then
-	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 7)
-	((${#p[@]} == 7)) || die "could not allocate ports"
+	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 9)
+	((${#p[@]} == 9)) || die "could not allocate ports"
 	cat >"$CLUSTER_DIR/ports.tmp" <<EOF
 ETCD_PORT=${p[0]}
 ETCD_PEER_PORT=${p[1]}
@@ -60,6 +62,8 @@ DEX_PORT=${p[3]}
 DEX_SHORT_PORT=${p[4]}
 API_PORT=${p[5]}
 KCM_PORT=${p[6]}
+TEST_ISSUER_PORT=${p[7]}
+API_AUTHN_PORT=${p[8]}
 EOF
 	mv "$CLUSTER_DIR/ports.tmp" "$CLUSTER_DIR/ports"
 fi
@@ -71,8 +75,16 @@ if [[ -z "${CONSOLE_PORT:-}" ]]; then
 	[[ "$CONSOLE_PORT" =~ ^[0-9]+$ ]] || die "could not allocate the console port"
 	echo "CONSOLE_PORT=$CONSOLE_PORT" >>"$CLUSTER_DIR/ports"
 fi
+# Ports added after this cluster was first brought up: appended, so running components keep theirs.
+if [[ -z "${TEST_ISSUER_PORT:-}" || -z "${API_AUTHN_PORT:-}" ]]; then
+	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 2)
+	((${#p[@]} == 2)) || die "could not allocate ports"
+	printf 'TEST_ISSUER_PORT=%s\nAPI_AUTHN_PORT=%s\n' "${p[0]}" "${p[1]}" >>"$CLUSTER_DIR/ports"
+	load_ports
+fi
 
 "$CLUSTER_BIN/kcluster" certs "$PKI"
+"$CLUSTER_BIN/kcluster" testissuer-keys "$CLUSTER_DIR/test-issuer"
 
 rand() { tr -dc 'A-Za-z0-9' </dev/urandom | head -c "${1:-24}" || true; }
 if [[ ! -f "$CLUSTER_DIR/secrets" ]]; then
@@ -292,6 +304,13 @@ done
 		KUBE_CA_FILE "$PKI/ca.crt" \
 		OIDC_ISSUER_URL "https://127.0.0.1:$DEX_PORT/dex" \
 		OIDC_SHORT_ISSUER_URL "https://127.0.0.1:$DEX_SHORT_PORT/dex" \
+		DEX_KEY_TOOL "$CLUSTER_BIN/dexkey" \
+		DEX_DB_FILE "$CLUSTER_DIR/dex/dex.db" \
+		TEST_ISSUER_URL "https://127.0.0.1:$TEST_ISSUER_PORT" \
+		TEST_ISSUER_RSA_KEY_FILE "$CLUSTER_DIR/test-issuer/rsa.pem" \
+		TEST_ISSUER_EC_KEY_FILE "$CLUSTER_DIR/test-issuer/ec.pem" \
+		KUBE_AUTHN_SERVER "https://127.0.0.1:$API_AUTHN_PORT" \
+		AUTHENTICATION_CONFIG_FILE "$CLUSTER_DIR/authentication-config.yaml" \
 		OIDC_CA_FILE "$PKI/dex-ca.crt" \
 		OIDC_CLIENT_ID kubeconfig-operator \
 		OIDC_CLIENT_SECRET "$OIDC_CLIENT_SECRET" \

@@ -15,13 +15,15 @@ use std::{
 
 use super::Cluster;
 
-/// Which Dex the operator trusts: the main one (24 h tokens) or the short-lived one (5 s tokens).
-/// kube-apiserver trusts only the main one, so with the short-lived one the operator does not
-/// ask the API server to confirm tokens, unless a test passes `--confirm-with-api-server`.
+/// Which Dex the operator trusts: the main one (24 h tokens) or the short-lived one (5 s tokens);
+/// or none from flags, because the test passes `--authentication-config`. kube-apiserver trusts
+/// only the main one, so with the short-lived one the operator does not ask the API server to
+/// confirm tokens, unless a test passes `--confirm-with-api-server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Issuer {
     Main,
     ShortLived,
+    AuthenticationConfig,
 }
 
 pub struct Operator {
@@ -85,8 +87,9 @@ impl Operator {
             .and_then(|address| address.rsplit(':').next()?.parse().ok())
             .unwrap_or_else(free_port);
         let issuer_url = match issuer {
-            Issuer::Main => &cluster.oidc_issuer_url,
-            Issuer::ShortLived => &cluster.oidc_short_issuer_url,
+            Issuer::Main => Some(&cluster.oidc_issuer_url),
+            Issuer::ShortLived => Some(&cluster.oidc_short_issuer_url),
+            Issuer::AuthenticationConfig => None,
         };
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
         fs::create_dir_all(&log_dir).expect("create the operator log directory");
@@ -108,9 +111,16 @@ impl Operator {
                     .into_iter()
                     .flatten(),
             )
-            .args(["--oidc-issuer-url", issuer_url])
-            .args(["--oidc-client-id", &cluster.oidc_client_id])
-            .args(["--oidc-ca-file", &cluster.oidc_ca_file])
+            .args(issuer_url.into_iter().flat_map(|url| {
+                [
+                    "--oidc-issuer-url",
+                    url,
+                    "--oidc-client-id",
+                    &cluster.oidc_client_id,
+                    "--oidc-ca-file",
+                    &cluster.oidc_ca_file,
+                ]
+            }))
             .args(
                 (issuer == Issuer::ShortLived
                     && !extra_args

@@ -43,11 +43,11 @@ pub use config::{ConsoleConfig, FileConsole};
 
 use super::{download, limits};
 use crate::{
-    config::KubeconfigSettings,
+    config::{KubeconfigSettings, OidcConfig},
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
-    jwks::IssuerError,
     kubeconfig,
-    token::{IdToken, Identity, TokenError, Verifier},
+    oidc::jwks::IssuerError,
+    oidc::verify::{IdToken, Identity, TokenError, Verifier},
 };
 use oidc::{LoginClient, LoginError, Pending};
 use session::{CookiePolicy, Kind, LoginCookie, Session, SpentStates};
@@ -93,11 +93,12 @@ impl Console {
     /// Prepares the page without contacting the issuer.
     pub async fn new(
         config: ConsoleConfig,
+        oidc: &OidcConfig,
         verifier: Arc<Verifier>,
         settings: KubeconfigSettings,
     ) -> Result<Self, IssuerError> {
         let client = LoginClient::new(
-            verifier.config(),
+            oidc,
             config.client_secret.clone(),
             config.redirect_url.clone(),
             &config.scopes,

@@ -4,7 +4,7 @@
 //! token endpoint, in the `Authorization` header.
 //!
 //! Verifying the ID token that comes back is not done here: the page hands it to the same
-//! [`crate::token::Verifier`] as `GET /kube-config`, and checks the nonce itself.
+//! [`crate::oidc::verify::Verifier`] as `GET /kube-config`, and checks the nonce itself.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
@@ -14,8 +14,9 @@ use url::Url;
 
 use crate::{
     config::OidcConfig,
-    jwks::{self, IssuerError},
-    token::IdToken,
+    oidc::authn_config::JwtAuthenticator,
+    oidc::jwks::{self, IssuerError},
+    oidc::verify::IdToken,
 };
 
 /// Bytes of randomness in `state`, `nonce` and the PKCE verifier: 256 bits, as RFC 7636
@@ -109,7 +110,8 @@ impl LoginClient {
         scopes: &[String],
     ) -> Result<Self, IssuerError> {
         Ok(Self {
-            http: jwks::issuer_client(oidc).await?,
+            http: jwks::issuer_client(&JwtAuthenticator::from_legacy(oidc).certificate_authority)
+                .await?,
             oidc: oidc.clone(),
             client_secret,
             redirect_url,

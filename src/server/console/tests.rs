@@ -32,9 +32,14 @@ async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
         scopes: vec!["openid".into()],
     };
     Arc::new(
-        Console::new(config, Arc::new(testing::issuer().verifier()), settings())
-            .await
-            .unwrap(),
+        Console::new(
+            config,
+            &testing::oidc_config(),
+            Arc::new(testing::issuer().verifier()),
+            settings(),
+        )
+        .await
+        .unwrap(),
     )
 }
 

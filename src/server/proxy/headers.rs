@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::token::Identity;
+use crate::oidc::verify::Identity;
 
 /// The group kube-apiserver gives every authenticated user; impersonation does not add it by
 /// itself when groups are named, so the proxy names it.
@@ -189,6 +189,8 @@ mod tests {
             groups: vec!["team-a".into()],
             expires_at: Utc::now(),
             issued_at: None,
+            uid: String::new(),
+            extra: Default::default(),
         }
     }
 

@@ -6,6 +6,8 @@
 //	kcluster freeports N                 prints N free TCP ports on 127.0.0.1
 //	kcluster certs DIR                   writes CA, serving certs, admin client cert, SA key
 //	kcluster bcrypt                      reads a password on stdin, prints its bcrypt hash
+//	kcluster testissuer-keys DIR         writes the test issuer's signing keys once (testissuer.go)
+//	kcluster testissuer --dir DIR --port N --cert FILE --key FILE
 package main
 
 import (
@@ -28,7 +30,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kcluster etcd|apiserver|controller-manager|freeports|certs|bcrypt ...")
+	fmt.Fprintln(os.Stderr, "usage: kcluster etcd|apiserver|controller-manager|freeports|certs|bcrypt|testissuer-keys|testissuer ...")
 	os.Exit(2)
 }
 
@@ -74,6 +76,16 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println(string(h))
+	case "testissuer-keys":
+		if len(args) != 1 {
+			usage()
+		}
+		if err := writeTestIssuerKeys(args[0]); err != nil {
+			fmt.Fprintln(os.Stderr, "testissuer-keys:", err)
+			os.Exit(1)
+		}
+	case "testissuer":
+		os.Exit(runTestIssuer(args))
 	default:
 		usage()
 	}

@@ -1,18 +1,21 @@
 //! Verification of ID tokens with kube-apiserver's semantics: the security core of the operator.
 //!
 //! Whatever passes here is written into a kubeconfig, and the kubeconfig is only worth having if
-//! kube-apiserver accepts its token as the same user. So the checks are those of kube-apiserver's
-//! `--oidc-*` flags (`k8s.io/apiserver/plugin/pkg/authenticator/token/oidc` and the go-oidc v2
-//! verifier it vendors), no looser and, by default, no stricter:
-//! - `iss` must equal the configured issuer byte for byte. A token of another issuer is
-//!   `WrongIssuer`, naming it: when its key is unknown, from the unverified `iss` (kube-apiserver
-//!   routes tokens by it), rather than `UnknownKey` with advice that cannot help.
-//! - `aud` must contain the client ID; `azp` is not looked at.
+//! kube-apiserver accepts its token as the same user. So the checks are kube-apiserver's, for its
+//! `--oidc-*` flags and its `--authentication-config` alike (both are a list of
+//! [`JwtAuthenticator`]s, see [`authn_config`]), read from
+//! `k8s.io/apiserver/plugin/pkg/authenticator/token/oidc` and the go-oidc v2 verifier it vendors,
+//! no looser and, by default, no stricter:
+//! - A token goes to the issuer whose URL equals its unverified `iss`, byte for byte, as
+//!   kube-apiserver routes; a token of no configured issuer is `WrongIssuer`, naming its `iss`.
+//! - `aud` must contain one of the issuer's audiences; `azp` is not looked at.
 //! - `exp` has no leeway: a token is refused from the second it expires.
 //! - `nbf`, when present, may be up to [`NOT_BEFORE_SKEW`] in the future; `iat` is not checked.
 //! - With the username claim `email`, an `email_verified` claim, if present, must be `true`.
 //! - Groups may be one string or a list of strings; a `null` claim means none.
 //! - A token without `kid` is checked against every published key, as go-oidc does.
+//! - Then the mappings (username, groups, uid, extra; a claim with a prefix or CEL), required
+//!   claims, claim validation rules and user validation rules, in kube-apiserver's order.
 //!
 //! Checks kube-apiserver does not make are in [`crate::config::Strictness`], off by default. What is always
 //! refused even though kube-apiserver might accept it: algorithms outside the configured list
@@ -23,18 +26,26 @@
 //! Every refusal names a reason a person can act on without ever echoing the token (a bearer
 //! credential) back.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
-use crate::{
-    config::OidcConfig,
+use super::{
+    authn_config::{self, JwtAuthenticator, Mapping, Rule},
+    cel,
     jwks::{self, IssuerError, KeySet, SigningKey},
 };
+use crate::config::{OidcConfig, Strictness};
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -82,6 +93,11 @@ pub struct Identity {
     pub username: String,
     /// The groups claim's values, each with the configured prefix.
     pub groups: Vec<String>,
+    /// Empty unless an authentication configuration maps one (`claimMappings.uid`).
+    pub uid: String,
+    /// `claimMappings.extra`, and `authentication.kubernetes.io/credential-id` from `jti`, as
+    /// kube-apiserver adds it.
+    pub extra: BTreeMap<String, Vec<String>>,
     /// When the token, and so the kubeconfig built from it, stops working.
     pub expires_at: DateTime<Utc>,
     /// Absent when the issuer omits `iat`, which OIDC requires but kube-apiserver does not.
@@ -128,6 +144,10 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("the issuer's signing keys are unavailable, try again later: {0}")]
     IssuerUnavailable(IssuerError),
+    /// A rule of the authentication configuration refused the token; the text is the rule's
+    /// own message or expression, from the owner's configuration, never from the token.
+    #[error("the token is refused by the authentication configuration: {0}")]
+    RefusedByRule(String),
 }
 
 impl TokenError {
@@ -143,41 +163,162 @@ impl TokenError {
             TokenError::WrongAudience { .. } => "WrongAudience",
             TokenError::MissingClaim(_) => "MissingClaim",
             TokenError::IssuerUnavailable(_) => "IssuerUnavailable",
+            TokenError::RefusedByRule(_) => "RefusedByRule",
         }
     }
 }
 
-/// Verifies ID tokens against one issuer and client, with that issuer's cached keys.
+/// Verifies ID tokens against the configured issuers (one with the legacy settings, up to 64 with
+/// an authentication configuration), each with its own cached keys.
 pub struct Verifier {
-    config: OidcConfig,
+    issuers: RwLock<Arc<Issuers>>,
+    /// The authentication configuration file, when that is where the issuers come from.
+    file: Option<ConfigFile>,
+}
+
+struct ConfigFile {
+    path: PathBuf,
+    strictness: Strictness,
+    /// The digest of the last content refused, so an invalid file is reported once, not at
+    /// every poll.
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+/// Why the operator cannot start with its authentication configuration file.
+#[derive(thiserror::Error, Debug)]
+pub enum AuthenticationConfigError {
+    #[error("the authentication configuration {} is invalid: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+}
+
+/// One generation of the configuration: replaced whole on a reload, so a token is judged by one
+/// configuration from start to end.
+struct Issuers {
+    issuers: Vec<Arc<Issuer>>,
+    /// `sha256:<hex>` of the file it was read from.
+    digest: Option<String>,
+}
+
+struct Issuer {
+    rules: JwtAuthenticator,
     keys: KeySet,
+}
+
+impl Issuers {
+    /// The issuer whose URL equals the token's unverified `iss`, as kube-apiserver routes.
+    fn find(&self, iss: Option<&str>) -> Option<Arc<Issuer>> {
+        self.issuers
+            .iter()
+            .find(|issuer| Some(issuer.rules.issuer.as_str()) == iss)
+            .cloned()
+    }
+
+    fn names(&self) -> String {
+        let names: Vec<&str> = self
+            .issuers
+            .iter()
+            .map(|i| i.rules.issuer.as_str())
+            .collect();
+        names.join(", ")
+    }
 }
 
 impl Verifier {
     /// Does not contact the issuer: the operator must be able to start while Dex is down. Keys
     /// are fetched by [`Verifier::load`], [`Verifier::keep_keys_fresh`], or the first token.
     pub async fn new(config: OidcConfig) -> Result<Self, IssuerError> {
-        let keys = KeySet::new(&config).await?;
-        Ok(Self { config, keys })
+        let rules = JwtAuthenticator::from_legacy(&config);
+        let keys = KeySet::for_authenticator(&rules).await?;
+        Ok(Self::with_issuers(vec![Issuer { rules, keys }], None, None))
     }
 
     /// For callers that already hold the keys (see [`KeySet::from_static`]).
     pub fn with_keys(config: OidcConfig, keys: KeySet) -> Self {
-        Self { config, keys }
+        let rules = JwtAuthenticator::from_legacy(&config);
+        Self::with_issuers(vec![Issuer { rules, keys }], None, None)
+    }
+
+    /// The issuers of an `AuthenticationConfiguration` file; a file kube-apiserver would refuse is
+    /// refused here too, with one line naming the field.
+    pub async fn from_authentication_config(
+        path: &Path,
+        strictness: Strictness,
+    ) -> Result<Self, AuthenticationConfigError> {
+        let loaded = authn_config::load(path, strictness).map_err(|problem| {
+            AuthenticationConfigError::Invalid {
+                path: path.to_owned(),
+                problem,
+            }
+        })?;
+        let issuers = issuers_for(loaded.authenticators).await?;
+        info!(path = %path.display(), digest = %loaded.digest, "loaded the authentication configuration");
+        Ok(Self::with_issuers(
+            issuers,
+            Some(loaded.digest),
+            Some(ConfigFile {
+                path: path.to_owned(),
+                strictness,
+                refused: std::sync::Mutex::new(None),
+            }),
+        ))
+    }
+
+    /// The issuers of an authentication configuration given as compiled rules and static keys,
+    /// for tests: no file, no network.
+    pub fn with_authenticators(issuers: Vec<(JwtAuthenticator, KeySet)>) -> Self {
+        let issuers = issuers
+            .into_iter()
+            .map(|(rules, keys)| Issuer { rules, keys })
+            .collect();
+        Self::with_issuers(issuers, None, None)
+    }
+
+    fn with_issuers(
+        issuers: Vec<Issuer>,
+        digest: Option<String>,
+        file: Option<ConfigFile>,
+    ) -> Self {
+        Self {
+            issuers: RwLock::new(Arc::new(Issuers {
+                issuers: issuers.into_iter().map(Arc::new).collect(),
+                digest,
+            })),
+            file,
+        }
+    }
+
+    fn current(&self) -> Arc<Issuers> {
+        self.issuers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Fetches the keys unless they are loaded already; for start-up, to surface a wrong issuer
     /// URL or CA in the logs at once rather than with the first user's token.
     pub async fn load(&self) -> Result<(), IssuerError> {
-        if self.keys.is_loaded() {
-            return Ok(());
+        let mut result = Ok(());
+        for issuer in &self.current().issuers {
+            if !issuer.keys.is_loaded()
+                && let Err(error) = issuer.keys.refresh().await
+            {
+                result = Err(error);
+            }
         }
-        self.keys.refresh().await
+        result
     }
 
-    /// Fetches the keys now; previous keys stay in use if the issuer is unreachable.
+    /// Fetches every issuer's keys now; previous keys stay in use if an issuer is unreachable.
     pub async fn refresh_keys(&self) -> Result<(), IssuerError> {
-        self.keys.refresh().await
+        let mut result = Ok(());
+        for issuer in &self.current().issuers {
+            if let Err(error) = issuer.keys.refresh().await {
+                result = Err(error);
+            }
+        }
+        result
     }
 
     /// Runs forever: refreshes the keys every [`jwks::REFRESH_INTERVAL`], or sooner after a
@@ -193,14 +334,80 @@ impl Verifier {
         }
     }
 
-    /// Readiness: without keys every token would be refused.
-    pub fn is_ready(&self) -> bool {
-        self.keys.is_loaded()
+    /// Runs forever when the issuers come from a file: every `interval`, a changed file is
+    /// validated and replaces the configuration; an invalid one is logged and ignored, keeping
+    /// the last good configuration, as kube-apiserver does.
+    pub async fn watch_authentication_config(self: Arc<Self>, interval: Duration) {
+        let Some(file) = &self.file else { return };
+        loop {
+            tokio::time::sleep(interval).await;
+            if let Err(problem) = self.reload(file).await {
+                warn!(path = %file.path.display(), %problem, "ignoring the changed authentication configuration; keeping the previous one");
+            }
+        }
     }
 
-    /// The settings tokens are checked against, so callers report the same issuer and client.
-    pub fn config(&self) -> &OidcConfig {
-        &self.config
+    /// One reload attempt: `Ok` also when nothing changed.
+    async fn reload(&self, file: &ConfigFile) -> Result<(), String> {
+        let read = tokio::fs::read(&file.path).await;
+        // What identifies this content (or this failure to read it), to report it only once.
+        let seen = match &read {
+            Ok(data) => authn_config::digest(data),
+            Err(error) => format!("unreadable ({})", error.kind()),
+        };
+        let refused = || {
+            file.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if self.current().digest.as_ref() == Some(&seen) {
+            // Back to the configuration in force: a later bad edit is news again.
+            *refused() = None;
+            return Ok(());
+        }
+        if refused().as_ref() == Some(&seen) {
+            return Ok(());
+        }
+        let issuers = match read {
+            Err(error) => Err(format!("cannot read it: {error}")),
+            Ok(data) => match authn_config::parse(&data, file.strictness) {
+                Ok(loaded) => issuers_for(loaded.authenticators)
+                    .await
+                    .map_err(|e| format!("{seen}: {e}")),
+                Err(problem) => Err(format!("{seen} is invalid: {problem}")),
+            },
+        };
+        let issuers = match issuers {
+            Ok(issuers) => issuers,
+            Err(problem) => {
+                *refused() = Some(seen);
+                return Err(problem);
+            }
+        };
+        *refused() = None;
+        for issuer in &issuers {
+            // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
+            let _ = issuer.keys.refresh().await;
+        }
+        *self
+            .issuers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Issuers {
+            issuers: issuers.into_iter().map(Arc::new).collect(),
+            digest: Some(seen.clone()),
+        });
+        info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
+        Ok(())
+    }
+
+    /// Readiness: some issuer's keys are loaded, so some tokens can be judged. One issuer being
+    /// down does not take the operator away from the users of the others: its tokens get
+    /// `IssuerUnavailable` (503 with `Retry-After`) until its keys load.
+    pub fn is_ready(&self) -> bool {
+        self.current()
+            .issuers
+            .iter()
+            .any(|issuer| issuer.keys.is_loaded())
     }
 
     /// The only way from a token to an [`Identity`]: signature, issuer, audience and time checks
@@ -214,9 +421,39 @@ impl Verifier {
     }
 
     async fn verify_inner(&self, token: &str) -> Result<Identity, TokenError> {
-        let cfg = &self.config;
         let (header, unverified) = check_shape(token)?;
-        let alg = allowed_algorithm(&header, &cfg.algorithms)?;
+        let issuers = self.current();
+        let iss = match unverified.get("iss") {
+            None => return Err(TokenError::MissingClaim("iss".into())),
+            // Google's legacy `iss` without a scheme, which kube-apiserver coalesces.
+            Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => Some(GOOGLE_ISSUER),
+            Some(Value::String(iss)) => Some(iss.as_str()),
+            Some(_) => None,
+        };
+        let Some(issuer) = issuers.find(iss) else {
+            return Err(TokenError::WrongIssuer {
+                expected: issuers.names(),
+                found: iss.map_or_else(|| "<not a string>".into(), jwks::truncated),
+            });
+        };
+        issuer.verify(token, &header).await
+    }
+}
+
+/// Key sets for freshly loaded authenticators (not fetched yet).
+async fn issuers_for(authenticators: Vec<JwtAuthenticator>) -> Result<Vec<Issuer>, IssuerError> {
+    let mut issuers = Vec::with_capacity(authenticators.len());
+    for rules in authenticators {
+        let keys = KeySet::for_authenticator(&rules).await?;
+        issuers.push(Issuer { rules, keys });
+    }
+    Ok(issuers)
+}
+
+impl Issuer {
+    async fn verify(&self, token: &str, header: &JsonObject) -> Result<Identity, TokenError> {
+        let cfg = &self.rules;
+        let alg = allowed_algorithm(header, &cfg.algorithms)?;
         if header.contains_key("crit") {
             return Err(TokenError::Malformed(
                 "the header lists critical extensions (crit), which are not supported",
@@ -235,12 +472,7 @@ impl Verifier {
         let candidates = match kid {
             Some(kid) => match self.keys.find(kid).await {
                 Ok(Some(key)) => vec![key],
-                // A token of another issuer is signed with that issuer's keys: say so, from
-                // its unverified `iss` (kube-apiserver routes tokens by it the same way).
-                Ok(None) => {
-                    self.check_issuer(&unverified)?;
-                    return Err(TokenError::UnknownKey(jwks::truncated(kid)));
-                }
+                Ok(None) => return Err(TokenError::UnknownKey(jwks::truncated(kid))),
                 Err(error) => return Err(TokenError::IssuerUnavailable(error)),
             },
             None if cfg.strictness.require_key_id => {
@@ -253,37 +485,36 @@ impl Verifier {
                 .await
                 .map_err(TokenError::IssuerUnavailable)?,
         };
-        let claims = match verified_claims(token, alg, &candidates) {
-            Ok(claims) => claims,
-            // Without kid, another issuer's token fails on the signature instead.
-            Err(TokenError::BadSignature) if kid.is_none() => {
-                self.check_issuer(&unverified)?;
-                return Err(TokenError::BadSignature);
-            }
-            Err(error) => return Err(error),
-        };
+        let claims = verified_claims(token, alg, &candidates)?;
         self.check_issuer(&claims)?;
         self.identity(&claims)
     }
 
-    /// The token's `iss` must be the configured issuer exactly (a trailing slash matters).
+    /// The verified `iss` must be the issuer exactly (a trailing slash matters).
     fn check_issuer(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
         let found = match claims.get("iss") {
             None => return Err(TokenError::MissingClaim("iss".into())),
-            Some(Value::String(iss)) if *iss == self.config.issuer => return Ok(()),
+            Some(Value::String(iss)) if *iss == self.rules.issuer => return Ok(()),
+            // go-oidc's one exception, for Google's legacy tokens.
+            Some(Value::String(iss))
+                if self.rules.issuer == GOOGLE_ISSUER && iss == GOOGLE_ISSUER_NO_SCHEME =>
+            {
+                return Ok(());
+            }
             Some(Value::String(iss)) => jwks::truncated(iss),
             Some(_) => "<not a string>".into(),
         };
         Err(TokenError::WrongIssuer {
-            expected: self.config.issuer.clone(),
+            expected: self.rules.issuer.clone(),
             found,
         })
     }
 
-    /// The checks on the verified claims, in kube-apiserver's terms: the types go-oidc insists on,
-    /// audience, times, then the user's name and groups.
+    /// The checks on the verified claims, in kube-apiserver's order: the types go-oidc insists
+    /// on, audience, times, then username, groups, uid and extra, required claims, claim rules,
+    /// user rules.
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, TokenError> {
-        let cfg = &self.config;
+        let cfg = &self.rules;
         let strict = cfg.strictness;
         check_standard_claim_types(claims)?;
         self.check_audience(claims)?;
@@ -319,33 +550,67 @@ impl Verifier {
                 Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
             }
         };
+        // CEL sees the claims as one JSON object, as kube-apiserver's unstructured conversion.
+        let as_json = Value::Object(claims.clone());
 
-        // Like kube-apiserver, which decodes the claim into a Go string: null reads as "".
-        let username = match claims.get(&cfg.username_claim) {
-            Some(Value::String(name)) => name.as_str(),
-            Some(Value::Null) => "",
-            _ => return Err(TokenError::MissingClaim(cfg.username_claim.clone())),
+        let username = match &cfg.username {
+            Mapping::Claim { claim, prefix } => {
+                // Like kube-apiserver, which decodes the claim into a Go string: null reads as "".
+                let name = match claims.get(claim) {
+                    Some(Value::String(name)) => name.as_str(),
+                    Some(Value::Null) => "",
+                    _ => return Err(TokenError::MissingClaim(claim.clone())),
+                };
+                if strict.strict_names && name.is_empty() {
+                    return Err(TokenError::MissingClaim(claim.clone()));
+                }
+                // An email is only an identity if the issuer did not say it is unverified; the
+                // claim must then be a JSON boolean `true` (not the string "true").
+                if claim == "email" {
+                    match claims.get("email_verified") {
+                        None | Some(Value::Bool(true)) => {}
+                        Some(_) => return Err(TokenError::MissingClaim("email_verified".into())),
+                    }
+                }
+                format!("{prefix}{name}")
+            }
+            Mapping::Expression(expression) => {
+                let value = evaluate(expression, &as_json, "claimMappings.username.expression")?;
+                match cel::as_string(&value) {
+                    Some(name) if name.is_empty() => {
+                        return Err(TokenError::RefusedByRule(
+                            "empty username via CEL expression is not allowed".into(),
+                        ));
+                    }
+                    Some(name) => name,
+                    None => {
+                        return Err(TokenError::RefusedByRule(
+                            "username claim expression must return a string".into(),
+                        ));
+                    }
+                }
+            }
         };
-        if strict.strict_names && username.is_empty() {
-            return Err(TokenError::MissingClaim(cfg.username_claim.clone()));
-        }
         if strict.strict_names && username.chars().any(char::is_control) {
             return Err(TokenError::Malformed(
                 "the username claim contains control characters",
             ));
         }
-        // Like kube-apiserver: an email is only an identity if the issuer did not say it is
-        // unverified; the claim must then be a JSON boolean `true` (not the string "true").
-        if cfg.username_claim == "email" {
-            match claims.get("email_verified") {
-                None | Some(Value::Bool(true)) => {}
-                Some(_) => return Err(TokenError::MissingClaim("email_verified".into())),
-            }
-        }
 
-        let groups = match &cfg.groups_claim {
+        let groups = match &cfg.groups {
             None => Vec::new(),
-            Some(claim) => groups(claims, claim)?,
+            Some(Mapping::Claim { claim, prefix }) => groups(claims, claim)?
+                .into_iter()
+                .map(|name| format!("{prefix}{name}"))
+                .collect(),
+            Some(Mapping::Expression(expression)) => {
+                let value = evaluate(expression, &as_json, "claimMappings.groups.expression")?;
+                cel::as_string_list(&value).ok_or_else(|| {
+                    TokenError::RefusedByRule(
+                        "group claim expression must return a string or a list of strings".into(),
+                    )
+                })?
+            }
         };
         if strict.strict_names && groups.iter().any(|name| name.chars().any(char::is_control)) {
             return Err(TokenError::Malformed(
@@ -353,21 +618,76 @@ impl Verifier {
             ));
         }
 
+        let uid = match &cfg.uid {
+            None => String::new(),
+            Some(Mapping::Claim { claim, .. }) => match claims.get(claim) {
+                Some(Value::String(uid)) => uid.clone(),
+                Some(Value::Null) => String::new(),
+                _ => return Err(TokenError::MissingClaim(claim.clone())),
+            },
+            Some(Mapping::Expression(expression)) => {
+                let value = evaluate(expression, &as_json, "claimMappings.uid.expression")?;
+                cel::as_string(&value).ok_or_else(|| {
+                    TokenError::RefusedByRule("uid claim expression must return a string".into())
+                })?
+            }
+        };
+
+        let mut extra = BTreeMap::new();
+        if let Some(Value::String(jti)) = claims.get("jti")
+            && !jti.is_empty()
+        {
+            extra.insert(CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")]);
+        }
+        for (key, expression) in &cfg.extra {
+            let value = evaluate(expression, &as_json, "claimMappings.extra")?;
+            let values = cel::as_string_list(&value).ok_or_else(|| {
+                TokenError::RefusedByRule(format!(
+                    "extra mapping {key}: expression must return a string or a list of strings"
+                ))
+            })?;
+            if !values.is_empty() {
+                extra.insert(key.clone(), values);
+            }
+        }
+
+        for (claim, required) in &cfg.required_claims {
+            match claims.get(claim) {
+                Some(Value::String(value)) if value == required => {}
+                _ => {
+                    return Err(TokenError::RefusedByRule(format!(
+                        "required claim {claim} is missing or does not have the required value"
+                    )));
+                }
+            }
+        }
+        check_rules(&cfg.claim_rules, &as_json)?;
+        if !cfg.user_rules.is_empty() {
+            let user = serde_json::json!({
+                "username": username,
+                "uid": uid,
+                "groups": groups,
+                "extra": extra,
+            });
+            check_rules(&cfg.user_rules, &user)?;
+        }
+
         Ok(Identity {
-            username: format!("{}{username}", cfg.username_prefix),
-            groups: groups
-                .into_iter()
-                .map(|name| format!("{}{name}", cfg.groups_prefix))
-                .collect(),
+            username,
+            groups,
+            uid,
+            extra,
             expires_at,
             issued_at,
         })
     }
 
-    /// `aud` (one string or a list of strings) must contain the client ID. kube-apiserver ignores
-    /// `azp`; [`crate::config::Strictness::require_authorized_party`] adds OIDC's rule for several audiences.
+    /// `aud` (one string or a list of strings) must contain one of the audiences
+    /// (`audienceMatchPolicy: MatchAny`). kube-apiserver ignores `azp`;
+    /// [`crate::config::Strictness::require_authorized_party`] adds OIDC's rule for several
+    /// audiences.
     fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
-        let client_id = self.config.client_id.as_str();
+        let expected = &self.rules.audiences;
         let audiences: Vec<&str> = match claims.get("aud") {
             None => return Err(TokenError::MissingClaim("aud".into())),
             Some(Value::String(aud)) => vec![aud.as_str()],
@@ -385,19 +705,66 @@ impl Verifier {
                 ));
             }
         };
-        let mut ok = audiences.contains(&client_id);
-        if self.config.strictness.require_authorized_party && audiences.len() > 1 {
-            ok &= claims.get("azp").and_then(Value::as_str) == Some(client_id);
+        let mut ok = audiences
+            .iter()
+            .any(|aud| expected.iter().any(|e| e == aud));
+        let azp_required = self.rules.strictness.require_authorized_party;
+        if azp_required && audiences.len() > 1 {
+            let azp = claims.get("azp").and_then(Value::as_str);
+            ok &= expected.iter().any(|e| Some(e.as_str()) == azp);
         }
         if ok {
             Ok(())
         } else {
             Err(TokenError::WrongAudience {
-                expected: client_id.to_owned(),
-                azp_required: self.config.strictness.require_authorized_party,
+                expected: expected.join(", "),
+                azp_required,
             })
         }
     }
+}
+
+/// Google's issuer, and the `iss` without a scheme that its older tokens carry and that both
+/// kube-apiserver's routing and go-oidc accept for it.
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+const GOOGLE_ISSUER_NO_SCHEME: &str = "accounts.google.com";
+
+/// kube-apiserver's key for the token's `jti` in the user's extra (`user.CredentialIDKey`).
+pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
+
+/// An evaluation error refuses the token, as it does in kube-apiserver.
+fn evaluate(
+    expression: &cel::Expression,
+    input: &Value,
+    what: &str,
+) -> Result<kube_cel::cel::Value, TokenError> {
+    expression
+        .evaluate(input)
+        .map_err(|problem| TokenError::RefusedByRule(format!("error evaluating {what}: {problem}")))
+}
+
+/// Validation rules must all be `true`; the first that is not refuses with its message, or its
+/// expression when it has none.
+fn check_rules(rules: &[Rule], input: &Value) -> Result<(), TokenError> {
+    for rule in rules {
+        let value = evaluate(&rule.expression, input, "a validation rule")?;
+        match cel::as_bool(&value) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(TokenError::RefusedByRule(format!(
+                    "validation expression '{}' failed: {}",
+                    rule.expression.source(),
+                    rule.message
+                )));
+            }
+            None => {
+                return Err(TokenError::RefusedByRule(
+                    "validation expression must return a boolean".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The claims of a token whose signature verifies with one of `candidates` (one key when the
@@ -574,6 +941,9 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     };
     DateTime::from_timestamp(seconds, 0)
 }
+
+#[cfg(test)]
+mod config_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -1160,6 +1530,8 @@ pub(crate) mod tests {
                 groups: vec!["oidc:dev".into(), "oidc:ops".into()],
                 expires_at: DateTime::from_timestamp(exp, 0).unwrap(),
                 issued_at: DateTime::from_timestamp(iat, 0),
+                uid: String::new(),
+                extra: BTreeMap::new(),
             }
         );
     }

@@ -18,12 +18,13 @@ use std::{
 
 use jsonwebtoken::{
     Algorithm, AlgorithmFamily, DecodingKey,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 use url::Url;
 
+use super::authn_config::{CertificateAuthority, JwtAuthenticator};
 use crate::config::OidcConfig;
 
 /// How often the keys are refetched in the background; Dex rotates its signing key every few
@@ -73,8 +74,6 @@ pub enum IssuerError {
 pub(crate) struct SigningKey {
     key: DecodingKey,
     family: AlgorithmFamily,
-    /// The JWK's `alg`, when it pins one.
-    alg: Option<Algorithm>,
     curve: Option<EllipticCurve>,
 }
 
@@ -84,8 +83,9 @@ impl SigningKey {
     }
 
     /// Whether a signature made with `alg` may be checked with this key: same key family (so an
-    /// RSA or EC public key can never act as an HMAC secret), same curve, and the JWK's own `alg`
-    /// if it states one.
+    /// RSA or EC public key can never act as an HMAC secret) and same curve. The JWK's own `alg`,
+    /// `use` and `key_ops` are not looked at: go-jose, which kube-apiserver verifies with, ignores
+    /// them too (an RSA key published as `alg: RS256` verifies PS256 signatures there).
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         let curve_matches = match alg {
             Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
@@ -93,10 +93,7 @@ impl SigningKey {
             Algorithm::EdDSA => self.curve == Some(EllipticCurve::Ed25519),
             _ => true,
         };
-        alg.family() != AlgorithmFamily::Hmac
-            && self.family == alg.family()
-            && self.alg.is_none_or(|own| own == alg)
-            && curve_matches
+        alg.family() != AlgorithmFamily::Hmac && self.family == alg.family() && curve_matches
     }
 }
 
@@ -151,11 +148,19 @@ impl KeySet {
     /// Prepares fetching from the configured issuer without contacting it, so the operator can
     /// start (and report itself unready) while Dex is still down.
     pub async fn new(cfg: &OidcConfig) -> Result<Self, IssuerError> {
-        let client = issuer_client(cfg).await?;
-        let discovery = format!(
-            "{}/.well-known/openid-configuration",
-            cfg.issuer.trim_end_matches('/')
-        );
+        Self::for_authenticator(&JwtAuthenticator::from_legacy(cfg)).await
+    }
+
+    /// [`KeySet::new`] for one issuer of an authentication configuration: its discovery URL, if
+    /// set, replaces `<issuer>/.well-known/openid-configuration`, as kube-apiserver does.
+    pub async fn for_authenticator(cfg: &JwtAuthenticator) -> Result<Self, IssuerError> {
+        let client = issuer_client(&cfg.certificate_authority).await?;
+        let discovery = cfg.discovery_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/.well-known/openid-configuration",
+                cfg.issuer.trim_end_matches('/')
+            )
+        });
         let discovery_url = Url::parse(&discovery).map_err(|e| {
             IssuerError::Setup(format!("{discovery} is not a usable discovery URL: {e}"))
         })?;
@@ -353,25 +358,30 @@ impl Fetcher {
     }
 }
 
-/// The HTTP client for everything the operator asks the issuer: its CA, bounded waits, and
+/// The HTTP client for everything the operator asks an issuer: its CA, bounded waits, and
 /// redirects only within the issuer's origin. Shared by key fetching and the page's login.
-pub(crate) async fn issuer_client(cfg: &OidcConfig) -> Result<reqwest::Client, IssuerError> {
+pub(crate) async fn issuer_client(
+    ca: &CertificateAuthority,
+) -> Result<reqwest::Client, IssuerError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .redirect(same_origin_redirects());
-    if let Some(path) = &cfg.ca_file {
-        let pem = tokio::fs::read(path).await.map_err(|e| {
-            IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            IssuerError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
-        })?;
+    let (pem, source) = match ca {
+        CertificateAuthority::SystemRoots => (None, String::new()),
+        CertificateAuthority::Pem(pem) => (Some(pem.clone()), "certificateAuthority".to_owned()),
+        CertificateAuthority::File(path) => (
+            Some(tokio::fs::read(path).await.map_err(|e| {
+                IssuerError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
+            })?),
+            format!("the CA file {}", path.display()),
+        ),
+    };
+    if let Some(pem) = pem {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| IssuerError::Setup(format!("{source} is not PEM: {e}")))?;
         if certs.is_empty() {
-            return Err(IssuerError::Setup(format!(
-                "the CA file {} holds no certificate",
-                path.display()
-            )));
+            return Err(IssuerError::Setup(format!("{source} holds no certificate")));
         }
         builder = builder.tls_certs_merge(certs);
     }
@@ -458,15 +468,6 @@ fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) ->
 }
 
 fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
-    match &jwk.common.public_key_use {
-        None | Some(PublicKeyUse::Signature) => {}
-        Some(_) => return None,
-    }
-    if let Some(ops) = &jwk.common.key_operations
-        && !ops.contains(&KeyOperations::Verify)
-    {
-        return None;
-    }
     let (family, curve) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
         AlgorithmParameters::EllipticCurve(params) => {
@@ -478,15 +479,9 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
         // A symmetric secret has no business in a public JWKS; never use one.
         _ => return None,
     };
-    let alg = match jwk.common.key_algorithm {
-        // Names jsonwebtoken cannot verify with (e.g. RSA-OAEP) make the key unusable.
-        Some(declared) => Some(declared.to_string().parse::<Algorithm>().ok()?),
-        None => None,
-    };
     let key = SigningKey {
         key: DecodingKey::from_jwk(jwk).ok()?,
         family,
-        alg,
         curve,
     };
     algorithms
@@ -741,8 +736,10 @@ mod tests {
         ));
     }
 
+    /// As go-jose: `use`, `key_ops` and `alg` of a JWK do not restrict it; only a key that cannot
+    /// verify the allowed algorithms at all (HMAC secret, no kid) is dropped.
     #[test]
-    fn only_signing_keys_usable_with_the_allowed_algorithms_are_kept() {
+    fn keys_are_kept_by_their_type_as_go_jose_keeps_them() {
         let mut encryption = rsa_jwk("enc");
         encryption["use"] = json!("enc");
         let mut rs512 = rsa_jwk("rs512");
@@ -763,27 +760,19 @@ mod tests {
         let keys = KeySet::from_static(&jwks, &[Algorithm::RS256]);
         let mut kept: Vec<_> = keys.keys.read().unwrap().keys().cloned().collect();
         kept.sort();
-        assert_eq!(kept, vec!["good".to_owned(), "no-alg".to_owned()]);
+        assert_eq!(
+            kept,
+            ["enc", "good", "no-alg", "oaep", "rs512", "verify-only"].map(str::to_owned)
+        );
 
         let good = keys.cached("good").unwrap();
         assert!(good.accepts(Algorithm::RS256));
-        assert!(!good.accepts(Algorithm::RS512), "the JWK pins RS256");
+        assert!(
+            good.accepts(Algorithm::PS256),
+            "the JWK's alg RS256 does not pin it"
+        );
         assert!(!good.accepts(Algorithm::HS256));
         assert!(!good.accepts(Algorithm::ES256));
-    }
-
-    #[test]
-    fn a_key_pinned_to_another_rsa_algorithm_is_kept_only_for_it() {
-        let mut ps256 = rsa_jwk("ps256");
-        ps256["alg"] = json!("PS256");
-        let jwks: JwkSet = serde_json::from_value(json!({"keys": [ps256]})).unwrap();
-
-        let for_ps256 = KeySet::from_static(&jwks, &[Algorithm::RS256, Algorithm::PS256]);
-        let key = for_ps256.cached("ps256").expect("kept for PS256");
-        assert!(key.accepts(Algorithm::PS256));
-        assert!(!key.accepts(Algorithm::RS256), "the JWK pins PS256");
-        let rs256_only = KeySet::from_static(&jwks, &[Algorithm::RS256]);
-        assert!(rs256_only.cached("ps256").is_none());
     }
 
     #[tokio::test]

@@ -1,0 +1,7 @@
+//! Everything about ID tokens: the issuers' keys ([`jwks`]) and the verdict on a token
+//! ([`verify`]), with kube-apiserver's semantics.
+
+pub mod authn_config;
+pub mod cel;
+pub mod jwks;
+pub mod verify;

@@ -1,0 +1,774 @@
+//! The operator's verdict on a token against kube-apiserver's own, token by token: each token of
+//! a corpus goes through the operator's validator and through a `SelfSubjectReview` (which every
+//! authenticated user may create, so its answer is the API server's verdict and the identity it
+//! gives), and both must agree on accept or refuse and on username, uid, groups and extra.
+//!
+//! Two API servers of the local cluster are compared, each with the operator configured the same
+//! way:
+//! - the one with `--oidc-*` flags (main Dex, client `kubeconfig-operator`, claims `email` and
+//!   `groups`), against the operator's flat `oidc.*` settings;
+//! - the one with `--authentication-config` (main Dex with two audiences, a CEL username, a
+//!   groups prefix, uid and an extra mapping; the short-lived Dex; the harness's test issuer with
+//!   required claims, CEL rules and a user rule), against the operator reading the same file.
+//!
+//! The corpus: real Dex tokens for both users and both clients (also with two audiences and a
+//! foreign `azp`), short-lived Dex tokens fresh and expired, and tokens the test signs with the
+//! test issuer's keys (which its JWKS publishes): just expired, expired beyond the old 30 s
+//! leeway, `nbf` inside and outside the skew, `email_verified` false, absent and "false", groups
+//! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse.
+
+mod support;
+
+use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
+
+use base64::Engine as _;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kubeconfig_operator::{
+    config::{ConfigArgs, OidcSettings, Strictness},
+    oidc::verify::{IdToken, Identity, Verifier},
+};
+use serde_json::{Value, json};
+use support::{
+    Client, Cluster, Namespace, cluster, id_token_for_client, id_token_short_lived,
+    operator::{Issuer, Operator},
+    requests::http_get_kubeconfig,
+};
+
+/// The group kube-apiserver adds to every authenticated user; it is not the token's.
+const AUTHENTICATED: &str = "system:authenticated";
+
+/// kube-apiserver's verdict: the identity it gives the token, or `None` for 401.
+async fn api_server_verdict(
+    server: &str,
+    ca: &reqwest::Certificate,
+    token: &str,
+) -> Option<Identity> {
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .build()
+        .expect("an HTTPS client for the API server");
+    let response = client
+        .post(format!(
+            "{server}/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        ))
+        .bearer_auth(token)
+        .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}))
+        .send()
+        .await
+        .expect("reach the API server");
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON answer");
+    match status.as_u16() {
+        401 => None,
+        201 => {
+            let user = &body["status"]["userInfo"];
+            let strings = |value: &Value| -> Vec<String> {
+                value
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            Some(Identity {
+                username: user["username"].as_str().unwrap_or_default().to_owned(),
+                uid: user["uid"].as_str().unwrap_or_default().to_owned(),
+                groups: strings(&user["groups"])
+                    .into_iter()
+                    .filter(|group| group != AUTHENTICATED)
+                    .collect(),
+                extra: user["extra"]
+                    .as_object()
+                    .map(|extra| {
+                        extra
+                            .iter()
+                            .map(|(key, values)| (key.clone(), strings(values)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                // Not part of the comparison.
+                expires_at: Utc::now(),
+                issued_at: None,
+            })
+        }
+        other => panic!("SelfSubjectReview answered {other}: {body}"),
+    }
+}
+
+/// What is compared: the identity without its times (`None` for a refusal).
+#[derive(Debug, PartialEq)]
+struct Who {
+    username: String,
+    uid: String,
+    groups: Vec<String>,
+    extra: BTreeMap<String, Vec<String>>,
+}
+
+fn comparable(verdict: &Option<Identity>) -> Option<Who> {
+    verdict.as_ref().map(|identity| Who {
+        username: identity.username.clone(),
+        uid: identity.uid.clone(),
+        groups: identity.groups.clone(),
+        extra: identity.extra.clone(),
+    })
+}
+
+/// What one API server's comparison found.
+struct Outcome {
+    disagreements: Vec<String>,
+    /// The labels of the tokens both accepted.
+    accepted: Vec<String>,
+}
+
+/// Runs the corpus through both, printing each verdict and the counts.
+async fn compare(
+    name: &str,
+    verifier: &Verifier,
+    server: &str,
+    ca: &reqwest::Certificate,
+    corpus: &[(String, String)],
+) -> Outcome {
+    verifier
+        .load()
+        .await
+        .expect("the operator fetches every issuer's keys");
+    let mut disagreements = Vec::new();
+    let mut accepted = Vec::new();
+    for (label, token) in corpus {
+        let ours = verifier.verify(&IdToken::from(token.clone())).await;
+        let theirs = api_server_verdict(server, ca, token).await;
+        let ours_cmp = comparable(&ours.as_ref().ok().cloned());
+        if ours_cmp.is_some() && theirs.is_some() {
+            accepted.push(label.clone());
+        }
+        match &ours {
+            Ok(identity) => println!("  {label}: accepted as {:?}", identity.username),
+            Err(error) => println!("  {label}: refused ({})", error.reason()),
+        }
+        if ours_cmp != comparable(&theirs) {
+            disagreements.push(format!(
+                "{label}: operator {:?}, kube-apiserver {:?}",
+                ours.map(|i| comparable(&Some(i)))
+                    .map_err(|e| e.to_string()),
+                comparable(&theirs)
+            ));
+        }
+    }
+    println!(
+        "{name}: {} tokens compared ({} accepted by both), {} disagreements",
+        corpus.len(),
+        accepted.len(),
+        disagreements.len()
+    );
+    Outcome {
+        disagreements,
+        accepted,
+    }
+}
+
+/// Signs tokens for one issuer with keys its JWKS publishes: the harness test issuer's (RSA and
+/// EC, which the test holds) or the main Dex's current signing key (read from Dex's storage).
+struct Signer {
+    issuer: String,
+    /// The RSA key and its kid.
+    rsa: (EncodingKey, String),
+    /// The EC P-256 key and its kid, when the issuer has one.
+    ec: Option<(EncodingKey, String)>,
+    /// The claims of a valid token, with its `iss`.
+    base: Value,
+}
+
+/// A PEM file's private key as DER (PKCS#1 or PKCS#8, whichever the file holds).
+fn key_der(path: &str) -> Vec<u8> {
+    let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{path} holds no private key"));
+    key.secret_der().to_vec()
+}
+
+fn env<'a>(cluster: &'a Cluster, name: &str) -> &'a str {
+    cluster
+        .env
+        .get(name)
+        .unwrap_or_else(|| panic!("the cluster env has no {name}; run make cluster-up"))
+}
+
+impl Signer {
+    fn test_issuer(cluster: &Cluster) -> Self {
+        let now = Utc::now().timestamp();
+        let issuer = env(cluster, "TEST_ISSUER_URL").to_owned();
+        Self {
+            // PKCS#1 and PKCS#8 DER, as the harness writes them.
+            rsa: (
+                EncodingKey::from_rsa_der(&key_der(env(cluster, "TEST_ISSUER_RSA_KEY_FILE"))),
+                "test-rsa".into(),
+            ),
+            ec: Some((
+                EncodingKey::from_ec_der(&key_der(env(cluster, "TEST_ISSUER_EC_KEY_FILE"))),
+                "test-ec".into(),
+            )),
+            base: json!({
+                "iss": issuer,
+                "sub": "carol-1",
+                "aud": "kubeconfig-operator",
+                "exp": now + 600,
+                "iat": now,
+                "email": "carol@example.com",
+                "email_verified": true,
+                "groups": ["devs", "ops"],
+                "tenant": "acme",
+                "roles": ["reader"],
+            }),
+            issuer,
+        }
+    }
+
+    /// The main Dex's current signing key, as `dexkey` reads it from Dex's storage.
+    fn dex(cluster: &Cluster) -> Self {
+        let output = std::process::Command::new(env(cluster, "DEX_KEY_TOOL"))
+            .arg(env(cluster, "DEX_DB_FILE"))
+            .output()
+            .expect("run dexkey");
+        assert!(
+            output.status.success(),
+            "dexkey failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let key: Value = serde_json::from_slice(&output.stdout).expect("dexkey prints JSON");
+        assert_eq!(key["alg"], "RS256");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(key["pkcs1"].as_str().expect("pkcs1"))
+            .expect("base64 DER");
+        let now = Utc::now().timestamp();
+        Self {
+            rsa: (
+                EncodingKey::from_rsa_der(&der),
+                key["kid"].as_str().expect("kid").to_owned(),
+            ),
+            ec: None,
+            base: json!({
+                "iss": cluster.oidc_issuer_url,
+                "sub": "CgVhbGljZRIEbGRhcA",
+                "aud": "kubeconfig-operator",
+                "exp": now + 600,
+                "iat": now,
+                "email": "alice@example.com",
+                "email_verified": true,
+                "groups": ["team-a"],
+                "name": "Alice",
+            }),
+            issuer: cluster.oidc_issuer_url.clone(),
+        }
+    }
+
+    fn sign_as(&self, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        let key = match (alg, &self.ec) {
+            (Algorithm::ES256, Some((ec, _))) => ec,
+            _ => &self.rsa.0,
+        };
+        jsonwebtoken::encode(&header, claims, key).expect("sign a test token")
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_as(Algorithm::RS256, Some(&self.rsa.1), claims)
+    }
+
+    fn claims(&self) -> Value {
+        self.base.clone()
+    }
+}
+
+fn with(mut claims: Value, name: &str, value: Value) -> Value {
+    claims[name] = value;
+    claims
+}
+
+fn without(mut claims: Value, name: &str) -> Value {
+    claims
+        .as_object_mut()
+        .expect("claims are an object")
+        .remove(name);
+    claims
+}
+
+type Corpus = Vec<(String, String)>;
+
+/// The cases every issuer gets: times, audiences, `email_verified`, groups shapes, keys.
+fn common_cases(signer: &Signer, who: &str) -> Corpus {
+    let now = Utc::now().timestamp();
+    let base = signer.claims();
+    let kid = signer.rsa.1.as_str();
+    let cases: Vec<(&str, String)> = vec![
+        ("valid RS256", signer.sign(&base)),
+        (
+            "PS256 with the RSA key",
+            signer.sign_as(Algorithm::PS256, Some(kid), &base),
+        ),
+        (
+            "no kid: every key is tried",
+            signer.sign_as(Algorithm::RS256, None, &base),
+        ),
+        (
+            "unknown kid",
+            signer.sign_as(Algorithm::RS256, Some("rotated-away"), &base),
+        ),
+        (
+            "two audiences, azp the other",
+            signer.sign(&with(
+                with(
+                    base.clone(),
+                    "aud",
+                    json!(["other-app", "kubeconfig-operator"]),
+                ),
+                "azp",
+                json!("other-app"),
+            )),
+        ),
+        (
+            "audience other-app only",
+            signer.sign(&with(base.clone(), "aud", json!("other-app"))),
+        ),
+        (
+            "foreign audience only",
+            signer.sign(&with(base.clone(), "aud", json!(["someone-else"]))),
+        ),
+        (
+            "expired 1 s ago",
+            signer.sign(&with(base.clone(), "exp", json!(now - 1))),
+        ),
+        (
+            "expired 10 s ago",
+            signer.sign(&with(base.clone(), "exp", json!(now - 10))),
+        ),
+        (
+            "expired 45 s ago (beyond the old leeway)",
+            signer.sign(&with(base.clone(), "exp", json!(now - 45))),
+        ),
+        (
+            "exp as a fractional number",
+            signer.sign(&with(base.clone(), "exp", json!(now as f64 + 600.5))),
+        ),
+        (
+            "exp as a numeric string",
+            signer.sign(&with(base.clone(), "exp", json!((now + 600).to_string()))),
+        ),
+        ("no exp", signer.sign(&without(base.clone(), "exp"))),
+        (
+            "nbf 30 s ahead (inside the skew)",
+            signer.sign(&with(base.clone(), "nbf", json!(now + 30))),
+        ),
+        (
+            "nbf 5 min ahead (outside the skew)",
+            signer.sign(&with(base.clone(), "nbf", json!(now + 300))),
+        ),
+        (
+            "nbf in the past",
+            signer.sign(&with(base.clone(), "nbf", json!(now - 10))),
+        ),
+        (
+            "iat an hour ahead",
+            signer.sign(&with(base.clone(), "iat", json!(now + 3600))),
+        ),
+        ("no iat", signer.sign(&without(base.clone(), "iat"))),
+        (
+            "email_verified false",
+            signer.sign(&with(base.clone(), "email_verified", json!(false))),
+        ),
+        (
+            "email_verified absent",
+            signer.sign(&without(base.clone(), "email_verified")),
+        ),
+        (
+            "email_verified \"false\"",
+            signer.sign(&with(base.clone(), "email_verified", json!("false"))),
+        ),
+        (
+            "email_verified \"true\"",
+            signer.sign(&with(base.clone(), "email_verified", json!("true"))),
+        ),
+        ("no email", signer.sign(&without(base.clone(), "email"))),
+        (
+            "groups as a string",
+            signer.sign(&with(base.clone(), "groups", json!("admins"))),
+        ),
+        (
+            "groups absent",
+            signer.sign(&without(base.clone(), "groups")),
+        ),
+        (
+            "groups null",
+            signer.sign(&with(base.clone(), "groups", Value::Null)),
+        ),
+        (
+            "groups with a number",
+            signer.sign(&with(base.clone(), "groups", json!(["a", 1]))),
+        ),
+        (
+            "jti becomes the credential id",
+            signer.sign(&with(base.clone(), "jti", json!("token-42"))),
+        ),
+        (
+            "sub not a string",
+            signer.sign(&with(base.clone(), "sub", json!(7))),
+        ),
+        (
+            "issuer with a trailing slash",
+            signer.sign(&with(
+                base.clone(),
+                "iss",
+                json!(format!("{}/", signer.issuer)),
+            )),
+        ),
+        ("signed by a key the issuer does not publish", {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.to_owned());
+            jsonwebtoken::encode(
+                &header,
+                &base,
+                &kubeconfig_operator::testing::issuer().encoding,
+            )
+            .expect("sign")
+        }),
+    ];
+    cases
+        .into_iter()
+        .map(|(label, token)| (format!("{who}: {label}"), token))
+        .collect()
+}
+
+/// The cases of the main Dex's own mappings: the CEL username reads `email`, the claim rule
+/// `email_verified`, the extra `name`.
+fn dex_cases(signer: &Signer) -> Corpus {
+    let base = signer.claims();
+    let mut corpus = common_cases(signer, "Dex-signed");
+    for (label, claims) in [
+        ("no name: no extra", without(base.clone(), "name")),
+        (
+            "name as a list",
+            with(base.clone(), "name", json!(["Alice", "A."])),
+        ),
+        ("email null", with(base.clone(), "email", Value::Null)),
+    ] {
+        corpus.push((format!("Dex-signed: {label}"), signer.sign(&claims)));
+    }
+    corpus
+}
+
+/// The test issuer's rules: required claim, CEL claim and user rules, CEL uid and extra.
+fn test_issuer_cases(signer: &Signer) -> Corpus {
+    let base = signer.claims();
+    let mut corpus = common_cases(signer, "test issuer");
+    let ec_kid = signer.ec.as_ref().map(|(_, kid)| kid.as_str());
+    corpus.push((
+        "test issuer: ES256".into(),
+        signer.sign_as(Algorithm::ES256, ec_kid, &base),
+    ));
+    corpus.push((
+        "test issuer: ES256 under the RSA kid".into(),
+        signer.sign_as(Algorithm::ES256, Some(&signer.rsa.1), &base),
+    ));
+    for (label, claims) in [
+        (
+            "second audience",
+            with(base.clone(), "aud", json!("test-audience-b")),
+        ),
+        ("email null", with(base.clone(), "email", Value::Null)),
+        (
+            "required claim tenant missing",
+            without(base.clone(), "tenant"),
+        ),
+        (
+            "required claim tenant wrong",
+            with(base.clone(), "tenant", json!("globex")),
+        ),
+        (
+            "CEL claim rule refuses blocked",
+            with(base.clone(), "blocked", json!(true)),
+        ),
+        (
+            "CEL claim rule: blocked as the string \"true\"",
+            with(base.clone(), "blocked", json!("true")),
+        ),
+        (
+            "CEL user rule refuses root",
+            with(base.clone(), "email", json!("root@example.com")),
+        ),
+        (
+            "extra from a string",
+            with(base.clone(), "roles", json!("admin")),
+        ),
+        (
+            "extra from an empty list",
+            with(base.clone(), "roles", json!([])),
+        ),
+        (
+            "extra drops empty strings",
+            with(base.clone(), "roles", json!(["a", ""])),
+        ),
+        (
+            "extra from a list with a number",
+            with(base.clone(), "roles", json!(["a", 2])),
+        ),
+        ("no sub: the CEL uid fails", without(base.clone(), "sub")),
+    ] {
+        corpus.push((format!("test issuer: {label}"), signer.sign(&claims)));
+    }
+    corpus
+}
+
+/// Real Dex tokens: both users and both clients, also with two audiences and a foreign `azp`.
+fn dex_tokens(cluster: &Cluster) -> Corpus {
+    let mut corpus = Vec::new();
+    for user in ["alice", "bob"] {
+        for (label, client) in [
+            ("for kubeconfig-operator", Client::Operator),
+            ("for other-app", Client::Other),
+            (
+                "for kubeconfig-operator and other-app",
+                Client::OperatorForOther,
+            ),
+            (
+                "for other-app and kubeconfig-operator, azp other-app",
+                Client::OtherForOperator,
+            ),
+        ] {
+            corpus.push((
+                format!("Dex {user} {label}"),
+                id_token_for_client(cluster, user, client),
+            ));
+        }
+    }
+    corpus
+}
+
+/// Fresh tokens of the short-lived Dex (5 s): compared first, while they are valid.
+fn short_lived_tokens(cluster: &Cluster, state: &str) -> Corpus {
+    ["alice", "bob"]
+        .iter()
+        .map(|user| {
+            (
+                format!("short-lived Dex {user} {state}"),
+                id_token_short_lived(cluster, user),
+            )
+        })
+        .collect()
+}
+
+/// The whole corpus, made right before it is compared so that relative times hold.
+/// The short-lived Dex's fresh tokens are fetched last and checked first, so they are still valid.
+fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
+    let mut rest = dex_tokens(cluster);
+    rest.extend(dex_cases(&Signer::dex(cluster)));
+    rest.extend(test_issuer_cases(&Signer::test_issuer(cluster)));
+    rest.extend(expired.iter().cloned());
+    let mut corpus = short_lived_tokens(cluster, "fresh");
+    corpus.extend(rest);
+    corpus
+}
+
+fn args_for(cluster: &Cluster) -> ConfigArgs {
+    ConfigArgs {
+        server: Some(cluster.kube_server.clone()),
+        ca_file: Some(PathBuf::from(&cluster.kube_ca_file)),
+        ..ConfigArgs::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_and_kube_apiserver_agree_on_every_token() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cluster = cluster();
+    let ca = reqwest::Certificate::from_pem(
+        &std::fs::read(&cluster.kube_ca_file).expect("read the cluster CA"),
+    )
+    .expect("the cluster CA is PEM");
+    // Short-lived Dex tokens that have expired by the time they are compared.
+    let expired = short_lived_tokens(cluster, "expired");
+    thread::sleep(Duration::from_secs(6));
+
+    // The API server with --oidc-* flags, and the operator with the same flat settings.
+    let legacy_args = ConfigArgs {
+        oidc_issuer_url: Some(cluster.oidc_issuer_url.clone()),
+        oidc_client_id: Some(cluster.oidc_client_id.clone()),
+        oidc_ca_file: Some(PathBuf::from(&cluster.oidc_ca_file)),
+        oidc_username_claim: Some("email".into()),
+        oidc_groups_claim: Some("groups".into()),
+        ..args_for(cluster)
+    };
+    let legacy = match kubeconfig_operator::config::Config::load(&legacy_args)
+        .expect("the legacy settings are valid")
+        .oidc
+    {
+        OidcSettings::Flags(oidc) => Verifier::new(*oidc).await.expect("a verifier"),
+        other => panic!("expected the flat settings, got {other:?}"),
+    };
+    let legacy_corpus = corpus(cluster, &expired);
+    let legacy_outcome = compare(
+        "kube-apiserver with --oidc-* flags",
+        &legacy,
+        &cluster.kube_server,
+        &ca,
+        &legacy_corpus,
+    )
+    .await;
+
+    // The API server with --authentication-config, and the operator reading the same file.
+    let file = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
+    let authn_args = ConfigArgs {
+        authentication_config: Some(file),
+        ..args_for(cluster)
+    };
+    let structured = match kubeconfig_operator::config::Config::load(&authn_args)
+        .expect("the authentication configuration setting is valid")
+        .oidc
+    {
+        OidcSettings::AuthenticationConfig { path, strictness } => {
+            assert_eq!(strictness, Strictness::default());
+            Verifier::from_authentication_config(&path, strictness)
+                .await
+                .expect("the operator accepts the API server's file")
+        }
+        other => panic!("expected the authentication configuration, got {other:?}"),
+    };
+    let structured_corpus = corpus(cluster, &expired);
+    let structured_outcome = compare(
+        "kube-apiserver with --authentication-config",
+        &structured,
+        env(cluster, "KUBE_AUTHN_SERVER"),
+        &ca,
+        &structured_corpus,
+    )
+    .await;
+
+    for corpus in [&legacy_corpus, &structured_corpus] {
+        assert!(corpus.len() >= 40, "the corpus has {} tokens", corpus.len());
+    }
+    // The cases the corpus is for were really exercised, not refused by both for another reason.
+    for (outcome, must_accept) in [
+        (
+            &legacy_outcome,
+            &[
+                "Dex alice for other-app and kubeconfig-operator, azp other-app",
+                "Dex-signed: nbf 30 s ahead (inside the skew)",
+                "Dex-signed: email_verified absent",
+                "Dex-signed: groups as a string",
+            ][..],
+        ),
+        (
+            &structured_outcome,
+            &[
+                "short-lived Dex alice fresh",
+                "Dex bob for other-app",
+                "test issuer: ES256",
+                "test issuer: extra from a string",
+                "test issuer: CEL claim rule: blocked as the string \"true\"",
+            ][..],
+        ),
+    ] {
+        for label in must_accept {
+            assert!(
+                outcome.accepted.iter().any(|accepted| accepted == label),
+                "{label} was not accepted by both"
+            );
+        }
+    }
+    let disagreements: Vec<&String> = legacy_outcome
+        .disagreements
+        .iter()
+        .chain(&structured_outcome.disagreements)
+        .collect();
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements
+            .iter()
+            .map(|line| line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The operator binary reloads its authentication configuration: an edit changes its verdict
+/// without a restart, and an invalid edit is logged with its digest and ignored.
+#[test]
+fn editing_the_authentication_configuration_changes_the_verdict_without_a_restart() {
+    let cluster = cluster();
+    let issuer = Signer::test_issuer(cluster);
+    let original = std::fs::read_to_string(env(cluster, "AUTHENTICATION_CONFIG_FILE"))
+        .expect("read the cluster's authentication configuration");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("authentication-config.yaml");
+    std::fs::write(&file, &original).expect("write the operator's copy");
+    let path = file.to_str().expect("UTF-8 path");
+    let ns = Namespace::new(cluster, "authn-reload");
+    let operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &["--authentication-config", path],
+    );
+    let token = issuer.sign(&issuer.claims());
+    let status = || http_get_kubeconfig(&operator.base_url, Some(&token), "").status;
+    assert_eq!(
+        status(),
+        200,
+        "the test issuer's token is accepted at first"
+    );
+
+    // The owner now requires another tenant: the same token is refused, without a restart.
+    let edited = original.replace("requiredValue: acme", "requiredValue: globex");
+    assert_ne!(edited, original);
+    std::fs::write(&file, &edited).expect("edit the file");
+    support::eventually(Duration::from_secs(30), "the edit takes effect", || {
+        status() == 401
+    });
+
+    // An invalid edit is logged with its digest and ignored: the last good file stays in force.
+    let broken = edited.replace(
+        "audienceMatchPolicy: MatchAny",
+        "audienceMatchPolicy: MatchAll",
+    );
+    std::fs::write(&file, &broken).expect("break the file");
+    support::eventually(
+        Duration::from_secs(30),
+        "the invalid edit is logged",
+        || {
+            !operator
+                .log_events_with(
+                    "ignoring the changed authentication configuration; keeping the previous one",
+                )
+                .is_empty()
+        },
+    );
+    let logged = operator.log_events_with(
+        "ignoring the changed authentication configuration; keeping the previous one",
+    );
+    let problem = logged[0].to_string();
+    assert!(
+        problem.contains("sha256:") && problem.contains("audienceMatchPolicy must be MatchAny"),
+        "{problem}"
+    );
+    assert_eq!(
+        status(),
+        401,
+        "the last good configuration is still in force"
+    );
+
+    // Back to the original: accepted again.
+    std::fs::write(&file, &original).expect("restore the file");
+    support::eventually(
+        Duration::from_secs(30),
+        "the restored file takes effect",
+        || status() == 200,
+    );
+}
