@@ -526,13 +526,13 @@ async fn logout(
     }
     let jar = console.jar(&headers);
     let session: Option<Session> = console.cookies.read(&jar, Kind::Session);
-    if let Some(session) = &session {
-        if !session.csrf_matches(&form.csrf) {
-            return console.problem(
-                StatusCode::FORBIDDEN,
-                "Refused: the form's CSRF token is not this session's; reload the page.",
-            );
-        }
+    if let Some(session) = &session
+        && !session.csrf_matches(&form.csrf)
+    {
+        return console.problem(
+            StatusCode::FORBIDDEN,
+            "Refused: the form's CSRF token is not this session's; reload the page.",
+        );
     }
     let jar = jar.remove(console.cookies.removal(Kind::Session));
     (jar, Redirect::to(PAGE_ROUTE)).into_response()
