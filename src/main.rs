@@ -52,8 +52,22 @@ enum Command {
 /// Exit code for a configuration the operator refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts its threads.
+    kubeconfig_operator::allocator::configure();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(start()),
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> ExitCode {
     match Cli::parse().command {
         Command::Crd => match kubeconfig_operator::yaml::to_string(&crd::definition()) {
             Ok(yaml) => {
