@@ -16,9 +16,9 @@ use std::{
 use super::Cluster;
 
 /// Which Dex the operator trusts: the main one (24 h tokens) or the short-lived one (5 s tokens);
-/// or none from flags, because the test passes `--authentication-config`. kube-apiserver trusts
-/// only the main one, so with the short-lived one the operator does not ask the API server to
-/// confirm tokens, unless a test passes `--confirm-with-api-server`.
+/// or none from flags, because the test passes `--authentication-config`. The API server the
+/// operator talks to (the one with `--oidc-*` flags) trusts only the main one, so with the others
+/// the operator does not ask it to confirm tokens, unless a test passes `--confirm-with-api-server`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Issuer {
     Main,
@@ -122,7 +122,7 @@ impl Operator {
                 ]
             }))
             .args(
-                (issuer == Issuer::ShortLived
+                (issuer != Issuer::Main
                     && !extra_args
                         .iter()
                         .any(|arg| arg.starts_with("--confirm-with-api-server")))
