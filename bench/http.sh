@@ -8,7 +8,8 @@
 #                        through the apiserver-proxy, and straight at the API server
 # Also the operator's CPU per /kube-config answer against one RS256 verification (the
 # `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`, on the same core).
-# Prints a table and appends it to bench/results.md. Usage: bench/http.sh
+# Prints a table and appends it to bench/results.md. Usage: bench/http.sh (BENCH_PROFILE=profiling
+# uses the release build with symbols that bench/profile.sh builds, to save a build).
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
@@ -17,7 +18,8 @@ CONNECTIONS=${CONNECTIONS:-16}
 command -v wrk >/dev/null || bash scripts/install-deps.sh
 
 bench_cluster
-bench_build release
+bench_build "${BENCH_PROFILE:-release}"
+cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput --no-run >&2
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -108,7 +110,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-verify_ns=$(taskset -c 0 cargo bench --bench throughput 2>/dev/null | awk '$2 == "jsonwebtoken_decode" {print $3}')
+verify_ns=$(taskset -c 0 cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput 2>/dev/null | awk '$2 == "jsonwebtoken_decode" {print $3}')
 cpu_us=$(awk -v t="$kube_config_ticks" -v n="$kube_config_requests" -v hz="$(getconf CLK_TCK)" \
 	'BEGIN { printf "%.1f", t / hz / n * 1e6 }')
 
@@ -129,4 +131,4 @@ direct=$(median "${rps[direct]}")
 	echo
 	awk -v c="$cpu_us" -v v="$verify_ns" 'BEGIN { printf "Operator CPU per /kube-config answer (confirmation off): %s µs = %.2f× one RS256 verification (%.1f µs, jsonwebtoken::decode on the same core).\n", c, c * 1000 / v, v / 1000 }'
 	echo "Medians of $ROUNDS interleaved rounds of $DURATION, $CONNECTIONS connections, wrk on core 1, operator on core 0; the API server is not pinned."
-} | append_results "HTTP load (bench/http.sh)" "ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bench/http.sh"
+} | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bench/http.sh"

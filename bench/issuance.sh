@@ -8,6 +8,6 @@ source "$(dirname "$0")/lib.sh"
 bench_cluster
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo bench --bench issuance 2>&1 | tee "$log" >&2
+cargo bench --profile "${BENCH_PROFILE:-bench}" --bench issuance 2>&1 | tee "$log" >&2
 grep '^|' "$log" | append_results "Issuance and memory (bench/issuance.sh)" \
-	"ISSUANCE_SIZES=${ISSUANCE_SIZES:-1000,5000} MEMORY_REQUESTS=${MEMORY_REQUESTS:-10000} UNRELATED_SECRETS=${UNRELATED_SECRETS:-20000} bench/issuance.sh"
+	"BENCH_PROFILE=${BENCH_PROFILE:-bench} ISSUANCE_SIZES=${ISSUANCE_SIZES:-1000,5000} MEMORY_REQUESTS=${MEMORY_REQUESTS:-10000} UNRELATED_SECRETS=${UNRELATED_SECRETS:-20000} bench/issuance.sh"
