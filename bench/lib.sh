@@ -54,7 +54,7 @@ append_results() {
 		printf -- '- versions: operator %s (%s), %s, kube-apiserver %s\n' \
 			"$(git describe --always --dirty 2>/dev/null)" "$(cargo pkgid | sed 's/.*[#@]//')" \
 			"$(rustc --version)" \
-			"$(kubectl version -o json 2>/dev/null | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -1)"
+			"$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' tests/cluster/go.mod)"
 		printf -- '- commands: `%s`\n\n' "$commands"
 		cat
 	} | tee -a "$results"
