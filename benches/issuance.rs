@@ -54,6 +54,9 @@ const CONCURRENCY: usize = 16;
 const UNRELATED_SECRET_BYTES: usize = 2048;
 /// How long memory is left to settle before it is read.
 const SETTLE: Duration = Duration::from_secs(5);
+/// After deletions: past the controller's 30 s sweep, which drops what it kept for deleted
+/// requests and hands freed pages back.
+const AFTER_SWEEP: Duration = Duration::from_secs(35);
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -458,7 +461,7 @@ fn main() {
         let total_calls: f64 =
             calls_after.values().sum::<f64>() - calls_before.values().sum::<f64>();
         delete_namespace(cluster, issue_ns);
-        thread::sleep(SETTLE);
+        thread::sleep(AFTER_SWEEP);
         let after_delete = rss_kib(operator.pid());
 
         rows.push(format!(
