@@ -47,7 +47,8 @@ wait %2 || true
 echo "== GET /kube-config under load: heaviest functions by self time"
 flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections)" bench/profile-http.svg
 
-# ---- issuance ---------------------------------------------------------------------------------
+# ---- issuance (PROFILE_ISSUANCE=0 skips it) ---------------------------------------------------
+[[ ${PROFILE_ISSUANCE:-1} == 1 ]] || exit 0
 ISSUANCE_SIZES=${ISSUANCE_SIZES:-1000} MEMORY_REQUESTS=0 UNRELATED_SECRETS=0 SINGLE_SAMPLES=1 \
 	cargo bench --profile profiling --bench issuance >"$work/issuance.txt" 2>&1 &
 bench=$!
