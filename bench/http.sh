@@ -20,13 +20,7 @@ command -v wrk >/dev/null || bash scripts/install-deps.sh
 bench_cluster
 bench_build "${BENCH_PROFILE:-release}"
 cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput --no-run >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+bench_scratch
 
 token=$(tests/cluster/id-token alice)
 namespace=bench-http
@@ -44,30 +38,16 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-proxy \
 kubectl apply -n kubeconfig-operator -k config/proxy >/dev/null
 kubectl create token kubeconfig-operator-proxy -n kubeconfig-operator --duration=2h >"$work/proxy-token"
 
-ports=($(python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(*[x.getsockname()[1] for x in s])'))
+mapfile -t ports < <(free_ports 3)
 plain=127.0.0.1:${ports[0]} confirming=127.0.0.1:${ports[1]} proxy=127.0.0.1:${ports[2]}
 
 # One operator per configuration, both on core 0; only one is under load at a time. Both watch
 # only $namespace (no requests there), so the controller is idle.
-start_operator() {
-	local listen=$1
-	shift
-	KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run \
-		--watch-namespace "$namespace" --cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
-		--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
-		--listen "$listen" --requests-per-minute-per-client 100000000 --max-connections 4096 "$@" \
-		>"$work/operator-$listen.log" 2>&1 &
-	pids+=($!)
-	wait_ready "$listen"
-}
-start_operator "$plain" --confirm-with-api-server=false \
+start_operator "$plain" "$namespace" --confirm-with-api-server=false \
 	--proxy-listen "$proxy" --proxy-url "https://$proxy" --proxy-tls-cert-file "$work/tls.crt" \
 	--proxy-tls-key-file "$work/tls.key" --proxy-ca-file "$work/tls.crt" --proxy-token-file "$work/proxy-token"
 plain_pid=${pids[-1]}
-start_operator "$confirming"
+start_operator "$confirming" "$namespace"
 
 declare -A url=(
 	[healthz]="http://$plain/healthz"

@@ -27,6 +27,36 @@ bench_build() {
 	esac
 }
 
+# A scratch directory in $work, and the processes in $pids, both gone when the script exits.
+bench_scratch() {
+	work=$(mktemp -d)
+	pids=()
+	trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
+
+# N free ports on 127.0.0.1, one per line.
+free_ports() {
+	python3 -c 'import socket, sys
+s = [socket.socket() for _ in range(int(sys.argv[1]))]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s], sep="\n")' "$1"
+}
+
+# Starts the operator on core 0 (the load generator gets core 1) listening on $1 and watching
+# namespace $2, with no per-client rate limit, and waits until it is ready; its pid is appended
+# to $pids and its log is $work/operator-$1.log. Further arguments go to `run`.
+start_operator() {
+	local listen=$1 namespace=$2
+	shift 2
+	KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run \
+		--watch-namespace "$namespace" --cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
+		--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
+		--listen "$listen" --requests-per-minute-per-client 100000000 --max-connections 4096 "$@" \
+		>"$work/operator-$listen.log" 2>&1 &
+	pids+=($!)
+	wait_ready "$listen"
+}
+
 # VmRSS and VmHWM (peak) of a process in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }

@@ -11,13 +11,7 @@ command -v perf >/dev/null && command -v wrk >/dev/null || bash scripts/install-
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked
 bench_cluster
 bench_build profiling
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT
+bench_scratch
 
 flamegraph() {
 	local data=$1 title=$2 out=$3
@@ -31,14 +25,9 @@ flamegraph() {
 
 # ---- the HTTP path ----------------------------------------------------------------------------
 token=$(tests/cluster/id-token alice)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run --watch-namespace bench-profile \
-	--cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
-	--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
-	--listen "127.0.0.1:$port" --requests-per-minute-per-client 100000000 --max-connections 4096 \
-	${PROFILE_ARGS:-} >"$work/operator.log" 2>&1 &
-pids+=($!)
-wait_ready "127.0.0.1:$port"
+port=$(free_ports 1)
+# shellcheck disable=SC2086 # PROFILE_ARGS: extra `run` flags, split on spaces
+start_operator "127.0.0.1:$port" bench-profile ${PROFILE_ARGS:-}
 taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -H "Authorization: Bearer $token" \
 	"http://127.0.0.1:$port/kube-config" >"$work/wrk.txt" &
 sleep 2

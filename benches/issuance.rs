@@ -28,12 +28,9 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::{
-    ByteString,
-    api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::{Secret, ServiceAccount},
-    },
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Secret, ServiceAccount},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -44,7 +41,7 @@ use kubeconfig_operator::{controller::ISSUABLE_ANNOTATION, crd::KubeconfigReques
 use serde_json::json;
 use support::{
     Cluster, Namespace, cluster, id_token,
-    load::{admin_client, peak_rss_kib, percentile, rss_kib},
+    load::{admin_client, create_unrelated_secrets, peak_rss_kib, percentile, rss_kib},
     operator::{Issuer, Operator},
 };
 use tokio::sync::Notify;
@@ -346,32 +343,6 @@ async fn single_requests(
     times
 }
 
-async fn unrelated_secrets(client: &Client, namespace: &str, n: usize) -> Duration {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    create_all(n, |i| {
-        let api = api.clone();
-        async move {
-            let payload: Vec<u8> = format!("{i:08}")
-                .bytes()
-                .cycle()
-                .take(UNRELATED_SECRET_BYTES)
-                .collect();
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(format!("unrelated-{i}")),
-                    ..ObjectMeta::default()
-                },
-                data: Some(BTreeMap::from([("blob".to_owned(), ByteString(payload))])),
-                ..Secret::default()
-            };
-            api.create(&PostParams::default(), &secret)
-                .await
-                .expect("create an unrelated Secret");
-        }
-    })
-    .await
-}
-
 /// Deletes the namespace and waits until the API server no longer has it (its objects gone).
 fn delete_namespace(cluster: &Cluster, namespace: Namespace) {
     support::kubectl(
@@ -509,7 +480,13 @@ fn main() {
     thread::sleep(SETTLE);
     let with_many = rss_kib(operator.pid());
     let unrelated_ns = Namespace::new(cluster, "bench-unrelated");
-    runtime.block_on(unrelated_secrets(&client, &unrelated_ns.name, unrelated));
+    runtime.block_on(create_unrelated_secrets(
+        &client,
+        &unrelated_ns.name,
+        unrelated,
+        UNRELATED_SECRET_BYTES,
+        CONCURRENCY,
+    ));
     thread::sleep(SETTLE);
     let with_unrelated = rss_kib(operator.pid());
     let peak = peak_rss_kib(operator.pid());

@@ -6,7 +6,6 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,15 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{
-    Api,
-    api::{ObjectMeta, PostParams},
-};
 use support::{
     Namespace, cluster, id_token,
-    load::{admin_client, rss_kib},
+    load::{admin_client, create_unrelated_secrets, rss_kib},
     operator::{Issuer, Operator},
     requests::{apply_request, put_token_secret, wait_for_reason},
 };
@@ -34,33 +27,6 @@ const SECRET_BYTES: usize = 2048;
 /// max-requests-inflight.
 const CONCURRENCY: usize = 64;
 const MAX_GROWTH_KIB: u64 = 10 * 1024;
-
-async fn create_secrets(kubeconfig: &str, namespace: &str) {
-    let api: Api<Secret> = Api::namespaced(admin_client(kubeconfig).await, namespace);
-    futures::stream::iter(0..SECRETS)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let filler = format!("{i:08}");
-                let payload: Vec<u8> = filler.bytes().cycle().take(SECRET_BYTES).collect();
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(format!("unrelated-{i}")),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(BTreeMap::from([("blob".to_owned(), ByteString(payload))])),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await
-        .expect("create the unrelated Secrets");
-}
 
 #[test]
 fn twenty_thousand_unrelated_secrets_cost_less_than_10_mib() {
@@ -99,7 +65,10 @@ fn twenty_thousand_unrelated_secrets_cost_less_than_10_mib() {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-        .block_on(create_secrets(&cluster.kubeconfig, ns));
+        .block_on(async {
+            let client = admin_client(&cluster.kubeconfig).await;
+            create_unrelated_secrets(&client, ns, SECRETS, SECRET_BYTES, CONCURRENCY).await;
+        });
     let created_in = start.elapsed();
     put_token_secret(
         cluster,

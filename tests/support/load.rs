@@ -2,10 +2,13 @@
 //! making thousands of calls costs the 2-core machine far less than a kubectl per call), the
 //! operator's memory as the kernel reports it, and percentiles.
 
-use std::fs;
+use std::{collections::BTreeMap, fs};
 
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
-    Client,
+    Api, Client,
+    api::{ObjectMeta, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -42,4 +45,38 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Creates `count` Secrets `unrelated-<i>` of `bytes` bytes each in `namespace`, `concurrency`
+/// at a time: Secrets no request names, which must cost the operator nothing.
+pub async fn create_unrelated_secrets(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    bytes: usize,
+    concurrency: usize,
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let payload: Vec<u8> = format!("{i:08}").bytes().cycle().take(bytes).collect();
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("unrelated-{i}")),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(BTreeMap::from([("blob".to_owned(), ByteString(payload))])),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await
+        .expect("create the unrelated Secrets");
 }
