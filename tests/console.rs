@@ -128,6 +128,19 @@ fn operator_with_page(cluster: &Cluster, namespace: &str) -> (Operator, String) 
     (operator, base)
 }
 
+/// `/download{query}` with the browser's session cookie: a 200 with the page's header policy.
+async fn download(base: &str, session_cookie: &str, query: &str) -> reqwest::Response {
+    let response = http()
+        .get(format!("{base}/download{query}"))
+        .header("cookie", session_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET /download{query}");
+    assert_page_headers(&response);
+    response
+}
+
 /// Fills in Dex's LDAP login form as `user` and submits it.
 async fn log_in_at_dex(browser: &Client, user: &str, password: &str) {
     let login = browser
@@ -282,14 +295,7 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     let session_cookie = format!("kubeconfig-session={}", session.value());
 
     // The token kubeconfig, fetched with the browser's session, saved, and used by kubectl.
-    let response = http()
-        .get(format!("{base}/download"))
-        .header("cookie", &session_cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_page_headers(&response);
+    let response = download(&base, &session_cookie, "").await;
     assert_eq!(
         response.headers()["content-disposition"],
         "attachment; filename=\"local.kubeconfig\""
@@ -310,15 +316,11 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     assert_eq!(whoami, cluster.alice_username);
 
     // The kubelogin kubeconfig: it logs in with the public client and holds no token.
-    let response = http()
-        .get(format!("{base}/download?format=exec"))
-        .header("cookie", &session_cookie)
-        .send()
+    let exec = download(&base, &session_cookie, "?format=exec")
+        .await
+        .text()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_page_headers(&response);
-    let exec = response.text().await.unwrap();
     assert!(exec.contains("oidc-login"), "{exec}");
     assert!(
         exec.contains(&cluster.env["OIDC_PUBLIC_CLIENT_ID"]),
