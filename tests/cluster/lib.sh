@@ -243,7 +243,7 @@ is_ready() {
 }
 
 start_component() {
-	local name="$1" pid
+	local name="$1" pid i
 	if pid="$(pid_of "$name")"; then
 		log "$name already running (pid $pid)"
 		return 0
@@ -255,8 +255,15 @@ start_component() {
 	# all three std streams redirected so callers capturing our output don't hang.
 	# 9>&-: do not hand the up/down lock (fd 9) to the long-lived component.
 	setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
-	echo $! >"$RUN/$name.pid"
-	log "started $name (pid $!, log $LOGS/$name.log)"
+	pid=$!
+	echo "$pid" >"$RUN/$name.pid"
+	# Until the forked shell has exec'd the component, its command line is this script's, and
+	# wait_ready would take it for a component that already exited (seen on a loaded machine).
+	for ((i = 0; i < 100; i++)); do
+		is_ours "$pid" || [[ ! -e /proc/$pid ]] || { sleep 0.05; continue; }
+		break
+	done
+	log "started $name (pid $pid, log $LOGS/$name.log)"
 }
 
 # wait_ready NAME [TIMEOUT_S]
