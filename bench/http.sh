@@ -6,6 +6,8 @@
 #   kube-config+confirm  the same with SelfSubjectReview confirmation on (the default)
 #   proxy / direct       a `kubectl get configmaps` request (GET .../configmaps with alice's token)
 #                        through the apiserver-proxy, and straight at the API server
+#   proxy-1 / direct-1   the same over one connection: what the proxy adds to one user's
+#                        `kubectl get`, without 16 clients queueing for the machine's 2 cores
 # Also the operator's CPU per /kube-config answer against one RS256 verification (the
 # `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`, on the same core).
 # Prints a table and appends it to bench/results.md. Usage: bench/http.sh (BENCH_PROFILE=profiling
@@ -56,7 +58,8 @@ declare -A url=(
 	[proxy]="https://$proxy/api/v1/namespaces/$namespace/configmaps"
 	[direct]="$KUBE_SERVER/api/v1/namespaces/$namespace/configmaps"
 )
-targets=(healthz kube-config kube-config+confirm proxy direct)
+url[proxy-1]=${url[proxy]} url[direct-1]=${url[direct]}
+targets=(healthz kube-config kube-config+confirm proxy direct proxy-1 direct-1)
 for target in "${targets[@]}"; do
 	code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "${url[$target]}")
 	[[ $code == 200 ]] || { echo "$target answers $code, not 200: nothing to measure" >&2; exit 1; }
@@ -70,8 +73,10 @@ declare -A rps p50 p99
 kube_config_requests=0 kube_config_ticks=0
 for round in $(seq 1 "$ROUNDS"); do
 	for target in "${targets[@]}"; do
+		connections=$CONNECTIONS
+		[[ $target == *-1 ]] && connections=1
 		before=$(cpu_ticks "$plain_pid")
-		out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+		out=$(taskset -c 1 wrk -t1 -c"$connections" -d"$DURATION" --latency \
 			-H "Authorization: Bearer $token" "${url[$target]}")
 		after=$(cpu_ticks "$plain_pid")
 		if grep -q 'Non-2xx' <<<"$out"; then
@@ -95,7 +100,7 @@ cpu_us=$(awk -v t="$kube_config_ticks" -v n="$kube_config_requests" -v hz="$(get
 	'BEGIN { printf "%.1f", t / hz / n * 1e6 }')
 
 floor=$(median "${rps[healthz]}")
-direct=$(median "${rps[direct]}")
+direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
 {
 	echo "| target | requests/s | ratio | p50 ms | p99 ms |"
 	echo "|---|---|---|---|---|"
@@ -104,11 +109,13 @@ direct=$(median "${rps[direct]}")
 		case $target in
 		proxy) ratio=$(awk -v a="$r" -v b="$direct" 'BEGIN { printf "%.2f× direct", a / b }') ;;
 		direct) ratio="1.00× direct" ;;
+		proxy-1) ratio=$(awk -v a="$r" -v b="$direct1" 'BEGIN { printf "%.2f× direct-1", a / b }') ;;
+		direct-1) ratio="1.00× direct-1" ;;
 		*) ratio=$(awk -v a="$r" -v b="$floor" 'BEGIN { printf "%.2f× healthz", a / b }') ;;
 		esac
 		echo "| $target | $r | $ratio | $(median "${p50[$target]}") | $(median "${p99[$target]}") |"
 	done
 	echo
 	awk -v c="$cpu_us" -v v="$verify_ns" 'BEGIN { printf "Operator CPU per /kube-config answer (confirmation off): %s µs = %.2f× one RS256 verification (%.1f µs, jsonwebtoken::decode on the same core).\n", c, c * 1000 / v, v / 1000 }'
-	echo "Medians of $ROUNDS interleaved rounds of $DURATION, $CONNECTIONS connections, wrk on core 1, operator on core 0; the API server is not pinned."
+	echo "Medians of $ROUNDS interleaved rounds of $DURATION, $CONNECTIONS connections (1 for proxy-1 and direct-1), wrk on core 1, operator on core 0; the API server is not pinned."
 } | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bench/http.sh"

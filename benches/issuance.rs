@@ -37,7 +37,10 @@ use kube::{
     api::{ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use kubeconfig_operator::{controller::ISSUABLE_ANNOTATION, crd::KubeconfigRequest};
+use kubeconfig_operator::{
+    controller::{ISSUABLE_ANNOTATION, PER_NAMESPACE_CONCURRENCY},
+    crd::KubeconfigRequest,
+};
 use serde_json::json;
 use support::{
     Cluster, Namespace, cluster, id_token,
@@ -81,6 +84,25 @@ fn process_id(cluster: &Cluster, component: &str) -> u32 {
         .trim()
         .parse()
         .expect("a pid")
+}
+
+/// The operator's reconciliation count and total seconds (its `reconcile_duration_seconds`
+/// histogram), read from its metrics endpoint.
+fn reconcile_totals(operator: &Operator) -> (f64, f64) {
+    let output = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{}/metrics", operator.address())])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("kubeconfig_operator_reconcile_duration_seconds_count"),
+        value("kubeconfig_operator_reconcile_duration_seconds_sum"),
+    )
 }
 
 /// `apiserver_request_total` summed by verb and resource (with subresource), as the API server
@@ -415,12 +437,16 @@ fn main() {
         let issue_ns = Namespace::new(cluster, "bench-issue");
         let calls_before = runtime.block_on(api_request_counts(&client));
         let (operator_cpu, apiserver_cpu) = (cpu_seconds(operator.pid()), cpu_seconds(apiserver));
+        let reconciles_before = reconcile_totals(&operator);
         let issued = runtime.block_on(issue(&client, &issue_ns.name, n, &token));
         // Let the reconciles the last writes cause finish before counting.
         thread::sleep(SETTLE);
         let operator_cpu = cpu_seconds(operator.pid()) - operator_cpu;
         let apiserver_cpu = cpu_seconds(apiserver) - apiserver_cpu;
         let calls_after = runtime.block_on(api_request_counts(&client));
+        let reconciles_after = reconcile_totals(&operator);
+        let reconciles = reconciles_after.0 - reconciles_before.0;
+        let reconcile_seconds = reconciles_after.1 - reconciles_before.1;
         let with_n = rss_kib(operator.pid());
         let per_request: Vec<String> = calls_after
             .iter()
@@ -448,6 +474,15 @@ fn main() {
             "| API calls per request ({n}), all clients, the bench's own 2 creates included | {:.2} | {} |",
             total_calls / n as f64,
             per_request.join(", ")
+        ));
+        // One namespace's requests take turns in its slots, so the burst lasts at least this long.
+        let slot_bound = reconcile_seconds / PER_NAMESPACE_CONCURRENCY as f64;
+        rows.push(format!(
+            "| reconciliations ({n}): per request / mean duration / their total over the namespace's {PER_NAMESPACE_CONCURRENCY} slots | {:.2} / {:.1} ms / {:.1} s | {:.2}× the time until all Ready |",
+            reconciles / n as f64,
+            reconcile_seconds * 1000.0 / reconciles.max(1.0),
+            slot_bound,
+            slot_bound / issued.as_secs_f64()
         ));
         rows.push(format!(
             "| CPU per request ({n}): operator / API server | {:.2} ms / {:.2} ms | |",

@@ -45,6 +45,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
+pub use cache::PER_NAMESPACE_CONCURRENCY;
 pub use secret::{
     EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
 };
