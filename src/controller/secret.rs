@@ -17,7 +17,7 @@ use tracing::info;
 use super::{
     Context, Error, FIELD_MANAGER, kube_error,
     source::Credential,
-    status::{self, Outcome, Reason, Refusal, format_time},
+    status::{self, Outcome, Reason, Refusal},
 };
 use crate::{
     crd::{Format, KubeconfigRequest, SECRET_NAME_SUFFIX},
@@ -178,7 +178,8 @@ pub(super) async fn write(
         owner,
         Some(rendered),
     );
-    if existing.is_none_or(|existing| !already_matches(existing, &desired)) {
+    let written = existing.is_none_or(|existing| !already_matches(existing, &desired));
+    if written {
         match secrets
             .patch(
                 secret_name,
@@ -201,22 +202,11 @@ pub(super) async fn write(
             Err(error) => return Err(kube_error("applying the kubeconfig Secret")(error)),
         }
         info!(request = %request.name_any(), secret = %secret_name, user = %credential.identity.username, "kubeconfig Secret written");
-        status::publish(
-            ctx,
-            request,
-            EventType::Normal,
-            Reason::Issued.as_str(),
-            format!(
-                "Wrote a kubeconfig for {} to Secret {secret_name}, valid until {}",
-                credential.identity.username,
-                format_time(credential.expires_at)
-            ),
-        )
-        .await;
     }
     Ok(Outcome::Issued {
         credential,
         secret_name: secret_name.to_owned(),
+        written,
     })
 }
 

