@@ -2,8 +2,9 @@
 # CPU profiles as flame graphs (perf + inferno), saved under bench/:
 #   bench/profile-http.svg      the operator serving GET /kube-config under wrk load
 #   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
-# Both use the `profiling` build (release with symbols) and DWARF call graphs, so the operator
-# needs no frame pointers. Needs perf (linux-perf) and inferno (`cargo install inferno`).
+# PROFILE_HTTP=0 skips the first. Both use the `profiling` build (release with symbols) and DWARF
+# call graphs, so the operator needs no frame pointers. Needs perf (linux-perf) and inferno
+# (`cargo install inferno`).
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 SECONDS_RECORDED=${SECONDS_RECORDED:-15}
@@ -23,7 +24,8 @@ flamegraph() {
 		sort -rn | head -15
 }
 
-# ---- the HTTP path ----------------------------------------------------------------------------
+# ---- the HTTP path (PROFILE_HTTP=0 skips it) ----------------------------------------------------
+if [[ ${PROFILE_HTTP:-1} == 1 ]]; then
 token=$(tests/cluster/id-token alice)
 port=$(free_ports 1)
 # shellcheck disable=SC2086 # PROFILE_ARGS: extra `run` flags, split on spaces
@@ -35,6 +37,9 @@ perf record -F 499 --call-graph dwarf,32768 -o "$work/http.data" -p "${pids[0]}"
 wait %2 || true
 echo "== GET /kube-config under load: heaviest functions by self time"
 flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections)" bench/profile-http.svg
+kill "${pids[0]}"
+wait "${pids[0]}" 2>/dev/null || true
+fi
 
 # ---- issuance (PROFILE_ISSUANCE=0 skips it) ---------------------------------------------------
 [[ ${PROFILE_ISSUANCE:-1} == 1 ]] || exit 0
