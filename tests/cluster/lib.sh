@@ -243,7 +243,7 @@ is_ready() {
 }
 
 start_component() {
-	local name="$1" pid i
+	local name="$1" pid
 	if pid="$(pid_of "$name")"; then
 		log "$name already running (pid $pid)"
 		return 0
@@ -255,22 +255,27 @@ start_component() {
 	# all three std streams redirected so callers capturing our output don't hang.
 	# 9>&-: do not hand the up/down lock (fd 9) to the long-lived component.
 	setsid "${CMD[@]}" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
-	pid=$!
-	echo "$pid" >"$RUN/$name.pid"
-	# Until the forked shell has exec'd the component, its command line is this script's, and
-	# wait_ready would take it for a component that already exited (seen on a loaded machine).
-	for ((i = 0; i < 100; i++)); do
-		is_ours "$pid" || [[ ! -e /proc/$pid ]] || { sleep 0.05; continue; }
-		break
-	done
-	log "started $name (pid $pid, log $LOGS/$name.log)"
+	echo $! >"$RUN/$name.pid"
+	log "started $name (pid $!, log $LOGS/$name.log)"
 }
 
-# wait_ready NAME [TIMEOUT_S]
+# alive PID: the process exists and has not exited (a zombie has).
+alive() {
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+	[[ -n "$stat" && "${stat##*) }" != Z* ]]
+}
+
+# wait_ready NAME [TIMEOUT_S]: NAME was just started (or found running) under the pid recorded in
+# its pid file. Whether it exited is judged by that process being alive, not by is_ours: while a
+# forked shell execs the component, its command line is briefly the script's, or empty, and
+# taking that for an exit made `make cluster-up` fail now and then ("dex exited before becoming
+# ready" while Dex was starting normally).
 wait_ready() {
-	local name="$1" timeout="${2:-120}" start=$SECONDS
+	local name="$1" timeout="${2:-120}" start=$SECONDS pid
+	pid="$(cat "$RUN/$name.pid" 2>/dev/null)"
 	while ! is_ready "$name"; do
-		if ! pid_of "$name" >/dev/null; then
+		if ! alive "$pid"; then
 			echo "---- last lines of $LOGS/$name.log:" >&2
 			tail -n 40 "$LOGS/$name.log" >&2 || true
 			die "$name exited before becoming ready"
