@@ -18,7 +18,7 @@ use kube::{
 
 use crate::crd::KubeconfigRequest;
 
-use super::secret;
+use super::{cache::release_spare_capacity, secret};
 
 type Request = ObjectRef<KubeconfigRequest>;
 /// One allocation per request, shared by every map that files it: with 10,000 requests, a copy
@@ -284,6 +284,18 @@ impl RequestIndex {
         self.lock().filed.contains_key(request)
     }
 
+    /// Shrinks the tables a burst of requests, since deleted, left oversized.
+    pub fn release_spare_capacity(&self) {
+        let mut inner = self.lock();
+        release_spare_capacity(&mut inner.token_secrets);
+        release_spare_capacity(&mut inner.written_secrets);
+        release_spare_capacity(&mut inner.accounts);
+        release_spare_capacity(&mut inner.uids);
+        release_spare_capacity(&mut inner.filed);
+        release_spare_capacity(&mut inner.own_writes);
+        release_spare_capacity(&mut inner.namespaces);
+    }
+
     /// Whether any known request lives in the namespace.
     pub fn has_namespace(&self, namespace: &str) -> bool {
         self.lock().namespaces.contains_key(namespace)
@@ -444,5 +456,40 @@ mod tests {
             [ObjectRef::from_obj(&alice)]
         );
         assert!(index.contains(&ObjectRef::from_obj(&alice)));
+    }
+
+    #[test]
+    fn the_tables_of_a_deleted_burst_shrink_and_the_survivors_stay_filed() {
+        let index = RequestIndex::default();
+        let burst: Vec<KubeconfigRequest> = (0..5_000)
+            .map(|n| {
+                request(
+                    &format!("r{n}"),
+                    &format!("uid-{n}"),
+                    serde_json::json!({"tokenSecretRef": {"name": format!("token-{n}")}}),
+                )
+            })
+            .collect();
+        for request in &burst {
+            index.observe(&watcher::Event::Apply(request.clone()));
+        }
+        let full = index.lock().filed.capacity();
+        for request in &burst[1..] {
+            index.observe(&watcher::Event::Delete(request.clone()));
+        }
+        index.release_spare_capacity();
+
+        let inner = index.lock();
+        for capacity in [
+            inner.filed.capacity(),
+            inner.token_secrets.capacity(),
+            inner.written_secrets.capacity(),
+            inner.uids.capacity(),
+        ] {
+            assert!(capacity < full / 10, "{capacity} of {full}");
+        }
+        drop(inner);
+        let survivor = index.for_secret("team", "token-0", Some("1"), &[]);
+        assert_eq!(names(&survivor), ["r0"]);
     }
 }

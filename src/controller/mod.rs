@@ -170,12 +170,14 @@ impl Context {
     fn forget_deleted(&self) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| self.index.contains(reference));
+            cache::release_spare_capacity(&mut failures);
         }
         self.namespaces
             .retain(|namespace| self.index.has_namespace(namespace));
         self.token_reads
             .retain(|key| self.index.is_token_secret(key));
         self.token_reads.forget_unused(SWEEP_INTERVAL);
+        self.index.release_spare_capacity();
         crate::allocator::release_freed_memory();
     }
 
@@ -505,9 +507,8 @@ pub async fn run(
         ),
     };
     // The request watch feeds, in order: the index (which requests a Secret concerns), then the
-    // store, without managedFields (the store holds every request; they are most of its size
-    // and nothing here reads them). Only spec changes trigger a reconciliation: the operator's
-    // own status writes must not start another one.
+    // store (trimmed: it holds every request). Only spec changes trigger a reconciliation: the
+    // operator's own status writes must not start another one.
     //
     // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
     // API server answers from its cache in one piece whatever the page size, and one piece of
@@ -516,9 +517,7 @@ pub async fn run(
     let index_ctx = Arc::clone(&ctx);
     let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
-        .modify(|request| {
-            request.managed_fields_mut().clear();
-        })
+        .modify(trim_for_store)
         .inspect_ok(move |event| {
             for gone in index_ctx.index.observe(event) {
                 index_ctx.forget(&gone);
@@ -590,6 +589,15 @@ pub async fn run(
         })
         .await;
     sweeper.abort();
+}
+
+/// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
+/// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
+fn trim_for_store(request: &mut KubeconfigRequest) {
+    request.managed_fields_mut().clear();
+    request
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token

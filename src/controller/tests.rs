@@ -8,7 +8,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::{fixtures::*, reconcile};
+use super::{fixtures::*, reconcile, trim_for_store};
 use crate::{crd::KubeconfigRequest, testing};
 
 const ALICE: &str = "alice@example.com";
@@ -601,3 +601,29 @@ async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
 }
 
 mod confirm;
+
+#[test]
+fn the_store_keeps_no_managed_fields_nor_kubectls_copy_but_other_annotations_stay() {
+    let mut stored = request(json!({}));
+    stored.metadata.managed_fields = Some(vec![Default::default()]);
+    stored.metadata.annotations = Some(
+        [
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                "{\"spec\":{}}".to_owned(),
+            ),
+            ("team".to_owned(), "payments".to_owned()),
+        ]
+        .into(),
+    );
+    let spec_before = stored.spec.clone();
+
+    trim_for_store(&mut stored);
+
+    assert_eq!(stored.metadata.managed_fields, Some(vec![]));
+    assert_eq!(
+        stored.metadata.annotations,
+        Some([("team".to_owned(), "payments".to_owned())].into())
+    );
+    assert_eq!(stored.spec, spec_before);
+}
