@@ -2,6 +2,8 @@
 # CPU profiles as flame graphs (perf + inferno), saved under bench/:
 #   bench/profile-http.svg      the operator serving GET /kube-config under wrk load
 #   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
+#   bench/profile-issuance-apiserver.svg  kube-apiserver during that issuance: the cost the
+#                               operator's calls cause where issuance is bound (frame pointers)
 # PROFILE_HTTP=0 skips the first. Both use the `profiling` build (release with symbols) and DWARF
 # call graphs, so the operator needs no frame pointers. Needs perf (linux-perf) and inferno
 # (`cargo install inferno`).
@@ -22,6 +24,27 @@ flamegraph() {
 	awk '{n = $NF; sub(/ [0-9]+$/, ""); k = split($0, f, ";"); self[f[k]] += n; total += n}
 		END {for (s in self) printf "%5.1f%% %s\n", 100 * self[s] / total, s}' "$work/folded" |
 		sort -rn | head -15 || true # head closing early is not a failure
+}
+
+# The API server's samples by what they were serving (the first pattern a stack matches), from
+# the folded stacks `flamegraph` left behind.
+apiserver_shares() {
+	awk '{
+		n = $NF; total += n
+		if (/StatusREST\)\.Update/) k = "status apply of a KubeconfigRequest"
+		else if (/registry\.\(\*Store\)\.Update/) k = "apply of a Secret"
+		else if (/crdHandler/ && /registry\.\(\*Store\)\.create/) k = "create of a KubeconfigRequest"
+		else if (/registry\.\(\*Store\)\.create/) k = "create of a Secret or an Event"
+		else if (/registry\.\(\*Store\)\.Get/) k = "GET"
+		else if (/WatchServer|watchChan|watchCache|cacheWatcher/) k = "watches"
+		else if (/gcBgMarkWorker|bgsweep|bgscavenge/) k = "Go garbage collection"
+		else if (/crypto\/tls/) k = "TLS"
+		else if (/grpc|etcd3/) k = "etcd client"
+		else if (/net\/http/) k = "the rest of request handling (filters, routing, answers)"
+		else k = "other"
+		share[k] += n
+	} END {for (k in share) printf "%5.1f%% %s\n", 100 * share[k] / total, k}' "$work/folded" |
+		sort -rn
 }
 
 # ---- the HTTP path (PROFILE_HTTP=0 skips it) ----------------------------------------------------
@@ -55,9 +78,25 @@ until [[ -n $operator ]]; do
 done
 perf record -F 499 --call-graph dwarf,32768 -o "$work/issuance.data" -p "$operator" 2>/dev/null &
 recorder=$!
+# The API server only while the requests are issued (the bench's namespace exists and is not yet
+# being deleted), not during the plain-write baselines.
+issuing() { kubectl get ns -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}' | grep '^bench-issue' || true; }
+until [[ -n $(issuing) ]]; do
+	sleep 0.2
+	kill -0 "$bench" 2>/dev/null || { cat "$work/issuance.txt" >&2; exit 1; }
+done
+perf record -F 499 -g -o "$work/apiserver.data" -p "$(cat "$CLUSTER_DIR/run/apiserver.pid")" 2>/dev/null &
+apiserver_recorder=$!
+until [[ $(issuing) == *Terminating* || -z $(issuing) ]]; do sleep 0.2; done
+kill -INT "$apiserver_recorder"
+wait "$apiserver_recorder" || true
 wait "$bench"
 kill -INT "$recorder"
 wait "$recorder" || true
 grep '^|' "$work/issuance.txt"
 echo "== issuance of ${ISSUANCE_SIZES:-1000} requests: heaviest functions by self time"
 flamegraph "$work/issuance.data" "issuance of ${ISSUANCE_SIZES:-1000} requests (operator process)" bench/profile-issuance.svg
+echo "== kube-apiserver during that issuance: heaviest functions by self time"
+flamegraph "$work/apiserver.data" "kube-apiserver while ${ISSUANCE_SIZES:-1000} requests are issued" bench/profile-issuance-apiserver.svg
+echo "== kube-apiserver during that issuance: its samples by what they served"
+apiserver_shares
