@@ -46,7 +46,6 @@ use support::{
     Cluster, Namespace, cluster, id_token,
     load::{admin_client, create_unrelated_secrets, peak_rss_kib, percentile, rss_kib},
     operator::{Issuer, Operator},
-    requests::http_get,
 };
 use tokio::sync::Notify;
 
@@ -90,7 +89,7 @@ fn process_id(cluster: &Cluster, component: &str) -> u32 {
 /// The operator's reconciliation count and total seconds (its `reconcile_duration_seconds`
 /// histogram), read from its metrics endpoint.
 fn reconcile_totals(operator: &Operator) -> (f64, f64) {
-    let text = http_get(&operator.base_url, "/metrics", None, "").body;
+    let text = operator.metrics();
     let value = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())

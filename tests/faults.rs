@@ -360,12 +360,6 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-fn metrics(operator: &Operator) -> String {
-    let response = http_get(&operator.base_url, "/metrics", None, "");
-    assert_eq!(response.status, 200, "/metrics answers");
-    response.body
-}
-
 /// Counts of `kubeconfig Secret written` log events (each is one write of a kubeconfig Secret).
 fn secrets_written(operator: &Operator) -> usize {
     operator.log_events_with("kubeconfig Secret written").len()
@@ -409,7 +403,7 @@ fn tail(operator: &Operator) -> String {
 fn wait_until_quiet(operator: &Operator, still: Duration, timeout: Duration) -> f64 {
     let deadline = Instant::now() + timeout;
     let mut last = metric(
-        &metrics(operator),
+        &operator.metrics(),
         "kubeconfig_operator_reconciliations_total",
         "",
     );
@@ -417,7 +411,7 @@ fn wait_until_quiet(operator: &Operator, still: Duration, timeout: Duration) -> 
     loop {
         thread::sleep(Duration::from_millis(250));
         let now = metric(
-            &metrics(operator),
+            &operator.metrics(),
             "kubeconfig_operator_reconciliations_total",
             "",
         );
@@ -564,7 +558,7 @@ fn apiserver_restart_mid_batch() {
     );
     assert_one_secret_per_request(cluster, &ns.name, &states);
 
-    let text = metrics(&operator);
+    let text = operator.metrics();
     println!(
         "reconciliations: {}, reconcile errors: {}, Secret writes logged: {}",
         metric(&text, "kubeconfig_operator_reconciliations_total", ""),
@@ -717,7 +711,7 @@ fn dex_down_and_back() {
         || kubectl_as_token(cluster, &restored, &["auth", "whoami"]).is_ok(),
     );
 
-    let text = metrics(&operator);
+    let text = operator.metrics();
     println!(
         "old kid {old_kid}, new kid {new_kid}; 503s in all: {}, IssuerUnavailable failures: {}",
         metric(
@@ -758,7 +752,7 @@ fn operator_killed_mid_batch() {
     // written; kill once some, not all, are done.
     let deadline = Instant::now() + Duration::from_secs(120);
     while metric(
-        &metrics(&first),
+        &first.metrics(),
         "kubeconfig_operator_reconcile_duration_seconds_count",
         "",
     ) < 10.0
@@ -912,7 +906,7 @@ fn slow_and_failing_api_server() {
     // the outage meets the new request alone.
     let quiet = wait_until_quiet(&operator, Duration::from_secs(5), Duration::from_secs(120));
     println!("operator idle after {quiet} reconciliations");
-    let before = metrics(&operator);
+    let before = operator.metrics();
     let reconciled_before = metric(&before, "kubeconfig_operator_reconciliations_total", "");
     apply_request(
         cluster,
@@ -925,18 +919,18 @@ fn slow_and_failing_api_server() {
         "the operator starts on the new request",
         || {
             metric(
-                &metrics(&operator),
+                &operator.metrics(),
                 "kubeconfig_operator_reconciliations_total",
                 "",
             ) > reconciled_before
         },
     );
-    let at_outage = metrics(&operator);
+    let at_outage = operator.metrics();
     let events_at_outage = operator.log_events().len();
     let connections_before = proxy.connections();
     proxy.set_dropping(true);
     thread::sleep(OUTAGE);
-    let after = metrics(&operator);
+    let after = operator.metrics();
     let outage_events = operator.log_events().split_off(events_at_outage);
     let connections_during = proxy.connections() - connections_before;
     let dropped = proxy.dropped_connections();
@@ -981,7 +975,7 @@ fn slow_and_failing_api_server() {
     let states = requests(cluster, &ns.name).expect("list the requests");
     assert_eq!(ready_count(&states), COUNT + 2, "every request Ready");
     assert_one_secret_per_request(cluster, &ns.name, &states);
-    let text = metrics(&operator);
+    let text = operator.metrics();
     println!(
         "after the outage: reconciliations {}, reconcile errors {}, proxied connections {}",
         metric(&text, "kubeconfig_operator_reconciliations_total", ""),

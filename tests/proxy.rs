@@ -29,7 +29,7 @@ use support::{
     Client, Cluster, Namespace, can_i_as_token, cluster, id_token, id_token_for_client, kubectl,
     kubectl_as_token, kubectl_plain,
     operator::{Issuer, Operator, free_port, operator_kubeconfig},
-    requests::{http_get, http_get_kubeconfig, write_temp},
+    requests::{http_get_kubeconfig, write_temp},
 };
 
 const PROXY_NAMESPACE: &str = "kubeconfig-operator";
@@ -128,10 +128,6 @@ impl Proxied {
         let path = self.dir.path().join(name);
         std::fs::write(&path, &response.body).unwrap();
         path
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&self.operator.base_url, "/metrics", None, "").body
     }
 
     fn tls(&self) -> TlsConnector {
@@ -310,7 +306,7 @@ fn kubectl_through_the_proxy_acts_as_alice_within_her_rbac() {
         "{refused}"
     );
 
-    let metrics = proxied.metrics();
+    let metrics = proxied.operator.metrics();
     for series in [
         r#"kubeconfig_operator_proxy_requests_total{verb="create",code="201"}"#,
         r#"kubeconfig_operator_proxy_requests_total{verb="get",code="200"}"#,
@@ -394,6 +390,7 @@ fn a_watch_through_the_proxy_streams_objects_created_after_it_began() {
     );
     assert!(
         proxied
+            .operator
             .metrics()
             .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="200"}"#)
     );
@@ -681,6 +678,7 @@ fn a_refused_upgrade_is_returned_and_its_connection_closed() {
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(
         proxied
+            .operator
             .metrics()
             .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="403"} 1"#)
     );
@@ -718,10 +716,11 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
     });
     assert!(
         proxied
+            .operator
             .metrics()
             .contains("kubeconfig_operator_proxy_upgraded_streams 1"),
         "{}",
-        proxied.metrics()
+        proxied.operator.metrics()
     );
     kubectl(
         cluster,
@@ -752,6 +751,7 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
     drop(socket);
     support::eventually(Duration::from_secs(10), "the stream gauge drops", || {
         proxied
+            .operator
             .metrics()
             .contains("kubeconfig_operator_proxy_upgraded_streams 0")
     });
@@ -907,7 +907,7 @@ fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
                 && event["impersonatedUser"].is_null()),
         "every exec and port-forward through the proxy is impersonated"
     );
-    let metrics = proxied.metrics();
+    let metrics = proxied.operator.metrics();
     for series in [
         r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="403"}"#,
         r#"kubeconfig_operator_proxy_requests_total{verb="connect",code="400"}"#,

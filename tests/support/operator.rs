@@ -210,6 +210,13 @@ impl Operator {
             .collect()
     }
 
+    /// The operator's `/metrics` text; anything but a 200 fails the test.
+    pub fn metrics(&self) -> String {
+        let response = super::requests::http_get(&self.base_url, "/metrics", None, "");
+        assert_eq!(response.status, 200, "/metrics answers");
+        response.body
+    }
+
     /// The log events whose message is `message`.
     pub fn log_events_with(&self, message: &str) -> Vec<serde_json::Value> {
         self.log_events()
