@@ -20,8 +20,9 @@
 //!
 //! Properties: no panic; never a 500 (503 is allowed: the issuer unreachable or not ready); a
 //! 401 always carries `WWW-Authenticate`; the body never repeats an Authorization value of 16+
-//! bytes (unless a reference request, identical but for fixed dummy Authorization values, gives
-//! a body containing it too: then it is fixed text that the fuzzer copied, not an echo); an
+//! bytes (unless a reference request, identical but for Authorization values of the same shape
+//! with other letters and digits, gives a body containing it too: then it is fixed text that the
+//! fuzzer copied, not an echo); an
 //! `Access-Control-Allow-Origin` header only ever names the one allowed origin
 //! (`https://console.example.com`, configured for CORS), and only when the request's one `Origin`
 //! header is exactly that.
@@ -215,13 +216,41 @@ struct Answer {
     body: Vec<u8>,
 }
 
-fn send(parsed: &Parsed, replace_authorization: bool) -> Answer {
+/// The same value with every letter and digit moved on by one (z to a, 9 to 0), except in the
+/// word `Bearer`: it takes the same path through the server (scheme, shape, length), so a body
+/// that still holds the original value holds it as fixed text. A value with nothing to change
+/// becomes a dummy token instead, so that an echo of it still shows.
+fn same_shape(value: &HeaderValue) -> HeaderValue {
+    let bytes = value.as_bytes();
+    let mut shifted = bytes.to_vec();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at..].len() >= 6 && bytes[at..at + 6].eq_ignore_ascii_case(b"bearer") {
+            at += 6;
+            continue;
+        }
+        shifted[at] = match bytes[at] {
+            b'z' => b'a',
+            b'Z' => b'A',
+            b'9' => b'0',
+            byte if byte.is_ascii_alphanumeric() => byte + 1,
+            byte => byte,
+        };
+        at += 1;
+    }
+    if shifted == bytes {
+        return HeaderValue::from_static("Bearer dummy.dummy.dummy");
+    }
+    HeaderValue::from_bytes(&shifted).expect("letters and digits stay valid header bytes")
+}
+
+fn send(parsed: &Parsed, reshape_authorization: bool) -> Answer {
     let mut request = Request::builder()
         .method(parsed.method.clone())
         .uri(parsed.uri.clone());
     for (name, value) in &parsed.headers {
-        if replace_authorization && name == header::AUTHORIZATION {
-            request = request.header(name, "Bearer dummy.dummy.dummy");
+        if reshape_authorization && name == header::AUTHORIZATION {
+            request = request.header(name, same_shape(value));
         } else {
             request = request.header(name, value);
         }
