@@ -19,16 +19,25 @@ use libfuzzer_sys::fuzz_target;
 
 /// A self-signed certificate's PEM shape is enough for `rustls_pemfile::certs`, which only
 /// splits and base64-decodes; the DER inside is not parsed.
-const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2F0ZXN0\n-----END CERTIFICATE-----\n";
+const CA_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2F0ZXN0\n-----END CERTIFICATE-----\n";
 
 static FIXTURES: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = std::env::temp_dir().join(format!("kubeconfig-operator-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("dir")).unwrap();
     std::fs::write(dir.join("ca.pem"), CA_PEM).unwrap();
     std::fs::write(dir.join("empty"), "").unwrap();
-    std::fs::write(dir.join("garbage"), b"\x00\xffnot pem\n-----BEGIN CERTIFICATE-----\n!!").unwrap();
+    std::fs::write(
+        dir.join("garbage"),
+        b"\x00\xffnot pem\n-----BEGIN CERTIFICATE-----\n!!",
+    )
+    .unwrap();
     std::fs::write(dir.join("tls.crt"), CA_PEM).unwrap();
-    std::fs::write(dir.join("tls.key"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        dir.join("tls.key"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     dir
 });
 

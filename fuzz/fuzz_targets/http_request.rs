@@ -36,9 +36,9 @@ use http_body_util::BodyExt as _;
 use kubeconfig_operator::{
     config::KubeconfigSettings,
     metrics::Metrics,
+    oidc::verify::Verifier,
     server::{HttpState, router},
     testing,
-    oidc::verify::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;

@@ -521,7 +521,10 @@ fn claims_json(forged: &Forged, now: i64) -> Map<String, Value> {
             Email::Other(s) => Some(json!(s)),
         },
     );
-    set("email_verified", forged.email_verified.as_ref().map(SmallJson::json));
+    set(
+        "email_verified",
+        forged.email_verified.as_ref().map(SmallJson::json),
+    );
     set(
         "groups",
         match &forged.groups {
@@ -556,7 +559,12 @@ fn sign(signer: &Signer, input: &[u8]) -> Vec<u8> {
         Signer::IssuerRsaPkcs1Sha384 => rsa(&keys.rsa, &RSA_PKCS1_SHA384),
         Signer::IssuerEc256 => keys.ec.sign(&rng, input).unwrap().as_ref().to_vec(),
         Signer::AttackerRsa => rsa(&keys.attacker_rsa, &RSA_PKCS1_SHA256),
-        Signer::AttackerEc => keys.attacker_ec.sign(&rng, input).unwrap().as_ref().to_vec(),
+        Signer::AttackerEc => keys
+            .attacker_ec
+            .sign(&rng, input)
+            .unwrap()
+            .as_ref()
+            .to_vec(),
         Signer::Ec384 => keys.ec384.sign(&rng, input).unwrap().as_ref().to_vec(),
         Signer::HmacWithPublicKey => {
             let key = hmac::Key::new(hmac::HMAC_SHA256, &keys.rsa_public_der);
@@ -630,7 +638,10 @@ fn structured(data: &[u8]) {
     let header_b64 = b64(serde_json::to_string(&header).unwrap().as_bytes());
     let payload = payload_text(&claims, &forged.duplicate_claims);
     let payload_b64 = b64(payload.as_bytes());
-    let signature = sign(&forged.signer, format!("{header_b64}.{payload_b64}").as_bytes());
+    let signature = sign(
+        &forged.signer,
+        format!("{header_b64}.{payload_b64}").as_bytes(),
+    );
     let signed = format!("{header_b64}.{payload_b64}.{}", b64(&signature));
     let token = apply(&forged.tamper, &header_b64, &payload_b64, &b64(&signature));
     // Some tampering is a no-op (appending "", writing the byte that was there).
@@ -650,9 +661,8 @@ fn structured(data: &[u8]) {
     let kid = header.get("kid");
     let names = |expected: &str| kid.is_none() || kid == Some(&json!(expected));
     let genuine = match (&forged.signer, header.get("alg").and_then(Value::as_str)) {
-        (Signer::IssuerRsaPkcs1Sha256, Some("RS256")) | (Signer::IssuerRsaPss256, Some("PS256")) => {
-            names(RSA_KID)
-        }
+        (Signer::IssuerRsaPkcs1Sha256, Some("RS256"))
+        | (Signer::IssuerRsaPss256, Some("PS256")) => names(RSA_KID),
         (Signer::IssuerEc256, Some("ES256")) => names(EC_KID),
         _ => false,
     };
@@ -667,11 +677,17 @@ fn structured(data: &[u8]) {
     // The claims as a JSON parser that keeps the last duplicate sees them (what `identity`
     // reads); a disagreement with jsonwebtoken's own view would show up here.
     let seen: Map<String, Value> = serde_json::from_str(&payload).unwrap();
-    assert_eq!(seen.get("iss"), Some(&json!(ISSUER)), "wrong iss accepted: {forged:?}");
+    assert_eq!(
+        seen.get("iss"),
+        Some(&json!(ISSUER)),
+        "wrong iss accepted: {forged:?}"
+    );
     // kube-apiserver ignores `azp`, so it is not checked here.
     let aud_ok = match seen.get("aud") {
         Some(Value::String(aud)) => aud == CLIENT,
-        Some(Value::Array(auds)) => auds.contains(&json!(CLIENT)) && auds.iter().all(Value::is_string),
+        Some(Value::Array(auds)) => {
+            auds.contains(&json!(CLIENT)) && auds.iter().all(Value::is_string)
+        }
         _ => false,
     };
     assert!(aud_ok, "wrong audience accepted: {forged:?}");
