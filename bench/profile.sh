@@ -87,7 +87,7 @@ until [[ -n $(issuing) ]]; do
 done
 perf record -F 499 -g -o "$work/apiserver.data" -p "$(cat "$CLUSTER_DIR/run/apiserver.pid")" 2>/dev/null &
 apiserver_recorder=$!
-until [[ $(issuing) == *Terminating* || -z $(issuing) ]]; do sleep 0.2; done
+until state=$(issuing) && [[ -z $state || $state == *Terminating* ]]; do sleep 0.2; done
 kill -INT "$apiserver_recorder"
 wait "$apiserver_recorder" || true
 wait "$bench"
