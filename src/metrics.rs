@@ -1,11 +1,21 @@
 //! Prometheus metrics shared by the HTTP server and the controller. Labels carry routes, status
 //! codes, reasons and object names only: never anything taken from a token.
 
+use std::sync::{Arc, RwLock};
+
+use chrono::DateTime;
+use kube::runtime::reflector::Store;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
+
+use crate::crd::{KubeconfigRequest, KubeconfigRequestStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -25,19 +35,95 @@ pub struct ProxyLabels {
     pub code: u16,
 }
 
-/// One KubeconfigRequest.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ObjectLabels {
-    pub namespace: String,
-    pub name: String,
+/// The per-request series, read from the controller's request store at each scrape, as
+/// kube-state-metrics does: a family kept per request held every name three times over (7 MB with
+/// 10,000 requests) and kept its table's size after the requests were deleted.
+#[derive(Debug, Default)]
+pub struct RequestSeries {
+    /// The running controller's store; none while this replica does not run the controller.
+    store: RwLock<Option<Store<KubeconfigRequest>>>,
 }
 
-/// One KubeconfigRequest's Ready condition, as cert-manager labels its certificates' readiness.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReadyLabels {
-    pub namespace: String,
-    pub name: String,
-    pub condition: &'static str,
+impl RequestSeries {
+    /// Exports the requests in `store` from now on, or nothing once the controller stops.
+    pub fn export(&self, store: Option<Store<KubeconfigRequest>>) {
+        if let Ok(mut exported) = self.store.write() {
+            *exported = store;
+        }
+    }
+
+    fn requests(&self) -> Vec<Arc<KubeconfigRequest>> {
+        self.store
+            .read()
+            .ok()
+            .and_then(|store| store.as_ref().map(Store::state))
+            .unwrap_or_default()
+    }
+}
+
+/// Reads one of the RFC 3339 times in a request's status.
+type StatusTime = fn(&KubeconfigRequestStatus) -> Option<&String>;
+
+/// A status timestamp as Unix time; the controller writes RFC 3339.
+fn unix_time(time: Option<&String>) -> Option<i64> {
+    time.and_then(|time| DateTime::parse_from_rfc3339(time).ok())
+        .map(|time| time.timestamp())
+}
+
+impl Collector for RequestSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let requests = self.requests();
+        let labelled = || {
+            requests.iter().filter_map(|request| {
+                let namespace = request.metadata.namespace.as_deref()?;
+                Some((namespace, request.metadata.name.as_deref()?, request))
+            })
+        };
+        let times: [(&str, &str, StatusTime); 2] = [
+            (
+                "request_expiration_timestamp_seconds",
+                "When the credential in a request's kubeconfig Secret expires (Unix time)",
+                |status| status.expires_at.as_ref(),
+            ),
+            (
+                "request_renewal_timestamp_seconds",
+                "When a request's credential is renewed, or an ID token reported Expiring (Unix time)",
+                |status| status.renewal_time.as_ref(),
+            ),
+        ];
+        for (name, help, field) in times {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (namespace, name, request) in labelled() {
+                if let Some(time) = unix_time(request.status.as_ref().and_then(field)) {
+                    ConstGauge::new(time).encode(
+                        family.encode_family(&[("namespace", namespace), ("name", name)])?,
+                    )?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "request_ready_status",
+            "1 for the request's current Ready condition status (True or False), 0 for the other",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, name, request) in labelled() {
+            // As cert-manager labels its certificates' readiness.
+            let Some(ready) = request.ready_condition() else {
+                continue;
+            };
+            for condition in ["True", "False"] {
+                let labels = [
+                    ("namespace", namespace),
+                    ("name", name),
+                    ("condition", condition),
+                ];
+                ConstGauge::new(i64::from(ready.status == condition))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Every metric the operator exports, registered once at start-up.
@@ -48,9 +134,7 @@ pub struct Metrics {
     pub reconciliations: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
-    pub request_expiration: Family<ObjectLabels, Gauge>,
-    pub request_renewal: Family<ObjectLabels, Gauge>,
-    pub request_ready: Family<ReadyLabels, Gauge>,
+    pub requests: Arc<RequestSeries>,
     pub proxy_requests: Family<ProxyLabels, Counter>,
     pub proxy_upstream_duration: Histogram,
     pub proxy_upgraded_streams: Gauge,
@@ -90,24 +174,8 @@ impl Default for Metrics {
             "Time one reconciliation took",
             reconcile_duration.clone(),
         );
-        let request_expiration = Family::<ObjectLabels, Gauge>::default();
-        registry.register(
-            "request_expiration_timestamp_seconds",
-            "When the credential in a request's kubeconfig Secret expires (Unix time)",
-            request_expiration.clone(),
-        );
-        let request_renewal = Family::<ObjectLabels, Gauge>::default();
-        registry.register(
-            "request_renewal_timestamp_seconds",
-            "When a request's credential is renewed, or an ID token reported Expiring (Unix time)",
-            request_renewal.clone(),
-        );
-        let request_ready = Family::<ReadyLabels, Gauge>::default();
-        registry.register(
-            "request_ready_status",
-            "1 for the request's current Ready condition status (True or False), 0 for the other",
-            request_ready.clone(),
-        );
+        let requests = Arc::new(RequestSeries::default());
+        registry.register_collector(Box::new(Arc::clone(&requests)));
         let proxy_requests = Family::<ProxyLabels, Counter>::default();
         registry.register(
             "proxy_requests",
@@ -133,9 +201,7 @@ impl Default for Metrics {
             proxy_requests,
             proxy_upstream_duration,
             proxy_upgraded_streams,
-            request_expiration,
-            request_renewal,
-            request_ready,
+            requests,
             http_requests,
             token_validation_failures,
             reconciliations,
@@ -150,46 +216,6 @@ impl Metrics {
         self.token_validation_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
-    }
-
-    pub fn set_request_times(&self, namespace: &str, name: &str, expires_at: i64, renew_at: i64) {
-        let labels = ObjectLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.request_expiration
-            .get_or_create(&labels)
-            .set(expires_at);
-        self.request_renewal.get_or_create(&labels).set(renew_at);
-    }
-
-    pub fn set_request_ready(&self, namespace: &str, name: &str, ready: bool) {
-        for (condition, value) in [("True", ready), ("False", !ready)] {
-            self.request_ready
-                .get_or_create(&ReadyLabels {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    condition,
-                })
-                .set(i64::from(value));
-        }
-    }
-
-    /// Removes a deleted request's series, so that alerts do not fire for what no longer exists.
-    pub fn forget_request(&self, namespace: &str, name: &str) {
-        let labels = ObjectLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.request_expiration.remove(&labels);
-        self.request_renewal.remove(&labels);
-        for condition in ["True", "False"] {
-            self.request_ready.remove(&ReadyLabels {
-                namespace: labels.namespace.clone(),
-                name: labels.name.clone(),
-                condition,
-            });
-        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -226,17 +252,71 @@ mod tests {
         assert!(text.contains("kubeconfig_operator_reconcile_duration_seconds_bucket"));
     }
 
+    fn request(name: &str, status: serde_json::Value) -> KubeconfigRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubeconfig.dev/v1alpha1",
+            "kind": "KubeconfigRequest",
+            "metadata": {"name": name, "namespace": "team-a", "uid": name},
+            "spec": {"tokenSecretRef": {"name": "token"}},
+            "status": status,
+        }))
+        .expect("a valid request")
+    }
+
     #[test]
-    fn per_request_series_appear_and_go_with_the_request() {
+    fn per_request_series_follow_the_store() {
+        use kube::runtime::{reflector, watcher::Event};
+
         let metrics = Metrics::default();
-        metrics.set_request_times("team-a", "alice", 2_000_000_000, 1_999_998_800);
-        metrics.set_request_ready("team-a", "alice", true);
+        let (store, mut writer) = reflector::store();
+        let issued = request(
+            "alice",
+            serde_json::json!({
+                "expiresAt": "2033-05-18T03:33:20Z",
+                "renewalTime": "2033-05-18T03:13:20Z",
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Issued",
+                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
+            }),
+        );
+        let refused = request(
+            "bob",
+            serde_json::json!({
+                "conditions": [{"type": "Ready", "status": "False", "reason": "TokenExpired",
+                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
+            }),
+        );
+        let unseen = request("carol", serde_json::json!({}));
+        for request in [&issued, &refused, &unseen] {
+            writer.apply_watcher_event(&Event::Apply(request.clone()));
+        }
+        assert!(
+            !metrics.render().contains("alice"),
+            "nothing is exported before the controller runs"
+        );
+
+        metrics.requests.export(Some(store));
         let text = metrics.render();
-        assert!(text.contains(r#"kubeconfig_operator_request_expiration_timestamp_seconds{namespace="team-a",name="alice"} 2000000000"#), "{text}");
-        assert!(text.contains(r#"kubeconfig_operator_request_renewal_timestamp_seconds{namespace="team-a",name="alice"} 1999998800"#), "{text}");
-        assert!(text.contains(r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="True"} 1"#), "{text}");
-        assert!(text.contains(r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="False"} 0"#), "{text}");
-        metrics.forget_request("team-a", "alice");
-        assert!(!metrics.render().contains("alice"));
+        for line in [
+            r#"kubeconfig_operator_request_expiration_timestamp_seconds{namespace="team-a",name="alice"} 2000000000"#,
+            r#"kubeconfig_operator_request_renewal_timestamp_seconds{namespace="team-a",name="alice"} 1999998800"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="True"} 1"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="False"} 0"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="bob",condition="False"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains(r#"timestamp_seconds{namespace="team-a",name="bob"}"#),
+            "a refused request has no times: {text}"
+        );
+        assert!(!text.contains("carol"), "not yet reconciled: {text}");
+
+        writer.apply_watcher_event(&Event::Delete(issued));
+        let text = metrics.render();
+        assert!(!text.contains("alice"), "{text}");
+        assert!(text.contains("bob"), "{text}");
+
+        metrics.requests.export(None);
+        assert!(!metrics.render().contains("bob"));
     }
 }

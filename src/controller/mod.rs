@@ -181,15 +181,11 @@ impl Context {
         crate::allocator::release_freed_memory();
     }
 
-    /// Called when the controller finds a request gone: its retry state and metrics go too.
+    /// Called when the controller finds a request gone: its retry state goes too.
     fn forget(&self, request: &ObjectRef<KubeconfigRequest>) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(request);
         }
-        self.metrics.forget_request(
-            request.namespace.as_deref().unwrap_or_default(),
-            &request.name,
-        );
     }
 
     #[cfg(test)]
@@ -527,6 +523,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let controller = Controller::for_stream(request_stream, store.clone());
+    ctx.metrics.requests.export(Some(store.clone()));
     let ready_store = store.clone();
     tokio::spawn(async move {
         // Each wait is bounded and repeated: with the controller's applier waiting on the same
@@ -564,6 +561,7 @@ pub async fn run(
     let secret_ctx = Arc::clone(&ctx);
     let account_ctx = Arc::clone(&ctx);
     let forget_ctx = Arc::clone(&ctx);
+    let metrics = Arc::clone(&ctx.metrics);
     controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             requests_affected_by(&secret_ctx, &secret)
@@ -589,6 +587,8 @@ pub async fn run(
         })
         .await;
     sweeper.abort();
+    // A replica that lost its lease no longer knows the requests' state.
+    metrics.requests.export(None);
 }
 
 /// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field

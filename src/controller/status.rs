@@ -203,12 +203,6 @@ pub(super) async fn update(
                     .conditions
                     .push(condition(request, EXPIRING, true, "TokenExpiring", note));
             }
-            ctx.metrics.set_request_times(
-                &request.namespace().unwrap_or_default(),
-                &request.name_any(),
-                credential.expires_at.timestamp(),
-                credential.renew_at.timestamp(),
-            );
         }
         Outcome::Refused { kept_secret, .. } => {
             let previous = request.status.as_ref();
@@ -220,11 +214,6 @@ pub(super) async fn update(
             }
         }
     }
-    ctx.metrics.set_request_ready(
-        &request.namespace().unwrap_or_default(),
-        &request.name_any(),
-        ready,
-    );
     // The Event for a written Secret goes out beside the status write, not before it: one round
     // trip fewer in every issuance. (A Warning still precedes the status that reports it.)
     let issued_event = async {
