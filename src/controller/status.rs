@@ -147,9 +147,9 @@ fn condition(
     }
 }
 
-/// Patches the status subresource when it differs from what is there, records a Warning Event
-/// when the request newly fails or its ID token newly needs replacing, and updates the
-/// per-request metrics.
+/// Patches the status subresource when it differs from what is there, and records a Warning
+/// Event when the request newly fails or its ID token newly needs replacing. (The per-request
+/// metrics are read from the stored status at each scrape.)
 pub(super) async fn update(
     request: &KubeconfigRequest,
     ctx: &Context,
