@@ -121,6 +121,7 @@ impl<T: Clone> SecretReads<T> {
     pub fn retain(&self, keep: impl Fn(&SecretKey) -> bool) {
         if let Ok(mut reads) = self.reads.lock() {
             reads.retain(|key, _| keep(key));
+            release_spare_capacity(&mut reads);
         }
         if let Ok(mut versions) = self.latest_versions.lock() {
             versions.retain(|key, _| keep(key));
