@@ -173,7 +173,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The configuration refuses a page without oidc.issuerUrl: it logs in at that one issuer.
     let console = match (config.console.clone(), &config.oidc) {
         (Some(page), OidcSettings::Flags(oidc)) => Some(Arc::new(
-            Console::new(page, oidc, Arc::clone(&verifier), config.kubeconfig.clone()).await?,
+            Console::new(
+                page,
+                oidc,
+                Arc::clone(&verifier),
+                config.kubeconfig.clone(),
+                confirmer.clone(),
+            )
+            .await?,
         )),
         _ => None,
     };

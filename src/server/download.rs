@@ -277,12 +277,12 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
-        confirm::Confirmer,
         oidc::verify::Verifier,
         server::{
             routes,
             test_fixtures::{
-                body, call, signed_token, signed_token_from, state, state_confirming, state_with,
+                api_server_answering, body, call, refusal, signed_token, signed_token_from, state,
+                state_confirming, state_with,
             },
         },
     };
@@ -447,41 +447,6 @@ mod tests {
         );
     }
 
-    /// A confirmer whose API server answers one SelfSubjectReview, which must carry the caller's
-    /// token, with `status` and `answer`.
-    fn api_server_answering(status: u16, answer: serde_json::Value) -> Confirmer {
-        let (service, mut handle) = tower_test::mock::pair::<
-            axum::http::Request<kube::client::Body>,
-            axum::http::Response<kube::client::Body>,
-        >();
-        tokio::spawn(async move {
-            let (request, respond) = handle.next_request().await.expect("a review");
-            assert_eq!(
-                request.uri().path(),
-                "/apis/authentication.k8s.io/v1/selfsubjectreviews"
-            );
-            assert_eq!(
-                request.headers()[header::AUTHORIZATION],
-                format!("Bearer {}", signed_token()).as_str()
-            );
-            respond.send_response(
-                axum::http::Response::builder()
-                    .status(status)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(kube::client::Body::from(answer.to_string().into_bytes()))
-                    .unwrap(),
-            );
-        });
-        Confirmer::with_client(kube::Client::new(service, "default"))
-    }
-
-    fn status(code: u16) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "refused", "code": code,
-        })
-    }
-
     #[tokio::test]
     async fn a_token_downloaded_again_within_seconds_reuses_the_api_servers_answer() {
         let review = serde_json::json!({
@@ -490,7 +455,7 @@ mod tests {
         });
         // The scripted API server answers one review and then goes away: a second review would
         // fail, and the download with it (503).
-        let state = state_confirming(api_server_answering(201, review));
+        let state = state_confirming(api_server_answering(&signed_token(), 201, review));
         let authorization = format!("Bearer {}", signed_token());
         for attempt in ["first", "second"] {
             let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
@@ -510,7 +475,7 @@ mod tests {
                 "extra": { "scopes": ["read", "a=b"] },
             }},
         });
-        let state = state_confirming(api_server_answering(201, review));
+        let state = state_confirming(api_server_answering(&signed_token(), 201, review));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -535,7 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_the_api_server_refuses_gets_401_saying_so() {
-        let state = state_confirming(api_server_answering(401, status(401)));
+        let state = state_confirming(api_server_answering(&signed_token(), 401, refusal(401)));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -561,7 +526,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_api_server_that_cannot_answer_is_503_not_a_refusal() {
-        let state = state_confirming(api_server_answering(500, status(500)));
+        let state = state_confirming(api_server_answering(&signed_token(), 500, refusal(500)));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -28,6 +28,47 @@ use crate::{
     testing,
 };
 
+/// A confirmer whose API server answers one SelfSubjectReview, which must carry `token`, with
+/// `status` and `answer`; a second review finds no API server.
+pub(crate) fn api_server_answering(
+    token: &str,
+    status: u16,
+    answer: serde_json::Value,
+) -> Confirmer {
+    let (service, mut handle) = tower_test::mock::pair::<
+        axum::http::Request<kube::client::Body>,
+        axum::http::Response<kube::client::Body>,
+    >();
+    let authorization = format!("Bearer {token}");
+    tokio::spawn(async move {
+        let (request, respond) = handle.next_request().await.expect("a review");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+        );
+        assert_eq!(
+            request.headers()[header::AUTHORIZATION],
+            authorization.as_str()
+        );
+        respond.send_response(
+            axum::http::Response::builder()
+                .status(status)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                .unwrap(),
+        );
+    });
+    Confirmer::with_client(kube::Client::new(service, "default"))
+}
+
+/// The API server's answer refusing a request with `code`.
+pub(crate) fn refusal(code: u16) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "refused", "code": code,
+    })
+}
+
 /// A token for jane@example.com from the test issuer, valid for ten minutes.
 pub(super) fn signed_token() -> String {
     testing::issuer().token_for("jane@example.com", &["dev"], 600)

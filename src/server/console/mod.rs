@@ -5,8 +5,9 @@
 //! its `state`, `nonce` and verifier in an encrypted login cookie ([`session`]); `/callback`
 //! checks `state` against that cookie (once: a used `state` is refused), trades the code for the
 //! ID token, verifies it with the same [`Verifier`] as `GET /kube-config` plus the `nonce`, and
-//! keeps it in an encrypted session cookie that ends with the token. `/download` renders the
-//! kubeconfig with [`crate::kubeconfig::render`], as `GET /kube-config` does.
+//! keeps it in an encrypted session cookie that ends with the token. `/download` has the API
+//! server confirm the token (a SelfSubjectReview, unless the operator is configured not to ask)
+//! and renders the kubeconfig with [`crate::kubeconfig::render`], as `GET /kube-config` does.
 //!
 //! Tokens appear in no URL, log line or script-readable storage. Every answer forbids caching,
 //! referrers and framing, and allows only the page's own script and style; the one POST
@@ -44,11 +45,14 @@ pub use config::{ConsoleConfig, FileConsole};
 use super::{download, limits};
 use crate::{
     config::{KubeconfigSettings, OidcConfig},
+    confirm::{ConfirmError, Confirmer},
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
     kubeconfig,
     oidc::jwks::IssuerError,
     oidc::verify::{IdToken, Identity, TokenError, Verifier},
+    verdicts::Verdicts,
 };
+use k8s_openapi::api::authentication::v1::UserInfo;
 use oidc::{LoginClient, LoginError, Pending};
 use session::{CookiePolicy, Kind, LoginCookie, Session, SpentStates};
 
@@ -77,6 +81,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 const TOKEN_SECRET_NAME: &str = "my-id-token";
 const REQUEST_NAME: &str = "my-kubeconfig";
 /// Shown with 503 whenever the issuer (discovery, token endpoint or keys) cannot be reached.
+const REFUSED_BY_API_SERVER: &str = "The cluster's API server does not accept your token, so a kubeconfig with it would not work. Log out and in again; if it still fails, ask the cluster's owner whether the API server trusts this issuer.";
+const API_SERVER_UNAVAILABLE: &str =
+    "The cluster's API server cannot be reached to check your token; try again in a minute.";
 const ISSUER_UNAVAILABLE: &str = "The issuer cannot be reached right now, so you cannot be logged in or checked; try again in a minute.";
 
 /// The page's state: its configuration, the login client, and what `GET /kube-config` uses.
@@ -85,6 +92,10 @@ pub struct Console {
     client: LoginClient,
     verifier: Arc<Verifier>,
     settings: KubeconfigSettings,
+    /// Asks the API server about the session's token before a download, as `GET /kube-config`
+    /// does; none when the operator is configured not to ask.
+    confirmer: Option<Confirmer>,
+    confirmations: Verdicts<UserInfo>,
     cookies: CookiePolicy,
     spent: SpentStates,
 }
@@ -96,6 +107,7 @@ impl Console {
         oidc: &OidcConfig,
         verifier: Arc<Verifier>,
         settings: KubeconfigSettings,
+        confirmer: Option<Confirmer>,
     ) -> Result<Self, IssuerError> {
         let client = LoginClient::new(
             oidc,
@@ -112,6 +124,8 @@ impl Console {
             client,
             verifier,
             settings,
+            confirmer,
+            confirmations: Verdicts::default(),
             spent: SpentStates::default(),
         })
     }
@@ -468,6 +482,22 @@ async fn download(
         }
     };
     let token = IdToken::from(session.id_token);
+    if let Some(confirmer) = &console.confirmer {
+        match console
+            .confirmations
+            .confirm(confirmer, &token, identity.expires_at)
+            .await
+        {
+            Ok(_) => {}
+            Err(ConfirmError::Refused) => {
+                return console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER);
+            }
+            Err(error @ ConfirmError::Unavailable(_)) => {
+                warn!(%error, "cannot confirm a token with the API server");
+                return console.problem(StatusCode::SERVICE_UNAVAILABLE, API_SERVER_UNAVAILABLE);
+            }
+        }
+    }
     let format = match query.format {
         Format::Token => kubeconfig::Format::Token,
         Format::Exec => kubeconfig::Format::Exec,

@@ -18,13 +18,22 @@ use super::{
     oidc::Pending,
     session::{CookiePolicy, Kind, LoginCookie, Session, tests::sent_back},
 };
-use crate::{controller::fixtures::settings, testing};
+use crate::{
+    confirm::Confirmer,
+    controller::fixtures::settings,
+    server::test_fixtures::{api_server_answering, refusal},
+    testing,
+};
 
 async fn console(key: &Key) -> Arc<Console> {
     console_at(key, "http://127.0.0.1:8000/callback").await
 }
 
 async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
+    console_with(key, redirect_url, None).await
+}
+
+async fn console_with(key: &Key, redirect_url: &str, confirmer: Option<Confirmer>) -> Arc<Console> {
     let config = ConsoleConfig {
         client_secret: "secret".into(),
         redirect_url: redirect_url.parse().unwrap(),
@@ -37,6 +46,7 @@ async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
             &testing::oidc_config(),
             Arc::new(testing::issuer().verifier()),
             settings(),
+            confirmer,
         )
         .await
         .unwrap(),
@@ -237,6 +247,42 @@ async fn the_download_is_the_token_kubeconfig_of_the_session() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let response = call(&console, Method::GET, "/download?format=yaml", &cookie, "").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_download_waits_for_the_api_server_to_accept_the_token() {
+    let key = Key::generate();
+    let (cookie, session) = session_cookie(&key, 600, 600);
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+        "status": { "userInfo": { "username": "jane@example.com" } },
+    });
+    let cases = [
+        (201, review, StatusCode::OK, "kind: Config"),
+        (
+            401,
+            refusal(401),
+            StatusCode::UNAUTHORIZED,
+            "does not accept your token",
+        ),
+        (
+            500,
+            refusal(500),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot be reached",
+        ),
+    ];
+    for (code, answer, status, says) in cases {
+        let confirmer = api_server_answering(&session.id_token, code, answer);
+        let console = console_with(&key, "http://127.0.0.1:8000/callback", Some(confirmer)).await;
+        let response = call(&console, Method::GET, "/download", &cookie, "").await;
+        assert_eq!(response.status(), status, "API server answering {code}");
+        let body = text(response).await;
+        assert!(body.contains(says), "API server answering {code}: {body}");
+        if status != StatusCode::OK {
+            assert!(!body.contains(&session.id_token), "the token is in {body}");
+        }
+    }
 }
 
 #[tokio::test]
