@@ -157,6 +157,10 @@ impl Inner {
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
         let reference = Arc::new(Request::new(&request.name_any()).within(&namespace));
+        // Most changes of a request are the operator's own status write, which follows its
+        // Secret write: the versions of that write must outlive re-filing, or the Secret's watch
+        // event, when it comes second, starts a needless reconciliation.
+        let own_writes = self.take_own_writes(&reference);
         self.remove(&reference);
         if !self.namespaces.contains_key(namespace.as_str()) {
             self.namespaces
@@ -188,11 +192,38 @@ impl Inner {
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
             uid: request.uid().map(String::into_boxed_str),
         };
+        for (name, version) in own_writes {
+            if let Some(name) = filing
+                .written_secrets
+                .iter()
+                .find(|written| **written == name)
+            {
+                tables.own_writes.insert(Arc::clone(name), version);
+            }
+        }
         if let Some(uid) = &filing.uid {
             self.uids.insert(uid.clone(), Arc::clone(&reference));
         }
         self.filed.insert(Arc::clone(&reference), filing);
         Some(reference)
+    }
+
+    /// Removes and returns the recorded own writes of the Secrets `request` is filed as writing.
+    fn take_own_writes(&mut self, request: &Request) -> Vec<(Name, Box<str>)> {
+        let (Some(filing), Some(tables)) = (
+            self.filed.get(request),
+            request
+                .namespace
+                .as_deref()
+                .and_then(|namespace| self.namespaces.get_mut(namespace)),
+        ) else {
+            return Vec::new();
+        };
+        filing
+            .written_secrets
+            .iter()
+            .filter_map(|name| tables.own_writes.remove_entry(name))
+            .collect()
     }
 }
 
@@ -470,6 +501,24 @@ mod tests {
         assert_eq!(
             names(&index.for_secret("team", "alice-kubeconfig", Some("8"), &["uid-a"])),
             ["alice"]
+        );
+        // The request's own status write arrives as a change of the request: the Secret's
+        // version is still the operator's own.
+        let mut issued = request(
+            "alice",
+            "uid-a",
+            serde_json::json!({"tokenSecretRef": {"name": "t"}}),
+        );
+        issued.status = Some(KubeconfigRequestStatus {
+            secret_name: Some("alice-kubeconfig".into()),
+            ..KubeconfigRequestStatus::default()
+        });
+        index.observe(&watcher::Event::Apply(issued));
+        assert!(
+            index
+                .for_secret("team", "alice-kubeconfig", Some("7"), &["uid-a"])
+                .requests
+                .is_empty()
         );
         // Nothing is remembered for a Secret no request writes.
         index.wrote("team", "stranger", Some("9".into()));
