@@ -75,14 +75,16 @@ wait_ready() {
 # Appends a section to bench/results.md: a heading, the machine and versions, the commands that
 # produced it, and the table on stdin.
 append_results() {
-	local title=$1 commands=$2
+	local title=$1 commands=$2 version
+	# Before anything is appended: the appending itself leaves the tree dirty.
+	version=$(git describe --always --dirty 2>/dev/null)
 	{
 		printf '\n## %s: %s\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$title"
 		printf -- '- machine: %s cores, %s, %s MiB memory (%s)\n' "$(nproc)" \
 			"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
 			"$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)" "$(uname -r)"
 		printf -- '- versions: operator %s (%s), %s, kube-apiserver %s\n' \
-			"$(git describe --always --dirty 2>/dev/null)" "$(cargo pkgid | sed 's/.*[#@]//')" \
+			"$version" "$(cargo pkgid | sed 's/.*[#@]//')" \
 			"$(rustc --version)" \
 			"$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' tests/cluster/go.mod)"
 		printf -- '- commands: `%s`\n\n' "$commands"
