@@ -102,18 +102,22 @@ fn file(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> Nam
     shared
 }
 
-fn unfile(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) {
-    if let Some(requests) = map.get_mut(name) {
-        if let Some(at) = requests
-            .iter()
-            .position(|filed| Arc::ptr_eq(filed, request))
-        {
-            requests.swap_remove(at);
-        }
-        if requests.is_empty() {
-            map.remove(name);
-        }
+/// Returns whether `name` is left without requests.
+fn unfile(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> bool {
+    let Some(requests) = map.get_mut(name) else {
+        return false;
+    };
+    if let Some(at) = requests
+        .iter()
+        .position(|filed| Arc::ptr_eq(filed, request))
+    {
+        requests.swap_remove(at);
     }
+    let emptied = requests.is_empty();
+    if emptied {
+        map.remove(name);
+    }
+    emptied
 }
 
 /// The requests behind shared references, as the controller takes them.
@@ -126,27 +130,38 @@ fn unshared<'a>(requests: impl IntoIterator<Item = &'a Filed>) -> Vec<Request> {
 
 impl Inner {
     fn remove(&mut self, request: &Request) {
-        let Some((filed, filing)) = self.filed.remove_entry(request) else {
-            return;
-        };
-        if let Some(uid) = &filing.uid {
+        if let Some((filed, filing)) = self.filed.remove_entry(request) {
+            self.unfile(&filed, &filing);
+        }
+    }
+
+    /// Takes `filed` out of every table its `filing` put it in. The record of the operator's own
+    /// write to a Secret goes only with the last request writing that Secret.
+    fn unfile(&mut self, filed: &Filed, filing: &Filing) {
+        if let Some(uid) = &filing.uid
+            && self
+                .uids
+                .get(uid)
+                .is_some_and(|current| Arc::ptr_eq(current, filed))
+        {
             self.uids.remove(uid);
         }
-        let Some(namespace) = request.namespace.as_deref() else {
+        let Some(namespace) = filed.namespace.as_deref() else {
             return;
         };
         let Some(tables) = self.namespaces.get_mut(namespace) else {
             return;
         };
         if let Some(name) = &filing.token_secret {
-            unfile(&mut tables.token_secrets, name, &filed);
+            unfile(&mut tables.token_secrets, name, filed);
         }
         for name in &filing.written_secrets {
-            tables.own_writes.remove(name);
-            unfile(&mut tables.written_secrets, name, &filed);
+            if unfile(&mut tables.written_secrets, name, filed) {
+                tables.own_writes.remove(name);
+            }
         }
         if let Some(name) = &filing.account {
-            unfile(&mut tables.accounts, name, &filed);
+            unfile(&mut tables.accounts, name, filed);
         }
         tables.requests -= 1;
         if tables.requests == 0 {
@@ -154,14 +169,13 @@ impl Inner {
         }
     }
 
+    /// Files the request's current state first and then takes out its previous filing, so that
+    /// what a name keeps across the change stays: most changes of a request are the operator's
+    /// own status write, which follows its Secret write, and dropping the record of that write
+    /// let the Secret's watch event, when it came second, start a needless reconciliation.
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
         let reference = Arc::new(Request::new(&request.name_any()).within(&namespace));
-        // Most changes of a request are the operator's own status write, which follows its
-        // Secret write: the versions of that write must outlive re-filing, or the Secret's watch
-        // event, when it comes second, starts a needless reconciliation.
-        let own_writes = self.take_own_writes(&reference);
-        self.remove(&reference);
         if !self.namespaces.contains_key(namespace.as_str()) {
             self.namespaces
                 .insert(Arc::from(namespace.as_str()), Tables::default());
@@ -192,38 +206,16 @@ impl Inner {
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
             uid: request.uid().map(String::into_boxed_str),
         };
-        for (name, version) in own_writes {
-            if let Some(name) = filing
-                .written_secrets
-                .iter()
-                .find(|written| **written == name)
-            {
-                tables.own_writes.insert(Arc::clone(name), version);
-            }
-        }
         if let Some(uid) = &filing.uid {
             self.uids.insert(uid.clone(), Arc::clone(&reference));
         }
+        // The previous entry's key is the previous reference: take it out before filing anew.
+        let previous = self.filed.remove_entry(&reference);
         self.filed.insert(Arc::clone(&reference), filing);
+        if let Some((filed, filing)) = previous {
+            self.unfile(&filed, &filing);
+        }
         Some(reference)
-    }
-
-    /// Removes and returns the recorded own writes of the Secrets `request` is filed as writing.
-    fn take_own_writes(&mut self, request: &Request) -> Vec<(Name, Box<str>)> {
-        let (Some(filing), Some(tables)) = (
-            self.filed.get(request),
-            request
-                .namespace
-                .as_deref()
-                .and_then(|namespace| self.namespaces.get_mut(namespace)),
-        ) else {
-            return Vec::new();
-        };
-        filing
-            .written_secrets
-            .iter()
-            .filter_map(|name| tables.own_writes.remove_entry(name))
-            .collect()
     }
 }
 
