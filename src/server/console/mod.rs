@@ -80,10 +80,12 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 /// The names `kubectl create secret` and the KubeconfigRequest on the page use.
 const TOKEN_SECRET_NAME: &str = "my-id-token";
 const REQUEST_NAME: &str = "my-kubeconfig";
-/// Shown with 503 whenever the issuer (discovery, token endpoint or keys) cannot be reached.
+/// Shown with 401 when the API server's SelfSubjectReview refuses the session's token.
 const REFUSED_BY_API_SERVER: &str = "The cluster's API server does not accept your token, so a kubeconfig with it would not work. Log out and in again; if it still fails, ask the cluster's owner whether the API server trusts this issuer.";
+/// Shown with 503 when the API server cannot be asked about the token.
 const API_SERVER_UNAVAILABLE: &str =
     "The cluster's API server cannot be reached to check your token; try again in a minute.";
+/// Shown with 503 whenever the issuer (discovery, token endpoint or keys) cannot be reached.
 const ISSUER_UNAVAILABLE: &str = "The issuer cannot be reached right now, so you cannot be logged in or checked; try again in a minute.";
 
 /// The page's state: its configuration, the login client, and what `GET /kube-config` uses.
