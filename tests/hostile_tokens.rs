@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use support::{
     Client, cluster, id_token, id_token_for_client, id_token_short_lived, kubectl,
     operator::{Issuer, Operator},
-    requests::{apply_request, http_get, http_get_kubeconfig, put_token_secret, wait_for_reason},
+    requests::{apply_request, http_get_kubeconfig, put_token_secret, wait_for_reason},
     tokens::b64,
 };
 
@@ -344,7 +344,7 @@ fn crafted_tokens_are_refused_on_both_paths_and_nothing_leaks() {
         cluster,
         &["get", "kcr,events", "-n", &ns.name, "-o", "yaml"],
     );
-    let metrics = http_get(&operator.base_url, "/metrics", None, "").body;
+    let metrics = operator.metrics();
     let logs = operator.logs();
     assert!(
         logs.contains("TRACE") || logs.contains("trace"),

@@ -135,7 +135,7 @@ fn a_client_over_its_budget_gets_429_and_probes_still_answer() {
         http_get(&operator.base_url, "/healthz", None, "").status,
         200
     );
-    let metrics = http_get(&operator.base_url, "/metrics", None, "").body;
+    let metrics = operator.metrics();
     assert!(
         metrics.contains(
             r#"kubeconfig_operator_http_requests_total{route="/kube-config",code="429"}"#

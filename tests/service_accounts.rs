@@ -10,9 +10,7 @@ use support::{
     Cluster, Namespace, cluster, eventually, id_token, id_token_short_lived, kubectl,
     kubectl_as_token, kubectl_result,
     operator::{Issuer, Operator},
-    requests::{
-        apply_request, decoded_secret_key, http_get, put_token_secret, wait_for_reason, write_temp,
-    },
+    requests::{apply_request, decoded_secret_key, put_token_secret, wait_for_reason, write_temp},
 };
 
 const ACCOUNT: &str = "deployer";
@@ -370,7 +368,7 @@ fn renewal_replaces_the_token_and_both_stay_valid_and_the_admin_cap_applies() {
         chrono::DateTime::parse_from_rfc3339(status["expiresAt"].as_str().unwrap()).unwrap();
     let renews =
         chrono::DateTime::parse_from_rfc3339(status["renewalTime"].as_str().unwrap()).unwrap();
-    let metrics = http_get(&operator.base_url, "/metrics", None, "").body;
+    let metrics = operator.metrics();
     let labels = format!("{{namespace=\"{}\",name=\"pipeline\"}}", ns.name);
     let metric = |name: &str| -> i64 {
         metrics
