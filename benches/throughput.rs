@@ -147,7 +147,6 @@ fn main() {
             allowed_origins: Vec::new(),
             confirmer: None,
             verdicts: Default::default(),
-            confirmations: Default::default(),
             console: None,
         }))
     };

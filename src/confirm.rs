@@ -11,13 +11,14 @@
 //! authenticates tokens itself (this operator's `proxy`, or another), the API server may not
 //! accept the token directly at all, and confirmation must be turned off.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::http::{HeaderValue, header};
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{Client, Resource, api::PostParams, config::AuthInfo};
 
-use crate::oidc::verify::IdToken;
+use crate::{oidc::verify::IdToken, verdicts::Verdicts};
 
 /// A review the API server has not answered by then is treated as the API server being down:
 /// a reconcile or a download must not hang on it.
@@ -42,11 +43,13 @@ pub enum ConfirmError {
 }
 
 /// Sends SelfSubjectReviews. Cheap to share: one connection pool for every token, each review
-/// carrying its own `Authorization` header.
+/// carrying its own `Authorization` header, and one cache of answers, so the controller, the
+/// download and the page together ask about a token once per 10 s.
 #[derive(Clone)]
 pub struct Confirmer {
     /// A client without credentials of its own.
     anonymous: Client,
+    answers: Arc<Verdicts<UserInfo>>,
 }
 
 impl Confirmer {
@@ -56,18 +59,32 @@ impl Confirmer {
         let mut config = config.clone();
         config.auth_info = AuthInfo::default();
         config.headers.clear();
-        Ok(Self {
-            anonymous: Client::try_from(config)?,
-        })
+        Ok(Self::with_client(Client::try_from(config)?))
     }
 
     /// A confirmer over a client that must carry no credentials (unit tests script it).
     pub fn with_client(anonymous: Client) -> Self {
-        Self { anonymous }
+        Self {
+            anonymous,
+            answers: Arc::default(),
+        }
     }
 
-    /// Who the API server says `token`'s holder is.
-    pub async fn confirm(&self, token: &IdToken) -> Result<UserInfo, ConfirmError> {
+    /// Who the API server says `token`'s holder is; `expires_at` bounds how long the answer is
+    /// reused.
+    pub async fn confirm(
+        &self,
+        token: &IdToken,
+        expires_at: DateTime<Utc>,
+    ) -> Result<UserInfo, ConfirmError> {
+        self.answers
+            .get_or_judge(token, || async {
+                Ok((self.review(token).await?, expires_at))
+            })
+            .await
+    }
+
+    async fn review(&self, token: &IdToken) -> Result<UserInfo, ConfirmError> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", token.expose()))
             // A token that cannot even be sent is one the API server cannot accept.
             .map_err(|_| ConfirmError::Refused)?;

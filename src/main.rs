@@ -179,6 +179,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&verifier),
                 config.kubeconfig.clone(),
                 confirmer.clone(),
+                Arc::clone(&metrics),
             )
             .await?,
         )),
@@ -192,7 +193,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         allowed_origins: config.http.allowed_origins.clone(),
         confirmer,
         verdicts: Default::default(),
-        confirmations: Default::default(),
         console,
     });
     let proxy = match &config.proxy {

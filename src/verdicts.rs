@@ -10,13 +10,9 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::authentication::v1::UserInfo;
 use sha2::{Digest, Sha256};
 
-use crate::{
-    confirm::{ConfirmError, Confirmer},
-    oidc::verify::{IdToken, Identity, TokenError, Verifier},
-};
+use crate::oidc::verify::{IdToken, Identity, TokenError, Verifier};
 
 /// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
 /// server's own.
@@ -25,7 +21,7 @@ const VERDICT_TTL: Duration = Duration::from_secs(10);
 const MAX_VERDICTS: usize = 10_000;
 
 /// Successful verdicts by token digest: the operator's own ([`Identity`]) and the API server's
-/// (a SelfSubjectReview's [`UserInfo`]), each kept in its own cache.
+/// (kept by [`crate::confirm::Confirmer`]), each in its own cache.
 pub struct Verdicts<V> {
     cached: Mutex<HashMap<[u8; 32], Cached<V>>>,
 }
@@ -98,21 +94,6 @@ impl Verdicts<Identity> {
             let identity = verifier.verify(token).await?;
             let expires_at = identity.expires_at;
             Ok((identity, expires_at))
-        })
-        .await
-    }
-}
-
-impl Verdicts<UserInfo> {
-    /// `confirmer.confirm` for a token that expires at `expires_at`, through the cache.
-    pub async fn confirm(
-        &self,
-        confirmer: &Confirmer,
-        token: &IdToken,
-        expires_at: DateTime<Utc>,
-    ) -> Result<UserInfo, ConfirmError> {
-        self.get_or_judge(token, || async {
-            Ok((confirmer.confirm(token).await?, expires_at))
         })
         .await
     }

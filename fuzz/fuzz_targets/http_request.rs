@@ -113,7 +113,6 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         confirmer: None,
         verdicts: Default::default(),
-        confirmations: Default::default(),
         console: None,
     })
 }

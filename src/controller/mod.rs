@@ -28,10 +28,7 @@ use std::{
 
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{
-    authentication::v1::UserInfo,
-    core::v1::{Secret, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -131,7 +128,6 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
     verdicts: Verdicts<Identity>,
-    confirmations: Verdicts<UserInfo>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
 }
@@ -157,7 +153,6 @@ impl Context {
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
             verdicts: Verdicts::default(),
-            confirmations: Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
         }
@@ -178,7 +173,6 @@ impl Context {
             .retain(|key| self.index.is_token_secret(key));
         self.token_reads.forget_unused(SWEEP_INTERVAL);
         self.index.release_spare_capacity();
-        crate::allocator::release_freed_memory();
     }
 
     /// Called when the controller finds a request gone: its retry state goes too.
@@ -451,9 +445,8 @@ async fn confirm(
     let Some(confirmer) = &ctx.confirmer else {
         return Ok(Ok(credential));
     };
-    match ctx
-        .confirmations
-        .confirm(confirmer, &credential.token, credential.expires_at)
+    match confirmer
+        .confirm(&credential.token, credential.expires_at)
         .await
     {
         Ok(user) => Ok(Ok(Credential {

@@ -72,11 +72,7 @@ async fn kube_config(
 ) -> Response {
     let confirmed = match &state.confirmer {
         None => None,
-        Some(confirmer) => match state
-            .confirmations
-            .confirm(confirmer, &token, identity.expires_at)
-            .await
-        {
+        Some(confirmer) => match confirmer.confirm(&token, identity.expires_at).await {
             Ok(user) => Some(user),
             Err(error) => return unconfirmed(&state, &error),
         },

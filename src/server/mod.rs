@@ -48,7 +48,6 @@ use crate::{
     oidc::verify::{Identity, Verifier},
     verdicts::Verdicts,
 };
-use k8s_openapi::api::authentication::v1::UserInfo;
 use limits::RequestLimits;
 use listener::ConnectionLimits;
 
@@ -74,7 +73,6 @@ pub struct HttpState {
     /// The verifier's and the API server's recent verdicts, so a client calling in a loop costs
     /// one verification and one review per token per 10 s.
     pub verdicts: Verdicts<Identity>,
-    pub confirmations: Verdicts<UserInfo>,
     /// The login and download page at `/`, when configured.
     pub console: Option<Arc<console::Console>>,
 }

@@ -111,7 +111,6 @@ fn state_from(
             .collect(),
         confirmer,
         verdicts: Default::default(),
-        confirmations: Default::default(),
         console: None,
     })
 }

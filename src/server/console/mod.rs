@@ -45,14 +45,13 @@ pub use config::{ConsoleConfig, FileConsole};
 use super::{download, limits};
 use crate::{
     config::{KubeconfigSettings, OidcConfig},
-    confirm::{ConfirmError, Confirmer},
+    confirm::{ConfirmError, Confirmer, REJECTED_BY_API_SERVER},
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
     kubeconfig,
+    metrics::Metrics,
     oidc::jwks::IssuerError,
     oidc::verify::{IdToken, Identity, TokenError, Verifier},
-    verdicts::Verdicts,
 };
-use k8s_openapi::api::authentication::v1::UserInfo;
 use oidc::{LoginClient, LoginError, Pending};
 use session::{CookiePolicy, Kind, LoginCookie, Session, SpentStates};
 
@@ -97,7 +96,8 @@ pub struct Console {
     /// Asks the API server about the session's token before a download, as `GET /kube-config`
     /// does; none when the operator is configured not to ask.
     confirmer: Option<Confirmer>,
-    confirmations: Verdicts<UserInfo>,
+    /// Shared with `GET /kube-config`, so a refusal counts the same whichever way it came.
+    metrics: Arc<Metrics>,
     cookies: CookiePolicy,
     spent: SpentStates,
 }
@@ -110,6 +110,7 @@ impl Console {
         verifier: Arc<Verifier>,
         settings: KubeconfigSettings,
         confirmer: Option<Confirmer>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, IssuerError> {
         let client = LoginClient::new(
             oidc,
@@ -127,7 +128,7 @@ impl Console {
             verifier,
             settings,
             confirmer,
-            confirmations: Verdicts::default(),
+            metrics,
             spent: SpentStates::default(),
         })
     }
@@ -485,13 +486,10 @@ async fn download(
     };
     let token = IdToken::from(session.id_token);
     if let Some(confirmer) = &console.confirmer {
-        match console
-            .confirmations
-            .confirm(confirmer, &token, identity.expires_at)
-            .await
-        {
+        match confirmer.confirm(&token, identity.expires_at).await {
             Ok(_) => {}
             Err(ConfirmError::Refused) => {
+                console.metrics.count_token_failure(REJECTED_BY_API_SERVER);
                 return console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER);
             }
             Err(error @ ConfirmError::Unavailable(_)) => {

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     confirm::Confirmer,
     controller::fixtures::settings,
+    metrics::Metrics,
     server::test_fixtures::{api_server_answering, refusal},
     testing,
 };
@@ -34,6 +35,15 @@ async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
 }
 
 async fn console_with(key: &Key, redirect_url: &str, confirmer: Option<Confirmer>) -> Arc<Console> {
+    console_counting(key, redirect_url, confirmer, Arc::default()).await
+}
+
+async fn console_counting(
+    key: &Key,
+    redirect_url: &str,
+    confirmer: Option<Confirmer>,
+    metrics: Arc<Metrics>,
+) -> Arc<Console> {
     let config = ConsoleConfig {
         client_secret: "secret".into(),
         redirect_url: redirect_url.parse().unwrap(),
@@ -47,6 +57,7 @@ async fn console_with(key: &Key, redirect_url: &str, confirmer: Option<Confirmer
             Arc::new(testing::issuer().verifier()),
             settings(),
             confirmer,
+            metrics,
         )
         .await
         .unwrap(),
@@ -274,9 +285,23 @@ async fn the_download_waits_for_the_api_server_to_accept_the_token() {
     ];
     for (code, answer, status, says) in cases {
         let confirmer = api_server_answering(&session.id_token, code, answer);
-        let console = console_with(&key, "http://127.0.0.1:8000/callback", Some(confirmer)).await;
+        let metrics = Arc::new(Metrics::default());
+        let console = console_counting(
+            &key,
+            "http://127.0.0.1:8000/callback",
+            Some(confirmer),
+            Arc::clone(&metrics),
+        )
+        .await;
         let response = call(&console, Method::GET, "/download", &cookie, "").await;
         assert_eq!(response.status(), status, "API server answering {code}");
+        assert_eq!(
+            metrics
+                .render()
+                .contains(r#"token_validation_failures_total{reason="RejectedByAPIServer"} 1"#),
+            code == 401,
+            "API server answering {code}"
+        );
         let body = text(response).await;
         assert!(body.contains(says), "API server answering {code}: {body}");
         if status != StatusCode::OK {
