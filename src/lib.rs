@@ -3,7 +3,6 @@
 //! `oidc` (validation) → `confirm` (the API server's verdict) → `kubeconfig` (rendering) →
 //! `server` (download) or `controller` (Secret).
 
-pub mod allocator;
 pub mod ca;
 pub mod config;
 pub mod confirm;

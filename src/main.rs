@@ -49,12 +49,23 @@ enum Command {
     Version,
 }
 
+/// jemalloc, not glibc's malloc: after a burst (thousands of requests created and deleted, a
+/// re-list of every Secret) glibc kept the freed memory between the pages still live, so the
+/// resident size stayed near its peak; jemalloc hands it back (bench/results.md, 2026-11-24).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options (the symbol carries the crate's prefix). A background thread
+/// returns pages to the kernel about a second after they are freed, also while the operator is
+/// idle, as it is after a burst; two arenas rather than four per core, since each keeps its own
+/// partly used pages. `tests/cli.rs` checks that the binary runs with them.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &[u8; 53] = b"background_thread:true,narenas:2,dirty_decay_ms:1000\0";
+
 /// Exit code for a configuration the operator refuses to start with.
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    // Before the runtime starts its threads.
-    kubeconfig_operator::allocator::configure();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

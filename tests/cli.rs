@@ -140,3 +140,24 @@ fn version_prints_the_crate_version() {
         format!("kubeconfig-operator {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// jemalloc reports a typo in its compiled-in options only as a warning, and a symbol the linker
+/// dropped not at all; its statistics at exit show the options it actually ran with.
+#[test]
+fn the_binary_allocates_through_jemalloc_with_its_options() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+        .arg("version")
+        .env_clear()
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run kubeconfig-operator");
+    assert!(output.status.success());
+    let stats = String::from_utf8_lossy(&output.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.narenas: 2",
+        "opt.dirty_decay_ms: 1000",
+    ] {
+        assert!(stats.contains(option), "{option} not in:\n{stats}");
+    }
+}
