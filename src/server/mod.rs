@@ -70,8 +70,8 @@ pub struct HttpState {
     /// Asks the API server about each token before `/kube-config` answers; `None` when turned
     /// off (`confirmWithApiServer: false`).
     pub confirmer: Option<Confirmer>,
-    /// The verifier's and the API server's recent verdicts, so a client calling in a loop costs
-    /// one verification and one review per token per 10 s.
+    /// The verifier's recent verdicts, so a client calling in a loop costs one verification per
+    /// token per 10 s (the confirmer keeps the API server's the same way).
     pub verdicts: Verdicts<Identity>,
     /// The login and download page at `/`, when configured.
     pub console: Option<Arc<console::Console>>,
