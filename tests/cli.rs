@@ -14,10 +14,15 @@ const REQUIRED: [&str; 7] = [
     "c",
 ];
 
+/// The binary with `args` and an empty environment; tests add what they set.
+fn operator_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"));
+    command.args(args).env_clear();
+    command
+}
+
 fn operator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
-        .args(args)
-        .env_clear()
+    operator_command(args)
         .output()
         .expect("run kubeconfig-operator")
 }
@@ -110,9 +115,7 @@ fn allowed_origins_are_read_from_the_flag_the_environment_and_the_file() {
         ("flag", operator(&flag)),
         (
             "environment",
-            Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
-                .args(REQUIRED)
-                .env_clear()
+            operator_command(&REQUIRED)
                 .env(
                     "KUBECONFIG_OPERATOR_ALLOWED_ORIGIN",
                     "https://ok.example,https://Console.example",
@@ -145,9 +148,7 @@ fn version_prints_the_crate_version() {
 /// dropped not at all; its statistics at exit show the options it actually ran with.
 #[test]
 fn the_binary_allocates_through_jemalloc_with_its_options() {
-    let output = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
-        .arg("version")
-        .env_clear()
+    let output = operator_command(&["version"])
         .env("_RJEM_MALLOC_CONF", "stats_print:true")
         .output()
         .expect("run kubeconfig-operator");
