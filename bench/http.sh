@@ -26,28 +26,13 @@ bench_scratch
 
 token=$(tests/cluster/id-token alice)
 namespace=bench-http
-kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl create rolebinding alice-view -n "$namespace" --clusterrole=view --user="$ALICE_USERNAME" \
-	--dry-run=client -o yaml | kubectl apply -f - >/dev/null
-for i in $(seq 1 5); do
-	kubectl create configmap "cm-$i" -n "$namespace" --from-literal=k=v --dry-run=client -o yaml |
-		kubectl apply -f - >/dev/null
-done
-
-# The proxy: a certificate for 127.0.0.1 and its ServiceAccount's token (config/proxy).
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-proxy \
-	-addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
-kubectl apply -n kubeconfig-operator -k config/proxy >/dev/null
-kubectl create token kubeconfig-operator-proxy -n kubeconfig-operator --duration=2h >"$work/proxy-token"
-
 mapfile -t ports < <(free_ports 3)
 plain=127.0.0.1:${ports[0]} confirming=127.0.0.1:${ports[1]} proxy=127.0.0.1:${ports[2]}
+bench_proxy "$namespace" "$proxy"
 
 # One operator per configuration, both on core 0; only one is under load at a time. Both watch
 # only $namespace (no requests there), so the controller is idle.
-start_operator "$plain" "$namespace" --confirm-with-api-server=false \
-	--proxy-listen "$proxy" --proxy-url "https://$proxy" --proxy-tls-cert-file "$work/tls.crt" \
-	--proxy-tls-key-file "$work/tls.key" --proxy-ca-file "$work/tls.crt" --proxy-token-file "$work/proxy-token"
+start_operator "$plain" "$namespace" --confirm-with-api-server=false "${proxy_flags[@]}"
 plain_pid=${pids[-1]}
 start_operator "$confirming" "$namespace"
 

@@ -57,6 +57,27 @@ start_operator() {
 	wait_ready "$listen"
 }
 
+# What the proxy rows measure: alice may view namespace $1, which holds five ConfigMaps to list
+# (a `kubectl get configmaps`), and the operator can serve the apiserver-proxy on $2 with a
+# certificate for 127.0.0.1 and its ServiceAccount's token (config/proxy). The `run` flags for
+# that are left in $proxy_flags.
+bench_proxy() {
+	local namespace=$1 listen=$2 i
+	kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+	kubectl create rolebinding alice-view -n "$namespace" --clusterrole=view --user="$ALICE_USERNAME" \
+		--dry-run=client -o yaml | kubectl apply -f - >/dev/null
+	for i in $(seq 1 5); do
+		kubectl create configmap "cm-$i" -n "$namespace" --from-literal=k=v --dry-run=client -o yaml |
+			kubectl apply -f - >/dev/null
+	done
+	openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-proxy \
+		-addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+	kubectl apply -n kubeconfig-operator -k config/proxy >/dev/null
+	kubectl create token kubeconfig-operator-proxy -n kubeconfig-operator --duration=2h >"$work/proxy-token"
+	proxy_flags=(--proxy-listen "$listen" --proxy-url "https://$listen" --proxy-tls-cert-file "$work/tls.crt"
+		--proxy-tls-key-file "$work/tls.key" --proxy-ca-file "$work/tls.crt" --proxy-token-file "$work/proxy-token")
+}
+
 # VmRSS and VmHWM (peak) of a process in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # CPU profiles as flame graphs (perf + inferno), saved under bench/:
 #   bench/profile-http.svg      the operator serving GET /kube-config under wrk load
+#   bench/profile-proxy.svg     the operator proxying `kubectl get configmaps` under wrk load
+#   bench/profile-proxy-apiserver.svg  kube-apiserver serving those proxied requests
 #   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
 #   bench/profile-issuance-apiserver.svg  kube-apiserver during that issuance: the cost the
 #                               operator's calls cause where issuance is bound (frame pointers)
-# PROFILE_HTTP=0 skips the first. Both use the `profiling` build (release with symbols) and DWARF
-# call graphs, so the operator needs no frame pointers. Needs perf (linux-perf) and inferno
-# (`cargo install inferno`).
+# PROFILE_HTTP=0, PROFILE_PROXY=0 and PROFILE_ISSUANCE=0 skip a section. All use the `profiling`
+# build (release with symbols) and DWARF call graphs, so the operator needs no frame pointers.
+# Needs perf (linux-perf) and inferno (`cargo install inferno`).
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 SECONDS_RECORDED=${SECONDS_RECORDED:-15}
@@ -47,9 +49,10 @@ apiserver_shares() {
 		sort -rn
 }
 
+token=$(tests/cluster/id-token alice)
+
 # ---- the HTTP path (PROFILE_HTTP=0 skips it) ----------------------------------------------------
 if [[ ${PROFILE_HTTP:-1} == 1 ]]; then
-token=$(tests/cluster/id-token alice)
 port=$(free_ports 1)
 # shellcheck disable=SC2086 # PROFILE_ARGS: extra `run` flags, split on spaces
 start_operator "127.0.0.1:$port" bench-profile ${PROFILE_ARGS:-}
@@ -62,6 +65,88 @@ echo "== GET /kube-config under load: heaviest functions by self time"
 flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections)" bench/profile-http.svg
 kill "${pids[0]}"
 wait "${pids[0]}" 2>/dev/null || true
+fi
+
+# ---- the proxy (PROFILE_PROXY=0 skips it) ------------------------------------------------------
+# What a proxied `kubectl get` costs beyond the same request sent straight to the API server: the
+# CPU per request of the operator and of the API server under each load, then where that CPU goes
+# in both processes (profiles taken in a second pass, so perf's own cost is not in the first).
+if [[ ${PROFILE_PROXY:-1} == 1 ]]; then
+namespace=bench-profile-proxy
+mapfile -t ports < <(free_ports 2)
+bench_proxy "$namespace" "127.0.0.1:${ports[1]}"
+start_operator "127.0.0.1:${ports[0]}" "$namespace" --confirm-with-api-server=false "${proxy_flags[@]}"
+operator=${pids[-1]}
+apiserver=$(cat "$CLUSTER_DIR/run/apiserver.pid")
+declare -A url=(
+	[direct]="$KUBE_SERVER/api/v1/namespaces/$namespace/configmaps"
+	[proxy]="https://127.0.0.1:${ports[1]}/api/v1/namespaces/$namespace/configmaps"
+)
+declare -A apiserver_us
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+echo "== a proxied request against a direct one: CPU per request (µs), $SECONDS_RECORDED s of wrk each"
+echo "| target | requests/s | operator | kube-apiserver | both |"
+echo "|---|---|---|---|---|"
+for target in direct proxy; do
+	op=$(cpu_ticks "$operator") api=$(cpu_ticks "$apiserver")
+	out=$(taskset -c 1 wrk -t1 -c16 -d"${SECONDS_RECORDED}s" -H "Authorization: Bearer $token" "${url[$target]}")
+	grep -q 'Non-2xx' <<<"$out" && { echo "$target: $(grep 'Non-2xx' <<<"$out")" >&2; exit 1; }
+	row=$(awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" -v rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")" \
+		-v op=$(($(cpu_ticks "$operator") - op)) -v api=$(($(cpu_ticks "$apiserver") - api)) \
+		-v hz="$(getconf CLK_TCK)" -v t="$target" \
+		'BEGIN { f = 1e6 / hz / n; printf "| %s | %.0f | %.0f | %.0f | %.0f |", t, rps, op * f, api * f, (op + api) * f }')
+	echo "$row"
+	apiserver_us[$target]=$(awk -F'|' '{print $5 + 0}' <<<"$row")
+done
+for target in direct proxy; do
+	taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -H "Authorization: Bearer $token" \
+		"${url[$target]}" >"$work/wrk.txt" &
+	load=$!
+	sleep 2
+	recorder=""
+	if [[ $target == proxy ]]; then
+		perf record -F 499 --call-graph dwarf,32768 -o "$work/proxy.data" -p "$operator" -- sleep "$SECONDS_RECORDED" 2>/dev/null &
+		recorder=$!
+	fi
+	perf record -F 499 -g -o "$work/apiserver-$target.data" -p "$apiserver" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+	wait $recorder "$load" || true
+done
+echo "== the proxy under load: heaviest functions by self time"
+flamegraph "$work/proxy.data" "the apiserver-proxy serving GET configmaps under wrk load (16 connections)" bench/profile-proxy.svg
+echo "== kube-apiserver serving the proxied requests: heaviest functions by self time"
+flamegraph "$work/apiserver-proxy.data" "kube-apiserver serving proxied GET configmaps (impersonating alice)" bench/profile-proxy-apiserver.svg
+mv "$work/folded" "$work/folded-proxy"
+perf script -i "$work/apiserver-direct.data" 2>/dev/null | inferno-collapse-perf >"$work/folded-direct"
+# Each sample goes to the innermost filter or handler on its stack; its share of the samples
+# times the API server's CPU per request is what that part costs a request.
+filter_us() {
+	awk -v us="$2" '{
+		n = $NF; total += n; k = "other"
+		m = split($0, frames, ";")
+		for (i = m; i >= 1 && k == "other"; i--) {
+			f = frames[i]
+			if (f ~ /ListResource|cacher/) k = "the list itself"
+			else if (f ~ /go-restful|APIServerHandler/) k = "routing"
+			else if (f ~ /[Ww]ithImpersonation/) k = "impersonation"
+			else if (f ~ /[Ww]ithAuthorization/) k = "authorization"
+			else if (f ~ /[Ww]ithAuthentication/) k = "authentication"
+			else if (f ~ /[Ww]ithAudit/) k = "audit"
+			else if (f ~ /crypto\/tls/) k = "TLS"
+			else if (f ~ /gcBgMarkWorker|bgsweep|bgscavenge/) k = "Go garbage collection"
+			else if (f ~ /net\/http/) k = "the rest of request handling"
+		}
+		share[k] += n
+	} END {for (k in share) printf "%s\t%.0f\n", k, us * share[k] / total}' "$1"
+}
+echo "== kube-apiserver's CPU per request (µs) by the innermost filter or handler"
+echo "| part | direct | proxied |"
+echo "|---|---|---|"
+join -t $'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 \
+	<(filter_us "$work/folded-direct" "${apiserver_us[direct]}" | sort) \
+	<(filter_us "$work/folded-proxy" "${apiserver_us[proxy]}" | sort) |
+	sort -t $'\t' -k3 -rn | awk -F'\t' '{printf "| %s | %s | %s |\n", $1, $2, $3}'
+kill "$operator"
+wait "$operator" 2>/dev/null || true
 fi
 
 # ---- issuance (PROFILE_ISSUANCE=0 skips it) ---------------------------------------------------
