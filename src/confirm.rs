@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{Client, Resource, api::PostParams, config::AuthInfo};
 
-use crate::{oidc::verify::IdToken, verdicts::Verdicts};
+use crate::{metrics::Metrics, oidc::verify::IdToken, verdicts::Verdicts};
 
 /// A review the API server has not answered by then is treated as the API server being down:
 /// a reconcile or a download must not hang on it.
@@ -50,23 +50,26 @@ pub struct Confirmer {
     /// A client without credentials of its own.
     anonymous: Client,
     answers: Arc<Verdicts<UserInfo>>,
+    /// Each refusal counts in `token_validation_failures_total`, whichever path asked.
+    metrics: Arc<Metrics>,
 }
 
 impl Confirmer {
     /// A confirmer reaching the API server as `config` does, with all of `config`'s credentials
     /// (token, client certificate, exec plugin, impersonation, extra headers) removed.
-    pub fn new(config: &kube::Config) -> Result<Self, kube::Error> {
+    pub fn new(config: &kube::Config, metrics: Arc<Metrics>) -> Result<Self, kube::Error> {
         let mut config = config.clone();
         config.auth_info = AuthInfo::default();
         config.headers.clear();
-        Ok(Self::with_client(Client::try_from(config)?))
+        Ok(Self::with_client(Client::try_from(config)?, metrics))
     }
 
     /// A confirmer over a client that must carry no credentials (unit tests script it).
-    pub fn with_client(anonymous: Client) -> Self {
+    pub fn with_client(anonymous: Client, metrics: Arc<Metrics>) -> Self {
         Self {
             anonymous,
             answers: Arc::default(),
+            metrics,
         }
     }
 
@@ -77,11 +80,16 @@ impl Confirmer {
         token: &IdToken,
         expires_at: DateTime<Utc>,
     ) -> Result<UserInfo, ConfirmError> {
-        self.answers
+        let answer = self
+            .answers
             .get_or_judge(token, || async {
                 Ok((self.review(token).await?, expires_at))
             })
-            .await
+            .await;
+        if let Err(ConfirmError::Refused) = answer {
+            self.metrics.count_token_failure(REJECTED_BY_API_SERVER);
+        }
+        answer
     }
 
     async fn review(&self, token: &IdToken) -> Result<UserInfo, ConfirmError> {

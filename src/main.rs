@@ -131,10 +131,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
     let client = kube::Client::try_from(kube_config.clone())
         .map_err(|e| anyhow::anyhow!("cannot configure the Kubernetes client: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
     // Reviews go to the API server the operator talks to, without the operator's credentials.
     let confirmer = match config.confirm_with_api_server {
         true => Some(
-            Confirmer::new(&kube_config)
+            Confirmer::new(&kube_config, Arc::clone(&metrics))
                 .map_err(|e| anyhow::anyhow!("cannot configure the confirming client: {e}"))?,
         ),
         false => None,
@@ -156,7 +157,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .clone()
             .watch_file(kubeconfig_operator::ca::POLL_INTERVAL),
     );
-    let metrics = Arc::new(Metrics::default());
     let controller_ready = Arc::new(AtomicBool::new(false));
     let ready_flag = Arc::clone(&controller_ready);
 
@@ -190,7 +190,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&verifier),
                 config.kubeconfig.clone(),
                 confirmer.clone(),
-                Arc::clone(&metrics),
             )
             .await?,
         )),

@@ -57,7 +57,8 @@ pub fn confirming_context() -> (Arc<Context>, ApiServer) {
 fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, NAMESPACE);
-    let confirmer = confirm.then(|| Confirmer::with_client(client.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let confirmer = confirm.then(|| Confirmer::with_client(client.clone(), Arc::clone(&metrics)));
     let context = Context::new(
         client,
         Arc::new(testing::issuer().verifier()),
@@ -65,7 +66,7 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
         ControllerSettings {
             max_expiration_seconds: MAX_EXPIRATION_SECONDS,
         },
-        Arc::new(Metrics::default()),
+        metrics,
         confirmer,
     );
     (Arc::new(context), ApiServer(handle))

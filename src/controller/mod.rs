@@ -453,14 +453,10 @@ async fn confirm(
             confirmed: Some(Box::new(user)),
             ..credential
         })),
-        Err(refused @ ConfirmError::Refused) => {
-            ctx.metrics
-                .count_token_failure(Reason::RejectedByAPIServer.as_str());
-            Ok(Err(Refusal::new(
-                Reason::RejectedByAPIServer,
-                refused.to_string(),
-            )))
-        }
+        Err(refused @ ConfirmError::Refused) => Ok(Err(Refusal::new(
+            Reason::RejectedByAPIServer,
+            refused.to_string(),
+        ))),
         Err(unavailable) => Err(Error::Confirm(unavailable)),
     }
 }

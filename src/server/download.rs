@@ -74,7 +74,7 @@ async fn kube_config(
         None => None,
         Some(confirmer) => match confirmer.confirm(&token, identity.expires_at).await {
             Ok(user) => Some(user),
-            Err(error) => return unconfirmed(&state, &error),
+            Err(error) => return unconfirmed(&error),
         },
     };
     match kubeconfig::render(&state.settings, format, &token, namespace.as_deref()) {
@@ -121,15 +121,12 @@ async fn kube_config(
 
 /// The API server refused the token (401: the kubeconfig would not work) or could not be asked
 /// (503: not the caller's fault, try again).
-fn unconfirmed(state: &HttpState, error: &ConfirmError) -> Response {
+fn unconfirmed(error: &ConfirmError) -> Response {
     match error {
-        ConfirmError::Refused => {
-            state.metrics.count_token_failure(REJECTED_BY_API_SERVER);
-            auth::invalid_token(
-                REJECTED_BY_API_SERVER,
-                format!("{REJECTED_BY_API_SERVER}: {error}\n"),
-            )
-        }
+        ConfirmError::Refused => auth::invalid_token(
+            REJECTED_BY_API_SERVER,
+            format!("{REJECTED_BY_API_SERVER}: {error}\n"),
+        ),
         ConfirmError::Unavailable(_) => {
             warn!(%error, "cannot confirm a token with the API server");
             auth::unavailable(format!("APIServerUnavailable: {error}\n"))
@@ -273,6 +270,7 @@ mod tests {
     use super::*;
     use crate::{
         config::OidcConfig,
+        metrics::Metrics,
         oidc::verify::Verifier,
         server::{
             routes,
@@ -451,7 +449,12 @@ mod tests {
         });
         // The scripted API server answers one review and then goes away: a second review would
         // fail, and the download with it (503).
-        let state = state_confirming(api_server_answering(&signed_token(), 201, review));
+        let state = state_confirming(api_server_answering(
+            &signed_token(),
+            201,
+            review,
+            &Arc::default(),
+        ));
         let authorization = format!("Bearer {}", signed_token());
         for attempt in ["first", "second"] {
             let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
@@ -471,7 +474,12 @@ mod tests {
                 "extra": { "scopes": ["read", "a=b"] },
             }},
         });
-        let state = state_confirming(api_server_answering(&signed_token(), 201, review));
+        let state = state_confirming(api_server_answering(
+            &signed_token(),
+            201,
+            review,
+            &Arc::default(),
+        ));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -496,7 +504,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_the_api_server_refuses_gets_401_saying_so() {
-        let state = state_confirming(api_server_answering(&signed_token(), 401, refusal(401)));
+        let metrics = Arc::new(Metrics::default());
+        let state = state_confirming(api_server_answering(
+            &signed_token(),
+            401,
+            refusal(401),
+            &metrics,
+        ));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -513,8 +527,7 @@ mod tests {
         assert!(text.starts_with("RejectedByAPIServer: "), "{text}");
         assert!(text.contains("does not accept this token"), "{text}");
         assert!(
-            state
-                .metrics
+            metrics
                 .render()
                 .contains(r#"token_validation_failures_total{reason="RejectedByAPIServer"} 1"#)
         );
@@ -522,7 +535,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_api_server_that_cannot_answer_is_503_not_a_refusal() {
-        let state = state_confirming(api_server_answering(&signed_token(), 500, refusal(500)));
+        let state = state_confirming(api_server_answering(
+            &signed_token(),
+            500,
+            refusal(500),
+            &Arc::default(),
+        ));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -29,11 +29,12 @@ use crate::{
 };
 
 /// A confirmer whose API server answers one SelfSubjectReview, which must carry `token`, with
-/// `status` and `answer`; a second review finds no API server.
+/// `status` and `answer`; a second review finds no API server. Refusals count in `metrics`.
 pub(crate) fn api_server_answering(
     token: &str,
     status: u16,
     answer: serde_json::Value,
+    metrics: &Arc<Metrics>,
 ) -> Confirmer {
     let (service, mut handle) = tower_test::mock::pair::<
         axum::http::Request<kube::client::Body>,
@@ -58,7 +59,7 @@ pub(crate) fn api_server_answering(
                 .unwrap(),
         );
     });
-    Confirmer::with_client(kube::Client::new(service, "default"))
+    Confirmer::with_client(kube::Client::new(service, "default"), Arc::clone(metrics))
 }
 
 /// The API server's answer refusing a request with `code`.

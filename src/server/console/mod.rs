@@ -45,10 +45,9 @@ pub use config::{ConsoleConfig, FileConsole};
 use super::{download, limits};
 use crate::{
     config::{KubeconfigSettings, OidcConfig},
-    confirm::{ConfirmError, Confirmer, REJECTED_BY_API_SERVER},
+    confirm::{ConfirmError, Confirmer},
     crd::{KubeconfigRequest, KubeconfigRequestSpec},
     kubeconfig,
-    metrics::Metrics,
     oidc::jwks::IssuerError,
     oidc::verify::{IdToken, Identity, TokenError, Verifier},
 };
@@ -96,8 +95,6 @@ pub struct Console {
     /// Asks the API server about the session's token before a download, as `GET /kube-config`
     /// does; none when the operator is configured not to ask.
     confirmer: Option<Confirmer>,
-    /// Shared with `GET /kube-config`, so a refusal counts the same whichever way it came.
-    metrics: Arc<Metrics>,
     cookies: CookiePolicy,
     spent: SpentStates,
 }
@@ -110,7 +107,6 @@ impl Console {
         verifier: Arc<Verifier>,
         settings: KubeconfigSettings,
         confirmer: Option<Confirmer>,
-        metrics: Arc<Metrics>,
     ) -> Result<Self, IssuerError> {
         let client = LoginClient::new(
             oidc,
@@ -128,7 +124,6 @@ impl Console {
             verifier,
             settings,
             confirmer,
-            metrics,
             spent: SpentStates::default(),
         })
     }
@@ -489,7 +484,6 @@ async fn download(
         match confirmer.confirm(&token, identity.expires_at).await {
             Ok(_) => {}
             Err(ConfirmError::Refused) => {
-                console.metrics.count_token_failure(REJECTED_BY_API_SERVER);
                 return console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER);
             }
             Err(error @ ConfirmError::Unavailable(_)) => {

@@ -35,15 +35,6 @@ async fn console_at(key: &Key, redirect_url: &str) -> Arc<Console> {
 }
 
 async fn console_with(key: &Key, redirect_url: &str, confirmer: Option<Confirmer>) -> Arc<Console> {
-    console_counting(key, redirect_url, confirmer, Arc::default()).await
-}
-
-async fn console_counting(
-    key: &Key,
-    redirect_url: &str,
-    confirmer: Option<Confirmer>,
-    metrics: Arc<Metrics>,
-) -> Arc<Console> {
     let config = ConsoleConfig {
         client_secret: "secret".into(),
         redirect_url: redirect_url.parse().unwrap(),
@@ -57,7 +48,6 @@ async fn console_counting(
             Arc::new(testing::issuer().verifier()),
             settings(),
             confirmer,
-            metrics,
         )
         .await
         .unwrap(),
@@ -284,15 +274,9 @@ async fn the_download_waits_for_the_api_server_to_accept_the_token() {
         ),
     ];
     for (code, answer, status, says) in cases {
-        let confirmer = api_server_answering(&session.id_token, code, answer);
         let metrics = Arc::new(Metrics::default());
-        let console = console_counting(
-            &key,
-            "http://127.0.0.1:8000/callback",
-            Some(confirmer),
-            Arc::clone(&metrics),
-        )
-        .await;
+        let confirmer = api_server_answering(&session.id_token, code, answer, &metrics);
+        let console = console_with(&key, "http://127.0.0.1:8000/callback", Some(confirmer)).await;
         let response = call(&console, Method::GET, "/download", &cookie, "").await;
         assert_eq!(response.status(), status, "API server answering {code}");
         assert_eq!(
