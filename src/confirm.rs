@@ -92,6 +92,11 @@ impl Confirmer {
         answer
     }
 
+    /// See [`Verdicts::forget_expired`].
+    pub fn forget_expired(&self) {
+        self.answers.forget_expired();
+    }
+
     async fn review(&self, token: &IdToken) -> Result<UserInfo, ConfirmError> {
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", token.expose()))
             // A token that cannot even be sent is one the API server cannot accept.

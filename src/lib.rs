@@ -4,6 +4,7 @@
 //! `server` (download) or `controller` (Secret).
 
 pub mod ca;
+mod capacity;
 pub mod config;
 pub mod confirm;
 pub mod controller;

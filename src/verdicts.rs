@@ -12,7 +12,10 @@ use std::{
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::oidc::verify::{IdToken, Identity, TokenError, Verifier};
+use crate::{
+    capacity::release_spare_capacity,
+    oidc::verify::{IdToken, Identity, TokenError, Verifier},
+};
 
 /// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
 /// server's own.
@@ -23,7 +26,25 @@ const MAX_VERDICTS: usize = 10_000;
 /// Successful verdicts by token digest: the operator's own ([`Identity`]) and the API server's
 /// (kept by [`crate::confirm::Confirmer`]), each in its own cache.
 pub struct Verdicts<V> {
-    cached: Mutex<HashMap<[u8; 32], Cached<V>>>,
+    cached: Mutex<Cache<V>>,
+}
+
+struct Cache<V> {
+    by_digest: HashMap<[u8; 32], Cached<V>>,
+    /// When verdicts past their time were last dropped.
+    purged_at: Instant,
+}
+
+impl<V> Cache<V> {
+    /// Verdicts are only ever reused for [`VERDICT_TTL`]; kept any longer, a burst of 5,000
+    /// requests' tokens stayed in the heap long after the requests were deleted (5.5 MB of the
+    /// API server's answers alone, heaptrack).
+    fn purge(&mut self, now: Instant) {
+        self.by_digest
+            .retain(|_, hit| now.duration_since(hit.at) < VERDICT_TTL);
+        release_spare_capacity(&mut self.by_digest);
+        self.purged_at = now;
+    }
 }
 
 /// A verdict, when it was reached, and when the token it is about expires.
@@ -36,7 +57,10 @@ struct Cached<V> {
 impl<V> Default for Verdicts<V> {
     fn default() -> Self {
         Self {
-            cached: Mutex::default(),
+            cached: Mutex::new(Cache {
+                by_digest: HashMap::new(),
+                purged_at: Instant::now(),
+            }),
         }
     }
 }
@@ -56,7 +80,7 @@ impl<V: Clone> Verdicts<V> {
         let digest: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
         let now = Instant::now();
         if let Ok(cached) = self.cached.lock()
-            && let Some(hit) = cached.get(&digest)
+            && let Some(hit) = cached.by_digest.get(&digest)
             && now.duration_since(hit.at) < VERDICT_TTL
             && hit.token_expires_at > Utc::now()
         {
@@ -64,13 +88,15 @@ impl<V: Clone> Verdicts<V> {
         }
         let (verdict, token_expires_at) = judge().await?;
         if let Ok(mut cached) = self.cached.lock() {
-            if cached.len() >= MAX_VERDICTS {
-                cached.retain(|_, hit| now.duration_since(hit.at) < VERDICT_TTL);
-                if cached.len() >= MAX_VERDICTS {
-                    cached.clear();
+            if cached.by_digest.len() >= MAX_VERDICTS
+                || now.duration_since(cached.purged_at) >= VERDICT_TTL
+            {
+                cached.purge(now);
+                if cached.by_digest.len() >= MAX_VERDICTS {
+                    cached.by_digest.clear();
                 }
             }
-            cached.insert(
+            cached.by_digest.insert(
                 digest,
                 Cached {
                     at: now,
@@ -80,6 +106,15 @@ impl<V: Clone> Verdicts<V> {
             );
         }
         Ok(verdict)
+    }
+
+    /// Drops the verdicts past their time. Judging a token does this too, at most once per
+    /// [`VERDICT_TTL`]; a periodic sweep calls it so that what a burst left is dropped even when
+    /// no token follows.
+    pub fn forget_expired(&self) {
+        if let Ok(mut cached) = self.cached.lock() {
+            cached.purge(Instant::now());
+        }
     }
 }
 
@@ -109,10 +144,54 @@ mod tests {
         let verifier = crate::testing::issuer().verifier();
         let token = IdToken::from(crate::testing::issuer().token_for("jane@example.com", &[], 600));
         let first = verdicts.verify(&verifier, &token).await.unwrap();
-        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
+        assert_eq!(verdicts.cached.lock().unwrap().by_digest.len(), 1);
         assert_eq!(verdicts.verify(&verifier, &token).await.unwrap(), first);
         let bad = IdToken::from("not-a-token".to_owned());
         assert!(verdicts.verify(&verifier, &bad).await.is_err());
-        assert_eq!(verdicts.cached.lock().unwrap().len(), 1);
+        assert_eq!(verdicts.cached.lock().unwrap().by_digest.len(), 1);
+    }
+
+    /// Every verdict in `verdicts`, and its last purge, as if judged `VERDICT_TTL` ago.
+    fn age(verdicts: &Verdicts<Identity>) {
+        let mut cache = verdicts.cached.lock().unwrap();
+        let then = Instant::now().checked_sub(VERDICT_TTL).unwrap();
+        cache.purged_at = then;
+        for hit in cache.by_digest.values_mut() {
+            hit.at = then;
+        }
+    }
+
+    #[tokio::test]
+    async fn verdicts_past_their_time_go_when_another_token_is_judged_or_the_sweep_runs() {
+        let verdicts = Verdicts::<Identity>::default();
+        let verifier = crate::testing::issuer().verifier();
+        let token_for = |user| IdToken::from(crate::testing::issuer().token_for(user, &[], 600));
+        let held = |verdicts: &Verdicts<Identity>| verdicts.cached.lock().unwrap().by_digest.len();
+
+        verdicts
+            .verify(&verifier, &token_for("jane@example.com"))
+            .await
+            .unwrap();
+        verdicts
+            .verify(&verifier, &token_for("joe@example.com"))
+            .await
+            .unwrap();
+        verdicts.forget_expired();
+        assert_eq!(held(&verdicts), 2, "verdicts within their time stay");
+
+        age(&verdicts);
+        verdicts
+            .verify(&verifier, &token_for("ann@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(
+            held(&verdicts),
+            1,
+            "judging a token dropped the two past their time"
+        );
+
+        age(&verdicts);
+        verdicts.forget_expired();
+        assert_eq!(held(&verdicts), 0, "the sweep dropped the last one");
     }
 }

@@ -5,24 +5,14 @@
 
 use std::{
     collections::HashMap,
-    hash::Hash,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use crate::capacity::release_spare_capacity;
+
 /// A Secret by namespace and name.
 pub type SecretKey = (String, String);
-
-/// A hash table keeps the capacity of its fullest moment. Once a burst of 5,000 requests was
-/// deleted, the tables sized for it were megabytes of the operator's heap (heaptrack), spread
-/// between pages the allocator could then not hand back; the sweep shrinks a table once it is
-/// three-quarters empty, leaving room to grow again.
-pub fn release_spare_capacity<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
-    const SMALL: usize = 64;
-    if map.capacity() > 4 * map.len().max(SMALL) {
-        map.shrink_to(2 * map.len());
-    }
-}
 
 /// What a read of a token Secret found, kept only as long as the Secret's resourceVersion stays.
 #[derive(Clone, Debug)]

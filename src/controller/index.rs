@@ -16,12 +16,9 @@ use kube::{
     runtime::{reflector::ObjectRef, watcher},
 };
 
-use crate::crd::KubeconfigRequest;
+use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
 
-use super::{
-    cache::{SecretKey, release_spare_capacity},
-    secret,
-};
+use super::{cache::SecretKey, secret};
 
 type Request = ObjectRef<KubeconfigRequest>;
 /// One allocation per request, shared by every map that files it: with 10,000 requests, a copy

@@ -160,12 +160,12 @@ impl Context {
 
     /// Drops everything kept for requests that no longer exist: backoff counts, idle namespace
     /// slots, cached reads of Secrets that no request names any more (or that nobody used since
-    /// the last sweep). Runs against the index, so it costs time linear in what is kept, however
-    /// many requests there are.
+    /// the last sweep), verdicts on tokens past their time. Runs against the index, so it costs
+    /// time linear in what is kept, however many requests there are.
     fn forget_deleted(&self) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| self.index.contains(reference));
-            cache::release_spare_capacity(&mut failures);
+            crate::capacity::release_spare_capacity(&mut failures);
         }
         self.namespaces
             .retain(|namespace| self.index.has_namespace(namespace));
@@ -173,6 +173,10 @@ impl Context {
             .retain(|key| self.index.is_token_secret(key));
         self.token_reads.forget_unused(SWEEP_INTERVAL);
         self.index.release_spare_capacity();
+        self.verdicts.forget_expired();
+        if let Some(confirmer) = &self.confirmer {
+            confirmer.forget_expired();
+        }
     }
 
     /// Called when the controller finds a request gone: its retry state goes too.
