@@ -502,14 +502,22 @@ pub async fn run(
     // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
     // API server answers from its cache in one piece whatever the page size, and one piece of
     // 20,000 Secrets' metadata took the operator from 15 to 85 MiB at start-up.
+    //
+    // A deleted request's next wake-up (its renewal, hours away) would stay in kube-runtime's
+    // scheduler until it is due, as nothing can cancel it; asking for the request at once instead
+    // finds it gone from the store, which ends the wake-up. After 5,000 requests were deleted,
+    // their wake-ups were 8 MB of the operator's heap (heaptrack). The store is written in the
+    // same poll that sends, so the ask never finds a deleted request still there.
     let (store, writer) = reflector::store();
     let index_ctx = Arc::clone(&ctx);
+    let (deleted, deleted_requests) = futures::channel::mpsc::unbounded();
     let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_store)
         .inspect_ok(move |event| {
             for gone in index_ctx.index.observe(event) {
                 index_ctx.forget(&gone);
+                let _ = deleted.unbounded_send(gone);
             }
         })
         .reflect(writer)
@@ -566,6 +574,7 @@ pub async fn run(
             )
         })
         .reconcile_all_on(ca_rotations)
+        .reconcile_on(deleted_requests)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {
