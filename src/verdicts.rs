@@ -37,7 +37,7 @@ struct Cache<V> {
 
 impl<V> Cache<V> {
     /// Verdicts are only ever reused for [`VERDICT_TTL`]; kept any longer, a burst of 5,000
-    /// requests' tokens stayed in the heap long after the requests were deleted (5.5 MB of the
+    /// requests' tokens stayed in the heap long after the requests were deleted (6 MB of the
     /// API server's answers alone, heaptrack).
     fn purge(&mut self, now: Instant) {
         self.by_digest
