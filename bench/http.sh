@@ -52,7 +52,6 @@ done
 
 # "123.4us" / "5.6ms" / "1.2s" -> milliseconds
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; printf "%.3f", n }'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A rps p50 p99
 kube_config_requests=0 kube_config_ticks=0

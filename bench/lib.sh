@@ -78,6 +78,9 @@ bench_proxy() {
 		--proxy-tls-key-file "$work/tls.key" --proxy-ca-file "$work/tls.crt" --proxy-token-file "$work/proxy-token")
 }
 
+# CPU time of a process so far, user and system, in clock ticks (getconf CLK_TCK per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # VmRSS and VmHWM (peak) of a process in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }

@@ -18,9 +18,12 @@ bench_cluster
 bench_build profiling
 bench_scratch
 
+# perf's samples in $1 as folded stacks in $2.
+collapse() { perf script -i "$1" 2>/dev/null | inferno-collapse-perf >"$2"; }
+
 flamegraph() {
 	local data=$1 title=$2 out=$3
-	perf script -i "$data" 2>/dev/null | inferno-collapse-perf >"$work/folded"
+	collapse "$data" "$work/folded"
 	inferno-flamegraph --title "$title" --minwidth 0.2 <"$work/folded" >"$out"
 	# The heaviest frames by self time, for the note beside the picture.
 	awk '{n = $NF; sub(/ [0-9]+$/, ""); k = split($0, f, ";"); self[f[k]] += n; total += n}
@@ -83,7 +86,6 @@ declare -A url=(
 	[proxy]="https://127.0.0.1:${ports[1]}/api/v1/namespaces/$namespace/configmaps"
 )
 declare -A apiserver_us
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 echo "== a proxied request against a direct one: CPU per request (µs), $SECONDS_RECORDED s of wrk each"
 echo "| target | requests/s | operator | kube-apiserver | both |"
 echo "|---|---|---|---|---|"
@@ -116,7 +118,7 @@ flamegraph "$work/proxy.data" "the apiserver-proxy serving GET configmaps under 
 echo "== kube-apiserver serving the proxied requests: heaviest functions by self time"
 flamegraph "$work/apiserver-proxy.data" "kube-apiserver serving proxied GET configmaps (impersonating alice)" bench/profile-proxy-apiserver.svg
 mv "$work/folded" "$work/folded-proxy"
-perf script -i "$work/apiserver-direct.data" 2>/dev/null | inferno-collapse-perf >"$work/folded-direct"
+collapse "$work/apiserver-direct.data" "$work/folded-direct"
 # Each sample goes to the innermost filter or handler on its stack; its share of the samples
 # times the API server's CPU per request is what that part costs a request.
 filter_us() {
