@@ -10,6 +10,7 @@
 mod cache;
 mod index;
 pub mod leader;
+mod renewals;
 mod secret;
 mod source;
 mod status;
@@ -130,6 +131,7 @@ pub struct Context {
     verdicts: Verdicts<Identity>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
+    renewals: Arc<renewals::Renewals>,
 }
 
 impl Context {
@@ -155,11 +157,12 @@ impl Context {
             verdicts: Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
+            renewals: Arc::default(),
         }
     }
 
-    /// Drops everything kept for requests that no longer exist: backoff counts, idle namespace
-    /// slots, cached reads of Secrets that no request names any more (or that nobody used since
+    /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle
+    /// namespace slots, cached reads of Secrets that no request names any more (or that nobody used since
     /// the last sweep), verdicts on tokens past their time. Runs against the index, so it costs
     /// time linear in what is kept, however many requests there are.
     fn forget_deleted(&self) {
@@ -167,6 +170,8 @@ impl Context {
             failures.retain(|reference, _| self.index.contains(reference));
             crate::capacity::release_spare_capacity(&mut failures);
         }
+        self.renewals
+            .retain(|reference| self.index.contains(reference));
         self.namespaces
             .retain(|namespace| self.index.has_namespace(namespace));
         self.token_reads
@@ -179,11 +184,12 @@ impl Context {
         }
     }
 
-    /// Called when the controller finds a request gone: its retry state goes too.
+    /// Called when the controller finds a request gone: its retry state and wake-up go too.
     fn forget(&self, request: &ObjectRef<KubeconfigRequest>) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(request);
         }
+        self.renewals.cancel(request);
     }
 
     #[cfg(test)]
@@ -369,22 +375,30 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
     };
     status::update(request, ctx, &outcome).await?;
 
-    let now = Utc::now();
+    let reference = ObjectRef::from_obj(request);
     Ok(match &outcome {
         Outcome::Issued { credential, .. } => {
             // Wake at the renewal time (a ServiceAccount token is replaced, an ID token reported
             // Expiring), then at expiry to report TokenExpired.
+            let now = Utc::now();
             let next = if credential.renew_at > now {
                 credential.renew_at
             } else {
                 credential.expires_at
             };
-            Action::requeue((next - now).to_std().unwrap_or_default() + Duration::from_secs(1))
+            let wait = (next - now).to_std().unwrap_or_default() + Duration::from_secs(1);
+            ctx.renewals
+                .schedule(&reference, tokio::time::Instant::now() + wait);
+            Action::await_change()
         }
         Outcome::Refused { refusal, .. } if refusal.reason == Reason::IssuerUnavailable => {
+            ctx.renewals.cancel(&reference);
             Action::requeue(ISSUER_RETRY)
         }
-        Outcome::Refused { .. } => Action::await_change(),
+        Outcome::Refused { .. } => {
+            ctx.renewals.cancel(&reference);
+            Action::await_change()
+        }
     })
 }
 
@@ -476,6 +490,8 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // Wake-ups left by a previous term as leader belong to requests that may have changed since.
+    ctx.renewals.clear();
     // Secrets and ServiceAccounts are watched as metadata only: the controller needs their
     // names, owners and versions, and unrelated Secrets' data must cost it nothing.
     let client = ctx.client.clone();
@@ -502,22 +518,14 @@ pub async fn run(
     // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
     // API server answers from its cache in one piece whatever the page size, and one piece of
     // 20,000 Secrets' metadata took the operator from 15 to 85 MiB at start-up.
-    //
-    // A deleted request's next wake-up (its renewal, hours away) would stay in kube-runtime's
-    // scheduler until it is due, as nothing can cancel it; asking for the request at once instead
-    // finds it gone from the store, which ends the wake-up. After 5,000 requests were deleted,
-    // their wake-ups were 8 MB of the operator's heap (heaptrack). The store is written in the
-    // same poll that sends, so the ask never finds a deleted request still there.
     let (store, writer) = reflector::store();
     let index_ctx = Arc::clone(&ctx);
-    let (deleted, deleted_requests) = futures::channel::mpsc::unbounded();
     let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_store)
         .inspect_ok(move |event| {
             for gone in index_ctx.index.observe(event) {
                 index_ctx.forget(&gone);
-                let _ = deleted.unbounded_send(gone);
             }
         })
         .reflect(writer)
@@ -574,7 +582,7 @@ pub async fn run(
             )
         })
         .reconcile_all_on(ca_rotations)
-        .reconcile_on(deleted_requests)
+        .reconcile_on(Arc::clone(&ctx.renewals).due())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {
