@@ -52,6 +52,7 @@ enum Command {
 /// jemalloc, not glibc's malloc: after a burst (thousands of requests created and deleted, a
 /// re-list of every Secret) glibc kept the freed memory between the pages still live, so the
 /// resident size stayed near its peak; jemalloc hands it back (bench/results.md, 2026-11-24).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -59,6 +60,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// returns pages to the kernel about a second after they are freed, also while the operator is
 /// idle, as it is after a burst; two arenas rather than four per core, since each keeps its own
 /// partly used pages. `tests/cli.rs` checks that the binary runs with them.
+#[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_OPTIONS: &[u8; 53] = b"background_thread:true,narenas:2,dirty_decay_ms:1000\0";
 

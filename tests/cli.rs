@@ -147,6 +147,10 @@ fn version_prints_the_crate_version() {
 /// jemalloc reports a typo in its compiled-in options only as a warning, and a symbol the linker
 /// dropped not at all; its statistics at exit show the options it actually ran with.
 #[test]
+#[cfg_attr(
+    not(feature = "jemalloc"),
+    ignore = "built without the jemalloc feature"
+)]
 fn the_binary_allocates_through_jemalloc_with_its_options() {
     let output = operator_command(&["version"])
         .env("_RJEM_MALLOC_CONF", "stats_print:true")
