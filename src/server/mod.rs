@@ -29,6 +29,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
+    time::Duration,
 };
 
 use axum::{Router, middleware};
@@ -135,6 +136,7 @@ pub async fn serve(
     let tcp = listener::bind(config.listen).await?;
     let address = tcp.local_addr().unwrap_or(config.listen);
     info!(%address, tls = tls.is_some(), "HTTP server listening");
+    let sweeper = tokio::spawn(forget_expired_verdicts(Arc::clone(&state)));
     let app = routes(state, Some(&RequestLimits::from_config(config)));
     listener::serve_on(
         tcp,
@@ -144,7 +146,21 @@ pub async fn serve(
         shutdown,
     )
     .await;
+    sweeper.abort();
     Ok(())
+}
+
+/// Verdicts past their time go when the next token is judged; when the callers of a burst go
+/// quiet, none is, and this drops them.
+async fn forget_expired_verdicts(state: Arc<HttpState>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        ticks.tick().await;
+        state.verdicts.forget_expired();
+        if let Some(confirmer) = &state.confirmer {
+            confirmer.forget_expired();
+        }
+    }
 }
 
 #[cfg(test)]
