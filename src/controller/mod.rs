@@ -162,9 +162,9 @@ impl Context {
     }
 
     /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle
-    /// namespace slots, cached reads of Secrets that no request names any more (or that nobody used since
-    /// the last sweep), verdicts on tokens past their time. Runs against the index, so it costs
-    /// time linear in what is kept, however many requests there are.
+    /// namespace slots, cached reads of Secrets that no request names any more (or that nobody
+    /// used since the last sweep), verdicts on tokens past their time. Runs against the index, so
+    /// it costs time linear in what is kept, however many requests there are.
     fn forget_deleted(&self) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| self.index.contains(reference));
