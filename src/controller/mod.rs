@@ -178,10 +178,9 @@ impl Context {
             .retain(|key| self.index.is_token_secret(key));
         self.token_reads.forget_unused(SWEEP_INTERVAL);
         self.index.release_spare_capacity();
+        // The Confirmer's answers are shared with the HTTP server, which sweeps them on every
+        // replica, leader or not.
         self.verdicts.forget_expired();
-        if let Some(confirmer) = &self.confirmer {
-            confirmer.forget_expired();
-        }
     }
 
     /// Called when the controller finds a request gone: its retry state and wake-up go too.

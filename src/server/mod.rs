@@ -151,7 +151,9 @@ pub async fn serve(
 }
 
 /// Verdicts past their time go when the next token is judged; when the callers of a burst go
-/// quiet, none is, and this drops them.
+/// quiet, none is, and this drops them. The Confirmer's answers are one cache shared with the
+/// controller, and are swept here because every replica serves HTTP, while only the leader runs
+/// the controller.
 async fn forget_expired_verdicts(state: Arc<HttpState>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(30));
     loop {
