@@ -127,7 +127,7 @@ fn main() {
             black_box(
                 kubeconfig::render(
                     black_box(&settings),
-                    kubeconfig::Format::Token,
+                    kubeconfig_operator::crd::Format::Token,
                     &token,
                     namespace,
                 )

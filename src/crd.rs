@@ -14,8 +14,6 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-pub use crate::kubeconfig::Format;
-
 /// A DNS subdomain (RFC 1123), the rule for Secret and ServiceAccount names.
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// The suffix of the default Secret name; request names are capped so the result stays a valid name.
@@ -98,9 +96,51 @@ pub struct KubeconfigRequestSpec {
     pub renew_before_percentage: Option<u8>,
 }
 
-/// A data key of the written Secret that holds the kubeconfig.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// What an issued credential is written as. The CRD's schema lists these names; the kubeconfig
+/// ones are also what `GET /kube-config?format=` and the page accept. Its renderer and the
+/// read-back of its token live in `kubeconfig/`.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Format {
+    // No doc comments on the variants: schemars would turn them into a `oneOf`, which
+    // `kubectl explain` shows less plainly than an enum. The CRD field documents each one.
+    #[default]
+    Token,
+    Exec,
+    ArgoCd,
+}
+
+impl Format {
+    /// The name used in the CRD and in `?format=`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether a person may download it (`GET /kube-config`, the page): a kubeconfig file. An
+    /// Argo CD cluster Secret is only for Argo CD, which reads it from the cluster.
+    pub fn downloadable(self) -> bool {
+        !matches!(self, Format::ArgoCd)
+    }
+}
+
+/// A data key of the written Secret that holds the kubeconfig.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum SecretKey {
     /// The key kubectl users and most tools are pointed at.
     Kubeconfig,
@@ -110,10 +150,7 @@ pub enum SecretKey {
 
 impl SecretKey {
     pub fn as_str(self) -> &'static str {
-        match self {
-            SecretKey::Kubeconfig => "kubeconfig",
-            SecretKey::Value => "value",
-        }
+        self.into()
     }
 }
 
@@ -304,7 +341,26 @@ fn flow_descriptions(value: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
+    use strum::VariantArray as _;
+
     use super::*;
+
+    /// Every variant's name, as `?format=` parses it and as the status and metrics show it, is
+    /// the one the CRD's schema lists and serde reads, so the three cannot drift apart.
+    #[test]
+    fn format_names_are_the_schemas() {
+        let crd = serde_json::to_value(definition()).unwrap();
+        let listed = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["format"]["enum"];
+        let names: Vec<&str> = Format::VARIANTS.iter().map(|f| f.as_str()).collect();
+        assert_eq!(listed, &serde_json::json!(names));
+        for &format in Format::VARIANTS {
+            assert_eq!(serde_json::to_value(format).unwrap(), format.as_str());
+            assert_eq!(format.as_str().parse::<Format>(), Ok(format));
+        }
+        assert!("ArgoCD".parse::<Format>().is_err());
+        assert_eq!(Format::ArgoCd.as_str(), "argocd");
+    }
 
     #[test]
     fn token_key_defaults_to_token() {

@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
-    config::{Config, ConfigArgs, OidcSettings},
+    config::{Config, OidcSettings, Settings},
     confirm::Confirmer,
     controller::{self, Context, leader},
     crd,
@@ -33,7 +33,7 @@ enum Command {
     /// Run the controller and the HTTP server.
     Run {
         #[command(flatten)]
-        config: Box<ConfigArgs>,
+        config: Box<Settings>,
         /// Log line format.
         #[arg(
             long,

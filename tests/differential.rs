@@ -25,7 +25,7 @@ use base64::Engine as _;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_operator::{
-    config::{ConfigArgs, OidcSettings, Strictness},
+    config::{KubeconfigSection, OidcSection, OidcSettings, Settings, Strictness},
     oidc::verify::{IdToken, Identity, Verifier},
 };
 use serde_json::{Value, json};
@@ -575,11 +575,15 @@ fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
     corpus
 }
 
-fn args_for(cluster: &Cluster) -> ConfigArgs {
-    ConfigArgs {
-        server: Some(cluster.kube_server.clone()),
-        ca_file: Some(PathBuf::from(&cluster.kube_ca_file)),
-        ..ConfigArgs::default()
+fn args_for(cluster: &Cluster, oidc: OidcSection) -> Settings {
+    Settings {
+        kubeconfig: KubeconfigSection {
+            server: Some(cluster.kube_server.clone()),
+            certificate_authority_file: Some(PathBuf::from(&cluster.kube_ca_file)),
+            ..KubeconfigSection::default()
+        },
+        oidc,
+        ..Settings::default()
     }
 }
 
@@ -596,14 +600,17 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
     thread::sleep(Duration::from_secs(6));
 
     // The API server with --oidc-* flags, and the operator with the same flat settings.
-    let legacy_args = ConfigArgs {
-        oidc_issuer_url: Some(cluster.oidc_issuer_url.clone()),
-        oidc_client_id: Some(cluster.oidc_client_id.clone()),
-        oidc_ca_file: Some(PathBuf::from(&cluster.oidc_ca_file)),
-        oidc_username_claim: Some("email".into()),
-        oidc_groups_claim: Some("groups".into()),
-        ..args_for(cluster)
-    };
+    let legacy_args = args_for(
+        cluster,
+        OidcSection {
+            issuer_url: Some(cluster.oidc_issuer_url.clone()),
+            client_id: Some(cluster.oidc_client_id.clone()),
+            ca_file: Some(PathBuf::from(&cluster.oidc_ca_file)),
+            username_claim: Some("email".into()),
+            groups_claim: Some("groups".into()),
+            ..OidcSection::default()
+        },
+    );
     let legacy = match kubeconfig_operator::config::Config::load(&legacy_args)
         .expect("the legacy settings are valid")
         .oidc
@@ -623,10 +630,13 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
 
     // The API server with --authentication-config, and the operator reading the same file.
     let file = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
-    let authn_args = ConfigArgs {
-        authentication_config: Some(file),
-        ..args_for(cluster)
-    };
+    let authn_args = args_for(
+        cluster,
+        OidcSection {
+            authentication_config: Some(file),
+            ..OidcSection::default()
+        },
+    );
     let structured = match kubeconfig_operator::config::Config::load(&authn_args)
         .expect("the authentication configuration setting is valid")
         .oidc

@@ -550,7 +550,8 @@ fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
     use kubeconfig_operator::{
         ca::CaBundle,
         config::KubeconfigSettings,
-        kubeconfig::{self, Format, Rendered},
+        crd::Format,
+        kubeconfig::{self, Rendered},
         oidc::verify::IdToken,
     };
     let cluster = cluster();

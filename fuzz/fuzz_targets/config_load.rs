@@ -1,4 +1,4 @@
-//! The operator's YAML configuration file: arbitrary bytes → `FileConfig` → `Config::resolve`.
+//! The operator's YAML configuration file: arbitrary bytes → `Settings` → `Config::resolve`.
 //!
 //! Properties: nothing panics, and a `ConfigError` renders as exactly one line (it is printed as
 //! the process's last words at start-up, and log shippers split on newlines).
@@ -14,7 +14,7 @@ use std::{
     sync::LazyLock,
 };
 
-use kubeconfig_operator::config::{Config, ConfigArgs, FileConfig};
+use kubeconfig_operator::config::{Config, Settings};
 use libfuzzer_sys::fuzz_target;
 
 /// A self-signed certificate's PEM shape is enough for `rustls_pemfile::certs`, which only
@@ -50,16 +50,16 @@ fn confine(path: &mut Option<PathBuf>) {
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let Ok(mut file) = kubeconfig_operator::yaml::from_str::<FileConfig>(&text) else {
+    let Ok(mut file) = kubeconfig_operator::yaml::from_str::<Settings>(&text) else {
         return;
     };
-    confine(&mut file.certificate_authority_file);
+    confine(&mut file.kubeconfig.certificate_authority_file);
     confine(&mut file.oidc.ca_file);
     confine(&mut file.oidc.authentication_config);
     confine(&mut file.http.tls_cert_file);
     confine(&mut file.http.tls_key_file);
 
-    if let Err(error) = Config::resolve(file, &ConfigArgs::default()) {
+    if let Err(error) = Config::resolve(file, &Settings::default()) {
         let shown = error.to_string();
         assert!(
             !shown.contains(['\n', '\r']),

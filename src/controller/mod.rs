@@ -10,6 +10,7 @@
 mod cache;
 mod index;
 pub mod leader;
+mod refusal;
 mod renewals;
 mod secret;
 mod source;
@@ -44,12 +45,12 @@ use kube::{
 use tracing::{debug, info, warn};
 
 pub use cache::PER_NAMESPACE_CONCURRENCY;
+pub use refusal::{Reason, Refusal};
 pub use secret::{
     EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
 };
 pub use source::Credential;
 pub use source::ISSUABLE_ANNOTATION;
-pub use status::{Reason, Refusal};
 
 use crate::{
     config::{ControllerSettings, KubeconfigSettings},
@@ -65,8 +66,6 @@ use status::Outcome;
 /// fields are ours.
 pub const FIELD_MANAGER: &str = "kubeconfig-operator";
 
-/// How soon to look again when the issuer could not be reached.
-const ISSUER_RETRY: Duration = Duration::from_secs(15);
 /// Bounds of the per-request retry delay after API errors.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -312,7 +311,7 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                     secret::write(request, ctx, &secrets, &target, ours.as_ref(), credential)
                         .await?
                 }
-                Err(refusal) if revokes(refusal.reason) && ours.is_some() => {
+                Err(refusal) if refusal.reason.policy().revokes && ours.is_some() => {
                     secret::delete_if_ours(
                         request,
                         ctx,
@@ -358,7 +357,7 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 kept_secret: None,
             },
             Some(previous),
-        ) if !revokes(refusal.reason) => {
+        ) if !refusal.reason.policy().revokes => {
             let kept = secrets
                 .get_metadata_opt(&previous)
                 .await
@@ -390,24 +389,14 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 .schedule(&reference, tokio::time::Instant::now() + wait);
             Action::await_change()
         }
-        Outcome::Refused { refusal, .. } if refusal.reason == Reason::IssuerUnavailable => {
+        Outcome::Refused { refusal, .. } => {
             ctx.renewals.cancel(&reference);
-            Action::requeue(ISSUER_RETRY)
-        }
-        Outcome::Refused { .. } => {
-            ctx.renewals.cancel(&reference);
-            Action::await_change()
+            match refusal.reason.policy().retry_after {
+                Some(delay) => Action::requeue(delay),
+                None => Action::await_change(),
+            }
         }
     })
-}
-
-/// Refusals that mean the ServiceAccount's owner no longer allows kubeconfigs for it: the
-/// Secret goes, and with it the token bound to it.
-fn revokes(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::ServiceAccountNotFound | Reason::ServiceAccountNotIssuable
-    )
 }
 
 /// The token already in the Secret while it is not due for renewal, or a newly minted one bound

@@ -16,8 +16,9 @@ use tracing::info;
 
 use super::{
     Context, Error, FIELD_MANAGER, kube_error,
+    refusal::{Reason, Refusal},
     source::Credential,
-    status::{self, Outcome, Reason, Refusal},
+    status::{self, Outcome},
 };
 use crate::{
     crd::{Format, KubeconfigRequest, SECRET_NAME_SUFFIX},

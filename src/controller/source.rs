@@ -20,7 +20,7 @@ use super::{
     Context, Error,
     cache::SecretRead,
     kube_error,
-    status::{Reason, Refusal},
+    refusal::{Reason, Refusal},
 };
 use crate::{
     crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},

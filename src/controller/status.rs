@@ -14,71 +14,12 @@ use kube::{
 use serde_json::json;
 use tracing::warn;
 
-use super::{Context, Error, FIELD_MANAGER, kube_error, source::Credential};
-use crate::{
-    crd::{KubeconfigRequest, KubeconfigRequestStatus},
-    oidc::verify::TokenError,
+use super::{
+    Context, Error, FIELD_MANAGER, kube_error,
+    refusal::{Reason, Refusal},
+    source::Credential,
 };
-
-/// The Ready condition's reasons; each names what a person should look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Issued,
-    TokenSecretNotFound,
-    TokenKeyMissing,
-    TokenInvalid,
-    TokenExpired,
-    UserMismatch,
-    SecretConflict,
-    IssuerUnavailable,
-    InvalidSpec,
-    ServiceAccountNotFound,
-    ServiceAccountNotIssuable,
-    RejectedByAPIServer,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Issued => "Issued",
-            Reason::TokenSecretNotFound => "TokenSecretNotFound",
-            Reason::TokenKeyMissing => "TokenKeyMissing",
-            Reason::TokenInvalid => "TokenInvalid",
-            Reason::TokenExpired => "TokenExpired",
-            Reason::UserMismatch => "UserMismatch",
-            Reason::SecretConflict => "SecretConflict",
-            Reason::IssuerUnavailable => "IssuerUnavailable",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::ServiceAccountNotFound => "ServiceAccountNotFound",
-            Reason::ServiceAccountNotIssuable => "ServiceAccountNotIssuable",
-            Reason::RejectedByAPIServer => crate::confirm::REJECTED_BY_API_SERVER,
-        }
-    }
-
-    pub(super) fn for_token_error(error: &TokenError) -> Self {
-        match error {
-            TokenError::Expired { .. } => Reason::TokenExpired,
-            TokenError::IssuerUnavailable(_) => Reason::IssuerUnavailable,
-            _ => Reason::TokenInvalid,
-        }
-    }
-}
-
-/// A request that cannot be issued, with the message that tells its owner what to change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub reason: Reason,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
-    }
-}
+use crate::crd::{KubeconfigRequest, KubeconfigRequestStatus};
 
 /// The decision for one request, after the Secret was written or the request refused.
 pub(super) enum Outcome {
@@ -315,29 +256,5 @@ pub(super) async fn publish(
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Err(error) = events.create(&PostParams::default(), &event).await {
         warn!(request = %request.name_any(), %error, "cannot record event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_errors_map_to_condition_reasons() {
-        let expired = TokenError::Expired { expired_at: None };
-        assert_eq!(Reason::for_token_error(&expired), Reason::TokenExpired);
-        let unavailable =
-            TokenError::IssuerUnavailable(crate::oidc::jwks::IssuerError::Setup("x".into()));
-        assert_eq!(
-            Reason::for_token_error(&unavailable),
-            Reason::IssuerUnavailable
-        );
-        for invalid in [
-            TokenError::BadSignature,
-            TokenError::NotYetValid,
-            TokenError::Malformed("x"),
-        ] {
-            assert_eq!(Reason::for_token_error(&invalid), Reason::TokenInvalid);
-        }
     }
 }

@@ -517,7 +517,7 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
 fn kubeconfig_secret(uid: &str, token: &str) -> Value {
     let crate::kubeconfig::Rendered::Kubeconfig(rendered) = crate::kubeconfig::render(
         &settings(),
-        crate::kubeconfig::Format::Token,
+        crate::crd::Format::Token,
         &crate::oidc::verify::IdToken::from(token.to_owned()),
         None,
     )

@@ -5,34 +5,9 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use kube::config::{AuthInfo, ExecConfig, ExecInteractiveMode};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{ExecSettings, KubeconfigSettings};
-
-/// What an issued credential is written as. The CRD's schema lists these names, and
-/// `GET /kube-config?format=` accepts the kubeconfig ones.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    // No doc comments on the variants: schemars would turn them into a `oneOf`, which
-    // `kubectl explain` shows less plainly than an enum. The CRD field documents each one.
-    #[default]
-    Token,
-    Exec,
-    ArgoCd,
-}
-
-impl Format {
-    /// The name used in the CRD and in `?format=`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Token => "token",
-            Format::Exec => "exec",
-            Format::ArgoCd => "argocd",
-        }
-    }
-}
 
 /// kubectl runs `kubectl oidc-login`, which it finds on PATH as the `kubectl-oidc_login` plugin.
 const EXEC_COMMAND: &str = "kubectl";
@@ -137,6 +112,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        crd::Format,
         kubeconfig::{
             Rendered, render,
             tests::{settings, token, yaml},
@@ -154,22 +130,6 @@ mod tests {
             }),
             ..settings()
         }
-    }
-
-    #[test]
-    fn format_names_are_the_crds() {
-        for format in [Format::Token, Format::Exec, Format::ArgoCd] {
-            assert_eq!(
-                serde_json::to_value(format).unwrap(),
-                format.as_str(),
-                "{format:?}"
-            );
-        }
-        assert_eq!(
-            serde_json::from_str::<Format>("\"argocd\"").unwrap(),
-            Format::ArgoCd
-        );
-        assert!(serde_json::from_str::<Format>("\"ArgoCD\"").is_err());
     }
 
     #[test]

@@ -8,9 +8,9 @@ mod render;
 
 use std::collections::BTreeMap;
 
-pub use formats::{Format, argocd_bearer_token};
+pub use formats::argocd_bearer_token;
 
-use crate::{config::KubeconfigSettings, oidc::verify::IdToken};
+use crate::{config::KubeconfigSettings, crd::Format, oidc::verify::IdToken};
 
 /// A credential in the form its consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

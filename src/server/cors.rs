@@ -20,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::download::IDENTITY_HEADERS;
+use super::issue::IDENTITY_HEADERS;
 
 /// Origins whose pages may call the routes this layer wraps, in the form validated by the
 /// configuration (`scheme://host[:port]`).

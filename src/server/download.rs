@@ -8,25 +8,24 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
+    http::{StatusCode, request::Parts},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
-use k8s_openapi::api::authentication::v1::UserInfo;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use super::{
     HttpState,
     auth::{self, Authenticated},
     cors::{self, AllowedOrigins},
+    issue::{self, NotIssued},
     limits::{self, RequestLimits},
 };
 use crate::{
     config::is_dns_label,
     confirm::{ConfirmError, REJECTED_BY_API_SERVER},
-    kubeconfig::{self, Format, Rendered},
+    crd::Format,
 };
 
 pub const KUBE_CONFIG_ROUTE: &str = "/kube-config";
@@ -70,52 +69,31 @@ async fn kube_config(
     Query { namespace, format }: Query,
     Authenticated { token, identity }: Authenticated,
 ) -> Response {
-    let confirmed = match &state.confirmer {
-        None => None,
-        Some(confirmer) => match confirmer.confirm(&token, identity.expires_at).await {
-            Ok(user) => Some(user),
-            Err(error) => return unconfirmed(&error),
-        },
+    let ask = issue::Ask {
+        token: &token,
+        identity: &identity,
+        format,
+        namespace: namespace.as_deref(),
+        via: KUBE_CONFIG_ROUTE,
     };
-    match kubeconfig::render(&state.settings, format, &token, namespace.as_deref()) {
-        Ok(Rendered::Kubeconfig(yaml)) => {
-            info!(user = %identity.username, expires_at = %identity.expires_at, format = format.as_str(), "kubeconfig issued over HTTP");
-            (
-                confirmed.as_ref().map(identity_headers).unwrap_or_default(),
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/yaml"),
-                    ),
-                    // The body is a credential: no browser or proxy may keep a copy.
-                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        attachment(&state.settings.cluster_name),
-                    ),
-                ],
-                yaml,
-            )
-                .into_response()
+    match issue::issue(state.confirmer.as_ref(), &state.settings, ask).await {
+        Ok(response) => response,
+        Err(NotIssued::Unconfirmed(error)) => unconfirmed(&error),
+        // The query parser admits downloadable formats only; refused the same way for safety.
+        Err(NotIssued::NotDownloadable) => {
+            (StatusCode::BAD_REQUEST, FORMAT_PROBLEM).into_response()
         }
-        // The query parser admits kubeconfig formats only; refused the same way for safety.
-        Ok(Rendered::ArgoCdCluster(_)) => (StatusCode::BAD_REQUEST, FORMAT_PROBLEM).into_response(),
         // The owner has not enabled exec; the caller can still ask for the token format.
-        Err(problem @ kubeconfig::Error::ExecNotConfigured) => (
+        Err(NotIssued::ExecNotConfigured(problem)) => (
             StatusCode::BAD_REQUEST,
             format!("{problem}; ask for format=token instead\n"),
         )
             .into_response(),
-        Err(problem) => {
-            // The error comes from serialising settings we own; it cannot contain the token's
-            // value, but the user name identifies whom it failed for.
-            error!(%problem, user = %identity.username, "cannot render a kubeconfig");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot render the kubeconfig; the operator's logs say why\n",
-            )
-                .into_response()
-        }
+        Err(NotIssued::Render) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot render the kubeconfig; the operator's logs say why\n",
+        )
+            .into_response(),
     }
 }
 
@@ -133,54 +111,6 @@ fn unconfirmed(error: &ConfirmError) -> Response {
         }
     }
 }
-
-/// The identity the API server gave the token, as response headers that a page or script can
-/// show before it saves the file: `X-Kubeconfig-User`, `X-Kubeconfig-Uid`, `X-Kubeconfig-Groups`
-/// (comma-separated) and `X-Kubeconfig-Extra` (comma-separated `key=value`, one per value). Every
-/// name and value is percent-encoded (UTF-8) where it has a byte a header cannot carry or one of
-/// the separators `%`, `,` and `=`.
-fn identity_headers(user: &UserInfo) -> HeaderMap {
-    let encode = |text: &str| utf8_percent_encode(text, IDENTITY_ESCAPES).to_string();
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: String| {
-        // Every byte outside visible ASCII is escaped, so the value is always a valid header.
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    };
-    if let Some(username) = &user.username {
-        put(USER_HEADER, encode(username));
-    }
-    if let Some(uid) = &user.uid {
-        put(UID_HEADER, encode(uid));
-    }
-    let groups = user.groups.iter().flatten();
-    put(
-        GROUPS_HEADER,
-        groups
-            .map(|group| encode(group))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    let extra = user.extra.iter().flatten().flat_map(|(key, values)| {
-        values
-            .iter()
-            .map(move |value| format!("{}={}", encode(key), encode(value)))
-    });
-    put(EXTRA_HEADER, extra.collect::<Vec<_>>().join(","));
-    headers
-}
-
-const USER_HEADER: &str = "x-kubeconfig-user";
-const UID_HEADER: &str = "x-kubeconfig-uid";
-const GROUPS_HEADER: &str = "x-kubeconfig-groups";
-const EXTRA_HEADER: &str = "x-kubeconfig-extra";
-/// The identity headers, as CORS lists them for pages to read.
-pub(super) const IDENTITY_HEADERS: &str =
-    "x-kubeconfig-user, x-kubeconfig-uid, x-kubeconfig-groups, x-kubeconfig-extra";
-
-/// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
-const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
 
 const FORMAT_PROBLEM: &str = "format must be given at most once, as token (the default: the token inside) or exec (kubelogin logs in; no token inside); argocd Secrets are issued by a KubeconfigRequest\n";
 
@@ -213,11 +143,13 @@ fn parse_query(query: Option<&str>) -> Result<Query, &'static str> {
                 );
             }
             "format" if format.is_none() => {
-                format = Some(match value.as_ref() {
-                    "token" => Format::Token,
-                    "exec" => Format::Exec,
-                    _ => return Err(FORMAT_PROBLEM),
-                });
+                format = Some(
+                    value
+                        .parse::<Format>()
+                        .ok()
+                        .filter(|format| format.downloadable())
+                        .ok_or(FORMAT_PROBLEM)?,
+                );
             }
             "format" => return Err(FORMAT_PROBLEM),
             _ => return Err("unknown query parameter; only namespace and format are supported\n"),
@@ -229,31 +161,6 @@ fn parse_query(query: Option<&str>) -> Result<Query, &'static str> {
     })
 }
 
-/// `attachment; filename="<cluster>.kubeconfig"`.
-pub(super) fn attachment(cluster_name: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "attachment; filename=\"{}\"",
-        file_name(cluster_name)
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("attachment; filename=\"kubeconfig\""))
-}
-
-/// `<cluster>.kubeconfig`, with the name reduced to characters that need no quoting in any
-/// browser or shell.
-pub(super) fn file_name(cluster_name: &str) -> String {
-    let safe: String = cluster_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{safe}.kubeconfig")
-}
-
 #[cfg(test)]
 mod tests {
     use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
@@ -261,7 +168,7 @@ mod tests {
     use axum::{
         body::Body,
         extract::ConnectInfo,
-        http::{Method, Request},
+        http::{Method, Request, header},
     };
     use jsonwebtoken::Algorithm;
     use tokio::net::TcpListener;
@@ -491,11 +398,6 @@ mod tests {
             "dev,ops%2C%20east,z%C3%BCrich,system:authenticated"
         );
         assert_eq!(headers["x-kubeconfig-extra"], "scopes=read,scopes=a%3Db");
-        assert_eq!(
-            IDENTITY_HEADERS,
-            [USER_HEADER, UID_HEADER, GROUPS_HEADER, EXTRA_HEADER].join(", "),
-            "CORS exposes every identity header"
-        );
         let token = signed_token();
         for value in headers.values() {
             assert!(!value.to_str().unwrap_or_default().contains(&token));
@@ -547,17 +449,5 @@ mod tests {
         assert!(response.headers().contains_key(header::RETRY_AFTER));
         let text = body(response).await;
         assert!(text.starts_with("APIServerUnavailable: "), "{text}");
-    }
-
-    #[test]
-    fn attachment_names_are_safe() {
-        assert_eq!(
-            attachment("local cluster"),
-            "attachment; filename=\"local-cluster.kubeconfig\""
-        );
-        assert_eq!(
-            attachment("a\"b;c\r\n"),
-            "attachment; filename=\"a-b-c--.kubeconfig\""
-        );
     }
 }

@@ -17,6 +17,7 @@ mod auth;
 pub mod console;
 mod cors;
 mod download;
+mod issue;
 mod limits;
 mod listener;
 mod probes;

@@ -17,7 +17,6 @@
 //! must decrypt at the next. A used `state` is remembered per replica; the issuer still accepts
 //! each code only once.
 
-mod config;
 mod oidc;
 mod page;
 mod session;
@@ -40,14 +39,14 @@ use chrono::Utc;
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
-pub use config::{ConsoleConfig, FileConsole};
-
-use super::{download, limits};
+use super::{
+    issue::{self, NotIssued},
+    limits,
+};
 use crate::{
-    config::{KubeconfigSettings, OidcConfig},
+    config::{CALLBACK_ROUTE, ConsoleConfig, KubeconfigSettings, OidcConfig},
     confirm::{ConfirmError, Confirmer},
-    crd::{KubeconfigRequest, KubeconfigRequestSpec},
-    kubeconfig,
+    crd::{Format, KubeconfigRequest, KubeconfigRequestSpec},
     oidc::jwks::IssuerError,
     oidc::verify::{IdToken, Identity, TokenError, Verifier},
 };
@@ -56,8 +55,6 @@ use session::{CookiePolicy, Kind, LoginCookie, Session, SpentStates};
 
 pub const PAGE_ROUTE: &str = "/";
 pub const LOGIN_ROUTE: &str = "/login";
-/// The redirect URL's path (`console.redirectUrl` must end in it).
-pub const CALLBACK_ROUTE: &str = "/callback";
 pub const DOWNLOAD_ROUTE: &str = "/download";
 pub const LOGOUT_ROUTE: &str = "/logout";
 const SCRIPT_ROUTE: &str = "/console.js";
@@ -230,7 +227,7 @@ async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
         }
     };
     let claims = DisplayClaims::of(&session.id_token);
-    let file_name = download::file_name(cluster);
+    let file_name = issue::file_name(cluster);
     let request_yaml = match request_yaml(&identity.username) {
         Ok(yaml) => yaml,
         Err(problem) => {
@@ -446,14 +443,6 @@ impl DisplayClaims {
 }
 
 /// `?format=`: the token kubeconfig by default; `exec` (kubelogin) is offered by the page.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Format {
-    #[default]
-    Token,
-    Exec,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DownloadQuery {
@@ -480,53 +469,34 @@ async fn download(
         }
     };
     let token = IdToken::from(session.id_token);
-    if let Some(confirmer) = &console.confirmer {
-        match confirmer.confirm(&token, identity.expires_at).await {
-            Ok(_) => {}
-            Err(ConfirmError::Refused) => {
-                return console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER);
-            }
-            Err(error @ ConfirmError::Unavailable(_)) => {
-                warn!(%error, "cannot confirm a token with the API server");
-                return console.problem(StatusCode::SERVICE_UNAVAILABLE, API_SERVER_UNAVAILABLE);
-            }
-        }
-    }
-    let format = match query.format {
-        Format::Token => kubeconfig::Format::Token,
-        Format::Exec => kubeconfig::Format::Exec,
+    let ask = issue::Ask {
+        token: &token,
+        identity: &identity,
+        format: query.format,
+        namespace: None,
+        via: DOWNLOAD_ROUTE,
     };
-    match kubeconfig::render(&console.settings, format, &token, None) {
-        Ok(kubeconfig::Rendered::Kubeconfig(yaml)) => {
-            info!(user = %identity.username, expires_at = %identity.expires_at, "kubeconfig downloaded from the page");
-            (
-                [
-                    (
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/yaml"),
-                    ),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        download::attachment(&console.settings.cluster_name),
-                    ),
-                ],
-                yaml,
-            )
-                .into_response()
+    match issue::issue(console.confirmer.as_ref(), &console.settings, ask).await {
+        Ok(response) => response,
+        Err(NotIssued::Unconfirmed(ConfirmError::Refused)) => {
+            console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER)
         }
-        Ok(kubeconfig::Rendered::ArgoCdCluster(_)) | Err(kubeconfig::Error::ExecNotConfigured) => {
-            console.problem(
-                StatusCode::NOT_FOUND,
-                "The kubelogin kubeconfig is not offered by this operator (exec.clientId is not set).",
-            )
+        Err(NotIssued::Unconfirmed(error @ ConfirmError::Unavailable(_))) => {
+            warn!(%error, "cannot confirm a token with the API server");
+            console.problem(StatusCode::SERVICE_UNAVAILABLE, API_SERVER_UNAVAILABLE)
         }
-        Err(problem) => {
-            error!(%problem, user = %identity.username, "cannot render a kubeconfig");
-            console.problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The kubeconfig cannot be rendered; the operator's logs say why.",
-            )
-        }
+        Err(NotIssued::NotDownloadable) => console.problem(
+            StatusCode::BAD_REQUEST,
+            "Only kubeconfig files (format token or exec) can be downloaded here.",
+        ),
+        Err(NotIssued::ExecNotConfigured(_)) => console.problem(
+            StatusCode::NOT_FOUND,
+            "The kubelogin kubeconfig is not offered by this operator (exec.clientId is not set).",
+        ),
+        Err(NotIssued::Render) => console.problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The kubeconfig cannot be rendered; the operator's logs say why.",
+        ),
     }
 }
 

@@ -237,7 +237,7 @@ async fn the_download_is_the_token_kubeconfig_of_the_session() {
     let yaml = text(response).await;
     let expected = crate::kubeconfig::render(
         &settings(),
-        crate::kubeconfig::Format::Token,
+        crate::crd::Format::Token,
         &session.id_token.clone().into(),
         None,
     )

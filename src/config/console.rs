@@ -8,10 +8,13 @@ use std::path::PathBuf;
 
 use axum_extra::extract::cookie::Key;
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::config::ConfigError;
+use super::checks::ConfigError;
+
+/// Where the issuer sends the browser back, on the page's own origin.
+pub const CALLBACK_ROUTE: &str = "/callback";
 
 /// Scopes asked for when none are configured: who the user is and their groups. Never
 /// `offline_access`: the page needs no refresh token, and holding none means none can leak.
@@ -20,16 +23,55 @@ const DEFAULT_SCOPES: &[&str] = &["openid", "profile", "email", "groups"];
 /// requirement for a master key).
 const COOKIE_KEY_BYTES: usize = 64;
 
-/// The section as written in the file. Secrets may be given inline or, better, as files (a
-/// mounted Secret), never both.
-#[derive(Debug, Default, Deserialize)]
+/// The section as written in the file, and its flags. Secrets may be given inline or, better,
+/// as files (a mounted Secret), never both. The page is on when any of it is set.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileConsole {
+pub struct ConsoleSection {
+    /// The operator's OIDC client secret, for the login page; prefer the file [file: console.clientSecret].
+    #[arg(
+        id = "console-client-secret",
+        long = "console-client-secret",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_CLIENT_SECRET",
+        hide_env_values = true
+    )]
     pub client_secret: Option<String>,
+    /// File holding the operator's OIDC client secret, for the login page [file: console.clientSecretFile].
+    #[arg(
+        id = "console-client-secret-file",
+        long = "console-client-secret-file",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_CLIENT_SECRET_FILE"
+    )]
     pub client_secret_file: Option<PathBuf>,
+    /// Where the issuer sends the browser back: the page's origin followed by /callback [file: console.redirectUrl; required with the page].
+    #[arg(
+        id = "console-redirect-url",
+        long = "console-redirect-url",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_REDIRECT_URL"
+    )]
     pub redirect_url: Option<String>,
+    /// Base64 of at least 64 random bytes that encrypt the page's cookies; replicas need the same [file: console.cookieKey; default one generated at start-up].
+    #[arg(
+        id = "console-cookie-key",
+        long = "console-cookie-key",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_COOKIE_KEY",
+        hide_env_values = true
+    )]
     pub cookie_key: Option<String>,
+    /// File holding the cookie key [file: console.cookieKeyFile].
+    #[arg(
+        id = "console-cookie-key-file",
+        long = "console-cookie-key-file",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_COOKIE_KEY_FILE"
+    )]
     pub cookie_key_file: Option<PathBuf>,
+    /// Comma-separated scopes the page asks for; must contain openid [file: console.scopes; default openid,profile,email,groups].
+    #[arg(
+        id = "console-scopes",
+        long = "console-scopes",
+        env = "KUBECONFIG_OPERATOR_CONSOLE_SCOPES",
+        value_delimiter = ','
+    )]
     pub scopes: Option<Vec<String>>,
 }
 
@@ -70,7 +112,7 @@ impl ConsoleConfig {
     }
 
     /// Checks the section; each refusal names the field to fix.
-    pub fn resolve(file: FileConsole) -> Result<Self, ConfigError> {
+    pub fn resolve(file: ConsoleSection) -> Result<Self, ConfigError> {
         let client_secret = inline_or_file(
             ("console.clientSecret", file.client_secret),
             ("console.clientSecretFile", file.client_secret_file),
@@ -139,12 +181,12 @@ fn redirect_url(value: Option<String>) -> Result<Url, ConfigError> {
             format!("{value:?} must use https (http only for 127.0.0.1, [::1] or localhost)"),
         ));
     }
-    if url.path() != super::CALLBACK_ROUTE || url.query().is_some() || url.fragment().is_some() {
+    if url.path() != CALLBACK_ROUTE || url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(
             FIELD,
             format!(
                 "{value:?} must be the page's origin followed by {}, with no query or fragment",
-                super::CALLBACK_ROUTE
+                CALLBACK_ROUTE
             ),
         ));
     }
@@ -205,7 +247,7 @@ fn scopes(configured: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
 mod tests {
     use super::*;
 
-    fn file(yaml: &str) -> FileConsole {
+    fn file(yaml: &str) -> ConsoleSection {
         crate::yaml::from_str(yaml).unwrap()
     }
 
@@ -268,15 +310,21 @@ mod tests {
 
     #[test]
     fn the_page_is_off_unless_configured_and_refused_at_start_up_when_wrong() {
-        use crate::config::{Config, ConfigArgs, FileConfig};
-        let args = ConfigArgs {
-            server: Some("https://127.0.0.1:6443".into()),
-            oidc_issuer_url: Some("https://dex.example/dex".into()),
-            oidc_client_id: Some("kubeconfig-operator".into()),
-            ..ConfigArgs::default()
+        use crate::config::{Config, KubeconfigSection, OidcSection, Settings};
+        let args = Settings {
+            kubeconfig: KubeconfigSection {
+                server: Some("https://127.0.0.1:6443".into()),
+                ..KubeconfigSection::default()
+            },
+            oidc: OidcSection {
+                issuer_url: Some("https://dex.example/dex".into()),
+                client_id: Some("kubeconfig-operator".into()),
+                ..OidcSection::default()
+            },
+            ..Settings::default()
         };
         let resolve = |yaml: &str| {
-            let file: FileConfig = crate::yaml::from_str(yaml).unwrap();
+            let file: Settings = crate::yaml::from_str(yaml).unwrap();
             Config::resolve(file, &args)
         };
         assert!(resolve("{}").unwrap().console.is_none());
@@ -294,7 +342,7 @@ mod tests {
             "{error}"
         );
         assert!(
-            crate::yaml::from_str::<FileConfig>("console: {clientSecrett: s}").is_err(),
+            crate::yaml::from_str::<Settings>("console: {clientSecrett: s}").is_err(),
             "a misspelt field is refused"
         );
     }

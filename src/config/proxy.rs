@@ -1,0 +1,195 @@
+//! The `proxy` section: the authenticating proxy in front of the API server (see
+//! `server::proxy`). Without `proxy.listen` there is no proxy.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::{
+    checks::{ConfigError, TlsFiles, https_url, positive, read_pem_file, readable_file, tls_files},
+    kubeconfig::KubeconfigSettings,
+};
+use crate::ca::CaBundle;
+
+/// kubelet's default `--streaming-connection-idle-timeout`.
+const DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS: u64 = 4 * 60 * 60;
+
+#[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySection {
+    /// Serve the authenticating API server proxy on this address; unset: no proxy [file: proxy.listen].
+    #[arg(
+        id = "proxy-listen",
+        long = "proxy-listen",
+        env = "KUBECONFIG_OPERATOR_PROXY_LISTEN"
+    )]
+    pub listen: Option<String>,
+    /// PEM certificate chain the proxy serves [file: proxy.tlsCertFile; required with the proxy].
+    #[arg(
+        id = "proxy-tls-cert-file",
+        long = "proxy-tls-cert-file",
+        env = "KUBECONFIG_OPERATOR_PROXY_TLS_CERT_FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the proxy's certificate [file: proxy.tlsKeyFile; required with the proxy].
+    #[arg(
+        id = "proxy-tls-key-file",
+        long = "proxy-tls-key-file",
+        env = "KUBECONFIG_OPERATOR_PROXY_TLS_KEY_FILE"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// https URL clients reach the proxy at; issued kubeconfigs name it instead of `server` [file: proxy.url; required with the proxy].
+    #[arg(
+        id = "proxy-url",
+        long = "proxy-url",
+        env = "KUBECONFIG_OPERATOR_PROXY_URL"
+    )]
+    pub url: Option<String>,
+    /// PEM file of the CA that signed the proxy's certificate, put into issued kubeconfigs [file: proxy.caFile; default none: system roots].
+    #[arg(
+        id = "proxy-ca-file",
+        long = "proxy-ca-file",
+        env = "KUBECONFIG_OPERATOR_PROXY_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// https URL of the API server the proxy forwards to [file: proxy.upstreamUrl; default server].
+    #[arg(
+        id = "proxy-upstream-url",
+        long = "proxy-upstream-url",
+        env = "KUBECONFIG_OPERATOR_PROXY_UPSTREAM_URL"
+    )]
+    pub upstream_url: Option<String>,
+    /// PEM file of the API server's CA [file: proxy.upstreamCaFile; default the certificateAuthority* setting].
+    #[arg(
+        id = "proxy-upstream-ca-file",
+        long = "proxy-upstream-ca-file",
+        env = "KUBECONFIG_OPERATOR_PROXY_UPSTREAM_CA_FILE"
+    )]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// File holding the proxy's own bearer token, of the ServiceAccount in config/proxy, re-read every minute [file: proxy.tokenFile; required with the proxy].
+    #[arg(
+        id = "proxy-token-file",
+        long = "proxy-token-file",
+        env = "KUBECONFIG_OPERATOR_PROXY_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Connections the proxy serves at once, upgraded streams included [file: proxy.maxConnections; default 1024].
+    #[arg(
+        id = "proxy-max-connections",
+        long = "proxy-max-connections",
+        env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS"
+    )]
+    pub max_connections: Option<usize>,
+    /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed [file: proxy.streamIdleTimeoutSeconds; default 14400, kubelet's].
+    #[arg(
+        id = "proxy-stream-idle-timeout-seconds",
+        long = "proxy-stream-idle-timeout-seconds",
+        env = "KUBECONFIG_OPERATOR_PROXY_STREAM_IDLE_TIMEOUT_SECONDS"
+    )]
+    pub stream_idle_timeout_seconds: Option<u64>,
+}
+
+/// The authenticating proxy in front of the API server (see `server::proxy`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    /// The API server, https, no path.
+    pub upstream: Url,
+    /// PEM bytes of the API server's CA.
+    pub upstream_ca_pem: Vec<u8>,
+    /// The proxy's own bearer token, re-read while running.
+    pub token_file: PathBuf,
+    pub max_connections: usize,
+    pub stream_idle_timeout: Duration,
+}
+
+impl ProxySection {
+    /// Without `proxy.listen` the kubeconfig settings stay as they are; with it, kubeconfigs name
+    /// the proxy (`proxy.url`, `proxy.caFile`) and `server` with its CA become the proxy's
+    /// upstream unless `proxy.upstream*` say otherwise.
+    pub(super) fn resolve(
+        self,
+        kubeconfig: KubeconfigSettings,
+    ) -> Result<(KubeconfigSettings, Option<ProxyConfig>), ConfigError> {
+        let Some(listen) = self.listen else {
+            return Ok((kubeconfig, None));
+        };
+        let listen = listen.parse().map_err(|_| {
+            ConfigError::new("proxy.listen", format!("{listen:?} is not an address:port"))
+        })?;
+        let tls = tls_files(
+            "proxy",
+            readable_file("proxy.tlsCertFile", self.tls_cert_file)?,
+            readable_file("proxy.tlsKeyFile", self.tls_key_file)?,
+        )?
+        .ok_or_else(|| {
+            ConfigError::new(
+                "proxy.tlsCertFile",
+                "is required with proxy.listen: the proxy serves HTTPS only",
+            )
+        })?;
+        let url = https_url("proxy.url", self.url)?.1;
+        let ca_file = readable_file("proxy.caFile", self.ca_file)?;
+        let upstream_text = self
+            .upstream_url
+            .unwrap_or_else(|| kubeconfig.server.clone());
+        let upstream = https_url("proxy.upstreamUrl", Some(upstream_text.clone()))?.0;
+        if !matches!(upstream.path(), "" | "/") {
+            return Err(ConfigError::new(
+                "proxy.upstreamUrl",
+                format!("{upstream_text:?} must not have a path"),
+            ));
+        }
+        let upstream_ca_pem = match self.upstream_ca_file {
+            Some(path) => read_pem_file("proxy.upstreamCaFile", &path)?,
+            None => kubeconfig.ca.current().map(|pem| pem.to_vec()).ok_or_else(|| {
+                ConfigError::new(
+                    "proxy.upstreamCaFile",
+                    "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
+                )
+            })?,
+        };
+        // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
+        let ca = match ca_file {
+            Some(path) => {
+                let pem = read_pem_file("proxy.caFile", &path)?;
+                CaBundle::from_file(path, pem)
+            }
+            None => CaBundle::default(),
+        };
+        // Required rather than defaulting to the pod's own token: the operator's ServiceAccount
+        // may read Secrets, and the proxy must act with nothing but the right to impersonate.
+        let token_file = readable_file("proxy.tokenFile", self.token_file)?.ok_or_else(|| {
+            ConfigError::new(
+                "proxy.tokenFile",
+                "is required with proxy.listen: a token of the proxy's own ServiceAccount (config/proxy), not the operator's",
+            )
+        })?;
+        let max_connections =
+            positive("proxy.maxConnections", self.max_connections.unwrap_or(1024))?;
+        let idle = positive(
+            "proxy.streamIdleTimeoutSeconds",
+            self.stream_idle_timeout_seconds
+                .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS),
+        )?;
+        let kubeconfig = KubeconfigSettings {
+            server: url,
+            ca,
+            ..kubeconfig
+        };
+        Ok((
+            kubeconfig,
+            Some(ProxyConfig {
+                listen,
+                tls,
+                upstream,
+                upstream_ca_pem,
+                token_file,
+                max_connections,
+                stream_idle_timeout: Duration::from_secs(idle),
+            }),
+        ))
+    }
+}

@@ -1,0 +1,199 @@
+//! The one way a kubeconfig leaves the operator over HTTP, for `GET /kube-config` and for the
+//! page's download alike: the API server's confirmation, the rendering, the identity headers and
+//! the response. Each caller only says how a refusal looks to its client (plain text with a
+//! challenge, or a page).
+
+use axum::{
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tracing::{error, info};
+
+use crate::{
+    config::KubeconfigSettings,
+    confirm::{ConfirmError, Confirmer},
+    crd::Format,
+    kubeconfig::{self, Rendered},
+    oidc::verify::{IdToken, Identity},
+};
+
+const USER_HEADER: &str = "x-kubeconfig-user";
+const UID_HEADER: &str = "x-kubeconfig-uid";
+const GROUPS_HEADER: &str = "x-kubeconfig-groups";
+const EXTRA_HEADER: &str = "x-kubeconfig-extra";
+/// The identity headers, as CORS lists them for pages to read.
+pub(super) const IDENTITY_HEADERS: &str =
+    "x-kubeconfig-user, x-kubeconfig-uid, x-kubeconfig-groups, x-kubeconfig-extra";
+
+/// What a header value cannot hold (controls; non-ASCII is always escaped) and the separators.
+const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
+
+/// Why no kubeconfig was handed out; the caller decides how its client is told.
+#[derive(Debug)]
+pub(super) enum NotIssued {
+    /// The API server refused the token, or could not be asked.
+    Unconfirmed(ConfirmError),
+    /// A format that is not a file a person downloads.
+    NotDownloadable,
+    /// The owner has not enabled the exec format.
+    ExecNotConfigured(kubeconfig::Error),
+    /// Rendering settings the operator owns failed: the operator's fault, logged here.
+    Render,
+}
+
+/// What is being asked for, by whom, and where it was asked (for the log).
+pub(super) struct Ask<'a> {
+    pub token: &'a IdToken,
+    pub identity: &'a Identity,
+    pub format: Format,
+    pub namespace: Option<&'a str>,
+    pub via: &'static str,
+}
+
+/// Confirms the token (when a confirmer is configured), renders `format` and answers with the
+/// file as a download that no browser or proxy may keep, with the API server's identity for the
+/// token in the identity headers.
+pub(super) async fn issue(
+    confirmer: Option<&Confirmer>,
+    settings: &KubeconfigSettings,
+    ask: Ask<'_>,
+) -> Result<Response, NotIssued> {
+    if !ask.format.downloadable() {
+        return Err(NotIssued::NotDownloadable);
+    }
+    let confirmed = match confirmer {
+        None => None,
+        Some(confirmer) => Some(
+            confirmer
+                .confirm(ask.token, ask.identity.expires_at)
+                .await
+                .map_err(NotIssued::Unconfirmed)?,
+        ),
+    };
+    let yaml = match kubeconfig::render(settings, ask.format, ask.token, ask.namespace) {
+        Ok(Rendered::Kubeconfig(yaml)) => yaml,
+        Ok(Rendered::ArgoCdCluster(_)) => return Err(NotIssued::NotDownloadable),
+        Err(problem @ kubeconfig::Error::ExecNotConfigured) => {
+            return Err(NotIssued::ExecNotConfigured(problem));
+        }
+        Err(problem) => {
+            // The error comes from serialising settings we own; it cannot contain the token's
+            // value, but the user name identifies whom it failed for.
+            error!(%problem, user = %ask.identity.username, "cannot render a kubeconfig");
+            return Err(NotIssued::Render);
+        }
+    };
+    info!(
+        user = %ask.identity.username,
+        expires_at = %ask.identity.expires_at,
+        format = ask.format.as_str(),
+        via = ask.via,
+        "kubeconfig issued"
+    );
+    Ok((
+        confirmed.as_ref().map(identity_headers).unwrap_or_default(),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/yaml"),
+            ),
+            // The body is a credential: no browser or proxy may keep a copy.
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::CONTENT_DISPOSITION,
+                attachment(&settings.cluster_name),
+            ),
+        ],
+        yaml,
+    )
+        .into_response())
+}
+
+/// The identity the API server gave the token, as response headers that a page or script can
+/// show before it saves the file: `X-Kubeconfig-User`, `X-Kubeconfig-Uid`, `X-Kubeconfig-Groups`
+/// (comma-separated) and `X-Kubeconfig-Extra` (comma-separated `key=value`, one per value). Every
+/// name and value is percent-encoded (UTF-8) where it has a byte a header cannot carry or one of
+/// the separators `%`, `,` and `=`.
+fn identity_headers(user: &UserInfo) -> HeaderMap {
+    let encode = |text: &str| utf8_percent_encode(text, IDENTITY_ESCAPES).to_string();
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        // Every byte outside visible ASCII is escaped, so the value is always a valid header.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    if let Some(username) = &user.username {
+        put(USER_HEADER, encode(username));
+    }
+    if let Some(uid) = &user.uid {
+        put(UID_HEADER, encode(uid));
+    }
+    let groups = user.groups.iter().flatten();
+    put(
+        GROUPS_HEADER,
+        groups
+            .map(|group| encode(group))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let extra = user.extra.iter().flatten().flat_map(|(key, values)| {
+        values
+            .iter()
+            .map(move |value| format!("{}={}", encode(key), encode(value)))
+    });
+    put(EXTRA_HEADER, extra.collect::<Vec<_>>().join(","));
+    headers
+}
+
+/// `attachment; filename="<cluster>.kubeconfig"`.
+fn attachment(cluster_name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        file_name(cluster_name)
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment; filename=\"kubeconfig\""))
+}
+
+/// `<cluster>.kubeconfig`, with the name reduced to characters that need no quoting in any
+/// browser or shell.
+pub(super) fn file_name(cluster_name: &str) -> String {
+    let safe: String = cluster_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{safe}.kubeconfig")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_names_are_safe() {
+        assert_eq!(
+            attachment("local cluster"),
+            "attachment; filename=\"local-cluster.kubeconfig\""
+        );
+        assert_eq!(
+            attachment("a\"b;c\r\n"),
+            "attachment; filename=\"a-b-c--.kubeconfig\""
+        );
+    }
+
+    #[test]
+    fn cors_exposes_every_identity_header() {
+        assert_eq!(
+            IDENTITY_HEADERS,
+            [USER_HEADER, UID_HEADER, GROUPS_HEADER, EXTRA_HEADER].join(", ")
+        );
+    }
+}
