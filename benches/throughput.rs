@@ -26,7 +26,7 @@ use kubeconfig_operator::{
     config::KubeconfigSettings,
     kubeconfig,
     metrics::Metrics,
-    oidc::verify::IdToken,
+    oidc::{authenticator::Authenticator, token::IdToken},
     server::{HttpState, KUBE_CONFIG_ROUTE, router},
     testing,
 };
@@ -139,14 +139,17 @@ fn main() {
 
     // (c) the whole handler path, with tokens it has not seen and with one token again.
     let app = |settings: &KubeconfigSettings| {
+        let metrics = Arc::new(Metrics::default());
         router(Arc::new(HttpState {
-            verifier: Arc::clone(&verifier),
+            authenticator: Arc::new(Authenticator::new(
+                Arc::clone(&verifier),
+                Arc::clone(&metrics),
+            )),
             settings: settings.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             controller_ready: Arc::new(AtomicBool::new(true)),
             allowed_origins: Vec::new(),
             confirmer: None,
-            verdicts: Default::default(),
             console: None,
         }))
     };

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{Client, Resource, api::PostParams, config::AuthInfo};
 
-use crate::{metrics::Metrics, oidc::verify::IdToken, verdicts::Verdicts};
+use crate::{metrics::Metrics, oidc::token::IdToken, verdicts::Verdicts};
 
 /// A review the API server has not answered by then is treated as the API server being down:
 /// a reconcile or a download must not hang on it.

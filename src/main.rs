@@ -14,7 +14,7 @@ use kubeconfig_operator::{
     crd,
     metrics::Metrics,
     oidc::authn_config,
-    oidc::verify::Verifier,
+    oidc::{authenticator::Authenticator, verify::Verifier},
     server::{self, HttpState, console::Console, proxy::BoundProxy},
     telemetry::{self, LogFormat},
 };
@@ -175,9 +175,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    let authenticator = Arc::new(Authenticator::new(verifier, Arc::clone(&metrics)));
     let context = Arc::new(Context::new(
         client.clone(),
-        Arc::clone(&verifier),
+        Arc::clone(&authenticator),
         config.kubeconfig.clone(),
         config.controller.clone(),
         Arc::clone(&metrics),
@@ -189,7 +190,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Console::new(
                 page,
                 oidc,
-                Arc::clone(&verifier),
+                Arc::clone(&authenticator),
                 config.kubeconfig.clone(),
                 confirmer.clone(),
             )
@@ -197,20 +198,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    let proxy = match &config.proxy {
+        Some(proxy) => {
+            Some(BoundProxy::bind(proxy, Arc::clone(&authenticator), Arc::clone(&metrics)).await?)
+        }
+        None => None,
+    };
     let http_state = Arc::new(HttpState {
-        verifier,
+        authenticator,
         settings: config.kubeconfig.clone(),
         metrics,
         controller_ready: Arc::clone(&controller_ready),
         allowed_origins: config.http.allowed_origins.clone(),
         confirmer,
-        verdicts: Default::default(),
         console,
     });
-    let proxy = match &config.proxy {
-        Some(proxy) => Some(BoundProxy::bind(proxy, Arc::clone(&http_state)).await?),
-        None => None,
-    };
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), oidc = ?config.oidc, confirm_with_api_server = config.confirm_with_api_server, "starting");
     let controller = async {
         match &config.leader_election {

@@ -3,7 +3,7 @@
 //! key ever reaches the release binary, and so the copies of key handling that used to sit in each
 //! of those places can go.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use aws_lc_rs::{
     encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der},
@@ -16,7 +16,11 @@ use jsonwebtoken::{
 };
 use serde_json::{Value, json};
 
-use crate::{config::OidcConfig, oidc::jwks::KeySet, oidc::verify::Verifier};
+use crate::{
+    config::OidcConfig,
+    metrics::Metrics,
+    oidc::{authenticator::Authenticator, jwks::KeySet, verify::Verifier},
+};
 
 pub const ISSUER: &str = "https://dex.example/dex";
 pub const CLIENT_ID: &str = "kubeconfig-operator";
@@ -109,6 +113,11 @@ impl TestIssuer {
     }
 
     /// A verifier for [`oidc_config`] that knows this key from a static set: no network.
+    /// The one authenticator of a process, over [`Self::verifier`], counting into `metrics`.
+    pub fn authenticator(&self, metrics: Arc<Metrics>) -> Arc<Authenticator> {
+        Arc::new(Authenticator::new(Arc::new(self.verifier()), metrics))
+    }
+
     pub fn verifier(&self) -> Verifier {
         let config = oidc_config();
         let keys = KeySet::from_static(&self.jwks(), &config.algorithms);

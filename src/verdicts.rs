@@ -12,10 +12,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    capacity::release_spare_capacity,
-    oidc::verify::{IdToken, Identity, TokenError, Verifier},
-};
+use crate::{capacity::release_spare_capacity, oidc::token::IdToken};
 
 /// kube-apiserver's default `TokenSuccessCacheTTL`: a verdict is never older than the API
 /// server's own.
@@ -108,6 +105,11 @@ impl<V: Clone> Verdicts<V> {
         Ok(verdict)
     }
 
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.cached.lock().unwrap().by_digest.len()
+    }
+
     /// Drops the verdicts past their time. Judging a token does this too, at most once per
     /// [`VERDICT_TTL`]; a periodic sweep calls it so that what a burst left is dropped even when
     /// no token follows.
@@ -118,41 +120,40 @@ impl<V: Clone> Verdicts<V> {
     }
 }
 
-impl Verdicts<Identity> {
-    /// `verifier.verify`, through the cache.
-    pub async fn verify(
-        &self,
-        verifier: &Verifier,
-        token: &IdToken,
-    ) -> Result<Identity, TokenError> {
-        self.get_or_judge(token, || async {
-            let identity = verifier.verify(token).await?;
-            let expires_at = identity.expires_at;
-            Ok((identity, expires_at))
-        })
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use chrono::Duration as Lifetime;
+
     use super::*;
+
+    /// Judges `token` as the number of judgements so far, valid for ten minutes.
+    async fn judge(verdicts: &Verdicts<u32>, token: &str, judged: &mut u32) -> u32 {
+        verdicts
+            .get_or_judge(&IdToken::from(token.to_owned()), || {
+                *judged += 1;
+                let verdict = *judged;
+                async move { Ok::<_, ()>((verdict, Utc::now() + Lifetime::minutes(10))) }
+            })
+            .await
+            .unwrap()
+    }
 
     #[tokio::test]
     async fn verdicts_are_reused_but_refusals_are_not() {
-        let verdicts = Verdicts::<Identity>::default();
-        let verifier = crate::testing::issuer().verifier();
-        let token = IdToken::from(crate::testing::issuer().token_for("jane@example.com", &[], 600));
-        let first = verdicts.verify(&verifier, &token).await.unwrap();
-        assert_eq!(verdicts.cached.lock().unwrap().by_digest.len(), 1);
-        assert_eq!(verdicts.verify(&verifier, &token).await.unwrap(), first);
-        let bad = IdToken::from("not-a-token".to_owned());
-        assert!(verdicts.verify(&verifier, &bad).await.is_err());
-        assert_eq!(verdicts.cached.lock().unwrap().by_digest.len(), 1);
+        let verdicts = Verdicts::<u32>::default();
+        let mut judged = 0;
+        assert_eq!(judge(&verdicts, "a", &mut judged).await, 1);
+        assert_eq!(judge(&verdicts, "a", &mut judged).await, 1, "reused");
+        let refused: Result<u32, &str> = verdicts
+            .get_or_judge(&IdToken::from("b".to_owned()), || async { Err("no") })
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(verdicts.len(), 1, "a refusal is not kept");
+        assert_eq!(judge(&verdicts, "b", &mut judged).await, 2);
     }
 
     /// Every verdict in `verdicts`, and its last purge, as if judged `VERDICT_TTL` ago.
-    fn age(verdicts: &Verdicts<Identity>) {
+    fn age(verdicts: &Verdicts<u32>) {
         let mut cache = verdicts.cached.lock().unwrap();
         let then = Instant::now().checked_sub(VERDICT_TTL).unwrap();
         cache.purged_at = then;
@@ -163,35 +164,23 @@ mod tests {
 
     #[tokio::test]
     async fn verdicts_past_their_time_go_when_another_token_is_judged_or_the_sweep_runs() {
-        let verdicts = Verdicts::<Identity>::default();
-        let verifier = crate::testing::issuer().verifier();
-        let token_for = |user| IdToken::from(crate::testing::issuer().token_for(user, &[], 600));
-        let held = |verdicts: &Verdicts<Identity>| verdicts.cached.lock().unwrap().by_digest.len();
-
-        verdicts
-            .verify(&verifier, &token_for("jane@example.com"))
-            .await
-            .unwrap();
-        verdicts
-            .verify(&verifier, &token_for("joe@example.com"))
-            .await
-            .unwrap();
+        let verdicts = Verdicts::<u32>::default();
+        let mut judged = 0;
+        judge(&verdicts, "jane", &mut judged).await;
+        judge(&verdicts, "joe", &mut judged).await;
         verdicts.forget_expired();
-        assert_eq!(held(&verdicts), 2, "verdicts within their time stay");
+        assert_eq!(verdicts.len(), 2, "verdicts within their time stay");
 
         age(&verdicts);
-        verdicts
-            .verify(&verifier, &token_for("ann@example.com"))
-            .await
-            .unwrap();
+        judge(&verdicts, "ann", &mut judged).await;
         assert_eq!(
-            held(&verdicts),
+            verdicts.len(),
             1,
             "judging a token dropped the two past their time"
         );
 
         age(&verdicts);
         verdicts.forget_expired();
-        assert_eq!(held(&verdicts), 0, "the sweep dropped the last one");
+        assert_eq!(verdicts.len(), 0, "the sweep dropped the last one");
     }
 }

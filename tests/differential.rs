@@ -26,7 +26,8 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubeconfig_operator::{
     config::{KubeconfigSection, OidcSection, OidcSettings, Settings, Strictness},
-    oidc::verify::{IdToken, Identity, Verifier},
+    oidc::token::{IdToken, Identity},
+    oidc::verify::Verifier,
 };
 use serde_json::{Value, json};
 use support::{

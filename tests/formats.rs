@@ -552,7 +552,7 @@ fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
         config::KubeconfigSettings,
         crd::Format,
         kubeconfig::{self, Rendered},
-        oidc::verify::IdToken,
+        oidc::token::IdToken,
     };
     let cluster = cluster();
     let alice = id_token(cluster, "alice");

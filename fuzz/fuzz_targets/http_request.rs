@@ -36,7 +36,7 @@ use http_body_util::BodyExt as _;
 use kubeconfig_operator::{
     config::KubeconfigSettings,
     metrics::Metrics,
-    oidc::verify::Verifier,
+    oidc::{authenticator::Authenticator, verify::Verifier},
     server::{HttpState, router},
     testing,
 };
@@ -91,7 +91,10 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 
 fn state(controller_ready: bool) -> Arc<HttpState> {
     Arc::new(HttpState {
-        verifier: Arc::clone(&FIXTURE.verifier),
+        authenticator: Arc::new(Authenticator::new(
+            Arc::clone(&FIXTURE.verifier),
+            Arc::new(Metrics::default()),
+        )),
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
@@ -112,7 +115,6 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         confirmer: None,
-        verdicts: Default::default(),
         console: None,
     })
 }

@@ -36,7 +36,7 @@ use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
     config::OidcConfig,
     oidc::jwks::KeySet,
-    oidc::verify::{IdToken, TokenError, Verifier},
+    oidc::token::{IdToken, TokenError}, oidc::verify::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn verify(token: &str) -> Result<kubeconfig_operator::oidc::verify::Identity, TokenError> {
+fn verify(token: &str) -> Result<kubeconfig_operator::oidc::token::Identity, TokenError> {
     let result = RUNTIME.block_on(VERIFIER.verify(&IdToken::from(token.to_owned())));
     if let Err(error) = &result {
         assert_no_echo(error, token);

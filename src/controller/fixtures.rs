@@ -61,7 +61,7 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
     let confirmer = confirm.then(|| Confirmer::with_client(client.clone(), Arc::clone(&metrics)));
     let context = Context::new(
         client,
-        Arc::new(testing::issuer().verifier()),
+        testing::issuer().authenticator(Arc::clone(&metrics)),
         settings(),
         ControllerSettings {
             max_expiration_seconds: MAX_EXPIRATION_SECONDS,

@@ -57,8 +57,7 @@ use crate::{
     confirm::{ConfirmError, Confirmer},
     crd::KubeconfigRequest,
     metrics::{Metrics, ReasonLabels},
-    oidc::verify::{Identity, Verifier},
-    verdicts::Verdicts,
+    oidc::authenticator::Authenticator,
 };
 use status::Outcome;
 
@@ -71,9 +70,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Why a reconciliation could not finish; all of these are worth retrying.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
 pub enum Error {
     #[error("Kubernetes API call failed while {action}: {source}")]
+    #[strum(serialize = "KubeApi")]
     Kube {
         action: &'static str,
         #[source]
@@ -97,14 +97,9 @@ impl Error {
             if status.code == 403 && status.message.contains("because it is being terminated"))
     }
 
+    /// The metrics label of a failed reconciliation: the variant's name.
     fn kind(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "KubeApi",
-            Error::Render(_) => "Render",
-            Error::NotStored => "NotStored",
-            Error::NoTokenMinted => "NoTokenMinted",
-            Error::Confirm(_) => "Confirm",
-        }
+        self.into()
     }
 }
 
@@ -115,7 +110,8 @@ fn kube_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
 /// What the reconciler shares with every reconciliation.
 pub struct Context {
     pub client: Client,
-    pub verifier: Arc<Verifier>,
+    /// Shared with the HTTP server: one verdict per token for the whole process.
+    pub authenticator: Arc<Authenticator>,
     pub settings: KubeconfigSettings,
     pub controller: ControllerSettings,
     /// Names this replica in the Events it records (`reportingInstance`).
@@ -127,7 +123,6 @@ pub struct Context {
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
-    verdicts: Verdicts<Identity>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
     renewals: Arc<renewals::Renewals>,
@@ -136,7 +131,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        verifier: Arc<Verifier>,
+        authenticator: Arc<Authenticator>,
         settings: KubeconfigSettings,
         controller: ControllerSettings,
         metrics: Arc<Metrics>,
@@ -146,14 +141,13 @@ impl Context {
             reporting_instance: std::env::var("POD_NAME")
                 .unwrap_or_else(|_| FIELD_MANAGER.to_owned()),
             client,
-            verifier,
+            authenticator,
             settings,
             controller,
             metrics,
             confirmer,
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
-            verdicts: Verdicts::default(),
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
             renewals: Arc::default(),
@@ -162,8 +156,8 @@ impl Context {
 
     /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle
     /// namespace slots, cached reads of Secrets that no request names any more (or that nobody
-    /// used since the last sweep), verdicts on tokens past their time. Runs against the index, so
-    /// it costs time linear in what is kept, however many requests there are.
+    /// used since the last sweep). Runs against the index, so it costs time linear in what is
+    /// kept, however many requests there are.
     fn forget_deleted(&self) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.retain(|reference, _| self.index.contains(reference));
@@ -177,9 +171,8 @@ impl Context {
             .retain(|key| self.index.is_token_secret(key));
         self.token_reads.forget_unused(SWEEP_INTERVAL);
         self.index.release_spare_capacity();
-        // The Confirmer's answers are shared with the HTTP server, which sweeps them on every
-        // replica, leader or not.
-        self.verdicts.forget_expired();
+        // The authenticator's verdicts and the Confirmer's answers are shared with the HTTP
+        // server, which sweeps them on every replica, leader or not.
     }
 
     /// Called when the controller finds a request gone: its retry state and wake-up go too.

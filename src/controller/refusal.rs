@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::oidc::verify::TokenError;
+use crate::oidc::token::TokenError;
 
 /// The Ready condition's reasons; each names what a person should look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions},
@@ -21,16 +19,12 @@ use super::{
     status::{self, Outcome},
 };
 use crate::{
-    crd::{Format, KubeconfigRequest, SECRET_NAME_SUFFIX},
-    kubeconfig::{self, Rendered},
+    crd::{KubeconfigRequest, SECRET_NAME_SUFFIX},
+    kubeconfig::{self, Rendered, stored},
 };
 
 /// Key of the written Secret that holds the kubeconfig unless `spec.secretKeys` says otherwise.
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
-/// The label by which Argo CD finds its cluster Secrets.
-pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
-/// The key of an Argo CD cluster Secret that holds the credential.
-const ARGOCD_CONFIG_KEY: &str = "config";
 pub const REQUEST_LABEL: &str = "kubeconfig.dev/request";
 pub const USER_LABEL: &str = "kubeconfig.dev/user";
 pub const USERNAME_ANNOTATION: &str = "kubeconfig.dev/username";
@@ -81,21 +75,13 @@ pub(super) fn ours(
     }
 }
 
-/// The token in a Secret this controller wrote in the request's format: the `config` of an Argo
-/// CD cluster Secret, or the user's token in the first kubeconfig key (`exec` holds none).
+/// The token in a Secret this controller wrote in the request's format.
 pub(super) fn current_token(request: &KubeconfigRequest, secret: &Secret) -> Option<String> {
-    let data = secret.data.as_ref()?;
-    let text = |key: &str| std::str::from_utf8(&data.get(key)?.0).ok();
-    match request.spec.format {
-        Format::ArgoCd => kubeconfig::argocd_bearer_token(text(ARGOCD_CONFIG_KEY)?),
-        Format::Token | Format::Exec => {
-            let key = request.spec.secret_keys.first()?.as_str();
-            let kubeconfig: serde_json::Value = crate::yaml::from_str(text(key)?).ok()?;
-            kubeconfig["users"][0]["user"]["token"]
-                .as_str()
-                .map(str::to_owned)
-        }
-    }
+    stored::token(
+        request.spec.format,
+        &request.spec.secret_keys,
+        secret.data.as_ref()?,
+    )
 }
 
 /// Creates the Secret without data, so a ServiceAccount token can be bound to its uid before
@@ -283,8 +269,8 @@ fn desired(
     let mut labels = template.labels;
     labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
     labels.insert(REQUEST_LABEL.into(), label_value(&request.name_any()));
-    if request.spec.format == Format::ArgoCd {
-        labels.insert(ARGOCD_SECRET_TYPE_LABEL.into(), "cluster".into());
+    if let Some((label, value)) = stored::consumer_label(request.spec.format) {
+        labels.insert(label.into(), value.into());
     }
     let mut annotations = template.annotations;
     if let Some(credential) = credential {
@@ -311,29 +297,8 @@ fn desired(
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: rendered.map(|rendered| secret_data(request, rendered)),
+        data: rendered.map(|rendered| stored::secret_data(rendered, &request.spec.secret_keys)),
         ..Secret::default()
-    }
-}
-
-/// A kubeconfig goes under each of `spec.secretKeys`; Argo CD's data keys are its own.
-fn secret_data(request: &KubeconfigRequest, rendered: Rendered) -> BTreeMap<String, ByteString> {
-    match rendered {
-        Rendered::Kubeconfig(yaml) => request
-            .spec
-            .secret_keys
-            .iter()
-            .map(|key| {
-                (
-                    key.as_str().to_owned(),
-                    ByteString(yaml.clone().into_bytes()),
-                )
-            })
-            .collect(),
-        Rendered::ArgoCdCluster(data) => data
-            .into_iter()
-            .map(|(key, value)| (key, ByteString(value.into_bytes())))
-            .collect(),
     }
 }
 
@@ -415,8 +380,12 @@ fn short_hash(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::ByteString;
+
     use super::*;
-    use crate::config::KubeconfigSettings;
+    use crate::{
+        config::KubeconfigSettings, crd::Format, kubeconfig::stored::ARGOCD_SECRET_TYPE_LABEL,
+    };
 
     #[test]
     fn label_values_fit_kubernetes_rules() {
@@ -522,7 +491,7 @@ mod tests {
         let rendered = kubeconfig::render(
             &settings,
             request.spec.format,
-            &crate::oidc::verify::IdToken::from(token.to_owned()),
+            &crate::oidc::token::IdToken::from(token.to_owned()),
             None,
         )
         .unwrap();
@@ -583,7 +552,7 @@ mod tests {
         let rendered = kubeconfig::render(
             &settings,
             Format::Exec,
-            &crate::oidc::verify::IdToken::from("t.o.k".to_owned()),
+            &crate::oidc::token::IdToken::from("t.o.k".to_owned()),
             None,
         )
         .unwrap();

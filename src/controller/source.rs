@@ -24,7 +24,8 @@ use super::{
 };
 use crate::{
     crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},
-    oidc::verify::{IdToken, Identity, MAX_TOKEN_BYTES},
+    oidc::token::{IdToken, Identity, TokenError},
+    oidc::verify::MAX_TOKEN_BYTES,
 };
 
 /// The annotation by which a ServiceAccount's owner allows kubeconfigs to be issued for it.
@@ -138,7 +139,8 @@ pub(super) async fn id_token(
     let raw = match data.get(&reference.key) {
         Some(TokenSecretValue::Token(bytes)) if !bytes.is_empty() => bytes,
         Some(TokenSecretValue::Oversized(size)) => {
-            ctx.metrics.count_token_failure("Malformed");
+            ctx.authenticator
+                .count_refusal(&TokenError::Malformed("the token is too long"));
             return Ok(Err(Refusal::new(
                 Reason::TokenInvalid,
                 format!(
@@ -158,7 +160,8 @@ pub(super) async fn id_token(
         }
     };
     let Ok(text) = std::str::from_utf8(raw) else {
-        ctx.metrics.count_token_failure("Malformed");
+        ctx.authenticator
+            .count_refusal(&TokenError::Malformed("the token is not text"));
         return Ok(Err(Refusal::new(
             Reason::TokenInvalid,
             format!(
@@ -168,10 +171,9 @@ pub(super) async fn id_token(
         )));
     };
     let token = IdToken::from(text.trim().to_owned());
-    let identity = match ctx.verdicts.verify(&ctx.verifier, &token).await {
+    let identity = match ctx.authenticator.authenticate(&token).await {
         Ok(identity) => identity,
         Err(error) => {
-            ctx.metrics.count_token_failure(error.reason());
             return Ok(Err(Refusal::new(
                 Reason::for_token_error(&error),
                 format!("{}: {error}", error.reason()),

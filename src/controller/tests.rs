@@ -518,7 +518,7 @@ fn kubeconfig_secret(uid: &str, token: &str) -> Value {
     let crate::kubeconfig::Rendered::Kubeconfig(rendered) = crate::kubeconfig::render(
         &settings(),
         crate::crd::Format::Token,
-        &crate::oidc::verify::IdToken::from(token.to_owned()),
+        &crate::oidc::token::IdToken::from(token.to_owned()),
         None,
     )
     .unwrap() else {

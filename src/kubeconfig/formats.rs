@@ -101,7 +101,7 @@ pub(super) fn argocd_cluster(
 
 /// The bearer token of an Argo CD cluster Secret's `config`, so a ServiceAccount token that is
 /// not yet due can be kept instead of minted anew.
-pub fn argocd_bearer_token(config: &str) -> Option<String> {
+pub(super) fn argocd_bearer_token(config: &str) -> Option<String> {
     let config: serde_json::Value = serde_json::from_str(config).ok()?;
     config["bearerToken"].as_str().map(str::to_owned)
 }
@@ -117,7 +117,7 @@ mod tests {
             Rendered, render,
             tests::{settings, token, yaml},
         },
-        oidc::verify::IdToken,
+        oidc::token::IdToken,
     };
 
     fn exec_settings() -> KubeconfigSettings {

@@ -5,12 +5,11 @@
 
 mod formats;
 mod render;
+pub mod stored;
 
 use std::collections::BTreeMap;
 
-pub use formats::argocd_bearer_token;
-
-use crate::{config::KubeconfigSettings, crd::Format, oidc::verify::IdToken};
+use crate::{config::KubeconfigSettings, crd::Format, oidc::token::IdToken};
 
 /// A credential in the form its consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -253,7 +253,7 @@ mod tests {
             Format,
             tests::{settings, token, yaml},
         },
-        oidc::verify::IdToken,
+        oidc::token::IdToken,
     };
 
     /// The token format, the one whose shape the seed defined.

@@ -1,7 +1,9 @@
 //! Everything about ID tokens: the issuers' keys ([`jwks`]) and the verdict on a token
 //! ([`verify`]), with kube-apiserver's semantics.
 
+pub mod authenticator;
 pub mod authn_config;
 pub mod cel;
 pub mod jwks;
+pub mod token;
 pub mod verify;

@@ -28,7 +28,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
@@ -40,6 +39,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
+use super::token::{IdToken, Identity, TokenError};
 use super::{
     authn_config::{self, JwtAuthenticator, Mapping, Rule},
     cel,
@@ -54,119 +54,6 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// How far in the future `nbf` may be: go-oidc v2.3.0's fixed one minute, which is what
 /// kube-apiserver 1.33 uses (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
-
-/// An ID token as received. It is a bearer credential, so it never shows up in `Debug` or
-/// `Display` output (and therefore not in logs or error messages by accident); reading it takes
-/// an explicit [`IdToken::expose`].
-#[derive(Clone)]
-pub struct IdToken(String);
-
-impl IdToken {
-    /// The raw token, for the one place that needs it: the rendered kubeconfig.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for IdToken {
-    fn from(token: String) -> Self {
-        Self(token)
-    }
-}
-
-impl fmt::Debug for IdToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdToken(<redacted, {} bytes>)", self.0.len())
-    }
-}
-
-impl fmt::Display for IdToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<redacted ID token, {} bytes>", self.0.len())
-    }
-}
-
-/// Who the token's holder is, as kube-apiserver will see it with the same `--oidc-*` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The username claim's value with the configured prefix.
-    pub username: String,
-    /// The groups claim's values, each with the configured prefix.
-    pub groups: Vec<String>,
-    /// Empty unless an authentication configuration maps one (`claimMappings.uid`).
-    pub uid: String,
-    /// `claimMappings.extra`, and `authentication.kubernetes.io/credential-id` from `jti`, as
-    /// kube-apiserver adds it.
-    pub extra: BTreeMap<String, Vec<String>>,
-    /// When the token, and so the kubeconfig built from it, stops working.
-    pub expires_at: DateTime<Utc>,
-    /// Absent when the issuer omits `iat`, which OIDC requires but kube-apiserver does not.
-    pub issued_at: Option<DateTime<Utc>>,
-}
-
-/// Why a token was refused. Messages are shown to the token's holder and logged, so they never
-/// contain the token or any part of it: `Malformed` only takes fixed texts, and `UnknownKey` and
-/// `WrongIssuer` hold values from the token shortened to printable ASCII.
-#[derive(thiserror::Error, Debug, Clone, PartialEq)]
-pub enum TokenError {
-    #[error("the token is malformed: {0}; pass the ID token exactly as Dex issued it")]
-    Malformed(&'static str),
-    #[error(
-        "the token's signature does not verify with the issuer's keys, or it is signed with an algorithm this operator does not accept"
-    )]
-    BadSignature,
-    #[error(
-        "the token is signed with a key the issuer does not publish (kid {0:?}); get a fresh token from Dex"
-    )]
-    UnknownKey(String),
-    #[error("the token expired{}; get a fresh token from Dex", expired_at.map(|at| format!(" at {}", at.to_rfc3339())).unwrap_or_default())]
-    Expired { expired_at: Option<DateTime<Utc>> },
-    #[error(
-        "the token is not valid yet (nbf is more than a minute in the future); check the clocks of Dex and this operator"
-    )]
-    NotYetValid,
-    #[error(
-        "the token was issued by {found:?}, but only tokens of {expected} are accepted; get a token from that issuer"
-    )]
-    WrongIssuer {
-        expected: String,
-        /// The token's `iss`, shortened and made printable (it is the sender's text).
-        found: String,
-    },
-    #[error("the token was not issued for the client {expected} (aud{})", if *azp_required { "/azp" } else { "" })]
-    WrongAudience {
-        expected: String,
-        azp_required: bool,
-    },
-    #[error(
-        "the token's claim {0:?} is missing or has an unusable value; check the operator's username/groups claim settings and the Dex connector"
-    )]
-    MissingClaim(String),
-    #[error("the issuer's signing keys are unavailable, try again later: {0}")]
-    IssuerUnavailable(IssuerError),
-    /// A rule of the authentication configuration refused the token; the text is the rule's
-    /// own message or expression, from the owner's configuration, never from the token.
-    #[error("the token is refused by the authentication configuration: {0}")]
-    RefusedByRule(String),
-}
-
-impl TokenError {
-    /// A fixed, low-cardinality name for metrics labels, Kubernetes condition reasons and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::Malformed(_) => "Malformed",
-            TokenError::BadSignature => "BadSignature",
-            TokenError::UnknownKey(_) => "UnknownKey",
-            TokenError::Expired { .. } => "Expired",
-            TokenError::NotYetValid => "NotYetValid",
-            TokenError::WrongIssuer { .. } => "WrongIssuer",
-            TokenError::WrongAudience { .. } => "WrongAudience",
-            TokenError::MissingClaim(_) => "MissingClaim",
-            TokenError::IssuerUnavailable(_) => "IssuerUnavailable",
-            TokenError::RefusedByRule(_) => "RefusedByRule",
-        }
-    }
-}
 
 /// Verifies ID tokens against the configured issuers (one with the legacy settings, up to 64 with
 /// an authentication configuration), each with its own cached keys.

@@ -11,8 +11,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{HttpState, RETRY_AFTER_SECONDS};
-use crate::oidc::verify::{IdToken, Identity, TokenError};
+use super::RETRY_AFTER_SECONDS;
+use crate::oidc::{
+    authenticator::Authenticator,
+    token::{IdToken, Identity, TokenError},
+};
 
 /// A request whose `Authorization: Bearer` ID token verified. The token is kept because the
 /// download hands it back inside the kubeconfig; [`IdToken`] never prints it.
@@ -22,23 +25,29 @@ pub struct Authenticated {
     pub identity: Identity,
 }
 
+/// A handler's state that can judge bearer tokens.
+pub trait HoldsAuthenticator {
+    fn authenticator(&self) -> &Authenticator;
+}
+
+impl HoldsAuthenticator for Arc<Authenticator> {
+    fn authenticator(&self) -> &Authenticator {
+        self
+    }
+}
+
 /// The rejection is a finished response: 401 with a `WWW-Authenticate` challenge for missing,
 /// malformed or invalid credentials, 503 with `Retry-After` when the issuer cannot be reached to
-/// judge the token (not the client's fault).
-impl FromRequestParts<Arc<HttpState>> for Authenticated {
+/// judge the token (not the client's fault). Any state that holds the [`Authenticator`] will
+/// do: the server's, the proxy's.
+impl<S: HoldsAuthenticator + Send + Sync> FromRequestParts<S> for Authenticated {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<HttpState>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).map_err(missing_credentials)?;
-        match state.verdicts.verify(&state.verifier, &token).await {
+        match state.authenticator().authenticate(&token).await {
             Ok(identity) => Ok(Self { token, identity }),
-            Err(refusal) => {
-                state.metrics.count_token_failure(refusal.reason());
-                Err(token_refused(&refusal))
-            }
+            Err(refusal) => Err(token_refused(&refusal)),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     confirm::{ConfirmError, Confirmer},
     crd::Format,
     kubeconfig::{self, Rendered},
-    oidc::verify::{IdToken, Identity},
+    oidc::token::{IdToken, Identity},
 };
 
 const USER_HEADER: &str = "x-kubeconfig-user";

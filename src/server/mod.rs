@@ -47,8 +47,7 @@ use crate::{
     config::{HttpConfig, KubeconfigSettings},
     confirm::Confirmer,
     metrics::Metrics,
-    oidc::verify::{Identity, Verifier},
-    verdicts::Verdicts,
+    oidc::authenticator::Authenticator,
 };
 use limits::RequestLimits;
 use listener::ConnectionLimits;
@@ -59,7 +58,8 @@ const RETRY_AFTER_SECONDS: &str = "10";
 
 /// What the handlers share.
 pub struct HttpState {
-    pub verifier: Arc<Verifier>,
+    /// Judges every bearer token; shared with the controller and the proxy.
+    pub authenticator: Arc<Authenticator>,
     pub settings: KubeconfigSettings,
     pub metrics: Arc<Metrics>,
     /// Whether the controller lets the replica be ready: set by the controller once its cache
@@ -72,11 +72,14 @@ pub struct HttpState {
     /// Asks the API server about each token before `/kube-config` answers; `None` when turned
     /// off (`confirmWithApiServer: false`).
     pub confirmer: Option<Confirmer>,
-    /// The verifier's recent verdicts, so a client calling in a loop costs one verification per
-    /// token per 10 s (the confirmer keeps the API server's the same way).
-    pub verdicts: Verdicts<Identity>,
     /// The login and download page at `/`, when configured.
     pub console: Option<Arc<console::Console>>,
+}
+
+impl auth::HoldsAuthenticator for Arc<HttpState> {
+    fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
 }
 
 /// Why the server could not start; each names what to fix.
@@ -152,14 +155,14 @@ pub async fn serve(
 }
 
 /// Verdicts past their time go when the next token is judged; when the callers of a burst go
-/// quiet, none is, and this drops them. The Confirmer's answers are one cache shared with the
-/// controller, and are swept here because every replica serves HTTP, while only the leader runs
-/// the controller.
+/// quiet, none is, and this drops them. The authenticator's verdicts and the Confirmer's answers
+/// are shared with the controller, and are swept here because every replica serves HTTP, while
+/// only the leader runs the controller.
 async fn forget_expired_verdicts(state: Arc<HttpState>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(30));
     loop {
         ticks.tick().await;
-        state.verdicts.forget_expired();
+        state.authenticator.forget_expired();
         if let Some(confirmer) = &state.confirmer {
             confirmer.forget_expired();
         }

@@ -41,7 +41,7 @@ pub(super) fn routes(limits: Option<&RequestLimits>) -> Router<Arc<HttpState>> {
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let controller = state.controller_ready.load(Ordering::Relaxed);
-    let keys = state.verifier.is_ready();
+    let keys = state.authenticator.verifier().is_ready();
     if controller && keys {
         return (StatusCode::OK, "ok\n").into_response();
     }

@@ -24,7 +24,10 @@ use tower::ServiceExt as _;
 
 use super::{HttpState, limits::RequestLimits, listener::ConnectionLimits, router, routes};
 use crate::{
-    config::KubeconfigSettings, confirm::Confirmer, metrics::Metrics, oidc::verify::Verifier,
+    config::KubeconfigSettings,
+    confirm::Confirmer,
+    metrics::Metrics,
+    oidc::{authenticator::Authenticator, verify::Verifier},
     testing,
 };
 
@@ -94,8 +97,9 @@ fn state_from(
     allowed_origins: &[&str],
     confirmer: Option<Confirmer>,
 ) -> Arc<HttpState> {
+    let metrics = Arc::new(Metrics::default());
     Arc::new(HttpState {
-        verifier: Arc::new(verifier),
+        authenticator: Arc::new(Authenticator::new(Arc::new(verifier), Arc::clone(&metrics))),
         settings: KubeconfigSettings {
             cluster_name: "local cluster".into(),
             server: "https://127.0.0.1:6443".into(),
@@ -104,14 +108,13 @@ fn state_from(
             default_namespace: None,
             exec: None,
         },
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         controller_ready: Arc::new(AtomicBool::new(false)),
         allowed_origins: allowed_origins
             .iter()
             .map(|&origin| origin.to_owned())
             .collect(),
         confirmer,
-        verdicts: Default::default(),
         console: None,
     })
 }

@@ -48,7 +48,10 @@ use crate::{
     confirm::{ConfirmError, Confirmer},
     crd::{Format, KubeconfigRequest, KubeconfigRequestSpec},
     oidc::jwks::IssuerError,
-    oidc::verify::{IdToken, Identity, TokenError, Verifier},
+    oidc::{
+        authenticator::Authenticator,
+        token::{IdToken, Identity, TokenError},
+    },
 };
 use oidc::{LoginClient, LoginError, Pending};
 use session::{CookiePolicy, Kind, LoginCookie, Session, SpentStates};
@@ -87,7 +90,7 @@ const ISSUER_UNAVAILABLE: &str = "The issuer cannot be reached right now, so you
 pub struct Console {
     config: ConsoleConfig,
     client: LoginClient,
-    verifier: Arc<Verifier>,
+    authenticator: Arc<Authenticator>,
     settings: KubeconfigSettings,
     /// Asks the API server about the session's token before a download, as `GET /kube-config`
     /// does; none when the operator is configured not to ask.
@@ -101,7 +104,7 @@ impl Console {
     pub async fn new(
         config: ConsoleConfig,
         oidc: &OidcConfig,
-        verifier: Arc<Verifier>,
+        authenticator: Arc<Authenticator>,
         settings: KubeconfigSettings,
         confirmer: Option<Confirmer>,
     ) -> Result<Self, IssuerError> {
@@ -118,7 +121,7 @@ impl Console {
             },
             config,
             client,
-            verifier,
+            authenticator,
             settings,
             confirmer,
             spent: SpentStates::default(),
@@ -147,8 +150,8 @@ impl Console {
             return Err(NoSession::Ended);
         }
         match self
-            .verifier
-            .verify(&IdToken::from(session.id_token.clone()))
+            .authenticator
+            .authenticate(&IdToken::from(session.id_token.clone()))
             .await
         {
             Ok(identity) => Ok((session, identity)),
@@ -383,7 +386,7 @@ async fn finish_login(
                 )
             }
         })?;
-    let identity = console.verifier.verify(&token).await.map_err(|refusal| {
+    let identity = console.authenticator.authenticate(&token).await.map_err(|refusal| {
         if let TokenError::IssuerUnavailable(_) = refusal {
             (
                 StatusCode::SERVICE_UNAVAILABLE,

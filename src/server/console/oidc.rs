@@ -16,7 +16,7 @@ use crate::{
     config::OidcConfig,
     oidc::authn_config::JwtAuthenticator,
     oidc::jwks::{self, IssuerError},
-    oidc::verify::IdToken,
+    oidc::token::IdToken,
 };
 
 /// Bytes of randomness in `state`, `nonce` and the PKCE verifier: 256 bits, as RFC 7636

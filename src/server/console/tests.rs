@@ -45,7 +45,7 @@ async fn console_with(key: &Key, redirect_url: &str, confirmer: Option<Confirmer
         Console::new(
             config,
             &testing::oidc_config(),
-            Arc::new(testing::issuer().verifier()),
+            testing::issuer().authenticator(Arc::default()),
             settings(),
             confirmer,
         )

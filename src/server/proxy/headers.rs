@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::oidc::verify::Identity;
+use crate::oidc::token::Identity;
 
 /// The group kube-apiserver gives every authenticated user; impersonation does not add it by
 /// itself when groups are named, so the proxy names it.

@@ -42,15 +42,20 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Authenticated, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, HttpState, ServeError,
+    Authenticated, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, ServeError,
     listener::{self, ConnectionLimits},
 };
-use crate::{config::ProxyConfig, metrics::ProxyLabels};
+use crate::{
+    config::ProxyConfig,
+    metrics::{Metrics, ProxyLabels},
+    oidc::authenticator::Authenticator,
+};
 use upstream::{Credential, Upstream};
 
 /// What every proxied request shares.
 struct Proxy {
-    http: Arc<HttpState>,
+    authenticator: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
     upstream: Upstream,
     credential: Arc<Credential>,
     /// One permit per open upgraded stream; an upgraded connection has left the listener's
@@ -70,7 +75,11 @@ pub struct BoundProxy {
 
 impl BoundProxy {
     /// Reads the serving certificate, the API server's CA and the proxy's token, and binds.
-    pub async fn bind(config: &ProxyConfig, http: Arc<HttpState>) -> Result<Self, ServeError> {
+    pub async fn bind(
+        config: &ProxyConfig,
+        authenticator: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ServeError> {
         let tls = listener::tls_acceptor(&config.tls)?;
         let upstream = Upstream::new(config)?;
         let credential = Credential::load(config.token_file.clone())?;
@@ -78,7 +87,8 @@ impl BoundProxy {
         let tcp = listener::bind(config.listen).await?;
         let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let proxy = Arc::new(Proxy {
-            http,
+            authenticator,
+            metrics,
             upstream,
             credential,
             streams: Arc::new(Semaphore::new(max_connections)),
@@ -123,7 +133,6 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response<
     let (user, response) = handle(&proxy, parts, body, upgrade, client).await;
     let code = response.status().as_u16();
     proxy
-        .http
         .metrics
         .proxy_requests
         .get_or_create(&ProxyLabels { verb, code })
@@ -150,7 +159,7 @@ async fn handle(
     client: Option<IpAddr>,
 ) -> (Option<String>, Response<Body>) {
     // 1. Who is asking.
-    let identity = match Authenticated::from_request_parts(&mut parts, &proxy.http).await {
+    let identity = match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
         Ok(authenticated) => authenticated.identity,
         Err(refused) => return (None, refused),
     };
@@ -217,7 +226,6 @@ async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
     {
         Ok(response) => {
             proxy
-                .http
                 .metrics
                 .proxy_upstream_duration
                 .observe(started.elapsed().as_secs_f64());

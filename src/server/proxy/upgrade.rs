@@ -90,7 +90,6 @@ pub(super) async fn forward(
     };
     drop(sender);
     proxy
-        .http
         .metrics
         .proxy_upstream_duration
         .observe(started.elapsed().as_secs_f64());
@@ -106,7 +105,7 @@ pub(super) async fn forward(
     }
 
     let server_side = hyper::upgrade::on(&mut response);
-    let metrics = Arc::clone(&proxy.http.metrics);
+    let metrics = Arc::clone(&proxy.metrics);
     let idle_timeout = proxy.stream_idle_timeout;
     tokio::spawn(async move {
         let _permit = permit;
