@@ -50,7 +50,7 @@ pub struct ConsoleSection {
         env = "KUBECONFIG_OPERATOR_CONSOLE_REDIRECT_URL"
     )]
     pub redirect_url: Option<String>,
-    /// Base64 of at least 64 random bytes that encrypt the page's cookies; replicas need the same [file: console.cookieKey; default one generated at start-up].
+    /// Base64 of at least 64 random bytes that encrypt the page's cookies; replicas need the same [file: console.cookieKey; default generated at start-up].
     #[arg(
         id = "console-cookie-key",
         long = "console-cookie-key",

@@ -13,7 +13,7 @@ const MIN_EXPIRATION_SECONDS: i64 = 600;
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControllerSection {
-    /// Longest lifetime granted to a minted ServiceAccount token, in seconds; requests asking for more get this [file: controller.maxExpirationSeconds; default 86400, at least 600].
+    /// Longest lifetime granted to a minted ServiceAccount token, in seconds; requests asking for more get this; at least 600 [file: controller.maxExpirationSeconds; default 86400].
     #[arg(long, env = "KUBECONFIG_OPERATOR_MAX_EXPIRATION_SECONDS")]
     pub max_expiration_seconds: Option<i64>,
 }
@@ -21,7 +21,7 @@ pub struct ControllerSection {
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaderElectionSection {
-    /// Run the controller only while holding a Lease, so that of several replicas exactly one reconciles (all serve HTTP) [file: leaderElection.enabled; default true in a pod, false elsewhere].
+    /// Run the controller only while holding a Lease, so that of several replicas exactly one reconciles (all serve HTTP) [file: leaderElection.enabled; default on in a pod, off elsewhere].
     #[arg(id = "leader-elect", long = "leader-elect", env = "KUBECONFIG_OPERATOR_LEADER_ELECT", num_args = 0..=1, default_missing_value = "true")]
     pub enabled: Option<bool>,
     /// Name of the Lease the replicas compete for [file: leaderElection.leaseName; default kubeconfig-operator].

@@ -905,4 +905,111 @@ mod tests {
             crate::yaml::from_str("leaderElection: {enabled: false, leaseName: Lease_1}").unwrap();
         assert!(resolve(file, &minimal()).is_ok());
     }
+
+    /// A row of one of the README's settings tables: its file fields, flags and default.
+    struct Documented {
+        fields: Vec<String>,
+        flags: Vec<String>,
+        default: String,
+    }
+
+    /// Every row of the README's tables that start with `| file field |`.
+    fn documented() -> Vec<Documented> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let backticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut rows = Vec::new();
+        let mut lines = readme.lines();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("| file field |") {
+                continue;
+            }
+            let header: Vec<&str> = line.split('|').map(str::trim).collect();
+            let flag_column = header.iter().position(|h| h.starts_with("flag"));
+            let default_column = header.iter().position(|h| *h == "default").unwrap();
+            for row in lines.by_ref().skip(1) {
+                if !row.starts_with('|') {
+                    break;
+                }
+                let cells: Vec<&str> = row.split(" | ").collect();
+                let cell = |column: usize| cells.get(column - 1).copied().unwrap_or_default();
+                rows.push(Documented {
+                    fields: backticked(cell(1)),
+                    flags: flag_column
+                        .map(|column| backticked(cell(column)))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|flag| flag.starts_with("--"))
+                        .map(|flag| flag.trim_end_matches("[=false]").to_owned())
+                        .collect(),
+                    default: cell(default_column).to_owned(),
+                });
+            }
+        }
+        rows
+    }
+
+    /// The README's tables, the flags and their help are one contract: every flag names its file
+    /// field in its help (`[file: …; default …]`), the README documents that field with that
+    /// flag and the same default, and the README names no flag that does not exist.
+    #[test]
+    fn the_readme_documents_every_setting_with_its_flag_and_default() {
+        let normalise = |text: &str| -> String {
+            text.chars()
+                .filter(|c| !matches!(c, '`' | '[' | ']' | ' ' | ';' | ','))
+                .collect::<String>()
+                .to_lowercase()
+        };
+        let documented = documented();
+        let command = <Settings as clap::Args>::augment_args(clap::Command::new("operator"));
+        let mut flags = Vec::new();
+        let mut problems = Vec::new();
+        for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            flags.push(flag.clone());
+            if long == "config" {
+                continue;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let file = help
+                .split("[file: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .unwrap_or_else(|| panic!("{flag}'s help names no [file: …] field"));
+            let (field, default) = match file.split_once("; default ") {
+                Some((field, default)) => (field, Some(default)),
+                None => (file.split(';').next().unwrap(), None),
+            };
+            let Some(row) = documented
+                .iter()
+                .find(|row| row.fields.iter().any(|f| f == field))
+            else {
+                problems.push(format!("the README documents no {field} ({flag})"));
+                continue;
+            };
+            if !row.flags.contains(&flag) {
+                problems.push(format!("the README's row for {field} does not name {flag}"));
+            }
+            if let Some(default) = default
+                && !normalise(&row.default).contains(&normalise(default))
+            {
+                problems.push(format!(
+                    "{field}: the help says default {default:?}, the README {:?}",
+                    row.default
+                ));
+            }
+        }
+        for row in &documented {
+            for flag in row.flags.iter().filter(|flag| !flags.contains(flag)) {
+                problems.push(format!("the README names {flag}, which does not exist"));
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

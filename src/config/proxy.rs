@@ -60,7 +60,7 @@ pub struct ProxySection {
         env = "KUBECONFIG_OPERATOR_PROXY_UPSTREAM_URL"
     )]
     pub upstream_url: Option<String>,
-    /// PEM file of the API server's CA [file: proxy.upstreamCaFile; default the certificateAuthority* setting].
+    /// PEM file of the API server's CA [file: proxy.upstreamCaFile; default certificateAuthority*].
     #[arg(
         id = "proxy-upstream-ca-file",
         long = "proxy-upstream-ca-file",
@@ -81,7 +81,7 @@ pub struct ProxySection {
         env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS"
     )]
     pub max_connections: Option<usize>,
-    /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed [file: proxy.streamIdleTimeoutSeconds; default 14400, kubelet's].
+    /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed; kubelet's default [file: proxy.streamIdleTimeoutSeconds; default 14400].
     #[arg(
         id = "proxy-stream-idle-timeout-seconds",
         long = "proxy-stream-idle-timeout-seconds",
