@@ -114,12 +114,8 @@ fn main() {
     let ca_pem =
         b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2F0ZXN0\n-----END CERTIFICATE-----\n";
     let settings = KubeconfigSettings {
-        cluster_name: "local-cluster".into(),
-        server: "https://127.0.0.1:6443".into(),
         ca: kubeconfig_operator::ca::CaBundle::fixed(Some(ca_pem.to_vec())),
-        user_name: "OIDCUser".into(),
-        default_namespace: None,
-        exec: None,
+        ..KubeconfigSettings::for_tests("local-cluster", "https://127.0.0.1:6443")
     };
     let namespace = Some("team-a");
     let render_ns = measure(5_000, |n| {

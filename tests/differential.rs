@@ -660,9 +660,6 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
     )
     .await;
 
-    for corpus in [&legacy_corpus, &structured_corpus] {
-        assert!(corpus.len() >= 40, "the corpus has {} tokens", corpus.len());
-    }
     // The cases the corpus is for were really exercised, not refused by both for another reason.
     for (outcome, must_accept) in [
         (

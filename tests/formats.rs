@@ -560,12 +560,9 @@ fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
     let ca = std::fs::read(&cluster.kube_ca_file).unwrap();
     let file_for = |name: &str, user_name: &str, token: &str| {
         let settings = KubeconfigSettings {
-            cluster_name: name.into(),
-            server: cluster.kube_server.clone(),
             ca: CaBundle::fixed(Some(ca.clone())),
             user_name: user_name.into(),
-            default_namespace: None,
-            exec: None,
+            ..KubeconfigSettings::for_tests(name, &cluster.kube_server)
         };
         let Rendered::Kubeconfig(yaml) = kubeconfig::render(
             &settings,

@@ -6,7 +6,7 @@
 //! The test does not hold Dex's private key, so a token whose claims are wrong but whose
 //! signature is Dex's cannot be made here: such cases are Dex's own tokens (wrong audience, another
 //! issuer) or tampered copies of a real token, which must fail on their signature. The same
-//! claims with a valid signature are covered by the unit tests in `src/token.rs`.
+//! claims with a valid signature are covered by the unit tests in `src/oidc/verify.rs`.
 
 mod support;
 

@@ -96,13 +96,9 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
             Arc::new(Metrics::default()),
         )),
         settings: KubeconfigSettings {
-            cluster_name: "local cluster".into(),
-            server: "https://127.0.0.1:6443".into(),
             ca: kubeconfig_operator::ca::CaBundle::fixed(Some(
                 b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
             )),
-            user_name: "OIDCUser".into(),
-            default_namespace: None,
             // Enabled, so `?format=exec` reaches the exec renderer too.
             exec: Some(kubeconfig_operator::config::ExecSettings {
                 issuer: "https://127.0.0.1:5556/dex".into(),
@@ -110,6 +106,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
                 extra_scopes: vec!["groups".into()],
                 issuer_ca_pem: None,
             }),
+            ..KubeconfigSettings::for_tests("local cluster", "https://127.0.0.1:6443")
         },
         metrics: Arc::new(Metrics::default()),
         controller_ready: Arc::new(AtomicBool::new(controller_ready)),

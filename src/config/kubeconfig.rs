@@ -89,6 +89,23 @@ pub struct ExecSettings {
     pub issuer_ca_pem: Option<Vec<u8>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl KubeconfigSettings {
+    /// Settings for tests across the crate: `cluster_name` at `server`, no CA (the system's
+    /// roots), the default user name, no namespace and no exec format. Tests change what they
+    /// need with struct update syntax, so a new field is added here once.
+    pub fn for_tests(cluster_name: &str, server: &str) -> Self {
+        Self {
+            cluster_name: cluster_name.to_owned(),
+            server: server.to_owned(),
+            ca: CaBundle::default(),
+            user_name: "OIDCUser".into(),
+            default_namespace: None,
+            exec: None,
+        }
+    }
+}
+
 impl KubeconfigSection {
     /// The settings without `exec`, which needs the verifier's issuer (see [`ExecSection::resolve`]).
     pub(super) fn resolve(self) -> Result<KubeconfigSettings, ConfigError> {

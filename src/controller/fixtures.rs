@@ -32,14 +32,7 @@ pub const MAX_EXPIRATION_SECONDS: i64 = 7200;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn settings() -> KubeconfigSettings {
-    KubeconfigSettings {
-        cluster_name: "local".into(),
-        server: "https://127.0.0.1:6443".into(),
-        ca: crate::ca::CaBundle::default(),
-        user_name: "OIDCUser".into(),
-        default_namespace: None,
-        exec: None,
-    }
+    KubeconfigSettings::for_tests("local", "https://127.0.0.1:6443")
 }
 
 /// A context whose client talks to the returned script instead of a cluster, with confirmation

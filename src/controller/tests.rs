@@ -84,6 +84,13 @@ impl ApiServer {
             .reply(200, token_secret(token));
     }
 
+    /// The reads of a request seen for the first time: no kubeconfig Secret yet, and `token` in
+    /// its token Secret.
+    async fn first_reads(&mut self, token: &str) {
+        self.absent(TARGET_SECRET).await;
+        self.token_secret(token).await;
+    }
+
     /// Answers the status patch and returns what was patched.
     async fn status(&mut self) -> Value {
         let status = self.expect(Method::PATCH, &status_path()).await;
@@ -161,8 +168,7 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
     let issued = request(json!({}));
     let reference = ObjectRef::from_obj(&issued);
     let action = reconcile_in(Arc::clone(&ctx), api, issued, move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
-        api.token_secret(&token).await;
+        api.first_reads(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         apply.assert_applied();
         assert_eq!(
@@ -234,8 +240,7 @@ async fn a_token_for_another_user_is_refused_without_writing_a_secret() {
     let token = alice_token();
     let spec = json!({ "user": "bob@example.com" });
     reconcile_with(request(spec), move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
-        api.token_secret(&token).await;
+        api.first_reads(&token).await;
         api.event("UserMismatch", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
@@ -255,8 +260,7 @@ async fn a_token_for_another_user_is_refused_without_writing_a_secret() {
 async fn first_issue(request: KubeconfigRequest, token: String) -> (Value, Value) {
     let (ctx, mut api) = context();
     let script = tokio::spawn(async move {
-        api.absent(TARGET_SECRET).await;
-        api.token_secret(&token).await;
+        api.first_reads(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         let written = apply.body.clone();
         apply.echo();
@@ -367,8 +371,7 @@ async fn a_missing_token_secret_is_reported() {
 async fn a_secret_the_api_server_refuses_is_an_invalid_spec_not_a_retry() {
     let token = alice_token();
     let action = reconcile_with(request(json!({})), move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
-        api.token_secret(&token).await;
+        api.first_reads(&token).await;
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
             .reply(
@@ -400,8 +403,7 @@ async fn an_id_token_past_its_renewal_time_is_reported_expiring_but_stays_ready(
     // A renewBefore longer than the token's whole life: renewal is due at once.
     let spec = json!({ "renewBefore": "15m" });
     reconcile_with(request(spec), move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
-        api.token_secret(&token).await;
+        api.first_reads(&token).await;
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
             .echo();

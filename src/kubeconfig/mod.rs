@@ -71,14 +71,10 @@ pub(crate) mod tests {
 
     pub(crate) fn settings() -> KubeconfigSettings {
         KubeconfigSettings {
-            cluster_name: "kyma.local".into(),
-            server: "https://apiserver.kyma.local:9443".into(),
             ca: crate::ca::CaBundle::fixed(Some(
                 b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".to_vec(),
             )),
-            user_name: "OIDCUser".into(),
-            default_namespace: None,
-            exec: None,
+            ..KubeconfigSettings::for_tests("kyma.local", "https://apiserver.kyma.local:9443")
         }
     }
 

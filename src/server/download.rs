@@ -188,6 +188,14 @@ mod tests {
         },
     };
 
+    /// `count` answers with `code` on the download route, in the access log's metric.
+    fn assert_counted(state: &HttpState, code: &str, count: u32) {
+        let series =
+            format!(r#"http_requests_total{{route="/kube-config",code="{code}"}} {count}"#);
+        let metrics = state.metrics.render();
+        assert!(metrics.contains(&series), "{series} missing in\n{metrics}");
+    }
+
     #[tokio::test]
     async fn a_valid_token_gets_its_kubeconfig_as_a_download() {
         let state = state();
@@ -212,12 +220,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         let kubeconfig: serde_json::Value = crate::yaml::from_str(&body(response).await).unwrap();
         assert_eq!(kubeconfig["contexts"][0]["context"]["namespace"], "team-a");
-        assert!(
-            state
-                .metrics
-                .render()
-                .contains(r#"http_requests_total{route="/kube-config",code="200"} 2"#)
-        );
+        assert_counted(&state, "200", 2);
     }
 
     #[tokio::test]
@@ -340,12 +343,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key(header::RETRY_AFTER));
         assert!(body(response).await.contains("took too long"));
-        assert!(
-            state
-                .metrics
-                .render()
-                .contains(r#"http_requests_total{route="/kube-config",code="503"} 1"#)
-        );
+        assert_counted(&state, "503", 1);
     }
 
     #[tokio::test]

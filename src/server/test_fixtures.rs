@@ -100,14 +100,7 @@ fn state_from(
     let metrics = Arc::new(Metrics::default());
     Arc::new(HttpState {
         authenticator: Arc::new(Authenticator::new(Arc::new(verifier), Arc::clone(&metrics))),
-        settings: KubeconfigSettings {
-            cluster_name: "local cluster".into(),
-            server: "https://127.0.0.1:6443".into(),
-            ca: crate::ca::CaBundle::default(),
-            user_name: "OIDCUser".into(),
-            default_namespace: None,
-            exec: None,
-        },
+        settings: KubeconfigSettings::for_tests("local cluster", "https://127.0.0.1:6443"),
         metrics,
         controller_ready: Arc::new(AtomicBool::new(false)),
         allowed_origins: allowed_origins
