@@ -8,6 +8,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+mod credential;
 mod index;
 pub mod leader;
 mod refusal;
@@ -15,42 +16,33 @@ mod renewals;
 mod secret;
 mod source;
 mod status;
+mod watch;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        predicates,
-        reflector::{self, ObjectRef},
-        watcher,
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub use cache::PER_NAMESPACE_CONCURRENCY;
+pub use credential::Credential;
 pub use refusal::{Reason, Refusal};
 pub use secret::{
     EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
 };
-pub use source::Credential;
 pub use source::ISSUABLE_ANNOTATION;
+pub use watch::run;
 
 use crate::{
     config::{ControllerSettings, KubeconfigSettings},
@@ -169,7 +161,7 @@ impl Context {
             .retain(|namespace| self.index.has_namespace(namespace));
         self.token_reads
             .retain(|key| self.index.is_token_secret(key));
-        self.token_reads.forget_unused(SWEEP_INTERVAL);
+        self.token_reads.forget_unused(watch::SWEEP_INTERVAL);
         self.index.release_spare_capacity();
         // The authenticator's verdicts and the Confirmer's answers are shared with the HTTP
         // server, which sweeps them on every replica, leader or not.
@@ -278,15 +270,8 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
             ) {
                 (Some(reference), _) => source::id_token(request, reference, ctx, &secrets).await?,
                 (None, Some(account)) => {
-                    service_account_credential(
-                        request,
-                        account,
-                        ctx,
-                        &secrets,
-                        &target,
-                        ours.as_ref(),
-                    )
-                    .await?
+                    source::service_account(request, account, ctx, &secrets, &target, ours.as_ref())
+                        .await?
                 }
                 (None, None) => Err(Refusal::new(
                     Reason::InvalidSpec,
@@ -295,7 +280,7 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
             };
             let credential = match credential {
                 Ok(credential) if credential.confirmed.is_none() => {
-                    confirm(ctx, credential).await?
+                    source::confirm(ctx, credential).await?
                 }
                 judged => judged,
             };
@@ -390,235 +375,6 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
             }
         }
     })
-}
-
-/// The token already in the Secret while it is not due for renewal, or a newly minted one bound
-/// to the Secret (created empty first when it does not exist, since binding needs its uid).
-async fn service_account_credential(
-    request: &KubeconfigRequest,
-    account: &crate::crd::ServiceAccountSource,
-    ctx: &Context,
-    secrets: &Api<Secret>,
-    target: &str,
-    ours: Option<&Secret>,
-) -> Result<Result<Credential, Refusal>, Error> {
-    let namespace = request.namespace().ok_or(Error::NotStored)?;
-    if let Err(refusal) = source::issuable_service_account(account, ctx, &namespace).await? {
-        return Ok(Err(refusal));
-    }
-    if let Some(secret) = ours
-        && let Some(credential) = source::reusable_token(
-            request,
-            account,
-            secret,
-            secret::current_token(request, secret).as_deref(),
-            Utc::now(),
-        )
-        // A token the API server no longer accepts (say, its ServiceAccount was deleted and
-        // created again) is not reused but replaced.
-        && let Ok(confirmed) = confirm(ctx, credential).await?
-    {
-        return Ok(Ok(confirmed));
-    }
-    let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
-        Some(uid) => uid,
-        None => {
-            let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-            match secret::create_empty(request, secrets, target, owner).await? {
-                Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
-                Err(refusal) => return Ok(Err(refusal)),
-            }
-        }
-    };
-    source::mint(request, account, ctx, target, &uid).await
-}
-
-/// The credential with the API server's word on its token, when confirmation is on: the identity
-/// it answers goes into status; its refusal refuses the request, since a kubeconfig holding the
-/// token could not work. A minted ServiceAccount token is confirmed too: that proves the token
-/// bound to the Secret works, for one cheap call that the verdict cache shares.
-async fn confirm(
-    ctx: &Context,
-    credential: Credential,
-) -> Result<Result<Credential, Refusal>, Error> {
-    let Some(confirmer) = &ctx.confirmer else {
-        return Ok(Ok(credential));
-    };
-    match confirmer
-        .confirm(&credential.token, credential.expires_at)
-        .await
-    {
-        Ok(user) => Ok(Ok(Credential {
-            confirmed: Some(Box::new(user)),
-            ..credential
-        })),
-        Err(refused @ ConfirmError::Refused) => Ok(Err(Refusal::new(
-            Reason::RejectedByAPIServer,
-            refused.to_string(),
-        ))),
-        Err(unavailable) => Err(Error::Confirm(unavailable)),
-    }
-}
-
-/// How often state kept for deleted requests is swept away.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Runs the controller until `shutdown` resolves. `ready` turns true once the request cache is
-/// synced, which is what `/readyz` reports.
-pub async fn run(
-    ctx: Arc<Context>,
-    watch_namespace: Option<&str>,
-    ready: Arc<AtomicBool>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    // Wake-ups left by a previous term as leader belong to requests that may have changed since.
-    ctx.renewals.clear();
-    // Secrets and ServiceAccounts are watched as metadata only: the controller needs their
-    // names, owners and versions, and unrelated Secrets' data must cost it nothing.
-    let client = ctx.client.clone();
-    let (requests, secrets, accounts): (
-        Api<KubeconfigRequest>,
-        Api<PartialObjectMeta<Secret>>,
-        Api<PartialObjectMeta<ServiceAccount>>,
-    ) = match watch_namespace {
-        Some(namespace) => (
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client.clone(), namespace),
-            Api::namespaced(client, namespace),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
-    // The request watch feeds, in order: the index (which requests a Secret concerns), then the
-    // store (trimmed: it holds every request). Only spec changes trigger a reconciliation: the
-    // operator's own status writes must not start another one.
-    //
-    // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
-    // API server answers from its cache in one piece whatever the page size, and one piece of
-    // 20,000 Secrets' metadata took the operator from 15 to 85 MiB at start-up.
-    let (store, writer) = reflector::store();
-    let index_ctx = Arc::clone(&ctx);
-    let request_stream = watcher(requests, watcher::Config::default())
-        .default_backoff()
-        .modify(trim_for_store)
-        .inspect_ok(move |event| {
-            for gone in index_ctx.index.observe(event) {
-                index_ctx.forget(&gone);
-            }
-        })
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let controller = Controller::for_stream(request_stream, store.clone());
-    ctx.metrics.requests.export(Some(store.clone()));
-    let ready_store = store.clone();
-    tokio::spawn(async move {
-        // Each wait is bounded and repeated: with the controller's applier waiting on the same
-        // store, a single long wait here was observed never to wake (kube-runtime 5.0).
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), ready_store.wait_until_ready())
-                .await
-            {
-                Ok(Ok(())) => {
-                    ready.store(true, Ordering::Relaxed);
-                    info!("request cache synced");
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => continue,
-            }
-        }
-    });
-    let sweeper = {
-        let ctx = Arc::clone(&ctx);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                ticks.tick().await;
-                ctx.forget_deleted();
-            }
-        })
-    };
-    // A rotated CA changes every kubeconfig: re-render them all.
-    let ca_rotations =
-        futures::stream::unfold(ctx.settings.ca.changes(), |mut changes| async move {
-            changes.changed().await.ok()?;
-            Some(((), changes))
-        });
-    let secret_ctx = Arc::clone(&ctx);
-    let account_ctx = Arc::clone(&ctx);
-    let forget_ctx = Arc::clone(&ctx);
-    let metrics = Arc::clone(&ctx.metrics);
-    controller
-        .watches(secrets, watcher::Config::default(), move |secret| {
-            requests_affected_by(&secret_ctx, &secret)
-        })
-        .watches(accounts, watcher::Config::default(), move |account| {
-            account_ctx.index.for_account(
-                &account.namespace().unwrap_or_default(),
-                &account.name_any(),
-            )
-        })
-        .reconcile_all_on(ca_rotations)
-        .reconcile_on(Arc::clone(&ctx.renewals).due())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(move |result| {
-            if let Err(kube::runtime::controller::Error::ObjectNotFound(request)) = result {
-                let mut gone = ObjectRef::<KubeconfigRequest>::new(&request.name);
-                if let Some(namespace) = &request.namespace {
-                    gone = gone.within(namespace);
-                }
-                forget_ctx.forget(&gone);
-            }
-            futures::future::ready(())
-        })
-        .await;
-    sweeper.abort();
-    // A replica that lost its lease no longer knows the requests' state.
-    metrics.requests.export(None);
-}
-
-/// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
-/// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
-fn trim_for_store(request: &mut KubeconfigRequest) {
-    request.managed_fields_mut().clear();
-    request
-        .annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
-}
-
-/// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token
-/// Secret's new resourceVersion is noted, so that the requests naming it read it once, not once
-/// each.
-fn requests_affected_by(
-    ctx: &Context,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<KubeconfigRequest>> {
-    let Some(namespace) = secret.namespace() else {
-        return Vec::new();
-    };
-    let name = secret.name_any();
-    let owners: Vec<&str> = secret
-        .owner_references()
-        .iter()
-        .filter(|owner| owner.kind == KubeconfigRequest::kind(&()))
-        .map(|owner| owner.uid.as_str())
-        .collect();
-    let affected = ctx.index.for_secret(
-        &namespace,
-        &name,
-        secret.metadata.resource_version.as_deref(),
-        &owners,
-    );
-    if affected.is_token_secret {
-        ctx.token_reads
-            .saw((namespace, name), secret.metadata.resource_version.clone());
-    }
-    affected.requests
 }
 
 #[cfg(test)]

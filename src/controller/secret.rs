@@ -13,9 +13,10 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::{
-    Context, Error, FIELD_MANAGER, kube_error,
+    Context, Error, FIELD_MANAGER,
+    credential::Credential,
+    kube_error,
     refusal::{Reason, Refusal},
-    source::Credential,
     status::{self, Outcome},
 };
 use crate::{

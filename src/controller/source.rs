@@ -9,42 +9,30 @@ use chrono::{DateTime, TimeDelta, Utc};
 use k8s_openapi::{
     ByteString,
     api::{
-        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec, UserInfo},
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{Secret, ServiceAccount},
     },
 };
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::{Api, Resource, ResourceExt, api::PostParams};
 use serde::Deserialize;
 
 use super::{
     Context, Error,
     cache::SecretRead,
+    credential::Credential,
     kube_error,
     refusal::{Reason, Refusal},
+    secret,
 };
 use crate::{
+    confirm::ConfirmError,
     crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},
+    oidc::jwt::MAX_TOKEN_BYTES,
     oidc::token::{IdToken, Identity, TokenError},
-    oidc::verify::MAX_TOKEN_BYTES,
 };
 
 /// The annotation by which a ServiceAccount's owner allows kubeconfigs to be issued for it.
 pub const ISSUABLE_ANNOTATION: &str = "kubeconfig.dev/issuable";
-
-/// A bearer token and who it makes its holder, as the API server will see them.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub token: IdToken,
-    pub identity: Identity,
-    pub expires_at: DateTime<Utc>,
-    /// When the controller should act before the token dies: mint a new one, or warn its owner.
-    pub renew_at: DateTime<Utc>,
-    /// The lifetime a minted token was granted; `None` for tokens the controller did not mint.
-    pub granted_seconds: Option<i64>,
-    /// Who the API server says the token's holder is, once it was asked (boxed: most of a
-    /// credential's size otherwise).
-    pub confirmed: Option<Box<UserInfo>>,
-}
 
 /// When to renew a token issued at `issued_at` that expires at `expires_at`: `renewBefore` or
 /// `renewBeforePercentage` ahead of expiry, by default a third of the lifetime, as cert-manager
@@ -388,6 +376,74 @@ fn granted_seconds(requested: i64, issued_at: DateTime<Utc>, expires_at: DateTim
         requested
     } else {
         lifetime
+    }
+}
+
+/// The token already in the Secret while it is not due for renewal, or a newly minted one bound
+/// to the Secret (created empty first when it does not exist, since binding needs its uid).
+pub(super) async fn service_account(
+    request: &KubeconfigRequest,
+    account: &ServiceAccountSource,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+) -> Result<Result<Credential, Refusal>, Error> {
+    let namespace = request.namespace().ok_or(Error::NotStored)?;
+    if let Err(refusal) = issuable_service_account(account, ctx, &namespace).await? {
+        return Ok(Err(refusal));
+    }
+    if let Some(secret) = ours
+        && let Some(credential) = reusable_token(
+            request,
+            account,
+            secret,
+            secret::current_token(request, secret).as_deref(),
+            Utc::now(),
+        )
+        // A token the API server no longer accepts (say, its ServiceAccount was deleted and
+        // created again) is not reused but replaced.
+        && let Ok(confirmed) = confirm(ctx, credential).await?
+    {
+        return Ok(Ok(confirmed));
+    }
+    let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
+        Some(uid) => uid,
+        None => {
+            let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
+            match secret::create_empty(request, secrets, target, owner).await? {
+                Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+    };
+    mint(request, account, ctx, target, &uid).await
+}
+
+/// The credential with the API server's word on its token, when confirmation is on: the identity
+/// it answers goes into status; its refusal refuses the request, since a kubeconfig holding the
+/// token could not work. A minted ServiceAccount token is confirmed too: that proves the token
+/// bound to the Secret works, for one cheap call that the verdict cache shares.
+pub(super) async fn confirm(
+    ctx: &Context,
+    credential: Credential,
+) -> Result<Result<Credential, Refusal>, Error> {
+    let Some(confirmer) = &ctx.confirmer else {
+        return Ok(Ok(credential));
+    };
+    match confirmer
+        .confirm(&credential.token, credential.expires_at)
+        .await
+    {
+        Ok(user) => Ok(Ok(Credential {
+            confirmed: Some(Box::new(user)),
+            ..credential
+        })),
+        Err(refused @ ConfirmError::Refused) => Ok(Err(Refusal::new(
+            Reason::RejectedByAPIServer,
+            refused.to_string(),
+        ))),
+        Err(unavailable) => Err(Error::Confirm(unavailable)),
     }
 }
 

@@ -15,9 +15,10 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{
-    Context, Error, FIELD_MANAGER, kube_error,
+    Context, Error, FIELD_MANAGER,
+    credential::Credential,
+    kube_error,
     refusal::{Reason, Refusal},
-    source::Credential,
 };
 use crate::crd::{KubeconfigRequest, KubeconfigRequestStatus};
 

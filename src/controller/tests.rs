@@ -8,7 +8,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use kube::runtime::{controller::Action, reflector::ObjectRef};
 use serde_json::{Value, json};
 
-use super::{Context, fixtures::*, reconcile, trim_for_store};
+use super::{Context, fixtures::*, reconcile, watch::trim_for_store};
 use crate::{crd::KubeconfigRequest, testing};
 
 const ALICE: &str = "alice@example.com";

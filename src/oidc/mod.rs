@@ -4,6 +4,8 @@
 pub mod authenticator;
 pub mod authn_config;
 pub mod cel;
+mod claims;
 pub mod jwks;
+pub mod jwt;
 pub mod token;
 pub mod verify;

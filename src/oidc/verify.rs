@@ -25,36 +25,31 @@
 //!
 //! Every refusal names a reason a person can act on without ever echoing the token (a bearer
 //! credential) back.
+//!
+//! This file keeps the verifier's lifecycle (issuers, keys, reloading the file) and the order of
+//! the checks; the token's shape, algorithm, signature and times are in [`super::jwt`], and what
+//! its claims say in [`super::claims`].
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use super::token::{IdToken, Identity, TokenError};
 use super::{
-    authn_config::{self, JwtAuthenticator, Mapping, Rule},
-    cel,
-    jwks::{self, IssuerError, KeySet, SigningKey},
+    authn_config::{self, JwtAuthenticator},
+    claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
+    jwks::{self, IssuerError, KeySet},
+    jwt::{JsonObject, allowed_algorithm, check_shape, verified_claims},
+    token::{IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
 
-/// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How soon to try again after a failed background refresh, so readiness follows Dex quickly.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
-/// How far in the future `nbf` may be: go-oidc v2.3.0's fixed one minute, which is what
-/// kube-apiserver 1.33 uses (go-oidc v3 has five minutes, but Kubernetes vendors v2).
-pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
-
 /// Verifies ID tokens against the configured issuers (one with the legacy settings, up to 64 with
 /// an authentication configuration), each with its own cached keys.
 pub struct Verifier {
@@ -373,460 +368,9 @@ impl Issuer {
                 .map_err(TokenError::IssuerUnavailable)?,
         };
         let claims = verified_claims(token, alg, &candidates)?;
-        self.check_issuer(&claims)?;
-        self.identity(&claims)
+        claims::check_issuer(&self.rules, &claims)?;
+        claims::identity(&self.rules, &claims)
     }
-
-    /// The verified `iss` must be the issuer exactly (a trailing slash matters).
-    fn check_issuer(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
-        let found = match claims.get("iss") {
-            None => return Err(TokenError::MissingClaim("iss".into())),
-            Some(Value::String(iss)) if *iss == self.rules.issuer => return Ok(()),
-            // go-oidc's one exception, for Google's legacy tokens.
-            Some(Value::String(iss))
-                if self.rules.issuer == GOOGLE_ISSUER && iss == GOOGLE_ISSUER_NO_SCHEME =>
-            {
-                return Ok(());
-            }
-            Some(Value::String(iss)) => jwks::truncated(iss),
-            Some(_) => "<not a string>".into(),
-        };
-        Err(TokenError::WrongIssuer {
-            expected: self.rules.issuer.clone(),
-            found,
-        })
-    }
-
-    /// The checks on the verified claims, in kube-apiserver's order: the types go-oidc insists
-    /// on, audience, times, then username, groups, uid and extra, required claims, claim rules,
-    /// user rules.
-    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, TokenError> {
-        let cfg = &self.rules;
-        let strict = cfg.strictness;
-        check_standard_claim_types(claims)?;
-        self.check_audience(claims)?;
-
-        let expires_at = match claims.get("exp") {
-            None | Some(Value::Null) => return Err(TokenError::MissingClaim("exp".into())),
-            Some(value) => {
-                timestamp(value).ok_or_else(|| TokenError::MissingClaim("exp".into()))?
-            }
-        };
-        let now = Utc::now();
-        // go-oidc: `Expiry.Before(now)`, without leeway.
-        if expires_at < now {
-            return Err(TokenError::Expired {
-                expired_at: Some(expires_at),
-            });
-        }
-        match claims.get("nbf") {
-            None | Some(Value::Null) => {}
-            Some(value) => {
-                let not_before =
-                    timestamp(value).ok_or_else(|| TokenError::MissingClaim("nbf".into()))?;
-                if now + NOT_BEFORE_SKEW < not_before {
-                    return Err(TokenError::NotYetValid);
-                }
-            }
-        }
-        // Not checked against the clock (kube-apiserver does not), but go-oidc refuses a token
-        // whose `iat` is not a time.
-        let issued_at = match claims.get("iat") {
-            None => None,
-            Some(value) => {
-                Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
-            }
-        };
-        // CEL sees the claims as one JSON object, as kube-apiserver's unstructured conversion.
-        let as_json = Value::Object(claims.clone());
-
-        let username = match &cfg.username {
-            Mapping::Claim { claim, prefix } => {
-                // Like kube-apiserver, which decodes the claim into a Go string: null reads as "".
-                let name = match claims.get(claim) {
-                    Some(Value::String(name)) => name.as_str(),
-                    Some(Value::Null) => "",
-                    _ => return Err(TokenError::MissingClaim(claim.clone())),
-                };
-                if strict.strict_names && name.is_empty() {
-                    return Err(TokenError::MissingClaim(claim.clone()));
-                }
-                // An email is only an identity if the issuer did not say it is unverified; the
-                // claim must then be a JSON boolean `true` (not the string "true").
-                if claim == "email" {
-                    match claims.get("email_verified") {
-                        None | Some(Value::Bool(true)) => {}
-                        Some(_) => return Err(TokenError::MissingClaim("email_verified".into())),
-                    }
-                }
-                format!("{prefix}{name}")
-            }
-            Mapping::Expression(expression) => {
-                let value = evaluate(expression, &as_json, "claimMappings.username.expression")?;
-                match cel::as_string(&value) {
-                    Some(name) if name.is_empty() => {
-                        return Err(TokenError::RefusedByRule(
-                            "empty username via CEL expression is not allowed".into(),
-                        ));
-                    }
-                    Some(name) => name,
-                    None => {
-                        return Err(TokenError::RefusedByRule(
-                            "username claim expression must return a string".into(),
-                        ));
-                    }
-                }
-            }
-        };
-        if strict.strict_names && username.chars().any(char::is_control) {
-            return Err(TokenError::Malformed(
-                "the username claim contains control characters",
-            ));
-        }
-
-        let groups = match &cfg.groups {
-            None => Vec::new(),
-            Some(Mapping::Claim { claim, prefix }) => groups(claims, claim)?
-                .into_iter()
-                .map(|name| format!("{prefix}{name}"))
-                .collect(),
-            Some(Mapping::Expression(expression)) => {
-                let value = evaluate(expression, &as_json, "claimMappings.groups.expression")?;
-                cel::as_string_list(&value).ok_or_else(|| {
-                    TokenError::RefusedByRule(
-                        "group claim expression must return a string or a list of strings".into(),
-                    )
-                })?
-            }
-        };
-        if strict.strict_names && groups.iter().any(|name| name.chars().any(char::is_control)) {
-            return Err(TokenError::Malformed(
-                "a group in the groups claim contains control characters",
-            ));
-        }
-
-        let uid = match &cfg.uid {
-            None => String::new(),
-            Some(Mapping::Claim { claim, .. }) => match claims.get(claim) {
-                Some(Value::String(uid)) => uid.clone(),
-                Some(Value::Null) => String::new(),
-                _ => return Err(TokenError::MissingClaim(claim.clone())),
-            },
-            Some(Mapping::Expression(expression)) => {
-                let value = evaluate(expression, &as_json, "claimMappings.uid.expression")?;
-                cel::as_string(&value).ok_or_else(|| {
-                    TokenError::RefusedByRule("uid claim expression must return a string".into())
-                })?
-            }
-        };
-
-        let mut extra = BTreeMap::new();
-        if let Some(Value::String(jti)) = claims.get("jti")
-            && !jti.is_empty()
-        {
-            extra.insert(CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")]);
-        }
-        for (key, expression) in &cfg.extra {
-            let value = evaluate(expression, &as_json, "claimMappings.extra")?;
-            let values = cel::as_string_list(&value).ok_or_else(|| {
-                TokenError::RefusedByRule(format!(
-                    "extra mapping {key}: expression must return a string or a list of strings"
-                ))
-            })?;
-            if !values.is_empty() {
-                extra.insert(key.clone(), values);
-            }
-        }
-
-        for (claim, required) in &cfg.required_claims {
-            match claims.get(claim) {
-                Some(Value::String(value)) if value == required => {}
-                _ => {
-                    return Err(TokenError::RefusedByRule(format!(
-                        "required claim {claim} is missing or does not have the required value"
-                    )));
-                }
-            }
-        }
-        check_rules(&cfg.claim_rules, &as_json)?;
-        if !cfg.user_rules.is_empty() {
-            let user = serde_json::json!({
-                "username": username,
-                "uid": uid,
-                "groups": groups,
-                "extra": extra,
-            });
-            check_rules(&cfg.user_rules, &user)?;
-        }
-
-        Ok(Identity {
-            username,
-            groups,
-            uid,
-            extra,
-            expires_at,
-            issued_at,
-        })
-    }
-
-    /// `aud` (one string or a list of strings) must contain one of the audiences
-    /// (`audienceMatchPolicy: MatchAny`). kube-apiserver ignores `azp`;
-    /// [`crate::config::Strictness::require_authorized_party`] adds OIDC's rule for several
-    /// audiences.
-    fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
-        let expected = &self.rules.audiences;
-        let audiences: Vec<&str> = match claims.get("aud") {
-            None => return Err(TokenError::MissingClaim("aud".into())),
-            Some(Value::String(aud)) => vec![aud.as_str()],
-            Some(Value::Null) => vec![""],
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(Value::as_str)
-                .collect::<Option<_>>()
-                .ok_or(TokenError::Malformed(
-                    "the aud claim is not a list of strings",
-                ))?,
-            Some(_) => {
-                return Err(TokenError::Malformed(
-                    "the aud claim is not a string or a list of strings",
-                ));
-            }
-        };
-        let mut ok = audiences
-            .iter()
-            .any(|aud| expected.iter().any(|e| e == aud));
-        let azp_required = self.rules.strictness.require_authorized_party;
-        if azp_required && audiences.len() > 1 {
-            let azp = claims.get("azp").and_then(Value::as_str);
-            ok &= expected.iter().any(|e| Some(e.as_str()) == azp);
-        }
-        if ok {
-            Ok(())
-        } else {
-            Err(TokenError::WrongAudience {
-                expected: expected.join(", "),
-                azp_required,
-            })
-        }
-    }
-}
-
-/// Google's issuer, and the `iss` without a scheme that its older tokens carry and that both
-/// kube-apiserver's routing and go-oidc accept for it.
-const GOOGLE_ISSUER: &str = "https://accounts.google.com";
-const GOOGLE_ISSUER_NO_SCHEME: &str = "accounts.google.com";
-
-/// kube-apiserver's key for the token's `jti` in the user's extra (`user.CredentialIDKey`).
-pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
-
-/// An evaluation error refuses the token, as it does in kube-apiserver.
-fn evaluate(
-    expression: &cel::Expression,
-    input: &Value,
-    what: &str,
-) -> Result<kube_cel::cel::Value, TokenError> {
-    expression
-        .evaluate(input)
-        .map_err(|problem| TokenError::RefusedByRule(format!("error evaluating {what}: {problem}")))
-}
-
-/// Validation rules must all be `true`; the first that is not refuses with its message, or its
-/// expression when it has none.
-fn check_rules(rules: &[Rule], input: &Value) -> Result<(), TokenError> {
-    for rule in rules {
-        let value = evaluate(&rule.expression, input, "a validation rule")?;
-        match cel::as_bool(&value) {
-            Some(true) => {}
-            Some(false) => {
-                return Err(TokenError::RefusedByRule(format!(
-                    "validation expression '{}' failed: {}",
-                    rule.expression.source(),
-                    rule.message
-                )));
-            }
-            None => {
-                return Err(TokenError::RefusedByRule(
-                    "validation expression must return a boolean".into(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The claims of a token whose signature verifies with one of `candidates` (one key when the
-/// token names its `kid`, every key otherwise). Only the signature is jsonwebtoken's job here;
-/// every claim is checked by [`Verifier::identity`] with kube-apiserver's rules.
-fn verified_claims(
-    token: &str,
-    alg: Algorithm,
-    candidates: &[SigningKey],
-) -> Result<Map<String, Value>, TokenError> {
-    let mut validation = Validation::new(alg);
-    validation.set_required_spec_claims::<&str>(&[]);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    for key in candidates.iter().filter(|key| key.accepts(alg)) {
-        match jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), &validation) {
-            Ok(data) => return Ok(data.claims),
-            Err(error) => match error.into_kind() {
-                ErrorKind::InvalidSignature => continue,
-                ErrorKind::InvalidToken => {
-                    return Err(TokenError::Malformed("it is not three JWT segments"));
-                }
-                ErrorKind::Base64(_) => {
-                    return Err(TokenError::Malformed("a segment is not valid base64url"));
-                }
-                ErrorKind::Json(_) => {
-                    return Err(TokenError::Malformed(
-                        "the header or payload is not the expected JSON object",
-                    ));
-                }
-                ErrorKind::Utf8(_) => {
-                    return Err(TokenError::Malformed("a segment is not valid UTF-8"));
-                }
-                // Anything unexpected can only ever refuse a token.
-                _ => return Err(TokenError::BadSignature),
-            },
-        }
-    }
-    Err(TokenError::BadSignature)
-}
-
-/// go-oidc decodes the registered claims into typed fields and refuses the whole token when one
-/// does not fit; these are the ones [`Verifier::identity`] does not look at itself.
-fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<(), TokenError> {
-    for name in ["sub", "nonce", "at_hash"] {
-        if !matches!(
-            claims.get(name),
-            None | Some(Value::String(_) | Value::Null)
-        ) {
-            return Err(TokenError::Malformed(
-                "a registered claim (sub, nonce, at_hash) is not a string",
-            ));
-        }
-    }
-    // Distributed claims: every named source must exist, as go-oidc requires.
-    let names = match claims.get("_claim_names") {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::Object(names)) => names,
-        Some(_) => return Err(TokenError::Malformed("_claim_names is not an object")),
-    };
-    let sources = claims.get("_claim_sources").and_then(Value::as_object);
-    for source in names.values() {
-        let known = source
-            .as_str()
-            .filter(|source| !source.is_empty())
-            .is_some_and(|source| sources.is_some_and(|all| all.contains_key(source)));
-        if !known {
-            return Err(TokenError::Malformed(
-                "_claim_names refers to a source missing from _claim_sources",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The groups claim as kube-apiserver reads it: absent or `null` is no groups, a string is one
-/// group, a list of strings is the groups (a `null` item reads as ""). A groups claim the issuer
-/// only names as distributed (`_claim_names`) would be fetched by kube-apiserver from another
-/// endpoint; the operator cannot know that answer, so it refuses rather than guess.
-fn groups(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, TokenError> {
-    let unusable = || TokenError::MissingClaim(claim.to_owned());
-    match claims.get(claim) {
-        None => {
-            let distributed = claims
-                .get("_claim_names")
-                .and_then(Value::as_object)
-                .is_some_and(|names| names.contains_key(claim));
-            if distributed {
-                Err(unusable())
-            } else {
-                Ok(Vec::new())
-            }
-        }
-        Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(group)) => Ok(vec![group.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(group) => Some(group.clone()),
-                Value::Null => Some(String::new()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(unusable),
-        Some(_) => Err(unusable()),
-    }
-}
-
-/// A decoded JWT header or claim set.
-type JsonObject = Map<String, Value>;
-
-/// Length cap, then exactly three base64url segments (the signature may be empty, so that an
-/// unsigned `alg: none` token is refused for its algorithm), then JSON objects as header and
-/// payload. The payload is not verified yet: only `iss` may be read from it before the signature.
-fn check_shape(token: &str) -> Result<(JsonObject, JsonObject), TokenError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(TokenError::Malformed("it is longer than 16 KiB"));
-    }
-    let segments: Vec<&str> = token.split('.').collect();
-    let [header, payload, signature] = segments.as_slice() else {
-        return Err(TokenError::Malformed(
-            "it does not consist of exactly three dot-separated segments",
-        ));
-    };
-    if header.is_empty() || payload.is_empty() {
-        return Err(TokenError::Malformed(
-            "the header or payload segment is empty",
-        ));
-    }
-    let header = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| TokenError::Malformed("the header segment is not valid base64url"))?;
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| TokenError::Malformed("the payload segment is not valid base64url"))?;
-    URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
-    let header = serde_json::from_slice(&header)
-        .map_err(|_| TokenError::Malformed("the header is not a JSON object"))?;
-    let payload = serde_json::from_slice(&payload)
-        .map_err(|_| TokenError::Malformed("the payload is not a JSON object"))?;
-    Ok((header, payload))
-}
-
-/// The header's algorithm, if it is one we accept; see the module docs for why a refused
-/// algorithm is `BadSignature`.
-fn allowed_algorithm(
-    header: &Map<String, Value>,
-    allowed: &[Algorithm],
-) -> Result<Algorithm, TokenError> {
-    let Some(name) = header.get("alg").and_then(Value::as_str) else {
-        return Err(TokenError::Malformed("the header has no alg"));
-    };
-    match name.parse::<Algorithm>() {
-        Ok(alg) if allowed.contains(&alg) && alg.family() != AlgorithmFamily::Hmac => Ok(alg),
-        _ => Err(TokenError::BadSignature),
-    }
-}
-
-/// A NumericDate as go-oidc reads it: an integer, or a fractional number truncated toward zero,
-/// also when written as a JSON string holding a number.
-fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
-    let number = match value {
-        Value::Number(number) => number.clone(),
-        Value::String(text) => serde_json::from_str::<serde_json::Number>(text).ok()?,
-        _ => return None,
-    };
-    let seconds = match number.as_i64() {
-        Some(seconds) => seconds,
-        // Truncation is intended: it is what Go's int64(float64) does.
-        None => number.as_f64().filter(|s| s.is_finite())?.trunc() as i64,
-    };
-    DateTime::from_timestamp(seconds, 0)
 }
 
 #[cfg(test)]
@@ -834,14 +378,16 @@ mod config_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::LazyLock;
+    use std::{collections::BTreeMap, sync::LazyLock};
 
     use aws_lc_rs::{
         rand::SystemRandom,
         signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
     };
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use chrono::{DateTime, Utc};
     use jsonwebtoken::{
-        EncodingKey, Header,
+        Algorithm, EncodingKey, Header,
         jwk::{Jwk, JwkSet, PublicKeyUse},
     };
     use serde_json::json;

@@ -1,12 +1,14 @@
 //! The verdicts under an `AuthenticationConfiguration`: routing by `iss`, several audiences, CEL
 //! rules and mappings, and reloading the file.
 
-use std::sync::LazyLock;
+use std::{collections::BTreeMap, sync::LazyLock};
 
+use chrono::Utc;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::oidc::claims::CREDENTIAL_ID_KEY;
 use crate::testing::{self, TestIssuer};
 
 const OTHER_ISSUER: &str = "https://short.example/dex";
