@@ -182,8 +182,8 @@ mod tests {
         server::{
             routes,
             test_fixtures::{
-                api_server_answering, body, call, refusal, signed_token, signed_token_from, state,
-                state_confirming, state_with,
+                api_server_answering, body, call, refusal, review, signed_token, signed_token_from,
+                state, state_confirming, state_with,
             },
         },
     };
@@ -348,10 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_downloaded_again_within_seconds_reuses_the_api_servers_answer() {
-        let review = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-            "status": { "userInfo": { "username": "jane@example.com" } },
-        });
+        let review = review(serde_json::json!({ "username": "jane@example.com" }));
         // The scripted API server answers one review and then goes away: a second review would
         // fail, and the download with it (503).
         let state = state_confirming(api_server_answering(
@@ -370,15 +367,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_confirmed_download_names_the_api_servers_identity_in_headers() {
-        let review = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-            "status": { "userInfo": {
-                "username": "oidc:jane@example.com",
-                "uid": "jane-1",
-                "groups": ["dev", "ops, east", "zürich", "system:authenticated"],
-                "extra": { "scopes": ["read", "a=b"] },
-            }},
-        });
+        let review = review(serde_json::json!({
+            "username": "oidc:jane@example.com",
+            "uid": "jane-1",
+            "groups": ["dev", "ops, east", "zürich", "system:authenticated"],
+            "extra": { "scopes": ["read", "a=b"] },
+        }));
         let state = state_confirming(api_server_answering(
             &signed_token(),
             201,

@@ -39,30 +39,22 @@ pub(crate) fn api_server_answering(
     answer: serde_json::Value,
     metrics: &Arc<Metrics>,
 ) -> Confirmer {
-    let (service, mut handle) = tower_test::mock::pair::<
-        axum::http::Request<kube::client::Body>,
-        axum::http::Response<kube::client::Body>,
-    >();
+    let (client, mut api) = crate::testing::api_server::client("default");
     let authorization = format!("Bearer {token}");
     tokio::spawn(async move {
-        let (request, respond) = handle.next_request().await.expect("a review");
+        let review = api
+            .expect(
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            )
+            .await;
         assert_eq!(
-            request.uri().path(),
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews"
-        );
-        assert_eq!(
-            request.headers()[header::AUTHORIZATION],
+            review.headers[header::AUTHORIZATION],
             authorization.as_str()
         );
-        respond.send_response(
-            axum::http::Response::builder()
-                .status(status)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(kube::client::Body::from(answer.to_string().into_bytes()))
-                .unwrap(),
-        );
+        review.reply(status, answer);
     });
-    Confirmer::with_client(kube::Client::new(service, "default"), Arc::clone(metrics))
+    Confirmer::with_client(client, Arc::clone(metrics))
 }
 
 /// The API server's answer refusing a request with `code`.
@@ -70,6 +62,14 @@ pub(crate) fn refusal(code: u16) -> serde_json::Value {
     serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": "refused", "code": code,
+    })
+}
+
+/// The API server's answer to a SelfSubjectReview: `user_info` is the token's user.
+pub(crate) fn review(user_info: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+        "status": { "userInfo": user_info },
     })
 }
 

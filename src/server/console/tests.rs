@@ -22,7 +22,7 @@ use crate::{
     confirm::Confirmer,
     controller::fixtures::settings,
     metrics::Metrics,
-    server::test_fixtures::{api_server_answering, refusal},
+    server::test_fixtures::{api_server_answering, refusal, review},
     testing,
 };
 
@@ -254,10 +254,7 @@ async fn the_download_is_the_token_kubeconfig_of_the_session() {
 async fn the_download_waits_for_the_api_server_to_accept_the_token() {
     let key = Key::generate();
     let (cookie, session) = session_cookie(&key, 600, 600);
-    let review = serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
-        "status": { "userInfo": { "username": "jane@example.com" } },
-    });
+    let review = review(serde_json::json!({ "username": "jane@example.com" }));
     let cases = [
         (201, review, StatusCode::OK, "kind: Config"),
         (

@@ -3,6 +3,9 @@
 //! key ever reaches the release binary, and so the copies of key handling that used to sit in each
 //! of those places can go.
 
+#[cfg(test)]
+pub mod api_server;
+
 use std::sync::{Arc, LazyLock};
 
 use aws_lc_rs::{
