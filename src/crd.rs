@@ -224,9 +224,10 @@ pub struct SecretTemplate {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A qualified name as labels and annotations use for keys: an optional DNS-subdomain prefix and
-/// a name part of at most 63 characters.
-const QUALIFIED_NAME_RULE: &str = "self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && k.size() <= 317)";
+/// A qualified name as labels and annotations use for keys: an optional DNS-subdomain prefix of
+/// at most 253 characters (the `/` at most at index 253) and a name part of at most 63. The
+/// whole key's bound (253 + 1 + 63) keeps the rule's cost estimate finite.
+const QUALIFIED_NAME_RULE: &str = "self.all(k, k.size() <= 317 && k.indexOf('/') <= 253 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
 
 fn label_map_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

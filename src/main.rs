@@ -180,6 +180,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         client.clone(),
         Arc::clone(&authenticator),
         config.kubeconfig.clone(),
+        config.api_server_kubeconfig.clone(),
         config.controller.clone(),
         Arc::clone(&metrics),
         confirmer.clone(),

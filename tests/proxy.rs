@@ -915,3 +915,73 @@ fn exec_and_port_forward_upgrades_are_authorized_as_the_user() {
         assert!(metrics.contains(series), "{series} missing in\n{metrics}");
     }
 }
+
+/// Issue 26, item 1: with the proxy on, a ServiceAccount request's kubeconfig (and an Argo CD
+/// Secret of one) names the API server, not the proxy, which accepts only ID tokens: kubectl
+/// with it acts as exactly the account, where through the proxy it would get 401.
+#[test]
+fn service_account_kubeconfigs_name_the_api_server_in_proxy_mode() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-sa");
+    let proxied = Proxied::start(cluster, &ns.name);
+    let account = write_temp(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: deployer\n  namespace: {}\n  annotations:\n    kubeconfig.dev/issuable: \"true\"\n",
+        ns.name
+    ));
+    kubectl(cluster, &["apply", "-f", account.path().to_str().unwrap()]);
+    support::requests::apply_request(
+        cluster,
+        &ns.name,
+        "deployer",
+        "serviceAccount: {name: deployer}",
+    );
+    support::requests::apply_request(
+        cluster,
+        &ns.name,
+        "argo",
+        "serviceAccount: {name: deployer}\n  format: argocd",
+    );
+    for request in ["deployer", "argo"] {
+        support::requests::wait_for_reason(cluster, &ns.name, request, "Issued");
+    }
+    let kubeconfig = support::requests::decoded_secret_key(
+        cluster,
+        &ns.name,
+        "deployer-kubeconfig",
+        "kubeconfig",
+    );
+    let parsed: serde_json::Value = serde_yaml::from_str(&kubeconfig).expect("a kubeconfig");
+    assert_eq!(
+        parsed["clusters"][0]["cluster"]["server"],
+        cluster.kube_server.as_str()
+    );
+    assert_ne!(
+        parsed["clusters"][0]["cluster"]["server"],
+        proxied.url.as_str()
+    );
+    let file = write_temp(&kubeconfig);
+    let whoami = kubectl_plain(&[
+        "--kubeconfig",
+        file.path().to_str().unwrap(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ])
+    .expect("the ServiceAccount's kubeconfig works");
+    assert_eq!(
+        whoami,
+        format!("system:serviceaccount:{}:deployer", ns.name)
+    );
+    let argo_server =
+        support::requests::decoded_secret_key(cluster, &ns.name, "argo-kubeconfig", "server");
+    assert_eq!(argo_server, cluster.kube_server);
+    // An ID token's kubeconfig still names the proxy.
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let alice: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(alice).unwrap()).expect("a kubeconfig");
+    assert_eq!(
+        alice["clusters"][0]["cluster"]["server"],
+        proxied.url.as_str()
+    );
+}

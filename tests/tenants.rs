@@ -451,6 +451,15 @@ fn names_the_operator_could_not_use_are_refused_when_applied() {
             "label keys must be valid Kubernetes label keys",
         ),
         (
+            "a label key whose prefix is over 253 characters",
+            with_labels(Value::Object(
+                [(format!("{0}.{0}.{0}.{0}/team", "a".repeat(63)), json!("a"))]
+                    .into_iter()
+                    .collect(),
+            )),
+            "label keys must be valid Kubernetes label keys",
+        ),
+        (
             "an annotation key with a space",
             json!({
                 "tokenSecretRef": {"name": "alice-token"},
@@ -661,4 +670,111 @@ fn a_changed_secret_name_deletes_the_old_secret_once_the_new_one_is_written() {
         ready_reason(cluster, &ns.name, "alice").as_deref(),
         Some("Issued")
     );
+}
+
+/// Issue 26, item 2: an update that keeps every reference as it was grants nothing new, so the
+/// admission policy lets through identities that lack the creator's rights. A GitOps identity
+/// with only `update`/`patch` on requests adds a label, but cannot point the request at another
+/// Secret; Kubernetes' garbage collector (its real account, impersonated: the local
+/// controller-manager runs with one privileged identity) removes a finalizer from a request
+/// being deleted, and the deletion finishes.
+#[test]
+fn updates_that_keep_the_references_pass_for_gitops_and_the_garbage_collector() {
+    let cluster = cluster();
+    // Installs the CRD and the admission policy under test.
+    operator_kubeconfig(cluster);
+    let ns = Namespace::new(cluster, "kcr-unchanged");
+    let bob = bob_with_rights(
+        cluster,
+        &ns.name,
+        "create,get,list,watch,update,patch,delete",
+        false,
+    );
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
+
+    grant(
+        cluster,
+        &ns.name,
+        "gitops",
+        "get,update,patch",
+        "kubeconfigrequests.kubeconfig.dev",
+        None,
+        "gitops",
+    );
+    let as_gitops = |args: &[&str]| {
+        let mut full = vec!["--as=gitops", "-n", ns.name.as_str()];
+        full.extend_from_slice(args);
+        kubectl_result(cluster, &full)
+    };
+    eventually(Duration::from_secs(30), "gitops may patch requests", || {
+        as_gitops(&[
+            "auth",
+            "can-i",
+            "patch",
+            "kubeconfigrequests.kubeconfig.dev",
+        ])
+        .is_ok_and(|answer| answer == "yes")
+    });
+    as_gitops(&["label", "kcr", "bob", "team=b"])
+        .expect("a label leaves every reference as it was");
+    as_gitops(&["annotate", "kcr", "bob", "argocd.argoproj.io/tracking-id=b"])
+        .expect("an annotation leaves every reference as it was");
+    let moved = as_gitops(&[
+        "patch",
+        "kcr",
+        "bob",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"tokenSecretRef":{"name":"alice-token"}}}"#,
+    ])
+    .expect_err("a new reference is judged against the one who makes it");
+    assert!(
+        moved.contains("user gitops may not get Secret alice-token"),
+        "{moved}"
+    );
+
+    // Bob holds his request back with a finalizer, as a foreground deletion does, and deletes it.
+    kubectl_as_token(
+        cluster,
+        &bob,
+        &[
+            "patch",
+            "kcr",
+            "bob",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["kubeconfig.dev/test-hold"]}}"#,
+        ],
+    )
+    .expect("bob may add a finalizer to his own request");
+    kubectl_as_token(
+        cluster,
+        &bob,
+        &["delete", "kcr", "bob", "-n", &ns.name, "--wait=false"],
+    )
+    .expect("bob may delete his request");
+    let collector = [
+        "--as=system:serviceaccount:kube-system:generic-garbage-collector",
+        "--as-group=system:serviceaccounts",
+        "--as-group=system:serviceaccounts:kube-system",
+        "--as-group=system:authenticated",
+    ];
+    let mut remove = collector.to_vec();
+    remove.extend_from_slice(&[
+        "patch",
+        "kcr",
+        "bob",
+        "-n",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    kubectl_result(cluster, &remove)
+        .expect("the garbage collector may remove a finalizer it did not add the references of");
+    eventually(Duration::from_secs(15), "the request is gone", || {
+        !exists(cluster, &ns.name, "kcr/bob")
+    });
 }

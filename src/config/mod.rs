@@ -77,7 +77,11 @@ pub struct Settings {
 /// The validated configuration the rest of the crate runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What kubeconfigs holding an ID token name: the proxy, when it is configured.
     pub kubeconfig: KubeconfigSettings,
+    /// What kubeconfigs holding a ServiceAccount token name: always the API server itself, since
+    /// the proxy accepts only ID tokens of the configured issuers.
+    pub api_server_kubeconfig: KubeconfigSettings,
     pub oidc: OidcSettings,
     pub http: HttpConfig,
     pub controller: ControllerSettings,
@@ -170,6 +174,10 @@ impl Config {
         }
         let http = settings.http.resolve()?;
         let controller = settings.controller.resolve()?;
+        let api_server_kubeconfig = KubeconfigSettings {
+            exec: None,
+            ..kubeconfig.clone()
+        };
         let (kubeconfig, proxy) = settings.proxy.resolve(kubeconfig)?;
 
         Ok(Config {
@@ -177,6 +185,7 @@ impl Config {
             // accept the token: asking it would refuse every one.
             confirm_with_api_server: settings.confirm_with_api_server.unwrap_or(proxy.is_none()),
             kubeconfig,
+            api_server_kubeconfig,
             oidc,
             http,
             proxy,
@@ -287,6 +296,15 @@ mod tests {
         assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(14_400));
         assert_eq!(config.kubeconfig.server, "https://proxy.example:8443");
         assert_eq!(config.kubeconfig.ca.current(), None);
+        // The proxy accepts ID tokens only: ServiceAccount kubeconfigs name the API server.
+        assert_eq!(
+            config.api_server_kubeconfig.server,
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            config.api_server_kubeconfig.ca.current().as_deref(),
+            Some(std::fs::read(&ca).unwrap().as_slice())
+        );
 
         let args = with(
             with_proxy(&ca, &token),

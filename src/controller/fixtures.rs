@@ -50,6 +50,7 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
         client,
         testing::issuer().authenticator(Arc::clone(&metrics)),
         settings(),
+        settings(),
         ControllerSettings {
             max_expiration_seconds: MAX_EXPIRATION_SECONDS,
         },

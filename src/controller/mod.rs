@@ -104,7 +104,10 @@ pub struct Context {
     pub client: Client,
     /// Shared with the HTTP server: one verdict per token for the whole process.
     pub authenticator: Arc<Authenticator>,
+    /// What kubeconfigs holding an ID token name (the proxy, when configured).
     pub settings: KubeconfigSettings,
+    /// What kubeconfigs holding a minted ServiceAccount token name: the API server itself.
+    pub api_server_settings: KubeconfigSettings,
     pub controller: ControllerSettings,
     /// Names this replica in the Events it records (`reportingInstance`).
     pub reporting_instance: String,
@@ -125,6 +128,7 @@ impl Context {
         client: Client,
         authenticator: Arc<Authenticator>,
         settings: KubeconfigSettings,
+        api_server_settings: KubeconfigSettings,
         controller: ControllerSettings,
         metrics: Arc<Metrics>,
         confirmer: Option<Confirmer>,
@@ -135,6 +139,7 @@ impl Context {
             client,
             authenticator,
             settings,
+            api_server_settings,
             controller,
             metrics,
             confirmer,

@@ -140,15 +140,20 @@ pub(super) async fn write(
     credential: Credential,
 ) -> Result<Outcome, Error> {
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
+    // Only the API server accepts a ServiceAccount token; the proxy accepts ID tokens.
+    let settings = match credential.granted_seconds {
+        Some(_) => &ctx.api_server_settings,
+        None => &ctx.settings,
+    };
     let rendered = match kubeconfig::render(
-        &ctx.settings,
+        settings,
         request.spec.format,
         &credential.token,
         request
             .spec
             .namespace
             .as_deref()
-            .or(ctx.settings.default_namespace.as_deref()),
+            .or(settings.default_namespace.as_deref()),
     ) {
         Ok(rendered) => rendered,
         Err(error @ kubeconfig::Error::ExecNotConfigured) => {

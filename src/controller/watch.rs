@@ -108,12 +108,23 @@ pub async fn run(
             }
         })
     };
-    // A rotated CA changes every kubeconfig: re-render them all.
-    let ca_rotations =
-        futures::stream::unfold(ctx.settings.ca.changes(), |mut changes| async move {
+    // A rotated CA changes every kubeconfig: re-render them all. The proxy's CA is in the
+    // kubeconfigs of ID tokens, the API server's in those of ServiceAccounts.
+    let rotations = |ca: &crate::ca::CaBundle| {
+        futures::stream::unfold(ca.changes(), |mut changes| async move {
             changes.changed().await.ok()?;
             Some(((), changes))
-        });
+        })
+    };
+    let ca_rotations = if ctx.settings.ca == ctx.api_server_settings.ca {
+        rotations(&ctx.settings.ca).boxed()
+    } else {
+        futures::stream::select(
+            rotations(&ctx.settings.ca),
+            rotations(&ctx.api_server_settings.ca),
+        )
+        .boxed()
+    };
     let secret_ctx = Arc::clone(&ctx);
     let account_ctx = Arc::clone(&ctx);
     let forget_ctx = Arc::clone(&ctx);
