@@ -591,6 +591,16 @@ fn smuggled_identity_headers_gain_nothing() {
         tunnel.starts_with("HTTP/1.1 405 ") && tunnel.contains("does not open tunnels"),
         "{tunnel}"
     );
+    // An asterisk-form request is the client's mistake, not a failed upstream (issue 26).
+    let asterisk = proxied.raw(
+        format!("OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n{as_alice}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(
+        asterisk.starts_with("HTTP/1.1 400 ") && asterisk.contains("asterisk"),
+        "{asterisk}"
+    );
 }
 
 #[test]

@@ -164,6 +164,18 @@ async fn handle(
         Err(refused) => return (None, refused),
     };
     let user = Some(identity.username.clone());
+    // `OPTIONS *` asks about the server itself, which the proxy does not speak for: the client's
+    // mistake, not a failed upstream.
+    if parts.uri == "*" {
+        return (
+            user,
+            refusal(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the proxy takes no asterisk-form requests (OPTIONS *); name a path",
+            ),
+        );
+    }
     // The API server has no use for CONNECT; refusing it keeps tunnels out of the proxy.
     if parts.method == Method::CONNECT {
         return (
