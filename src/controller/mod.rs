@@ -264,10 +264,7 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
         .map_err(kube_error("reading the kubeconfig Secret"))?;
 
     let outcome = match secret::ours(request, &owner, existing) {
-        Err(conflict) => Outcome::Refused {
-            refusal: conflict,
-            kept_secret: None,
-        },
+        Err(conflict) => Outcome::refused(conflict, None),
         Ok(ours) => {
             let credential = match (
                 &request.spec.token_secret_ref,
@@ -289,10 +286,17 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 }
                 judged => judged,
             };
+            // A Secret this request wrote earlier that still exists: its credential may still be
+            // live, so status keeps naming it.
+            let kept = ours.as_ref().map(|_| target.clone());
             match credential {
                 Ok(credential) => {
-                    secret::write(request, ctx, &secrets, &target, ours.as_ref(), credential)
+                    match secret::write(request, ctx, &secrets, &target, ours.as_ref(), &credential)
                         .await?
+                    {
+                        Ok(written) => Outcome::issued(credential, &target, written),
+                        Err(refusal) => Outcome::refused(refusal, kept),
+                    }
                 }
                 Err(refusal) if refusal.reason.policy().revokes && ours.is_some() => {
                     secret::delete_if_ours(
@@ -303,57 +307,13 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                         refusal.reason.as_str(),
                     )
                     .await?;
-                    Outcome::Refused {
-                        refusal,
-                        kept_secret: None,
-                    }
+                    Outcome::refused(refusal, None)
                 }
-                Err(refusal) => Outcome::Refused {
-                    refusal,
-                    kept_secret: ours.map(|_| target.clone()),
-                },
+                Err(refusal) => Outcome::refused(refusal, kept),
             }
         }
     };
-    // A Secret left behind by a changed spec.secretName goes once the new one is written; while
-    // the new one cannot be written, the old one stays named in status.
-    let previous = request
-        .status
-        .as_ref()
-        .and_then(|status| status.secret_name.clone())
-        .filter(|previous| *previous != target);
-    let outcome = match (outcome, previous) {
-        (outcome @ Outcome::Issued { .. }, Some(previous)) => {
-            secret::delete_if_ours(
-                request,
-                ctx,
-                &secrets,
-                &previous,
-                "spec.secretName now names another Secret",
-            )
-            .await?;
-            outcome
-        }
-        (
-            Outcome::Refused {
-                refusal,
-                kept_secret: None,
-            },
-            Some(previous),
-        ) if !refusal.reason.policy().revokes => {
-            let kept = secrets
-                .get_metadata_opt(&previous)
-                .await
-                .map_err(kube_error("reading the previous kubeconfig Secret"))?
-                .filter(|secret| secret::controls(secret.owner_references(), &owner))
-                .map(|_| previous);
-            Outcome::Refused {
-                refusal,
-                kept_secret: kept,
-            }
-        }
-        (outcome, _) => outcome,
-    };
+    let outcome = secret::settle_previous(request, ctx, &secrets, &target, &owner, outcome).await?;
     status::update(request, ctx, &outcome).await?;
 
     let reference = ObjectRef::from_obj(request);

@@ -137,8 +137,8 @@ pub(super) async fn write(
     secrets: &Api<Secret>,
     secret_name: &str,
     existing: Option<&Secret>,
-    credential: Credential,
-) -> Result<Outcome, Error> {
+    credential: &Credential,
+) -> Result<Result<bool, Refusal>, Error> {
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
     // Only the API server accepts a ServiceAccount token; the proxy accepts ID tokens.
     let settings = match credential.granted_seconds {
@@ -157,16 +157,13 @@ pub(super) async fn write(
     ) {
         Ok(rendered) => rendered,
         Err(error @ kubeconfig::Error::ExecNotConfigured) => {
-            return Ok(Outcome::Refused {
-                refusal: Refusal::new(Reason::InvalidSpec, error.to_string()),
-                kept_secret: existing.map(|_| secret_name.to_owned()),
-            });
+            return Ok(Err(Refusal::new(Reason::InvalidSpec, error.to_string())));
         }
         Err(error) => return Err(error.into()),
     };
     let desired = desired(
         request,
-        Some(&credential),
+        Some(credential),
         secret_name,
         owner,
         Some(rendered),
@@ -187,20 +184,60 @@ pub(super) async fn write(
                 written.metadata.resource_version,
             ),
             Err(kube::Error::Api(status)) if refused_as_invalid(&status) => {
-                return Ok(Outcome::Refused {
-                    refusal: invalid_secret(secret_name, &status),
-                    kept_secret: existing.map(|_| secret_name.to_owned()),
-                });
+                return Ok(Err(invalid_secret(secret_name, &status)));
             }
             Err(error) => return Err(kube_error("applying the kubeconfig Secret")(error)),
         }
         info!(request = %request.name_any(), secret = %secret_name, user = %credential.identity.username, "kubeconfig Secret written");
     }
-    Ok(Outcome::Issued {
-        credential,
-        secret_name: secret_name.to_owned(),
-        written,
-    })
+    Ok(Ok(written))
+}
+
+/// A Secret left behind by a changed `spec.secretName` goes once the new one is written; while
+/// the new one cannot be written, the old one stays named in status, since its credential may
+/// still be live (unless the refusal revokes it).
+pub(super) async fn settle_previous(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    owner: &OwnerReference,
+    outcome: Outcome,
+) -> Result<Outcome, Error> {
+    let Some(previous) = request
+        .status
+        .as_ref()
+        .and_then(|status| status.secret_name.clone())
+        .filter(|previous| previous != target)
+    else {
+        return Ok(outcome);
+    };
+    match &outcome {
+        Outcome::Issued { .. } => {
+            delete_if_ours(
+                request,
+                ctx,
+                secrets,
+                &previous,
+                "spec.secretName now names another Secret",
+            )
+            .await?;
+            Ok(outcome)
+        }
+        Outcome::Refused {
+            refusal,
+            kept_secret: None,
+        } if !refusal.reason.policy().revokes => {
+            let kept = secrets
+                .get_metadata_opt(&previous)
+                .await
+                .map_err(kube_error("reading the previous kubeconfig Secret"))?
+                .filter(|secret| controls(secret.owner_references(), owner))
+                .map(|_| previous);
+            Ok(outcome.keeping(kept))
+        }
+        Outcome::Refused { .. } => Ok(outcome),
+    }
 }
 
 /// Deletes `name` if this request controls it: the Secret a changed `spec.secretName` left

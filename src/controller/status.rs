@@ -1,5 +1,6 @@
 //! What a person sees of a request: the Ready condition, its reason and message, and the Events
-//! that `kubectl describe` lists. Nothing here decides; it reports what `reconcile` decided.
+//! that `kubectl describe` lists. An [`Outcome`] is built only here, from what `reconcile` and
+//! the other rooms found; nothing here decides, it reports.
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::{
@@ -40,6 +41,29 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
+    pub(super) fn issued(credential: Credential, secret_name: &str, written: bool) -> Self {
+        Outcome::Issued {
+            credential,
+            secret_name: secret_name.to_owned(),
+            written,
+        }
+    }
+
+    pub(super) fn refused(refusal: Refusal, kept_secret: Option<String>) -> Self {
+        Outcome::Refused {
+            refusal,
+            kept_secret,
+        }
+    }
+
+    /// The same refusal, naming `kept_secret` as the Secret that still holds a credential.
+    pub(super) fn keeping(self, kept_secret: Option<String>) -> Self {
+        match self {
+            Outcome::Refused { refusal, .. } => Outcome::refused(refusal, kept_secret),
+            issued @ Outcome::Issued { .. } => issued,
+        }
+    }
+
     fn reason(&self) -> Reason {
         match self {
             Outcome::Issued { .. } => Reason::Issued,
