@@ -1,14 +1,21 @@
 # ---- local test cluster (tests/cluster; see README, "Local cluster") --------------------------------
-# etcd + kube-apiserver + kube-controller-manager (k8s v1.33.13) + Dex (main, short) + OpenLDAP,
+# etcd + kube-apiserver + kube-controller-manager (k8s v1.37.2) + Dex (main, short) + OpenLDAP,
 # all on 127.0.0.1. CLUSTER_DIR=... selects another, independent cluster (default target/cluster).
+# `make node-up` (or `make cluster-up NODE=1`) adds the node: kube-scheduler, containerd, kubelet
+# and kube-proxy in a network namespace of their own, for tests that run pods.
 CLUSTER_DIR ?= target/cluster
 export CLUSTER_DIR
-CLUSTER_COMPONENTS := etcd ldap dex dex-short apiserver controller-manager
+CLUSTER_COMPONENTS := etcd ldap dex dex-short test-issuer apiserver apiserver-authn controller-manager \
+	scheduler netfwd containerd kubelet kube-proxy
 
-.PHONY: cluster-up cluster-down cluster-status
+.PHONY: cluster-up cluster-down cluster-status node-up
 cluster-up:
 	bash scripts/install-deps.sh
-	bash tests/cluster/up.sh
+	NODE=$(NODE) bash tests/cluster/up.sh
+
+node-up:
+	NODE=1 bash scripts/install-deps.sh
+	NODE=1 bash tests/cluster/up.sh
 
 cluster-down:
 	bash tests/cluster/down.sh

@@ -13,6 +13,14 @@ command -v flock >/dev/null && command -v setsid >/dev/null || need+=(util-linux
 # The kubeconfig page's browser test (tests/console.rs): headless Chromium and its driver.
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The local cluster's node (NODE=1: make node-up, make deploy, make test).
+if [[ "${NODE:-}" == 1 ]]; then
+	[[ -x /usr/bin/containerd ]] || need+=(containerd)
+	[[ -x /usr/sbin/runc ]] || need+=(runc)
+	[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+	command -v iptables >/dev/null || need+=(iptables)
+	command -v ip >/dev/null || need+=(iproute2)
+fi
 if ((${#need[@]})); then
 	echo "[deps] apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
