@@ -62,14 +62,31 @@ build() {
 }
 build
 
+# kubectl of the cluster's version (kctools, also the tool image's binary), first on PATH for
+# `source env` and make test: kubectl 1.32 against 1.37, outside the supported skew of one
+# minor, misreads multi-document files ("json: invalid character '-' in numeric literal").
+build_kubectl() {
+	local src
+	if [[ -x "$CLUSTER_BIN/kctools" && "$CLUSTER_BIN/kctools" -nt "$CLUSTER_SRC/go.sum" ]]; then
+		src="$(find "$CLUSTER_SRC/cmd/kctools" -newer "$CLUSTER_BIN/kctools" -print -quit)"
+		[[ -n "$src" ]] || { ln -sfn kctools "$CLUSTER_BIN/kubectl"; return 0; }
+	fi
+	log "building kctools (kubectl $(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")) into $CLUSTER_BIN"
+	(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/kctools" ./cmd/kctools) >>"$LOGS/build.log" 2>&1 || {
+		tail -n 40 "$LOGS/build.log" >&2
+		die "build failed"
+	}
+	ln -sfn kctools "$CLUSTER_BIN/kubectl"
+}
+build_kubectl
+
 # The node's images, FROM scratch: the pod sandbox (pause) and the tests' tools (kctools).
 build_images() {
 	local t0=$SECONDS
 	log "building the pause and tools images into $CLUSTER_BIN/images"
 	mkdir -p "$CLUSTER_BIN/images"
 	{
-		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/pause" ./cmd/pause) &&
-			(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/kctools" ./cmd/kctools)
+		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/pause" ./cmd/pause)
 	} >>"$LOGS/build.log" 2>&1 || {
 		tail -n 40 "$LOGS/build.log" >&2
 		die "build failed"
@@ -357,6 +374,8 @@ fi
 # ---- env ------------------------------------------------------------------------------------
 {
 	echo "# Written by tests/cluster/up.sh; source it: . $CLUSTER_DIR/env"
+	# kubectl of the cluster's version first (build_kubectl).
+	printf 'export PATH=%q:"$PATH"\n' "$CLUSTER_BIN"
 	printf 'export %s=%q\n' \
 		CLUSTER_DIR "$CLUSTER_DIR" \
 		KUBECONFIG "$CLUSTER_DIR/admin.kubeconfig" \

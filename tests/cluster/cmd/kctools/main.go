@@ -1,7 +1,8 @@
 // kctools: the one static binary of the tests' tool image (kcluster.local/tools, built FROM
 // scratch by node-up.sh), for pods on the local cluster's node:
 //
-//	kctools kubectl ARGS...            kubectl of the cluster's own Kubernetes version
+//	kctools kubectl ARGS...            kubectl of the cluster's own Kubernetes version (also when
+//	                                   run as kubectl: target/cluster/bin/kubectl links to it)
 //	kctools get URL [--cacert FILE] [--bearer-file FILE] [--out FILE]
 //	                                   one HTTPS GET; the body to stdout (or FILE), exit 1 unless 200
 //	kctools get-loop URL [--cacert FILE] --bearer-file FILE --seconds N
@@ -22,6 +23,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +35,10 @@ import (
 )
 
 func main() {
+	// As target/cluster/bin/kubectl (a symlink): kubectl of the cluster's own version.
+	if filepath.Base(os.Args[0]) == "kubectl" {
+		os.Args = append([]string{"kubectl", "kubectl"}, os.Args[1:]...)
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: kctools kubectl|get|get-loop|serve|tick|echo|sleep ...")
 		os.Exit(2)
