@@ -13,6 +13,12 @@ command -v flock >/dev/null && command -v setsid >/dev/null || need+=(util-linux
 # The kubeconfig page's browser test (tests/console.rs): headless Chromium and its driver.
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The image (make image, scripts/test-image.sh): buildah runs RUN steps with runc (crun refuses
+# this machine's hybrid cgroups), mmdebstrap makes the base images' stand-ins, jq reads configs.
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v jq >/dev/null || need+=(jq)
 if ((${#need[@]})); then
 	echo "[deps] apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
