@@ -4,7 +4,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so code changes do not rebuild them. Cargo reads every target the manifest
-# declares, so the `[[bench]]` files come along (they are not built here); `src` is a stub.
+# declares, so the `[[bench]]` files come along (they are not built here, but a change to them
+# rebuilds this layer); `src` is a stub.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
