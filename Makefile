@@ -34,6 +34,19 @@ $(filter cluster-restart-%,$(CLUSTER_CTL_TARGETS)): cluster-restart-%:
 	bash tests/cluster/ctl restart $*
 # ---- end of local test cluster ----------------------------------------------------------------
 
+# ---- the image (see README, "Deployment") ------------------------------------------------------
+# The Dockerfile built with buildah against local stand-ins for its base images, pulling nothing:
+# image kubeconfig-operator:dev in buildah's storage and target/image/kubeconfig-operator.tar (a
+# docker archive, for `ctr images import`). `make test-image` runs it and checks it.
+.PHONY: image test-image
+image:
+	bash scripts/install-deps.sh
+	bash scripts/image.sh
+
+test-image:
+	bash scripts/test-image.sh
+# ---- end of the image ---------------------------------------------------------------------------
+
 .PHONY: run test fuzz
 # The main job: local cluster and Dex (started or reused), CRD/policy/RBAC, a sample request for
 # alice, and the operator in the foreground on $(LISTEN).

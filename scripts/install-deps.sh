@@ -21,6 +21,12 @@ if [[ "${NODE:-}" == 1 ]]; then
 	command -v iptables >/dev/null || need+=(iptables)
 	command -v ip >/dev/null || need+=(iproute2)
 fi
+# The image (make image, scripts/test-image.sh): buildah runs RUN steps with runc (crun refuses
+# this machine's hybrid cgroups), mmdebstrap makes the base images' stand-ins, jq reads configs.
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v jq >/dev/null || need+=(jq)
 if ((${#need[@]})); then
 	echo "[deps] apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
