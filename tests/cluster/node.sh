@@ -198,7 +198,7 @@ cgroupRoot: /$NODE_ID
 failCgroupV1: false
 failSwapOn: false
 podCIDR: $POD_CIDR
-podLogsDirectory: $NODE_DIR/pod-logs
+podLogsDir: $NODE_DIR/pod-logs
 # Pods get no resolver: the cluster has no DNS, and nothing in a pod may leave the node.
 resolvConf: ""
 clusterDomain: cluster.local
