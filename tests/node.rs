@@ -1,4 +1,4 @@
-//! Acceptance tests of the local cluster's node (`make node-up`): pods of a locally built image
+//! Acceptance tests of the local cluster's node (`make node-up`, on `target/cluster-node`): pods of a locally built image
 //! run under containerd and runc, reach the API server through the `kubernetes` Service (kube-proxy's
 //! rules in the node's own network namespace), and the API server reaches the kubelet for
 //! logs, exec and port-forward.

@@ -24,9 +24,13 @@ TOOLS_IMAGE=kcluster.local/tools:1
 # Start order (after COMPONENTS); stop order is the reverse.
 NODE_COMPONENTS=(scheduler netfwd containerd kubelet kube-proxy)
 # The sysctls the kubelet sets on start (container_manager_linux.go, setupKernelTunables); they
-# are not namespaced, so node_setup records them and node_teardown puts them back.
+# are not namespaced, so the first node to start records them (machine-wide, in
+# $NODE_SYSCTLS_SAVED) and the last one to stop puts them back.
+NODE_SYSCTLS_SAVED=/run/kcluster/sysctls.saved
 NODE_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
 
+# The namespaces of other clusters' nodes on this machine.
+other_nodes() { find /run/netns -maxdepth 1 -name 'kc-*' ! -name "$NODE_ID" 2>/dev/null; }
 in_node() { nsenter --net="$NODE_NETNS" "$@"; }
 node_ctr() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
@@ -106,8 +110,9 @@ node_setup() {
 		fi
 	done
 
-	if [[ ! -f "$NODE_DIR/sysctls.saved" ]]; then
-		for f in "${NODE_SYSCTLS[@]}"; do echo "$f=$(cat "/proc/sys/$f")"; done >"$NODE_DIR/sysctls.saved"
+	if [[ ! -f "$NODE_SYSCTLS_SAVED" && -z "$(other_nodes)" ]]; then
+		mkdir -p "${NODE_SYSCTLS_SAVED%/*}"
+		for f in "${NODE_SYSCTLS[@]}"; do echo "$f=$(cat "/proc/sys/$f")"; done >"$NODE_SYSCTLS_SAVED"
 	fi
 
 	# CNI: Debian's plugins, and kcluster itself as kcluster-loopback.
@@ -287,10 +292,20 @@ node_wait_ready() {
 # node_kill_pods: every pod's containers, before containerd stops (the kubelet is stopped first,
 # so nothing restarts them). A pod's processes would otherwise outlive the cluster.
 node_kill_pods() {
-	local t
+	local t pid n inodes=" "
 	node_is_ready containerd || return 0
+	# The pods' network namespaces (containerd's /run/netns/cni-*), found by the inode of each
+	# task's: the kubelet is gone, so nobody else tears them down.
+	while read -r t pid _; do
+		[[ "$pid" =~ ^[0-9]+$ ]] || continue
+		inodes+="$(stat -L -c %i "/proc/$pid/ns/net" 2>/dev/null) "
+	done < <(node_ctr tasks ls 2>/dev/null)
 	for t in $(node_ctr tasks ls -q 2>/dev/null); do
 		node_ctr tasks kill --signal SIGKILL "$t" >/dev/null 2>&1 || true
+	done
+	for n in /run/netns/cni-*; do
+		[[ -e "$n" && "$inodes" == *" $(stat -L -c %i "$n" 2>/dev/null) "* ]] || continue
+		ip netns del "${n##*/}" 2>/dev/null || true
 	done
 	sleep 0.5
 	for t in $(node_ctr tasks ls -q 2>/dev/null); do
@@ -318,12 +333,13 @@ node_teardown() {
 		[[ -d "$cg" ]] || continue
 		find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
 	done
-	if [[ -f "$NODE_DIR/sysctls.saved" ]]; then
+	# The last node on this machine puts the sysctls back.
+	if [[ -f "$NODE_SYSCTLS_SAVED" && -z "$(other_nodes)" ]]; then
 		while IFS= read -r line; do
 			[[ "$line" == */*=* ]] || continue
 			echo "${line#*=}" >"/proc/sys/${line%%=*}" 2>/dev/null || true
-		done <"$NODE_DIR/sysctls.saved"
-		rm -f "$NODE_DIR/sysctls.saved"
-		log "restored the kubelet's sysctls"
+		done <"$NODE_SYSCTLS_SAVED"
+		rm -f "$NODE_SYSCTLS_SAVED"
+		log "restored the sysctls the kubelet set"
 	fi
 }

@@ -5,6 +5,7 @@
 
 use std::{
     io::Write,
+    path::PathBuf,
     process::{Command, Stdio},
     sync::OnceLock,
     time::Duration,
@@ -12,12 +13,27 @@ use std::{
 
 use crate::support::{Cluster, cluster_dir, eventually, kubectl, kubectl_result, log_tails, make};
 
-/// The cluster with its node up, brought up once per test binary (`make node-up` is a quick
-/// no-op when everything is healthy). Panics with the make output and log tails otherwise.
+/// `$NODE_CLUSTER_DIR`, else the tests' cluster directory with `-node` appended
+/// (`target/cluster-node`): a cluster of its own, because a node changes what other tests see
+/// (pods they create without one get scheduled), and the operator `make deploy` installs there
+/// reconciles every namespace.
+pub fn node_cluster_dir() -> PathBuf {
+    match std::env::var_os("NODE_CLUSTER_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let mut dir = cluster_dir().into_os_string();
+            dir.push("-node");
+            PathBuf::from(dir)
+        }
+    }
+}
+
+/// The node's cluster with its node up, brought up once per test binary (`make node-up` is a
+/// quick no-op when everything is healthy). Panics with the make output and log tails otherwise.
 pub fn node_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let dir = cluster_dir();
+        let dir = node_cluster_dir();
         let output = make("node-up", &dir);
         if !output.status.success() {
             panic!(
