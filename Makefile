@@ -23,6 +23,13 @@ cluster-down:
 cluster-status:
 	bash tests/cluster/ctl status
 
+# The operator installed on the node as README "Deployment" says: the image of `make image`
+# imported into the node's containerd, config/default with an overlay of the image, issuer, CA
+# and server ($(CLUSTER_DIR)/deploy), applied; waits for the rollout.
+.PHONY: deploy
+deploy: node-up
+	bash scripts/deploy.sh
+
 # make cluster-stop-apiserver / cluster-start-dex / cluster-restart-apiserver ...
 CLUSTER_CTL_TARGETS := $(foreach a,stop start restart,$(addprefix cluster-$(a)-,$(CLUSTER_COMPONENTS)))
 .PHONY: $(CLUSTER_CTL_TARGETS)
