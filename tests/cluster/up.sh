@@ -46,10 +46,9 @@ build() {
 	# kcluster is static (as upstream builds Kubernetes), so that kctools, the node's tool image's
 	# binary, shares its build cache.
 	# The version Kubernetes' own build stamps in (kubectl get nodes, /version's gitVersion).
-	local kver
+	local kver vpkg=k8s.io/component-base/version ldflags
 	kver="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")"
-	local vpkg=k8s.io/component-base/version
-	local ldflags="-X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$(echo "$kver" | cut -d. -f1 | tr -d v) -X $vpkg.gitMinor=$(echo "$kver" | cut -d. -f2)"
+	ldflags="-X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$(echo "$kver" | cut -d. -f1 | tr -d v) -X $vpkg.gitMinor=$(echo "$kver" | cut -d. -f2)"
 	{
 		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags="$ldflags" -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
 			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex) &&
