@@ -1,20 +1,34 @@
 # ---- local test cluster (tests/cluster; see README, "Local cluster") --------------------------------
-# etcd + kube-apiserver + kube-controller-manager (k8s v1.33.13) + Dex (main, short) + OpenLDAP,
+# etcd + kube-apiserver + kube-controller-manager (k8s v1.37.2) + Dex (main, short) + OpenLDAP,
 # all on 127.0.0.1. CLUSTER_DIR=... selects another, independent cluster (default target/cluster).
+# `make node-up` (or `make cluster-up NODE=1`) adds the node: kube-scheduler, containerd, kubelet
+# and kube-proxy in a network namespace of their own, for tests that run pods.
 CLUSTER_DIR ?= target/cluster
 export CLUSTER_DIR
-CLUSTER_COMPONENTS := etcd ldap dex dex-short apiserver controller-manager
+CLUSTER_COMPONENTS := etcd ldap dex dex-short test-issuer apiserver apiserver-authn controller-manager \
+	scheduler netfwd containerd kubelet kube-proxy
 
-.PHONY: cluster-up cluster-down cluster-status
+.PHONY: cluster-up cluster-down cluster-status node-up
 cluster-up:
 	bash scripts/install-deps.sh
-	bash tests/cluster/up.sh
+	NODE=$(NODE) bash tests/cluster/up.sh
+
+node-up:
+	NODE=1 bash scripts/install-deps.sh
+	NODE=1 bash tests/cluster/up.sh
 
 cluster-down:
 	bash tests/cluster/down.sh
 
 cluster-status:
 	bash tests/cluster/ctl status
+
+# The operator installed on the node as README "Deployment" says: the image of `make image`
+# imported into the node's containerd, config/default with an overlay of the image, issuer, CA
+# and server ($(CLUSTER_DIR)/deploy), applied; waits for the rollout.
+.PHONY: deploy
+deploy: node-up
+	bash scripts/deploy.sh
 
 # make cluster-stop-apiserver / cluster-start-dex / cluster-restart-apiserver ...
 CLUSTER_CTL_TARGETS := $(foreach a,stop start restart,$(addprefix cluster-$(a)-,$(CLUSTER_COMPONENTS)))
@@ -26,6 +40,19 @@ $(filter cluster-start-%,$(CLUSTER_CTL_TARGETS)): cluster-start-%:
 $(filter cluster-restart-%,$(CLUSTER_CTL_TARGETS)): cluster-restart-%:
 	bash tests/cluster/ctl restart $*
 # ---- end of local test cluster ----------------------------------------------------------------
+
+# ---- the image (see README, "Deployment") ------------------------------------------------------
+# The Dockerfile built with buildah against local stand-ins for its base images, pulling nothing:
+# image kubeconfig-operator:dev in buildah's storage and target/image/kubeconfig-operator.tar (a
+# docker archive, for `ctr images import`). `make test-image` runs it and checks it.
+.PHONY: image test-image
+image:
+	bash scripts/install-deps.sh
+	bash scripts/image.sh
+
+test-image:
+	bash scripts/test-image.sh
+# ---- end of the image ---------------------------------------------------------------------------
 
 .PHONY: run test fuzz
 # The main job: local cluster and Dex (started or reused), CRD/policy/RBAC, a sample request for

@@ -13,6 +13,20 @@ command -v flock >/dev/null && command -v setsid >/dev/null || need+=(util-linux
 # The kubeconfig page's browser test (tests/console.rs): headless Chromium and its driver.
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The local cluster's node (NODE=1: make node-up, make deploy, make test).
+if [[ "${NODE:-}" == 1 ]]; then
+	[[ -x /usr/bin/containerd ]] || need+=(containerd)
+	[[ -x /usr/sbin/runc ]] || need+=(runc)
+	[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+	command -v iptables >/dev/null || need+=(iptables)
+	command -v ip >/dev/null || need+=(iproute2)
+fi
+# The image (make image, scripts/test-image.sh): buildah runs RUN steps with runc (crun refuses
+# this machine's hybrid cgroups), mmdebstrap makes the base images' stand-ins, jq reads configs.
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v jq >/dev/null || need+=(jq)
 if ((${#need[@]})); then
 	echo "[deps] apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive

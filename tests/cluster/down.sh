@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop every process of the local test cluster in CLUSTER_DIR (default target/cluster), wait for
-# them to exit (SIGKILL after 20s), then remove the state directory. The built binaries in
+# Stop every process of the local test cluster in CLUSTER_DIR (default target/cluster), the
+# node's first, wait for them to exit (SIGKILL after 20s), remove the node's network namespace,
+# mounts and cgroups, then remove the state directory. The built binaries in
 # target/cluster/bin are kept so the next cluster-up does not relink.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -16,6 +17,9 @@ if [[ ! -d "$CLUSTER_DIR" ]]; then
 	exit 0
 fi
 
+for ((i = ${#NODE_COMPONENTS[@]} - 1; i >= 0; i--)); do
+	stop_component "${NODE_COMPONENTS[i]}"
+done
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 	stop_component "${COMPONENTS[i]}"
 done
@@ -27,6 +31,8 @@ for pid in $(all_our_pids); do
 done
 left="$(all_our_pids | tr '\n' ' ')"
 [[ -z "$left" ]] || die "processes still running for $CLUSTER_DIR: $left"
+# The node's namespace, mounts, cgroups and the kubelet's sysctls (nothing to do without a node).
+node_teardown
 
 if [[ "$CLUSTER_BIN" == "$CLUSTER_DIR"/* ]]; then
 	# Default cluster: keep the binaries, drop everything else.

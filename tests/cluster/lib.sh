@@ -15,7 +15,8 @@ PKI="$CLUSTER_DIR/pki"
 RUN="$CLUSTER_DIR/run"
 LOGS="$CLUSTER_DIR/logs"
 
-# Start order; stop order is the reverse.
+# Start order; stop order is the reverse. The node's (NODE_COMPONENTS, node.sh) start after these
+# and only when asked (NODE=1 up.sh, make node-up).
 COMPONENTS=(etcd ldap dex dex-short test-issuer apiserver apiserver-authn controller-manager)
 
 log() { echo "[cluster $(date +%H:%M:%S)] $*" >&2; }
@@ -55,7 +56,7 @@ all_our_pids() {
 		if is_ours "$p"; then
 			# Skip our own scripts (bash/make/etc.) that merely mention the dir in their args.
 			case "$(cat "/proc/$p/comm" 2>/dev/null)" in
-			kcluster | dex | slapd) echo "$p" ;;
+			kcluster | dex | slapd | containerd | containerd-shim) echo "$p" ;;
 			esac
 		fi
 	done
@@ -75,6 +76,8 @@ apiserver_cmd() { # apiserver_cmd PORT CERT_DIR
 		--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
 		--service-cluster-ip-range=10.0.0.0/24
 		--endpoint-reconciler-type=none
+		--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+		--kubelet-client-key="$PKI/apiserver-kubelet-client.key"
 		--authorization-mode=Node,RBAC)
 }
 
@@ -141,7 +144,7 @@ component_cmd() {
 			--authorization-kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
 			--bind-address=127.0.0.1 --secure-port="$KCM_PORT"
 			--cert-dir="$CLUSTER_DIR/kcm-certs"
-			--controllers=garbage-collector-controller,namespace-controller,serviceaccount-token-controller,serviceaccount-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller
+			--controllers=garbage-collector-controller,namespace-controller,serviceaccount-token-controller,serviceaccount-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,endpointslice-controller,disruption-controller,node-lifecycle-controller
 			--use-service-account-credentials=false
 			--service-account-private-key-file="$PKI/sa.key"
 			--root-ca-file="$PKI/ca.crt"
@@ -149,7 +152,7 @@ component_cmd() {
 			--profiling=false
 			--v=1)
 		;;
-	*) die "unknown component '$name' (one of: ${COMPONENTS[*]})" ;;
+	*) node_cmd "$name" || die "unknown component '$name' (one of: ${COMPONENTS[*]} ${NODE_COMPONENTS[*]})" ;;
 	esac
 }
 
@@ -161,7 +164,7 @@ write_authentication_config() {
 	local dex_ca
 	dex_ca="$(sed 's/^/      /' "$PKI/dex-ca.crt")"
 	cat <<EOF
-apiVersion: apiserver.config.k8s.io/v1beta1
+apiVersion: apiserver.config.k8s.io/v1
 kind: AuthenticationConfiguration
 jwt:
 - issuer:
@@ -238,7 +241,7 @@ is_ready() {
 	apiserver) [[ "$(curl -s -m 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" == ok ]] ;;
 	apiserver-authn) [[ "$(curl -s -m 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_AUTHN_PORT/readyz" 2>/dev/null)" == ok ]] ;;
 	controller-manager) [[ "$(curl -s -m 3 -k "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)" == ok ]] ;;
-	*) return 1 ;;
+	*) node_is_ready "$1" ;;
 	esac
 }
 
@@ -314,7 +317,12 @@ stop_component() {
 		log "stopping $name (pid $pid)"
 		# kube-apiserver stops listening at once but then waits up to 60s for open watch
 		# connections; nothing here needs that, so it gets 5s before SIGKILL.
+		# containerd: its pods' containers first (the kubelet, stopped before it, cannot restart them).
+		[[ "$name" != containerd ]] || node_kill_pods
 		if [[ "$name" == apiserver ]]; then stop_pid "$pid" "$name" 5; else stop_pid "$pid" "$name"; fi
 	fi
 	rm -f "$RUN/$name.pid"
 }
+
+# shellcheck source=node.sh
+source "$CLUSTER_SRC/node.sh"

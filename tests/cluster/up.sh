@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up the local test cluster (etcd, OpenLDAP, 2x Dex, the test issuer, kube-apiserver with
 # --oidc-* flags and a second one with --authentication-config, kube-controller-manager)
-# on 127.0.0.1 with free ports. State goes to CLUSTER_DIR (default target/cluster); the env file
+# on 127.0.0.1 with free ports. With NODE=1 also the node (node.sh: kube-scheduler, containerd,
+# kubelet, kube-proxy in a network namespace of their own), which tests that run pods need. State goes to CLUSTER_DIR (default target/cluster); the env file
 # $CLUSTER_DIR/env is written last. Idempotent: a healthy cluster is left alone, a partly running
 # one gets its missing components restarted with the same ports and keys.
 set -euo pipefail
@@ -13,10 +14,14 @@ mkdir -p "$(dirname "$CLUSTER_DIR")"
 exec 9>"$CLUSTER_DIR.lock"
 flock 9
 
+NODE="${NODE:-}"
+wanted=("${COMPONENTS[@]}")
+[[ "$NODE" != 1 ]] || wanted+=("${NODE_COMPONENTS[@]}")
+
 all_healthy() {
 	[[ -f "$CLUSTER_DIR/env" ]] || return 1
 	local n
-	for n in "${COMPONENTS[@]}"; do
+	for n in "${wanted[@]}"; do
 		pid_of "$n" >/dev/null || return 1
 		is_ready "$n" || return 1
 	done
@@ -38,8 +43,14 @@ mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS" "$PKI" "$CLUSTER_BIN"
 build() {
 	local t0=$SECONDS
 	log "building kcluster, dex and dexkey into $CLUSTER_BIN (log: $LOGS/build.log)"
+	# kcluster is static (as upstream builds Kubernetes), so that kctools, the node's tool image's
+	# binary, shares its build cache.
+	# The version Kubernetes' own build stamps in (kubectl get nodes, /version's gitVersion).
+	local kver vpkg=k8s.io/component-base/version ldflags
+	kver="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")"
+	ldflags="-X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$(echo "$kver" | cut -d. -f1 | tr -d v) -X $vpkg.gitMinor=$(echo "$kver" | cut -d. -f2)"
 	{
-		(cd "$CLUSTER_SRC" && go build -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
+		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags="$ldflags" -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
 			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex) &&
 			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dexkey" ./cmd/dexkey)
 	} >>"$LOGS/build.log" 2>&1 || {
@@ -49,6 +60,47 @@ build() {
 	log "build done in $((SECONDS - t0))s"
 }
 build
+
+# kubectl of the cluster's version (kctools, also the tool image's binary), first on PATH for
+# `source env` and make test: kubectl 1.32 against 1.37, outside the supported skew of one
+# minor, misreads multi-document files ("json: invalid character '-' in numeric literal").
+build_kubectl() {
+	local src
+	if [[ -x "$CLUSTER_BIN/kctools" && "$CLUSTER_BIN/kctools" -nt "$CLUSTER_SRC/go.sum" ]]; then
+		src="$(find "$CLUSTER_SRC/cmd/kctools" -newer "$CLUSTER_BIN/kctools" -print -quit)"
+		[[ -n "$src" ]] || { ln -sfn kctools "$CLUSTER_BIN/kubectl"; return 0; }
+	fi
+	log "building kctools (kubectl $(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")) into $CLUSTER_BIN"
+	(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/kctools" ./cmd/kctools) >>"$LOGS/build.log" 2>&1 || {
+		tail -n 40 "$LOGS/build.log" >&2
+		die "build failed"
+	}
+	ln -sfn kctools "$CLUSTER_BIN/kubectl"
+}
+build_kubectl
+
+# The node's images, FROM scratch: the pod sandbox (pause) and the tests' tools (kctools).
+build_images() {
+	local t0=$SECONDS
+	log "building the pause and tools images into $CLUSTER_BIN/images"
+	mkdir -p "$CLUSTER_BIN/images"
+	{
+		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags=-s -o "$CLUSTER_BIN/pause" ./cmd/pause)
+	} >>"$LOGS/build.log" 2>&1 || {
+		tail -n 40 "$LOGS/build.log" >&2
+		die "build failed"
+	}
+	if [[ "$CLUSTER_BIN/pause" -nt "$CLUSTER_BIN/images/pause.tar" ]]; then
+		"$CLUSTER_BIN/kcluster" oci-archive --name "$PAUSE_IMAGE" --out "$CLUSTER_BIN/images/pause.tar" \
+			--entrypoint /pause --user 65535 --file "/pause=$CLUSTER_BIN/pause"
+	fi
+	if [[ "$CLUSTER_BIN/kctools" -nt "$CLUSTER_BIN/images/tools.tar" ]]; then
+		"$CLUSTER_BIN/kcluster" oci-archive --name "$TOOLS_IMAGE" --out "$CLUSTER_BIN/images/tools.tar" \
+			--entrypoint /kctools --user 65532 --file "/kctools=$CLUSTER_BIN/kctools" --dir /tmp
+	fi
+	log "images done in $((SECONDS - t0))s"
+}
+[[ "$NODE" != 1 ]] || build_images
 
 # ---- ports, keys, secrets (kept across restarts of this cluster) ---------------------------
 if [[ ! -f "$CLUSTER_DIR/ports" ]]; then
@@ -74,6 +126,12 @@ if [[ -z "${CONSOLE_PORT:-}" ]]; then
 	CONSOLE_PORT=$("$CLUSTER_BIN/kcluster" freeports 1)
 	[[ "$CONSOLE_PORT" =~ ^[0-9]+$ ]] || die "could not allocate the console port"
 	echo "CONSOLE_PORT=$CONSOLE_PORT" >>"$CLUSTER_DIR/ports"
+fi
+# The node's ports on the host (kube-scheduler's, the kubelet's as netfwd forwards it).
+if [[ -z "${SCHED_PORT:-}" || -z "${KUBELET_PORT:-}" ]]; then
+	mapfile -t p < <("$CLUSTER_BIN/kcluster" freeports 2)
+	((${#p[@]} == 2)) || die "could not allocate ports"
+	printf 'SCHED_PORT=%s\nKUBELET_PORT=%s\n' "${p[0]}" "${p[1]}" >>"$CLUSTER_DIR/ports"
 fi
 # Ports added after this cluster was first brought up: appended, so running components keep theirs.
 if [[ -z "${TEST_ISSUER_PORT:-}" || -z "${API_AUTHN_PORT:-}" ]]; then
@@ -285,6 +343,9 @@ EOF
 }
 kubeconfig admin admin >"$CLUSTER_DIR/admin.kubeconfig"
 kubeconfig kube-controller-manager kcm-masters >"$CLUSTER_DIR/kcm.kubeconfig"
+kubeconfig kube-scheduler scheduler >"$CLUSTER_DIR/scheduler.kubeconfig"
+kubeconfig "system:node:$NODE_NAME" node >"$CLUSTER_DIR/node.kubeconfig"
+kubeconfig kube-proxy kube-proxy >"$CLUSTER_DIR/kube-proxy.kubeconfig"
 
 # ---- start ----------------------------------------------------------------------------------
 t0=$SECONDS
@@ -294,9 +355,26 @@ for n in "${COMPONENTS[@]}"; do
 	wait_ready "$n" 240
 done
 
+if [[ "$NODE" == 1 ]]; then
+	t1=$SECONDS
+	node_setup
+	for n in "${NODE_COMPONENTS[@]}"; do
+		start_component "$n"
+		wait_ready "$n" 120
+		case "$n" in
+		netfwd) node_service_endpoints ;;
+		containerd) node_images ;;
+		kubelet) node_wait_ready 120 ;;
+		esac
+	done
+	log "node up in $((SECONDS - t1))s"
+fi
+
 # ---- env ------------------------------------------------------------------------------------
 {
 	echo "# Written by tests/cluster/up.sh; source it: . $CLUSTER_DIR/env"
+	# kubectl of the cluster's version first (build_kubectl).
+	printf 'export PATH=%q:"$PATH"\n' "$CLUSTER_BIN"
 	printf 'export %s=%q\n' \
 		CLUSTER_DIR "$CLUSTER_DIR" \
 		KUBECONFIG "$CLUSTER_DIR/admin.kubeconfig" \
@@ -322,6 +400,15 @@ done
 		ALICE_PASSWORD "$ALICE_PASSWORD" \
 		BOB_USERNAME bob@example.com \
 		BOB_PASSWORD "$BOB_PASSWORD"
+	if pid_of kubelet >/dev/null; then
+		printf 'export %s=%q\n' \
+			NODE_NAME "$NODE_NAME" \
+			NODE_IP "$NODE_IP" \
+			NODE_NETNS "$NODE_NETNS" \
+			CONTAINERD_ADDRESS "$CONTAINERD_SOCK" \
+			PAUSE_IMAGE "$PAUSE_IMAGE" \
+			TOOLS_IMAGE "$TOOLS_IMAGE"
+	fi
 } >"$CLUSTER_DIR/env.tmp"
 chmod 600 "$CLUSTER_DIR/env.tmp"
 mv "$CLUSTER_DIR/env.tmp" "$CLUSTER_DIR/env"

@@ -16,6 +16,11 @@ import (
 	"time"
 )
 
+// nodeName is the local cluster's one node. It is also the node's "Hostname" address, the first
+// address type kube-apiserver tries for the kubelet: so the API server, which runs on the host's
+// loopback, reaches the kubelet through netfwd's listener there (lib.sh, node_*).
+const nodeName = "127.0.0.1"
+
 // writeCerts creates in dir whatever of these is missing (existing files are kept, so a new
 // leaf can be added to an existing cluster without invalidating the others):
 //
@@ -28,6 +33,7 @@ import (
 //	sa.key/sa.pub                  service-account signing key (RSA 2048)
 //	dex-ca.crt/dex-ca.key          throwaway CA for Dex
 //	dex.crt/dex.key                Dex serving cert, SANs 127.0.0.1 localhost
+//	apiserver-kubelet-client, node, kube-proxy, scheduler: client certs of the node's parts
 func writeCerts(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -45,6 +51,21 @@ func writeCerts(dir string) error {
 	}
 	if err := leaf(dir, "kcm-masters", ca, caKey, pkix.Name{CommonName: "system:kube-controller-manager", Organization: []string{"system:masters"}}, nil, false); err != nil {
 		return err
+	}
+	// The node's parts (node-up): each with the identity RBAC's bootstrap roles expect, and the
+	// API server's client certificate for the kubelet (exec, attach, logs, port-forward).
+	for _, c := range []struct {
+		name string
+		subj pkix.Name
+	}{
+		{"apiserver-kubelet-client", pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}}},
+		{"node", pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}}},
+		{"kube-proxy", pkix.Name{CommonName: "system:kube-proxy"}},
+		{"scheduler", pkix.Name{CommonName: "system:kube-scheduler"}},
+	} {
+		if err := leaf(dir, c.name, ca, caKey, c.subj, nil, false); err != nil {
+			return err
+		}
 	}
 	if !exists(filepath.Join(dir, "sa.pub")) {
 		saKey, err := rsa.GenerateKey(rand.Reader, 2048)

@@ -3,6 +3,12 @@
 //	kcluster etcd --data-dir DIR --client-port N --peer-port N
 //	kcluster apiserver [kube-apiserver flags...]
 //	kcluster controller-manager [kube-controller-manager flags...]
+//	kcluster scheduler [kube-scheduler flags...]
+//	kcluster kubelet [kubelet flags...]
+//	kcluster proxy [kube-proxy flags...]
+//	kcluster netfwd --netns PATH [--into PORT]... [--out PORT]...   (netfwd.go)
+//	kcluster oci-archive --name REF --out FILE ...                  (ociimage.go)
+//	kcluster-loopback                    (argv[0]) the node's chained CNI plugin (cni.go)
 //	kcluster freeports N                 prints N free TCP ports on 127.0.0.1
 //	kcluster certs DIR                   writes CA, serving certs, admin client cert, SA key
 //	kcluster bcrypt                      reads a password on stdin, prints its bcrypt hash
@@ -12,11 +18,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,16 +33,25 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"golang.org/x/crypto/bcrypt"
 	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcm "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kcluster etcd|apiserver|controller-manager|freeports|certs|bcrypt|testissuer-keys|testissuer ...")
+	fmt.Fprintln(os.Stderr, "usage: kcluster etcd|apiserver|controller-manager|scheduler|kubelet|proxy|netfwd|oci-archive|freeports|certs|bcrypt|testissuer-keys|testissuer ...")
 	os.Exit(2)
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == "kcluster-loopback" {
+		os.Exit(runCNILoopback())
+	}
 	if len(os.Args) < 2 {
 		usage()
 	}
@@ -50,6 +67,22 @@ func main() {
 		cmd := kcm.NewControllerManagerCommand()
 		cmd.SetArgs(args)
 		os.Exit(cli.Run(cmd))
+	case "scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubelet.NewKubeletCommand(context.Background())
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "proxy":
+		cmd := proxy.NewProxyCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "netfwd":
+		os.Exit(runNetfwd(args))
+	case "oci-archive":
+		os.Exit(runOCIArchive(args))
 	case "freeports":
 		n := 1
 		if len(args) > 0 {
