@@ -14,7 +14,8 @@
 # An image is rebuilt only when its inputs change (this script, the Rust toolchain); set
 # BASE_IMAGES_REBUILD=1 to rebuild anyway (e.g. for Debian's security updates).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "${BASH_SOURCE[0]}")
+cd "$(dirname "$self")/.."
 export PATH="$PATH:$HOME/.cargo/bin"
 
 mapfile -t bases < <(sed -n 's/^FROM[[:space:]]\{1,\}\([^[:space:]]\{1,\}\).*/\1/p' Dockerfile)
@@ -27,10 +28,12 @@ runtime_ref=${bases[1]}
 [[ $builder_ref == rust:*-bookworm ]] || { echo "[base-images] unexpected builder $builder_ref" >&2; exit 1; }
 [[ $runtime_ref == gcr.io/distroless/cc-debian12:nonroot ]] || { echo "[base-images] unexpected runtime $runtime_ref" >&2; exit 1; }
 
-# Debian sources: this machine's own (a Debian bookworm mirror that is reachable from here).
-sources() {
-	cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true
-}
+# Debian sources: this machine's own apt sources (a bookworm mirror reachable from here), each file
+# given to mmdebstrap as it is (one-line or deb822); without any, mmdebstrap's default mirrors.
+mirrors=()
+for list in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+	if [[ -s $list ]]; then mirrors+=("$list"); fi
+done
 label=dev.kubeconfig-operator.stand-in-inputs
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/base-images.XXXXXX")
 containers=()
@@ -79,13 +82,13 @@ fi
 sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 builder_packages=ca-certificates,gcc,g++,libc6-dev,make,pkg-config
-builder_inputs=$( { sha256sum "$0"; rustc -vV; cargo -V; echo "$builder_packages"; } | sha256sum | cut -c1-16)
+builder_inputs=$( { sha256sum <"$self"; rustc -vV; cargo -V; echo "$builder_packages"; } | sha256sum | cut -c1-16)
 if current "$builder_ref" "$builder_inputs"; then
 	echo "[base-images] $builder_ref is current" >&2
 else
 	echo "[base-images] building $builder_ref: Debian bookworm ($builder_packages) + Rust $rust_version" >&2
 	new_container
-	sources | mmdebstrap --quiet --variant=apt --include="$builder_packages" bookworm "$root" -
+	mmdebstrap --quiet --variant=apt --include="$builder_packages" bookworm "$root" "${mirrors[@]}"
 	# The toolchain without its documentation (share/), as rustup's minimal profile installs it.
 	toolchain=/usr/local/rustup/toolchains/$rust_version-$host
 	mkdir -p "$root$toolchain" "$root/usr/local/cargo/bin"
@@ -105,15 +108,15 @@ fi
 
 # ---- the runtime --------------------------------------------------------------------------------
 runtime_packages=(libc6 libgcc-s1 ca-certificates tzdata netbase base-files)
-runtime_inputs=$( { sha256sum "$0"; echo "${runtime_packages[*]}"; } | sha256sum | cut -c1-16)
+runtime_inputs=$( { sha256sum <"$self"; echo "${runtime_packages[*]}"; } | sha256sum | cut -c1-16)
 if current "$runtime_ref" "$runtime_inputs"; then
 	echo "[base-images] $runtime_ref is current" >&2
 else
 	echo "[base-images] building $runtime_ref: ${runtime_packages[*]} (files only)" >&2
 	# The extract variant downloads the packages (with their dependencies) and unpacks them into a
 	# throw-away root; only the .deb files it keeps are used, for the selection below.
-	sources | mmdebstrap --quiet --variant=extract --include="$(IFS=,; echo "${runtime_packages[*]}")" \
-		--skip=cleanup/apt/cache bookworm "$scratch/extract" -
+	mmdebstrap --quiet --variant=extract --include="$(IFS=,; echo "${runtime_packages[*]}")" \
+		--skip=cleanup/apt/cache bookworm "$scratch/extract" "${mirrors[@]}"
 	deb() { local f; f=$(compgen -G "$scratch/extract/var/cache/apt/archives/${1}_*.deb" | head -n1); [[ -n $f ]] || { echo "[base-images] no .deb for $1" >&2; exit 1; }; echo "$f"; }
 	# unpack PACKAGE [MEMBER...]: the package's files (or only MEMBERs) into the image, without
 	# documentation.
