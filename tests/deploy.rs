@@ -4,11 +4,11 @@
 //! (`target/cluster-node`, see tests/support/node.rs). The tenant is alice, with exactly the
 //! rights each scenario names; she acts with her own ID token, never as admin.
 
-mod support;
 #[path = "support/deploy.rs"]
 mod deploy;
 #[path = "support/node.rs"]
 mod node;
+mod support;
 
 use std::{fs, time::Duration};
 
@@ -69,9 +69,18 @@ fn alice_puts_her_token(cluster: &Cluster, ns: &str, token: &str) {
         "stringData": {"token": token},
     });
     let file = write_temp(&manifest.to_string());
-    eventually(Duration::from_secs(30), "alice may create her Secret", || {
-        kubectl_as_token(cluster, token, &["apply", "-f", file.path().to_str().unwrap()]).is_ok()
-    });
+    eventually(
+        Duration::from_secs(30),
+        "alice may create her Secret",
+        || {
+            kubectl_as_token(
+                cluster,
+                token,
+                &["apply", "-f", file.path().to_str().unwrap()],
+            )
+            .is_ok()
+        },
+    );
 }
 
 fn alice_request_status(cluster: &Cluster, token: &str, ns: &str, name: &str) -> String {
@@ -135,10 +144,15 @@ fn two_replicas_are_ready_and_exactly_one_leads() {
     let leading: Vec<&String> = pods
         .iter()
         .filter(|pod| {
-            kubectl(cluster, &["logs", pod, "-n", NAMESPACE]).contains("leading: starting the controller")
+            kubectl(cluster, &["logs", pod, "-n", NAMESPACE])
+                .contains("leading: starting the controller")
         })
         .collect();
-    assert_eq!(leading, vec![&holder], "pods {pods:?}, Lease held by {holder}");
+    assert_eq!(
+        leading,
+        vec![&holder],
+        "pods {pods:?}, Lease held by {holder}"
+    );
 }
 
 #[test]
@@ -148,19 +162,30 @@ fn the_other_replica_takes_over_from_a_deleted_leader() {
     alice_puts_her_token(cluster, &ns.name, &token);
     let (_, leader) = wait_settled(cluster);
 
-    kubectl(cluster, &["delete", "pod", &leader, "-n", NAMESPACE, "--wait=false"]);
+    kubectl(
+        cluster,
+        &["delete", "pod", &leader, "-n", NAMESPACE, "--wait=false"],
+    );
     // Created while the leader goes away, by alice.
     let request = write_temp(&format!(
         "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: meanwhile\n  namespace: {}\nspec:\n  tokenSecretRef: {{name: token}}\n",
         ns.name
     ));
-    kubectl_as_token(cluster, &token, &["create", "-f", request.path().to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("alice cannot create her request: {e}"));
+    kubectl_as_token(
+        cluster,
+        &token,
+        &["create", "-f", request.path().to_str().unwrap()],
+    )
+    .unwrap_or_else(|e| panic!("alice cannot create her request: {e}"));
 
-    eventually(Duration::from_secs(60), "another replica holds the Lease", || {
-        let holder = lease_holder(cluster);
-        !holder.is_empty() && holder != leader
-    });
+    eventually(
+        Duration::from_secs(60),
+        "another replica holds the Lease",
+        || {
+            let holder = lease_holder(cluster);
+            !holder.is_empty() && holder != leader
+        },
+    );
     eventually(Duration::from_secs(60), "alice's request is Ready", || {
         alice_request_status(cluster, &token, &ns.name, "meanwhile") == "True/Issued"
     });
@@ -182,14 +207,31 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
         cluster,
         &ns.name,
         "client",
-        &["/kctools", "get", &url, "--bearer-file", "/token/token", "--out", "/work/kubeconfig"],
+        &[
+            "/kctools",
+            "get",
+            &url,
+            "--bearer-file",
+            "/token/token",
+            "--out",
+            "/work/kubeconfig",
+        ],
     )
     .unwrap_or_else(|e| panic!("download from the pod failed: {e}"));
     let server = exec(
         cluster,
         &ns.name,
         "client",
-        &["/kctools", "kubectl", "--kubeconfig", "/work/kubeconfig", "config", "view", "-o", "jsonpath={.clusters[0].cluster.server}"],
+        &[
+            "/kctools",
+            "kubectl",
+            "--kubeconfig",
+            "/work/kubeconfig",
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
     )
     .unwrap();
     assert_eq!(server, cluster.kube_server);
@@ -198,12 +240,28 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
         cluster,
         &ns.name,
         "client",
-        &["/kctools", "kubectl", "--kubeconfig", "/work/kubeconfig", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        &[
+            "/kctools",
+            "kubectl",
+            "--kubeconfig",
+            "/work/kubeconfig",
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
     )
     .unwrap_or_else(|e| panic!("kubectl with the downloaded kubeconfig failed: {e}"));
     assert_eq!(who, cluster.alice_username);
     let may = |verb_resource: &[&str]| {
-        let mut args = vec!["/kctools", "kubectl", "--kubeconfig", "/work/kubeconfig", "auth", "can-i"];
+        let mut args = vec![
+            "/kctools",
+            "kubectl",
+            "--kubeconfig",
+            "/work/kubeconfig",
+            "auth",
+            "can-i",
+        ];
         args.extend_from_slice(verb_resource);
         args.extend_from_slice(&["-n", &ns.name]);
         exec(cluster, &ns.name, "client", &args).unwrap_or_else(|e| e)
@@ -217,16 +275,33 @@ fn the_security_context_is_enforced_by_the_runtime() {
     let (cluster, _turn) = deployed();
     let (pods, _) = wait_settled(cluster);
     let tasks = std::process::Command::new("ctr")
-        .args(["--address", env(cluster, "CONTAINERD_ADDRESS"), "--namespace", "k8s.io", "tasks", "ls"])
+        .args([
+            "--address",
+            env(cluster, "CONTAINERD_ADDRESS"),
+            "--namespace",
+            "k8s.io",
+            "tasks",
+            "ls",
+        ])
         .output()
         .expect("run ctr");
     let tasks = String::from_utf8_lossy(&tasks.stdout).to_string();
     for pod in &pods {
         let id = kubectl(
             cluster,
-            &["get", "pod", pod, "-n", NAMESPACE, "-o", "jsonpath={.status.containerStatuses[0].containerID}"],
+            &[
+                "get",
+                "pod",
+                pod,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].containerID}",
+            ],
         );
-        let id = id.strip_prefix("containerd://").unwrap_or_else(|| panic!("{pod}: {id}"));
+        let id = id
+            .strip_prefix("containerd://")
+            .unwrap_or_else(|| panic!("{pod}: {id}"));
         let pid = tasks
             .lines()
             .find_map(|line| {
@@ -246,7 +321,11 @@ fn the_security_context_is_enforced_by_the_runtime() {
         assert_eq!(field("Gid:"), "65532 65532 65532 65532", "{pod}");
         assert_eq!(field("CapEff:"), "0000000000000000", "{pod}");
         assert_eq!(field("NoNewPrivs:"), "1", "{pod}");
-        assert_eq!(field("Seccomp:"), "2", "{pod}: RuntimeDefault is a seccomp filter");
+        assert_eq!(
+            field("Seccomp:"),
+            "2",
+            "{pod}: RuntimeDefault is a seccomp filter"
+        );
         // Even the host's root cannot write to the container's root file system: it is mounted
         // read-only (EROFS), which no permission overrides.
         let probe = format!("/proc/{pid}/root/probe");
@@ -266,15 +345,44 @@ fn a_rollout_restart_loses_no_download() {
         cluster,
         &ns.name,
         "loop",
-        &["get-loop", &url, "--bearer-file", "/token/token", "--seconds", "90"],
+        &[
+            "get-loop",
+            &url,
+            "--bearer-file",
+            "/token/token",
+            "--seconds",
+            "90",
+        ],
     );
-    wait_phase(cluster, &ns.name, "loop", "Running", Duration::from_secs(120));
+    wait_phase(
+        cluster,
+        &ns.name,
+        "loop",
+        "Running",
+        Duration::from_secs(120),
+    );
     std::thread::sleep(Duration::from_secs(3));
 
-    kubectl(cluster, &["rollout", "restart", "deployment/kubeconfig-operator", "-n", NAMESPACE]);
     kubectl(
         cluster,
-        &["rollout", "status", "deployment/kubeconfig-operator", "-n", NAMESPACE, "--timeout=120s"],
+        &[
+            "rollout",
+            "restart",
+            "deployment/kubeconfig-operator",
+            "-n",
+            NAMESPACE,
+        ],
+    );
+    kubectl(
+        cluster,
+        &[
+            "rollout",
+            "status",
+            "deployment/kubeconfig-operator",
+            "-n",
+            NAMESPACE,
+            "--timeout=120s",
+        ],
     );
     let (after, _) = wait_settled(cluster);
     assert!(
@@ -286,9 +394,16 @@ fn a_rollout_restart_loses_no_download() {
         "Running",
         "the download loop ended before the rollout did"
     );
-    eventually(Duration::from_secs(120), "the download loop has ended", || {
-        matches!(node::pod_phase(cluster, &ns.name, "loop").as_str(), "Succeeded" | "Failed")
-    });
+    eventually(
+        Duration::from_secs(120),
+        "the download loop has ended",
+        || {
+            matches!(
+                node::pod_phase(cluster, &ns.name, "loop").as_str(),
+                "Succeeded" | "Failed"
+            )
+        },
+    );
     let log = kubectl(cluster, &["logs", "loop", "-n", &ns.name]);
     let failures: Vec<&str> = log.lines().filter(|l| l.contains(" failed: ")).collect();
     let summary = log.lines().last().unwrap_or_default();
@@ -297,5 +412,9 @@ fn a_rollout_restart_loses_no_download() {
         "{summary}; failed downloads:\n{}",
         failures.join("\n")
     );
-    assert_eq!(node::pod_phase(cluster, &ns.name, "loop"), "Succeeded", "{log}");
+    assert_eq!(
+        node::pod_phase(cluster, &ns.name, "loop"),
+        "Succeeded",
+        "{log}"
+    );
 }

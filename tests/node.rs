@@ -3,9 +3,9 @@
 //! rules in the node's own network namespace), and the API server reaches the kubelet for
 //! logs, exec and port-forward.
 
-mod support;
 #[path = "support/node.rs"]
 mod node;
+mod support;
 
 use std::{
     io::{BufRead, BufReader},
@@ -34,12 +34,24 @@ fn node_is_ready_and_runs_only_local_images() {
     // The runtime is containerd with the sandbox image the harness built.
     let runtime = kubectl(
         cluster,
-        &["get", "node", name, "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"],
+        &[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+        ],
     );
     assert!(runtime.starts_with("containerd://"), "{runtime}");
     let images = kubectl(
         cluster,
-        &["get", "node", name, "-o", "jsonpath={.status.images[*].names}"],
+        &[
+            "get",
+            "node",
+            name,
+            "-o",
+            "jsonpath={.status.images[*].names}",
+        ],
     );
     assert!(images.contains(env(cluster, "PAUSE_IMAGE")), "{images}");
     assert!(images.contains(env(cluster, "TOOLS_IMAGE")), "{images}");
@@ -51,7 +63,15 @@ fn pod_reaches_the_api_server_through_the_kubernetes_service() {
     let ns = Namespace::new(cluster, "node-svc");
     let service_ip = kubectl(
         cluster,
-        &["get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"],
+        &[
+            "get",
+            "service",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
     );
     assert_eq!(service_ip, "10.0.0.1");
     // In-cluster configuration only: the image holds no kubeconfig, so kubectl goes to
@@ -61,10 +81,23 @@ fn pod_reaches_the_api_server_through_the_kubernetes_service() {
         cluster,
         &ns.name,
         "whoami",
-        &["kubectl", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", "-v=6"],
+        &[
+            "kubectl",
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+            "-v=6",
+        ],
         "Never",
     );
-    wait_phase(cluster, &ns.name, "whoami", "Succeeded", Duration::from_secs(120));
+    wait_phase(
+        cluster,
+        &ns.name,
+        "whoami",
+        "Succeeded",
+        Duration::from_secs(120),
+    );
     let out = logs(cluster, &ns.name, "whoami");
     assert!(
         out.contains("https://10.0.0.1:443/apis/authentication.k8s.io/v1/selfsubjectreviews"),
@@ -85,9 +118,19 @@ fn pod_reaches_the_hosts_issuer_at_its_own_url() {
     let ca = std::fs::read_to_string(&cluster.oidc_ca_file).unwrap();
     kubectl(
         cluster,
-        &["create", "configmap", "issuer-ca", "-n", &ns.name, &format!("--from-literal=ca.crt={ca}")],
+        &[
+            "create",
+            "configmap",
+            "issuer-ca",
+            "-n",
+            &ns.name,
+            &format!("--from-literal=ca.crt={ca}"),
+        ],
     );
-    let discovery = format!("{}/.well-known/openid-configuration", cluster.oidc_issuer_url);
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        cluster.oidc_issuer_url
+    );
     node::apply(
         cluster,
         &format!(
@@ -108,7 +151,13 @@ spec:
             image = env(cluster, "TOOLS_IMAGE"),
         ),
     );
-    wait_phase(cluster, &ns.name, "discovery", "Succeeded", Duration::from_secs(120));
+    wait_phase(
+        cluster,
+        &ns.name,
+        "discovery",
+        "Succeeded",
+        Duration::from_secs(120),
+    );
     let doc: serde_json::Value = serde_json::from_str(&logs(cluster, &ns.name, "discovery"))
         .expect("the discovery document is JSON");
     assert_eq!(doc["issuer"], cluster.oidc_issuer_url.as_str());
@@ -118,14 +167,29 @@ spec:
 fn logs_exec_and_port_forward_reach_the_container() {
     let cluster = node_cluster();
     let ns = Namespace::new(cluster, "node-stream");
-    tools_pod(cluster, &ns.name, "web", &["serve", "8080", "hello from the pod"], "Always");
+    tools_pod(
+        cluster,
+        &ns.name,
+        "web",
+        &["serve", "8080", "hello from the pod"],
+        "Always",
+    );
     wait_ready(cluster, &ns.name, "web", Duration::from_secs(120));
 
     assert!(logs(cluster, &ns.name, "web").contains("serving on 8080"));
 
     let got = kubectl(
         cluster,
-        &["exec", "web", "-n", &ns.name, "--", "/kctools", "get", "http://127.0.0.1:8080/"],
+        &[
+            "exec",
+            "web",
+            "-n",
+            &ns.name,
+            "--",
+            "/kctools",
+            "get",
+            "http://127.0.0.1:8080/",
+        ],
     );
     assert_eq!(got, "hello from the pod");
 

@@ -84,6 +84,13 @@ impl ApiServer {
             .reply(200, token_secret(token));
     }
 
+    /// The kubeconfig Secret as the request wrote it before.
+    async fn existing(&mut self, secret: Value) {
+        self.expect(Method::GET, &secret_path(TARGET_SECRET))
+            .await
+            .reply(200, secret);
+    }
+
     /// The reads of a request seen for the first time: no kubeconfig Secret yet, and `token` in
     /// its token Secret.
     async fn first_reads(&mut self, token: &str) {
@@ -278,9 +285,7 @@ async fn nothing_changed_means_nothing_written() {
     let mut stored = request(json!({}));
     stored.status = Some(serde_json::from_value(written_status).unwrap());
     reconcile_with(stored, move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TARGET_SECRET))
-            .await
-            .reply(200, written_secret);
+        api.existing(written_secret).await;
         api.token_secret(&token).await;
         api
     })
@@ -298,9 +303,7 @@ async fn a_secret_whose_owner_reference_was_stripped_is_adopted_again() {
     let mut stored = request(json!({}));
     stored.status = Some(serde_json::from_value(written_status).unwrap());
     reconcile_with(stored, move |mut api| async move {
-        api.expect(Method::GET, &secret_path(TARGET_SECRET))
-            .await
-            .reply(200, written_secret);
+        api.existing(written_secret).await;
         api.token_secret(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(

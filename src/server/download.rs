@@ -188,6 +188,25 @@ mod tests {
         },
     };
 
+    /// The routes' state with downloads confirmed by an API server that answers one review, of
+    /// [`signed_token`], with `user_info`.
+    fn state_confirmed_as(user_info: serde_json::Value) -> Arc<HttpState> {
+        state_confirming(api_server_answering(
+            &signed_token(),
+            201,
+            review(user_info),
+            &Arc::default(),
+        ))
+    }
+
+    /// The answer to a download with `query` and a token never judged: it must be 400.
+    async fn refused_query(state: &Arc<HttpState>, query: &str) -> Response {
+        let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
+        let response = call(state, Method::GET, &uri, &["Bearer a.b.c"]).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        response
+    }
+
     /// `count` answers with `code` on the download route, in the access log's metric.
     fn assert_counted(state: &HttpState, code: &str, count: u32) {
         let series =
@@ -233,9 +252,7 @@ mod tests {
             "?namespace=",
             "?namespace=%00",
         ] {
-            let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
-            let response = call(&state, Method::GET, &uri, &["Bearer a.b.c"]).await;
-            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let response = refused_query(&state, query).await;
             assert!(body(response).await.contains("namespace"), "{query}");
         }
     }
@@ -298,9 +315,7 @@ mod tests {
             "?format=token%0d%0aSet-Cookie:%20x=1",
             "?format[]=token",
         ] {
-            let uri = format!("{KUBE_CONFIG_ROUTE}{query}");
-            let response = call(&state, Method::GET, &uri, &["Bearer a.b.c"]).await;
-            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            let response = refused_query(&state, query).await;
             assert!(
                 !response.headers().contains_key(header::SET_COOKIE),
                 "{query}"
@@ -348,15 +363,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_downloaded_again_within_seconds_reuses_the_api_servers_answer() {
-        let review = review(serde_json::json!({ "username": "jane@example.com" }));
         // The scripted API server answers one review and then goes away: a second review would
         // fail, and the download with it (503).
-        let state = state_confirming(api_server_answering(
-            &signed_token(),
-            201,
-            review,
-            &Arc::default(),
-        ));
+        let state = state_confirmed_as(serde_json::json!({ "username": "jane@example.com" }));
         let authorization = format!("Bearer {}", signed_token());
         for attempt in ["first", "second"] {
             let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
@@ -367,18 +376,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_confirmed_download_names_the_api_servers_identity_in_headers() {
-        let review = review(serde_json::json!({
+        let state = state_confirmed_as(serde_json::json!({
             "username": "oidc:jane@example.com",
             "uid": "jane-1",
             "groups": ["dev", "ops, east", "zürich", "system:authenticated"],
             "extra": { "scopes": ["read", "a=b"] },
         }));
-        let state = state_confirming(api_server_answering(
-            &signed_token(),
-            201,
-            review,
-            &Arc::default(),
-        ));
         let authorization = format!("Bearer {}", signed_token());
         let response = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
         assert_eq!(response.status(), StatusCode::OK);

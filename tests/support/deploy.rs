@@ -76,7 +76,15 @@ pub fn ready_pods(cluster: &Cluster) -> Vec<String> {
 pub fn lease_holder(cluster: &Cluster) -> String {
     kubectl_result(
         cluster,
-        &["get", "lease", LEASE, "-n", NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"],
+        &[
+            "get",
+            "lease",
+            LEASE,
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
     )
     .unwrap_or_default()
 }
@@ -85,6 +93,14 @@ pub fn lease_holder(cluster: &Cluster) -> String {
 pub fn service_ip(cluster: &Cluster) -> String {
     kubectl(
         cluster,
-        &["get", "service", "kubeconfig-operator", "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"],
+        &[
+            "get",
+            "service",
+            "kubeconfig-operator",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
     )
 }

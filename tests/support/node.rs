@@ -124,7 +124,15 @@ spec:
 pub fn pod_phase(cluster: &Cluster, namespace: &str, name: &str) -> String {
     kubectl_result(
         cluster,
-        &["get", "pod", name, "-n", namespace, "-o", "jsonpath={.status.phase}"],
+        &[
+            "get",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
     )
     .unwrap_or_default()
 }
@@ -138,8 +146,8 @@ pub fn wait_phase(cluster: &Cluster, namespace: &str, name: &str, phase: &str, t
             return;
         }
         if std::time::Instant::now() >= deadline {
-            let describe =
-                kubectl_result(cluster, &["describe", "pod", name, "-n", namespace]).unwrap_or_else(|e| e);
+            let describe = kubectl_result(cluster, &["describe", "pod", name, "-n", namespace])
+                .unwrap_or_else(|e| e);
             panic!(
                 "pod {namespace}/{name} is {now:?}, not {phase} after {timeout:?}\n{describe}\n{}",
                 log_tails(&cluster.dir, 20)
