@@ -4,12 +4,17 @@
 #   healthz              the server's own /healthz: the HTTP floor
 #   kube-config          GET /kube-config with alice's Dex token, API-server confirmation off
 #   kube-config+confirm  the same with SelfSubjectReview confirmation on (the default)
+#   kube-config-fresh, kube-config+confirm-fresh
+#                        the same two with a different valid token on every request, as real users
+#                        arrive (bench/fresh_tokens.py signs FRESH_TOKENS per round with Dex's key;
+#                        bench/fresh_tokens.lua sends each once), for FRESH_DURATION per round
 #   proxy / direct       a `kubectl get configmaps` request (GET .../configmaps with alice's token)
 #                        through the apiserver-proxy, and straight at the API server
 #   proxy-1 / direct-1   the same over one connection: what the proxy adds to one user's
 #                        `kubectl get`, without 16 clients queueing for the machine's 2 cores
-# Also the operator's CPU per /kube-config answer against one RS256 verification (the
-# `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`, on the same core).
+# Also the operator's CPU per /kube-config answer, with one token and with fresh tokens, against
+# one RS256 verification (the `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`,
+# on the same core).
 # Prints a table and appends it to bench/results.md. Usage: bench/http.sh (BENCH_PROFILE=profiling
 # uses the release build with symbols that bench/profile.sh builds, to save a build).
 # shellcheck source=lib.sh
@@ -17,6 +22,9 @@ source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-16}
+# Enough that no token repeats within a round: a run that needs more fails (non-2xx answers).
+FRESH_TOKENS=${FRESH_TOKENS:-60000}
+FRESH_DURATION=${FRESH_DURATION:-3s}
 command -v wrk >/dev/null || bash scripts/install-deps.sh
 
 bench_cluster
@@ -44,8 +52,14 @@ declare -A url=(
 	[direct]="$KUBE_SERVER/api/v1/namespaces/$namespace/configmaps"
 )
 url[proxy-1]=${url[proxy]} url[direct-1]=${url[direct]}
-targets=(healthz kube-config kube-config+confirm proxy direct proxy-1 direct-1)
+url[kube-config-fresh]=${url[kube-config]} url[kube-config+confirm-fresh]=${url[kube-config+confirm]}
+targets=(healthz kube-config kube-config-fresh kube-config+confirm kube-config+confirm-fresh proxy direct proxy-1 direct-1)
+echo "signing $ROUNDS x $FRESH_TOKENS fresh tokens" >&2
+token_files=()
+for round in $(seq 1 "$ROUNDS"); do token_files+=("$work/tokens-$round"); done
+DEX_KEY_TOOL=$DEX_KEY_TOOL DEX_DB_FILE=$DEX_DB_FILE python3 bench/fresh_tokens.py "$FRESH_TOKENS" "${token_files[@]}" <<<"$token"
 for target in "${targets[@]}"; do
+	[[ $target == *-fresh ]] && continue
 	code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "${url[$target]}")
 	[[ $code == 200 ]] || { echo "$target answers $code, not 200: nothing to measure" >&2; exit 1; }
 done
@@ -53,35 +67,42 @@ done
 # "123.4us" / "5.6ms" / "1.2s" -> milliseconds
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; printf "%.3f", n }'; }
 
-declare -A rps p50 p99
-kube_config_requests=0 kube_config_ticks=0
+# The fresh rows' requests use the last token of the last file, which no run reaches.
+last_fresh=$(tail -n 1 "${token_files[-1]}")
+for target in kube-config-fresh kube-config+confirm-fresh; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $last_fresh" "${url[$target]}")
+	[[ $code == 200 ]] || { echo "$target answers $code to a fresh token, not 200" >&2; exit 1; }
+done
+
+declare -A rps p50 p99 requests ticks
 for round in $(seq 1 "$ROUNDS"); do
 	for target in "${targets[@]}"; do
 		connections=$CONNECTIONS
 		[[ $target == *-1 ]] && connections=1
+		load=(-d"$DURATION" -H "Authorization: Bearer $token")
+		[[ $target == *-fresh ]] && load=(-d"$FRESH_DURATION" -s bench/fresh_tokens.lua)
 		before=$(cpu_ticks "$plain_pid")
-		out=$(taskset -c 1 wrk -t1 -c"$connections" -d"$DURATION" --latency \
-			-H "Authorization: Bearer $token" "${url[$target]}")
+		out=$(TOKENS=${token_files[round - 1]} taskset -c 1 wrk -t1 -c"$connections" --latency \
+			"${load[@]}" "${url[$target]}")
 		after=$(cpu_ticks "$plain_pid")
 		if grep -q 'Non-2xx' <<<"$out"; then
 			echo "round $round, $target: $(grep 'Non-2xx' <<<"$out")" >&2
+			[[ $target == *-fresh ]] && echo "(out of fresh tokens? raise FRESH_TOKENS)" >&2
 			exit 1
 		fi
 		rps[$target]+="$(awk '/^Requests\/sec/ {print $2}' <<<"$out") "
 		p50[$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
 		p99[$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
-		if [[ $target == kube-config ]]; then
-			kube_config_requests=$((kube_config_requests + $(awk '/requests in/ {print $1}' <<<"$out")))
-			kube_config_ticks=$((kube_config_ticks + after - before))
-		fi
+		requests[$target]=$((${requests[$target]:-0} + $(awk '/requests in/ {print $1}' <<<"$out")))
+		ticks[$target]=$((${ticks[$target]:-0} + after - before))
 	done
 	echo "round $round of $ROUNDS done" >&2
 done
 
 median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 verify_ns=$(taskset -c 0 cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput 2>/dev/null | awk '$2 == "jsonwebtoken_decode" {print $3}')
-cpu_us=$(awk -v t="$kube_config_ticks" -v n="$kube_config_requests" -v hz="$(getconf CLK_TCK)" \
-	'BEGIN { printf "%.1f", t / hz / n * 1e6 }')
+# µs of the operator's core per answer of $1 (a target served by the plain operator)
+cpu_us() { awk -v t="${ticks[$1]}" -v n="${requests[$1]}" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }'; }
 
 floor=$(median "${rps[healthz]}")
 direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
@@ -100,6 +121,8 @@ direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
 		echo "| $target | $r | $ratio | $(median "${p50[$target]}") | $(median "${p99[$target]}") |"
 	done
 	echo
-	awk -v c="$cpu_us" -v v="$verify_ns" 'BEGIN { printf "Operator CPU per /kube-config answer (confirmation off): %s µs = %.2f× one RS256 verification (%.1f µs, jsonwebtoken::decode on the same core).\n", c, c * 1000 / v, v / 1000 }'
-	echo "Medians of $ROUNDS interleaved rounds of $DURATION, $CONNECTIONS connections (1 for proxy-1 and direct-1), wrk on core 1, operator on core 0; the API server is not pinned."
-} | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS bench/http.sh"
+	for target in kube-config kube-config-fresh; do
+		awk -v c="$(cpu_us "$target")" -v v="$verify_ns" -v t="$target" 'BEGIN { printf "Operator CPU per %s answer (confirmation off): %s µs = %.2f× one RS256 verification (%.1f µs, jsonwebtoken::decode on the same core).\n", t, c, c * 1000 / v, v / 1000 }'
+	done
+	echo "Medians of $ROUNDS interleaved rounds of $DURATION ($FRESH_DURATION for the -fresh rows, each token sent once), $CONNECTIONS connections (1 for proxy-1 and direct-1), wrk on core 1, operator on core 0; the API server is not pinned."
+} | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS FRESH_TOKENS=$FRESH_TOKENS FRESH_DURATION=$FRESH_DURATION bench/http.sh"

@@ -51,7 +51,7 @@ start_operator() {
 	KUBECONFIG=$operator_kubeconfig taskset -c 0 "$operator_bin" run \
 		--watch-namespace "$namespace" --cluster-name local --server "$KUBE_SERVER" --ca-file "$KUBE_CA_FILE" \
 		--oidc-issuer-url "$OIDC_ISSUER_URL" --oidc-client-id "$OIDC_CLIENT_ID" --oidc-ca-file "$OIDC_CA_FILE" \
-		--listen "$listen" --requests-per-minute-per-client 100000000 --max-connections 4096 "$@" \
+		--listen "$listen" --metrics-listen 127.0.0.1:0 --requests-per-minute-per-client 100000000 --max-connections 4096 "$@" \
 		>"$work/operator-$listen.log" 2>&1 &
 	pids+=($!)
 	wait_ready "$listen"

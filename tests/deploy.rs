@@ -268,6 +268,33 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
     };
     assert!(may(&["create", "kubeconfigrequests.kubeconfig.dev"]).ends_with("yes"));
     assert!(may(&["create", "pods"]).contains("no"));
+
+    // The metrics name every request in every namespace: the download's Service does not serve
+    // them; the pods' own metrics port does, for Prometheus.
+    let get = |url: &str| exec(cluster, &ns.name, "client", &["/kctools", "get", url]);
+    let through_service = get(&format!("http://{}/metrics", service_ip(cluster)));
+    assert!(
+        through_service
+            .as_ref()
+            .is_err_and(|e| e.contains("HTTP 404")),
+        "{through_service:?}"
+    );
+    let (pods, _) = wait_settled(cluster);
+    let pod_ip = kubectl(
+        cluster,
+        &[
+            "get",
+            "pod",
+            &pods[0],
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ],
+    );
+    let scraped = get(&format!("http://{pod_ip}:9090/metrics"))
+        .unwrap_or_else(|e| panic!("the metrics port answers: {e}"));
+    assert!(scraped.contains("http_requests_total"), "{scraped}");
 }
 
 #[test]

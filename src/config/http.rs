@@ -1,4 +1,5 @@
-//! The `http` section: the listener of `GET /kube-config`, the page and the probes.
+//! The `http` section: the listener of `GET /kube-config`, the page and the probes, and the
+//! metrics' own listener.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -13,6 +14,9 @@ pub struct HttpSection {
     /// Address the HTTP server listens on [file: http.listen; default 127.0.0.1:8000].
     #[arg(long, env = "KUBECONFIG_OPERATOR_LISTEN")]
     pub listen: Option<String>,
+    /// Address /metrics is served on, apart from the download so that the download's Service does not expose it [file: http.metricsListen; default 127.0.0.1:9090].
+    #[arg(long, env = "KUBECONFIG_OPERATOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// PEM certificate chain for serving HTTPS [file: http.tlsCertFile].
     #[arg(long, env = "KUBECONFIG_OPERATOR_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
@@ -37,6 +41,7 @@ pub struct HttpSection {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub max_connections: usize,
     pub requests_per_minute_per_client: u32,
@@ -47,11 +52,9 @@ pub struct HttpConfig {
 
 impl HttpSection {
     pub(super) fn resolve(self) -> Result<HttpConfig, ConfigError> {
-        let listen = self.listen.unwrap_or_else(|| "127.0.0.1:8000".into());
         Ok(HttpConfig {
-            listen: listen.parse().map_err(|_| {
-                ConfigError::new("http.listen", format!("{listen:?} is not an address:port"))
-            })?,
+            listen: address("http.listen", self.listen, "127.0.0.1:8000")?,
+            metrics_listen: address("http.metricsListen", self.metrics_listen, "127.0.0.1:9090")?,
             tls: tls_files(
                 "http",
                 readable_file("http.tlsCertFile", self.tls_cert_file)?,
@@ -65,6 +68,13 @@ impl HttpSection {
             allowed_origins: origins(self.allowed_origins.unwrap_or_default())?,
         })
     }
+}
+
+fn address(field: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let value = value.unwrap_or_else(|| default.into());
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("{value:?} is not an address:port")))
 }
 
 /// Browsers compare the `Origin` header byte for byte, and it is always the serialised form

@@ -526,6 +526,10 @@ mod tests {
         assert_eq!(config.oidc.flags().algorithms, vec![Algorithm::RS256]);
         assert_eq!(config.oidc.flags().issuer, "https://dex.example/dex");
         assert_eq!(config.http.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            config.http.metrics_listen,
+            "127.0.0.1:9090".parse().unwrap()
+        );
         assert!(config.http.tls.is_none());
         assert!(config.kubeconfig.ca.current().is_none());
     }
@@ -677,6 +681,11 @@ mod tests {
     fn http_settings_are_checked() {
         let bad_listen = with(minimal(), &[("--listen", Some("localhost".into()))]);
         assert_eq!(error_field(Settings::default(), &bad_listen), "http.listen");
+        let bad_metrics = with(minimal(), &[("--metrics-listen", Some(":9090".into()))]);
+        assert_eq!(
+            error_field(Settings::default(), &bad_metrics),
+            "http.metricsListen"
+        );
         let half_tls = with(
             minimal(),
             &[("--tls-cert-file", Some("/etc/hostname".into()))],

@@ -1,5 +1,5 @@
-//! The HTTP server: `GET /kube-config` turns a bearer ID token into a kubeconfig, next to health,
-//! readiness and metrics endpoints.
+//! The HTTP server: `GET /kube-config` turns a bearer ID token into a kubeconfig, next to health
+//! and readiness endpoints; `/metrics` is served on a port of its own ([`scrape`]).
 //!
 //! The endpoint is public and hands out credentials, so the server bounds what one client can
 //! cost. The bounds live where they apply: the [`listener`] bounds connections (count, header
@@ -22,6 +22,7 @@ mod limits;
 mod listener;
 mod probes;
 pub mod proxy;
+mod scrape;
 #[cfg(test)]
 mod test_fixtures;
 
@@ -34,6 +35,7 @@ use std::{
 };
 
 use axum::{Router, middleware};
+use futures::FutureExt as _;
 use tracing::info;
 
 pub use auth::Authenticated;
@@ -123,10 +125,11 @@ fn routes(state: Arc<HttpState>, limits: Option<&RequestLimits>) -> Router {
         .with_state(state)
 }
 
-/// Binds `config.listen` and serves `state`'s routes with the listener's and the route groups'
-/// limits until `shutdown` resolves; then stops accepting and gives in-flight requests
-/// [`DRAIN_TIMEOUT`] to finish. Fails only at start-up (address or TLS files); later accept
-/// errors are logged and retried, since they are transient (e.g. out of file descriptors).
+/// Binds `config.listen` and `config.metrics_listen` and serves `state`'s routes with the
+/// listener's and the route groups' limits, and the metrics, until `shutdown` resolves; then
+/// stops accepting and gives in-flight requests [`DRAIN_TIMEOUT`] to finish. Fails only at
+/// start-up (addresses or TLS files); later accept errors are logged and retried, since they are
+/// transient (e.g. out of file descriptors).
 pub async fn serve(
     config: &HttpConfig,
     state: Arc<HttpState>,
@@ -138,18 +141,23 @@ pub async fn serve(
         .map(listener::tls_acceptor)
         .transpose()?;
     let tcp = listener::bind(config.listen).await?;
+    let metrics =
+        scrape::MetricsListener::bind(config.metrics_listen, Arc::clone(&state.metrics)).await?;
     let address = tcp.local_addr().unwrap_or(config.listen);
     info!(%address, tls = tls.is_some(), "HTTP server listening");
     let sweeper = tokio::spawn(forget_expired_verdicts(Arc::clone(&state)));
     let app = routes(state, Some(&RequestLimits::from_config(config)));
-    listener::serve_on(
-        tcp,
-        tls,
-        ConnectionLimits::from_config(config),
-        app,
-        shutdown,
-    )
-    .await;
+    let shutdown = shutdown.shared();
+    tokio::join!(
+        listener::serve_on(
+            tcp,
+            tls,
+            ConnectionLimits::from_config(config),
+            app,
+            shutdown.clone(),
+        ),
+        metrics.serve(shutdown),
+    );
     sweeper.abort();
     Ok(())
 }
@@ -197,6 +205,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metrics_are_not_served_beside_the_download() {
+        let response = call(&state(), Method::GET, "/metrics", &[]).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn a_client_over_its_budget_gets_429_but_probes_still_answer() {
         let state = state();
         let limits = RequestLimits {
@@ -225,7 +239,7 @@ mod tests {
             matches!(retry_after, Some(1..=20)),
             "{retry_after:?} in {last}"
         );
-        for path in ["/healthz", "/metrics", "/readyz"] {
+        for path in ["/healthz", "/readyz"] {
             let answer = exchange(server.address, &get(path)).await;
             assert!(!answer.starts_with("HTTP/1.1 429"), "{path}: {answer}");
         }
@@ -242,6 +256,7 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = HttpConfig {
             listen: taken.local_addr().unwrap(),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
             tls: None,
             max_connections: 4,
             requests_per_minute_per_client: 60,
@@ -251,6 +266,24 @@ mod tests {
         assert!(matches!(error, ServeError::Bind { .. }), "{error}");
         assert!(
             error.to_string().contains(&config.listen.to_string()),
+            "{error}"
+        );
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listen, metrics_taken) = (free.local_addr().unwrap(), config.listen);
+        drop(free);
+        let error = serve(
+            &HttpConfig {
+                listen,
+                metrics_listen: metrics_taken,
+                ..config.clone()
+            },
+            state(),
+            async {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.to_string().contains(&metrics_taken.to_string()),
             "{error}"
         );
 

@@ -1,5 +1,6 @@
-//! What the kubelet and Prometheus ask: `/healthz` (the process runs), `/readyz` (it can answer
-//! correctly: the controller's cache has synced and the issuer's keys are loaded) and `/metrics`.
+//! What the kubelet asks: `/healthz` (the process runs) and `/readyz` (it can answer correctly:
+//! the controller's cache has synced and the issuer's keys are loaded). `/metrics` has a
+//! listener of its own (`scrape`).
 //! With leader election, a replica that does not lead runs no controller: it is ready once it
 //! can serve downloads, that is once the issuer's keys are loaded.
 //! They come from a few addresses at a fixed rate, so their group has no per-client budget: a
@@ -10,7 +11,7 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Router,
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
     routing::get,
@@ -20,16 +21,14 @@ use super::{HttpState, limits, limits::RequestLimits};
 
 const HEALTHZ_ROUTE: &str = "/healthz";
 const READYZ_ROUTE: &str = "/readyz";
-const METRICS_ROUTE: &str = "/metrics";
 /// The routes of this group, for the access log's route label.
-pub(super) const ROUTES: &[&str] = &[HEALTHZ_ROUTE, READYZ_ROUTE, METRICS_ROUTE];
+pub(super) const ROUTES: &[&str] = &[HEALTHZ_ROUTE, READYZ_ROUTE];
 
 /// The probe routes; with `limits`, only its time limit applies.
 pub(super) fn routes(limits: Option<&RequestLimits>) -> Router<Arc<HttpState>> {
     let router = Router::new()
         .route(HEALTHZ_ROUTE, get(|| async { "ok\n" }))
-        .route(READYZ_ROUTE, get(readyz))
-        .route(METRICS_ROUTE, get(metrics));
+        .route(READYZ_ROUTE, get(readyz));
     match limits {
         Some(limits) => router.layer(middleware::from_fn_with_state(
             limits.timeout,
@@ -59,17 +58,6 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use axum::http::Method;
@@ -91,17 +79,5 @@ mod tests {
         let response = call(&state, Method::GET, "/healthz", &[]).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(body(response).await, "ok\n");
-    }
-
-    #[tokio::test]
-    async fn metrics_are_openmetrics_text() {
-        let state = state();
-        let response = call(&state, Method::GET, "/metrics", &[]).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-        );
-        assert!(body(response).await.ends_with("# EOF\n"));
     }
 }

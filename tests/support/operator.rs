@@ -29,6 +29,8 @@ pub enum Issuer {
 pub struct Operator {
     child: Child,
     pub base_url: String,
+    /// Where `/metrics` is served: a port of its own, apart from the download.
+    pub metrics_url: String,
     pub namespace: String,
     log_path: PathBuf,
 }
@@ -91,6 +93,7 @@ impl Operator {
             Issuer::ShortLived => Some(&cluster.oidc_short_issuer_url),
             Issuer::AuthenticationConfig => None,
         };
+        let metrics_port = free_port();
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
         fs::create_dir_all(&log_dir).expect("create the operator log directory");
         let scope = if namespace.is_empty() {
@@ -142,6 +145,10 @@ impl Operator {
                     .into_iter()
                     .flatten(),
             )
+            .args([
+                "--metrics-listen".to_owned(),
+                format!("127.0.0.1:{metrics_port}"),
+            ])
             // One JSON object per line, so tests read fields instead of parsing text.
             .args(["--log-format", "json"])
             .args(extra_args)
@@ -162,6 +169,7 @@ impl Operator {
         let mut operator = Operator {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
             namespace: namespace.to_owned(),
             log_path,
         };
@@ -212,7 +220,7 @@ impl Operator {
 
     /// The operator's `/metrics` text; anything but a 200 fails the test.
     pub fn metrics(&self) -> String {
-        let response = super::requests::http_get(&self.base_url, "/metrics", None, "");
+        let response = super::requests::http_get(&self.metrics_url, "/metrics", None, "");
         assert_eq!(response.status, 200, "/metrics answers");
         response.body
     }
