@@ -20,9 +20,10 @@ use std::{
 
 use browser::{Chromedriver, log_in_at_dex};
 use support::{
-    Cluster, Namespace, cluster, id_token, id_token_short_lived, which,
+    Cluster, Namespace, cluster, id_token, id_token_short_lived,
     operator::{Issuer, Operator},
     requests::{http_get_kubeconfig, write_temp},
+    which,
 };
 
 /// How long one login or one refreshed `kubectl` may take before the test gives up on it.
@@ -97,18 +98,6 @@ impl Workstation {
             .map(str::to_owned)
             .collect()
     }
-
-    /// Waits for the next URL kubelogin opens.
-    async fn next_opened(&self, seen: usize) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(url) = self.opened().get(seen) {
-                return url.clone();
-            }
-            assert!(Instant::now() < deadline, "kubelogin opened no browser");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// What kubectl printed, once it exits within [`PATIENCE`]; killed otherwise.
@@ -163,8 +152,19 @@ async fn whoami_logging_in(
     kubeconfig: &Path,
     args: &[&str],
 ) -> String {
-    let kubectl = machine.whoami(kubeconfig, args);
-    let url = machine.next_opened(0).await;
+    let mut kubectl = machine.whoami(kubeconfig, args);
+    let deadline = Instant::now() + PATIENCE;
+    let url = loop {
+        if let Some(url) = machine.opened().first() {
+            break url.clone();
+        }
+        if Instant::now() > deadline || kubectl.try_wait().unwrap().is_some() {
+            let _ = kubectl.kill();
+            let stderr = finished(kubectl).await.unwrap_err();
+            panic!("kubelogin opened no browser; kubectl said: {stderr}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let driver = Chromedriver::start();
     let profile = tempfile::tempdir().unwrap();
     let browser = driver.browser(profile.path()).await;
@@ -181,8 +181,10 @@ async fn whoami_logging_in(
 async fn kubelogin_logs_in_through_the_browser_and_kubectl_works_as_alice() {
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "kubelogin-browser");
-    let kubeconfig = exec_kubeconfig(cluster, &namespace.name, Issuer::Main, || {
-        id_token(cluster, "alice")
+    let kubeconfig = tokio::task::block_in_place(|| {
+        exec_kubeconfig(cluster, &namespace.name, Issuer::Main, || {
+            id_token(cluster, "alice")
+        })
     });
     let machine = Workstation::new();
     let who = whoami_logging_in(cluster, &machine, kubeconfig.path(), &[]).await;
@@ -206,19 +208,23 @@ async fn kubelogin_logs_in_through_the_browser_and_kubectl_works_as_alice() {
 async fn kubelogin_refreshes_an_expired_token_without_a_new_login() {
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "kubelogin-refresh");
-    let kubeconfig = exec_kubeconfig(cluster, &namespace.name, Issuer::ShortLived, || {
-        id_token_short_lived(cluster, "alice")
+    let kubeconfig = tokio::task::block_in_place(|| {
+        exec_kubeconfig(cluster, &namespace.name, Issuer::ShortLived, || {
+            id_token_short_lived(cluster, "alice")
+        })
     });
     let server = ["--server", cluster.env["KUBE_AUTHN_SERVER"].as_str()];
     let machine = Workstation::new();
+    // That API server's configuration prefixes the short-lived Dex's usernames.
+    let alice = format!("short:{}", cluster.alice_username);
     let who = whoami_logging_in(cluster, &machine, kubeconfig.path(), &server).await;
-    assert_eq!(who, cluster.alice_username);
+    assert_eq!(who, alice);
     let cached = cached_tokens(&machine);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let after_expiry = finished(machine.whoami(kubeconfig.path(), &server))
         .await
         .unwrap_or_else(|e| panic!("kubectl after the token expired: {e}"));
-    assert_eq!(after_expiry, cluster.alice_username);
+    assert_eq!(after_expiry, alice);
     assert_eq!(machine.opened().len(), 1, "kubelogin logged in again");
     assert_ne!(
         cached_tokens(&machine),

@@ -79,6 +79,22 @@ build_kubectl() {
 }
 build_kubectl
 
+# kubelogin (`kubectl oidc-login`), the plugin of exec kubeconfigs, for tests/kubelogin.rs and for
+# trying them by hand: built from its upstream source in ../shared/tools/kubelogin, since the Go
+# module proxy does not serve its module. Without that directory it is not built, and
+# tests/kubelogin.rs fails saying so.
+build_kubelogin() {
+	local script="$REPO_ROOT/../shared/tools/kubelogin/build.sh"
+	[[ -x "$CLUSTER_BIN/kubectl-oidc_login" ]] && return 0
+	[[ -f "$script" ]] || { log "no $script: kubectl oidc-login not built"; return 0; }
+	log "building kubelogin into $CLUSTER_BIN/kubectl-oidc_login"
+	bash "$script" "$CLUSTER_BIN/kubectl-oidc_login" >>"$LOGS/build.log" 2>&1 || {
+		tail -n 40 "$LOGS/build.log" >&2
+		die "building kubelogin failed"
+	}
+}
+build_kubelogin
+
 # The node's images, FROM scratch: the pod sandbox (pause) and the tests' tools (kctools).
 build_images() {
 	local t0=$SECONDS

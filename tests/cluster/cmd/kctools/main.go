@@ -46,6 +46,8 @@ func main() {
 	args := os.Args[2:]
 	switch os.Args[1] {
 	case "kubectl":
+		// kubectl finds plugins (kubectl-oidc_login) from os.Args, which must read as kubectl's own.
+		os.Args = append([]string{"kubectl"}, args...)
 		cmd := kubectl.NewDefaultKubectlCommand()
 		cmd.SetArgs(args)
 		if err := cli.RunNoErrOutput(cmd); err != nil {
