@@ -26,7 +26,7 @@ use kubeconfig_operator::{
     config::KubeconfigSettings,
     kubeconfig,
     metrics::Metrics,
-    oidc::{authenticator::Authenticator, token::IdToken},
+    oidc::{authenticator::Authenticator, revocations::Revocations, token::IdToken},
     server::{HttpState, KUBE_CONFIG_ROUTE, router},
     testing,
 };
@@ -139,6 +139,7 @@ fn main() {
         router(Arc::new(HttpState {
             authenticator: Arc::new(Authenticator::new(
                 Arc::clone(&verifier),
+                Revocations::none(),
                 Arc::clone(&metrics),
             )),
             settings: settings.clone(),

@@ -14,7 +14,8 @@ kubectl apply -k "$root/config/crd" >&2
 kubectl apply -k "$root/config/policy" >&2
 kubectl apply -f "$root/config/default/namespace.yaml" >&2
 kubectl apply -n kubeconfig-operator -k "$root/config/rbac" >&2
-kubectl wait --for=condition=Established crd/kubeconfigrequests.kubeconfig.dev --timeout=60s >&2
+kubectl wait --for=condition=Established crd/kubeconfigrequests.kubeconfig.dev \
+  crd/kubeconfigrevocations.kubeconfig.dev --timeout=60s >&2
 
 out="$state/operator.kubeconfig"
 token=$(kubectl create token kubeconfig-operator -n kubeconfig-operator --duration=24h)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::authentication::v1::UserInfo,
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::Condition,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -309,10 +309,47 @@ impl KubeconfigRequest {
     }
 }
 
-/// The CRD as it is installed. Descriptions keep paragraph breaks but no line breaks inside a
+/// Refuses ID tokens of a user or of a group's members, issued before notBefore: "sign out everywhere". Every replica of the operator refuses them for downloads, the download page, KubeconfigRequests and the API server proxy, with the message below in the 401. A token issued after notBefore works again. The API server itself does not read this object: where users reach the API server directly, add the matching userValidationRules deny-list to its AuthenticationConfiguration (README "Revocation").
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubeconfig.dev",
+    version = "v1alpha1",
+    kind = "KubeconfigRevocation",
+    shortname = "kcrev",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.user"}"#,
+    printcolumn = r#"{"name":"Group","type":"string","jsonPath":".spec.group"}"#,
+    printcolumn = r#"{"name":"Not-Before","type":"date","jsonPath":".spec.notBefore"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#
+)]
+#[x_kube(
+    validation = Rule::new("has(self.user) != has(self.group)").message("set exactly one of spec.user and spec.group"),
+    validation = Rule::new("!has(self.expiresAt) || self.expiresAt > self.notBefore").message("spec.expiresAt must be after spec.notBefore")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigRevocationSpec {
+    /// The username whose tokens are refused, exactly as the API server sees it (with the configured prefix), e.g. alice@example.com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub user: Option<String>,
+    /// A group (with the configured prefix) whose members' tokens are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub group: Option<String>,
+    /// Tokens issued (iat) before this time are refused; so are tokens without iat, whose issue time is unknown. Set it to now to sign the user out everywhere: the tokens they get afterwards work.
+    pub not_before: Time,
+    /// When the revocation ends; the operator then deletes it. Set it to notBefore plus the issuer's longest token lifetime (Dex: expiry.idTokens, 24h by default): by then every token it refuses has expired anyway. Unset: it stays until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// Shown to the token's holder in the refusal, e.g. who to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub message: Option<String>,
+}
+
+/// A CRD as it is installed. Descriptions keep paragraph breaks but no line breaks inside a
 /// paragraph, so `kubectl explain` can wrap them to the terminal instead of breaking mid-sentence.
-pub fn definition() -> CustomResourceDefinition {
-    let mut crd = serde_json::to_value(KubeconfigRequest::crd()).expect("a CRD is JSON");
+pub fn definition<K: CustomResourceExt>() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(K::crd()).expect("a CRD is JSON");
     flow_descriptions(&mut crd);
     serde_json::from_value(crd).expect("the CRD stays a CRD")
 }
@@ -350,7 +387,7 @@ mod tests {
     /// the one the CRD's schema lists and serde reads, so the three cannot drift apart.
     #[test]
     fn format_names_are_the_schemas() {
-        let crd = serde_json::to_value(definition()).unwrap();
+        let crd = serde_json::to_value(definition::<KubeconfigRequest>()).unwrap();
         let listed = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
             ["properties"]["format"]["enum"];
         let names: Vec<&str> = Format::VARIANTS.iter().map(|f| f.as_str()).collect();
@@ -385,7 +422,7 @@ mod tests {
 
     #[test]
     fn crd_has_short_name_status_and_printer_columns() {
-        let crd = definition();
+        let crd = definition::<KubeconfigRequest>();
         assert_eq!(crd.spec.group, "kubeconfig.dev");
         assert_eq!(crd.spec.names.short_names, Some(vec!["kcr".to_owned()]));
         let version = &crd.spec.versions[0];
@@ -430,7 +467,7 @@ mod tests {
                 _ => {}
             }
         }
-        let crd = serde_json::to_value(definition()).unwrap();
+        let crd = serde_json::to_value(definition::<KubeconfigRequest>()).unwrap();
         let mut descriptions = Vec::new();
         collect(&crd, &mut descriptions);
         assert!(descriptions.len() > 10, "{descriptions:?}");

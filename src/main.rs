@@ -14,7 +14,7 @@ use kubeconfig_operator::{
     crd,
     metrics::Metrics,
     oidc::authn_config,
-    oidc::{authenticator::Authenticator, verify::Verifier},
+    oidc::{authenticator::Authenticator, revocations::Revocations, verify::Verifier},
     server::{self, HttpState, console::Console, proxy::BoundProxy},
     telemetry::{self, LogFormat},
 };
@@ -43,10 +43,21 @@ enum Command {
         )]
         log_format: LogFormat,
     },
-    /// Print the KubeconfigRequest CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML.
+    Crd {
+        #[arg(value_enum, default_value_t)]
+        resource: CrdResource,
+    },
     /// Print the version.
     Version,
+}
+
+/// The custom resources, by their plural name.
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum CrdResource {
+    #[default]
+    Kubeconfigrequests,
+    Kubeconfigrevocations,
 }
 
 /// jemalloc, not glibc's malloc: after a burst (thousands of requests created and deleted, a
@@ -82,7 +93,10 @@ fn main() -> ExitCode {
 
 async fn start() -> ExitCode {
     match Cli::parse().command {
-        Command::Crd => match kubeconfig_operator::yaml::to_string(&crd::definition()) {
+        Command::Crd { resource } => match kubeconfig_operator::yaml::to_string(&match resource {
+            CrdResource::Kubeconfigrequests => crd::definition::<crd::KubeconfigRequest>(),
+            CrdResource::Kubeconfigrevocations => crd::definition::<crd::KubeconfigRevocation>(),
+        }) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -175,7 +189,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let authenticator = Arc::new(Authenticator::new(verifier, Arc::clone(&metrics)));
+    let revocations = Revocations::follow(client.clone()).await;
+    let authenticator = Arc::new(Authenticator::new(
+        verifier,
+        revocations,
+        Arc::clone(&metrics),
+    ));
     let context = Arc::new(Context::new(
         client.clone(),
         Arc::clone(&authenticator),

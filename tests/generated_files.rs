@@ -9,22 +9,25 @@ fn repo_file(path: &str) -> String {
 }
 
 #[test]
-fn checked_in_crd_equals_the_generated_one() {
-    let output = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
-        .arg("crd")
-        .output()
-        .expect("run kubeconfig-operator crd");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let generated = String::from_utf8(output.stdout).expect("CRD YAML is UTF-8");
-    assert_eq!(
-        repo_file("crds/kubeconfig.dev_kubeconfigrequests.yaml"),
-        generated,
-        "crds/ is stale: run `cargo run -- crd > crds/kubeconfig.dev_kubeconfigrequests.yaml`"
-    );
+fn checked_in_crds_equal_the_generated_ones() {
+    for plural in ["kubeconfigrequests", "kubeconfigrevocations"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
+            .args(["crd", plural])
+            .output()
+            .expect("run kubeconfig-operator crd");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let generated = String::from_utf8(output.stdout).expect("CRD YAML is UTF-8");
+        let file = format!("crds/kubeconfig.dev_{plural}.yaml");
+        assert_eq!(
+            repo_file(&file),
+            generated,
+            "crds/ is stale: run `cargo run -- crd {plural} > {file}`"
+        );
+    }
 }
 
 /// (API group, resource, verb) triples.

@@ -36,7 +36,7 @@ use http_body_util::BodyExt as _;
 use kubeconfig_operator::{
     config::KubeconfigSettings,
     metrics::Metrics,
-    oidc::{authenticator::Authenticator, verify::Verifier},
+    oidc::{authenticator::Authenticator, revocations::Revocations, verify::Verifier},
     server::{HttpState, router},
     testing,
 };
@@ -93,6 +93,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
     Arc::new(HttpState {
         authenticator: Arc::new(Authenticator::new(
             Arc::clone(&FIXTURE.verifier),
+            Revocations::none(),
             Arc::new(Metrics::default()),
         )),
         settings: KubeconfigSettings {

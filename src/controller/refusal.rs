@@ -21,6 +21,7 @@ pub enum Reason {
     ServiceAccountNotFound,
     ServiceAccountNotIssuable,
     RejectedByAPIServer,
+    Revoked,
 }
 
 /// What the controller does when a request is refused for a reason.
@@ -48,7 +49,9 @@ impl Reason {
             retry_after: None,
         };
         match self {
-            Reason::ServiceAccountNotFound | Reason::ServiceAccountNotIssuable => Policy {
+            Reason::ServiceAccountNotFound
+            | Reason::ServiceAccountNotIssuable
+            | Reason::Revoked => Policy {
                 revokes: true,
                 ..WAIT
             },
@@ -71,7 +74,10 @@ impl Reason {
     pub fn for_token_error(error: &TokenError) -> Self {
         match error {
             TokenError::Expired { .. } => Reason::TokenExpired,
-            TokenError::IssuerUnavailable(_) => Reason::IssuerUnavailable,
+            TokenError::IssuerUnavailable(_) | TokenError::RevocationsUnknown => {
+                Reason::IssuerUnavailable
+            }
+            TokenError::Revoked { .. } => Reason::Revoked,
             _ => Reason::TokenInvalid,
         }
     }
@@ -109,6 +115,15 @@ mod tests {
             Reason::for_token_error(&unavailable),
             Reason::IssuerUnavailable
         );
+        assert_eq!(
+            Reason::for_token_error(&TokenError::RevocationsUnknown),
+            Reason::IssuerUnavailable
+        );
+        let revoked = TokenError::Revoked {
+            revocation: "r".into(),
+            message: String::new(),
+        };
+        assert_eq!(Reason::for_token_error(&revoked), Reason::Revoked);
         for invalid in [
             TokenError::BadSignature,
             TokenError::NotYetValid,
@@ -146,7 +161,8 @@ mod tests {
     }
 
     #[test]
-    fn only_the_service_accounts_owner_revokes_and_only_an_unreachable_issuer_is_retried() {
+    fn only_the_credentials_owner_or_a_revocation_revokes_and_only_an_unreachable_issuer_is_retried()
+     {
         let revoking: Vec<Reason> = Reason::VARIANTS
             .iter()
             .copied()
@@ -156,7 +172,8 @@ mod tests {
             revoking,
             [
                 Reason::ServiceAccountNotFound,
-                Reason::ServiceAccountNotIssuable
+                Reason::ServiceAccountNotIssuable,
+                Reason::Revoked
             ]
         );
         let retried: Vec<Reason> = Reason::VARIANTS

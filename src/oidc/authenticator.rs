@@ -1,12 +1,14 @@
 //! The one entry point for an ID token, whichever path brought it (the download, the page, the
 //! proxy, a request's token Secret): the verifier's verdict, reused for as long as
-//! kube-apiserver reuses its own, and every refusal counted once under its reason. One
+//! kube-apiserver reuses its own, then the revocations in force (never cached: a revocation
+//! applies to verdicts made before it), and every refusal counted once under its reason. One
 //! authenticator serves the whole process, so a token that the controller and the download both
 //! see costs one verification.
 
 use std::sync::Arc;
 
 use super::{
+    revocations::Revocations,
     token::{IdToken, Identity, TokenError},
     verify::Verifier,
 };
@@ -15,16 +17,27 @@ use crate::{metrics::Metrics, verdicts::Verdicts};
 pub struct Authenticator {
     verifier: Arc<Verifier>,
     verdicts: Verdicts<Identity>,
+    revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
-    pub fn new(verifier: Arc<Verifier>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        verifier: Arc<Verifier>,
+        revocations: Arc<Revocations>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             verifier,
             verdicts: Verdicts::default(),
+            revocations,
             metrics,
         }
+    }
+
+    /// The revocations it consults, for readiness.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The verifier behind it, for what is not a verdict: readiness and the issuers' keys.
@@ -41,7 +54,13 @@ impl Authenticator {
                 let expires_at = identity.expires_at;
                 Ok::<_, TokenError>((identity, expires_at))
             })
-            .await;
+            .await
+            .and_then(
+                |identity| match self.revocations.refusal(&identity, chrono::Utc::now()) {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(identity),
+                },
+            );
         if let Err(refusal) = &verdict {
             self.metrics.count_token_failure(refusal.reason());
         }
@@ -67,7 +86,10 @@ mod tests {
     fn authenticator() -> (Authenticator, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let verifier = Arc::new(crate::testing::issuer().verifier());
-        (Authenticator::new(verifier, Arc::clone(&metrics)), metrics)
+        (
+            Authenticator::new(verifier, Revocations::none(), Arc::clone(&metrics)),
+            metrics,
+        )
     }
 
     #[tokio::test]

@@ -7,5 +7,6 @@ pub mod cel;
 mod claims;
 pub mod jwks;
 pub mod jwt;
+pub mod revocations;
 pub mod token;
 pub mod verify;

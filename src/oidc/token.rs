@@ -100,6 +100,13 @@ pub enum TokenError {
     /// own message or expression, from the owner's configuration, never from the token.
     #[error("the token is refused by the authentication configuration: {0}")]
     RefusedByRule(String),
+    /// The revocation's name and message are the administrator's text, never the token's.
+    #[error("the token is revoked by KubeconfigRevocation {revocation}{}; a token issued after its notBefore works", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Revoked { revocation: String, message: String },
+    #[error(
+        "this replica has not yet listed the KubeconfigRevocations, so it cannot tell whether the token is revoked; try again shortly"
+    )]
+    RevocationsUnknown,
 }
 
 impl TokenError {

@@ -94,11 +94,14 @@ fn missing_credentials(problem: &'static str) -> Response {
         .into_response()
 }
 
-/// 401 names the reason in the challenge and explains it in the body; an unreachable issuer is
-/// not the client's fault, so it gets 503 and a hint to retry.
+/// 401 names the reason in the challenge and explains it in the body; an unreachable issuer or
+/// revocations not yet listed are not the client's fault, so they get 503 and a hint to retry.
 fn token_refused(refusal: &TokenError) -> Response {
     let body = format!("{}: {refusal}\n", refusal.reason());
-    if matches!(refusal, TokenError::IssuerUnavailable(_)) {
+    if matches!(
+        refusal,
+        TokenError::IssuerUnavailable(_) | TokenError::RevocationsUnknown
+    ) {
         return unavailable(body);
     }
     invalid_token(refusal.reason(), body)

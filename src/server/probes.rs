@@ -1,5 +1,5 @@
 //! What the kubelet asks: `/healthz` (the process runs) and `/readyz` (it can answer correctly:
-//! the controller's cache has synced and the issuer's keys are loaded). `/metrics` has a
+//! the controller's cache has synced, the issuer's keys are loaded and the revocations listed). `/metrics` has a
 //! listener of its own (`scrape`).
 //! With leader election, a replica that does not lead runs no controller: it is ready once it
 //! can serve downloads, that is once the issuer's keys are loaded.
@@ -41,7 +41,8 @@ pub(super) fn routes(limits: Option<&RequestLimits>) -> Router<Arc<HttpState>> {
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let controller = state.controller_ready.load(Ordering::Relaxed);
     let keys = state.authenticator.verifier().is_ready();
-    if controller && keys {
+    let revocations = state.authenticator.revocations().is_synced();
+    if controller && keys && revocations {
         return (StatusCode::OK, "ok\n").into_response();
     }
     let mut missing = Vec::new();
@@ -50,6 +51,9 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     }
     if !keys {
         missing.push("the issuer's signing keys are not loaded");
+    }
+    if !revocations {
+        missing.push("the KubeconfigRevocations are not listed");
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,

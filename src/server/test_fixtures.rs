@@ -99,7 +99,11 @@ fn state_from(
 ) -> Arc<HttpState> {
     let metrics = Arc::new(Metrics::default());
     Arc::new(HttpState {
-        authenticator: Arc::new(Authenticator::new(Arc::new(verifier), Arc::clone(&metrics))),
+        authenticator: Arc::new(Authenticator::new(
+            Arc::new(verifier),
+            crate::oidc::revocations::Revocations::none(),
+            Arc::clone(&metrics),
+        )),
         settings: KubeconfigSettings::for_tests("local cluster", "https://127.0.0.1:6443"),
         metrics,
         controller_ready: Arc::new(AtomicBool::new(false)),

@@ -118,7 +118,11 @@ impl TestIssuer {
     /// A verifier for [`oidc_config`] that knows this key from a static set: no network.
     /// The one authenticator of a process, over [`Self::verifier`], counting into `metrics`.
     pub fn authenticator(&self, metrics: Arc<Metrics>) -> Arc<Authenticator> {
-        Arc::new(Authenticator::new(Arc::new(self.verifier()), metrics))
+        Arc::new(Authenticator::new(
+            Arc::new(self.verifier()),
+            crate::oidc::revocations::Revocations::none(),
+            metrics,
+        ))
     }
 
     pub fn verifier(&self) -> Verifier {
