@@ -288,6 +288,10 @@ pub struct KubeconfigRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_expiration_seconds: Option<i64>,
 
+    /// The value of the annotation kubeconfig.dev/renew that the controller last renewed the ServiceAccount token for. Setting the annotation to a new timestamp renews the token once, now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_request: Option<String>,
+
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
