@@ -83,7 +83,7 @@ impl Outcome {
                     "Secret {secret_name} holds a kubeconfig that logs in with kubelogin, issued for {}; it holds no token and does not expire",
                     credential.identity.username
                 ),
-                Format::Token | Format::ArgoCd => format!(
+                Format::Token | Format::ArgoCd | Format::TokenFile => format!(
                     "Secret {secret_name} holds a kubeconfig for {}, valid until {}",
                     credential.identity.username,
                     format_time(credential.expires_at)
