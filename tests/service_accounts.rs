@@ -318,6 +318,142 @@ fn audiences_without_the_api_server_are_an_invalid_spec_and_leave_no_secret() {
     });
 }
 
+/// The Secret's keys, each written to a file of its name in `dir`, as the kubelet projects a
+/// mounted Secret. Returns the data as written.
+fn project_secret(
+    cluster: &Cluster,
+    bob: &str,
+    namespace: &str,
+    secret: &str,
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let object: serde_json::Value = serde_json::from_str(&as_tenant(
+        cluster,
+        bob,
+        &["get", "secret", secret, "-n", namespace, "-o", "json"],
+    ))
+    .expect("a Secret is JSON");
+    let data: std::collections::BTreeMap<String, Vec<u8>> = object["data"]
+        .as_object()
+        .expect("the Secret has data")
+        .iter()
+        .map(|(key, value)| {
+            let bytes = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                value.as_str().expect("data values are strings"),
+            )
+            .expect("data values are base64");
+            (key.clone(), bytes)
+        })
+        .collect();
+    for (key, bytes) in &data {
+        std::fs::write(dir.join(key), bytes).expect("write a projected key");
+    }
+    data
+}
+
+/// Issue 24: `format: tokenFile` writes `token` and `ca.crt` beside a kubeconfig whose user
+/// reads `tokenFile: token`. A client on the host reading the projected files keeps working
+/// across ServiceAccount renewals while the kubeconfig file itself never changes, and it really
+/// reads the token from the file.
+#[test]
+fn a_token_file_kubeconfig_keeps_working_across_renewals() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-token-file");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    let account = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
+    support::grant(
+        cluster,
+        &ns.name,
+        "pod-reader",
+        &account,
+        "list",
+        "pods",
+        &[],
+    );
+    let bob = tenant(cluster, &ns.name, "worker");
+    // The shortest lifetime the schema allows, renewed 10 s after each issuance.
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "worker",
+        &format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 600}}\n  renewBefore: 590s\n  format: tokenFile"
+        ),
+    )
+    .expect("bob may create the request");
+    wait_ready(cluster, &ns.name, "worker");
+
+    let mount = tempfile::tempdir().expect("a directory for the projected Secret");
+    let kubeconfig = mount.path().join("kubeconfig");
+    let kubeconfig_path = kubeconfig.to_str().unwrap();
+    let list_pods = || {
+        support::kubectl_plain(&[
+            "--kubeconfig",
+            kubeconfig_path,
+            "get",
+            "pods",
+            "-n",
+            &ns.name,
+            "-o",
+            "name",
+        ])
+    };
+    let first = project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+    assert_eq!(
+        first.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca.crt", "kubeconfig", "token"]
+    );
+    let token_file: serde_json::Value =
+        serde_yaml::from_slice(&first["kubeconfig"]).expect("kubeconfig is YAML");
+    assert_eq!(token_file["users"][0]["user"]["tokenFile"], "token");
+    list_pods().expect("the kubeconfig works as the ServiceAccount");
+
+    let mut previous = first.clone();
+    for renewal in 1..=2 {
+        eventually(
+            Duration::from_secs(40),
+            &format!("renewal {renewal} replaces the token"),
+            || {
+                let now =
+                    project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+                now["token"] != previous["token"]
+            },
+        );
+        let now = project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+        assert_eq!(
+            now["kubeconfig"], first["kubeconfig"],
+            "the kubeconfig is unchanged"
+        );
+        assert!(authenticates(
+            cluster,
+            std::str::from_utf8(&now["token"]).unwrap()
+        ));
+        list_pods().unwrap_or_else(|error| panic!("after renewal {renewal}: {error}"));
+        previous = now;
+    }
+    // Elsewhere the ServiceAccount has no rights: the kubeconfig is exactly it.
+    let elsewhere = support::kubectl_plain(&[
+        "--kubeconfig",
+        kubeconfig_path,
+        "get",
+        "pods",
+        "-n",
+        "default",
+    ]);
+    assert!(elsewhere.is_err_and(|error| error.contains("Forbidden")));
+
+    // The client reads the token from the file beside the kubeconfig, not from the kubeconfig.
+    std::fs::write(mount.path().join("token"), "not-a-token").unwrap();
+    let refused = list_pods().expect_err("a broken token file breaks the client");
+    assert!(
+        refused.contains("Unauthorized") || refused.contains("logged in"),
+        "{refused}"
+    );
+}
+
 #[test]
 fn an_opted_in_service_account_gets_a_kubeconfig_that_acts_as_exactly_it() {
     let cluster = cluster();

@@ -195,7 +195,10 @@ mod tests {
     /// every renewal; the token and the CA are files of their own, and the token reads back.
     #[test]
     fn token_file_kubeconfig_stays_the_same_and_the_token_is_a_file_beside_it() {
-        let keys = [crate::crd::SecretKey::Kubeconfig, crate::crd::SecretKey::Value];
+        let keys = [
+            crate::crd::SecretKey::Kubeconfig,
+            crate::crd::SecretKey::Value,
+        ];
         let data = |token: &IdToken| {
             let rendered = render(&settings(), Format::TokenFile, token, None).unwrap();
             crate::kubeconfig::stored::secret_data(
