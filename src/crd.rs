@@ -72,7 +72,7 @@ pub struct KubeconfigRequestSpec {
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub secret_name: Option<String>,
 
-    /// What the Secret holds: "token" (default), a kubeconfig with the credential as a bearer token; "exec", a kubeconfig without any credential whose user runs kubelogin (kubectl oidc-login) to log in and refresh, so each person who uses it logs in as themselves (needs tokenSecretRef and the operator's exec.clientId); "argocd", an Argo CD cluster Secret (label argocd.argoproj.io/secret-type=cluster, keys name, server and config) instead of a kubeconfig.
+    /// What the Secret holds: "token" (default), a kubeconfig with the credential as a bearer token; "exec", a kubeconfig without any credential whose user runs kubelogin (kubectl oidc-login) to log in and refresh, so each person who uses it logs in as themselves (needs tokenSecretRef and the operator's exec.clientId); "argocd", an Argo CD cluster Secret (label argocd.argoproj.io/secret-type=cluster, keys name, server and config) instead of a kubeconfig; "tokenFile", the keys token and ca.crt beside a kubeconfig whose user reads its token from the file token next to the kubeconfig (tokenFile: token): mount the whole Secret as a directory (not with subPath) and point KUBECONFIG at its kubeconfig key, and a long-running client (client-go re-reads the file every minute) follows each renewal without a restart.
     #[serde(default)]
     pub format: Format,
 
@@ -122,6 +122,9 @@ pub enum Format {
     Token,
     Exec,
     ArgoCd,
+    #[serde(rename = "tokenFile")]
+    #[strum(serialize = "tokenFile")]
+    TokenFile,
 }
 
 impl Format {
@@ -133,7 +136,7 @@ impl Format {
     /// Whether a person may download it (`GET /kube-config`, the page): a kubeconfig file. An
     /// Argo CD cluster Secret is only for Argo CD, which reads it from the cluster.
     pub fn downloadable(self) -> bool {
-        !matches!(self, Format::ArgoCd)
+        !matches!(self, Format::ArgoCd | Format::TokenFile)
     }
 }
 
@@ -287,6 +290,10 @@ pub struct KubeconfigRequestStatus {
     /// The lifetime granted to the last minted ServiceAccount token, after the operator's cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_expiration_seconds: Option<i64>,
+
+    /// The value of the annotation kubeconfig.dev/renew that the controller last renewed the ServiceAccount token for. Setting the annotation to a new timestamp renews the token once, now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_request: Option<String>,
 
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,10 @@ use support::{
     Cluster, Namespace, cluster, eventually, id_token, id_token_short_lived, kubectl,
     kubectl_as_token, kubectl_result,
     operator::{Issuer, Operator},
-    requests::{apply_request, decoded_secret_key, put_token_secret, wait_for_reason, write_temp},
+    requests::{
+        apply_request, apply_request_as, decoded_secret_key, put_token_secret, wait_for_reason,
+        write_temp,
+    },
 };
 
 const ACCOUNT: &str = "deployer";
@@ -120,6 +123,335 @@ fn with_kubeconfig(
     let mut full = vec!["--kubeconfig", file.path().to_str().unwrap()];
     full.extend_from_slice(args);
     support::kubectl_plain(&full)
+}
+
+/// bob, the least-privileged tenant who may manage requests in `namespace` and mint tokens of
+/// the ServiceAccount `deployer` (what the admission policy asks of a ServiceAccount request),
+/// read the Secret of the request `request`, and nothing else. Returns his Dex ID token.
+fn tenant(cluster: &Cluster, namespace: &str, request: &str) -> String {
+    support::grant(
+        cluster,
+        namespace,
+        "request-manager",
+        &cluster.bob_username,
+        "create,get,list,watch,update,patch,delete",
+        "kubeconfigrequests.kubeconfig.dev",
+        &[],
+    );
+    support::grant(
+        cluster,
+        namespace,
+        "token-maker",
+        &cluster.bob_username,
+        "create",
+        "serviceaccounts/token",
+        &[ACCOUNT],
+    );
+    support::grant(
+        cluster,
+        namespace,
+        "secret-reader",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &[&format!("{request}-kubeconfig")],
+    );
+    id_token(cluster, "bob")
+}
+
+/// `kubectl ARGS` as bob, expected to succeed.
+fn as_tenant(cluster: &Cluster, bob: &str, args: &[&str]) -> String {
+    kubectl_as_token(cluster, bob, args).unwrap_or_else(|error| panic!("{args:?}: {error}"))
+}
+
+/// The token in the request's kubeconfig Secret, read as bob.
+fn tenant_secret_token(cluster: &Cluster, bob: &str, namespace: &str, request: &str) -> String {
+    let encoded = as_tenant(
+        cluster,
+        bob,
+        &[
+            "get",
+            "secret",
+            &format!("{request}-kubeconfig"),
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.data.kubeconfig}",
+        ],
+    );
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+        .expect("the Secret's data is base64");
+    kubeconfig_token(&String::from_utf8(decoded).expect("a kubeconfig is text"))
+}
+
+/// Issue 24: `kubeconfig.dev/renew: <timestamp>` renews a ServiceAccount request's token now,
+/// once per value, as `cmctl renew` does; status records the value handled. A value that is no
+/// timestamp is refused with the command that works.
+#[test]
+fn the_renew_annotation_renews_once_per_value() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-renew-now");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    let bob = tenant(cluster, &ns.name, "pipeline");
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "pipeline",
+        &format!("serviceAccount: {{name: {ACCOUNT}}}"),
+    )
+    .expect("bob may create the request");
+    wait_ready(cluster, &ns.name, "pipeline");
+    let first = tenant_secret_token(cluster, &bob, &ns.name, "pipeline");
+
+    let annotate = |value: &str| {
+        as_tenant(
+            cluster,
+            &bob,
+            &[
+                "annotate",
+                "kcr",
+                "pipeline",
+                "-n",
+                &ns.name,
+                "--overwrite",
+                &format!("kubeconfig.dev/renew={value}"),
+            ],
+        )
+    };
+    let handled = || status(cluster, &ns.name, "pipeline")["lastRenewRequest"].clone();
+    annotate("2026-12-05T04:00:00Z");
+    eventually(
+        Duration::from_secs(20),
+        "the token is renewed on demand",
+        || tenant_secret_token(cluster, &bob, &ns.name, "pipeline") != first,
+    );
+    eventually(Duration::from_secs(10), "status records the value", || {
+        handled() == "2026-12-05T04:00:00Z"
+    });
+    let second = tenant_secret_token(cluster, &bob, &ns.name, "pipeline");
+    assert!(authenticates(cluster, &second));
+
+    // A reconciliation for another cause (an edit to the Secret, undone by the controller) does
+    // not renew again for the value already handled.
+    kubectl(
+        cluster,
+        &[
+            "label",
+            "secret",
+            "pipeline-kubeconfig",
+            "-n",
+            &ns.name,
+            "app.kubernetes.io/managed-by=someone-else",
+            "--overwrite",
+        ],
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the controller undoes the edit",
+        || {
+            kubectl(
+                cluster,
+                &[
+                    "get",
+                    "secret",
+                    "pipeline-kubeconfig",
+                    "-n",
+                    &ns.name,
+                    "-o",
+                    "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}",
+                ],
+            ) == "kubeconfig-operator"
+        },
+    );
+    assert_eq!(
+        tenant_secret_token(cluster, &bob, &ns.name, "pipeline"),
+        second
+    );
+
+    // A new value renews again.
+    annotate("2026-12-05T04:05:00Z");
+    eventually(Duration::from_secs(20), "a new value renews again", || {
+        tenant_secret_token(cluster, &bob, &ns.name, "pipeline") != second
+    });
+
+    annotate("now please");
+    let message = wait_for_reason(cluster, &ns.name, "pipeline", "InvalidSpec");
+    assert!(
+        message.contains("must be an RFC 3339 timestamp")
+            && message.contains("kubectl annotate kcr pipeline kubeconfig.dev/renew="),
+        "{message}"
+    );
+}
+
+/// Issue 26: a ServiceAccount request whose audiences exclude the API server's is refused as
+/// InvalidSpec with advice about the audiences, and leaves no empty Secret behind.
+#[test]
+fn audiences_without_the_api_server_are_an_invalid_spec_and_leave_no_secret() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-audiences");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    let bob = tenant(cluster, &ns.name, "vault");
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "vault",
+        &format!("serviceAccount: {{name: {ACCOUNT}, audiences: [vault.example.com]}}"),
+    )
+    .expect("bob may create the request");
+    let message = wait_for_reason(cluster, &ns.name, "vault", "InvalidSpec");
+    assert!(
+        message.contains("spec.serviceAccount.audiences")
+            && message.contains("vault.example.com")
+            && !message.contains("confirmWithApiServer"),
+        "{message}"
+    );
+    eventually(Duration::from_secs(10), "no Secret is left", || {
+        kubectl_result(
+            cluster,
+            &["get", "secret", "vault-kubeconfig", "-n", &ns.name],
+        )
+        .is_err_and(|error| error.contains("NotFound"))
+    });
+}
+
+/// The Secret's keys, each written to a file of its name in `dir`, as the kubelet projects a
+/// mounted Secret. Returns the data as written.
+fn project_secret(
+    cluster: &Cluster,
+    bob: &str,
+    namespace: &str,
+    secret: &str,
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let object: serde_json::Value = serde_json::from_str(&as_tenant(
+        cluster,
+        bob,
+        &["get", "secret", secret, "-n", namespace, "-o", "json"],
+    ))
+    .expect("a Secret is JSON");
+    let data: std::collections::BTreeMap<String, Vec<u8>> = object["data"]
+        .as_object()
+        .expect("the Secret has data")
+        .iter()
+        .map(|(key, value)| {
+            let bytes = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                value.as_str().expect("data values are strings"),
+            )
+            .expect("data values are base64");
+            (key.clone(), bytes)
+        })
+        .collect();
+    for (key, bytes) in &data {
+        std::fs::write(dir.join(key), bytes).expect("write a projected key");
+    }
+    data
+}
+
+/// Issue 24: `format: tokenFile` writes `token` and `ca.crt` beside a kubeconfig whose user
+/// reads `tokenFile: token`. A client on the host reading the projected files keeps working
+/// across ServiceAccount renewals while the kubeconfig file itself never changes, and it really
+/// reads the token from the file.
+#[test]
+fn a_token_file_kubeconfig_keeps_working_across_renewals() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-token-file");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    let account = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
+    support::grant(
+        cluster,
+        &ns.name,
+        "pod-reader",
+        &account,
+        "list",
+        "pods",
+        &[],
+    );
+    let bob = tenant(cluster, &ns.name, "worker");
+    // The shortest lifetime the schema allows, renewed 10 s after each issuance.
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "worker",
+        &format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 600}}\n  renewBefore: 590s\n  format: tokenFile"
+        ),
+    )
+    .expect("bob may create the request");
+    wait_ready(cluster, &ns.name, "worker");
+
+    let mount = tempfile::tempdir().expect("a directory for the projected Secret");
+    let kubeconfig = mount.path().join("kubeconfig");
+    let kubeconfig_path = kubeconfig.to_str().unwrap();
+    let list_pods = || {
+        support::kubectl_plain(&[
+            "--kubeconfig",
+            kubeconfig_path,
+            "get",
+            "pods",
+            "-n",
+            &ns.name,
+            "-o",
+            "name",
+        ])
+    };
+    let first = project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+    assert_eq!(
+        first.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca.crt", "kubeconfig", "token"]
+    );
+    let token_file: serde_json::Value =
+        serde_yaml::from_slice(&first["kubeconfig"]).expect("kubeconfig is YAML");
+    assert_eq!(token_file["users"][0]["user"]["tokenFile"], "token");
+    list_pods().expect("the kubeconfig works as the ServiceAccount");
+
+    let mut previous = first.clone();
+    for renewal in 1..=2 {
+        eventually(
+            Duration::from_secs(40),
+            &format!("renewal {renewal} replaces the token"),
+            || {
+                let now =
+                    project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+                now["token"] != previous["token"]
+            },
+        );
+        let now = project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+        assert_eq!(
+            now["kubeconfig"], first["kubeconfig"],
+            "the kubeconfig is unchanged"
+        );
+        assert!(authenticates(
+            cluster,
+            std::str::from_utf8(&now["token"]).unwrap()
+        ));
+        list_pods().unwrap_or_else(|error| panic!("after renewal {renewal}: {error}"));
+        previous = now;
+    }
+    // Elsewhere the ServiceAccount has no rights: the kubeconfig is exactly it.
+    let elsewhere = support::kubectl_plain(&[
+        "--kubeconfig",
+        kubeconfig_path,
+        "get",
+        "pods",
+        "-n",
+        "default",
+    ]);
+    assert!(elsewhere.is_err_and(|error| error.contains("Forbidden")));
+
+    // The client reads the token from the file beside the kubeconfig, not from the kubeconfig.
+    std::fs::write(mount.path().join("token"), "not-a-token").unwrap();
+    let refused = list_pods().expect_err("a broken token file breaks the client");
+    assert!(
+        refused.contains("Unauthorized") || refused.contains("logged in"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -518,6 +850,93 @@ fn an_id_token_request_reports_expiring_before_token_expired() {
     );
     assert!(events.contains("TokenExpiring"), "{events}");
     wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
+}
+
+/// Issue 26: an exec kubeconfig holds no token (kubelogin logs in and refreshes by itself), so
+/// its request neither reports Expiring nor TokenExpired when the ID token that proved who
+/// asked for it expires, not even when it is reconciled afterwards.
+#[test]
+fn an_exec_request_stays_ready_after_its_id_token_expires() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-exec-expiry");
+    let _operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::ShortLived,
+        &["--exec-client-id", &cluster.env["OIDC_PUBLIC_CLIENT_ID"]],
+    );
+    put_token_secret(
+        cluster,
+        &ns.name,
+        "bob-token",
+        "token",
+        &id_token_short_lived(cluster, "bob"),
+    );
+    let bob = tenant(cluster, &ns.name, "laptop");
+    support::grant(
+        cluster,
+        &ns.name,
+        "token-reader",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &["bob-token"],
+    );
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "laptop",
+        "tokenSecretRef: {name: bob-token}\n  format: exec\n  renewBeforePercentage: 99",
+    )
+    .expect("bob may create the request");
+    wait_ready(cluster, &ns.name, "laptop");
+    // The short-lived Dex's tokens live 5 s: wait until bob's is well past its renewal time and
+    // its expiry, then have the request reconciled again (its token Secret changed).
+    std::thread::sleep(Duration::from_secs(10));
+    kubectl(
+        cluster,
+        &[
+            "label",
+            "secret",
+            "bob-token",
+            "-n",
+            &ns.name,
+            "touched=after-expiry",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let status = status(cluster, &ns.name, "laptop");
+    let conditions: Vec<(String, String, String)> = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| {
+            let field = |name: &str| c[name].as_str().unwrap_or_default().to_owned();
+            (field("type"), field("status"), field("reason"))
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [("Ready".to_owned(), "True".to_owned(), "Issued".to_owned())],
+        "{status}"
+    );
+    assert!(status.get("expiresAt").is_none(), "{status}");
+    let events = kubectl(
+        cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(
+        !events.contains("TokenExpiring") && !events.contains("TokenExpired"),
+        "{events}"
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub use watch::run;
 use crate::{
     config::{ControllerSettings, KubeconfigSettings},
     confirm::{ConfirmError, Confirmer},
-    crd::KubeconfigRequest,
+    crd::{Format, KubeconfigRequest},
     metrics::{Metrics, ReasonLabels},
     oidc::authenticator::Authenticator,
 };
@@ -286,6 +286,20 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 }
                 judged => judged,
             };
+            // An exec kubeconfig holds no token and logs in by itself: the ID token that proved
+            // who asked for it may expire without the kubeconfig stopping. Only a changed spec
+            // (a new generation) needs a live one again.
+            if let Err(refusal) = &credential
+                && refusal.reason == Reason::TokenExpired
+                && request.spec.format == Format::Exec
+                && ours.is_some()
+                && request.ready_condition().is_some_and(|ready| {
+                    ready.status == "True"
+                        && ready.observed_generation == request.metadata.generation
+                })
+            {
+                return Ok(Action::await_change());
+            }
             // A Secret this request wrote earlier that still exists: its credential may still be
             // live, so status keeps naming it.
             let kept = ours.as_ref().map(|_| target.clone());
@@ -318,6 +332,11 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
 
     let reference = ObjectRef::from_obj(request);
     Ok(match &outcome {
+        // Nothing in an exec kubeconfig is due: kubelogin renews its own tokens.
+        Outcome::Issued { .. } if request.spec.format == Format::Exec => {
+            ctx.renewals.cancel(&reference);
+            Action::await_change()
+        }
         Outcome::Issued { credential, .. } => {
             // Wake at the renewal time (a ServiceAccount token is replaced, an ID token reported
             // Expiring), then at expiry to report TokenExpired.

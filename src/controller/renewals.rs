@@ -1,22 +1,72 @@
-//! When each issued request is next due: its renewal time, then its expiry. The controller could
-//! ask kube-runtime to requeue it instead, but its scheduler keeps two full copies of the request's
-//! reference and a timer-wheel slot per wake-up: with 10,000 Ready requests that was 13 MB of the
-//! operator's 41 MB live heap, and the emptied tables kept their size after the requests went
-//! (heaptrack). Here a wake-up is one shared reference and two table entries, and a deleted
-//! request's wake-up goes with it.
+//! When each issued request is next due: its renewal time (spread, or now when the renew
+//! annotation asks), then its expiry. The controller could ask kube-runtime to requeue it
+//! instead, but its scheduler keeps two full copies of the request's reference and a timer-wheel
+//! slot per wake-up: with 10,000 Ready requests that was 13 MB of the operator's 41 MB live heap,
+//! and the emptied tables kept their size after the requests went (heaptrack). Here a wake-up is
+//! one shared reference and two table entries, and a deleted request's wake-up goes with it.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
+use chrono::{DateTime, Utc};
 use futures::Stream;
-use kube::runtime::reflector::ObjectRef;
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use sha2::{Digest, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
+use super::refusal::{Reason, Refusal};
 use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
 
 type Request = ObjectRef<KubeconfigRequest>;
+
+/// The annotation by which a user has a ServiceAccount request's token renewed now, as
+/// `cmctl renew` does for a certificate. Its value is a timestamp; each distinct value renews
+/// once, and `status.lastRenewRequest` records the one handled.
+pub const RENEW_ANNOTATION: &str = "kubeconfig.dev/renew";
+
+/// The value of the renew annotation, checked to be an RFC 3339 timestamp, so that the value
+/// status records stays small and means what it says. `Err` is a refusal for any other value;
+/// the value is not repeated in it (a tenant's annotation may be hundreds of kilobytes).
+pub fn renew_request(request: &KubeconfigRequest) -> Result<Option<&str>, Refusal> {
+    let Some(value) = request.annotations().get(RENEW_ANNOTATION) else {
+        return Ok(None);
+    };
+    match DateTime::parse_from_rfc3339(value) {
+        Ok(_) => Ok(Some(value)),
+        Err(_) => Err(Refusal::new(
+            Reason::InvalidSpec,
+            format!(
+                "the annotation {RENEW_ANNOTATION} must be an RFC 3339 timestamp; renew with: kubectl annotate kcr {} {RENEW_ANNOTATION}=$(date -u +%Y-%m-%dT%H:%M:%SZ) --overwrite",
+                request.name_any()
+            ),
+        )),
+    }
+}
+
+/// How far, in millionths of the wait from issuance to renewal, a renewal may come early:
+/// requests created together (a GitOps sync, a restored backup) would otherwise all mint in the
+/// same second, and again at every renewal after it.
+const SPREAD_MILLIONTHS: u64 = 100_000;
+
+/// `renew_at`, brought forward by up to a tenth of its wait from `issued_at`, by an amount
+/// derived from `seed` (the request's uid). Derived, not random: each reconciliation computes
+/// the same time again, so a token read back from the Secret is renewed when the one minted was
+/// scheduled to be, and a renewal never lands before nine tenths of its wait.
+pub(super) fn spread(
+    seed: &str,
+    issued_at: DateTime<Utc>,
+    renew_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let digest = Sha256::digest(seed.as_bytes());
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    let share = i32::try_from(u64::from_be_bytes(first) % SPREAD_MILLIONTHS).unwrap_or_default();
+    let wait = (renew_at - issued_at).max(chrono::TimeDelta::zero());
+    // Divided first: a token may live for a century, and its wait times 100,000 overflows.
+    renew_at - wait / 1_000_000 * share
+}
 
 #[derive(Default)]
 pub(super) struct Renewals {
@@ -201,6 +251,35 @@ mod tests {
         renewals.schedule(&named("soon"), start + Duration::from_secs(2));
         assert_eq!(waiting.await.unwrap().as_deref(), Some("soon"));
         assert!(Instant::now() - start < Duration::from_secs(3600));
+    }
+
+    /// A thousand requests issued in the same second with a 40-minute wait before renewal: no
+    /// second holds more than a handful of their renewals, and none comes before 36 minutes.
+    #[test]
+    fn renewals_of_requests_issued_together_spread_over_a_tenth_of_the_wait() {
+        let issued = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let renew = issued + chrono::TimeDelta::minutes(40);
+        let mut per_second: HashMap<i64, u32> = HashMap::new();
+        for n in 0..1000 {
+            let uid = format!("6f1c3e2a-0000-4000-8000-{n:012}");
+            let at = spread(&uid, issued, renew);
+            assert_eq!(at, spread(&uid, issued, renew), "derived, not random");
+            assert!(
+                at <= renew && at >= renew - chrono::TimeDelta::minutes(4),
+                "{at}"
+            );
+            *per_second.entry(at.timestamp()).or_default() += 1;
+        }
+        // 1,000 over 240 seconds is 4.2 a second on average; all 1,000 in one without spread.
+        assert!(
+            per_second.len() > 200,
+            "{} distinct seconds",
+            per_second.len()
+        );
+        let busiest = per_second.values().max().copied().unwrap_or_default();
+        assert!(busiest <= 16, "{busiest} renewals in one second");
+        // No wait, no spread: a token due at issuance stays due at issuance.
+        assert_eq!(spread("any", issued, issued), issued);
     }
 
     #[test]

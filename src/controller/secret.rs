@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions},
@@ -21,7 +23,7 @@ use super::{
 };
 use crate::{
     crd::{KubeconfigRequest, SECRET_NAME_SUFFIX},
-    kubeconfig::{self, Rendered, stored},
+    kubeconfig::{self, stored},
 };
 
 /// Key of the written Secret that holds the kubeconfig unless `spec.secretKeys` says otherwise.
@@ -161,13 +163,14 @@ pub(super) async fn write(
         }
         Err(error) => return Err(error.into()),
     };
-    let desired = desired(
-        request,
-        Some(credential),
-        secret_name,
-        owner,
-        Some(rendered),
+    let data = stored::secret_data(
+        rendered,
+        request.spec.format,
+        &request.spec.secret_keys,
+        &credential.token,
+        settings.ca.current().as_deref(),
     );
+    let desired = desired(request, Some(credential), secret_name, owner, Some(data));
     let written = existing.is_none_or(|existing| !already_matches(existing, &desired));
     if written {
         match secrets
@@ -306,7 +309,7 @@ fn desired(
     credential: Option<&Credential>,
     secret_name: &str,
     owner: OwnerReference,
-    rendered: Option<Rendered>,
+    data: Option<BTreeMap<String, ByteString>>,
 ) -> Secret {
     let template = request.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
@@ -340,7 +343,7 @@ fn desired(
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: rendered.map(|rendered| stored::secret_data(rendered, &request.spec.secret_keys)),
+        data,
         ..Secret::default()
     }
 }
@@ -531,14 +534,16 @@ mod tests {
     /// The Secret `request` wants for `token`, as `write` would apply it.
     fn desired_for(request: &KubeconfigRequest, token: &str) -> Secret {
         let settings = crate::controller::fixtures::settings();
-        let rendered = kubeconfig::render(
-            &settings,
+        let token = crate::oidc::token::IdToken::from(token.to_owned());
+        let rendered = kubeconfig::render(&settings, request.spec.format, &token, None).unwrap();
+        let data = stored::secret_data(
+            rendered,
             request.spec.format,
-            &crate::oidc::token::IdToken::from(token.to_owned()),
-            None,
-        )
-        .unwrap();
-        desired(request, None, "out", owner(), Some(rendered))
+            &request.spec.secret_keys,
+            &token,
+            settings.ca.current().as_deref(),
+        );
+        desired(request, None, "out", owner(), Some(data))
     }
 
     #[test]
@@ -592,14 +597,10 @@ mod tests {
             }),
             ..crate::controller::fixtures::settings()
         };
-        let rendered = kubeconfig::render(
-            &settings,
-            Format::Exec,
-            &crate::oidc::token::IdToken::from("t.o.k".to_owned()),
-            None,
-        )
-        .unwrap();
-        let secret = desired(&exec, None, "out", owner(), Some(rendered));
+        let t = crate::oidc::token::IdToken::from("t.o.k".to_owned());
+        let rendered = kubeconfig::render(&settings, Format::Exec, &t, None).unwrap();
+        let data = stored::secret_data(rendered, Format::Exec, &exec.spec.secret_keys, &t, None);
+        let secret = desired(&exec, None, "out", owner(), Some(data));
         let text =
             String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
         assert!(

@@ -22,7 +22,7 @@ use super::{
     credential::Credential,
     kube_error,
     refusal::{Reason, Refusal},
-    secret,
+    renewals, secret,
 };
 use crate::{
     confirm::ConfirmError,
@@ -295,7 +295,11 @@ pub(super) fn reusable_token(
         return None;
     }
     let issued_at = DateTime::from_timestamp(claims.iat, 0)?;
-    let renew_at = renewal_time(&request.spec, issued_at, identity.expires_at).ok()?;
+    let renew_at = renewals::spread(
+        &request.uid()?,
+        issued_at,
+        renewal_time(&request.spec, issued_at, identity.expires_at).ok()?,
+    );
     (now < renew_at).then(|| Credential {
         token: IdToken::from(token.to_owned()),
         expires_at: identity.expires_at,
@@ -354,7 +358,7 @@ pub(super) async fn mint(
     let expires_at = DateTime::from_timestamp(status.expiration_timestamp.0.as_second(), 0)
         .unwrap_or(issued_at + Duration::from_secs(requested.unsigned_abs()));
     let renew_at = match renewal_time(&request.spec, issued_at, expires_at) {
-        Ok(at) => at,
+        Ok(at) => renewals::spread(&request.uid().ok_or(Error::NotStored)?, issued_at, at),
         Err(refusal) => return Ok(Err(refusal)),
     };
     Ok(Ok(Credential {
@@ -379,8 +383,9 @@ fn granted_seconds(requested: i64, issued_at: DateTime<Utc>, expires_at: DateTim
     }
 }
 
-/// The token already in the Secret while it is not due for renewal, or a newly minted one bound
-/// to the Secret (created empty first when it does not exist, since binding needs its uid).
+/// The token already in the Secret while it is not due for renewal and no renewal was asked for
+/// with a new value of the renew annotation, or a newly minted one bound to the Secret (created
+/// empty first when it does not exist, since binding needs its uid).
 pub(super) async fn service_account(
     request: &KubeconfigRequest,
     account: &ServiceAccountSource,
@@ -393,7 +398,19 @@ pub(super) async fn service_account(
     if let Err(refusal) = issuable_service_account(account, ctx, &namespace).await? {
         return Ok(Err(refusal));
     }
-    if let Some(secret) = ours
+    let renew_now = match renewals::renew_request(request) {
+        Ok(asked) => {
+            asked.is_some()
+                && asked
+                    != request
+                        .status
+                        .as_ref()
+                        .and_then(|status| status.last_renew_request.as_deref())
+        }
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if !renew_now
+        && let Some(secret) = ours
         && let Some(credential) = reusable_token(
             request,
             account,
@@ -417,7 +434,37 @@ pub(super) async fn service_account(
             }
         }
     };
-    mint(request, account, ctx, target, &uid).await
+    let minted = match mint(request, account, ctx, target, &uid).await? {
+        Ok(minted) => minted,
+        refused => return Ok(refused),
+    };
+    match confirm(ctx, minted).await? {
+        // A token the API server refuses right after minting it was minted for other audiences
+        // than the API server's: that is the spec's doing, and the Secret made to bind it to
+        // would stay empty, so it goes.
+        Err(refused)
+            if refused.reason == Reason::RejectedByAPIServer && !account.audiences.is_empty() =>
+        {
+            if ours.is_none_or(|secret| secret.data.as_ref().is_none_or(BTreeMap::is_empty)) {
+                secret::delete_if_ours(
+                    request,
+                    ctx,
+                    secrets,
+                    target,
+                    "its token could not be used",
+                )
+                .await?;
+            }
+            Ok(Err(Refusal::new(
+                Reason::InvalidSpec,
+                format!(
+                    "the API server does not accept the token minted for spec.serviceAccount.audiences {:?}, so a kubeconfig with it could not work: kubectl needs a token for the API server's own audience. Remove spec.serviceAccount.audiences (empty means the API server's audience), or add the API server's audience to it",
+                    account.audiences
+                ),
+            )))
+        }
+        judged => Ok(judged),
+    }
 }
 
 /// The credential with the API server's word on its token, when confirmation is on: the identity

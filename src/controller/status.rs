@@ -20,8 +20,9 @@ use super::{
     credential::Credential,
     kube_error,
     refusal::{Reason, Refusal},
+    renewals::renew_request,
 };
-use crate::crd::{KubeconfigRequest, KubeconfigRequestStatus};
+use crate::crd::{Format, KubeconfigRequest, KubeconfigRequestStatus};
 
 /// The decision for one request, after the Secret was written or the request refused.
 pub(super) enum Outcome {
@@ -71,17 +72,23 @@ impl Outcome {
         }
     }
 
-    fn message(&self) -> String {
+    fn message(&self, request_format: Format) -> String {
         match self {
             Outcome::Issued {
                 credential,
                 secret_name,
                 ..
-            } => format!(
-                "Secret {secret_name} holds a kubeconfig for {}, valid until {}",
-                credential.identity.username,
-                format_time(credential.expires_at)
-            ),
+            } => match request_format {
+                Format::Exec => format!(
+                    "Secret {secret_name} holds a kubeconfig that logs in with kubelogin, issued for {}; it holds no token and does not expire",
+                    credential.identity.username
+                ),
+                Format::Token | Format::ArgoCd | Format::TokenFile => format!(
+                    "Secret {secret_name} holds a kubeconfig for {}, valid until {}",
+                    credential.identity.username,
+                    format_time(credential.expires_at)
+                ),
+            },
             Outcome::Refused { refusal, .. } => refusal.message.clone(),
         }
     }
@@ -127,7 +134,7 @@ pub(super) async fn update(
         && request
             .ready_condition()
             .is_none_or(|c| c.status != "False" || c.reason != reason.as_str());
-    let message = outcome.message();
+    let message = outcome.message(request.spec.format);
     let mut status = KubeconfigRequestStatus {
         conditions: vec![condition(
             request,
@@ -150,11 +157,24 @@ pub(super) async fn update(
             status.groups = credential.identity.groups.clone();
             status.identity = credential.confirmed.as_deref().cloned();
             status.secret_name = Some(secret_name.clone());
-            status.expires_at = Some(format_time(credential.expires_at));
-            status.renewal_time = Some(format_time(credential.renew_at));
             status.granted_expiration_seconds = credential.granted_seconds;
+            // An exec kubeconfig holds no token: kubelogin logs in and refreshes by itself, so
+            // the ID token that proved who asked for it sets no expiry and needs no renewal.
+            let holds_token = request.spec.format != Format::Exec;
+            if holds_token {
+                status.expires_at = Some(format_time(credential.expires_at));
+                status.renewal_time = Some(format_time(credential.renew_at));
+            }
+            // A minted token was issued after any renewal the annotation asks for.
+            if credential.granted_seconds.is_some() {
+                status.last_renew_request =
+                    renew_request(request).ok().flatten().map(str::to_owned);
+            }
             // A minted token is renewed at renew_at; only an ID token can be left to expire.
-            if credential.granted_seconds.is_none() && Utc::now() >= credential.renew_at {
+            if holds_token
+                && credential.granted_seconds.is_none()
+                && Utc::now() >= credential.renew_at
+            {
                 let note = format!(
                     "the ID token expires at {}; put a fresh token into the token Secret before then",
                     format_time(credential.expires_at)
@@ -172,6 +192,7 @@ pub(super) async fn update(
         }
         Outcome::Refused { kept_secret, .. } => {
             let previous = request.status.as_ref();
+            status.last_renew_request = previous.and_then(|p| p.last_renew_request.clone());
             status.secret_name = kept_secret.clone();
             if kept_secret.is_some()
                 && previous.and_then(|p| p.secret_name.as_ref()) == kept_secret.as_ref()
@@ -183,17 +204,8 @@ pub(super) async fn update(
     // The Event for a written Secret goes out beside the status write, not before it: one round
     // trip fewer in every issuance. (A Warning still precedes the status that reports it.)
     let issued_event = async {
-        if let Outcome::Issued {
-            credential,
-            secret_name,
-            written: true,
-        } = outcome
-        {
-            let note = format!(
-                "Wrote a kubeconfig for {} to Secret {secret_name}, valid until {}",
-                credential.identity.username,
-                format_time(credential.expires_at)
-            );
+        if let Outcome::Issued { written: true, .. } = outcome {
+            let note = outcome.message(request.spec.format);
             publish(ctx, request, EventType::Normal, reason.as_str(), note).await;
         }
     };

@@ -3,6 +3,7 @@
 //! state kept for requests that are gone.
 
 use std::{
+    hash::{DefaultHasher, Hash, Hasher},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,7 +24,7 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Context, error_policy, reconcile};
+use super::{Context, error_policy, reconcile, renewals::RENEW_ANNOTATION};
 use crate::crd::KubeconfigRequest;
 
 /// How often state kept for deleted requests is swept away.
@@ -77,7 +78,7 @@ pub async fn run(
         })
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(spec_or_renew_request, Default::default());
     let controller = Controller::for_stream(request_stream, store.clone());
     ctx.metrics.requests.export(Some(store.clone()));
     let ready_store = store.clone();
@@ -161,6 +162,15 @@ pub async fn run(
 
 /// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
 /// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
+/// What a change to a request must touch to be reconciled: its spec (the generation) or the
+/// renew annotation, which asks for a new token without changing the spec.
+fn spec_or_renew_request(request: &KubeconfigRequest) -> Option<u64> {
+    let generation = predicates::generation(request)?;
+    let mut hasher = DefaultHasher::new();
+    (generation, request.annotations().get(RENEW_ANNOTATION)).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 pub(super) fn trim_for_store(request: &mut KubeconfigRequest) {
     request.managed_fields_mut().clear();
     request

@@ -24,6 +24,22 @@ pub(super) fn token_user(token: &str) -> AuthInfo {
     }
 }
 
+/// The file beside the kubeconfig that holds the token, named relative to the kubeconfig: client
+/// libraries resolve a relative `tokenFile` against the kubeconfig's own directory, so the same
+/// file works wherever the Secret is mounted, in a pod or copied to a host.
+pub const TOKEN_FILE: &str = "token";
+/// The file beside the kubeconfig that holds the API server's CA, for clients that want it alone.
+pub const CA_FILE: &str = "ca.crt";
+
+/// The user entry that reads its token from [`TOKEN_FILE`], so the kubeconfig stays the same
+/// across renewals and only the token file changes.
+pub(super) fn token_file_user() -> AuthInfo {
+    AuthInfo {
+        token_file: Some(TOKEN_FILE.to_owned()),
+        ..AuthInfo::default()
+    }
+}
+
 /// The user entry that runs kubelogin. It holds the public client's ID and the issuer's CA but
 /// no client secret and no token, so the file may be shared freely: each person who uses it logs
 /// in as themselves, and kubelogin keeps and refreshes the tokens in its own cache.
@@ -173,6 +189,46 @@ mod tests {
         let token_yaml = yaml(render(&exec_settings(), Format::Token, &token(), None).unwrap());
         let cluster_part = |yaml: &str| yaml.split("\nusers:").next().unwrap().to_owned();
         assert_eq!(cluster_part(&exec_yaml), cluster_part(&token_yaml));
+    }
+
+    /// The kubeconfig names the token file beside it and holds no token, so it is the same for
+    /// every renewal; the token and the CA are files of their own, and the token reads back.
+    #[test]
+    fn token_file_kubeconfig_stays_the_same_and_the_token_is_a_file_beside_it() {
+        let keys = [
+            crate::crd::SecretKey::Kubeconfig,
+            crate::crd::SecretKey::Value,
+        ];
+        let data = |token: &IdToken| {
+            let rendered = render(&settings(), Format::TokenFile, token, None).unwrap();
+            crate::kubeconfig::stored::secret_data(
+                rendered,
+                Format::TokenFile,
+                &keys,
+                token,
+                settings().ca.current().as_deref(),
+            )
+        };
+        let renewed = IdToken::from("renewed.payload.signature".to_owned());
+        let (first, second) = (data(&token()), data(&renewed));
+        assert_eq!(
+            first.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["ca.crt", "kubeconfig", "token", "value"]
+        );
+        assert_eq!(first["kubeconfig"], second["kubeconfig"]);
+        assert_eq!(first["value"], first["kubeconfig"]);
+        assert_eq!(first["token"].0, b"header.payload.signature");
+        assert_eq!(first["ca.crt"].0, &*settings().ca.current().unwrap());
+        let yaml = String::from_utf8(first["kubeconfig"].0.clone()).unwrap();
+        assert!(!yaml.contains("header.payload.signature"), "{yaml}");
+        let parsed = Kubeconfig::from_yaml(&yaml).unwrap();
+        let user = parsed.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.token_file.as_deref(), Some("token"));
+        assert_eq!(
+            crate::kubeconfig::stored::token(Format::TokenFile, &keys, &second).as_deref(),
+            Some("renewed.payload.signature")
+        );
+        assert!(!Format::TokenFile.downloadable());
     }
 
     #[test]

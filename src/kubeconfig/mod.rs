@@ -14,7 +14,7 @@ use crate::{config::KubeconfigSettings, crd::Format, oidc::token::IdToken};
 /// A credential in the form its consumer reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rendered {
-    /// A kubeconfig file (`token` and `exec`).
+    /// A kubeconfig file (`token`, `exec` and `tokenFile`).
     Kubeconfig(String),
     /// The data keys of an Argo CD cluster Secret (`argocd`): `name`, `server`, `config`.
     ArgoCdCluster(BTreeMap<String, String>),
@@ -35,7 +35,8 @@ pub enum Error {
 
 /// Renders `token` as `format`. `namespace` (or the configured default) becomes the context's
 /// namespace in a kubeconfig; Argo CD chooses namespaces per Application, so it ignores it. The
-/// `exec` format ignores the token: it carries no credential, and kubelogin gets its own.
+/// `exec` format ignores the token: it carries no credential, and kubelogin gets its own; so does
+/// `tokenFile`, whose kubeconfig names the file that holds it ([`stored::secret_data`] writes it).
 pub fn render(
     settings: &KubeconfigSettings,
     format: Format,
@@ -51,6 +52,7 @@ pub fn render(
             )?));
         }
         Format::Exec => formats::exec_user(settings.exec.as_ref().ok_or(Error::ExecNotConfigured)?),
+        Format::TokenFile => formats::token_file_user(),
         Format::ArgoCd => {
             return Ok(Rendered::ArgoCdCluster(formats::argocd_cluster(
                 settings,

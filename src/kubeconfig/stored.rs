@@ -6,8 +6,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 
-use super::{Rendered, formats::argocd_bearer_token};
-use crate::crd::{Format, SecretKey};
+use super::{
+    Rendered,
+    formats::{CA_FILE, TOKEN_FILE, argocd_bearer_token},
+};
+use crate::{
+    crd::{Format, SecretKey},
+    oidc::token::IdToken,
+};
 
 /// The label by which Argo CD finds its cluster Secrets.
 pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
@@ -18,22 +24,41 @@ const ARGOCD_CONFIG_KEY: &str = "config";
 pub fn consumer_label(format: Format) -> Option<(&'static str, &'static str)> {
     match format {
         Format::ArgoCd => Some((ARGOCD_SECRET_TYPE_LABEL, "cluster")),
-        Format::Token | Format::Exec => None,
+        Format::Token | Format::Exec | Format::TokenFile => None,
     }
 }
 
-/// A kubeconfig goes under each of `keys`; Argo CD's data keys are its own.
-pub fn secret_data(rendered: Rendered, keys: &[SecretKey]) -> BTreeMap<String, ByteString> {
+/// A kubeconfig goes under each of `keys`; Argo CD's data keys are its own. `tokenFile` adds the
+/// files its kubeconfig and its consumers read: the token and the CA (`ca`, when there is one).
+pub fn secret_data(
+    rendered: Rendered,
+    format: Format,
+    keys: &[SecretKey],
+    token: &IdToken,
+    ca: Option<&[u8]>,
+) -> BTreeMap<String, ByteString> {
     match rendered {
-        Rendered::Kubeconfig(yaml) => keys
-            .iter()
-            .map(|key| {
-                (
-                    key.as_str().to_owned(),
-                    ByteString(yaml.clone().into_bytes()),
-                )
-            })
-            .collect(),
+        Rendered::Kubeconfig(yaml) => {
+            let mut data: BTreeMap<String, ByteString> = keys
+                .iter()
+                .map(|key| {
+                    (
+                        key.as_str().to_owned(),
+                        ByteString(yaml.clone().into_bytes()),
+                    )
+                })
+                .collect();
+            if format == Format::TokenFile {
+                data.insert(
+                    TOKEN_FILE.to_owned(),
+                    ByteString(token.expose().as_bytes().to_vec()),
+                );
+                if let Some(ca) = ca {
+                    data.insert(CA_FILE.to_owned(), ByteString(ca.to_vec()));
+                }
+            }
+            data
+        }
         Rendered::ArgoCdCluster(data) => data
             .into_iter()
             .map(|(key, value)| (key, ByteString(value.into_bytes())))
@@ -42,8 +67,8 @@ pub fn secret_data(rendered: Rendered, keys: &[SecretKey]) -> BTreeMap<String, B
 }
 
 /// The token in Secret data that [`secret_data`] wrote for `format` and `keys`: the `config` of
-/// an Argo CD cluster Secret, or the user's token in the first kubeconfig key (`exec` holds
-/// none).
+/// an Argo CD cluster Secret, the `token` file of `tokenFile`, or the user's token in the first
+/// kubeconfig key (`exec` holds none).
 pub fn token(
     format: Format,
     keys: &[SecretKey],
@@ -52,6 +77,7 @@ pub fn token(
     let text = |key: &str| std::str::from_utf8(&data.get(key)?.0).ok();
     match format {
         Format::ArgoCd => argocd_bearer_token(text(ARGOCD_CONFIG_KEY)?),
+        Format::TokenFile => text(TOKEN_FILE).map(str::to_owned),
         Format::Token | Format::Exec => {
             let kubeconfig: serde_json::Value =
                 crate::yaml::from_str(text(keys.first()?.as_str())?).ok()?;

@@ -36,6 +36,23 @@ pub fn apply_request(cluster: &Cluster, namespace: &str, name: &str, spec: &str)
     kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
 }
 
+/// Applies a KubeconfigRequest as the holder of `token` (`kubectl --token`), so a test acts as
+/// the least-privileged tenant rather than admin.
+pub fn apply_request_as(
+    cluster: &Cluster,
+    token: &str,
+    namespace: &str,
+    name: &str,
+    spec: &str,
+) -> Result<String, String> {
+    let file = write_temp(&request_manifest(namespace, name, spec));
+    super::kubectl_as_token(
+        cluster,
+        token,
+        &["apply", "-f", file.path().to_str().unwrap()],
+    )
+}
+
 /// A KubeconfigRequest `name` reading `token` from the Secret `<name>-token` (key `token`): the
 /// usual pair, in one call.
 pub fn request_with_token(cluster: &Cluster, namespace: &str, name: &str, token: &str) {
