@@ -7,7 +7,11 @@
 //! - `http_kube_config_new_token`: `GET /kube-config` through `server::router` (as the server
 //!   runs it; body collected) with a token it has not seen, so nothing comes from a cache;
 //! - `http_kube_config_same_token`: the same with one token again and again, which the 10 s
-//!   verdict cache answers (a client downloading in a loop).
+//!   verdict cache answers (a client downloading in a loop);
+//! - `http_kube_config_same_token_100_revocations`: the same with 100 KubeconfigRevocations in
+//!   force that do not cover the token, which every answer checks (cached verdict or not): what
+//!   revocation costs a request, against `http_kube_config_same_token`, where it is the largest
+//!   share.
 //!
 //! Plain `std::time` (no criterion, so it builds fast): warm-up, then ROUNDS rounds of a fixed
 //! number of iterations; the median round gives ns/op. Nothing asserts a wall-clock number.
@@ -22,8 +26,10 @@ use std::{
 
 use axum::body::Body;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff};
 use kubeconfig_operator::{
     config::KubeconfigSettings,
+    crd::{KubeconfigRevocation, KubeconfigRevocationSpec},
     kubeconfig,
     metrics::Metrics,
     oidc::{authenticator::Authenticator, revocations::Revocations, token::IdToken},
@@ -134,12 +140,12 @@ fn main() {
     report("render", render_ns, "jsonwebtoken_decode", decode_ns);
 
     // (c) the whole handler path, with tokens it has not seen and with one token again.
-    let app = |settings: &KubeconfigSettings| {
+    let app_revoking = |settings: &KubeconfigSettings, revocations: Arc<Revocations>| {
         let metrics = Arc::new(Metrics::default());
         router(Arc::new(HttpState {
             authenticator: Arc::new(Authenticator::new(
                 Arc::clone(&verifier),
-                Revocations::none(),
+                revocations,
                 Arc::clone(&metrics),
             )),
             settings: settings.clone(),
@@ -150,6 +156,7 @@ fn main() {
             console: None,
         }))
     };
+    let app = |settings: &KubeconfigSettings| app_revoking(settings, Revocations::none());
     let get = |app: &axum::Router, token: &str| {
         let request = axum::http::Request::builder()
             .uri(KUBE_CONFIG_ROUTE)
@@ -200,5 +207,39 @@ fn main() {
         same_token_ns,
         "jsonwebtoken_decode",
         decode_ns,
+    );
+    let revoking = app_revoking(
+        &settings,
+        Revocations::fixed(
+            (0..100)
+                .map(|i| {
+                    KubeconfigRevocation::new(
+                        &format!("r{i}"),
+                        KubeconfigRevocationSpec {
+                            user: Some(format!("someone{i}@example.com")),
+                            group: None,
+                            not_before: Time(jiff::Timestamp::now()),
+                            expires_at: None,
+                            message: None,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+    );
+    let (status, _) = runtime.block_on(get(&revoking, token.expose()));
+    assert_eq!(status, 200, "the revocations do not cover the token");
+    let revoking_ns = measure(2_000, |n| {
+        runtime.block_on(async {
+            for _ in 0..n {
+                black_box(get(&revoking, token.expose()).await);
+            }
+        })
+    });
+    report(
+        "http_kube_config_same_token_100_revocations",
+        revoking_ns,
+        "http_kube_config_same_token",
+        same_token_ns,
     );
 }

@@ -49,6 +49,20 @@ impl Revocations {
         })
     }
 
+    /// These revocations, listed and in force, and nothing to follow: for benchmarks and tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn fixed(revocations: Vec<KubeconfigRevocation>) -> Arc<Self> {
+        let (store, mut writer) = reflector::store();
+        for revocation in revocations {
+            writer.apply_watcher_event(&watcher::Event::Apply(revocation));
+        }
+        Arc::new(Self {
+            store,
+            synced: AtomicBool::new(true),
+            enforced: true,
+        })
+    }
+
     /// Whether the revocations have been listed once, so that verdicts can be trusted; `/readyz`
     /// waits for it.
     pub fn is_synced(&self) -> bool {
@@ -251,17 +265,7 @@ mod tests {
 
     #[test]
     fn the_refusal_names_the_revocation_and_its_message() {
-        let (store, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Apply(revocation(
-            None,
-            Some("team-a"),
-            None,
-        )));
-        let revocations = Revocations {
-            store,
-            synced: AtomicBool::new(true),
-            enforced: true,
-        };
+        let revocations = Revocations::fixed(vec![revocation(None, Some("team-a"), None)]);
         let refusal = revocations.refusal(&identity(Some(10)), at(2_000)).unwrap();
         assert_eq!(
             refusal,
