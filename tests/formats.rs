@@ -258,11 +258,9 @@ fn the_schema_refuses_unknown_formats_and_keys_and_meaningless_combinations() {
 
 /// The exec kubeconfig names a public client, scopes and a CA with which a login at the real
 /// Dex yields a token the real kube-apiserver accepts as alice, with her groups and a refresh
-/// token. kubelogin does exactly this login (its password grant here, so no browser is needed).
-///
-/// kubelogin itself is not run: the Go module proxy this harness builds from refuses
-/// github.com/int128/kubelogin, so the login is done with curl from the kubeconfig's own
-/// arguments, and real kubectl shows that it runs the plugin the file names.
+/// token: the login kubelogin makes, done here with the password grant from the kubeconfig's own
+/// arguments; and without kubelogin on PATH, real kubectl says it runs the plugin the file
+/// names. kubelogin itself runs the file in `tests/kubelogin.rs`.
 #[test]
 fn exec_kubeconfig_logs_in_at_dex_as_a_public_client_and_kube_apiserver_accepts_it() {
     let cluster = cluster();
@@ -349,7 +347,7 @@ fn exec_kubeconfig_logs_in_at_dex_as_a_public_client_and_kube_apiserver_accepts_
     // PATH, `kubectl oidc-login` is an unknown command, and nothing else is wrong with the file.
     let file = write_temp(&response.body);
     let kubectl_dir = tempfile::tempdir().unwrap();
-    let kubectl_path = which("kubectl");
+    let kubectl_path = support::which("kubectl").expect("kubectl on PATH");
     std::os::unix::fs::symlink(&kubectl_path, kubectl_dir.path().join("kubectl")).unwrap();
     let output = Command::new(&kubectl_path)
         .args([
@@ -368,15 +366,6 @@ fn exec_kubeconfig_logs_in_at_dex_as_a_public_client_and_kube_apiserver_accepts_
     assert!(!output.status.success());
     assert!(stderr.contains("oidc-login"), "{stderr}");
     assert!(stderr.contains("exec"), "{stderr}");
-}
-
-fn which(program: &str) -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 /// The OAuth 2.0 password grant as a public client (no secret), as kubelogin's
