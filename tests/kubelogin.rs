@@ -26,6 +26,10 @@ use support::{
     which,
 };
 
+/// kubelogin listens on localhost:8000, or 18000 when that is taken (the redirect URLs Dex has
+/// registered), so at most two logins can run at once: the tests take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long one login or one refreshed `kubectl` may take before the test gives up on it.
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -122,23 +126,21 @@ fn exec_kubeconfig(
     cluster: &Cluster,
     namespace: &str,
     issuer: Issuer,
+    extra_args: &[&str],
     token: impl FnOnce() -> String,
 ) -> tempfile::NamedTempFile {
     let scopes = format!(
         "email,groups,offline_access,audience:server:client_id:{}",
         cluster.oidc_client_id
     );
-    let operator = Operator::start(
-        cluster,
-        namespace,
-        issuer,
-        &[
-            "--exec-client-id",
-            &cluster.env["OIDC_PUBLIC_CLIENT_ID"],
-            "--exec-extra-scopes",
-            &scopes,
-        ],
-    );
+    let mut args = vec![
+        "--exec-client-id",
+        &cluster.env["OIDC_PUBLIC_CLIENT_ID"],
+        "--exec-extra-scopes",
+        &scopes,
+    ];
+    args.extend_from_slice(extra_args);
+    let operator = Operator::start(cluster, namespace, issuer, &args);
     let response = http_get_kubeconfig(&operator.base_url, Some(&token()), "?format=exec");
     assert_eq!(response.status, 200, "{}", response.body);
     write_temp(&response.body)
@@ -179,10 +181,11 @@ async fn whoami_logging_in(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelogin_logs_in_through_the_browser_and_kubectl_works_as_alice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "kubelogin-browser");
     let kubeconfig = tokio::task::block_in_place(|| {
-        exec_kubeconfig(cluster, &namespace.name, Issuer::Main, || {
+        exec_kubeconfig(cluster, &namespace.name, Issuer::Main, &[], || {
             id_token(cluster, "alice")
         })
     });
@@ -206,10 +209,11 @@ async fn kubelogin_logs_in_through_the_browser_and_kubectl_works_as_alice() {
 /// no second browser: it refreshed the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelogin_refreshes_an_expired_token_without_a_new_login() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "kubelogin-refresh");
     let kubeconfig = tokio::task::block_in_place(|| {
-        exec_kubeconfig(cluster, &namespace.name, Issuer::ShortLived, || {
+        exec_kubeconfig(cluster, &namespace.name, Issuer::ShortLived, &[], || {
             id_token_short_lived(cluster, "alice")
         })
     });
@@ -231,6 +235,49 @@ async fn kubelogin_refreshes_an_expired_token_without_a_new_login() {
         cached,
         "kubelogin's cache holds the refreshed token"
     );
+}
+
+/// kubectl 1.35's credential plugin allowlist in kuberc names the exact program an exec
+/// kubeconfig runs, in the lines the download page shows. With `exec.command:
+/// kubectl-oidc_login`, allowing kubelogin alone is enough; the default kubeconfig, which runs
+/// kubectl (and so any plugin), is refused by the same kuberc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kuberc_that_allows_only_kubelogin_runs_the_plugin_kubeconfig() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = cluster();
+    let namespace = Namespace::new(cluster, "kubelogin-kuberc");
+    let alice = || id_token(cluster, "alice");
+    let (plugin, through_kubectl) = tokio::task::block_in_place(|| {
+        (
+            exec_kubeconfig(
+                cluster,
+                &namespace.name,
+                Issuer::Main,
+                &["--exec-command", "kubectl-oidc_login"],
+                alice,
+            ),
+            exec_kubeconfig(cluster, &namespace.name, Issuer::Main, &[], alice),
+        )
+    });
+    let machine = Workstation::new();
+    let kube_dir = machine.home.path().join(".kube");
+    fs::create_dir_all(&kube_dir).unwrap();
+    fs::write(
+        kube_dir.join("kuberc"),
+        "apiVersion: kubectl.config.k8s.io/v1beta1\nkind: Preference\n\
+         credentialPluginPolicy: Allowlist\ncredentialPluginAllowlist:\n- name: kubectl-oidc_login\n",
+    )
+    .unwrap();
+    let refused = finished(machine.whoami(through_kubectl.path(), &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("is not permitted by the credential plugin allowlist"),
+        "{refused}"
+    );
+    assert!(machine.opened().is_empty(), "kubectl ran nothing");
+    let who = whoami_logging_in(cluster, &machine, plugin.path(), &[]).await;
+    assert_eq!(who, cluster.alice_username);
 }
 
 /// kubelogin's token cache (`~/.kube/cache/oidc-login`), file by file.

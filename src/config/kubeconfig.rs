@@ -56,6 +56,45 @@ pub struct ExecSection {
         value_delimiter = ','
     )]
     pub extra_scopes: Option<Vec<String>>,
+    /// Program exec kubeconfigs run: kubectl, with kubelogin as its plugin oidc-login; or kubectl-oidc_login, kubelogin itself, so that a kuberc credentialPluginAllowlist can allow kubelogin without allowing kubectl, which runs any plugin [file: exec.command; default kubectl].
+    #[arg(
+        id = "exec-command",
+        long = "exec-command",
+        env = "KUBECONFIG_OPERATOR_EXEC_COMMAND",
+        value_enum
+    )]
+    pub command: Option<ExecCommand>,
+}
+
+/// The program an `exec` kubeconfig names; its name is the command itself.
+#[derive(
+    Debug,
+    Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    Deserialize,
+    Serialize,
+    strum::IntoStaticStr,
+)]
+pub enum ExecCommand {
+    #[default]
+    #[serde(rename = "kubectl")]
+    #[value(name = "kubectl")]
+    #[strum(serialize = "kubectl")]
+    Kubectl,
+    #[serde(rename = "kubectl-oidc_login")]
+    #[value(name = "kubectl-oidc_login")]
+    #[strum(serialize = "kubectl-oidc_login")]
+    KubectlOidcLogin,
+}
+
+impl ExecCommand {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// What goes into every issued kubeconfig besides the user's token.
@@ -87,6 +126,7 @@ pub struct ExecSettings {
     /// The issuer's CA (`oidc.caFile`), read at start-up and put into the kubeconfig as data, so
     /// the file works on machines that do not have it.
     pub issuer_ca_pem: Option<Vec<u8>>,
+    pub command: ExecCommand,
 }
 
 #[cfg(any(test, feature = "testing"))]
@@ -167,6 +207,7 @@ impl ExecSection {
             client_id,
             extra_scopes,
             issuer_ca_pem,
+            command: self.command.unwrap_or_default(),
         }))
     }
 }

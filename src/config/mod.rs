@@ -27,7 +27,9 @@ pub use controller::{
     PodEnvironment,
 };
 pub use http::{HttpConfig, HttpSection};
-pub use kubeconfig::{ExecSection, ExecSettings, KubeconfigSection, KubeconfigSettings};
+pub use kubeconfig::{
+    ExecCommand, ExecSection, ExecSettings, KubeconfigSection, KubeconfigSettings,
+};
 pub use oidc::{OidcConfig, OidcSection, OidcSettings, Strictness};
 pub use proxy::{ProxyConfig, ProxySection};
 
@@ -422,6 +424,7 @@ mod tests {
                 client_id: "kubelogin".into(),
                 extra_scopes: vec!["email".into(), "groups".into(), "offline_access".into()],
                 issuer_ca_pem: Some(std::fs::read(&ca).unwrap()),
+                command: ExecCommand::Kubectl,
             }
         );
 
@@ -433,6 +436,7 @@ mod tests {
                     "--exec-extra-scopes",
                     Some("groups,audience:server:client_id:x".into()),
                 ),
+                ("--exec-command", Some("kubectl-oidc_login".into())),
             ],
         );
         let exec = resolve(Settings::default(), &args)
@@ -443,6 +447,7 @@ mod tests {
         assert_eq!(exec.client_id, "from-flag");
         assert_eq!(exec.extra_scopes, ["groups", "audience:server:client_id:x"]);
         assert_eq!(exec.issuer_ca_pem, None);
+        assert_eq!(exec.command, ExecCommand::KubectlOidcLogin);
     }
 
     #[test]

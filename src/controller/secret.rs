@@ -594,6 +594,7 @@ mod tests {
                 client_id: "kubelogin".into(),
                 extra_scopes: vec![],
                 issuer_ca_pem: None,
+                command: crate::config::ExecCommand::Kubectl,
             }),
             ..crate::controller::fixtures::settings()
         };

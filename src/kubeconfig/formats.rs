@@ -7,10 +7,8 @@ use base64::Engine as _;
 use kube::config::{AuthInfo, ExecConfig, ExecInteractiveMode};
 use serde::Serialize;
 
-use crate::config::{ExecSettings, KubeconfigSettings};
+use crate::config::{ExecCommand, ExecSettings, KubeconfigSettings};
 
-/// kubectl runs `kubectl oidc-login`, which it finds on PATH as the `kubectl-oidc_login` plugin.
-const EXEC_COMMAND: &str = "kubectl";
 /// The credential plugin API kubectl has spoken since 1.22; v1 requires `interactiveMode`.
 const EXEC_API_VERSION: &str = "client.authentication.k8s.io/v1";
 /// What kubectl prints when the plugin is missing, instead of a bare "executable not found".
@@ -44,12 +42,18 @@ pub(super) fn token_file_user() -> AuthInfo {
 /// no client secret and no token, so the file may be shared freely: each person who uses it logs
 /// in as themselves, and kubelogin keeps and refreshes the tokens in its own cache.
 pub(super) fn exec_user(exec: &ExecSettings) -> AuthInfo {
-    let mut args = vec![
-        "oidc-login".to_owned(),
+    // kubectl runs `kubectl oidc-login`, which it finds on PATH as the `kubectl-oidc_login`
+    // plugin; the plugin itself takes its subcommand directly.
+    let plugin = match exec.command {
+        ExecCommand::Kubectl => Some("oidc-login".to_owned()),
+        ExecCommand::KubectlOidcLogin => None,
+    };
+    let mut args: Vec<String> = plugin.into_iter().collect();
+    args.extend([
         "get-token".to_owned(),
         format!("--oidc-issuer-url={}", exec.issuer),
         format!("--oidc-client-id={}", exec.client_id),
-    ];
+    ]);
     args.extend(
         exec.extra_scopes
             .iter()
@@ -64,7 +68,7 @@ pub(super) fn exec_user(exec: &ExecSettings) -> AuthInfo {
     AuthInfo {
         exec: Some(ExecConfig {
             api_version: Some(EXEC_API_VERSION.to_owned()),
-            command: Some(EXEC_COMMAND.to_owned()),
+            command: Some(exec.command.as_str().to_owned()),
             args: Some(args),
             install_hint: Some(INSTALL_HINT.to_owned()),
             interactive_mode: Some(ExecInteractiveMode::IfAvailable),
@@ -143,6 +147,7 @@ mod tests {
                 client_id: "kubelogin".into(),
                 extra_scopes: vec!["email".into(), "groups".into(), "offline_access".into()],
                 issuer_ca_pem: Some(b"issuer CA PEM".to_vec()),
+                command: ExecCommand::Kubectl,
             }),
             ..settings()
         }
@@ -184,6 +189,18 @@ mod tests {
                 "--oidc-extra-scope=offline_access".to_owned(),
                 format!("--certificate-authority-data={ca}"),
             ]
+        );
+        // Run as the plugin itself: the same arguments without kubectl's plugin name.
+        let mut plugin_settings = exec_settings();
+        plugin_settings.exec.as_mut().unwrap().command = ExecCommand::KubectlOidcLogin;
+        let plugin_yaml = yaml(render(&plugin_settings, Format::Exec, &token(), None).unwrap());
+        let parsed = Kubeconfig::from_yaml(&plugin_yaml).unwrap();
+        let plugin = parsed.auth_infos[0].auth_info.as_ref().unwrap();
+        let plugin = plugin.exec.as_ref().unwrap();
+        assert_eq!(plugin.command.as_deref(), Some("kubectl-oidc_login"));
+        assert_eq!(
+            plugin.args.as_deref().unwrap(),
+            &exec.args.as_deref().unwrap()[1..]
         );
         // The cluster half is the token format's: same server, CA, context and names.
         let token_yaml = yaml(render(&exec_settings(), Format::Token, &token(), None).unwrap());

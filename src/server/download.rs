@@ -277,6 +277,7 @@ mod tests {
             client_id: "kubelogin".into(),
             extra_scopes: vec!["groups".into()],
             issuer_ca_pem: None,
+            command: crate::config::ExecCommand::Kubectl,
         });
         let with_exec = Arc::new(with_exec);
         for query in ["", "?format=token"] {

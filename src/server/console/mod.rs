@@ -44,7 +44,7 @@ use super::{
     limits,
 };
 use crate::{
-    config::{CALLBACK_ROUTE, ConsoleConfig, KubeconfigSettings, OidcConfig},
+    config::{CALLBACK_ROUTE, ConsoleConfig, ExecCommand, KubeconfigSettings, OidcConfig},
     confirm::{ConfirmError, Confirmer},
     crd::{Format, KubeconfigRequest, KubeconfigRequestSpec},
     oidc::jwks::IssuerError,
@@ -241,6 +241,11 @@ async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
             );
         }
     };
+    let exec_allowlist = console
+        .settings
+        .exec
+        .as_ref()
+        .and_then(|exec| kuberc_allowlist(exec.command).ok());
     let viewer = page::Viewer {
         name: claims.name.as_deref(),
         username: &identity.username,
@@ -253,7 +258,7 @@ async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Respon
         secret_command: &secret_command(&file_name),
         request_yaml: &request_yaml,
         csrf: &session.csrf,
-        exec: console.settings.exec.is_some(),
+        exec_allowlist: exec_allowlist.as_deref(),
     };
     Html(page::logged_in(&viewer, &offers, Utc::now()).into_string()).into_response()
 }
@@ -274,6 +279,17 @@ fn request_yaml(username: &str) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     let request = KubeconfigRequest::new(REQUEST_NAME, spec);
     crate::yaml::to_string(&request).map_err(|e| e.to_string())
+}
+
+/// The kuberc lines (kubectl 1.35 and later) that let kubectl run the exec kubeconfig's program
+/// when it runs only the credential plugins it allows. `name` is the field kubectl 1.35 knows;
+/// later versions accept it too.
+fn kuberc_allowlist(command: ExecCommand) -> Result<String, String> {
+    crate::yaml::to_string(&serde_json::json!({
+        "credentialPluginPolicy": "Allowlist",
+        "credentialPluginAllowlist": [{ "name": command.as_str() }],
+    }))
+    .map_err(|e| e.to_string())
 }
 
 async fn login(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {

@@ -55,8 +55,9 @@ pub(super) struct Offers<'a> {
     pub secret_command: &'a str,
     pub request_yaml: &'a str,
     pub csrf: &'a str,
-    /// Whether the owner configured a public client for exec (kubelogin) kubeconfigs.
-    pub exec: bool,
+    /// With a public client for exec (kubelogin) kubeconfigs: the kuberc lines that allow the
+    /// program they run.
+    pub exec_allowlist: Option<&'a str>,
 }
 
 pub(super) fn logged_in(viewer: &Viewer<'_>, offers: &Offers<'_>, now: DateTime<Utc>) -> Markup {
@@ -92,13 +93,22 @@ pub(super) fn logged_in(viewer: &Viewer<'_>, offers: &Offers<'_>, now: DateTime<
                             "Download " (offers.file_name) " (holds your token)"
                         }
                     }
-                    @if offers.exec {
+                    @if offers.exec_allowlist.is_some() {
                         li {
                             a #download-exec href={ (DOWNLOAD_ROUTE) "?format=exec" } {
                                 "Download a kubeconfig that logs in with kubelogin (holds no token)"
                             }
                         }
                     }
+                }
+                @if let Some(allowlist) = offers.exec_allowlist {
+                    p {
+                        "If your kubectl runs only the credential plugins it allows (kuberc "
+                        code { "credentialPluginPolicy: Allowlist" }
+                        "), the kubelogin kubeconfig needs these lines in "
+                        code { "~/.kube/kuberc" } ":"
+                    }
+                    pre { code #kuberc-allowlist { (allowlist) } }
                 }
             }
             section aria-labelledby="secret" {

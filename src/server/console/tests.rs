@@ -19,6 +19,7 @@ use super::{
     session::{CookiePolicy, Kind, LoginCookie, Session, tests::sent_back},
 };
 use crate::{
+    config::ExecCommand,
     confirm::Confirmer,
     controller::fixtures::settings,
     metrics::Metrics,
@@ -473,4 +474,19 @@ async fn over_tls_the_cookies_are_secure_and_host_prefixed() {
         "{removal:?}"
     );
     assert!(text(response).await.contains("state mismatch"));
+}
+
+/// The page's kuberc lines name the exact program the exec kubeconfig runs, in the field kubectl
+/// 1.35 reads (tests/kubelogin.rs shows kubectl 1.37 running kubelogin with them).
+#[test]
+fn the_kuberc_allowlist_names_the_exec_program() {
+    for command in [ExecCommand::Kubectl, ExecCommand::KubectlOidcLogin] {
+        let lines = super::kuberc_allowlist(command).unwrap();
+        let kuberc: serde_json::Value = crate::yaml::from_str(&lines).unwrap();
+        assert_eq!(kuberc["credentialPluginPolicy"], "Allowlist");
+        assert_eq!(
+            kuberc["credentialPluginAllowlist"],
+            serde_json::json!([{ "name": command.as_str() }])
+        );
+    }
 }
