@@ -70,6 +70,11 @@ struct Proxied {
 
 impl Proxied {
     fn start(cluster: &Cluster, namespace: &str) -> Self {
+        Self::start_with(cluster, namespace, &[])
+    }
+
+    /// As [`Proxied::start`], with further `run` flags.
+    fn start_with(cluster: &Cluster, namespace: &str, flags: &[&str]) -> Self {
         let proxy_token = proxy_token(cluster).to_owned();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -92,13 +97,10 @@ impl Proxied {
         let token_file = file("token", &proxy_token);
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let url = format!("https://{address}");
-        let operator = Operator::start(
-            cluster,
-            namespace,
-            Issuer::Main,
-            &[
+        let proxy_listen = address.to_string();
+        let mut args = vec![
                 "--proxy-listen",
-                &address.to_string(),
+                &proxy_listen,
                 "--proxy-tls-cert-file",
                 &cert_file,
                 "--proxy-tls-key-file",
@@ -109,8 +111,9 @@ impl Proxied {
                 &ca_file,
                 "--proxy-token-file",
                 &token_file,
-            ],
-        );
+            ];
+        args.extend_from_slice(flags);
+        let operator = Operator::start(cluster, namespace, Issuer::Main, &args);
         Proxied {
             operator,
             address,
@@ -143,6 +146,31 @@ impl Proxied {
         .with_root_certificates(roots)
         .with_no_client_auth();
         TlsConnector::from(Arc::new(config))
+    }
+
+    /// Opens a TLS connection, sends `request` and reads the answer's head, leaving the
+    /// connection open (a watch goes on streaming).
+    async fn open(
+        &self,
+        request: &str,
+    ) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
+        let tcp = TcpStream::connect(self.address).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = self.tls().connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            while !head.ends_with(b"\r\n\r\n") {
+                if tls.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer within 20 s: {head:?}");
+        (tls, String::from_utf8_lossy(&head).into_owned())
     }
 
     /// Sends `request` as written (header names in any case, duplicates as given) over TLS and
@@ -601,6 +629,92 @@ fn smuggled_identity_headers_gain_nothing() {
         asterisk.starts_with("HTTP/1.1 400 ") && asterisk.contains("asterisk"),
         "{asterisk}"
     );
+}
+
+/// bob holds every request the proxy lets one user have: watches, which never end. The pool
+/// (8 connections) would hold more of his, but each beyond his share gets 429 with Retry-After
+/// and its connection closes, so alice, from the same address, is still served. Before the
+/// per-user cap, bob's eight watches took the whole pool and alice waited for a slot.
+#[test]
+fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-fair-share");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "bob-configmaps",
+            "--role=configmaps",
+            &format!("--user={}", cluster.bob_username),
+            "-n",
+            n,
+        ],
+    );
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        &[
+            "--proxy-max-connections",
+            "8",
+            "--proxy-max-requests-per-user",
+            "3",
+        ],
+    );
+    let bob = id_token(cluster, "bob");
+    let watch = format!(
+        "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bob}\r\n\r\n",
+        proxied.address
+    );
+    let runtime = runtime();
+    let (held, refused) = runtime.block_on(async {
+        let mut held = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..8 {
+            let (mut stream, head) = proxied.open(&watch).await;
+            if head.starts_with("HTTP/1.1 200 ") {
+                held.push(stream);
+                continue;
+            }
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(
+                Duration::from_secs(20),
+                stream.read_to_end(&mut rest),
+            )
+            .await
+            .is_ok();
+            refused.push((head, String::from_utf8_lossy(&rest).into_owned(), closed));
+        }
+        (held, refused)
+    });
+    assert_eq!(held.len(), 3, "bob's watches: {refused:?}");
+    assert_eq!(refused.len(), 5);
+    for (head, body, closed) in &refused {
+        assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 10\r\n"),
+            "{head}"
+        );
+        assert!(body.contains("TooManyRequests"), "{body}");
+        assert!(closed, "a refused connection stays open and holds its slot");
+    }
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let listed = kubectl_with(&alice, &["get", "configmaps", "-n", n, "-o", "name"]);
+    assert!(listed.is_ok(), "{listed:?}");
+    assert!(
+        proxied
+            .operator
+            .metrics()
+            .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="429"} 5"#)
+    );
+    // bob's share comes back once his watches end.
+    drop(held);
+    support::eventually(Duration::from_secs(10), "bob may watch again", || {
+        let (_stream, head) = runtime.block_on(proxied.open(&watch));
+        head.starts_with("HTTP/1.1 200 ")
+    });
 }
 
 #[test]

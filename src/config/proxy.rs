@@ -81,6 +81,20 @@ pub struct ProxySection {
         env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS"
     )]
     pub max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) may hold at once; the next gets 429 with Retry-After [file: proxy.maxConnectionsPerClient; default 256].
+    #[arg(
+        id = "proxy-max-connections-per-client",
+        long = "proxy-max-connections-per-client",
+        env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS_PER_CLIENT"
+    )]
+    pub max_connections_per_client: Option<usize>,
+    /// Requests one verified user may have in flight at once, watches and upgraded streams included; the next gets 429 with Retry-After [file: proxy.maxRequestsPerUser; default 128].
+    #[arg(
+        id = "proxy-max-requests-per-user",
+        long = "proxy-max-requests-per-user",
+        env = "KUBECONFIG_OPERATOR_PROXY_MAX_REQUESTS_PER_USER"
+    )]
+    pub max_requests_per_user: Option<usize>,
     /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed; kubelet's default [file: proxy.streamIdleTimeoutSeconds; default 14400].
     #[arg(
         id = "proxy-stream-idle-timeout-seconds",
@@ -102,6 +116,8 @@ pub struct ProxyConfig {
     /// The proxy's own bearer token, re-read while running.
     pub token_file: PathBuf,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_requests_per_user: usize,
     pub stream_idle_timeout: Duration,
 }
 
@@ -169,6 +185,16 @@ impl ProxySection {
         })?;
         let max_connections =
             positive("proxy.maxConnections", self.max_connections.unwrap_or(1024))?;
+        // Below the global pool by default, so that neither one address nor one user can take
+        // every slot: four of either leave the rest of the pool to the others.
+        let max_connections_per_client = positive(
+            "proxy.maxConnectionsPerClient",
+            self.max_connections_per_client.unwrap_or(256),
+        )?;
+        let max_requests_per_user = positive(
+            "proxy.maxRequestsPerUser",
+            self.max_requests_per_user.unwrap_or(128),
+        )?;
         let idle = positive(
             "proxy.streamIdleTimeoutSeconds",
             self.stream_idle_timeout_seconds
@@ -188,6 +214,8 @@ impl ProxySection {
                 upstream_ca_pem,
                 token_file,
                 max_connections,
+                max_connections_per_client,
+                max_requests_per_user,
                 stream_idle_timeout: Duration::from_secs(idle),
             }),
         ))

@@ -10,15 +10,18 @@
 //! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
 //!    a bearer token among the WebSocket subprotocols is removed;
 //! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`) are
-//!    added for the verified identity.
+//!    added for the verified identity;
+//! 6. the request takes one of its user's slots (`proxy.maxRequestsPerUser`), held until its
+//!    answer or stream ends; a user holding them all gets 429 with `Retry-After`.
 //!
 //! The API server then authorizes the request as the user, and its answer (including its own
 //! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
 //! attach, port-forward, WebSocket watches) take the same steps, then go over a fresh connection
 //! (see [`upgrade`]). There is no request timeout on this listener: a watch or an exec session
-//! lasts as long as it is used. The bounds are the listener's (connections at once, idle
-//! keep-alive connections closed after [`super::HEADER_READ_TIMEOUT`]) and, for upgraded
-//! streams, a slot per stream and an idle timeout.
+//! lasts as long as it is used. The bounds are the listener's (connections at once, in all and
+//! per client address; handshakes and request heads within [`HANDSHAKE_TIMEOUT`] and
+//! [`HEADER_READ_TIMEOUT`]), the user's slots, and, for upgraded streams, a slot per stream and an
+//! idle timeout.
 
 mod headers;
 mod upgrade;
@@ -30,6 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http_body_util::BodyExt as _;
 use axum::{
     Router,
     body::Body,
@@ -42,7 +46,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Authenticated, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, ServeError,
+    Authenticated, DRAIN_TIMEOUT, RETRY_AFTER_SECONDS, ServeError,
+    limits::{Slot, SlotsPerKey},
     listener::{self, ConnectionLimits},
 };
 use crate::{
@@ -51,6 +56,14 @@ use crate::{
     oidc::authenticator::Authenticator,
 };
 use upstream::{Credential, Upstream};
+
+/// How long a client may take over its TLS handshake. Shorter than the main listener's: each
+/// handshake in progress holds a connection slot, and a client that means to use the proxy
+/// finishes in milliseconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client may take to send a complete request head, the first on a connection or the
+/// next on a kept-alive one: a connection that asks for nothing gives its slot back this soon.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every proxied request shares.
 struct Proxy {
@@ -61,6 +74,9 @@ struct Proxy {
     /// One permit per open upgraded stream; an upgraded connection has left the listener's
     /// count, so this keeps streams bounded too.
     streams: Arc<Semaphore>,
+    /// Requests in flight per verified user, watches and streams included, so that one tenant
+    /// cannot hold every connection the listener serves.
+    per_user: Arc<SlotsPerKey<String>>,
     stream_idle_timeout: Duration,
 }
 
@@ -92,6 +108,7 @@ impl BoundProxy {
             upstream,
             credential,
             streams: Arc::new(Semaphore::new(max_connections)),
+            per_user: SlotsPerKey::new(config.max_requests_per_user),
             stream_idle_timeout: config.stream_idle_timeout,
         });
         Ok(Self {
@@ -99,6 +116,8 @@ impl BoundProxy {
             tls,
             limits: ConnectionLimits {
                 max_connections,
+                max_connections_per_client: config.max_connections_per_client,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
                 header_read_timeout: HEADER_READ_TIMEOUT,
                 drain_timeout: DRAIN_TIMEOUT,
             },
@@ -207,23 +226,44 @@ async fn handle(
             refusal(StatusCode::FORBIDDEN, "Forbidden", &problem.to_string()),
         );
     }
+    // 6. Within the user's share.
+    let Some(slot) = proxy.per_user.try_take(identity.username) else {
+        let mut refused = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "this user has as many requests and streams open through the proxy as one user may; close some or try again later",
+        );
+        let headers = refused.headers_mut();
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+        // The connection goes too: kept alive, it would hold a slot of the listener's pool.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (user, refused);
+    };
     let response = match upgrade {
         Some(upgrade) => match Arc::clone(&proxy.streams).try_acquire_owned() {
-            Ok(permit) => upgrade::forward(proxy, parts, upgrade, permit).await,
+            Ok(permit) => upgrade::forward(proxy, parts, upgrade, (permit, slot)).await,
             Err(_) => refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 "the proxy has as many open streams as it serves; try again later",
             ),
         },
-        None => plain(proxy, parts, body).await,
+        None => plain(proxy, parts, body, slot).await,
     };
     (user, response)
 }
 
 /// Any request but an upgrade, over the pooled connections; the answer streams back as it
-/// arrives.
-async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
+/// arrives, holding the user's `slot` until it ends (a watch: until it is closed).
+async fn plain(
+    proxy: &Proxy,
+    mut parts: Parts,
+    body: Body,
+    slot: Slot<String>,
+) -> Response<Body> {
     parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
@@ -243,6 +283,10 @@ async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
                 .observe(started.elapsed().as_secs_f64());
             let (mut head, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut head.headers);
+            let body = body.map_frame(move |frame| {
+                let _held = &slot;
+                frame
+            });
             Response::from_parts(head, Body::new(body))
         }
         Err(problem) => {
