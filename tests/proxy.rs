@@ -881,6 +881,51 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
     });
 }
 
+/// Browsers cannot set `Authorization` on a WebSocket, so clients such as Headlamp send the token
+/// as a subprotocol, which kube-apiserver accepts. Through the proxy: alice's watch is upgraded,
+/// bob's token the same way is judged as bob (403 naming him), and a token subprotocol with no
+/// other beside it is refused with 401, as the API server refuses it.
+#[test]
+fn a_bearer_token_in_the_websocket_subprotocol_is_accepted_as_the_api_server_accepts_it() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-ws-subprotocol");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let proxied = Proxied::start(cluster, n);
+    let encode = |token: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    let upgrade = |token: &str, protocols: &str| {
+        format!(
+            "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{}{protocols}\r\n\r\n",
+            proxied.address,
+            encode(token)
+        )
+    };
+    let runtime = runtime();
+    let alice = id_token(cluster, "alice");
+    let (_socket, head) = runtime.block_on(proxied.open(&upgrade(&alice, ", base64.binary.k8s.io")));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: base64.binary.k8s.io\r\n"),
+        "the API server answers with the protocol left after the token's: {head}"
+    );
+
+    let bob = id_token(cluster, "bob");
+    let refused = proxied.raw(
+        upgrade(&bob, ", base64.binary.k8s.io").as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
+    assert!(
+        refused.contains(&format!("User \\\"{}\\\" cannot watch", cluster.bob_username)),
+        "{refused}"
+    );
+
+    let alone = proxied.raw(upgrade(&alice, "").as_bytes(), Duration::from_secs(5));
+    assert!(alone.starts_with("HTTP/1.1 401 "), "{alone}");
+    assert!(alone.contains("needs another subprotocol"), "{alone}");
+}
+
 /// The harness has no kubelet, so no exec or port-forward session can open. What it can show is
 /// who the API server authorizes the upgrade as: bob, who may read the pod but not exec into it,
 /// gets the API server's 403 naming him; alice, who may, gets past authorization to the API

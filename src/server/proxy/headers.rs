@@ -89,6 +89,78 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// browsers, which cannot set `Authorization` on a WebSocket).
 const SUBPROTOCOL_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
+/// Go's `base64.RawURLEncoding`, which kube-apiserver decodes the subprotocol token with: no
+/// padding, and bits after the last full byte ignored rather than refused.
+const RAW_URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Why a bearer token among the WebSocket subprotocols cannot be used; kube-apiserver refuses
+/// the same requests (its `websocket.ProtocolAuthenticator`), with 401.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(super) enum SubprotocolTokenError {
+    #[error("more than one base64url.bearer.authorization.k8s.io subprotocol was sent; send one")]
+    Several,
+    #[error(
+        "the base64url.bearer.authorization.k8s.io subprotocol does not hold a base64url token (unpadded) that is UTF-8"
+    )]
+    Encoding,
+    #[error(
+        "a base64url.bearer.authorization.k8s.io subprotocol needs another subprotocol beside it, for the server to answer with"
+    )]
+    NoOtherProtocol,
+}
+
+/// The `Authorization` value for the bearer token a WebSocket upgrade carries among its
+/// subprotocols, read as kube-apiserver reads it: every `Sec-WebSocket-Protocol` header, values
+/// split at commas and trimmed; one token protocol at most, base64url without padding, UTF-8,
+/// and another protocol beside it. `Ok(None)` when there is none (or it decodes to nothing).
+/// The protocol itself is removed later, with the client's other credentials
+/// ([`set_credential`]).
+pub(super) fn subprotocol_bearer(
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, SubprotocolTokenError> {
+    let mut token = None;
+    let mut others = 0;
+    for protocol in websocket_protocols(headers) {
+        let Some(encoded) = protocol.strip_prefix(SUBPROTOCOL_BEARER_PREFIX) else {
+            others += 1;
+            continue;
+        };
+        if token.is_some() {
+            return Err(SubprotocolTokenError::Several);
+        }
+        let decoded =
+            base64::Engine::decode(&RAW_URL, encoded).map_err(|_| SubprotocolTokenError::Encoding)?;
+        token = Some(String::from_utf8(decoded).map_err(|_| SubprotocolTokenError::Encoding)?);
+    }
+    let Some(token) = token.filter(|token| !token.is_empty()) else {
+        return Ok(None);
+    };
+    if others == 0 {
+        return Err(SubprotocolTokenError::NoOtherProtocol);
+    }
+    // A token no header can carry is no token the API server could verify either.
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map(Some)
+        .map_err(|_| SubprotocolTokenError::Encoding)
+}
+
+/// The subprotocols of every `Sec-WebSocket-Protocol` header, in order (RFC 6455 11.3.4: several
+/// headers are one list).
+fn websocket_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+}
+
 /// Says who the client is, for the API server's audit log (`sourceIPs` reads `X-Forwarded-For`,
 /// then `X-Real-Ip`): the address the connection came from, replacing whatever the client
 /// claimed, since the proxy is where requests enter.
@@ -109,13 +181,8 @@ pub(super) fn set_forwarded_for(headers: &mut HeaderMap, client: Option<IpAddr>)
 pub(super) fn set_credential(headers: &mut HeaderMap, credential: HeaderValue) {
     headers.remove(header::AUTHORIZATION);
     headers.insert(header::AUTHORIZATION, credential);
-    let protocols: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|protocol| !protocol.is_empty() && !protocol.starts_with(SUBPROTOCOL_BEARER_PREFIX))
+    let protocols: Vec<String> = websocket_protocols(headers)
+        .filter(|protocol| !protocol.starts_with(SUBPROTOCOL_BEARER_PREFIX))
         .map(str::to_owned)
         .collect();
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
@@ -291,6 +358,54 @@ mod tests {
         )]);
         set_credential(&mut map, HeaderValue::from_static("Bearer proxy"));
         assert!(!map.contains_key("sec-websocket-protocol"));
+    }
+
+    #[test]
+    fn a_subprotocol_bearer_token_is_read_as_kube_apiserver_reads_it() {
+        let bearer = |protocols: &[&str]| {
+            let pairs: Vec<_> = protocols
+                .iter()
+                .map(|value| ("sec-websocket-protocol", *value))
+                .collect();
+            subprotocol_bearer(&headers(&pairs))
+        };
+        // "YWxpY2U" is "alice" unpadded; "YWxpY2V" has trailing bits set, which Go ignores.
+        for sent in [
+            &["base64url.bearer.authorization.k8s.io.YWxpY2U, v4.channel.k8s.io"][..],
+            &["v4.channel.k8s.io", "base64url.bearer.authorization.k8s.io.YWxpY2U"],
+            &[" base64url.bearer.authorization.k8s.io.YWxpY2V ,x"],
+        ] {
+            assert_eq!(
+                bearer(sent).unwrap().unwrap(),
+                "Bearer alice",
+                "{sent:?}"
+            );
+        }
+        assert_eq!(bearer(&["v4.channel.k8s.io"]), Ok(None));
+        assert_eq!(
+            bearer(&["base64url.bearer.authorization.k8s.io., v4.channel.k8s.io"]),
+            Ok(None)
+        );
+        assert_eq!(
+            bearer(&["base64url.bearer.authorization.k8s.io.YWxpY2U"]),
+            Err(SubprotocolTokenError::NoOtherProtocol)
+        );
+        assert_eq!(
+            bearer(&[
+                "base64url.bearer.authorization.k8s.io.YWxpY2U, x",
+                "base64url.bearer.authorization.k8s.io.Ym9i"
+            ]),
+            Err(SubprotocolTokenError::Several)
+        );
+        for encoding in ["YWxpY2U=", "YWxp+2U", "_w", "AA"] {
+            assert_eq!(
+                bearer(&[&format!(
+                    "base64url.bearer.authorization.k8s.io.{encoding}, x"
+                )]),
+                Err(SubprotocolTokenError::Encoding),
+                "{encoding}"
+            );
+        }
     }
 
     #[test]

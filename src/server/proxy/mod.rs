@@ -4,7 +4,8 @@
 //!
 //! Every request, in this order ([`handle`] reads as the list):
 //! 1. the bearer token is verified with the same extractor as `/kube-config` (401 with the
-//!    reason, or 503 if the issuer is unreachable);
+//!    reason, or 503 if the issuer is unreachable); a WebSocket upgrade without `Authorization`
+//!    may carry it as a subprotocol instead, as kube-apiserver allows for browsers;
 //! 2. a request carrying `Impersonate-*` headers of its own gets 403;
 //! 3. hop-by-hop headers and every header named in `Connection` are dropped;
 //! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
@@ -178,6 +179,25 @@ async fn handle(
     client: Option<IpAddr>,
 ) -> (Option<String>, Response<Body>) {
     // 1. Who is asking.
+    if upgrade
+        .as_ref()
+        .is_some_and(|upgrade| upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+    {
+        match headers::subprotocol_bearer(&parts.headers) {
+            Ok(Some(bearer)) => {
+                parts.headers.insert(header::AUTHORIZATION, bearer);
+            }
+            Ok(None) => {}
+            Err(problem) => {
+                let message = problem.to_string();
+                return (
+                    None,
+                    refusal(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
+                );
+            }
+        }
+    }
     let identity = match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
         Ok(authenticated) => authenticated.identity,
         Err(refused) => return (None, refused),
