@@ -70,11 +70,11 @@ struct Proxied {
 
 impl Proxied {
     fn start(cluster: &Cluster, namespace: &str) -> Self {
-        Self::start_with(cluster, namespace, &[])
+        Self::start_with(cluster, namespace, Issuer::Main, &[])
     }
 
-    /// As [`Proxied::start`], with further `run` flags.
-    fn start_with(cluster: &Cluster, namespace: &str, flags: &[&str]) -> Self {
+    /// As [`Proxied::start`], for `issuer`'s tokens and with further `run` flags.
+    fn start_with(cluster: &Cluster, namespace: &str, issuer: Issuer, flags: &[&str]) -> Self {
         let proxy_token = proxy_token(cluster).to_owned();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -113,7 +113,7 @@ impl Proxied {
                 &token_file,
             ];
         args.extend_from_slice(flags);
-        let operator = Operator::start(cluster, namespace, Issuer::Main, &args);
+        let operator = Operator::start(cluster, namespace, issuer, &args);
         Proxied {
             operator,
             address,
@@ -656,6 +656,7 @@ fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
     let proxied = Proxied::start_with(
         cluster,
         n,
+        Issuer::Main,
         &[
             "--proxy-max-connections",
             "8",
@@ -735,9 +736,17 @@ fn the_proxys_service_account_may_only_impersonate() {
     for allowed in [&["impersonate", "users"][..], &["impersonate", "groups"]] {
         assert!(can_i_as_token(cluster, token, allowed), "{allowed:?}");
     }
-    // Nor UIDs or extras, which the proxy never sends. kubectl auth can-i cannot name resources
-    // no API serves; ask the API server directly.
-    for (resource, subresource) in [("uids", ""), ("userextras", "scopes")] {
+    // UIDs and the credential-id extra, which the proxy forwards, but no other extra unless
+    // granted. kubectl auth can-i cannot name resources no API serves; ask the API server.
+    for (resource, subresource, expected) in [
+        ("uids", "", "true"),
+        (
+            "userextras",
+            "authentication.kubernetes.io/credential-id",
+            "true",
+        ),
+        ("userextras", "scopes", "false"),
+    ] {
         let review = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
@@ -762,7 +771,7 @@ fn the_proxys_service_account_may_only_impersonate() {
             ],
         )
         .unwrap();
-        assert_eq!(allowed, "false", "impersonate {resource}/{subresource}");
+        assert_eq!(allowed, expected, "impersonate {resource}/{subresource}");
     }
 }
 
@@ -879,6 +888,91 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
             .metrics()
             .contains("kubeconfig_operator_proxy_upgraded_streams 0")
     });
+}
+
+/// The API server's own account of who a request is (its `SelfSubjectReview`) is the same
+/// through the proxy as with the token straight at an API server that trusts the issuer: the
+/// second API server of the harness, configured with the `AuthenticationConfiguration` the
+/// operator reads, which maps a UID (`sub`) and an extra field (`example.com/name`) for Dex.
+/// The extra's key is granted to the proxy the way the README shows, by a ClusterRole of its own.
+#[test]
+fn the_proxy_forwards_the_whole_identity() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-identity");
+    let env = |name: &str| cluster.env[name].clone();
+    let proxied = Proxied::start_with(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &[
+            "--authentication-config",
+            &env("AUTHENTICATION_CONFIG_FILE"),
+        ],
+    );
+    proxy_token(cluster);
+    let extras = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
+                "rules": [{
+                    "apiGroups": ["authentication.k8s.io"],
+                    "resources": ["userextras/example.com/name"],
+                    "verbs": ["impersonate"],
+                }],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kubeconfig-operator-proxy-extras",
+                },
+                "subjects": [{
+                    "kind": "ServiceAccount",
+                    "name": PROXY_SERVICE_ACCOUNT,
+                    "namespace": PROXY_NAMESPACE,
+                }],
+            },
+        ],
+    });
+    let file = write_temp(&extras.to_string());
+    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+
+    let token = id_token(cluster, "alice");
+    let direct = user_info(
+        &kubectl_plain(&[
+            "--server",
+            &env("KUBE_AUTHN_SERVER"),
+            "--certificate-authority",
+            &cluster.kube_ca_file,
+            "--token",
+            &token,
+            "--kubeconfig",
+            "/dev/null",
+            "auth",
+            "whoami",
+            "-o",
+            "json",
+        ])
+        .expect("alice's token straight at the API server"),
+    );
+    // What is compared was really there to lose.
+    assert!(
+        direct["uid"].as_str().is_some_and(|uid| !uid.is_empty()),
+        "{direct}"
+    );
+    assert!(direct["extra"]["example.com/name"].is_array(), "{direct}");
+    let alice = proxied.kubeconfig_for(&token, "alice.kubeconfig");
+    let proxied_info = user_info(
+        &kubectl_with(&alice, &["auth", "whoami", "-o", "json"]).expect("whoami through the proxy"),
+    );
+    assert_eq!(proxied_info, direct);
 }
 
 /// Browsers cannot set `Authorization` on a WebSocket, so clients such as Headlamp send the token

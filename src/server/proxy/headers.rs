@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::oidc::token::Identity;
 
@@ -205,10 +206,48 @@ pub(super) struct Unrepresentable {
     pub what: &'static str,
 }
 
-/// Adds `Impersonate-User` and one `Impersonate-Group` per group, then `system:authenticated`
-/// (once). The verified identity has no UID and no extra fields, as kube-apiserver's `--oidc-*`
-/// authenticator gives none, so no `Impersonate-Uid` or `Impersonate-Extra-*` is sent: the API
-/// server sees the same user as with the token itself.
+/// What an `Impersonate-Extra-` header name cannot carry as it is: every byte that is not an
+/// RFC 9110 token character, and `%` itself. client-go escapes the same set (its
+/// `headerKeyEscape`) and kube-apiserver unescapes the name with `url.PathUnescape`, so
+/// `authentication.kubernetes.io/credential-id` travels as `...kubernetes.io%2Fcredential-id`.
+const EXTRA_KEY_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'%')
+    .add(b'(')
+    .add(b')')
+    .add(b',')
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'{')
+    .add(b'}');
+
+/// The header that impersonates the extra field `key`.
+fn extra_header(key: &str) -> Result<HeaderName, Unrepresentable> {
+    let name = format!(
+        "impersonate-extra-{}",
+        utf8_percent_encode(key, EXTRA_KEY_ESCAPES)
+    );
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unrepresentable {
+        what: "an extra field's key",
+    })
+}
+
+/// Adds `Impersonate-User`, one `Impersonate-Group` per group, then `system:authenticated`
+/// (once), `Impersonate-Uid` when the identity has a UID, and one `Impersonate-Extra-<key>` per
+/// value of each extra field (the `credential-id` from `jti` among them), so the API server's
+/// authorization, admission and audit see the whole identity the token maps, as they would with
+/// the token itself. The proxy's ServiceAccount needs the right to impersonate each: `uids`, and
+/// `userextras/<key>` for each key (config/proxy).
 pub(super) fn impersonate(
     headers: &mut HeaderMap,
     identity: &Identity,
@@ -229,6 +268,15 @@ pub(super) fn impersonate(
             "impersonate-group",
             HeaderValue::from_static(AUTHENTICATED_GROUP),
         );
+    }
+    if !identity.uid.is_empty() {
+        headers.insert("impersonate-uid", value(&identity.uid, "UID")?);
+    }
+    for (key, values) in &identity.extra {
+        let name = extra_header(key)?;
+        for extra in values {
+            headers.append(name.clone(), value(extra, "an extra field's value")?);
+        }
     }
     Ok(())
 }
@@ -415,13 +463,54 @@ mod tests {
         assert_eq!(map["impersonate-user"], "alice@example.com");
         let groups: Vec<_> = map.get_all("impersonate-group").iter().collect();
         assert_eq!(groups, ["team-a", "system:authenticated"]);
-        assert!(!map.contains_key("impersonate-uid"));
+        assert!(!map.contains_key("impersonate-uid"), "no UID, no header");
 
         let mut already = alice();
         already.groups.push(AUTHENTICATED_GROUP.into());
         let mut map = HeaderMap::new();
         impersonate(&mut map, &already).unwrap();
         assert_eq!(map.get_all("impersonate-group").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_uid_and_every_extra_are_impersonated_with_keys_escaped_as_client_go_does() {
+        let mut identity = alice();
+        identity.uid = "uid-1234".into();
+        identity.extra = [
+            (
+                "authentication.kubernetes.io/credential-id".to_owned(),
+                vec!["JTI=abc".to_owned()],
+            ),
+            (
+                "example.com/roles".to_owned(),
+                vec!["admin".to_owned(), "dev ops".to_owned()],
+            ),
+            ("odd key%:x".to_owned(), vec!["v".to_owned()]),
+        ]
+        .into();
+        let mut map = HeaderMap::new();
+        impersonate(&mut map, &identity).unwrap();
+        assert_eq!(map["impersonate-uid"], "uid-1234");
+        assert_eq!(
+            map["impersonate-extra-authentication.kubernetes.io%2fcredential-id"],
+            "JTI=abc"
+        );
+        let roles: Vec<_> = map
+            .get_all("impersonate-extra-example.com%2froles")
+            .iter()
+            .collect();
+        assert_eq!(roles, ["admin", "dev ops"]);
+        assert_eq!(map["impersonate-extra-odd%20key%25%3ax"], "v");
+        assert_eq!(map.keys_len(), 6);
+
+        let mut evil = alice();
+        evil.extra = [("k".to_owned(), vec!["a\r\nImpersonate-User: admin".to_owned()])].into();
+        assert_eq!(
+            impersonate(&mut HeaderMap::new(), &evil),
+            Err(Unrepresentable {
+                what: "an extra field's value"
+            })
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! 3. hop-by-hop headers and every header named in `Connection` are dropped;
 //! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
 //!    a bearer token among the WebSocket subprotocols is removed;
-//! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`) are
-//!    added for the verified identity;
+//! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`),
+//!    `Impersonate-Uid` and `Impersonate-Extra-*` are added for the whole verified identity;
 //! 6. the request takes one of its user's slots (`proxy.maxRequestsPerUser`), held until its
 //!    answer or stream ends; a user holding them all gets 429 with `Retry-After`.
 //!
