@@ -99,19 +99,19 @@ impl Proxied {
         let url = format!("https://{address}");
         let proxy_listen = address.to_string();
         let mut args = vec![
-                "--proxy-listen",
-                &proxy_listen,
-                "--proxy-tls-cert-file",
-                &cert_file,
-                "--proxy-tls-key-file",
-                &key_file,
-                "--proxy-url",
-                &url,
-                "--proxy-ca-file",
-                &ca_file,
-                "--proxy-token-file",
-                &token_file,
-            ];
+            "--proxy-listen",
+            &proxy_listen,
+            "--proxy-tls-cert-file",
+            &cert_file,
+            "--proxy-tls-key-file",
+            &key_file,
+            "--proxy-url",
+            &url,
+            "--proxy-ca-file",
+            &ca_file,
+            "--proxy-token-file",
+            &token_file,
+        ];
         args.extend_from_slice(flags);
         let operator = Operator::start(cluster, namespace, issuer, &args);
         Proxied {
@@ -150,10 +150,7 @@ impl Proxied {
 
     /// Opens a TLS connection, sends `request` and reads the answer's head, leaving the
     /// connection open (a watch goes on streaming).
-    async fn open(
-        &self,
-        request: &str,
-    ) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
+    async fn open(&self, request: &str) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
         let tcp = TcpStream::connect(self.address).await.unwrap();
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let mut tls = self.tls().connect(name, tcp).await.unwrap();
@@ -680,12 +677,10 @@ fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
                 continue;
             }
             let mut rest = Vec::new();
-            let closed = tokio::time::timeout(
-                Duration::from_secs(20),
-                stream.read_to_end(&mut rest),
-            )
-            .await
-            .is_ok();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+                    .await
+                    .is_ok();
             refused.push((head, String::from_utf8_lossy(&rest).into_owned(), closed));
         }
         (held, refused)
@@ -975,6 +970,47 @@ fn the_proxy_forwards_the_whole_identity() {
     assert_eq!(proxied_info, direct);
 }
 
+/// The proxy follows its upstream CA file: started with a CA the API server's certificate does
+/// not chain to, it cannot reach the API server (502); once the file holds the right CA, it
+/// does, without a restart.
+#[test]
+fn the_proxy_follows_a_rotated_upstream_ca_file() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-ca-rotation");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca = dir.path().join("upstream-ca.crt");
+    let mut wrong = CertificateParams::new(Vec::<String>::new()).unwrap();
+    wrong.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let wrong = CertifiedIssuer::self_signed(wrong, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&upstream_ca, wrong.pem()).unwrap();
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        Issuer::Main,
+        &["--proxy-upstream-ca-file", upstream_ca.to_str().unwrap()],
+    );
+    let alice = id_token(cluster, "alice");
+    let list = format!(
+        "GET /api/v1/namespaces/{n}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n",
+        proxied.address
+    );
+    let answer = proxied.raw(list.as_bytes(), Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+
+    std::fs::write(&upstream_ca, std::fs::read(&cluster.kube_ca_file).unwrap()).unwrap();
+    support::eventually(
+        Duration::from_secs(30),
+        "the proxy trusts the new CA",
+        || {
+            proxied
+                .raw(list.as_bytes(), Duration::from_secs(20))
+                .starts_with("HTTP/1.1 200 ")
+        },
+    );
+}
+
 /// Browsers cannot set `Authorization` on a WebSocket, so clients such as Headlamp send the token
 /// as a subprotocol, which kube-apiserver accepts. Through the proxy: alice's watch is upgraded,
 /// bob's token the same way is judged as bob (403 naming him), and a token subprotocol with no
@@ -996,7 +1032,8 @@ fn a_bearer_token_in_the_websocket_subprotocol_is_accepted_as_the_api_server_acc
     };
     let runtime = runtime();
     let alice = id_token(cluster, "alice");
-    let (_socket, head) = runtime.block_on(proxied.open(&upgrade(&alice, ", base64.binary.k8s.io")));
+    let (_socket, head) =
+        runtime.block_on(proxied.open(&upgrade(&alice, ", base64.binary.k8s.io")));
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -1011,7 +1048,10 @@ fn a_bearer_token_in_the_websocket_subprotocol_is_accepted_as_the_api_server_acc
     );
     assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
     assert!(
-        refused.contains(&format!("User \\\"{}\\\" cannot watch", cluster.bob_username)),
+        refused.contains(&format!(
+            "User \\\"{}\\\" cannot watch",
+            cluster.bob_username
+        )),
         "{refused}"
     );
 

@@ -111,8 +111,8 @@ pub struct ProxyConfig {
     pub tls: TlsFiles,
     /// The API server, https, no path.
     pub upstream: Url,
-    /// PEM bytes of the API server's CA.
-    pub upstream_ca_pem: Vec<u8>,
+    /// The API server's CA, followed when it comes from a file.
+    pub upstream_ca: CaBundle,
     /// The proxy's own bearer token, re-read while running.
     pub token_file: PathBuf,
     pub max_connections: usize,
@@ -158,14 +158,19 @@ impl ProxySection {
                 format!("{upstream_text:?} must not have a path"),
             ));
         }
-        let upstream_ca_pem = match self.upstream_ca_file {
-            Some(path) => read_pem_file("proxy.upstreamCaFile", &path)?,
-            None => kubeconfig.ca.current().map(|pem| pem.to_vec()).ok_or_else(|| {
-                ConfigError::new(
+        // The kubeconfig's own bundle when defaulted: it follows certificateAuthorityFile.
+        let upstream_ca = match self.upstream_ca_file {
+            Some(path) => {
+                let pem = read_pem_file("proxy.upstreamCaFile", &path)?;
+                CaBundle::from_file(path, pem)
+            }
+            None if kubeconfig.ca.current().is_some() => kubeconfig.ca.clone(),
+            None => {
+                return Err(ConfigError::new(
                     "proxy.upstreamCaFile",
                     "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
-                )
-            })?,
+                ));
+            }
         };
         // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
         let ca = match ca_file {
@@ -211,7 +216,7 @@ impl ProxySection {
                 listen,
                 tls,
                 upstream,
-                upstream_ca_pem,
+                upstream_ca,
                 token_file,
                 max_connections,
                 max_connections_per_client,

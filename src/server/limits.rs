@@ -194,12 +194,17 @@ mod tests {
         let first = quota.try_take("bob").unwrap();
         let second = quota.try_take("bob").unwrap();
         assert!(quota.try_take("bob").is_none(), "bob holds his limit");
-        let alice = quota.try_take("alice").expect("bob's slots are not alice's");
+        let alice = quota
+            .try_take("alice")
+            .expect("bob's slots are not alice's");
         drop(first);
         let third = quota.try_take("bob").expect("a dropped slot comes back");
         drop((second, third, alice));
         assert_eq!(quota.held(&"bob"), 0);
-        assert!(quota.held.lock().unwrap().is_empty(), "no entry outlives its slots");
+        assert!(
+            quota.held.lock().unwrap().is_empty(),
+            "no entry outlives its slots"
+        );
     }
 
     #[test]

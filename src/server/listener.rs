@@ -136,26 +136,27 @@ pub(super) async fn serve_on(
             let _permit = permit;
             let over_cap = client_slot.is_none();
             let _client_slot = client_slot;
-            let outcome = match tls {
-                None => serve_or_refuse(&builder, stream, service, over_cap, draining).await,
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(problem)) => {
-                                debug!(%problem, %client, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(%client, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    serve_or_refuse(&builder, stream, service, over_cap, draining).await
-                }
-            };
+            let outcome =
+                match tls {
+                    None => serve_or_refuse(&builder, stream, service, over_cap, draining).await,
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(problem)) => {
+                                    debug!(%problem, %client, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!(%client, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        serve_or_refuse(&builder, stream, service, over_cap, draining).await
+                    }
+                };
             // Header timeouts, oversized heads and resets are the client's doing: debug only.
             if let Err(problem) = outcome {
                 debug!(%problem, %client, "connection ended with an error");

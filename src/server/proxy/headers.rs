@@ -134,8 +134,8 @@ pub(super) fn subprotocol_bearer(
         if token.is_some() {
             return Err(SubprotocolTokenError::Several);
         }
-        let decoded =
-            base64::Engine::decode(&RAW_URL, encoded).map_err(|_| SubprotocolTokenError::Encoding)?;
+        let decoded = base64::Engine::decode(&RAW_URL, encoded)
+            .map_err(|_| SubprotocolTokenError::Encoding)?;
         token = Some(String::from_utf8(decoded).map_err(|_| SubprotocolTokenError::Encoding)?);
     }
     let Some(token) = token.filter(|token| !token.is_empty()) else {
@@ -420,14 +420,13 @@ mod tests {
         // "YWxpY2U" is "alice" unpadded; "YWxpY2V" has trailing bits set, which Go ignores.
         for sent in [
             &["base64url.bearer.authorization.k8s.io.YWxpY2U, v4.channel.k8s.io"][..],
-            &["v4.channel.k8s.io", "base64url.bearer.authorization.k8s.io.YWxpY2U"],
+            &[
+                "v4.channel.k8s.io",
+                "base64url.bearer.authorization.k8s.io.YWxpY2U",
+            ],
             &[" base64url.bearer.authorization.k8s.io.YWxpY2V ,x"],
         ] {
-            assert_eq!(
-                bearer(sent).unwrap().unwrap(),
-                "Bearer alice",
-                "{sent:?}"
-            );
+            assert_eq!(bearer(sent).unwrap().unwrap(), "Bearer alice", "{sent:?}");
         }
         assert_eq!(bearer(&["v4.channel.k8s.io"]), Ok(None));
         assert_eq!(
@@ -504,7 +503,11 @@ mod tests {
         assert_eq!(map.keys_len(), 6);
 
         let mut evil = alice();
-        evil.extra = [("k".to_owned(), vec!["a\r\nImpersonate-User: admin".to_owned()])].into();
+        evil.extra = [(
+            "k".to_owned(),
+            vec!["a\r\nImpersonate-User: admin".to_owned()],
+        )]
+        .into();
         assert_eq!(
             impersonate(&mut HeaderMap::new(), &evil),
             Err(Unrepresentable {

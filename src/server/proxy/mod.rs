@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::BodyExt as _;
 use axum::{
     Router,
     body::Body,
@@ -42,6 +41,7 @@ use axum::{
     http::{HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts},
     response::IntoResponse,
 };
+use http_body_util::BodyExt as _;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
@@ -99,6 +99,14 @@ impl BoundProxy {
     ) -> Result<Self, ServeError> {
         let tls = listener::tls_acceptor(&config.tls)?;
         let upstream = Upstream::new(config)?;
+        // The upstream CA file is followed like every CA file; a defaulted upstream CA is the
+        // kubeconfig's bundle, which proxy mode replaces with the proxy's, so it is watched here.
+        tokio::spawn(
+            config
+                .upstream_ca
+                .clone()
+                .watch_file(crate::ca::POLL_INTERVAL),
+        );
         let credential = Credential::load(config.token_file.clone())?;
         credential.keep_fresh();
         let tcp = listener::bind(config.listen).await?;
@@ -278,12 +286,7 @@ async fn handle(
 
 /// Any request but an upgrade, over the pooled connections; the answer streams back as it
 /// arrives, holding the user's `slot` until it ends (a watch: until it is closed).
-async fn plain(
-    proxy: &Proxy,
-    mut parts: Parts,
-    body: Body,
-    slot: Slot<String>,
-) -> Response<Body> {
+async fn plain(proxy: &Proxy, mut parts: Parts, body: Body, slot: Slot<String>) -> Response<Body> {
     parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
