@@ -970,6 +970,54 @@ fn the_proxy_forwards_the_whole_identity() {
     assert_eq!(proxied_info, direct);
 }
 
+/// An upgraded stream leaves the listener's count of connections, so one address could open
+/// streams without bound; they count against its share (`proxy.maxConnectionsPerClient`, 1 here)
+/// on their own: with alice's WebSocket watch open, a plain request from the address is served,
+/// but bob's WebSocket watch from it is refused with 429.
+#[test]
+fn upgraded_streams_count_against_their_address() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-streams-per-client");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        Issuer::Main,
+        &["--proxy-max-connections-per-client", "1"],
+    );
+    let watch = |token: &str| {
+        format!(
+            "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            proxied.address
+        )
+    };
+    let alice = id_token(cluster, "alice");
+    let runtime = runtime();
+    let (_stream, head) = runtime.block_on(proxied.open(&watch(&alice)));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let list = format!(
+        "GET /api/v1/namespaces/{n}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n",
+        proxied.address
+    );
+    support::eventually(
+        Duration::from_secs(10),
+        "the address's connection slot is free again",
+        || {
+            proxied
+                .raw(list.as_bytes(), Duration::from_secs(20))
+                .starts_with("HTTP/1.1 200 ")
+        },
+    );
+    let bob = id_token(cluster, "bob");
+    let refused = proxied.raw(watch(&bob).as_bytes(), Duration::from_secs(20));
+    assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
+    assert!(
+        refused.contains("as many streams open through the proxy as one client may"),
+        "{refused}"
+    );
+}
+
 /// The proxy follows its upstream CA file: started with a CA the API server's certificate does
 /// not chain to, it cannot reach the API server (502); once the file holds the right CA, it
 /// does, without a restart.

@@ -48,7 +48,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     Authenticated, DRAIN_TIMEOUT, RETRY_AFTER_SECONDS, ServeError,
-    limits::{Slot, SlotsPerKey},
+    limits::{Slot, SlotsPerKey, client_key},
     listener::{self, ConnectionLimits},
 };
 use crate::{
@@ -78,6 +78,9 @@ struct Proxy {
     /// Requests in flight per verified user, watches and streams included, so that one tenant
     /// cannot hold every connection the listener serves.
     per_user: Arc<SlotsPerKey<String>>,
+    /// Upgraded streams per client address (`proxy.maxConnectionsPerClient` again): a stream
+    /// no longer counts among its address's connections.
+    streams_per_client: Arc<SlotsPerKey<IpAddr>>,
     stream_idle_timeout: Duration,
 }
 
@@ -118,6 +121,7 @@ impl BoundProxy {
             credential,
             streams: Arc::new(Semaphore::new(max_connections)),
             per_user: SlotsPerKey::new(config.max_requests_per_user),
+            streams_per_client: SlotsPerKey::new(config.max_connections_per_client),
             stream_idle_timeout: config.stream_idle_timeout,
         });
         Ok(Self {
@@ -256,32 +260,46 @@ async fn handle(
     }
     // 6. Within the user's share.
     let Some(slot) = proxy.per_user.try_take(identity.username) else {
-        let mut refused = refusal(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "this user has as many requests and streams open through the proxy as one user may; close some or try again later",
-        );
-        let headers = refused.headers_mut();
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECONDS),
-        );
-        // The connection goes too: kept alive, it would hold a slot of the listener's pool.
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return (user, refused);
-    };
-    let response = match upgrade {
-        Some(upgrade) => match Arc::clone(&proxy.streams).try_acquire_owned() {
-            Ok(permit) => upgrade::forward(proxy, parts, upgrade, (permit, slot)).await,
-            Err(_) => refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the proxy has as many open streams as it serves; try again later",
+        return (
+            user,
+            too_many(
+                "this user has as many requests and streams open through the proxy as one user may; close some or try again later",
             ),
-        },
-        None => plain(proxy, parts, body, slot).await,
+        );
+    };
+    let Some(upgrade) = upgrade else {
+        return (user, plain(proxy, parts, body, slot).await);
+    };
+    // An upgraded stream has left the listener's count of connections, so its address's share
+    // of streams is counted here.
+    let client_slot = client.map(|ip| proxy.streams_per_client.try_take(client_key(ip)));
+    let response = match (Arc::clone(&proxy.streams).try_acquire_owned(), client_slot) {
+        (_, Some(None)) => too_many(
+            "this address has as many streams open through the proxy as one client may; close some or try again later",
+        ),
+        (Ok(permit), client_slot) => {
+            upgrade::forward(proxy, parts, upgrade, (permit, slot, client_slot)).await
+        }
+        (Err(_), _) => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the proxy has as many open streams as it serves; try again later",
+        ),
     };
     (user, response)
+}
+
+/// 429 for a client or user over its share, with `Retry-After`. The connection goes too: kept
+/// alive, it would hold a slot of the listener's pool.
+fn too_many(message: &str) -> Response<Body> {
+    let mut refused = refusal(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+    let headers = refused.headers_mut();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    refused
 }
 
 /// Any request but an upgrade, over the pooled connections; the answer streams back as it
