@@ -148,6 +148,23 @@ impl Proxied {
         TlsConnector::from(Arc::new(config))
     }
 
+    /// A WebSocket watch of the ConfigMaps in `namespace`, as a client writes it, with
+    /// `credential` (an `Authorization` or `Sec-WebSocket-Protocol` header line).
+    fn websocket_watch(&self, namespace: &str, credential: &str) -> String {
+        format!(
+            "GET /api/v1/namespaces/{namespace}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\n{credential}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.address
+        )
+    }
+
+    /// A list of the ConfigMaps in `namespace` with `token`, on a connection that closes after.
+    fn list_configmaps(&self, namespace: &str, token: &str) -> String {
+        format!(
+            "GET /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            self.address
+        )
+    }
+
     /// Opens a TLS connection, sends `request` and reads the answer's head, leaving the
     /// connection open (a watch goes on streaming).
     async fn open(&self, request: &str) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
@@ -986,20 +1003,12 @@ fn upgraded_streams_count_against_their_address() {
         Issuer::Main,
         &["--proxy-max-connections-per-client", "1"],
     );
-    let watch = |token: &str| {
-        format!(
-            "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            proxied.address
-        )
-    };
+    let watch = |token: &str| proxied.websocket_watch(n, &format!("Authorization: Bearer {token}"));
     let alice = id_token(cluster, "alice");
     let runtime = runtime();
     let (_stream, head) = runtime.block_on(proxied.open(&watch(&alice)));
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    let list = format!(
-        "GET /api/v1/namespaces/{n}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n",
-        proxied.address
-    );
+    let list = proxied.list_configmaps(n, &alice);
     support::eventually(
         Duration::from_secs(10),
         "the address's connection slot is free again",
@@ -1040,10 +1049,7 @@ fn the_proxy_follows_a_rotated_upstream_ca_file() {
         &["--proxy-upstream-ca-file", upstream_ca.to_str().unwrap()],
     );
     let alice = id_token(cluster, "alice");
-    let list = format!(
-        "GET /api/v1/namespaces/{n}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n",
-        proxied.address
-    );
+    let list = proxied.list_configmaps(n, &alice);
     let answer = proxied.raw(list.as_bytes(), Duration::from_secs(20));
     assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
 
@@ -1072,10 +1078,12 @@ fn a_bearer_token_in_the_websocket_subprotocol_is_accepted_as_the_api_server_acc
     let proxied = Proxied::start(cluster, n);
     let encode = |token: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
     let upgrade = |token: &str, protocols: &str| {
-        format!(
-            "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{}{protocols}\r\n\r\n",
-            proxied.address,
-            encode(token)
+        proxied.websocket_watch(
+            n,
+            &format!(
+                "Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{}{protocols}",
+                encode(token)
+            ),
         )
     };
     let runtime = runtime();

@@ -1,8 +1,9 @@
-//! Per-request limits that a route group can put in front of its handlers: a budget of requests
-//! per client address, and a time limit; and [`SlotsPerKey`], the cap on what one client address
-//! or user holds at once, for the listener and the proxy. They are layers rather than listener settings because
-//! groups differ: the credential download is rate limited, probes must keep answering while a
-//! client is throttled, and a streaming route (a future proxy) cannot have a request timeout.
+//! Limits on what one client may take. Per-request limits that a route group can put in front of
+//! its handlers: a budget of requests per client address, and a time limit. They are layers
+//! rather than listener settings because groups differ: the credential download is rate limited,
+//! probes must keep answering while a client is throttled, and a streaming route (the proxy)
+//! cannot have a request timeout. And [`SlotsPerKey`], the cap on what one client address or one
+//! user holds at once (connections, requests in flight, streams), for the listener and the proxy.
 
 use std::{
     collections::HashMap,
