@@ -17,9 +17,18 @@ bench_cluster() {
 	operator_kubeconfig=$(scripts/install-dev.sh "$CLUSTER_DIR/env" 2>/dev/null)
 }
 
-# The release build the figures are for; `profiling` (release with symbols) for bench/profile.sh.
+# The release build the figures are for; `profiling` (release with symbols) for bench/profile.sh;
+# `dev` for a quick run on the tests' debug binary.
 bench_build() {
 	local profile=${1:-release}
+	case $profile in
+	# The debug binary `cargo test --test ...` built (with the test features, so a plain debug
+	# build would recompile half the tree): a quick look, not a figure for the README.
+	dev)
+		operator_bin="$bench_root/target/debug/kubeconfig-operator"
+		return
+		;;
+	esac
 	cargo build --profile "$profile" --bin kubeconfig-operator >&2
 	case $profile in
 	release) operator_bin="$bench_root/target/release/kubeconfig-operator" ;;

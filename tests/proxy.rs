@@ -70,6 +70,11 @@ struct Proxied {
 
 impl Proxied {
     fn start(cluster: &Cluster, namespace: &str) -> Self {
+        Self::start_with(cluster, namespace, Issuer::Main, &[])
+    }
+
+    /// As [`Proxied::start`], for `issuer`'s tokens and with further `run` flags.
+    fn start_with(cluster: &Cluster, namespace: &str, issuer: Issuer, flags: &[&str]) -> Self {
         let proxy_token = proxy_token(cluster).to_owned();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -92,25 +97,23 @@ impl Proxied {
         let token_file = file("token", &proxy_token);
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let url = format!("https://{address}");
-        let operator = Operator::start(
-            cluster,
-            namespace,
-            Issuer::Main,
-            &[
-                "--proxy-listen",
-                &address.to_string(),
-                "--proxy-tls-cert-file",
-                &cert_file,
-                "--proxy-tls-key-file",
-                &key_file,
-                "--proxy-url",
-                &url,
-                "--proxy-ca-file",
-                &ca_file,
-                "--proxy-token-file",
-                &token_file,
-            ],
-        );
+        let proxy_listen = address.to_string();
+        let mut args = vec![
+            "--proxy-listen",
+            &proxy_listen,
+            "--proxy-tls-cert-file",
+            &cert_file,
+            "--proxy-tls-key-file",
+            &key_file,
+            "--proxy-url",
+            &url,
+            "--proxy-ca-file",
+            &ca_file,
+            "--proxy-token-file",
+            &token_file,
+        ];
+        args.extend_from_slice(flags);
+        let operator = Operator::start(cluster, namespace, issuer, &args);
         Proxied {
             operator,
             address,
@@ -143,6 +146,45 @@ impl Proxied {
         .with_root_certificates(roots)
         .with_no_client_auth();
         TlsConnector::from(Arc::new(config))
+    }
+
+    /// A WebSocket watch of the ConfigMaps in `namespace`, as a client writes it, with
+    /// `credential` (an `Authorization` or `Sec-WebSocket-Protocol` header line).
+    fn websocket_watch(&self, namespace: &str, credential: &str) -> String {
+        format!(
+            "GET /api/v1/namespaces/{namespace}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\n{credential}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nOrigin: https://127.0.0.1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.address
+        )
+    }
+
+    /// A list of the ConfigMaps in `namespace` with `token`, on a connection that closes after.
+    fn list_configmaps(&self, namespace: &str, token: &str) -> String {
+        format!(
+            "GET /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            self.address
+        )
+    }
+
+    /// Opens a TLS connection, sends `request` and reads the answer's head, leaving the
+    /// connection open (a watch goes on streaming).
+    async fn open(&self, request: &str) -> (tokio_rustls::client::TlsStream<TcpStream>, String) {
+        let tcp = TcpStream::connect(self.address).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = self.tls().connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            while !head.ends_with(b"\r\n\r\n") {
+                if tls.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer within 20 s: {head:?}");
+        (tls, String::from_utf8_lossy(&head).into_owned())
     }
 
     /// Sends `request` as written (header names in any case, duplicates as given) over TLS and
@@ -603,6 +645,91 @@ fn smuggled_identity_headers_gain_nothing() {
     );
 }
 
+/// bob holds every request the proxy lets one user have: watches, which never end. The pool
+/// (8 connections) would hold more of his, but each beyond his share gets 429 with Retry-After
+/// and its connection closes, so alice, from the same address, is still served. Before the
+/// per-user cap, bob's eight watches took the whole pool and alice waited for a slot.
+#[test]
+fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-fair-share");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "bob-configmaps",
+            "--role=configmaps",
+            &format!("--user={}", cluster.bob_username),
+            "-n",
+            n,
+        ],
+    );
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        Issuer::Main,
+        &[
+            "--proxy-max-connections",
+            "8",
+            "--proxy-max-requests-per-user",
+            "3",
+        ],
+    );
+    let bob = id_token(cluster, "bob");
+    let watch = format!(
+        "GET /api/v1/namespaces/{n}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bob}\r\n\r\n",
+        proxied.address
+    );
+    let runtime = runtime();
+    let (held, refused) = runtime.block_on(async {
+        let mut held = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..8 {
+            let (mut stream, head) = proxied.open(&watch).await;
+            if head.starts_with("HTTP/1.1 200 ") {
+                held.push(stream);
+                continue;
+            }
+            let mut rest = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest))
+                    .await
+                    .is_ok();
+            refused.push((head, String::from_utf8_lossy(&rest).into_owned(), closed));
+        }
+        (held, refused)
+    });
+    assert_eq!(held.len(), 3, "bob's watches: {refused:?}");
+    assert_eq!(refused.len(), 5);
+    for (head, body, closed) in &refused {
+        assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 10\r\n"),
+            "{head}"
+        );
+        assert!(body.contains("TooManyRequests"), "{body}");
+        assert!(closed, "a refused connection stays open and holds its slot");
+    }
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let listed = kubectl_with(&alice, &["get", "configmaps", "-n", n, "-o", "name"]);
+    assert!(listed.is_ok(), "{listed:?}");
+    assert!(
+        proxied
+            .operator
+            .metrics()
+            .contains(r#"kubeconfig_operator_proxy_requests_total{verb="watch",code="429"} 5"#)
+    );
+    // bob's share comes back once his watches end.
+    drop(held);
+    support::eventually(Duration::from_secs(10), "bob may watch again", || {
+        let (_stream, head) = runtime.block_on(proxied.open(&watch));
+        head.starts_with("HTTP/1.1 200 ")
+    });
+}
+
 #[test]
 fn the_proxys_service_account_may_only_impersonate() {
     let cluster = cluster();
@@ -621,9 +748,17 @@ fn the_proxys_service_account_may_only_impersonate() {
     for allowed in [&["impersonate", "users"][..], &["impersonate", "groups"]] {
         assert!(can_i_as_token(cluster, token, allowed), "{allowed:?}");
     }
-    // Nor UIDs or extras, which the proxy never sends. kubectl auth can-i cannot name resources
-    // no API serves; ask the API server directly.
-    for (resource, subresource) in [("uids", ""), ("userextras", "scopes")] {
+    // UIDs and the credential-id extra, which the proxy forwards, but no other extra unless
+    // granted. kubectl auth can-i cannot name resources no API serves; ask the API server.
+    for (resource, subresource, expected) in [
+        ("uids", "", "true"),
+        (
+            "userextras",
+            "authentication.kubernetes.io/credential-id",
+            "true",
+        ),
+        ("userextras", "scopes", "false"),
+    ] {
         let review = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
@@ -648,7 +783,7 @@ fn the_proxys_service_account_may_only_impersonate() {
             ],
         )
         .unwrap();
-        assert_eq!(allowed, "false", "impersonate {resource}/{subresource}");
+        assert_eq!(allowed, expected, "impersonate {resource}/{subresource}");
     }
 }
 
@@ -765,6 +900,220 @@ fn a_websocket_watch_is_upgraded_through_the_proxy_and_streams_events() {
             .metrics()
             .contains("kubeconfig_operator_proxy_upgraded_streams 0")
     });
+}
+
+/// The API server's own account of who a request is (its `SelfSubjectReview`) is the same
+/// through the proxy as with the token straight at an API server that trusts the issuer: the
+/// second API server of the harness, configured with the `AuthenticationConfiguration` the
+/// operator reads, which maps a UID (`sub`) and an extra field (`example.com/name`) for Dex.
+/// The extra's key is granted to the proxy the way the README shows, by a ClusterRole of its own.
+#[test]
+fn the_proxy_forwards_the_whole_identity() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-identity");
+    let env = |name: &str| cluster.env[name].clone();
+    let proxied = Proxied::start_with(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &[
+            "--authentication-config",
+            &env("AUTHENTICATION_CONFIG_FILE"),
+        ],
+    );
+    proxy_token(cluster);
+    let extras = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
+                "rules": [{
+                    "apiGroups": ["authentication.k8s.io"],
+                    "resources": ["userextras/example.com/name"],
+                    "verbs": ["impersonate"],
+                }],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kubeconfig-operator-proxy-extras",
+                },
+                "subjects": [{
+                    "kind": "ServiceAccount",
+                    "name": PROXY_SERVICE_ACCOUNT,
+                    "namespace": PROXY_NAMESPACE,
+                }],
+            },
+        ],
+    });
+    let file = write_temp(&extras.to_string());
+    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+
+    let token = id_token(cluster, "alice");
+    let direct = user_info(
+        &kubectl_plain(&[
+            "--server",
+            &env("KUBE_AUTHN_SERVER"),
+            "--certificate-authority",
+            &cluster.kube_ca_file,
+            "--token",
+            &token,
+            "--kubeconfig",
+            "/dev/null",
+            "auth",
+            "whoami",
+            "-o",
+            "json",
+        ])
+        .expect("alice's token straight at the API server"),
+    );
+    // What is compared was really there to lose.
+    assert!(
+        direct["uid"].as_str().is_some_and(|uid| !uid.is_empty()),
+        "{direct}"
+    );
+    assert!(direct["extra"]["example.com/name"].is_array(), "{direct}");
+    let alice = proxied.kubeconfig_for(&token, "alice.kubeconfig");
+    let proxied_info = user_info(
+        &kubectl_with(&alice, &["auth", "whoami", "-o", "json"]).expect("whoami through the proxy"),
+    );
+    assert_eq!(proxied_info, direct);
+}
+
+/// An upgraded stream leaves the listener's count of connections, so one address could open
+/// streams without bound; they count against its share (`proxy.maxConnectionsPerClient`, 1 here)
+/// on their own: with alice's WebSocket watch open, a plain request from the address is served,
+/// but bob's WebSocket watch from it is refused with 429.
+#[test]
+fn upgraded_streams_count_against_their_address() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-streams-per-client");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        Issuer::Main,
+        &["--proxy-max-connections-per-client", "1"],
+    );
+    let watch = |token: &str| proxied.websocket_watch(n, &format!("Authorization: Bearer {token}"));
+    let alice = id_token(cluster, "alice");
+    let runtime = runtime();
+    let (_stream, head) = runtime.block_on(proxied.open(&watch(&alice)));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let list = proxied.list_configmaps(n, &alice);
+    support::eventually(
+        Duration::from_secs(10),
+        "the address's connection slot is free again",
+        || {
+            proxied
+                .raw(list.as_bytes(), Duration::from_secs(20))
+                .starts_with("HTTP/1.1 200 ")
+        },
+    );
+    let bob = id_token(cluster, "bob");
+    let refused = proxied.raw(watch(&bob).as_bytes(), Duration::from_secs(20));
+    assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
+    assert!(
+        refused.contains("as many streams open through the proxy as one client may"),
+        "{refused}"
+    );
+}
+
+/// The proxy follows its upstream CA file: started with a CA the API server's certificate does
+/// not chain to, it cannot reach the API server (502); once the file holds the right CA, it
+/// does, without a restart.
+#[test]
+fn the_proxy_follows_a_rotated_upstream_ca_file() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-ca-rotation");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca = dir.path().join("upstream-ca.crt");
+    let mut wrong = CertificateParams::new(Vec::<String>::new()).unwrap();
+    wrong.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let wrong = CertifiedIssuer::self_signed(wrong, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(&upstream_ca, wrong.pem()).unwrap();
+    let proxied = Proxied::start_with(
+        cluster,
+        n,
+        Issuer::Main,
+        &["--proxy-upstream-ca-file", upstream_ca.to_str().unwrap()],
+    );
+    let alice = id_token(cluster, "alice");
+    let list = proxied.list_configmaps(n, &alice);
+    let answer = proxied.raw(list.as_bytes(), Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+
+    std::fs::write(&upstream_ca, std::fs::read(&cluster.kube_ca_file).unwrap()).unwrap();
+    support::eventually(
+        Duration::from_secs(30),
+        "the proxy trusts the new CA",
+        || {
+            proxied
+                .raw(list.as_bytes(), Duration::from_secs(20))
+                .starts_with("HTTP/1.1 200 ")
+        },
+    );
+}
+
+/// Browsers cannot set `Authorization` on a WebSocket, so clients such as Headlamp send the token
+/// as a subprotocol, which kube-apiserver accepts. Through the proxy: alice's watch is upgraded,
+/// bob's token the same way is judged as bob (403 naming him), and a token subprotocol with no
+/// other beside it is refused with 401, as the API server refuses it.
+#[test]
+fn a_bearer_token_in_the_websocket_subprotocol_is_accepted_as_the_api_server_accepts_it() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-ws-subprotocol");
+    let n = ns.name.as_str();
+    let_alice_use_configmaps(cluster, n);
+    let proxied = Proxied::start(cluster, n);
+    let encode = |token: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    let upgrade = |token: &str, protocols: &str| {
+        proxied.websocket_watch(
+            n,
+            &format!(
+                "Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.{}{protocols}",
+                encode(token)
+            ),
+        )
+    };
+    let runtime = runtime();
+    let alice = id_token(cluster, "alice");
+    let (_socket, head) =
+        runtime.block_on(proxied.open(&upgrade(&alice, ", base64.binary.k8s.io")));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: base64.binary.k8s.io\r\n"),
+        "the API server answers with the protocol left after the token's: {head}"
+    );
+
+    let bob = id_token(cluster, "bob");
+    let refused = proxied.raw(
+        upgrade(&bob, ", base64.binary.k8s.io").as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
+    assert!(
+        refused.contains(&format!(
+            "User \\\"{}\\\" cannot watch",
+            cluster.bob_username
+        )),
+        "{refused}"
+    );
+
+    let alone = proxied.raw(upgrade(&alice, "").as_bytes(), Duration::from_secs(5));
+    assert!(alone.starts_with("HTTP/1.1 401 "), "{alone}");
+    assert!(alone.contains("needs another subprotocol"), "{alone}");
 }
 
 /// The harness has no kubelet, so no exec or port-forward session can open. What it can show is

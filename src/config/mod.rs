@@ -293,7 +293,10 @@ mod tests {
         let config = resolve(Settings::default(), &with_proxy(&ca, &token)).unwrap();
         let proxy = config.proxy.expect("a proxy");
         assert_eq!(proxy.upstream.as_str(), "https://127.0.0.1:6443/");
-        assert_eq!(proxy.upstream_ca_pem, std::fs::read(&ca).unwrap());
+        assert_eq!(
+            *proxy.upstream_ca.current().unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
         assert_eq!(proxy.token_file, token);
         assert_eq!(proxy.stream_idle_timeout, Duration::from_secs(14_400));
         assert_eq!(config.kubeconfig.server, "https://proxy.example:8443");

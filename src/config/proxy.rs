@@ -81,6 +81,20 @@ pub struct ProxySection {
         env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS"
     )]
     pub max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) may hold at once; the next gets 429 with Retry-After [file: proxy.maxConnectionsPerClient; default 256].
+    #[arg(
+        id = "proxy-max-connections-per-client",
+        long = "proxy-max-connections-per-client",
+        env = "KUBECONFIG_OPERATOR_PROXY_MAX_CONNECTIONS_PER_CLIENT"
+    )]
+    pub max_connections_per_client: Option<usize>,
+    /// Requests one verified user may have in flight at once, watches and upgraded streams included; the next gets 429 with Retry-After [file: proxy.maxRequestsPerUser; default 128].
+    #[arg(
+        id = "proxy-max-requests-per-user",
+        long = "proxy-max-requests-per-user",
+        env = "KUBECONFIG_OPERATOR_PROXY_MAX_REQUESTS_PER_USER"
+    )]
+    pub max_requests_per_user: Option<usize>,
     /// An upgraded stream (exec, attach, port-forward, WebSocket watch) with no bytes either way for this long is closed; kubelet's default [file: proxy.streamIdleTimeoutSeconds; default 14400].
     #[arg(
         id = "proxy-stream-idle-timeout-seconds",
@@ -97,11 +111,13 @@ pub struct ProxyConfig {
     pub tls: TlsFiles,
     /// The API server, https, no path.
     pub upstream: Url,
-    /// PEM bytes of the API server's CA.
-    pub upstream_ca_pem: Vec<u8>,
+    /// The API server's CA, followed when it comes from a file.
+    pub upstream_ca: CaBundle,
     /// The proxy's own bearer token, re-read while running.
     pub token_file: PathBuf,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_requests_per_user: usize,
     pub stream_idle_timeout: Duration,
 }
 
@@ -142,14 +158,19 @@ impl ProxySection {
                 format!("{upstream_text:?} must not have a path"),
             ));
         }
-        let upstream_ca_pem = match self.upstream_ca_file {
-            Some(path) => read_pem_file("proxy.upstreamCaFile", &path)?,
-            None => kubeconfig.ca.current().map(|pem| pem.to_vec()).ok_or_else(|| {
-                ConfigError::new(
+        // The kubeconfig's own bundle when defaulted: it follows certificateAuthorityFile.
+        let upstream_ca = match self.upstream_ca_file {
+            Some(path) => {
+                let pem = read_pem_file("proxy.upstreamCaFile", &path)?;
+                CaBundle::from_file(path, pem)
+            }
+            None if kubeconfig.ca.current().is_some() => kubeconfig.ca.clone(),
+            None => {
+                return Err(ConfigError::new(
                     "proxy.upstreamCaFile",
                     "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
-                )
-            })?,
+                ));
+            }
         };
         // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
         let ca = match ca_file {
@@ -169,6 +190,16 @@ impl ProxySection {
         })?;
         let max_connections =
             positive("proxy.maxConnections", self.max_connections.unwrap_or(1024))?;
+        // Below the global pool by default, so that neither one address nor one user can take
+        // every slot: four of either leave the rest of the pool to the others.
+        let max_connections_per_client = positive(
+            "proxy.maxConnectionsPerClient",
+            self.max_connections_per_client.unwrap_or(256),
+        )?;
+        let max_requests_per_user = positive(
+            "proxy.maxRequestsPerUser",
+            self.max_requests_per_user.unwrap_or(128),
+        )?;
         let idle = positive(
             "proxy.streamIdleTimeoutSeconds",
             self.stream_idle_timeout_seconds
@@ -185,9 +216,11 @@ impl ProxySection {
                 listen,
                 tls,
                 upstream,
-                upstream_ca_pem,
+                upstream_ca,
                 token_file,
                 max_connections,
+                max_connections_per_client,
+                max_requests_per_user,
                 stream_idle_timeout: Duration::from_secs(idle),
             }),
         ))

@@ -1,12 +1,16 @@
-//! Per-request limits that a route group can put in front of its handlers: a budget of requests
-//! per client address, and a time limit. They are layers rather than listener settings because
-//! groups differ: the credential download is rate limited, probes must keep answering while a
-//! client is throttled, and a streaming route (a future proxy) cannot have a request timeout.
+//! Limits on what one client may take. Per-request limits that a route group can put in front of
+//! its handlers: a budget of requests per client address, and a time limit. They are layers
+//! rather than listener settings because groups differ: the credential download is rate limited,
+//! probes must keep answering while a client is throttled, and a streaming route (the proxy)
+//! cannot have a request timeout. And [`SlotsPerKey`], the cap on what one client address or one
+//! user holds at once (connections, requests in flight, streams), for the listener and the proxy.
 
 use std::{
+    collections::HashMap,
+    hash::Hash,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     num::NonZeroU32,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -70,13 +74,72 @@ impl RequestLimits {
 /// One bucket per IPv4 address, and one per /64 for IPv6: a single IPv6 host usually holds a
 /// whole /64 and could otherwise take a fresh address for every request. IPv4 clients of a
 /// dual-stack listener arrive as IPv4-mapped addresses and count as their IPv4 address.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(super) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
         },
+    }
+}
+
+/// A cap on what one key (a client address, a verified user) holds at once: connections,
+/// requests in flight, streams. A global pool alone lets one tenant take every slot; with a
+/// quota per key, the others' share stays free. Entries exist only while slots are held, so
+/// keys a client makes up cost nothing once it lets go.
+#[derive(Debug)]
+pub(super) struct SlotsPerKey<K> {
+    limit: usize,
+    held: Mutex<HashMap<K, usize>>,
+}
+
+/// One slot of a [`SlotsPerKey`], given back when dropped.
+#[derive(Debug)]
+pub(super) struct Slot<K: Hash + Eq> {
+    quota: Arc<SlotsPerKey<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> SlotsPerKey<K> {
+    pub(super) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: Mutex::default(),
+        })
+    }
+
+    /// A slot for `key`, or `None` when it holds `limit` already.
+    pub(super) fn try_take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            quota: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Slots `key` holds now.
+    #[cfg(test)]
+    pub(super) fn held(&self, key: &K) -> usize {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut held = self.quota.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -126,6 +189,25 @@ pub(super) async fn time_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_gets_its_limit_of_slots_and_each_comes_back_when_dropped() {
+        let quota = SlotsPerKey::new(2);
+        let first = quota.try_take("bob").unwrap();
+        let second = quota.try_take("bob").unwrap();
+        assert!(quota.try_take("bob").is_none(), "bob holds his limit");
+        let alice = quota
+            .try_take("alice")
+            .expect("bob's slots are not alice's");
+        drop(first);
+        let third = quota.try_take("bob").expect("a dropped slot comes back");
+        drop((second, third, alice));
+        assert_eq!(quota.held(&"bob"), 0);
+        assert!(
+            quota.held.lock().unwrap().is_empty(),
+            "no entry outlives its slots"
+        );
+    }
 
     #[test]
     fn an_ipv6_host_cannot_dodge_the_rate_limit_within_its_64() {

@@ -1,11 +1,16 @@
 //! The accept loop: TCP, optional TLS, and the bounds that hold for every connection whatever
-//! route it asks for: how many connections are served at once, how large and how slow a request
-//! head may be, how long a TLS handshake may take, and how long shutdown waits for in-flight
-//! requests. Per-request bounds (rate, time) are the route groups' business, see `limits`.
+//! route it asks for: how many connections are served at once (in all, and from one client
+//! address), how large and how slow a request head may be, how long a TLS handshake may take, and
+//! how long shutdown waits for in-flight requests. Per-request bounds (rate, time) are the route groups' business, see `limits`.
 
-use std::{future::Future, path::Path, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, path::Path, sync::Arc, time::Duration};
 
-use axum::{Router, extract::ConnectInfo};
+use axum::{
+    Router,
+    body::Body,
+    extract::ConnectInfo,
+    http::{HeaderValue, Response, StatusCode, header},
+};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -16,7 +21,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use super::ServeError;
+use super::{
+    RETRY_AFTER_SECONDS, ServeError,
+    limits::{SlotsPerKey, client_key},
+};
 use crate::config::{HttpConfig, TlsFiles};
 
 /// Requests whose head (request line and headers) exceeds this get 431 from hyper before any
@@ -39,6 +47,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnectionLimits {
     pub(super) max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold at once; the one beyond gets 429
+    /// and is closed, rather than waiting for a slot while it holds one.
+    pub(super) max_connections_per_client: usize,
+    pub(super) handshake_timeout: Duration,
     pub(super) header_read_timeout: Duration,
     pub(super) drain_timeout: Duration,
 }
@@ -48,6 +60,9 @@ impl ConnectionLimits {
         Self {
             // The configuration refuses 0; the upper clamp keeps `Semaphore::new` from panicking.
             max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            // The download's bound per client is its rate limit.
+            max_connections_per_client: config.max_connections,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
         }
@@ -71,6 +86,7 @@ pub(super) async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = SlotsPerKey::new(limits.max_connections_per_client);
     let (drain, draining) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -106,6 +122,7 @@ pub(super) async fn serve_on(
         if let Err(problem) = stream.set_nodelay(true) {
             debug!(%problem, "cannot set TCP_NODELAY");
         }
+        let client_slot = per_client.try_take(client_key(client.ip()));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(client));
@@ -114,28 +131,32 @@ pub(super) async fn serve_on(
         let builder = builder.clone();
         let tls = tls.clone();
         let draining = draining.clone();
+        let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            let outcome = match tls {
-                None => serve_connection(&builder, stream, service, draining).await,
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(problem)) => {
-                                debug!(%problem, %client, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                debug!(%client, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    serve_connection(&builder, stream, service, draining).await
-                }
-            };
+            let over_cap = client_slot.is_none();
+            let _client_slot = client_slot;
+            let outcome =
+                match tls {
+                    None => serve_or_refuse(&builder, stream, service, over_cap, draining).await,
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(problem)) => {
+                                    debug!(%problem, %client, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    debug!(%client, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        serve_or_refuse(&builder, stream, service, over_cap, draining).await
+                    }
+                };
             // Header timeouts, oversized heads and resets are the client's doing: debug only.
             if let Err(problem) = outcome {
                 debug!(%problem, %client, "connection ended with an error");
@@ -158,6 +179,42 @@ pub(super) async fn serve_on(
     }
 }
 
+/// Serves one connection, or, for a client address over its cap, answers its first request with
+/// 429 and closes it: a clear refusal the client can act on (`Retry-After`), where waiting for a
+/// slot would look like a hung server.
+async fn serve_or_refuse<T, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: T,
+    service: S,
+    over_cap: bool,
+    draining: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !over_cap {
+        return serve_connection(builder, stream, service, draining).await;
+    }
+    let mut refusing = builder.clone();
+    refusing.keep_alive(false);
+    let refuse = hyper::service::service_fn(|_| async {
+        let mut response = Response::new(Body::from(
+            "this address has as many connections open as one client may; try again later\n",
+        ));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok::<_, Infallible>(response)
+    });
+    serve_connection(&refusing, stream, refuse, draining).await
+}
+
 /// Serves one connection, with upgrades (the proxy's exec and WebSocket streams hand the
 /// connection over to the route once it answered 101; the other routes never answer 101), until
 /// it ends or `draining` turns true: then hyper finishes the request in flight and closes.
@@ -171,7 +228,7 @@ async fn serve_connection<T, S>(
 ) -> Result<(), hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = axum::body::Body>,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connection = builder
@@ -401,6 +458,51 @@ mod tests {
             .await
             .expect("served once the slot frees");
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_connection_cap_gets_429_while_others_are_served() {
+        let limits = ConnectionLimits {
+            max_connections_per_client: 1,
+            header_read_timeout: Duration::from_secs(30),
+            ..connection_limits()
+        };
+        let server = start(state(), limits, request_limits()).await;
+        let holder = TcpStream::connect(server.address).await.unwrap();
+        let mut second = TcpStream::connect(server.address).await.unwrap();
+        second.write_all(get("/healthz").as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut second, Duration::from_secs(5))
+            .await
+            .expect("the refusal is answered and the connection closed");
+        assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 10"),
+            "{answer}"
+        );
+        drop(holder);
+        let answer = exchange(server.address, &get("/healthz")).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_starts_is_dropped_after_the_handshake_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files) = test_pki(dir.path());
+        let limits = ConnectionLimits {
+            handshake_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_secs(30),
+            ..connection_limits()
+        };
+        let acceptor = tls_acceptor(&files).unwrap();
+        let server = start_with_tls(state(), limits, request_limits(), Some(acceptor)).await;
+        let mut silent = TcpStream::connect(server.address).await.unwrap();
+        // Well under the 10 s the listener used to allow, and under header_read_timeout.
+        assert!(
+            read_until_closed(&mut silent, Duration::from_secs(5))
+                .await
+                .is_some(),
+            "a client that never starts its handshake keeps its slot"
+        );
     }
 
     #[tokio::test]

@@ -161,6 +161,8 @@ pub(super) async fn body(response: Response) -> String {
 pub(super) fn connection_limits() -> ConnectionLimits {
     ConnectionLimits {
         max_connections: 8,
+        max_connections_per_client: 8,
+        handshake_timeout: Duration::from_millis(500),
         header_read_timeout: Duration::from_millis(500),
         drain_timeout: Duration::from_secs(2),
     }

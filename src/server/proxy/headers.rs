@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::oidc::token::Identity;
 
@@ -89,6 +90,78 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 /// browsers, which cannot set `Authorization` on a WebSocket).
 const SUBPROTOCOL_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
+/// Go's `base64.RawURLEncoding`, which kube-apiserver decodes the subprotocol token with: no
+/// padding, and bits after the last full byte ignored rather than refused.
+const RAW_URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Why a bearer token among the WebSocket subprotocols cannot be used; kube-apiserver refuses
+/// the same requests (its `websocket.ProtocolAuthenticator`), with 401.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(super) enum SubprotocolTokenError {
+    #[error("more than one base64url.bearer.authorization.k8s.io subprotocol was sent; send one")]
+    Several,
+    #[error(
+        "the base64url.bearer.authorization.k8s.io subprotocol does not hold a base64url token (unpadded) that is UTF-8"
+    )]
+    Encoding,
+    #[error(
+        "a base64url.bearer.authorization.k8s.io subprotocol needs another subprotocol beside it, for the server to answer with"
+    )]
+    NoOtherProtocol,
+}
+
+/// The `Authorization` value for the bearer token a WebSocket upgrade carries among its
+/// subprotocols, read as kube-apiserver reads it: every `Sec-WebSocket-Protocol` header, values
+/// split at commas and trimmed; one token protocol at most, base64url without padding, UTF-8,
+/// and another protocol beside it. `Ok(None)` when there is none (or it decodes to nothing).
+/// The protocol itself is removed later, with the client's other credentials
+/// ([`set_credential`]).
+pub(super) fn subprotocol_bearer(
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, SubprotocolTokenError> {
+    let mut token = None;
+    let mut others = 0;
+    for protocol in websocket_protocols(headers) {
+        let Some(encoded) = protocol.strip_prefix(SUBPROTOCOL_BEARER_PREFIX) else {
+            others += 1;
+            continue;
+        };
+        if token.is_some() {
+            return Err(SubprotocolTokenError::Several);
+        }
+        let decoded = base64::Engine::decode(&RAW_URL, encoded)
+            .map_err(|_| SubprotocolTokenError::Encoding)?;
+        token = Some(String::from_utf8(decoded).map_err(|_| SubprotocolTokenError::Encoding)?);
+    }
+    let Some(token) = token.filter(|token| !token.is_empty()) else {
+        return Ok(None);
+    };
+    if others == 0 {
+        return Err(SubprotocolTokenError::NoOtherProtocol);
+    }
+    // A token no header can carry is no token the API server could verify either.
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map(Some)
+        .map_err(|_| SubprotocolTokenError::Encoding)
+}
+
+/// The subprotocols of every `Sec-WebSocket-Protocol` header, in order (RFC 6455 11.3.4: several
+/// headers are one list).
+fn websocket_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+}
+
 /// Says who the client is, for the API server's audit log (`sourceIPs` reads `X-Forwarded-For`,
 /// then `X-Real-Ip`): the address the connection came from, replacing whatever the client
 /// claimed, since the proxy is where requests enter.
@@ -109,13 +182,8 @@ pub(super) fn set_forwarded_for(headers: &mut HeaderMap, client: Option<IpAddr>)
 pub(super) fn set_credential(headers: &mut HeaderMap, credential: HeaderValue) {
     headers.remove(header::AUTHORIZATION);
     headers.insert(header::AUTHORIZATION, credential);
-    let protocols: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|protocol| !protocol.is_empty() && !protocol.starts_with(SUBPROTOCOL_BEARER_PREFIX))
+    let protocols: Vec<String> = websocket_protocols(headers)
+        .filter(|protocol| !protocol.starts_with(SUBPROTOCOL_BEARER_PREFIX))
         .map(str::to_owned)
         .collect();
     headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
@@ -138,10 +206,48 @@ pub(super) struct Unrepresentable {
     pub what: &'static str,
 }
 
-/// Adds `Impersonate-User` and one `Impersonate-Group` per group, then `system:authenticated`
-/// (once). The verified identity has no UID and no extra fields, as kube-apiserver's `--oidc-*`
-/// authenticator gives none, so no `Impersonate-Uid` or `Impersonate-Extra-*` is sent: the API
-/// server sees the same user as with the token itself.
+/// What an `Impersonate-Extra-` header name cannot carry as it is: every byte that is not an
+/// RFC 9110 token character, and `%` itself. client-go escapes the same set (its
+/// `headerKeyEscape`) and kube-apiserver unescapes the name with `url.PathUnescape`, so
+/// `authentication.kubernetes.io/credential-id` travels as `...kubernetes.io%2Fcredential-id`.
+const EXTRA_KEY_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'%')
+    .add(b'(')
+    .add(b')')
+    .add(b',')
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'{')
+    .add(b'}');
+
+/// The header that impersonates the extra field `key`.
+fn extra_header(key: &str) -> Result<HeaderName, Unrepresentable> {
+    let name = format!(
+        "impersonate-extra-{}",
+        utf8_percent_encode(key, EXTRA_KEY_ESCAPES)
+    );
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| Unrepresentable {
+        what: "an extra field's key",
+    })
+}
+
+/// Adds `Impersonate-User`, one `Impersonate-Group` per group, then `system:authenticated`
+/// (once), `Impersonate-Uid` when the identity has a UID, and one `Impersonate-Extra-<key>` per
+/// value of each extra field (the `credential-id` from `jti` among them), so the API server's
+/// authorization, admission and audit see the whole identity the token maps, as they would with
+/// the token itself. The proxy's ServiceAccount needs the right to impersonate each: `uids`, and
+/// `userextras/<key>` for each key (config/proxy).
 pub(super) fn impersonate(
     headers: &mut HeaderMap,
     identity: &Identity,
@@ -162,6 +268,15 @@ pub(super) fn impersonate(
             "impersonate-group",
             HeaderValue::from_static(AUTHENTICATED_GROUP),
         );
+    }
+    if !identity.uid.is_empty() {
+        headers.insert("impersonate-uid", value(&identity.uid, "UID")?);
+    }
+    for (key, values) in &identity.extra {
+        let name = extra_header(key)?;
+        for extra in values {
+            headers.append(name.clone(), value(extra, "an extra field's value")?);
+        }
     }
     Ok(())
 }
@@ -294,19 +409,111 @@ mod tests {
     }
 
     #[test]
+    fn a_subprotocol_bearer_token_is_read_as_kube_apiserver_reads_it() {
+        let bearer = |protocols: &[&str]| {
+            let pairs: Vec<_> = protocols
+                .iter()
+                .map(|value| ("sec-websocket-protocol", *value))
+                .collect();
+            subprotocol_bearer(&headers(&pairs))
+        };
+        // "YWxpY2U" is "alice" unpadded; "YWxpY2V" has trailing bits set, which Go ignores.
+        for sent in [
+            &["base64url.bearer.authorization.k8s.io.YWxpY2U, v4.channel.k8s.io"][..],
+            &[
+                "v4.channel.k8s.io",
+                "base64url.bearer.authorization.k8s.io.YWxpY2U",
+            ],
+            &[" base64url.bearer.authorization.k8s.io.YWxpY2V ,x"],
+        ] {
+            assert_eq!(bearer(sent).unwrap().unwrap(), "Bearer alice", "{sent:?}");
+        }
+        assert_eq!(bearer(&["v4.channel.k8s.io"]), Ok(None));
+        assert_eq!(
+            bearer(&["base64url.bearer.authorization.k8s.io., v4.channel.k8s.io"]),
+            Ok(None)
+        );
+        assert_eq!(
+            bearer(&["base64url.bearer.authorization.k8s.io.YWxpY2U"]),
+            Err(SubprotocolTokenError::NoOtherProtocol)
+        );
+        assert_eq!(
+            bearer(&[
+                "base64url.bearer.authorization.k8s.io.YWxpY2U, x",
+                "base64url.bearer.authorization.k8s.io.Ym9i"
+            ]),
+            Err(SubprotocolTokenError::Several)
+        );
+        for encoding in ["YWxpY2U=", "YWxp+2U", "_w", "AA"] {
+            assert_eq!(
+                bearer(&[&format!(
+                    "base64url.bearer.authorization.k8s.io.{encoding}, x"
+                )]),
+                Err(SubprotocolTokenError::Encoding),
+                "{encoding}"
+            );
+        }
+    }
+
+    #[test]
     fn the_user_and_every_group_plus_authenticated_are_impersonated() {
         let mut map = HeaderMap::new();
         impersonate(&mut map, &alice()).unwrap();
         assert_eq!(map["impersonate-user"], "alice@example.com");
         let groups: Vec<_> = map.get_all("impersonate-group").iter().collect();
         assert_eq!(groups, ["team-a", "system:authenticated"]);
-        assert!(!map.contains_key("impersonate-uid"));
+        assert!(!map.contains_key("impersonate-uid"), "no UID, no header");
 
         let mut already = alice();
         already.groups.push(AUTHENTICATED_GROUP.into());
         let mut map = HeaderMap::new();
         impersonate(&mut map, &already).unwrap();
         assert_eq!(map.get_all("impersonate-group").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_uid_and_every_extra_are_impersonated_with_keys_escaped_as_client_go_does() {
+        let mut identity = alice();
+        identity.uid = "uid-1234".into();
+        identity.extra = [
+            (
+                "authentication.kubernetes.io/credential-id".to_owned(),
+                vec!["JTI=abc".to_owned()],
+            ),
+            (
+                "example.com/roles".to_owned(),
+                vec!["admin".to_owned(), "dev ops".to_owned()],
+            ),
+            ("odd key%:x".to_owned(), vec!["v".to_owned()]),
+        ]
+        .into();
+        let mut map = HeaderMap::new();
+        impersonate(&mut map, &identity).unwrap();
+        assert_eq!(map["impersonate-uid"], "uid-1234");
+        assert_eq!(
+            map["impersonate-extra-authentication.kubernetes.io%2fcredential-id"],
+            "JTI=abc"
+        );
+        let roles: Vec<_> = map
+            .get_all("impersonate-extra-example.com%2froles")
+            .iter()
+            .collect();
+        assert_eq!(roles, ["admin", "dev ops"]);
+        assert_eq!(map["impersonate-extra-odd%20key%25%3ax"], "v");
+        assert_eq!(map.keys_len(), 6);
+
+        let mut evil = alice();
+        evil.extra = [(
+            "k".to_owned(),
+            vec!["a\r\nImpersonate-User: admin".to_owned()],
+        )]
+        .into();
+        assert_eq!(
+            impersonate(&mut HeaderMap::new(), &evil),
+            Err(Unrepresentable {
+                what: "an extra field's value"
+            })
+        );
     }
 
     #[test]

@@ -4,21 +4,25 @@
 //!
 //! Every request, in this order ([`handle`] reads as the list):
 //! 1. the bearer token is verified with the same extractor as `/kube-config` (401 with the
-//!    reason, or 503 if the issuer is unreachable);
+//!    reason, or 503 if the issuer is unreachable); a WebSocket upgrade without `Authorization`
+//!    may carry it as a subprotocol instead, as kube-apiserver allows for browsers;
 //! 2. a request carrying `Impersonate-*` headers of its own gets 403;
 //! 3. hop-by-hop headers and every header named in `Connection` are dropped;
 //! 4. `Authorization` is replaced by the proxy's own credential (its ServiceAccount token), and
 //!    a bearer token among the WebSocket subprotocols is removed;
-//! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`) are
-//!    added for the verified identity.
+//! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`),
+//!    `Impersonate-Uid` and `Impersonate-Extra-*` are added for the whole verified identity;
+//! 6. the request takes one of its user's slots (`proxy.maxRequestsPerUser`), held until its
+//!    answer or stream ends; a user holding them all gets 429 with `Retry-After`.
 //!
 //! The API server then authorizes the request as the user, and its answer (including its own
 //! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
 //! attach, port-forward, WebSocket watches) take the same steps, then go over a fresh connection
 //! (see [`upgrade`]). There is no request timeout on this listener: a watch or an exec session
-//! lasts as long as it is used. The bounds are the listener's (connections at once, idle
-//! keep-alive connections closed after [`super::HEADER_READ_TIMEOUT`]) and, for upgraded
-//! streams, a slot per stream and an idle timeout.
+//! lasts as long as it is used. The bounds are the listener's (connections at once, in all and
+//! per client address; handshakes and request heads within [`HANDSHAKE_TIMEOUT`] and
+//! [`HEADER_READ_TIMEOUT`]), the user's slots, and, for upgraded streams, a slot per stream and an
+//! idle timeout.
 
 mod headers;
 mod upgrade;
@@ -37,12 +41,14 @@ use axum::{
     http::{HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts},
     response::IntoResponse,
 };
+use http_body_util::BodyExt as _;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Authenticated, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, ServeError,
+    Authenticated, DRAIN_TIMEOUT, RETRY_AFTER_SECONDS, ServeError,
+    limits::{Slot, SlotsPerKey, client_key},
     listener::{self, ConnectionLimits},
 };
 use crate::{
@@ -51,6 +57,14 @@ use crate::{
     oidc::authenticator::Authenticator,
 };
 use upstream::{Credential, Upstream};
+
+/// How long a client may take over its TLS handshake. Shorter than the main listener's: each
+/// handshake in progress holds a connection slot, and a client that means to use the proxy
+/// finishes in milliseconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client may take to send a complete request head, the first on a connection or the
+/// next on a kept-alive one: a connection that asks for nothing gives its slot back this soon.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every proxied request shares.
 struct Proxy {
@@ -61,6 +75,12 @@ struct Proxy {
     /// One permit per open upgraded stream; an upgraded connection has left the listener's
     /// count, so this keeps streams bounded too.
     streams: Arc<Semaphore>,
+    /// Requests in flight per verified user, watches and streams included, so that one tenant
+    /// cannot hold every connection the listener serves.
+    per_user: Arc<SlotsPerKey<String>>,
+    /// Upgraded streams per client address (`proxy.maxConnectionsPerClient` again): a stream
+    /// no longer counts among its address's connections.
+    streams_per_client: Arc<SlotsPerKey<IpAddr>>,
     stream_idle_timeout: Duration,
 }
 
@@ -82,6 +102,14 @@ impl BoundProxy {
     ) -> Result<Self, ServeError> {
         let tls = listener::tls_acceptor(&config.tls)?;
         let upstream = Upstream::new(config)?;
+        // The upstream CA file is followed like every CA file; a defaulted upstream CA is the
+        // kubeconfig's bundle, which proxy mode replaces with the proxy's, so it is watched here.
+        tokio::spawn(
+            config
+                .upstream_ca
+                .clone()
+                .watch_file(crate::ca::POLL_INTERVAL),
+        );
         let credential = Credential::load(config.token_file.clone())?;
         credential.keep_fresh();
         let tcp = listener::bind(config.listen).await?;
@@ -92,6 +120,8 @@ impl BoundProxy {
             upstream,
             credential,
             streams: Arc::new(Semaphore::new(max_connections)),
+            per_user: SlotsPerKey::new(config.max_requests_per_user),
+            streams_per_client: SlotsPerKey::new(config.max_connections_per_client),
             stream_idle_timeout: config.stream_idle_timeout,
         });
         Ok(Self {
@@ -99,6 +129,8 @@ impl BoundProxy {
             tls,
             limits: ConnectionLimits {
                 max_connections,
+                max_connections_per_client: config.max_connections_per_client,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
                 header_read_timeout: HEADER_READ_TIMEOUT,
                 drain_timeout: DRAIN_TIMEOUT,
             },
@@ -159,6 +191,25 @@ async fn handle(
     client: Option<IpAddr>,
 ) -> (Option<String>, Response<Body>) {
     // 1. Who is asking.
+    if upgrade
+        .as_ref()
+        .is_some_and(|upgrade| upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+    {
+        match headers::subprotocol_bearer(&parts.headers) {
+            Ok(Some(bearer)) => {
+                parts.headers.insert(header::AUTHORIZATION, bearer);
+            }
+            Ok(None) => {}
+            Err(problem) => {
+                let message = problem.to_string();
+                return (
+                    None,
+                    refusal(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
+                );
+            }
+        }
+    }
     let identity = match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
         Ok(authenticated) => authenticated.identity,
         Err(refused) => return (None, refused),
@@ -207,23 +258,53 @@ async fn handle(
             refusal(StatusCode::FORBIDDEN, "Forbidden", &problem.to_string()),
         );
     }
-    let response = match upgrade {
-        Some(upgrade) => match Arc::clone(&proxy.streams).try_acquire_owned() {
-            Ok(permit) => upgrade::forward(proxy, parts, upgrade, permit).await,
-            Err(_) => refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the proxy has as many open streams as it serves; try again later",
+    // 6. Within the user's share.
+    let Some(slot) = proxy.per_user.try_take(identity.username) else {
+        return (
+            user,
+            too_many(
+                "this user has as many requests and streams open through the proxy as one user may; close some or try again later",
             ),
-        },
-        None => plain(proxy, parts, body).await,
+        );
+    };
+    let Some(upgrade) = upgrade else {
+        return (user, plain(proxy, parts, body, slot).await);
+    };
+    // An upgraded stream has left the listener's count of connections, so its address's share
+    // of streams is counted here.
+    let client_slot = client.map(|ip| proxy.streams_per_client.try_take(client_key(ip)));
+    let response = match (Arc::clone(&proxy.streams).try_acquire_owned(), client_slot) {
+        (_, Some(None)) => too_many(
+            "this address has as many streams open through the proxy as one client may; close some or try again later",
+        ),
+        (Ok(permit), client_slot) => {
+            upgrade::forward(proxy, parts, upgrade, (permit, slot, client_slot)).await
+        }
+        (Err(_), _) => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the proxy has as many open streams as it serves; try again later",
+        ),
     };
     (user, response)
 }
 
+/// 429 for a client or user over its share, with `Retry-After`. The connection goes too: kept
+/// alive, it would hold a slot of the listener's pool.
+fn too_many(message: &str) -> Response<Body> {
+    let mut refused = refusal(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+    let headers = refused.headers_mut();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    refused
+}
+
 /// Any request but an upgrade, over the pooled connections; the answer streams back as it
-/// arrives.
-async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
+/// arrives, holding the user's `slot` until it ends (a watch: until it is closed).
+async fn plain(proxy: &Proxy, mut parts: Parts, body: Body, slot: Slot<String>) -> Response<Body> {
     parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
@@ -243,6 +324,10 @@ async fn plain(proxy: &Proxy, mut parts: Parts, body: Body) -> Response<Body> {
                 .observe(started.elapsed().as_secs_f64());
             let (mut head, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut head.headers);
+            let body = body.map_frame(move |frame| {
+                let _held = &slot;
+                frame
+            });
             Response::from_parts(head, Body::new(body))
         }
         Err(problem) => {

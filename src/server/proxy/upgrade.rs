@@ -25,7 +25,6 @@ use axum::{
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use super::{Proxy, headers, refusal};
@@ -33,12 +32,13 @@ use super::{Proxy, headers, refusal};
 /// Forwards an upgrade request whose headers are already the proxy's (credential and
 /// impersonation set, hop-by-hop removed) and returns the API server's answer, after which the
 /// streams are spliced in the background if it was 101. `upgrade` is the client's `Upgrade`
-/// value; `permit` is one of the proxy's stream slots, held until the splice ends.
+/// value; `held` is what the stream occupies (one of the proxy's stream slots, one of its user's),
+/// given back when the splice ends.
 pub(super) async fn forward(
     proxy: &Arc<Proxy>,
     mut parts: Parts,
     upgrade: HeaderValue,
-    permit: OwnedSemaphorePermit,
+    held: impl Send + 'static,
 ) -> Response<Body> {
     let Some(client_side) = parts.extensions.remove::<OnUpgrade>() else {
         // Only a request that came over HTTP/1.1 through the listener can be upgraded.
@@ -108,7 +108,7 @@ pub(super) async fn forward(
     let metrics = Arc::clone(&proxy.metrics);
     let idle_timeout = proxy.stream_idle_timeout;
     tokio::spawn(async move {
-        let _permit = permit;
+        let _held = held;
         let (client, server) = match tokio::try_join!(client_side, server_side) {
             Ok(pair) => pair,
             Err(problem) => {

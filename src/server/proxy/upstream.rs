@@ -1,8 +1,13 @@
-//! The proxy's side towards the API server: the TLS trust in its CA, a pool of HTTP/1.1
-//! connections for ordinary requests, fresh connections for upgrades, and the proxy's own
-//! credential, read from its ServiceAccount token file and re-read while running.
+//! The proxy's side towards the API server: the TLS trust in its CA (followed when the CA file
+//! changes), a pool of HTTP/1.1 connections for ordinary requests, fresh connections for
+//! upgrades, and the proxy's own credential, read from its ServiceAccount token file and re-read
+//! while running.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock as SyncRwLock},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -13,13 +18,21 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use rustls::pki_types::ServerName;
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
 use tokio::{net::TcpStream, sync::RwLock};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tracing::warn;
 use url::Url;
 
-use crate::{config::ProxyConfig, server::ServeError};
+use crate::{ca::CaBundle, config::ProxyConfig, server::ServeError};
 
 /// How often the token file is re-read. A projected ServiceAccount token is rotated by kubelet
 /// well before it expires; client-go re-reads its token file every minute too.
@@ -40,24 +53,125 @@ pub(super) struct Upstream {
     tls: TlsConnector,
 }
 
+/// Verifies the API server's certificate against the CA as it is now: a rotated CA file (the
+/// bundle is watched) applies to every new connection, pooled or fresh, without a restart. A
+/// new CA that cannot be used is logged and the last good one stays, as for every CA file.
+#[derive(Debug)]
+struct FollowedCa {
+    ca: CaBundle,
+    provider: Arc<CryptoProvider>,
+    /// The PEM the verifier was built from, and the verifier.
+    current: SyncRwLock<(Arc<[u8]>, Arc<WebPkiServerVerifier>)>,
+}
+
+impl FollowedCa {
+    fn new(ca: CaBundle, provider: Arc<CryptoProvider>) -> Result<Self, String> {
+        let pem = ca
+            .current()
+            .ok_or_else(|| "there is no upstream CA".to_owned())?;
+        let verifier = verifier_for(&pem, &provider)?;
+        Ok(Self {
+            ca,
+            provider,
+            current: SyncRwLock::new((pem, verifier)),
+        })
+    }
+
+    /// The verifier for the bundle's current PEM, rebuilt when it changed.
+    fn verifier(&self) -> Arc<WebPkiServerVerifier> {
+        let (built_from, verifier) = {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            (Arc::clone(&current.0), Arc::clone(&current.1))
+        };
+        let Some(pem) = self.ca.current() else {
+            return verifier;
+        };
+        if pem == built_from {
+            return verifier;
+        }
+        match verifier_for(&pem, &self.provider) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                    (pem, Arc::clone(&fresh));
+                fresh
+            }
+            Err(problem) => {
+                warn!(%problem, "the upstream CA changed but cannot be used; keeping the last good one");
+                verifier
+            }
+        }
+    }
+}
+
+fn verifier_for(
+    pem: &[u8],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut &pem[..]) {
+        let certificate = certificate.map_err(|e| format!("the upstream CA is not PEM: {e}"))?;
+        roots
+            .add(certificate)
+            .map_err(|e| format!("the upstream CA is not usable: {e}"))?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|e| format!("the upstream CA is not usable: {e}"))
+}
+
+impl ServerCertVerifier for FollowedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
 impl Upstream {
     pub(super) fn new(config: &ProxyConfig) -> Result<Self, ServeError> {
         let problem = |problem: String| ServeError::Upstream { problem };
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in rustls_pemfile::certs(&mut config.upstream_ca_pem.as_slice()) {
-            let certificate =
-                certificate.map_err(|e| problem(format!("the upstream CA is not PEM: {e}")))?;
-            roots
-                .add(certificate)
-                .map_err(|e| problem(format!("the upstream CA is not usable: {e}")))?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| problem(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            FollowedCa::new(config.upstream_ca.clone(), Arc::clone(&provider)).map_err(problem)?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| problem(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         let mut upgrade_tls = tls.clone();
         upgrade_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
@@ -194,7 +308,34 @@ fn read_token(file: &std::path::Path) -> Result<HeaderValue, String> {
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
     use super::*;
+
+    fn ca_pem() -> String {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn the_verifier_is_rebuilt_when_the_ca_changes_and_only_then() {
+        let (first, second) = (ca_pem(), ca_pem());
+        let bundle = CaBundle::fixed(Some(first.clone().into_bytes()));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let followed = FollowedCa::new(bundle.clone(), provider).unwrap();
+        let before = followed.verifier();
+        assert!(
+            Arc::ptr_eq(&before, &followed.verifier()),
+            "unchanged, not rebuilt"
+        );
+        bundle.replace(second.into_bytes()).unwrap();
+        let after = followed.verifier();
+        assert!(!Arc::ptr_eq(&before, &after), "a new CA, a new verifier");
+        assert!(Arc::ptr_eq(&after, &followed.verifier()));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_rotated_token_is_used_after_the_next_refresh_and_a_broken_file_keeps_the_last() {
