@@ -1,13 +1,16 @@
 //! Revocation in one verb (README "Revocation"): a `KubeconfigRevocation`, created by an identity
 //! that holds nothing but the right to create them, refuses a group's tokens issued before its
-//! `notBefore` on every operator, including one started afterwards, and accepts the tokens the
-//! group's members get after it. A tenant cannot revoke anyone. Revocations past their
+//! `notBefore` on every operator, including one started afterwards, for the download and through
+//! the API server proxy, and accepts the tokens the group's members get after it. A tenant cannot revoke anyone. Revocations past their
 //! `expiresAt` are deleted.
 
+#[path = "support/api_proxy.rs"]
+mod api_proxy;
 mod support;
 
 use std::{thread, time::Duration};
 
+use api_proxy::{Proxied, kubectl_with};
 use chrono::{DateTime, SecondsFormat, Utc};
 use support::{
     Cluster, Namespace, cluster, eventually, id_token, kubectl, kubectl_as_token, kubectl_result,
@@ -103,12 +106,21 @@ fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revocation");
     let revoker = Revoker::new(cluster, &namespace.name);
-    let operator = Operator::start(cluster, &namespace.name, Issuer::Main, &[]);
+    let proxied = Proxied::start(cluster, &namespace.name);
+    let operator = &proxied.operator;
     let before = id_token(cluster, "alice");
     let bob = id_token(cluster, "bob");
+    // A kubeconfig naming the proxy, used once: the proxy has cached its verdict on the token.
+    let through_proxy = proxied.kubeconfig_for(&before, "alice-before");
+    let whoami = [
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ];
     assert_eq!(
-        http_get_kubeconfig(&operator.base_url, Some(&before), "").status,
-        200
+        kubectl_with(&through_proxy, &whoami).unwrap(),
+        cluster.alice_username
     );
 
     // Tokens carry whole seconds: notBefore is a second after alice's token was issued.
@@ -140,6 +152,17 @@ fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
         "{}",
         refusal.body
     );
+    let refused = kubectl_with(&through_proxy, &whoami).unwrap_err();
+    assert!(
+        refused.contains("Unauthorized") || refused.contains("logged in"),
+        "{refused}"
+    );
+    let raw = proxied.raw(
+        proxied.list_configmaps(&namespace.name, &before).as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(raw.contains("Revoked"), "{raw}");
     // bob is not in team-a.
     assert_eq!(
         http_get_kubeconfig(&operator.base_url, Some(&bob), "").status,
@@ -154,7 +177,7 @@ fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
 
     // The revocation lives in the API server: an operator started now refuses from its first
     // answer, since it is not ready before it has listed the revocations.
-    drop(operator);
+    drop(proxied);
     let restarted = Operator::start(cluster, &namespace.name, Issuer::Main, &[]);
     assert_eq!(
         http_get_kubeconfig(&restarted.base_url, Some(&before), "").status,

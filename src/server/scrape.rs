@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use super::{
-    DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, ServeError, limits,
+    DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, ServeError, TLS_HANDSHAKE_TIMEOUT, limits,
     listener::{self, ConnectionLimits},
 };
 use crate::metrics::Metrics;
@@ -49,6 +49,8 @@ impl MetricsListener {
     pub(super) async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let limits = ConnectionLimits {
             max_connections: MAX_SCRAPERS,
+            max_connections_per_client: MAX_SCRAPERS,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
         };
