@@ -21,7 +21,8 @@
 //! refused even though kube-apiserver might accept it: algorithms outside the configured list
 //! (including `none` and HMAC, reported as `BadSignature`), `crit` headers, keys named by the token
 //! itself (`jku`, `x5u`, `jwk`, `x5c` are ignored), tokens over 16 KiB, times beyond the year
-//! 262143, and distributed groups claims (`_claim_names`), which the operator cannot resolve.
+//! 262143, and distributed groups claims (a `_claim_sources` entry with an `endpoint`), which the
+//! operator does not fetch; an aggregated source (no endpoint) is skipped, as kube-apiserver does.
 //!
 //! Every refusal names a reason a person can act on without ever echoing the token (a bearer
 //! credential) back.
@@ -1251,6 +1252,41 @@ pub(crate) mod tests {
         );
         let error = check(&verifier, &sign(&distributed)).await.unwrap_err();
         assert_eq!(error, TokenError::MissingClaim("groups".into()));
+        // Aggregated (a JWT, no endpoint): kube-apiserver's resolver skips it, the user has no
+        // groups.
+        for source in [
+            json!({"JWT": "e30.e30.sig"}),
+            json!({"endpoint": ""}),
+            Value::Null,
+        ] {
+            let aggregated = with(
+                with(
+                    without(claims(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({ "src1": source }),
+            );
+            let accepted = check(&verifier, &sign(&aggregated)).await.unwrap();
+            assert!(accepted.groups.is_empty(), "{source}");
+        }
+        let bad_source = with(
+            with(
+                without(claims(), "groups"),
+                "_claim_names",
+                json!({"groups": "src1"}),
+            ),
+            "_claim_sources",
+            json!({"src1": {"endpoint": 7}}),
+        );
+        assert_eq!(
+            check(&verifier, &sign(&bad_source))
+                .await
+                .unwrap_err()
+                .reason(),
+            "Malformed"
+        );
         let dangling = with(claims(), "_claim_names", json!({"roles": "nowhere"}));
         assert_eq!(
             check(&verifier, &sign(&dangling))
