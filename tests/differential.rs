@@ -414,6 +414,42 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
             signer.sign(&with(base.clone(), "groups", json!(["a", 1]))),
         ),
         (
+            "groups from an aggregated source (a JWT, no endpoint): skipped",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"JWT": "e30.eyJncm91cHMiOlsiYWRtaW4iXX0.c2ln"}}),
+            )),
+        ),
+        (
+            "groups from a distributed source that cannot be fetched",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims", "access_token": "x"}}),
+            )),
+        ),
+        (
+            "_claim_sources with an endpoint that is not a string",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": 7}}),
+            )),
+        ),
+        (
             "jti becomes the credential id",
             signer.sign(&with(base.clone(), "jti", json!("token-42"))),
         ),
@@ -669,6 +705,7 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "Dex-signed: nbf 30 s ahead (inside the skew)",
                 "Dex-signed: email_verified absent",
                 "Dex-signed: groups as a string",
+                "Dex-signed: groups from an aggregated source (a JWT, no endpoint): skipped",
             ][..],
         ),
         (
@@ -679,6 +716,7 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "test issuer: ES256",
                 "test issuer: extra from a string",
                 "test issuer: CEL claim rule: blocked as the string \"true\"",
+                "test issuer: groups from an aggregated source (a JWT, no endpoint): skipped",
             ][..],
         ),
     ] {
@@ -778,5 +816,169 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         Duration::from_secs(30),
         "the restored file takes effect",
         || status() == 200,
+    );
+}
+
+/// Claim rules for the test issuer, one per library of kube-apiserver's CEL environment (and the
+/// optional syntax), each reading a claim of its own so that tokens without it pass as before.
+const LIBRARY_RULES: &[&str] = &[
+    r#"!has(claims.lib_sets) || sets.equivalent(claims.lib_sets, ["a", "b"])"#,
+    r#"!has(claims.lib_strings) || (claims.lib_strings.lowerAscii().startsWith("ok") && strings.quote(claims.lib_strings).size() == 4)"#,
+    r#"!has(claims.lib_ip) || (isIP(claims.lib_ip) && ip.isCanonical(claims.lib_ip) && ip(claims.lib_ip).family() == 4)"#,
+    r#"!has(claims.lib_cidr) || cidr("10.0.0.0/8").containsIP(ip(claims.lib_cidr))"#,
+    r#"!has(claims.lib_label) || !format.dns1123Label().validate(claims.lib_label).hasValue()"#,
+    r#"!has(claims.lib_quantity) || quantity(claims.lib_quantity).isLessThan(quantity("1Gi"))"#,
+    r#"!has(claims.lib_semver) || semver(claims.lib_semver).isGreaterThan(semver("1.2.0"))"#,
+    r#"!has(claims.lib_lists) || (claims.lib_lists.isSorted() && claims.lib_lists.sum() < 10)"#,
+    r#"!has(claims.lib_regex) || claims.lib_regex.find("[0-9]+") == "42""#,
+    r#"!has(claims.lib_url) || url(claims.lib_url).getHost() == "example.com""#,
+    r#"claims.?lib_optional.orValue("fine") != "bad""#,
+];
+
+/// KEP-3331's revocation recipe: a deny-list of credential ids, read with the optional index
+/// because tokens without `jti` have no such extra.
+const REVOCATION_RULE: &str = r#"!user.extra[?"authentication.kubernetes.io/credential-id"].orValue([]).exists(id, id == "JTI=revoked-1")"#;
+
+/// The API server's file with [`LIBRARY_RULES`] and [`REVOCATION_RULE`] added to the test issuer.
+fn with_library_rules(original: &str) -> String {
+    let claim_anchor = "    message: blocked by the test issuer\n";
+    let user_anchor = "    message: root is not a user\n";
+    assert!(original.contains(claim_anchor) && original.contains(user_anchor));
+    let claim_rules: String = LIBRARY_RULES
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| format!("  - expression: '{rule}'\n    message: library rule {i}\n"))
+        .collect();
+    original
+        .replace(claim_anchor, &format!("{claim_anchor}{claim_rules}"))
+        .replace(
+            user_anchor,
+            &format!("{user_anchor}  - expression: '{REVOCATION_RULE}'\n    message: revoked\n"),
+        )
+}
+
+/// Puts the API server's file back even when the test fails half-way.
+struct Restore {
+    path: PathBuf,
+    original: String,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.original);
+    }
+}
+
+/// Every CEL library of kube-apiserver's authentication environment, the optional syntax and the
+/// revocation recipe, with the same verdicts: the rules are added to the API server's own file
+/// (which it reloads), the operator reads that file, and a token per rule and outcome is compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cluster = cluster();
+    let ca = reqwest::Certificate::from_pem(
+        &std::fs::read(&cluster.kube_ca_file).expect("read the cluster CA"),
+    )
+    .expect("the cluster CA is PEM");
+    let server = env(cluster, "KUBE_AUTHN_SERVER").to_owned();
+    let path = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
+    let original = std::fs::read_to_string(&path).expect("read the API server's file");
+    let restore = Restore {
+        path: path.clone(),
+        original: original.clone(),
+    };
+    std::fs::write(&path, with_library_rules(&original)).expect("edit the API server's file");
+
+    let issuer = Signer::test_issuer(cluster);
+    let base = issuer.claims();
+    let revoked = issuer.sign(&with(base.clone(), "jti", json!("revoked-1")));
+    let applied = |expect_refused: bool| {
+        let (server, ca, revoked) = (server.clone(), ca.clone(), revoked.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(move || {
+            support::eventually(
+                Duration::from_secs(120),
+                "kube-apiserver applies its edited file",
+                || {
+                    handle
+                        .block_on(api_server_verdict(&server, &ca, &revoked))
+                        .is_none()
+                        == expect_refused
+                },
+            )
+        })
+    };
+    applied(true);
+
+    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
+        .await
+        .expect("the operator accepts every library kube-apiserver accepts");
+    let mut corpus: Corpus = Vec::new();
+    for (label, claim, value) in [
+        ("sets.equivalent holds", "lib_sets", json!(["b", "a"])),
+        ("sets.equivalent fails", "lib_sets", json!(["a"])),
+        ("strings.quote holds", "lib_strings", json!("ok")),
+        ("strings.quote fails", "lib_strings", json!("OKx")),
+        ("ip holds", "lib_ip", json!("10.1.2.3")),
+        ("ip.isCanonical fails", "lib_ip", json!("2001:DB8::1")),
+        ("ip with leading zeros", "lib_ip", json!("010.1.2.3")),
+        ("cidr holds", "lib_cidr", json!("10.9.9.9")),
+        ("cidr fails", "lib_cidr", json!("11.0.0.1")),
+        (
+            "format.dns1123Label holds",
+            "lib_label",
+            json!("good-label"),
+        ),
+        ("format.dns1123Label fails", "lib_label", json!("Bad_Label")),
+        ("quantity holds", "lib_quantity", json!("512Mi")),
+        ("quantity fails", "lib_quantity", json!("2Gi")),
+        ("quantity unparsable", "lib_quantity", json!("lots")),
+        ("semver holds", "lib_semver", json!("1.3.0")),
+        ("semver fails", "lib_semver", json!("1.0.0")),
+        ("semver unparsable", "lib_semver", json!("v1.3")),
+        ("lists holds", "lib_lists", json!([1, 2, 3])),
+        ("lists fails", "lib_lists", json!([3, 1])),
+        ("regex holds", "lib_regex", json!("ab42")),
+        ("regex fails", "lib_regex", json!("ab7")),
+        ("url holds", "lib_url", json!("https://example.com/x")),
+        ("url fails", "lib_url", json!("https://evil.example/x")),
+        ("optional syntax holds", "lib_optional", json!("good")),
+        ("optional syntax fails", "lib_optional", json!("bad")),
+        ("credential id not revoked", "jti", json!("fine-1")),
+        ("credential id revoked", "jti", json!("revoked-1")),
+    ] {
+        corpus.push((
+            format!("test issuer with libraries: {label}"),
+            issuer.sign(&with(base.clone(), claim, value)),
+        ));
+    }
+    let outcome = compare(
+        "kube-apiserver with CEL libraries and the revocation recipe",
+        &verifier,
+        &server,
+        &ca,
+        &corpus,
+    )
+    .await;
+
+    std::fs::write(&path, &original).expect("restore the API server's file");
+    drop(restore);
+    applied(false);
+
+    for label in corpus
+        .iter()
+        .map(|(label, _)| label)
+        .filter(|label| label.ends_with("holds") || label.ends_with("not revoked"))
+    {
+        assert!(
+            outcome.accepted.contains(label),
+            "{label} was not accepted by both"
+        );
+    }
+    assert!(
+        outcome.disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        outcome.disagreements.len(),
+        outcome.disagreements.join("\n")
     );
 }
