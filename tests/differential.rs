@@ -830,6 +830,7 @@ const LIBRARY_RULES: &[&str] = &[
     r#"!has(claims.lib_quantity) || quantity(claims.lib_quantity).isLessThan(quantity("1Gi"))"#,
     r#"!has(claims.lib_semver) || semver(claims.lib_semver).isGreaterThan(semver("1.2.0"))"#,
     r#"!has(claims.lib_lists) || (claims.lib_lists.isSorted() && claims.lib_lists.sum() < 10)"#,
+    r#"!has(claims.lib_includes) || (claims.lib_includes.includes("x") && claims.lib_includes.sort().distinct().size() == 2)"#,
     r#"!has(claims.lib_regex) || claims.lib_regex.find("[0-9]+") == "42""#,
     r#"!has(claims.lib_url) || url(claims.lib_url).getHost() == "example.com""#,
     r#"claims.?lib_optional.orValue("fine") != "bad""#,
@@ -938,6 +939,12 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
         ("semver unparsable", "lib_semver", json!("v1.3")),
         ("lists holds", "lib_lists", json!([1, 2, 3])),
         ("lists fails", "lib_lists", json!([3, 1])),
+        (
+            "lists.includes and ext.Lists hold",
+            "lib_includes",
+            json!(["y", "x", "y"]),
+        ),
+        ("lists.includes fails", "lib_includes", json!(["y", "z"])),
         ("regex holds", "lib_regex", json!("ab42")),
         ("regex fails", "lib_regex", json!("ab7")),
         ("url holds", "lib_url", json!("https://example.com/x")),
@@ -965,11 +972,9 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
     drop(restore);
     applied(false);
 
-    for label in corpus
-        .iter()
-        .map(|(label, _)| label)
-        .filter(|label| label.ends_with("holds") || label.ends_with("not revoked"))
-    {
+    for label in corpus.iter().map(|(label, _)| label).filter(|label| {
+        label.ends_with("holds") || label.ends_with("hold") || label.ends_with("not revoked")
+    }) {
         assert!(
             outcome.accepted.contains(label),
             "{label} was not accepted by both"

@@ -22,6 +22,7 @@ use kube_cel::{
     cel::{
         self, Context, ExecutionError, Value,
         common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators},
+        extractors::This,
         parser::Parser,
     },
 };
@@ -91,21 +92,13 @@ const BUILT_INS: &[&str] = &[
     "filter",
 ];
 
-/// Functions the interpreter's Kubernetes libraries have that kube-apiserver's base CEL
-/// environment (k8s.io/apiserver/pkg/cel/environment/base.go, 1.37) does not declare: cel-go's
-/// `ext.Math`, `ext.Encoders` and `ext.Lists`, strings beyond `ext.Strings` version 2 (`reverse`
-/// is version 3), and the JSON patch library of mutating admission policies. kube-apiserver
-/// refuses a configuration that calls one, so the operator does too.
-const NOT_IN_KUBE_APISERVER: &[&str] = &[
-    "distinct",
-    "first",
-    "flatten",
-    "last",
-    "reverse",
-    "slice",
-    "sort",
-    "lists.range",
-];
+/// Functions the interpreter's Kubernetes libraries have that kube-apiserver 1.37's base CEL
+/// environment (k8s.io/apiserver/pkg/cel/environment/base.go, which authentication compiles
+/// against as stored expressions) does not declare: cel-go's `ext.Math` and `ext.Encoders`, the
+/// JSON patch library of mutating admission policies, and `first`/`last`, which `ext.Lists`
+/// version 3 (added in 1.34) does not have. kube-apiserver refuses a configuration that calls one,
+/// so the operator does too.
+const NOT_IN_KUBE_APISERVER: &[&str] = &["first", "last"];
 const NAMESPACES_NOT_IN_KUBE_APISERVER: &[&str] = &["math.", "base64.", "jsonpatch."];
 
 fn declared_by_kube_apiserver(function: &str) -> bool {
@@ -201,7 +194,20 @@ fn from_json(value: &serde_json::Value) -> Value {
 
 /// The interpreter's functions with the Kubernetes libraries, as kube-apiserver's environment has
 /// them; registered once, each evaluation adds its variable in a scope of its own.
-static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| Context::default().with_all());
+static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| {
+    let mut context = Context::default().with_all();
+    context.add_function("includes", includes);
+    context
+});
+
+/// `<dyn>.includes(<dyn>)`, which kube-apiserver 1.37 adds to its lists library (version 1) and
+/// `kube-cel` does not have yet: a list holds the element, or anything else equals it.
+fn includes(This(target): This<Value>, element: Value) -> bool {
+    match &target {
+        Value::List(items) => items.iter().any(|item| *item == element),
+        other => *other == element,
+    }
+}
 
 /// A call without arguments fails with `UndeclaredReference` only when the function is unknown
 /// (any known function fails on its arguments instead), so this asks the interpreter itself.
@@ -501,6 +507,8 @@ mod tests {
             "url(claims.site).getHost() == 'x.example' && isURL(claims.site)",
             "claims.?nick.orValue('none') == 'none' && claims[?'sub'].hasValue()",
             "optional.of(claims.n).hasValue() && !optional.none().hasValue()",
+            "claims.n.sort() == [1, 2, 3] && lists.range(2) == [0, 1] && claims.n.reverse()[0] == 2",
+            "claims.n.includes(3) && !claims.n.includes(4) && claims.sub.includes(claims.sub)",
         ] {
             assert_eq!(
                 eval(source, claims.clone()).map(|value| as_bool(&value)),
@@ -543,12 +551,8 @@ mod tests {
                 "undeclared reference to 'base64.encode'",
             ),
             (
-                "claims.groups.reverse() == []",
-                "undeclared reference to 'reverse'",
-            ),
-            (
-                "lists.range(2) == [0, 1]",
-                "undeclared reference to 'lists.range'",
+                "claims.groups.first().hasValue()",
+                "undeclared reference to 'first'",
             ),
             ("nosuch.ns(claims.sub)", "undeclared reference to 'nosuch'"),
         ] {
