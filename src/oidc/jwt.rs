@@ -11,8 +11,8 @@ use super::{jwks::SigningKey, token::TokenError};
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// How far in the future `nbf` may be: go-oidc v2.3.0's fixed one minute, which is what
-/// kube-apiserver 1.33 uses (go-oidc v3 has five minutes, but Kubernetes vendors v2).
+/// How far in the future `nbf` may be: go-oidc v2's fixed one minute, unchanged in v2.5.0, which
+/// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
 /// The claims of a token whose signature verifies with one of `candidates` (one key when the
