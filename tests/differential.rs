@@ -19,7 +19,12 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
 
 use base64::Engine as _;
 use chrono::Utc;
@@ -858,6 +863,60 @@ fn with_library_rules(original: &str) -> String {
         )
 }
 
+/// The `(jwt_issuer_hash, hash)` labels of `metric`'s samples in a Prometheus text exposition,
+/// whoever exported them: what the drift alerts in config/monitoring compare.
+fn hash_labels(exposition: &str, metric: &str) -> BTreeSet<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(metric)?.strip_prefix('{'))
+        .map(|labels| {
+            let labels: BTreeMap<&str, &str> = labels
+                .split(['{', '}'])
+                .next()
+                .unwrap_or_default()
+                .split("\",")
+                .filter_map(|pair| {
+                    let (name, value) = pair.split_once("=\"")?;
+                    Some((name, value.trim_end_matches('"')))
+                })
+                .collect();
+            let label = |name| labels.get(name).copied().unwrap_or_default().to_owned();
+            (label("jwt_issuer_hash"), label("hash"))
+        })
+        .collect()
+}
+
+const CONFIG_INFO: &str = "apiserver_authentication_config_controller_last_config_info";
+const KEY_SET_INFO: &str =
+    "apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info";
+
+/// The operator's series for `verifier`, as its `/metrics` renders them.
+async fn operator_exposition(verifier: Verifier) -> String {
+    verifier
+        .load()
+        .await
+        .expect("the operator fetches every issuer's keys");
+    let metrics = kubeconfig_operator::metrics::Metrics::default();
+    metrics.authentication.export(std::sync::Arc::new(verifier));
+    metrics.render()
+}
+
+/// The API server's `/metrics` (read with the harness's admin credentials: the operator's own
+/// identity plays no part in this).
+fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
+    let output = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &cluster.kubeconfig, "--server", server])
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 metrics")
+}
+
 /// Puts the API server's file back even when the test fails half-way.
 struct Restore {
     path: PathBuf,
@@ -884,6 +943,23 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
     let server = env(cluster, "KUBE_AUTHN_SERVER").to_owned();
     let path = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
     let original = std::fs::read_to_string(&path).expect("read the API server's file");
+
+    // The same file and keys: the same hashes as the API server, so the drift alerts are quiet.
+    let in_step = operator_exposition(
+        Verifier::from_authentication_config(&path, Strictness::default())
+            .await
+            .expect("the operator accepts the API server's file"),
+    )
+    .await;
+    let theirs = api_server_exposition(cluster, &server);
+    for metric in [CONFIG_INFO, KEY_SET_INFO] {
+        let ours = hash_labels(&in_step, metric);
+        assert!(!ours.is_empty(), "the operator exports {metric}");
+        assert!(
+            ours.is_subset(&hash_labels(&theirs, metric)),
+            "{metric}: the operator's {ours:?} are not the API server's"
+        );
+    }
     let restore = Restore {
         path: path.clone(),
         original: original.clone(),
@@ -910,6 +986,24 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
         })
     };
     applied(true);
+
+    // The API server applied the edit, the operator (started before it) did not: the
+    // configuration alert's expression now selects the operator's series.
+    let theirs = api_server_exposition(cluster, &server);
+    assert!(
+        !hash_labels(&in_step, CONFIG_INFO).is_subset(&hash_labels(&theirs, CONFIG_INFO)),
+        "the operator's old file is not the API server's edited one"
+    );
+    let caught_up = operator_exposition(
+        Verifier::from_authentication_config(&path, Strictness::default())
+            .await
+            .expect("the operator accepts the edited file"),
+    )
+    .await;
+    assert!(
+        hash_labels(&caught_up, CONFIG_INFO).is_subset(&hash_labels(&theirs, CONFIG_INFO)),
+        "reading the edited file, the operator's hash is the API server's again"
+    );
 
     let verifier = Verifier::from_authentication_config(&path, Strictness::default())
         .await

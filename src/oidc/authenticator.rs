@@ -20,6 +20,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(verifier: Arc<Verifier>, metrics: Arc<Metrics>) -> Self {
+        metrics.authentication.export(Arc::clone(&verifier));
         Self {
             verifier,
             verdicts: Verdicts::default(),

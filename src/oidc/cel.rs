@@ -204,7 +204,7 @@ static ROOT: LazyLock<Context<'static>> = LazyLock::new(|| {
 /// `kube-cel` does not have yet: a list holds the element, or anything else equals it.
 fn includes(This(target): This<Value>, element: Value) -> bool {
     match &target {
-        Value::List(items) => items.iter().any(|item| *item == element),
+        Value::List(items) => items.contains(&element),
         other => *other == element,
     }
 }

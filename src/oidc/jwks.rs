@@ -24,7 +24,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 use url::Url;
 
-use super::authn_config::{CertificateAuthority, JwtAuthenticator};
+use super::authn_config::{self, CertificateAuthority, JwtAuthenticator};
 use crate::config::OidcConfig;
 
 /// How often the keys are refetched in the background; Dex rotates its signing key every few
@@ -124,6 +124,9 @@ struct FetchState {
 /// single request instead of each sending their own.
 pub struct KeySet {
     keys: RwLock<Arc<KeyMap>>,
+    /// `sha256:<hex>` of the last JWKS document fetched whole, as kube-apiserver hashes it for
+    /// `apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info`.
+    document_digest: RwLock<Option<String>>,
     loaded: AtomicBool,
     fetcher: Option<Fetcher>,
     fetch_state: tokio::sync::Mutex<FetchState>,
@@ -166,6 +169,7 @@ impl KeySet {
         })?;
         Ok(Self {
             keys: RwLock::new(Arc::new(KeyMap::new())),
+            document_digest: RwLock::new(None),
             loaded: AtomicBool::new(false),
             fetcher: Some(Fetcher {
                 client,
@@ -186,6 +190,7 @@ impl KeySet {
         let keys = usable_keys(jwks.keys.iter().cloned(), algorithms);
         Self {
             keys: RwLock::new(Arc::new(keys)),
+            document_digest: RwLock::new(None),
             loaded: AtomicBool::new(true),
             fetcher: None,
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
@@ -269,6 +274,14 @@ impl KeySet {
         keys.get(kid).cloned()
     }
 
+    /// The digest of the last JWKS document fetched, if any was.
+    pub fn document_digest(&self) -> Option<String> {
+        self.document_digest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn fetch_locked(
         &self,
         fetcher: &Fetcher,
@@ -278,9 +291,13 @@ impl KeySet {
         let outcome = fetcher.fetch().await;
         self.fetches.fetch_add(1, Ordering::AcqRel);
         match outcome {
-            Ok(keys) => {
+            Ok((keys, digest)) => {
                 debug!(keys = keys.len(), "fetched the issuer's signing keys");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                *self
+                    .document_digest
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(digest);
                 self.loaded.store(true, Ordering::Release);
                 state.last_error = None;
                 Ok(())
@@ -295,7 +312,8 @@ impl KeySet {
 }
 
 impl Fetcher {
-    async fn fetch(&self) -> Result<KeyMap, IssuerError> {
+    /// The usable keys and the digest of the document they came from.
+    async fn fetch(&self) -> Result<(KeyMap, String), IssuerError> {
         let discovery: Discovery = self.get_json(&self.discovery_url).await?;
         let bad = |detail: String| IssuerError::BadResponse {
             url: self.discovery_url.to_string(),
@@ -319,7 +337,8 @@ impl Fetcher {
                 self.issuer_scheme
             )));
         }
-        let raw: RawJwkSet = self.get_json(&jwks_uri).await?;
+        let document = self.get(&jwks_uri).await?;
+        let raw: RawJwkSet = parse_json(&jwks_uri, &document)?;
         let parsed = raw
             .keys
             .into_iter()
@@ -331,11 +350,16 @@ impl Fetcher {
                 detail: "it holds no signing key usable with the configured algorithms".into(),
             });
         }
-        Ok(keys)
+        Ok((keys, authn_config::digest(&document)))
     }
 
     /// GET of a JSON document, size-capped by [`json_body`].
     async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IssuerError> {
+        parse_json(url, &self.get(url).await?)
+    }
+
+    /// GET of a document, size-capped by [`bounded_body`].
+    async fn get(&self, url: &Url) -> Result<Vec<u8>, IssuerError> {
         let unreachable = |e: reqwest::Error| IssuerError::Unreachable {
             url: url.to_string(),
             detail: error_chain(&e),
@@ -354,7 +378,7 @@ impl Fetcher {
         if !response.status().is_success() {
             return Err(bad(format!("HTTP status {}", response.status())));
         }
-        json_body(url, response).await
+        bounded_body(url, response).await
     }
 }
 
@@ -394,8 +418,20 @@ pub(crate) async fn issuer_client(
 /// after [`MAX_RESPONSE_BYTES`] instead of being buffered whole.
 pub(crate) async fn json_body<T: DeserializeOwned>(
     url: &Url,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
 ) -> Result<T, IssuerError> {
+    parse_json(url, &bounded_body(url, response).await?)
+}
+
+fn parse_json<T: DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, IssuerError> {
+    serde_json::from_slice(body).map_err(|e| IssuerError::BadResponse {
+        url: url.to_string(),
+        detail: format!("not the expected JSON: {e}"),
+    })
+}
+
+/// The body of a successful answer, cut off after [`MAX_RESPONSE_BYTES`].
+async fn bounded_body(url: &Url, mut response: reqwest::Response) -> Result<Vec<u8>, IssuerError> {
     let bad = |detail: String| IssuerError::BadResponse {
         url: url.to_string(),
         detail,
@@ -420,7 +456,7 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| bad(format!("not the expected JSON: {e}")))
+    Ok(body)
 }
 
 /// Redirects are followed only within the origin of the URL first requested, so a compromised

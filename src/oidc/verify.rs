@@ -33,7 +33,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -62,9 +65,26 @@ pub struct Verifier {
 struct ConfigFile {
     path: PathBuf,
     strictness: Strictness,
-    /// The digest of the last content refused, so an invalid file is reported once, not at
-    /// every poll.
-    refused: std::sync::Mutex<Option<String>>,
+    /// The digest of the last content refused and why, so an invalid file is reported once, not
+    /// at every poll, and shown by `/metrics` and `/readyz` while it is on disk.
+    refused: std::sync::Mutex<Option<(String, String)>>,
+    /// Reload attempts of changed content, as kube-apiserver's `automatic_reloads_total` counts
+    /// them: `[succeeded, failed]`.
+    reloads: [AtomicU64; 2],
+}
+
+/// What the operator holds of its authentication configuration, for the metrics that let an
+/// alert compare it with the API server's (same names, same hashes) and for `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigurationState {
+    /// `sha256:<hex>` of the file in force; none with the flat settings.
+    pub digest: Option<String>,
+    /// Why the file on disk, which differs from the one in force, was refused.
+    pub rejected: Option<String>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    /// Each issuer URL with the `sha256:<hex>` of the last JWKS document fetched from it.
+    pub key_sets: Vec<(String, String)>,
 }
 
 /// Why the operator cannot start with its authentication configuration file.
@@ -144,6 +164,7 @@ impl Verifier {
                 path: path.to_owned(),
                 strictness,
                 refused: std::sync::Mutex::new(None),
+                reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         ))
     }
@@ -248,7 +269,10 @@ impl Verifier {
             *refused() = None;
             return Ok(());
         }
-        if refused().as_ref() == Some(&seen) {
+        if refused()
+            .as_ref()
+            .is_some_and(|(digest, _)| digest == &seen)
+        {
             return Ok(());
         }
         let issuers = match read {
@@ -263,11 +287,13 @@ impl Verifier {
         let issuers = match issuers {
             Ok(issuers) => issuers,
             Err(problem) => {
-                *refused() = Some(seen);
+                *refused() = Some((seen, problem.clone()));
+                file.reloads[1].fetch_add(1, Ordering::Relaxed);
                 return Err(problem);
             }
         };
         *refused() = None;
+        file.reloads[0].fetch_add(1, Ordering::Relaxed);
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
             let _ = issuer.keys.refresh().await;
@@ -281,6 +307,36 @@ impl Verifier {
         });
         info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
+    }
+
+    /// The configuration in force, the refused one on disk if any, and each issuer's key set.
+    pub fn configuration_state(&self) -> ConfigurationState {
+        let current = self.current();
+        let key_sets = current
+            .issuers
+            .iter()
+            .filter_map(|issuer| {
+                Some((issuer.rules.issuer.clone(), issuer.keys.document_digest()?))
+            })
+            .collect();
+        let Some(file) = &self.file else {
+            return ConfigurationState {
+                key_sets,
+                ..ConfigurationState::default()
+            };
+        };
+        ConfigurationState {
+            digest: current.digest.clone(),
+            rejected: file
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(|(_, problem)| problem.clone()),
+            reloads_succeeded: file.reloads[0].load(Ordering::Relaxed),
+            reloads_failed: file.reloads[1].load(Ordering::Relaxed),
+            key_sets,
+        }
     }
 
     /// Readiness: some issuer's keys are loaded, so some tokens can be judged. One issuer being

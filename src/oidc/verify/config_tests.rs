@@ -248,8 +248,19 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
         "{error}"
     );
     assert_eq!(verifier.current().digest.as_deref(), Some(before.as_str()));
+    // Visible while it is on disk: the refusal, counted once, beside the digest in force.
+    let state = verifier.configuration_state();
+    assert_eq!(state.digest.as_deref(), Some(before.as_str()));
+    assert!(
+        state
+            .rejected
+            .unwrap()
+            .contains("groups.prefix: Required value")
+    );
+    assert_eq!((state.reloads_succeeded, state.reloads_failed), (0, 1));
     // The same invalid content is reported once, not at every poll; so is a missing file.
     verifier.reload(file).await.unwrap();
+    assert_eq!(verifier.configuration_state().reloads_failed, 1);
     std::fs::remove_file(&path).unwrap();
     assert!(
         verifier
@@ -267,6 +278,9 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
         .unwrap();
     std::fs::write(&path, one_issuer).unwrap();
     verifier.reload(file).await.unwrap();
+    let state = verifier.configuration_state();
+    assert_eq!(state.rejected, None);
+    assert_eq!((state.reloads_succeeded, state.reloads_failed), (1, 2));
     let current = verifier.current();
     assert_eq!(
         current.digest.as_deref(),
