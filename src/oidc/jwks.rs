@@ -86,6 +86,13 @@ impl SigningKey {
     /// RSA or EC public key can never act as an HMAC secret) and same curve. The JWK's own `alg`,
     /// `use` and `key_ops` are not looked at: go-jose, which kube-apiserver verifies with, ignores
     /// them too (an RSA key published as `alg: RS256` verifies PS256 signatures there).
+    /// The uncompressed point of a P-521 key, which only ES512 uses.
+    pub(crate) fn p521_point(&self) -> Option<&[u8]> {
+        (self.curve == Some(EllipticCurve::P521))
+            .then(|| self.key.try_get_as_bytes().ok())
+            .flatten()
+    }
+
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         let curve_matches = match alg {
             Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
@@ -107,6 +114,8 @@ struct Fetcher {
     issuer_scheme: String,
     discovery_url: Url,
     algorithms: Vec<Algorithm>,
+    /// P-521 keys are kept for ES512.
+    es512: bool,
 }
 
 #[derive(Default)]
@@ -177,6 +186,7 @@ impl KeySet {
                 issuer_scheme: discovery_url.scheme().to_owned(),
                 discovery_url,
                 algorithms: cfg.algorithms.clone(),
+                es512: cfg.verifies_es512,
             }),
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
             fetches: AtomicU64::new(0),
@@ -187,7 +197,7 @@ impl KeySet {
     /// out of band): the set never fetches, and counts as loaded. Keys are filtered exactly as
     /// fetched ones are.
     pub fn from_static(jwks: &jsonwebtoken::jwk::JwkSet, algorithms: &[Algorithm]) -> Self {
-        let keys = usable_keys(jwks.keys.iter().cloned(), algorithms);
+        let keys = usable_keys(jwks.keys.iter().cloned(), algorithms, true);
         Self {
             keys: RwLock::new(Arc::new(keys)),
             document_digest: RwLock::new(None),
@@ -343,7 +353,7 @@ impl Fetcher {
             .keys
             .into_iter()
             .filter_map(|value| serde_json::from_value::<Jwk>(value).ok());
-        let keys = usable_keys(parsed, &self.algorithms);
+        let keys = usable_keys(parsed, &self.algorithms, self.es512);
         if keys.is_empty() {
             return Err(IssuerError::BadResponse {
                 url: jwks_uri.to_string(),
@@ -478,14 +488,18 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 /// Keeps the keys that can verify signatures with at least one configured algorithm.
-fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) -> KeyMap {
+fn usable_keys(
+    jwks: impl IntoIterator<Item = Jwk>,
+    algorithms: &[Algorithm],
+    es512: bool,
+) -> KeyMap {
     let mut keys = KeyMap::new();
     for jwk in jwks {
         let Some(kid) = jwk.common.key_id.clone() else {
             // Tokens without `kid` are refused, so a key without one could never be selected.
             continue;
         };
-        match signing_key(&jwk, algorithms) {
+        match signing_key(&jwk, algorithms, es512) {
             Some(key) if kid.len() <= MAX_KID_BYTES => {
                 match keys.entry(kid) {
                     // Ambiguous: which one signed? Keep the first, as JwkSet::find would.
@@ -503,7 +517,7 @@ fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) ->
     keys
 }
 
-fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
+fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<SigningKey> {
     let (family, curve) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
         AlgorithmParameters::EllipticCurve(params) => {
@@ -520,10 +534,8 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
         family,
         curve,
     };
-    algorithms
-        .iter()
-        .any(|&allowed| key.accepts(allowed))
-        .then_some(key)
+    let for_es512 = es512 && key.p521_point().is_some();
+    (for_es512 || algorithms.iter().any(|&allowed| key.accepts(allowed))).then_some(key)
 }
 
 /// Shortened, printable form of an untrusted string for logs and messages.

@@ -55,6 +55,39 @@ pub(super) fn verified_claims(
     Err(TokenError::BadSignature)
 }
 
+/// The name of the one algorithm verified without jsonwebtoken, which has no P-521.
+pub(super) const ES512: &str = "ES512";
+
+/// The claims of an ES512 token whose signature (`r || s`, 66 bytes each, as JWS has it)
+/// verifies with one of `candidates`' P-521 keys. `payload` is the token's decoded payload, which
+/// the signature covers.
+pub(super) fn verified_es512_claims(
+    token: &str,
+    payload: JsonObject,
+    candidates: &[SigningKey],
+) -> Result<Map<String, Value>, TokenError> {
+    use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED, UnparsedPublicKey};
+    let (signed, signature) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
+    let verifies = candidates
+        .iter()
+        .filter_map(SigningKey::p521_point)
+        .any(|point| {
+            UnparsedPublicKey::new(&ECDSA_P521_SHA512_FIXED, point)
+                .verify(signed.as_bytes(), &signature)
+                .is_ok()
+        });
+    if verifies {
+        Ok(payload)
+    } else {
+        Err(TokenError::BadSignature)
+    }
+}
+
 /// go-oidc decodes the registered claims into typed fields and refuses the whole token when one
 /// does not fit; these are the ones [`super::claims::identity`] does not look at itself.
 pub(super) fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<(), TokenError> {

@@ -47,7 +47,9 @@ use super::{
     authn_config::{self, JwtAuthenticator},
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
     jwks::{self, IssuerError, KeySet},
-    jwt::{JsonObject, allowed_algorithm, check_shape, verified_claims},
+    jwt::{
+        ES512, JsonObject, allowed_algorithm, check_shape, verified_claims, verified_es512_claims,
+    },
     token::{IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
@@ -375,7 +377,7 @@ impl Verifier {
                 found: iss.map_or_else(|| "<not a string>".into(), jwks::truncated),
             });
         };
-        issuer.verify(token, &header).await
+        issuer.verify(token, &header, &unverified).await
     }
 }
 
@@ -390,9 +392,21 @@ async fn issuers_for(authenticators: Vec<JwtAuthenticator>) -> Result<Vec<Issuer
 }
 
 impl Issuer {
-    async fn verify(&self, token: &str, header: &JsonObject) -> Result<Identity, TokenError> {
+    /// `payload` is the token's decoded payload, not yet verified.
+    async fn verify(
+        &self,
+        token: &str,
+        header: &JsonObject,
+        payload: &JsonObject,
+    ) -> Result<Identity, TokenError> {
         let cfg = &self.rules;
-        let alg = allowed_algorithm(header, &cfg.algorithms)?;
+        // `None` for ES512, which jsonwebtoken cannot name or verify.
+        let alg = if cfg.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512)
+        {
+            None
+        } else {
+            Some(allowed_algorithm(header, &cfg.algorithms)?)
+        };
         if header.contains_key("crit") {
             return Err(TokenError::Malformed(
                 "the header lists critical extensions (crit), which are not supported",
@@ -405,8 +419,10 @@ impl Issuer {
         };
         // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
         // that a garbage header should not be able to trigger.
-        jsonwebtoken::decode_header(token)
-            .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+        if alg.is_some() {
+            jsonwebtoken::decode_header(token)
+                .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+        }
 
         let candidates = match kid {
             Some(kid) => match self.keys.find(kid).await {
@@ -424,7 +440,10 @@ impl Issuer {
                 .await
                 .map_err(TokenError::IssuerUnavailable)?,
         };
-        let claims = verified_claims(token, alg, &candidates)?;
+        let claims = match alg {
+            Some(alg) => verified_claims(token, alg, &candidates)?,
+            None => verified_es512_claims(token, payload.clone(), &candidates)?,
+        };
         claims::check_issuer(&self.rules, &claims)?;
         claims::identity(&self.rules, &claims)
     }

@@ -242,6 +242,7 @@ fn validate_jwt(
         extra,
         user_rules,
         algorithms: CONFIG_FILE_ALGORITHMS.to_vec(),
+        verifies_es512: true,
         strictness,
     })
 }
