@@ -505,8 +505,27 @@ fn dex_cases(signer: &Signer) -> Corpus {
     corpus
 }
 
+/// An ES512 token of the test issuer, signed with the P-521 key its JWKS publishes (`p521.pem`
+/// beside its other keys); jsonwebtoken cannot sign ES512, aws-lc-rs can.
+fn sign_es512(cluster: &Cluster, kid: &str, claims: &Value) -> String {
+    use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = std::path::Path::new(env(cluster, "TEST_ISSUER_RSA_KEY_FILE"))
+        .parent()
+        .expect("the test issuer's key directory");
+    let der = key_der(dir.join("p521.pem").to_str().expect("UTF-8 path"));
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &der)
+        .expect("p521.pem is a P-521 key");
+    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES512", "kid": kid}).to_string());
+    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), signed.as_bytes())
+        .expect("sign");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+}
+
 /// The test issuer's rules: required claim, CEL claim and user rules, CEL uid and extra.
-fn test_issuer_cases(signer: &Signer) -> Corpus {
+fn test_issuer_cases(cluster: &Cluster, signer: &Signer) -> Corpus {
     let base = signer.claims();
     let mut corpus = common_cases(signer, "test issuer");
     let ec_kid = signer.ec.as_ref().map(|(_, kid)| kid.as_str());
@@ -517,6 +536,14 @@ fn test_issuer_cases(signer: &Signer) -> Corpus {
     corpus.push((
         "test issuer: ES256 under the RSA kid".into(),
         signer.sign_as(Algorithm::ES256, Some(&signer.rsa.1), &base),
+    ));
+    corpus.push((
+        "test issuer: ES512".into(),
+        sign_es512(cluster, "test-p521", &base),
+    ));
+    corpus.push((
+        "test issuer: ES512 under the EC P-256 kid".into(),
+        sign_es512(cluster, "test-ec", &base),
     ));
     for (label, claims) in [
         (
@@ -610,7 +637,7 @@ fn short_lived_tokens(cluster: &Cluster, state: &str) -> Corpus {
 fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
     let mut rest = dex_tokens(cluster);
     rest.extend(dex_cases(&Signer::dex(cluster)));
-    rest.extend(test_issuer_cases(&Signer::test_issuer(cluster)));
+    rest.extend(test_issuer_cases(cluster, &Signer::test_issuer(cluster)));
     rest.extend(expired.iter().cloned());
     let mut corpus = short_lived_tokens(cluster, "fresh");
     corpus.extend(rest);
@@ -719,6 +746,7 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "short-lived Dex alice fresh",
                 "Dex bob for other-app",
                 "test issuer: ES256",
+                "test issuer: ES512",
                 "test issuer: extra from a string",
                 "test issuer: CEL claim rule: blocked as the string \"true\"",
                 "test issuer: groups from an aggregated source (a JWT, no endpoint): skipped",
