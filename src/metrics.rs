@@ -9,13 +9,20 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{
-        MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge,
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        gauge::Gauge,
         histogram::Histogram,
     },
     registry::Registry,
 };
 
-use crate::crd::{KubeconfigRequest, KubeconfigRequestStatus};
+use crate::{
+    crd::{KubeconfigRequest, KubeconfigRequestStatus},
+    oidc::{authn_config::digest, verify::Verifier},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -126,6 +133,96 @@ impl Collector for RequestSeries {
     }
 }
 
+/// kube-apiserver's own series about its authentication configuration and its issuers' key sets
+/// (k8s.io/apiserver v0.37.2: `authenticationconfig/metrics` and the JWT authenticator's),
+/// with the same names, labels and `sha256:<hex>` hashes, so that one rule can tell when the
+/// operator and the API server judge tokens by different files or keys. Read from the verifier
+/// at each scrape. `apiserver_id_hash` is the hash of [`OPERATOR_ID`].
+#[derive(Default)]
+pub struct AuthenticationSeries {
+    verifier: RwLock<Option<Arc<Verifier>>>,
+}
+
+/// Stands for an API server's identity in the `apiserver_id_hash` label.
+pub const OPERATOR_ID: &str = "kubeconfig-operator";
+
+impl std::fmt::Debug for AuthenticationSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthenticationSeries")
+    }
+}
+
+impl AuthenticationSeries {
+    /// Exports `verifier`'s configuration and key sets from now on.
+    pub fn export(&self, verifier: Arc<Verifier>) {
+        if let Ok(mut exported) = self.verifier.write() {
+            *exported = Some(verifier);
+        }
+    }
+}
+
+impl Collector for AuthenticationSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(state) = self
+            .verifier
+            .read()
+            .ok()
+            .and_then(|verifier| verifier.as_ref().map(|v| v.configuration_state()))
+        else {
+            return Ok(());
+        };
+        let id = digest(OPERATOR_ID.as_bytes());
+        if let Some(hash) = &state.digest {
+            let mut family = encoder.encode_descriptor(
+                "apiserver_authentication_config_controller_last_config_info",
+                "Information about the last applied authentication configuration with hash as label, split by apiserver identity.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1).encode(
+                family.encode_family(&[("apiserver_id_hash", id.as_str()), ("hash", hash)])?,
+            )?;
+            let mut family = encoder.encode_descriptor(
+                "apiserver_authentication_config_controller_automatic_reloads",
+                "Total number of automatic reloads of authentication configuration split by status and apiserver identity.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (status, count) in [
+                ("success", state.reloads_succeeded),
+                ("failure", state.reloads_failed),
+            ] {
+                ConstCounter::new(count).encode(
+                    family.encode_family(&[("status", status), ("apiserver_id_hash", &id)])?,
+                )?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "kubeconfig_operator_authentication_config_rejected",
+                "1 while the authentication configuration file on disk was refused and an older one is in force",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(state.rejected.is_some()))
+                .encode(family.encode_family(&[("apiserver_id_hash", id.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info",
+            "Information about the last JWKS fetched by the JWT authenticator with hash as label, split by api server identity and jwt issuer.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (issuer, hash) in &state.key_sets {
+            let issuer = digest(issuer.as_bytes());
+            ConstGauge::new(1).encode(family.encode_family(&[
+                ("jwt_issuer_hash", issuer.as_str()),
+                ("apiserver_id_hash", &id),
+                ("hash", hash),
+            ])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every metric the operator exports, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
@@ -138,11 +235,16 @@ pub struct Metrics {
     pub proxy_requests: Family<ProxyLabels, Counter>,
     pub proxy_upstream_duration: Histogram,
     pub proxy_upgraded_streams: Gauge,
+    pub authentication: Arc<AuthenticationSeries>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("kubeconfig_operator");
+        // kube-apiserver's series keep their own names, outside the operator's prefix.
+        let mut root = Registry::default();
+        let authentication = Arc::new(AuthenticationSeries::default());
+        root.register_collector(Box::new(Arc::clone(&authentication)));
+        let registry = root.sub_registry_with_prefix("kubeconfig_operator");
         let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -197,7 +299,8 @@ impl Default for Metrics {
             proxy_upgraded_streams.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            authentication,
             proxy_requests,
             proxy_upstream_duration,
             proxy_upgraded_streams,
@@ -230,6 +333,60 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The alerts in config/monitoring tell the operator's series from the API servers' by this.
+    #[test]
+    fn the_drift_alerts_name_the_operators_id_hash() {
+        let rules = include_str!("../config/monitoring/prometheus_rule.yaml");
+        let id = digest(OPERATOR_ID.as_bytes());
+        assert_eq!(
+            rules
+                .matches(&format!("apiserver_id_hash=\"{id}\""))
+                .count(),
+            2
+        );
+        assert_eq!(
+            rules
+                .matches(&format!("apiserver_id_hash!=\"{id}\""))
+                .count(),
+            2
+        );
+    }
+
+    /// kube-apiserver's names, labels and hashes: the file's `sha256:<hex>` and the JWKS
+    /// document's, beside `sha256:<hex>` of the issuer URL.
+    #[tokio::test]
+    async fn the_configuration_and_key_set_hashes_are_kube_apiservers() {
+        let config = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://dex.example/dex\n    audiences: [a]\n  claimMappings:\n    username: {claim: sub, prefix: ''}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authn.yaml");
+        std::fs::write(&path, config).unwrap();
+        let verifier =
+            Verifier::from_authentication_config(&path, crate::config::Strictness::default())
+                .await
+                .unwrap();
+        let metrics = Metrics::default();
+        metrics.authentication.export(Arc::new(verifier));
+        let text = metrics.render();
+        let id = digest(OPERATOR_ID.as_bytes());
+        let hash = digest(config.as_bytes());
+        for line in [
+            format!(
+                "apiserver_authentication_config_controller_last_config_info{{apiserver_id_hash=\"{id}\",hash=\"{hash}\"}} 1"
+            ),
+            format!(
+                "apiserver_authentication_config_controller_automatic_reloads_total{{status=\"failure\",apiserver_id_hash=\"{id}\"}} 0"
+            ),
+            format!(
+                "kubeconfig_operator_authentication_config_rejected{{apiserver_id_hash=\"{id}\"}} 0"
+            ),
+            "# TYPE apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info gauge"
+                .to_owned(),
+            "kubeconfig_operator_reconciliations_total 0".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line} not in:\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_names_counters_with_their_labels() {

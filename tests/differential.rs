@@ -19,7 +19,12 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
 
 use base64::Engine as _;
 use chrono::Utc;
@@ -414,6 +419,42 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
             signer.sign(&with(base.clone(), "groups", json!(["a", 1]))),
         ),
         (
+            "groups from an aggregated source (a JWT, no endpoint): skipped",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"JWT": "e30.eyJncm91cHMiOlsiYWRtaW4iXX0.c2ln"}}),
+            )),
+        ),
+        (
+            "groups from a distributed source that cannot be fetched",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims", "access_token": "x"}}),
+            )),
+        ),
+        (
+            "_claim_sources with an endpoint that is not a string",
+            signer.sign(&with(
+                with(
+                    without(base.clone(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": 7}}),
+            )),
+        ),
+        (
             "jti becomes the credential id",
             signer.sign(&with(base.clone(), "jti", json!("token-42"))),
         ),
@@ -464,8 +505,27 @@ fn dex_cases(signer: &Signer) -> Corpus {
     corpus
 }
 
+/// An ES512 token of the test issuer, signed with the P-521 key its JWKS publishes (`p521.pem`
+/// beside its other keys); jsonwebtoken cannot sign ES512, aws-lc-rs can.
+fn sign_es512(cluster: &Cluster, kid: &str, claims: &Value) -> String {
+    use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = std::path::Path::new(env(cluster, "TEST_ISSUER_RSA_KEY_FILE"))
+        .parent()
+        .expect("the test issuer's key directory");
+    let der = key_der(dir.join("p521.pem").to_str().expect("UTF-8 path"));
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P521_SHA512_FIXED_SIGNING, &der)
+        .expect("p521.pem is a P-521 key");
+    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES512", "kid": kid}).to_string());
+    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), signed.as_bytes())
+        .expect("sign");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+}
+
 /// The test issuer's rules: required claim, CEL claim and user rules, CEL uid and extra.
-fn test_issuer_cases(signer: &Signer) -> Corpus {
+fn test_issuer_cases(cluster: &Cluster, signer: &Signer) -> Corpus {
     let base = signer.claims();
     let mut corpus = common_cases(signer, "test issuer");
     let ec_kid = signer.ec.as_ref().map(|(_, kid)| kid.as_str());
@@ -476,6 +536,14 @@ fn test_issuer_cases(signer: &Signer) -> Corpus {
     corpus.push((
         "test issuer: ES256 under the RSA kid".into(),
         signer.sign_as(Algorithm::ES256, Some(&signer.rsa.1), &base),
+    ));
+    corpus.push((
+        "test issuer: ES512".into(),
+        sign_es512(cluster, "test-p521", &base),
+    ));
+    corpus.push((
+        "test issuer: ES512 under the EC P-256 kid".into(),
+        sign_es512(cluster, "test-ec", &base),
     ));
     for (label, claims) in [
         (
@@ -569,7 +637,7 @@ fn short_lived_tokens(cluster: &Cluster, state: &str) -> Corpus {
 fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
     let mut rest = dex_tokens(cluster);
     rest.extend(dex_cases(&Signer::dex(cluster)));
-    rest.extend(test_issuer_cases(&Signer::test_issuer(cluster)));
+    rest.extend(test_issuer_cases(cluster, &Signer::test_issuer(cluster)));
     rest.extend(expired.iter().cloned());
     let mut corpus = short_lived_tokens(cluster, "fresh");
     corpus.extend(rest);
@@ -669,6 +737,7 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "Dex-signed: nbf 30 s ahead (inside the skew)",
                 "Dex-signed: email_verified absent",
                 "Dex-signed: groups as a string",
+                "Dex-signed: groups from an aggregated source (a JWT, no endpoint): skipped",
             ][..],
         ),
         (
@@ -677,8 +746,10 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "short-lived Dex alice fresh",
                 "Dex bob for other-app",
                 "test issuer: ES256",
+                "test issuer: ES512",
                 "test issuer: extra from a string",
                 "test issuer: CEL claim rule: blocked as the string \"true\"",
+                "test issuer: groups from an aggregated source (a JWT, no endpoint): skipped",
             ][..],
         ),
     ] {
@@ -778,5 +849,263 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         Duration::from_secs(30),
         "the restored file takes effect",
         || status() == 200,
+    );
+}
+
+/// Claim rules for the test issuer, one per library of kube-apiserver's CEL environment (and the
+/// optional syntax), each reading a claim of its own so that tokens without it pass as before.
+const LIBRARY_RULES: &[&str] = &[
+    r#"!has(claims.lib_sets) || sets.equivalent(claims.lib_sets, ["a", "b"])"#,
+    r#"!has(claims.lib_strings) || (claims.lib_strings.lowerAscii().startsWith("ok") && strings.quote(claims.lib_strings).size() == 4)"#,
+    r#"!has(claims.lib_ip) || (isIP(claims.lib_ip) && ip.isCanonical(claims.lib_ip) && ip(claims.lib_ip).family() == 4)"#,
+    r#"!has(claims.lib_cidr) || cidr("10.0.0.0/8").containsIP(ip(claims.lib_cidr))"#,
+    r#"!has(claims.lib_label) || !format.dns1123Label().validate(claims.lib_label).hasValue()"#,
+    r#"!has(claims.lib_quantity) || quantity(claims.lib_quantity).isLessThan(quantity("1Gi"))"#,
+    r#"!has(claims.lib_semver) || semver(claims.lib_semver).isGreaterThan(semver("1.2.0"))"#,
+    r#"!has(claims.lib_lists) || (claims.lib_lists.isSorted() && claims.lib_lists.sum() < 10)"#,
+    r#"!has(claims.lib_includes) || (claims.lib_includes.includes("x") && claims.lib_includes.sort().distinct().size() == 2)"#,
+    r#"!has(claims.lib_regex) || claims.lib_regex.find("[0-9]+") == "42""#,
+    r#"!has(claims.lib_url) || url(claims.lib_url).getHost() == "example.com""#,
+    r#"claims.?lib_optional.orValue("fine") != "bad""#,
+];
+
+/// KEP-3331's revocation recipe: a deny-list of credential ids, read with the optional index
+/// because tokens without `jti` have no such extra.
+const REVOCATION_RULE: &str = r#"!user.extra[?"authentication.kubernetes.io/credential-id"].orValue([]).exists(id, id == "JTI=revoked-1")"#;
+
+/// The API server's file with [`LIBRARY_RULES`] and [`REVOCATION_RULE`] added to the test issuer.
+fn with_library_rules(original: &str) -> String {
+    let claim_anchor = "    message: blocked by the test issuer\n";
+    let user_anchor = "    message: root is not a user\n";
+    assert!(original.contains(claim_anchor) && original.contains(user_anchor));
+    let claim_rules: String = LIBRARY_RULES
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| format!("  - expression: '{rule}'\n    message: library rule {i}\n"))
+        .collect();
+    original
+        .replace(claim_anchor, &format!("{claim_anchor}{claim_rules}"))
+        .replace(
+            user_anchor,
+            &format!("{user_anchor}  - expression: '{REVOCATION_RULE}'\n    message: revoked\n"),
+        )
+}
+
+/// The `(jwt_issuer_hash, hash)` labels of `metric`'s samples in a Prometheus text exposition,
+/// whoever exported them: what the drift alerts in config/monitoring compare.
+fn hash_labels(exposition: &str, metric: &str) -> BTreeSet<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(metric)?.strip_prefix('{'))
+        .map(|labels| {
+            let labels: BTreeMap<&str, &str> = labels
+                .split(['{', '}'])
+                .next()
+                .unwrap_or_default()
+                .split("\",")
+                .filter_map(|pair| {
+                    let (name, value) = pair.split_once("=\"")?;
+                    Some((name, value.trim_end_matches('"')))
+                })
+                .collect();
+            let label = |name| labels.get(name).copied().unwrap_or_default().to_owned();
+            (label("jwt_issuer_hash"), label("hash"))
+        })
+        .collect()
+}
+
+const CONFIG_INFO: &str = "apiserver_authentication_config_controller_last_config_info";
+const KEY_SET_INFO: &str =
+    "apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info";
+
+/// The operator's series for `verifier`, as its `/metrics` renders them.
+async fn operator_exposition(verifier: Verifier) -> String {
+    verifier
+        .load()
+        .await
+        .expect("the operator fetches every issuer's keys");
+    let metrics = kubeconfig_operator::metrics::Metrics::default();
+    metrics.authentication.export(std::sync::Arc::new(verifier));
+    metrics.render()
+}
+
+/// The API server's `/metrics` (read with the harness's admin credentials: the operator's own
+/// identity plays no part in this).
+fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
+    let output = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &cluster.kubeconfig, "--server", server])
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 metrics")
+}
+
+/// Puts the API server's file back even when the test fails half-way.
+struct Restore {
+    path: PathBuf,
+    original: String,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.original);
+    }
+}
+
+/// Every CEL library of kube-apiserver's authentication environment, the optional syntax and the
+/// revocation recipe, with the same verdicts: the rules are added to the API server's own file
+/// (which it reloads), the operator reads that file, and a token per rule and outcome is compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cluster = cluster();
+    let ca = reqwest::Certificate::from_pem(
+        &std::fs::read(&cluster.kube_ca_file).expect("read the cluster CA"),
+    )
+    .expect("the cluster CA is PEM");
+    let server = env(cluster, "KUBE_AUTHN_SERVER").to_owned();
+    let path = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
+    let original = std::fs::read_to_string(&path).expect("read the API server's file");
+
+    // The same file and keys: the same hashes as the API server, so the drift alerts are quiet.
+    let in_step = operator_exposition(
+        Verifier::from_authentication_config(&path, Strictness::default())
+            .await
+            .expect("the operator accepts the API server's file"),
+    )
+    .await;
+    let theirs = api_server_exposition(cluster, &server);
+    for metric in [CONFIG_INFO, KEY_SET_INFO] {
+        let ours = hash_labels(&in_step, metric);
+        assert!(!ours.is_empty(), "the operator exports {metric}");
+        assert!(
+            ours.is_subset(&hash_labels(&theirs, metric)),
+            "{metric}: the operator's {ours:?} are not the API server's"
+        );
+    }
+    let restore = Restore {
+        path: path.clone(),
+        original: original.clone(),
+    };
+    std::fs::write(&path, with_library_rules(&original)).expect("edit the API server's file");
+
+    let issuer = Signer::test_issuer(cluster);
+    let base = issuer.claims();
+    let revoked = issuer.sign(&with(base.clone(), "jti", json!("revoked-1")));
+    let applied = |expect_refused: bool| {
+        let (server, ca, revoked) = (server.clone(), ca.clone(), revoked.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(move || {
+            support::eventually(
+                Duration::from_secs(120),
+                "kube-apiserver applies its edited file",
+                || {
+                    handle
+                        .block_on(api_server_verdict(&server, &ca, &revoked))
+                        .is_none()
+                        == expect_refused
+                },
+            )
+        })
+    };
+    applied(true);
+
+    // The API server applied the edit, the operator (started before it) did not: the
+    // configuration alert's expression now selects the operator's series.
+    let theirs = api_server_exposition(cluster, &server);
+    assert!(
+        !hash_labels(&in_step, CONFIG_INFO).is_subset(&hash_labels(&theirs, CONFIG_INFO)),
+        "the operator's old file is not the API server's edited one"
+    );
+    let caught_up = operator_exposition(
+        Verifier::from_authentication_config(&path, Strictness::default())
+            .await
+            .expect("the operator accepts the edited file"),
+    )
+    .await;
+    assert!(
+        hash_labels(&caught_up, CONFIG_INFO).is_subset(&hash_labels(&theirs, CONFIG_INFO)),
+        "reading the edited file, the operator's hash is the API server's again"
+    );
+
+    let verifier = Verifier::from_authentication_config(&path, Strictness::default())
+        .await
+        .expect("the operator accepts every library kube-apiserver accepts");
+    let mut corpus: Corpus = Vec::new();
+    for (label, claim, value) in [
+        ("sets.equivalent holds", "lib_sets", json!(["b", "a"])),
+        ("sets.equivalent fails", "lib_sets", json!(["a"])),
+        ("strings.quote holds", "lib_strings", json!("ok")),
+        ("strings.quote fails", "lib_strings", json!("OKx")),
+        ("ip holds", "lib_ip", json!("10.1.2.3")),
+        ("ip.isCanonical fails", "lib_ip", json!("2001:DB8::1")),
+        ("ip with leading zeros", "lib_ip", json!("010.1.2.3")),
+        ("cidr holds", "lib_cidr", json!("10.9.9.9")),
+        ("cidr fails", "lib_cidr", json!("11.0.0.1")),
+        (
+            "format.dns1123Label holds",
+            "lib_label",
+            json!("good-label"),
+        ),
+        ("format.dns1123Label fails", "lib_label", json!("Bad_Label")),
+        ("quantity holds", "lib_quantity", json!("512Mi")),
+        ("quantity fails", "lib_quantity", json!("2Gi")),
+        ("quantity unparsable", "lib_quantity", json!("lots")),
+        ("semver holds", "lib_semver", json!("1.3.0")),
+        ("semver fails", "lib_semver", json!("1.0.0")),
+        ("semver unparsable", "lib_semver", json!("v1.3")),
+        ("lists holds", "lib_lists", json!([1, 2, 3])),
+        ("lists fails", "lib_lists", json!([3, 1])),
+        (
+            "lists.includes and ext.Lists hold",
+            "lib_includes",
+            json!(["y", "x", "y"]),
+        ),
+        ("lists.includes fails", "lib_includes", json!(["y", "z"])),
+        ("regex holds", "lib_regex", json!("ab42")),
+        ("regex fails", "lib_regex", json!("ab7")),
+        ("url holds", "lib_url", json!("https://example.com/x")),
+        ("url fails", "lib_url", json!("https://evil.example/x")),
+        ("optional syntax holds", "lib_optional", json!("good")),
+        ("optional syntax fails", "lib_optional", json!("bad")),
+        ("credential id not revoked", "jti", json!("fine-1")),
+        ("credential id revoked", "jti", json!("revoked-1")),
+    ] {
+        corpus.push((
+            format!("test issuer with libraries: {label}"),
+            issuer.sign(&with(base.clone(), claim, value)),
+        ));
+    }
+    let outcome = compare(
+        "kube-apiserver with CEL libraries and the revocation recipe",
+        &verifier,
+        &server,
+        &ca,
+        &corpus,
+    )
+    .await;
+
+    std::fs::write(&path, &original).expect("restore the API server's file");
+    drop(restore);
+    applied(false);
+
+    for label in corpus.iter().map(|(label, _)| label).filter(|label| {
+        label.ends_with("holds") || label.ends_with("hold") || label.ends_with("not revoked")
+    }) {
+        assert!(
+            outcome.accepted.contains(label),
+            "{label} was not accepted by both"
+        );
+    }
+    assert!(
+        outcome.disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        outcome.disagreements.len(),
+        outcome.disagreements.join("\n")
     );
 }

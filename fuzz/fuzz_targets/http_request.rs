@@ -106,6 +106,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
                 client_id: "kubelogin".into(),
                 extra_scopes: vec!["groups".into()],
                 issuer_ca_pem: None,
+                command: kubeconfig_operator::config::ExecCommand::KubectlOidcLogin,
             }),
             ..KubeconfigSettings::for_tests("local cluster", "https://127.0.0.1:6443")
         },

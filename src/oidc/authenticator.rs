@@ -27,6 +27,7 @@ impl Authenticator {
         revocations: Arc<Revocations>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics.authentication.export(Arc::clone(&verifier));
         Self {
             verifier,
             verdicts: Verdicts::default(),

@@ -20,8 +20,8 @@ use crate::config::{OidcConfig, Strictness};
 /// kube-apiserver's limit on `jwt` entries.
 pub const MAX_ISSUERS: usize = 64;
 
-/// What an API server with an authentication configuration accepts (`AllValidSigningAlgorithms`),
-/// minus ES512, which jsonwebtoken cannot verify: such tokens are refused here.
+/// What an API server with an authentication configuration accepts (`AllValidSigningAlgorithms`)
+/// that jsonwebtoken verifies; ES512, which it cannot, is [`JwtAuthenticator::verifies_es512`].
 pub const CONFIG_FILE_ALGORITHMS: &[Algorithm] = &[
     Algorithm::RS256,
     Algorithm::RS384,
@@ -51,6 +51,9 @@ pub struct JwtAuthenticator {
     pub extra: Vec<(String, Expression)>,
     pub user_rules: Vec<Rule>,
     pub algorithms: Vec<Algorithm>,
+    /// ES512 too (verified with aws-lc-rs, not jsonwebtoken): with a configuration file, as
+    /// kube-apiserver accepts every algorithm go-oidc v2.5.0 supports there.
+    pub verifies_es512: bool,
     pub strictness: Strictness,
 }
 
@@ -104,6 +107,7 @@ impl JwtAuthenticator {
             extra: Vec::new(),
             user_rules: Vec::new(),
             algorithms: config.algorithms.clone(),
+            verifies_es512: false,
             strictness: config.strictness,
         }
     }

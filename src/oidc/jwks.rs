@@ -24,7 +24,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 use url::Url;
 
-use super::authn_config::{CertificateAuthority, JwtAuthenticator};
+use super::authn_config::{self, CertificateAuthority, JwtAuthenticator};
 use crate::config::OidcConfig;
 
 /// How often the keys are refetched in the background; Dex rotates its signing key every few
@@ -86,6 +86,13 @@ impl SigningKey {
     /// RSA or EC public key can never act as an HMAC secret) and same curve. The JWK's own `alg`,
     /// `use` and `key_ops` are not looked at: go-jose, which kube-apiserver verifies with, ignores
     /// them too (an RSA key published as `alg: RS256` verifies PS256 signatures there).
+    /// The uncompressed point of a P-521 key, which only ES512 uses.
+    pub(crate) fn p521_point(&self) -> Option<&[u8]> {
+        (self.curve == Some(EllipticCurve::P521))
+            .then(|| self.key.try_get_as_bytes().ok())
+            .flatten()
+    }
+
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         let curve_matches = match alg {
             Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
@@ -107,6 +114,8 @@ struct Fetcher {
     issuer_scheme: String,
     discovery_url: Url,
     algorithms: Vec<Algorithm>,
+    /// P-521 keys are kept for ES512.
+    es512: bool,
 }
 
 #[derive(Default)]
@@ -124,6 +133,9 @@ struct FetchState {
 /// single request instead of each sending their own.
 pub struct KeySet {
     keys: RwLock<Arc<KeyMap>>,
+    /// `sha256:<hex>` of the last JWKS document fetched whole, as kube-apiserver hashes it for
+    /// `apiserver_authentication_jwt_authenticator_jwks_fetch_last_key_set_info`.
+    document_digest: RwLock<Option<String>>,
     loaded: AtomicBool,
     fetcher: Option<Fetcher>,
     fetch_state: tokio::sync::Mutex<FetchState>,
@@ -166,6 +178,7 @@ impl KeySet {
         })?;
         Ok(Self {
             keys: RwLock::new(Arc::new(KeyMap::new())),
+            document_digest: RwLock::new(None),
             loaded: AtomicBool::new(false),
             fetcher: Some(Fetcher {
                 client,
@@ -173,6 +186,7 @@ impl KeySet {
                 issuer_scheme: discovery_url.scheme().to_owned(),
                 discovery_url,
                 algorithms: cfg.algorithms.clone(),
+                es512: cfg.verifies_es512,
             }),
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
             fetches: AtomicU64::new(0),
@@ -183,9 +197,10 @@ impl KeySet {
     /// out of band): the set never fetches, and counts as loaded. Keys are filtered exactly as
     /// fetched ones are.
     pub fn from_static(jwks: &jsonwebtoken::jwk::JwkSet, algorithms: &[Algorithm]) -> Self {
-        let keys = usable_keys(jwks.keys.iter().cloned(), algorithms);
+        let keys = usable_keys(jwks.keys.iter().cloned(), algorithms, true);
         Self {
             keys: RwLock::new(Arc::new(keys)),
+            document_digest: RwLock::new(None),
             loaded: AtomicBool::new(true),
             fetcher: None,
             fetch_state: tokio::sync::Mutex::new(FetchState::default()),
@@ -269,6 +284,14 @@ impl KeySet {
         keys.get(kid).cloned()
     }
 
+    /// The digest of the last JWKS document fetched, if any was.
+    pub fn document_digest(&self) -> Option<String> {
+        self.document_digest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn fetch_locked(
         &self,
         fetcher: &Fetcher,
@@ -278,9 +301,13 @@ impl KeySet {
         let outcome = fetcher.fetch().await;
         self.fetches.fetch_add(1, Ordering::AcqRel);
         match outcome {
-            Ok(keys) => {
+            Ok((keys, digest)) => {
                 debug!(keys = keys.len(), "fetched the issuer's signing keys");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                *self
+                    .document_digest
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(digest);
                 self.loaded.store(true, Ordering::Release);
                 state.last_error = None;
                 Ok(())
@@ -295,7 +322,8 @@ impl KeySet {
 }
 
 impl Fetcher {
-    async fn fetch(&self) -> Result<KeyMap, IssuerError> {
+    /// The usable keys and the digest of the document they came from.
+    async fn fetch(&self) -> Result<(KeyMap, String), IssuerError> {
         let discovery: Discovery = self.get_json(&self.discovery_url).await?;
         let bad = |detail: String| IssuerError::BadResponse {
             url: self.discovery_url.to_string(),
@@ -319,23 +347,29 @@ impl Fetcher {
                 self.issuer_scheme
             )));
         }
-        let raw: RawJwkSet = self.get_json(&jwks_uri).await?;
+        let document = self.get(&jwks_uri).await?;
+        let raw: RawJwkSet = parse_json(&jwks_uri, &document)?;
         let parsed = raw
             .keys
             .into_iter()
             .filter_map(|value| serde_json::from_value::<Jwk>(value).ok());
-        let keys = usable_keys(parsed, &self.algorithms);
+        let keys = usable_keys(parsed, &self.algorithms, self.es512);
         if keys.is_empty() {
             return Err(IssuerError::BadResponse {
                 url: jwks_uri.to_string(),
                 detail: "it holds no signing key usable with the configured algorithms".into(),
             });
         }
-        Ok(keys)
+        Ok((keys, authn_config::digest(&document)))
     }
 
     /// GET of a JSON document, size-capped by [`json_body`].
     async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<T, IssuerError> {
+        parse_json(url, &self.get(url).await?)
+    }
+
+    /// GET of a document, size-capped by [`bounded_body`].
+    async fn get(&self, url: &Url) -> Result<Vec<u8>, IssuerError> {
         let unreachable = |e: reqwest::Error| IssuerError::Unreachable {
             url: url.to_string(),
             detail: error_chain(&e),
@@ -354,7 +388,7 @@ impl Fetcher {
         if !response.status().is_success() {
             return Err(bad(format!("HTTP status {}", response.status())));
         }
-        json_body(url, response).await
+        bounded_body(url, response).await
     }
 }
 
@@ -394,8 +428,20 @@ pub(crate) async fn issuer_client(
 /// after [`MAX_RESPONSE_BYTES`] instead of being buffered whole.
 pub(crate) async fn json_body<T: DeserializeOwned>(
     url: &Url,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
 ) -> Result<T, IssuerError> {
+    parse_json(url, &bounded_body(url, response).await?)
+}
+
+fn parse_json<T: DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, IssuerError> {
+    serde_json::from_slice(body).map_err(|e| IssuerError::BadResponse {
+        url: url.to_string(),
+        detail: format!("not the expected JSON: {e}"),
+    })
+}
+
+/// The body of a successful answer, cut off after [`MAX_RESPONSE_BYTES`].
+async fn bounded_body(url: &Url, mut response: reqwest::Response) -> Result<Vec<u8>, IssuerError> {
     let bad = |detail: String| IssuerError::BadResponse {
         url: url.to_string(),
         detail,
@@ -420,7 +466,7 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| bad(format!("not the expected JSON: {e}")))
+    Ok(body)
 }
 
 /// Redirects are followed only within the origin of the URL first requested, so a compromised
@@ -442,14 +488,18 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 }
 
 /// Keeps the keys that can verify signatures with at least one configured algorithm.
-fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) -> KeyMap {
+fn usable_keys(
+    jwks: impl IntoIterator<Item = Jwk>,
+    algorithms: &[Algorithm],
+    es512: bool,
+) -> KeyMap {
     let mut keys = KeyMap::new();
     for jwk in jwks {
         let Some(kid) = jwk.common.key_id.clone() else {
             // Tokens without `kid` are refused, so a key without one could never be selected.
             continue;
         };
-        match signing_key(&jwk, algorithms) {
+        match signing_key(&jwk, algorithms, es512) {
             Some(key) if kid.len() <= MAX_KID_BYTES => {
                 match keys.entry(kid) {
                     // Ambiguous: which one signed? Keep the first, as JwkSet::find would.
@@ -467,7 +517,7 @@ fn usable_keys(jwks: impl IntoIterator<Item = Jwk>, algorithms: &[Algorithm]) ->
     keys
 }
 
-fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
+fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<SigningKey> {
     let (family, curve) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
         AlgorithmParameters::EllipticCurve(params) => {
@@ -484,10 +534,8 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm]) -> Option<SigningKey> {
         family,
         curve,
     };
-    algorithms
-        .iter()
-        .any(|&allowed| key.accepts(allowed))
-        .then_some(key)
+    let for_es512 = es512 && key.p521_point().is_some();
+    (for_es512 || algorithms.iter().any(|&allowed| key.accepts(allowed))).then_some(key)
 }
 
 /// Shortened, printable form of an untrusted string for logs and messages.

@@ -11,8 +11,8 @@ use super::{jwks::SigningKey, token::TokenError};
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// How far in the future `nbf` may be: go-oidc v2.3.0's fixed one minute, which is what
-/// kube-apiserver 1.33 uses (go-oidc v3 has five minutes, but Kubernetes vendors v2).
+/// How far in the future `nbf` may be: go-oidc v2's fixed one minute, unchanged in v2.5.0, which
+/// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
 /// The claims of a token whose signature verifies with one of `candidates` (one key when the
@@ -53,6 +53,39 @@ pub(super) fn verified_claims(
         }
     }
     Err(TokenError::BadSignature)
+}
+
+/// The name of the one algorithm verified without jsonwebtoken, which has no P-521.
+pub(super) const ES512: &str = "ES512";
+
+/// The claims of an ES512 token whose signature (`r || s`, 66 bytes each, as JWS has it)
+/// verifies with one of `candidates`' P-521 keys. `payload` is the token's decoded payload, which
+/// the signature covers.
+pub(super) fn verified_es512_claims(
+    token: &str,
+    payload: JsonObject,
+    candidates: &[SigningKey],
+) -> Result<Map<String, Value>, TokenError> {
+    use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED, UnparsedPublicKey};
+    let (signed, signature) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
+    let verifies = candidates
+        .iter()
+        .filter_map(SigningKey::p521_point)
+        .any(|point| {
+            UnparsedPublicKey::new(&ECDSA_P521_SHA512_FIXED, point)
+                .verify(signed.as_bytes(), &signature)
+                .is_ok()
+        });
+    if verifies {
+        Ok(payload)
+    } else {
+        Err(TokenError::BadSignature)
+    }
 }
 
 /// go-oidc decodes the registered claims into typed fields and refuses the whole token when one

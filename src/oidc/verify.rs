@@ -21,7 +21,8 @@
 //! refused even though kube-apiserver might accept it: algorithms outside the configured list
 //! (including `none` and HMAC, reported as `BadSignature`), `crit` headers, keys named by the token
 //! itself (`jku`, `x5u`, `jwk`, `x5c` are ignored), tokens over 16 KiB, times beyond the year
-//! 262143, and distributed groups claims (`_claim_names`), which the operator cannot resolve.
+//! 262143, and distributed groups claims (a `_claim_sources` entry with an `endpoint`), which the
+//! operator does not fetch; an aggregated source (no endpoint) is skipped, as kube-apiserver does.
 //!
 //! Every refusal names a reason a person can act on without ever echoing the token (a bearer
 //! credential) back.
@@ -32,7 +33,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -43,7 +47,9 @@ use super::{
     authn_config::{self, JwtAuthenticator},
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
     jwks::{self, IssuerError, KeySet},
-    jwt::{JsonObject, allowed_algorithm, check_shape, verified_claims},
+    jwt::{
+        ES512, JsonObject, allowed_algorithm, check_shape, verified_claims, verified_es512_claims,
+    },
     token::{IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
@@ -61,9 +67,26 @@ pub struct Verifier {
 struct ConfigFile {
     path: PathBuf,
     strictness: Strictness,
-    /// The digest of the last content refused, so an invalid file is reported once, not at
-    /// every poll.
-    refused: std::sync::Mutex<Option<String>>,
+    /// The digest of the last content refused and why, so an invalid file is reported once, not
+    /// at every poll, and shown by `/metrics` and `/readyz` while it is on disk.
+    refused: std::sync::Mutex<Option<(String, String)>>,
+    /// Reload attempts of changed content, as kube-apiserver's `automatic_reloads_total` counts
+    /// them: `[succeeded, failed]`.
+    reloads: [AtomicU64; 2],
+}
+
+/// What the operator holds of its authentication configuration, for the metrics that let an
+/// alert compare it with the API server's (same names, same hashes) and for `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigurationState {
+    /// `sha256:<hex>` of the file in force; none with the flat settings.
+    pub digest: Option<String>,
+    /// Why the file on disk, which differs from the one in force, was refused.
+    pub rejected: Option<String>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
+    /// Each issuer URL with the `sha256:<hex>` of the last JWKS document fetched from it.
+    pub key_sets: Vec<(String, String)>,
 }
 
 /// Why the operator cannot start with its authentication configuration file.
@@ -143,6 +166,7 @@ impl Verifier {
                 path: path.to_owned(),
                 strictness,
                 refused: std::sync::Mutex::new(None),
+                reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         ))
     }
@@ -247,7 +271,10 @@ impl Verifier {
             *refused() = None;
             return Ok(());
         }
-        if refused().as_ref() == Some(&seen) {
+        if refused()
+            .as_ref()
+            .is_some_and(|(digest, _)| digest == &seen)
+        {
             return Ok(());
         }
         let issuers = match read {
@@ -262,11 +289,13 @@ impl Verifier {
         let issuers = match issuers {
             Ok(issuers) => issuers,
             Err(problem) => {
-                *refused() = Some(seen);
+                *refused() = Some((seen, problem.clone()));
+                file.reloads[1].fetch_add(1, Ordering::Relaxed);
                 return Err(problem);
             }
         };
         *refused() = None;
+        file.reloads[0].fetch_add(1, Ordering::Relaxed);
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
             let _ = issuer.keys.refresh().await;
@@ -280,6 +309,36 @@ impl Verifier {
         });
         info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
+    }
+
+    /// The configuration in force, the refused one on disk if any, and each issuer's key set.
+    pub fn configuration_state(&self) -> ConfigurationState {
+        let current = self.current();
+        let key_sets = current
+            .issuers
+            .iter()
+            .filter_map(|issuer| {
+                Some((issuer.rules.issuer.clone(), issuer.keys.document_digest()?))
+            })
+            .collect();
+        let Some(file) = &self.file else {
+            return ConfigurationState {
+                key_sets,
+                ..ConfigurationState::default()
+            };
+        };
+        ConfigurationState {
+            digest: current.digest.clone(),
+            rejected: file
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(|(_, problem)| problem.clone()),
+            reloads_succeeded: file.reloads[0].load(Ordering::Relaxed),
+            reloads_failed: file.reloads[1].load(Ordering::Relaxed),
+            key_sets,
+        }
     }
 
     /// Readiness: some issuer's keys are loaded, so some tokens can be judged. One issuer being
@@ -318,7 +377,7 @@ impl Verifier {
                 found: iss.map_or_else(|| "<not a string>".into(), jwks::truncated),
             });
         };
-        issuer.verify(token, &header).await
+        issuer.verify(token, &header, &unverified).await
     }
 }
 
@@ -333,9 +392,21 @@ async fn issuers_for(authenticators: Vec<JwtAuthenticator>) -> Result<Vec<Issuer
 }
 
 impl Issuer {
-    async fn verify(&self, token: &str, header: &JsonObject) -> Result<Identity, TokenError> {
+    /// `payload` is the token's decoded payload, not yet verified.
+    async fn verify(
+        &self,
+        token: &str,
+        header: &JsonObject,
+        payload: &JsonObject,
+    ) -> Result<Identity, TokenError> {
         let cfg = &self.rules;
-        let alg = allowed_algorithm(header, &cfg.algorithms)?;
+        // `None` for ES512, which jsonwebtoken cannot name or verify.
+        let alg = if cfg.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512)
+        {
+            None
+        } else {
+            Some(allowed_algorithm(header, &cfg.algorithms)?)
+        };
         if header.contains_key("crit") {
             return Err(TokenError::Malformed(
                 "the header lists critical extensions (crit), which are not supported",
@@ -348,8 +419,10 @@ impl Issuer {
         };
         // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
         // that a garbage header should not be able to trigger.
-        jsonwebtoken::decode_header(token)
-            .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+        if alg.is_some() {
+            jsonwebtoken::decode_header(token)
+                .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+        }
 
         let candidates = match kid {
             Some(kid) => match self.keys.find(kid).await {
@@ -367,7 +440,10 @@ impl Issuer {
                 .await
                 .map_err(TokenError::IssuerUnavailable)?,
         };
-        let claims = verified_claims(token, alg, &candidates)?;
+        let claims = match alg {
+            Some(alg) => verified_claims(token, alg, &candidates)?,
+            None => verified_es512_claims(token, payload.clone(), &candidates)?,
+        };
         claims::check_issuer(&self.rules, &claims)?;
         claims::identity(&self.rules, &claims)
     }
@@ -1251,6 +1327,41 @@ pub(crate) mod tests {
         );
         let error = check(&verifier, &sign(&distributed)).await.unwrap_err();
         assert_eq!(error, TokenError::MissingClaim("groups".into()));
+        // Aggregated (a JWT, no endpoint): kube-apiserver's resolver skips it, the user has no
+        // groups.
+        for source in [
+            json!({"JWT": "e30.e30.sig"}),
+            json!({"endpoint": ""}),
+            Value::Null,
+        ] {
+            let aggregated = with(
+                with(
+                    without(claims(), "groups"),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({ "src1": source }),
+            );
+            let accepted = check(&verifier, &sign(&aggregated)).await.unwrap();
+            assert!(accepted.groups.is_empty(), "{source}");
+        }
+        let bad_source = with(
+            with(
+                without(claims(), "groups"),
+                "_claim_names",
+                json!({"groups": "src1"}),
+            ),
+            "_claim_sources",
+            json!({"src1": {"endpoint": 7}}),
+        );
+        assert_eq!(
+            check(&verifier, &sign(&bad_source))
+                .await
+                .unwrap_err()
+                .reason(),
+            "Malformed"
+        );
         let dangling = with(claims(), "_claim_names", json!({"roles": "nowhere"}));
         assert_eq!(
             check(&verifier, &sign(&dangling))

@@ -43,7 +43,21 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let keys = state.authenticator.verifier().is_ready();
     let revocations = state.authenticator.revocations().is_synced();
     if controller && keys && revocations {
-        return (StatusCode::OK, "ok\n").into_response();
+        // A refused edit leaves the operator able to answer (with the previous file, as the API
+        // server does), so it stays ready; the detail says that its file and the one on disk
+        // differ, and why.
+        let rejected = state
+            .authenticator
+            .verifier()
+            .configuration_state()
+            .rejected
+            .map(|problem| {
+                format!(
+                    "warning: the authentication configuration on disk was refused, the previous one is in force: {problem}\n"
+                )
+            })
+            .unwrap_or_default();
+        return (StatusCode::OK, format!("ok\n{rejected}")).into_response();
     }
     let mut missing = Vec::new();
     if !controller {

@@ -47,7 +47,7 @@ pub(super) struct FileIssuer {
     pub(super) audiences: Vec<String>,
     #[serde(default)]
     pub(super) audience_match_policy: String,
-    /// v1 (Kubernetes 1.34): the operator has no egress selector, so any value is refused.
+    /// Beta since Kubernetes 1.34 (v1 and v1beta1): validated, then not used; see validation.
     pub(super) egress_selector_type: Option<String>,
 }
 

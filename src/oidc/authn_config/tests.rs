@@ -362,7 +362,7 @@ fn more_than_64_issuers_are_too_many() {
 }
 
 #[test]
-fn other_kinds_unknown_fields_and_an_egress_selector_are_refused() {
+fn other_kinds_unknown_fields_and_an_unknown_egress_selector_are_refused() {
     assert!(
         error_of(
             "apiVersion: apiserver.config.k8s.io/v1alpha2\nkind: AuthenticationConfiguration\n"
@@ -373,7 +373,24 @@ fn other_kinds_unknown_fields_and_an_egress_selector_are_refused() {
         error_of(&one(GOOD_ISSUER, "  claimMapping: {}\n"))
             .contains("unknown field `claimMapping`")
     );
-    assert!(error_of(&one("    url: https://dex.example\n    audiences: [a]\n    egressSelectorType: controlplane\n", GOOD_MAPPINGS)).contains("jwt[0].issuer.egressSelectorType: Invalid value: \"controlplane\""));
+    assert!(error_of(&one("    url: https://dex.example\n    audiences: [a]\n    egressSelectorType: internet\n", GOOD_MAPPINGS)).contains("jwt[0].issuer.egressSelectorType: Invalid value: \"internet\": egress selector must be either controlplane or cluster"));
+}
+
+/// kube-apiserver 1.34+ accepts both egress selectors (beta, on by default); so does the operator.
+#[test]
+fn both_egress_selectors_are_accepted() {
+    for kind in ["controlplane", "cluster"] {
+        let yaml = one(
+            &format!(
+                "    url: https://dex.example\n    audiences: [a]\n    egressSelectorType: {kind}\n"
+            ),
+            GOOD_MAPPINGS,
+        );
+        assert!(
+            parse(yaml.as_bytes(), Strictness::default()).is_ok(),
+            "{kind}"
+        );
+    }
 }
 
 #[test]

@@ -162,11 +162,17 @@ fn validate_jwt(
         }
         CertificateAuthority::Pem(issuer.certificate_authority.as_bytes().to_vec())
     };
-    if let Some(kind) = &issuer.egress_selector_type {
+    // Beta and on by default since 1.34. The operator accepts what kube-apiserver accepts and then
+    // reaches the issuer directly: its own network position is the one that matters for it.
+    if let Some(kind) = issuer
+        .egress_selector_type
+        .as_deref()
+        .filter(|kind| !kind.is_empty() && !["controlplane", "cluster"].contains(kind))
+    {
         errors.push(invalid(
             &format!("{issuer_path}.egressSelectorType"),
             kind,
-            "not supported by this operator, which reaches the issuer directly; remove it from the operator's copy of the file",
+            "egress selector must be either controlplane or cluster",
         ));
     }
 
@@ -236,6 +242,7 @@ fn validate_jwt(
         extra,
         user_rules,
         algorithms: CONFIG_FILE_ALGORITHMS.to_vec(),
+        verifies_es512: true,
         strictness,
     })
 }

@@ -248,8 +248,19 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
         "{error}"
     );
     assert_eq!(verifier.current().digest.as_deref(), Some(before.as_str()));
+    // Visible while it is on disk: the refusal, counted once, beside the digest in force.
+    let state = verifier.configuration_state();
+    assert_eq!(state.digest.as_deref(), Some(before.as_str()));
+    assert!(
+        state
+            .rejected
+            .unwrap()
+            .contains("groups.prefix: Required value")
+    );
+    assert_eq!((state.reloads_succeeded, state.reloads_failed), (0, 1));
     // The same invalid content is reported once, not at every poll; so is a missing file.
     verifier.reload(file).await.unwrap();
+    assert_eq!(verifier.configuration_state().reloads_failed, 1);
     std::fs::remove_file(&path).unwrap();
     assert!(
         verifier
@@ -267,6 +278,9 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
         .unwrap();
     std::fs::write(&path, one_issuer).unwrap();
     verifier.reload(file).await.unwrap();
+    let state = verifier.configuration_state();
+    assert_eq!(state.rejected, None);
+    assert_eq!((state.reloads_succeeded, state.reloads_failed), (1, 2));
     let current = verifier.current();
     assert_eq!(
         current.digest.as_deref(),
@@ -353,5 +367,78 @@ async fn one_issuer_down_does_not_make_the_operator_unready() {
             .await
             .is_ok(),
         "its users are served"
+    );
+}
+
+/// A P-521 key as an issuer's JWKS publishes it, and a signer for ES512 tokens with it.
+struct P521 {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl P521 {
+    fn generate() -> Self {
+        use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair};
+        Self {
+            pair: EcdsaKeyPair::generate(&ECDSA_P521_SHA512_FIXED_SIGNING).unwrap(),
+        }
+    }
+
+    fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
+        use aws_lc_rs::signature::KeyPair;
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let point = self.pair.public_key().as_ref();
+        let (x, y) = point[1..].split_at(66);
+        serde_json::from_value(json!({"keys": [{
+            "kty": "EC", "crv": "P-521", "kid": "p521",
+            "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
+        }]}))
+        .unwrap()
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES512","kid":"p521","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signed = format!("{header}.{payload}");
+        let signature = self
+            .pair
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+}
+
+/// go-oidc v2.5.0 verifies ES512, and kube-apiserver allows it with a configuration file: so does
+/// the operator, with aws-lc-rs; not with the flat settings, whose algorithms are those listed.
+#[tokio::test]
+async fn es512_is_verified_with_a_configuration_file() {
+    let key = P521::generate();
+    let rules = authn_config::parse(CONFIG.as_bytes(), Strictness::default())
+        .unwrap()
+        .authenticators
+        .remove(0);
+    let keys = KeySet::from_static(&key.jwks(), &rules.algorithms);
+    let verifier = Verifier::with_authenticators(vec![(rules.clone(), keys)]);
+    let identity = verdict(&verifier, key.sign(&claims())).await.unwrap();
+    assert_eq!(identity.username, "dex:alice@example.com");
+
+    let token = key.sign(&claims());
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    let other = P521::generate().sign(&claims());
+    let forged = format!("{signed}.{}", other.rsplit_once('.').unwrap().1);
+    assert_eq!(
+        verdict(&verifier, forged).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+
+    let flat = JwtAuthenticator {
+        verifies_es512: false,
+        ..rules
+    };
+    let keys = KeySet::from_static(&key.jwks(), &flat.algorithms);
+    let verifier = Verifier::with_authenticators(vec![(flat, keys)]);
+    assert_eq!(
+        verdict(&verifier, token).await.unwrap_err(),
+        TokenError::BadSignature
     );
 }

@@ -4,7 +4,8 @@ package main
 // tests hold, so that they can sign tokens with any claims (expired, nbf in the future, odd
 // email_verified values, ...) that kube-apiserver and the operator then both judge.
 //
-//	kcluster testissuer-keys DIR          writes DIR/rsa.pem (PKCS#1) and DIR/ec.pem (PKCS#8, P-256) once
+//	kcluster testissuer-keys DIR          writes DIR/rsa.pem (PKCS#1), DIR/ec.pem (PKCS#8, P-256) and
+//	                                      DIR/p521.pem (PKCS#8, P-521, for ES512) once
 //	kcluster testissuer --dir DIR --port N --cert FILE --key FILE
 //
 // The JWKS publishes both keys (kids "test-rsa" and "test-ec") without an "alg", so the RSA key
@@ -19,7 +20,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -30,6 +30,8 @@ import (
 const (
 	testRSAKid = "test-rsa"
 	testECKid  = "test-ec"
+	// The P-521 key, for ES512 tokens (tests/differential.rs).
+	testP521Kid = "test-p521"
 )
 
 func writeTestIssuerKeys(dir string) error {
@@ -46,8 +48,11 @@ func writeTestIssuerKeys(dir string) error {
 			return err
 		}
 	}
-	if !exists(ecPath) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for path, curve := range map[string]elliptic.Curve{ecPath: elliptic.P256(), filepath.Join(dir, "p521.pem"): elliptic.P521()} {
+		if exists(path) {
+			continue
+		}
+		key, err := ecdsa.GenerateKey(curve, rand.Reader)
 		if err != nil {
 			return err
 		}
@@ -55,11 +60,28 @@ func writeTestIssuerKeys(dir string) error {
 		if err != nil {
 			return err
 		}
-		if err := writePEM(ecPath, "PRIVATE KEY", der, 0o600); err != nil {
+		if err := writePEM(path, "PRIVATE KEY", der, 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// readECKey reads a PKCS#8 ECDSA private key.
+func readECKey(path string) (*ecdsa.PrivateKey, error) {
+	der, err := readPEM(path)
+	if err != nil {
+		return nil, err
+	}
+	parsed, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := parsed.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s is not an ECDSA key", path)
+	}
+	return key, nil
 }
 
 func readPEM(path string) ([]byte, error) {
@@ -91,17 +113,13 @@ func testIssuerJWKS(dir string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	ecDer, err := readPEM(filepath.Join(dir, "ec.pem"))
+	ecKey, err := readECKey(filepath.Join(dir, "ec.pem"))
 	if err != nil {
 		return nil, err
 	}
-	parsed, err := x509.ParsePKCS8PrivateKey(ecDer)
+	p521Key, err := readECKey(filepath.Join(dir, "p521.pem"))
 	if err != nil {
 		return nil, err
-	}
-	ecKey, ok := parsed.(*ecdsa.PrivateKey)
-	if !ok {
-		return nil, errors.New("ec.pem is not an ECDSA key")
 	}
 	keys := []map[string]string{
 		{
@@ -113,6 +131,11 @@ func testIssuerJWKS(dir string) ([]byte, error) {
 			"kty": "EC", "use": "sig", "kid": testECKid, "crv": "P-256",
 			"x": b64(fixed(ecKey.PublicKey.X, 32)),
 			"y": b64(fixed(ecKey.PublicKey.Y, 32)),
+		},
+		{
+			"kty": "EC", "use": "sig", "kid": testP521Kid, "crv": "P-521",
+			"x": b64(fixed(p521Key.PublicKey.X, 66)),
+			"y": b64(fixed(p521Key.PublicKey.Y, 66)),
 		},
 	}
 	return json.Marshal(map[string]any{"keys": keys})
