@@ -17,7 +17,7 @@ use support::{
     kubectl_plain,
     operator::{Issuer, Operator},
     requests::{
-        http_get_kubeconfig, put_token_secret, request_manifest, wait_for_reason, write_temp,
+        apply_request_as, http_get_kubeconfig, put_token_secret, wait_for_reason, write_temp,
     },
 };
 
@@ -64,22 +64,6 @@ fn tenant_namespace(cluster: &Cluster, prefix: &str, readable: &[&str]) -> (Name
     (namespace, alice)
 }
 
-/// Applies a request as alice; `Err` carries the API server's refusal.
-fn apply_as(
-    cluster: &Cluster,
-    token: &str,
-    namespace: &str,
-    name: &str,
-    spec: &str,
-) -> Result<String, String> {
-    let file = write_temp(&request_manifest(namespace, name, spec));
-    kubectl_as_token(
-        cluster,
-        token,
-        &["apply", "-f", file.path().to_str().unwrap()],
-    )
-}
-
 /// A Secret's data, decoded, as the holder of `token` reads it.
 fn secret_data_as(
     cluster: &Cluster,
@@ -117,7 +101,7 @@ fn secret_data_as(
 /// it is Issued.
 fn issue_as_alice(cluster: &Cluster, alice: &str, namespace: &str, name: &str, extra: &str) {
     let spec = format!("tokenSecretRef: {{name: {ALICE_TOKEN_SECRET}}}{extra}");
-    apply_as(cluster, alice, namespace, name, &spec).unwrap_or_else(|e| panic!("{e}"));
+    apply_request_as(cluster, alice, namespace, name, &spec).unwrap_or_else(|e| panic!("{e}"));
     wait_for_reason(cluster, namespace, name, "Issued");
 }
 
@@ -250,7 +234,7 @@ fn the_schema_refuses_unknown_formats_and_keys_and_meaningless_combinations() {
             "spec.format exec needs spec.tokenSecretRef",
         ),
     ] {
-        let refusal = apply_as(cluster, &alice, ns, "bad", &spec)
+        let refusal = apply_request_as(cluster, &alice, ns, "bad", &spec)
             .expect_err(&format!("the API server accepted {spec:?}"));
         assert!(refusal.contains(expected), "{spec:?}: {refusal}");
     }
@@ -452,7 +436,7 @@ fn argocd_secret_for_a_service_account_keeps_its_token_until_renewal_replaces_it
         eventually(
             Duration::from_secs(30),
             "alice's request is admitted",
-            || apply_as(cluster, &alice, ns, "gitops", &spec(extra)).is_ok(),
+            || apply_request_as(cluster, &alice, ns, "gitops", &spec(extra)).is_ok(),
         );
     };
     let bearer = || {
