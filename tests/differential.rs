@@ -36,7 +36,7 @@ use kubeconfig_operator::{
 };
 use serde_json::{Value, json};
 use support::{
-    Client, Cluster, Namespace, cluster, id_token_for_client, id_token_short_lived,
+    Client, Cluster, Namespace, cluster, id_token, id_token_for_client, id_token_short_lived,
     operator::{Issuer, Operator},
     requests::http_get_kubeconfig,
 };
@@ -979,6 +979,16 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
             .expect("the operator accepts the API server's file"),
     )
     .await;
+    // kube-apiserver fetches an issuer's keys when it first judges one of its tokens, and only
+    // then exports that issuer's key set series: one token of each issuer in its file first.
+    let test_issuer = Signer::test_issuer(cluster);
+    for token in [
+        id_token(cluster, "alice"),
+        id_token_short_lived(cluster, "alice"),
+        test_issuer.sign(&test_issuer.claims()),
+    ] {
+        api_server_verdict(&server, &ca, &token).await;
+    }
     let theirs = api_server_exposition(cluster, &server);
     for metric in [CONFIG_INFO, KEY_SET_INFO] {
         let ours = hash_labels(&in_step, metric);
