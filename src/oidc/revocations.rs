@@ -77,9 +77,8 @@ impl Revocations {
         if !self.is_synced() {
             return Some(TokenError::RevocationsUnknown);
         }
+        // `find` walks the store under its lock; `state` would copy it for every token.
         self.store
-            .state()
-            .iter()
             .find(|revocation| covers(revocation, identity, now))
             .map(|revocation| TokenError::Revoked {
                 revocation: revocation.name_any(),
