@@ -25,7 +25,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 # Enough that no token repeats within a round: a run that needs more fails (non-2xx answers).
 FRESH_TOKENS=${FRESH_TOKENS:-60000}
 FRESH_DURATION=${FRESH_DURATION:-3s}
-command -v wrk >/dev/null || bash scripts/install-deps.sh
+command -v wrk >/dev/null || BENCH=1 bash scripts/install-deps.sh
 
 bench_cluster
 bench_build "${BENCH_PROFILE:-release}"

@@ -12,7 +12,7 @@
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 SECONDS_RECORDED=${SECONDS_RECORDED:-15}
-command -v perf >/dev/null && command -v wrk >/dev/null || bash scripts/install-deps.sh
+command -v perf >/dev/null && command -v wrk >/dev/null || BENCH=1 bash scripts/install-deps.sh
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked
 bench_cluster
 bench_build profiling

@@ -21,6 +21,11 @@ if [[ "${NODE:-}" == 1 ]]; then
 	command -v iptables >/dev/null || need+=(iptables)
 	command -v ip >/dev/null || need+=(iproute2)
 fi
+# The benchmarks (BENCH=1: bench/http.sh, bench/profile.sh): wrk for load, perf for profiles.
+if [[ "${BENCH:-}" == 1 ]]; then
+	command -v wrk >/dev/null || need+=(wrk)
+	command -v perf >/dev/null || need+=(linux-perf)
+fi
 # The image (make image, scripts/test-image.sh): buildah runs RUN steps with runc (crun refuses
 # this machine's hybrid cgroups), mmdebstrap makes the base images' stand-ins, jq reads configs.
 command -v buildah >/dev/null || need+=(buildah)
