@@ -260,16 +260,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let (_, served, ()) = tokio::join!(
-        controller,
+    // A listener that cannot bind ends the process: the controller alone never ends, and a
+    // replica without HTTP would stay unready with no word of why.
+    tokio::try_join!(
+        async {
+            controller.await;
+            Ok(())
+        },
         server::serve(&config.http, http_state, on_stop()),
         async {
             if let Some(proxy) = proxy {
                 proxy.serve(on_stop()).await;
             }
+            Ok(())
         },
-    );
-    served?;
+    )?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{net::TcpListener, time::Duration};
 
 use support::{
     Cluster, Namespace, cluster, id_token, kubectl, kubectl_result,
@@ -423,5 +423,31 @@ fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
         Duration::from_secs(30),
         "bob is admitted once he may read the Secret",
         || create().is_ok(),
+    );
+}
+
+/// A listener that cannot bind ends the process with the reason: a replica serving nothing while
+/// its controller runs would only ever be unready, with nothing in its log to say why.
+#[test]
+fn a_taken_metrics_address_ends_the_process_naming_it() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "taken-port");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let address = taken.local_addr().unwrap().to_string();
+    let mut operator = Operator::spawn(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--metrics-listen", &address],
+        None,
+    );
+    let status = operator
+        .wait_exit(Duration::from_secs(60))
+        .expect("the operator exits when it cannot bind");
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        operator.logs().contains(&address),
+        "the log names the address:\n{}",
+        operator.logs()
     );
 }

@@ -8,7 +8,10 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -79,21 +82,30 @@ impl Operator {
         extra_args: &[&str],
         kubeconfig: Option<&Path>,
     ) -> Self {
+        let mut operator = Self::spawn(cluster, namespace, issuer, extra_args, kubeconfig);
+        operator.wait_ready();
+        operator
+    }
+
+    /// As [`Operator::start_with_kubeconfig`], without waiting: for a test of how it fails.
+    pub fn spawn(
+        cluster: &Cluster,
+        namespace: &str,
+        issuer: Issuer,
+        extra_args: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> Self {
         let installed = operator_kubeconfig(cluster);
         let kubeconfig = kubeconfig.unwrap_or(installed);
         // A test that needs a known address (e.g. a redirect URL registered at Dex) passes its
-        // own --listen.
-        let own_listen = extra_args.iter().position(|arg| *arg == "--listen");
-        let port = own_listen
-            .and_then(|at| extra_args.get(at + 1))
-            .and_then(|address| address.rsplit(':').next()?.parse().ok())
-            .unwrap_or_else(free_port);
+        // own --listen; otherwise the kernel picks the ports and the log says which, since a port
+        // found free and released beforehand may be taken by then.
+        let own_listen = extra_args.contains(&"--listen");
         let issuer_url = match issuer {
             Issuer::Main => Some(&cluster.oidc_issuer_url),
             Issuer::ShortLived => Some(&cluster.oidc_short_issuer_url),
             Issuer::AuthenticationConfig => None,
         };
-        let metrics_port = free_port();
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-operator/logs");
         fs::create_dir_all(&log_dir).expect("create the operator log directory");
         let scope = if namespace.is_empty() {
@@ -101,7 +113,12 @@ impl Operator {
         } else {
             namespace
         };
-        let log_path = log_dir.join(format!("{scope}-{port}.log"));
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let log_path = log_dir.join(format!(
+            "{scope}-{}-{}.log",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         let log = fs::File::create(&log_path).expect("create the operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kubeconfig-operator"))
             .arg("run")
@@ -139,16 +156,17 @@ impl Operator {
                     .flatten(),
             )
             .args(
-                own_listen
-                    .is_none()
-                    .then(|| ["--listen".to_owned(), format!("127.0.0.1:{port}")])
+                (!own_listen)
+                    .then_some(["--listen", "127.0.0.1:0"])
                     .into_iter()
                     .flatten(),
             )
-            .args([
-                "--metrics-listen".to_owned(),
-                format!("127.0.0.1:{metrics_port}"),
-            ])
+            .args(
+                (!extra_args.contains(&"--metrics-listen"))
+                    .then_some(["--metrics-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             // One JSON object per line, so tests read fields instead of parsing text.
             .args(["--log-format", "json"])
             .args(extra_args)
@@ -166,17 +184,16 @@ impl Operator {
             .stderr(log)
             .spawn()
             .expect("start the kubeconfig-operator binary");
-        let mut operator = Operator {
+        Operator {
             child,
-            base_url: format!("http://127.0.0.1:{port}"),
-            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            base_url: String::new(),
+            metrics_url: String::new(),
             namespace: namespace.to_owned(),
             log_path,
-        };
-        operator.wait_ready();
-        operator
+        }
     }
 
+    /// Waits for both listeners' log lines (`info`, which benchmarks keep), then for `/readyz`.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -186,7 +203,17 @@ impl Operator {
                     self.logs()
                 );
             }
-            if http_status(&format!("{}/readyz", self.base_url)) == Some(200) {
+            if self.base_url.is_empty() || self.metrics_url.is_empty() {
+                for event in self.log_events() {
+                    let url =
+                        || format!("http://{}", event["address"].as_str().unwrap_or_default());
+                    match event["message"].as_str() {
+                        Some("HTTP server listening") => self.base_url = url(),
+                        Some("metrics listening") => self.metrics_url = url(),
+                        _ => {}
+                    }
+                }
+            } else if http_status(&format!("{}/readyz", self.base_url)) == Some(200) {
                 return;
             }
             thread::sleep(Duration::from_millis(200));
