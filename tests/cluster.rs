@@ -151,22 +151,7 @@ fn alice_needs_a_rolebinding_to_list_pods() {
         .expect_err("alice may not list pods yet");
     assert!(err.contains("forbidden"), "{err}");
 
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "alice-view",
-            "-n",
-            &ns.name,
-            "--clusterrole=view",
-            "--user=alice@example.com",
-        ],
-    );
-    // `view` is an aggregated ClusterRole (filled in by the controller manager).
-    eventually(Duration::from_secs(60), "alice may list pods", || {
-        can_i_as_token(cluster, &token, &["list", "pods", "-n", &ns.name])
-    });
+    support::alice_may_view(cluster, &token, &ns.name);
     kubectl_as_token(cluster, &token, &["get", "pods", "-n", &ns.name]).expect("alice lists pods");
     // Still nothing elsewhere.
     assert!(!can_i_as_token(

@@ -13,8 +13,8 @@ use std::{
 
 use base64::Engine as _;
 use support::{
-    Cluster, Namespace, can_i_as_token, cluster, eventually, grant, id_token, kubectl_as_token,
-    kubectl_plain,
+    Cluster, Namespace, alice_may_view, can_i_as_token, cluster, eventually, grant, id_token,
+    kubectl, kubectl_as_token, kubectl_plain,
     operator::{Issuer, Operator},
     requests::{
         apply_request_as, http_get_kubeconfig, put_token_secret, wait_for_reason, write_temp,
@@ -600,5 +600,135 @@ fn per_cluster_user_names_keep_each_users_token_through_kubectls_merge() {
     assert_eq!(
         user_of_context(&own.0, &own.1, "cluster-b"),
         cluster.bob_username
+    );
+}
+
+/// A ServiceAccount that may only read the Secret `secret`: the management identity in Cluster
+/// API's and Flux's terms, Argo CD's controller in Argo CD's. It may list no pods, so whatever a
+/// loader lists, it lists with the credential it loaded. Returns its token.
+fn secret_reader(cluster: &Cluster, namespace: &str, secret: &str) -> String {
+    kubectl(
+        cluster,
+        &["create", "serviceaccount", "management", "-n", namespace],
+    );
+    let account = format!("system:serviceaccount:{namespace}:management");
+    grant(
+        cluster,
+        namespace,
+        "management-reads",
+        &account,
+        "get",
+        "secrets",
+        &[secret],
+    );
+    let token = kubectl(cluster, &["create", "token", "management", "-n", namespace]);
+    eventually(
+        Duration::from_secs(30),
+        "the reader's Role takes effect",
+        || {
+            can_i_as_token(
+                cluster,
+                &token,
+                &["get", &format!("secret/{secret}"), "-n", namespace],
+            )
+        },
+    );
+    assert!(!can_i_as_token(
+        cluster,
+        &token,
+        &["list", "pods", "-n", namespace]
+    ));
+    token
+}
+
+/// Runs the consumers' own loaders (`tests/consumers`, built by `tests/cluster/up.sh` into the
+/// cluster's bin directory as `kubeconfig-consumers`) with `reader`'s token as the caller's
+/// kubeconfig; their output, or a panic with their error.
+fn consumer(cluster: &Cluster, reader: &str, args: &[&str]) -> String {
+    let binary = support::which("kubeconfig-consumers").expect(
+        "kubeconfig-consumers is on PATH (tests/cluster/up.sh builds it; run make cluster-up)",
+    );
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {
+            "server": cluster.kube_server,
+            "certificate-authority": cluster.kube_ca_file,
+        }}],
+        "users": [{"name": "reader", "user": {"token": reader}}],
+        "contexts": [{"name": "reader", "context": {"cluster": "local", "user": "reader"}}],
+        "current-context": "reader",
+    });
+    let file = write_temp(&kubeconfig.to_string());
+    let output = Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", file.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubeconfig-consumers");
+    assert!(
+        output.status.success(),
+        "kubeconfig-consumers {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Issue 24: Cluster API's loader (`controllers/remote.RESTConfig` over
+/// `util/kubeconfig.FromSecret`, the Secret `<cluster>-kubeconfig`, key `value`) and Flux's
+/// (`runtime/client.Impersonator` for `spec.kubeConfig.secretRef`) read what the operator wrote,
+/// and the client each builds acts as alice: allowed where she may list pods, forbidden elsewhere.
+#[test]
+fn cluster_api_and_flux_load_the_value_key_with_their_own_code() {
+    let cluster = cluster();
+    let (namespace, alice) = tenant_namespace(cluster, "formats-loaders", &["workload-kubeconfig"]);
+    let ns = namespace.name.as_str();
+    let elsewhere = Namespace::new(cluster, "formats-loaders-elsewhere");
+    let _operator = Operator::start(cluster, ns, Issuer::Main, &[]);
+    issue_as_alice(cluster, &alice, ns, "workload", "\n  secretKeys: [value]");
+    alice_may_view(cluster, &alice, ns);
+    let reader = secret_reader(cluster, ns, "workload-kubeconfig");
+    let expected = format!("{ns} allowed\n{} forbidden\n", elsewhere.name);
+
+    // Cluster API names the Secret after the Cluster: "workload" reads workload-kubeconfig.
+    let capi = consumer(
+        cluster,
+        &reader,
+        &["cluster-api", ns, "workload", ns, &elsewhere.name],
+    );
+    assert_eq!(capi, expected);
+    let flux = consumer(
+        cluster,
+        &reader,
+        &["flux", ns, "workload-kubeconfig", ns, &elsewhere.name],
+    );
+    assert_eq!(flux, expected);
+}
+
+/// Issue 24: Argo CD's own conversion (`util/db.SecretToCluster`, then `Cluster.RESTConfig`)
+/// reads the `argocd` Secret, and its client acts as alice.
+#[test]
+fn argo_cds_own_conversion_reads_the_cluster_secret() {
+    let cluster = cluster();
+    let (namespace, alice) = tenant_namespace(cluster, "formats-argo-loader", &["argo-kubeconfig"]);
+    let ns = namespace.name.as_str();
+    let elsewhere = Namespace::new(cluster, "formats-argo-elsewhere");
+    let _operator = Operator::start(cluster, ns, Issuer::Main, &[]);
+    issue_as_alice(cluster, &alice, ns, "argo", "\n  format: argocd");
+    alice_may_view(cluster, &alice, ns);
+    let reader = secret_reader(cluster, ns, "argo-kubeconfig");
+
+    let argo = consumer(
+        cluster,
+        &reader,
+        &["argocd", ns, "argo-kubeconfig", ns, &elsewhere.name],
+    );
+    assert_eq!(
+        argo,
+        format!(
+            "argocd cluster \"local\" at {}\n{ns} allowed\n{} forbidden\n",
+            cluster.kube_server, elsewhere.name
+        )
     );
 }

@@ -109,24 +109,9 @@ fn request_for_alice_becomes_ready_and_its_kubeconfig_acts_as_alice_within_rbac(
     assert!(whoami.contains("team-a"), "{whoami}");
 
     // Allowed where a RoleBinding allows her, forbidden elsewhere.
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "rolebinding",
-            "alice-view",
-            "-n",
-            &ns.name,
-            "--clusterrole=view",
-            &format!("--user={}", cluster.alice_username),
-        ],
-    );
-    // RBAC changes reach the authorizer's cache within moments, not at once.
-    support::eventually(
-        Duration::from_secs(30),
-        "alice may list configmaps where bound",
-        || as_alice(&["get", "configmaps", "-n", &ns.name]).is_ok(),
-    );
+    support::alice_may_view(cluster, &alice(cluster), &ns.name);
+    as_alice(&["get", "configmaps", "-n", &ns.name])
+        .expect("alice may list configmaps where bound");
     let refused =
         as_alice(&["get", "configmaps", "-n", &other.name]).expect_err("alice is not bound there");
     assert!(refused.contains("forbidden"), "{refused}");

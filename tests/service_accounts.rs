@@ -2,9 +2,15 @@
 //! requests, the opt-in and admission rules around them, the admin's lifetime cap, renewal with
 //! overlapping tokens, self-healing Secrets, and Expiring before TokenExpired for ID tokens.
 
+#[path = "support/deploy.rs"]
+mod deploy;
+#[path = "support/node.rs"]
+mod node;
 mod support;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
+
+use sha2::{Digest, Sha256};
 
 use support::{
     Cluster, Namespace, cluster, eventually, id_token, id_token_short_lived, kubectl,
@@ -352,6 +358,36 @@ fn project_secret(
     data
 }
 
+/// bob's Ready `format: tokenFile` request `worker` for the ServiceAccount `deployer`, which may
+/// list pods in `namespace`: the shortest lifetime the schema allows, renewed 10 s after each
+/// issuance. Returns bob's token.
+fn token_file_worker(cluster: &Cluster, namespace: &str) -> String {
+    service_account(cluster, namespace, ACCOUNT, true);
+    let account = format!("system:serviceaccount:{namespace}:{ACCOUNT}");
+    support::grant(
+        cluster,
+        namespace,
+        "pod-reader",
+        &account,
+        "list",
+        "pods",
+        &[],
+    );
+    let bob = tenant(cluster, namespace, "worker");
+    apply_request_as(
+        cluster,
+        &bob,
+        namespace,
+        "worker",
+        &format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 600}}\n  renewBefore: 590s\n  format: tokenFile"
+        ),
+    )
+    .expect("bob may create the request");
+    wait_ready(cluster, namespace, "worker");
+    bob
+}
+
 /// Issue 24: `format: tokenFile` writes `token` and `ca.crt` beside a kubeconfig whose user
 /// reads `tokenFile: token`. A client on the host reading the projected files keeps working
 /// across ServiceAccount renewals while the kubeconfig file itself never changes, and it really
@@ -361,30 +397,7 @@ fn a_token_file_kubeconfig_keeps_working_across_renewals() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-sa-token-file");
     let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
-    service_account(cluster, &ns.name, ACCOUNT, true);
-    let account = format!("system:serviceaccount:{}:{ACCOUNT}", ns.name);
-    support::grant(
-        cluster,
-        &ns.name,
-        "pod-reader",
-        &account,
-        "list",
-        "pods",
-        &[],
-    );
-    let bob = tenant(cluster, &ns.name, "worker");
-    // The shortest lifetime the schema allows, renewed 10 s after each issuance.
-    apply_request_as(
-        cluster,
-        &bob,
-        &ns.name,
-        "worker",
-        &format!(
-            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 600}}\n  renewBefore: 590s\n  format: tokenFile"
-        ),
-    )
-    .expect("bob may create the request");
-    wait_ready(cluster, &ns.name, "worker");
+    let bob = token_file_worker(cluster, &ns.name);
 
     let mount = tempfile::tempdir().expect("a directory for the projected Secret");
     let kubeconfig = mount.path().join("kubeconfig");
@@ -451,6 +464,121 @@ fn a_token_file_kubeconfig_keeps_working_across_renewals() {
     assert!(
         refused.contains("Unauthorized") || refused.contains("logged in"),
         "{refused}"
+    );
+}
+
+/// Issue 24: a long-running client-go program in a pod on the node (`kctools follow`), with the
+/// request's Secret mounted as a volume and `KUBECONFIG` in it, follows ServiceAccount renewals
+/// without a restart: every list it makes succeeds, and the token it sends moves on to tokens
+/// the operator wrote later. The operator is the one installed from `config/` (`make deploy`).
+#[test]
+fn a_pod_on_a_mounted_token_file_secret_follows_renewals() {
+    let (cluster, _turn) = deploy::deployed();
+    let ns = Namespace::new(cluster, "kcr-sa-token-file-pod");
+    let bob = token_file_worker(cluster, &ns.name);
+
+    // Every token the Secret holds, by the fingerprint kctools prints, recorded from before the
+    // pod starts: renewals come about every 10 s, the kubelet updates the volume within about a
+    // minute and client-go re-reads the file every minute, so the program skips some tokens.
+    let fingerprint = |token: &[u8]| {
+        Sha256::digest(token)[..6]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    let written = std::sync::Mutex::new(BTreeSet::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let used = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mount = tempfile::tempdir().unwrap();
+                let data =
+                    project_secret(cluster, &bob, &ns.name, "worker-kubeconfig", mount.path());
+                written.lock().unwrap().insert(fingerprint(&data["token"]));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let _stop = scopeguard(|| done.store(true, std::sync::atomic::Ordering::Relaxed));
+        std::thread::sleep(Duration::from_secs(2));
+        follower_pod(cluster, &ns.name);
+        let mut used = Vec::<String>::new();
+        eventually(
+            Duration::from_secs(300),
+            "the program sends three of the Secret's tokens in turn",
+            || {
+                let log = node::logs(cluster, &ns.name, "follower");
+                assert!(!log.contains("failed"), "a list failed:\n{log}");
+                used.clear();
+                for token in log.lines().filter_map(|line| line.strip_prefix("ok ")) {
+                    if used.last().is_none_or(|last| last != token) {
+                        used.push(token.to_owned());
+                    }
+                }
+                used.len() >= 3
+            },
+        );
+        used
+    });
+    let written = written.into_inner().unwrap();
+    for token in &used {
+        assert!(
+            written.contains(token),
+            "the program sent a token the Secret never held ({token}; written: {written:?})"
+        );
+    }
+}
+
+/// Stops the Secret watcher however the test ends, so that a failed assertion is not left
+/// waiting for a thread that never ends.
+fn scopeguard(stop: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(stop) = self.0.take() {
+                stop();
+            }
+        }
+    }
+    Guard(Some(stop))
+}
+
+/// `kctools follow` in a pod of the node's tools image, with Secret `worker-kubeconfig` mounted
+/// and `KUBECONFIG` in it; waits until it runs.
+fn follower_pod(cluster: &Cluster, namespace: &str) {
+    node::apply(
+        cluster,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: follower
+  namespace: {namespace}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: follow
+      image: {image}
+      imagePullPolicy: Never
+      args: [follow, {namespace}]
+      env: [{{name: KUBECONFIG, value: /var/run/kubeconfig/kubeconfig}}]
+      volumeMounts: [{{name: kubeconfig, mountPath: /var/run/kubeconfig, readOnly: true}}]
+      securityContext:
+        runAsNonRoot: true
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: [ALL]}}
+  volumes: [{{name: kubeconfig, secret: {{secretName: worker-kubeconfig}}}}]
+"#,
+            image = node::env(cluster, "TOOLS_IMAGE"),
+        ),
+    );
+    node::wait_phase(
+        cluster,
+        namespace,
+        "follower",
+        "Running",
+        Duration::from_secs(60),
     );
 }
 

@@ -160,8 +160,6 @@ pub async fn run(
     metrics.requests.export(None);
 }
 
-/// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
-/// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
 /// What a change to a request must touch to be reconciled: its spec (the generation) or the
 /// renew annotation, which asks for a new token without changing the spec.
 fn spec_or_renew_request(request: &KubeconfigRequest) -> Option<u64> {
@@ -171,6 +169,8 @@ fn spec_or_renew_request(request: &KubeconfigRequest) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
+/// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
 pub(super) fn trim_for_store(request: &mut KubeconfigRequest) {
     request.managed_fields_mut().clear();
     request

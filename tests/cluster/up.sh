@@ -95,6 +95,23 @@ build_kubelogin() {
 }
 build_kubelogin
 
+# The consumers' own loaders (tests/consumers: Cluster API's, Flux's and Argo CD's code reading
+# the Secrets the operator writes), for tests/formats.rs, as kubeconfig-consumers. Argo CD v3.6
+# needs Go 1.27, which the go command fetches from the module proxy (GOTOOLCHAIN). Built beside
+# the start of the cluster, at a lower priority; the script waits for it before it ends.
+build_consumers() {
+	local src="$REPO_ROOT/tests/consumers" out="$CLUSTER_BIN/kubeconfig-consumers"
+	[[ -x "$out" && -z "$(find "$src" -newer "$out" -print -quit)" ]] && return 0
+	log "building the consumers' loaders into $out (log: $LOGS/consumers-build.log)"
+	(cd "$src" && GOTOOLCHAIN=go1.27.3 nice go build -o "$out" .) >"$LOGS/consumers-build.log" 2>&1 || {
+		tail -n 40 "$LOGS/consumers-build.log" >&2
+		return 1
+	}
+	log "consumers' loaders built"
+}
+build_consumers &
+consumers_build=$!
+
 # The node's images, FROM scratch: the pod sandbox (pause) and the tests' tools (kctools).
 build_images() {
 	local t0=$SECONDS
@@ -428,4 +445,5 @@ fi
 } >"$CLUSTER_DIR/env.tmp"
 chmod 600 "$CLUSTER_DIR/env.tmp"
 mv "$CLUSTER_DIR/env.tmp" "$CLUSTER_DIR/env"
+wait "$consumers_build" || die "building the consumers' loaders failed"
 log "cluster up in $((SECONDS - t0))s; env: $CLUSTER_DIR/env"

@@ -464,3 +464,24 @@ impl Drop for Namespace {
             .status();
     }
 }
+
+/// Binds alice to `view` in `namespace` and waits until the authorizer knows it.
+pub fn alice_may_view(cluster: &Cluster, alice: &str, namespace: &str) {
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "alice-view",
+            "-n",
+            namespace,
+            "--clusterrole=view",
+            &format!("--user={}", cluster.alice_username),
+        ],
+    );
+    // `view` is an aggregated ClusterRole (filled in by the controller manager), and RBAC
+    // changes reach the authorizer's cache within moments, not at once.
+    eventually(Duration::from_secs(60), "alice may list pods", || {
+        can_i_as_token(cluster, alice, &["list", "pods", "-n", namespace])
+    });
+}

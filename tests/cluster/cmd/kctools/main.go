@@ -12,12 +12,20 @@
 //	kctools tick                       prints "tick N" every 200 ms (for logs -f)
 //	kctools echo                       copies stdin to stdout, line by line (for attach)
 //	kctools sleep                      waits for SIGTERM
+//	kctools follow NAMESPACE           a long-running client-go program on $KUBECONFIG: lists pods
+//	                                   every second until stopped, printing "ok FINGERPRINT" or
+//	                                   "failed FINGERPRINT ERROR", FINGERPRINT being the first 12 hex
+//	                                   digits of the SHA-256 of the bearer token client-go sent, so
+//	                                   a test sees which token a tokenFile kubeconfig gave it
 package main
 
 import (
 	"bufio"
+	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -26,8 +34,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"k8s.io/component-base/cli"
 	kubectl "k8s.io/kubectl/pkg/cmd"
@@ -78,9 +91,51 @@ func main() {
 		waitSignal()
 	case "sleep":
 		waitSignal()
+	case "follow":
+		os.Exit(follow(args))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
 		os.Exit(2)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func follow(args []string) int {
+	if len(args) != 1 {
+		return 2
+	}
+	config, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+		clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// client-go's own token wrappers sit outside this one, so it sees the header they set.
+	var sent atomic.Value
+	sent.Store("none")
+	config.Wrap(func(next http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			sum := sha256.Sum256([]byte(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")))
+			sent.Store(hex.EncodeToString(sum[:6]))
+			return next.RoundTrip(r)
+		})
+	})
+	clientset, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for {
+		_, err := clientset.CoreV1().Pods(args[0]).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			fmt.Println("failed", sent.Load(), err)
+		} else {
+			fmt.Println("ok", sent.Load())
+		}
+		time.Sleep(time.Second)
 	}
 }
 
