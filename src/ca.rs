@@ -80,7 +80,9 @@ impl CaBundle {
             let read = tokio::fs::read(&file).await.map_err(|e| e.to_string());
             match read.and_then(|pem| self.replace(pem)) {
                 Ok(true) => {
-                    info!(file = %file.display(), "the CA file changed; re-rendering every kubeconfig")
+                    // Each user says what it does with it: kubeconfigs are re-rendered, the proxy's
+                    // upstream client only trusts the new CA.
+                    info!(file = %file.display(), "the CA file changed; the new CA is in use")
                 }
                 Ok(false) => {}
                 Err(error) => {

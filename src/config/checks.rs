@@ -1,6 +1,9 @@
 //! The validators every section shares, and the error they all return.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use base64::Engine as _;
 use url::Url;
@@ -38,6 +41,12 @@ pub struct TlsFiles {
 }
 
 /// RFC 1123 subdomain, the rule Kubernetes applies to most object names.
+pub(super) fn address(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("{value:?} is not an address:port")))
+}
+
 pub(super) fn is_dns_subdomain(value: &str) -> bool {
     value.len() <= 253 && value.split('.').all(is_dns_label)
 }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::checks::{ConfigError, TlsFiles, positive, readable_file, tls_files};
+use super::checks::{ConfigError, TlsFiles, address, positive, readable_file, tls_files};
 
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,8 +53,14 @@ pub struct HttpConfig {
 impl HttpSection {
     pub(super) fn resolve(self) -> Result<HttpConfig, ConfigError> {
         Ok(HttpConfig {
-            listen: address("http.listen", self.listen, "127.0.0.1:8000")?,
-            metrics_listen: address("http.metricsListen", self.metrics_listen, "127.0.0.1:9090")?,
+            listen: address(
+                "http.listen",
+                self.listen.as_deref().unwrap_or("127.0.0.1:8000"),
+            )?,
+            metrics_listen: address(
+                "http.metricsListen",
+                self.metrics_listen.as_deref().unwrap_or("127.0.0.1:9090"),
+            )?,
             tls: tls_files(
                 "http",
                 readable_file("http.tlsCertFile", self.tls_cert_file)?,
@@ -68,13 +74,6 @@ impl HttpSection {
             allowed_origins: origins(self.allowed_origins.unwrap_or_default())?,
         })
     }
-}
-
-fn address(field: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
-    let value = value.unwrap_or_else(|| default.into());
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("{value:?} is not an address:port")))
 }
 
 /// Browsers compare the `Origin` header byte for byte, and it is always the serialised form

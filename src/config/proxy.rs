@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{
-    checks::{ConfigError, TlsFiles, https_url, positive, read_pem_file, readable_file, tls_files},
+    checks::{
+        ConfigError, TlsFiles, address, https_url, positive, read_pem_file, readable_file,
+        tls_files,
+    },
     kubeconfig::KubeconfigSettings,
 };
 use crate::ca::CaBundle;
@@ -132,9 +135,7 @@ impl ProxySection {
         let Some(listen) = self.listen else {
             return Ok((kubeconfig, None));
         };
-        let listen = listen.parse().map_err(|_| {
-            ConfigError::new("proxy.listen", format!("{listen:?} is not an address:port"))
-        })?;
+        let listen = address("proxy.listen", &listen)?;
         let tls = tls_files(
             "proxy",
             readable_file("proxy.tlsCertFile", self.tls_cert_file)?,

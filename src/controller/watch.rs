@@ -114,6 +114,7 @@ pub async fn run(
     let rotations = |ca: &crate::ca::CaBundle| {
         futures::stream::unfold(ca.changes(), |mut changes| async move {
             changes.changed().await.ok()?;
+            info!("a kubeconfig CA changed; re-rendering every kubeconfig");
             Some(((), changes))
         })
     };
