@@ -8,6 +8,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+mod creator;
 mod credential;
 mod index;
 pub mod leader;

@@ -22,6 +22,7 @@ pub enum Reason {
     ServiceAccountNotIssuable,
     RejectedByAPIServer,
     Revoked,
+    CreatorForbidden,
 }
 
 /// What the controller does when a request is refused for a reason.
@@ -67,7 +68,8 @@ impl Reason {
             | Reason::UserMismatch
             | Reason::SecretConflict
             | Reason::InvalidSpec
-            | Reason::RejectedByAPIServer => WAIT,
+            | Reason::RejectedByAPIServer
+            | Reason::CreatorForbidden => WAIT,
         }
     }
 

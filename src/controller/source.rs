@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::{
     Context, Error,
     cache::SecretRead,
+    creator,
     credential::Credential,
     kube_error,
     refusal::{Reason, Refusal},
@@ -423,6 +424,10 @@ pub(super) async fn service_account(
         && let Ok(confirmed) = confirm(ctx, credential).await?
     {
         return Ok(Ok(confirmed));
+    }
+    // Every new token is one its creator could have minted themselves, or none is minted.
+    if let Err(refusal) = creator::still_allowed(request, account, ctx).await? {
+        return Ok(Err(refusal));
     }
     let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
         Some(uid) => uid,
