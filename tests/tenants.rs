@@ -15,8 +15,8 @@ use support::{
     kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
-        apply_request, decoded_secret_key, put_token_secret, ready_reason, request_with_token,
-        wait_for_reason, whoami_with_kubeconfig, write_temp,
+        apply_request, decoded_secret_key, event_reasons, put_token_secret, ready_reason,
+        request_with_token, wait_for_reason, whoami_with_kubeconfig, write_temp,
     },
 };
 
@@ -533,19 +533,7 @@ fn a_secret_the_api_server_refuses_is_reported_as_invalid_spec_not_retried() {
         create_as_admin(cluster, &request(&ns.name, name, spec)).expect("the request is valid");
         let message = wait_for_reason(cluster, &ns.name, name, "InvalidSpec");
         assert!(message.contains(&format!("{name}-kubeconfig")), "{message}");
-        let events = kubectl(
-            cluster,
-            &[
-                "get",
-                "events",
-                "-n",
-                &ns.name,
-                "--field-selector",
-                &format!("involvedObject.name={name}"),
-                "-o",
-                "jsonpath={.items[*].reason}",
-            ],
-        );
+        let events = event_reasons(cluster, &ns.name, name);
         assert!(events.contains("InvalidSpec"), "{name}: events {events}");
     }
     // Not an API error to retry with backoff: no further attempts while nothing changes.
