@@ -159,6 +159,18 @@ fn bob_requests_his_own(cluster: &Cluster, bob: &str, namespace: &str, name: &st
         .expect("bob may create a request for his own token without spec.secretName");
 }
 
+/// Bob's request `bob` turns Issued, with a kubeconfig of his own in `bob-kubeconfig`.
+fn bobs_request_is_issued(cluster: &Cluster, namespace: &str) {
+    wait_for_reason(cluster, namespace, "bob", "Issued");
+    assert_names_secret_of(
+        cluster,
+        namespace,
+        "bob",
+        "bob-kubeconfig",
+        &cluster.bob_username,
+    );
+}
+
 /// A request `name` for alice's ID token in Secret `<name>-token`, as admin.
 fn request_for_alice(cluster: &Cluster, namespace: &str, name: &str) {
     request_with_token(cluster, namespace, name, &id_token(cluster, "alice"));
@@ -286,14 +298,7 @@ fn a_user_without_create_secrets_cannot_squat_on_the_name_another_request_derive
 
     // (b) Without spec.secretName bob's request is admitted and writes under its own name.
     bob_requests_his_own(cluster, &bob, &ns.name, "bob");
-    wait_for_reason(cluster, &ns.name, "bob", "Issued");
-    assert_names_secret_of(
-        cluster,
-        &ns.name,
-        "bob",
-        "bob-kubeconfig",
-        &cluster.bob_username,
-    );
+    bobs_request_is_issued(cluster, &ns.name);
 
     request_for_alice(cluster, &ns.name, "alice");
     wait_for_reason(cluster, &ns.name, "alice", "Issued");
@@ -765,4 +770,125 @@ fn updates_that_keep_the_references_pass_for_gitops_and_the_garbage_collector() 
     eventually(Duration::from_secs(15), "the request is gone", || {
         !exists(cluster, &ns.name, "kcr/bob")
     });
+}
+
+/// A ClusterRoleBinding of the operator's ClusterRole, deleted when dropped.
+struct OperatorBinding<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for OperatorBinding<'_> {
+    fn drop(&mut self) {
+        let _ = kubectl_result(
+            self.cluster,
+            &[
+                "delete",
+                "clusterrolebinding",
+                &self.name,
+                "--ignore-not-found",
+            ],
+        );
+    }
+}
+
+/// Issue 26, item 8: a second operator installation (its own ServiceAccount, its own settings)
+/// whose scope overlaps the first's. Both used to rewrite the Secret after every write of the
+/// other; now the first to see its write undone reports SecondWriter, both stop writing within a
+/// handful of Secret versions, and deleting the Secret once one installation is left resumes it.
+#[test]
+fn two_installations_with_overlapping_scopes_stop_with_second_writer() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-second-writer");
+    let installed = operator_kubeconfig(cluster);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "serviceaccount",
+            "second-operator",
+            "-n",
+            &ns.name,
+        ],
+    );
+    let binding = OperatorBinding {
+        cluster,
+        name: format!("{}-second-operator", ns.name),
+    };
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "clusterrolebinding",
+            &binding.name,
+            "--clusterrole=kubeconfig-operator",
+            &format!("--serviceaccount={}:second-operator", ns.name),
+        ],
+    );
+    let token = kubectl(
+        cluster,
+        &[
+            "create",
+            "token",
+            "second-operator",
+            "-n",
+            &ns.name,
+            "--duration=1h",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let second_kubeconfig = dir.path().join("second.kubeconfig");
+    std::fs::copy(installed, &second_kubeconfig).expect("copy the operator's kubeconfig");
+    support::kubectl_plain(&[
+        "config",
+        "--kubeconfig",
+        second_kubeconfig.to_str().unwrap(),
+        "set-credentials",
+        "operator",
+        &format!("--token={token}"),
+    ])
+    .expect("the second installation's credential");
+
+    let first = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    let mut second = Operator::start_with_kubeconfig(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--user-name", "second"],
+        Some(&second_kubeconfig),
+    );
+    let bob = bob_with_rights(cluster, &ns.name, "create,get", false);
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
+
+    let message = wait_for_reason(cluster, &ns.name, "bob", "SecondWriter");
+    assert!(
+        message.contains(&format!(
+            "system:serviceaccount:{}:second-operator",
+            ns.name
+        )) && message.contains("system:serviceaccount:kubeconfig-operator:kubeconfig-operator")
+            && message.contains("delete Secret bob-kubeconfig"),
+        "{message}"
+    );
+    let writes = || {
+        first.log_events_with("kubeconfig Secret written").len()
+            + second.log_events_with("kubeconfig Secret written").len()
+    };
+    let settled = writes();
+    assert!(settled <= 6, "{settled} writes of the Secret");
+    // Both have stopped: no more writes, and the condition stays.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(writes(), settled);
+    assert_eq!(
+        ready_reason(cluster, &ns.name, "bob").as_deref(),
+        Some("SecondWriter")
+    );
+    assert!(event_reasons(cluster, &ns.name, "bob").contains("SecondWriter"));
+
+    // One installation left, the Secret deleted: it is written again.
+    second.kill();
+    kubectl(
+        cluster,
+        &["delete", "secret", "bob-kubeconfig", "-n", &ns.name],
+    );
+    bobs_request_is_issued(cluster, &ns.name);
 }

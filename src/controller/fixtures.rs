@@ -21,6 +21,8 @@ pub use api_server::{ApiServer, Call};
 pub const NAMESPACE: &str = "team-a";
 pub const REQUEST: &str = "alice";
 pub const REQUEST_UID: &str = "0f1e2d3c-uid";
+/// The username of the operator's own credential.
+pub const OPERATOR: &str = "system:serviceaccount:kubeconfig-operator:kubeconfig-operator";
 /// Who created the stored requests, as `spec.creator` records it.
 pub const CREATOR: &str = "alice@example.com";
 pub const TOKEN_SECRET: &str = "alice-token";
@@ -59,6 +61,10 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
         metrics,
         confirmer,
     );
+    context
+        .writer
+        .set(OPERATOR.to_owned())
+        .expect("a new context has no writer yet");
     (Arc::new(context), api)
 }
 

@@ -433,7 +433,7 @@ pub(super) async fn service_account(
         Some(uid) => uid,
         None => {
             let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-            match secret::create_empty(request, secrets, target, owner).await? {
+            match secret::create_empty(request, ctx, secrets, target, owner).await? {
                 Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
                 Err(refusal) => return Ok(Err(refusal)),
             }

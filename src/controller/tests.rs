@@ -652,6 +652,35 @@ async fn a_due_token_is_not_replaced_once_the_creator_lost_the_right_to_mint_it(
     .await;
 }
 
+/// Issue 26, item 8: once either installation reported SecondWriter for this generation, a
+/// reconciliation neither mints, nor writes the Secret, nor rewrites the status, and looks again
+/// later.
+#[tokio::test]
+async fn a_reported_second_writer_is_left_alone() {
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
+    let mut reported = request(spec);
+    let message = "Secret alice-kubeconfig was rewritten by another operator installation";
+    reported.status = Some(
+        serde_json::from_value(json!({
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "SecondWriter", "message": message,
+                "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z",
+            }],
+            "secretName": TARGET_SECRET,
+            "observedGeneration": 1,
+        }))
+        .unwrap(),
+    );
+    let now = chrono::Utc::now().timestamp();
+    let due = kubeconfig_secret(SECRET_UID, &bound_token(SECRET_UID, now - 3000, 3600));
+    let action = reconcile_with(reported, move |mut api| async move {
+        api.existing(due).await;
+        api
+    })
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
+
 #[tokio::test]
 async fn a_deleted_request_leaves_no_backoff_state_behind() {
     let (ctx, _api) = context();
