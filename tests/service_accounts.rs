@@ -618,6 +618,16 @@ fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
         "kubeconfigrequests.kubeconfig.dev",
         &[],
     );
+    // Bob may read where the request would write; only the right to mint is missing.
+    support::grant(
+        cluster,
+        &ns.name,
+        "secret-reader",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &["borrow-kubeconfig"],
+    );
     let bob = id_token(cluster, "bob");
     let manifest = write_temp(&support::requests::request_manifest(
         &ns.name,

@@ -92,8 +92,12 @@ fn wait_until_allowed(cluster: &Cluster, token: &str, args: &[&str]) {
     );
 }
 
+/// The Secrets bob's requests (`bob`, `mine`, `payroll`) write, which he may read.
+const BOBS_KUBECONFIGS: [&str; 3] = ["bob-kubeconfig", "mine-kubeconfig", "payroll-kubeconfig"];
+
 /// Gives bob his Dex token in Secret `bob-token` (put there by admin) and exactly these rights in
-/// `namespace`: `request_verbs` on KubeconfigRequests, `get` on Secret `bob-token`, and `create`
+/// `namespace`: `request_verbs` on KubeconfigRequests, `get` on Secret `bob-token` and on
+/// [`BOBS_KUBECONFIGS`], and `create`
 /// on Secrets only when `may_create_secrets`. Returns his token.
 fn bob_with_rights(
     cluster: &Cluster,
@@ -120,6 +124,16 @@ fn bob_with_rights(
         "secrets",
         Some("bob-token"),
         &cluster.bob_username,
+    );
+    // Where each of his requests writes its kubeconfig: he must be allowed to read it.
+    support::grant(
+        cluster,
+        namespace,
+        "bob-reads-his-kubeconfigs",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &BOBS_KUBECONFIGS,
     );
     if may_create_secrets {
         grant(
@@ -891,4 +905,62 @@ fn two_installations_with_overlapping_scopes_stop_with_second_writer() {
         &["delete", "secret", "bob-kubeconfig", "-n", &ns.name],
     );
     bobs_request_is_issued(cluster, &ns.name);
+}
+
+/// Issue 26, item 6: with only `create` on requests, bob learns nothing about Secrets he may not
+/// read: a request whose kubeconfig would go to one is refused at admission with the same message
+/// whether that Secret exists or not. Nor can he have the operator write a Secret carrying the
+/// labels by which Cluster API or Argo CD pick Secrets up, unless he may create Secrets himself.
+#[test]
+fn a_request_tells_bob_nothing_about_secrets_he_may_not_read_nor_carries_consumer_labels() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-oracle");
+    let control = Namespace::new(cluster, "kcr-oracle-ok");
+    operator_kubeconfig(cluster);
+    let bob = bob_with_rights(cluster, &ns.name, "create,get", false);
+    let spec = json!({"tokenSecretRef": {"name": "bob-token"}});
+    let refusal = |name: &str| {
+        create_as(cluster, &bob, &request(&ns.name, name, spec.clone()))
+            .expect_err("bob may not have a kubeconfig written where he cannot read it")
+            .split_once("denied request: ")
+            .map(|(_, message)| message.replace(name, "NAME"))
+            .expect("the admission policy's message")
+    };
+    foreign_secret(cluster, &ns.name, "prod-kubeconfig", "a workload cluster's");
+    let existing = refusal("prod");
+    let missing = refusal("staging");
+    assert!(
+        existing.contains(&format!(
+            "user {} may not get Secret NAME-kubeconfig in namespace {}",
+            cluster.bob_username, ns.name
+        )),
+        "{existing}"
+    );
+    assert_eq!(
+        existing, missing,
+        "the answer differs with the Secret's existence"
+    );
+    assert!(!exists(cluster, &ns.name, "kcr/prod") && !exists(cluster, &ns.name, "kcr/staging"));
+
+    // His own request is admitted, but not with a consumer's label, unless he may create
+    // Secrets himself.
+    let bob_there = bob_with_rights(cluster, &control.name, "create,get", true);
+    for (name, key, value) in [
+        ("bob", "cluster.x-k8s.io/cluster-name", "prod"),
+        ("mine", "argocd.argoproj.io/secret-type", "cluster"),
+    ] {
+        let labelled = json!({
+            "tokenSecretRef": {"name": "bob-token"},
+            "secretTemplate": {"labels": {key: value}},
+        });
+        let refused = create_as(cluster, &bob, &request(&ns.name, name, labelled.clone()))
+            .expect_err("bob may not label his Secret as a consumer's");
+        assert!(
+            refused.contains("cannot give its Secret the labels by which Cluster API"),
+            "{key}: {refused}"
+        );
+        create_as(cluster, &bob_there, &request(&control.name, name, labelled))
+            .expect("bob may label what he could have written himself");
+    }
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
 }
