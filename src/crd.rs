@@ -42,7 +42,8 @@ pub const SECRET_NAME_SUFFIX: &str = "-kubeconfig";
     validation = Rule::new("has(self.tokenSecretRef) != has(self.serviceAccount)").message("exactly one of spec.tokenSecretRef (an ID token in a Secret) and spec.serviceAccount (a minted ServiceAccount token) must be set"),
     validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set at most one of spec.renewBefore and spec.renewBeforePercentage"),
     validation = Rule::new("!has(self.format) || self.format != 'exec' || has(self.tokenSecretRef)").message("spec.format exec needs spec.tokenSecretRef: kubelogin logs a person in, a ServiceAccount has no login; use token or argocd"),
-    validation = Rule::new("!has(self.format) || self.format != 'argocd' || !has(self.secretKeys) || self.secretKeys == ['kubeconfig']").message("spec.secretKeys applies to kubeconfig formats; an argocd Secret always has the keys name, server and config")
+    validation = Rule::new("!has(self.format) || self.format != 'argocd' || !has(self.secretKeys) || self.secretKeys == ['kubeconfig']").message("spec.secretKeys applies to kubeconfig formats; an argocd Secret always has the keys name, server and config"),
+    validation = Rule::new("has(self.creator) == has(oldSelf.creator) && (!has(self.creator) || self.creator == oldSelf.creator)").message("spec.creator records who created the request and cannot change; create a new request instead")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigRequestSpec {
@@ -66,6 +67,10 @@ pub struct KubeconfigRequestSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub namespace: Option<String>,
+
+    /// Who created this request, as the API server authenticated them. The admission policy records it at creation (it overwrites whatever a client sends) and it never changes. Before each ServiceAccount token it mints, the controller asks the API server whether this user may still do what admission checked (create tokens for the ServiceAccount, and create Secrets when secretName is set), and stops renewing when not. Where MutatingAdmissionPolicy is off, set it yourself to your own username and a subset of your groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<UserInfo>,
 
     /// Name of the Secret that receives the kubeconfig (under the keys of secretKeys, or the Argo CD keys of format argocd). The default is the request's name followed by "-kubeconfig". Naming another Secret needs the right to create Secrets in this namespace, which the admission policy checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]

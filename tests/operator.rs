@@ -402,7 +402,8 @@ fn admission_refuses_requests_for_secrets_the_creator_cannot_read() {
         &cluster.bob_username,
         "get",
         "secrets",
-        &["admin-token"],
+        // And where the request writes: a request is admitted only where its creator may read.
+        &["admin-token", "steal-kubeconfig"],
     );
     support::eventually(
         Duration::from_secs(30),

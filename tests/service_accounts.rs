@@ -17,8 +17,8 @@ use support::{
     kubectl_as_token, kubectl_result,
     operator::{Issuer, Operator},
     requests::{
-        apply_request, apply_request_as, decoded_secret_key, put_token_secret, wait_for_reason,
-        write_temp,
+        apply_request, apply_request_as, decoded_secret_key, event_reasons, put_token_secret,
+        wait_for_reason, write_temp,
     },
 };
 
@@ -170,6 +170,23 @@ fn as_tenant(cluster: &Cluster, bob: &str, args: &[&str]) -> String {
     kubectl_as_token(cluster, bob, args).unwrap_or_else(|error| panic!("{args:?}: {error}"))
 }
 
+/// bob asks for a renewal now: `kubeconfig.dev/renew=<value>` on the request.
+fn ask_renewal(cluster: &Cluster, bob: &str, namespace: &str, request: &str, value: &str) {
+    as_tenant(
+        cluster,
+        bob,
+        &[
+            "annotate",
+            "kcr",
+            request,
+            "-n",
+            namespace,
+            "--overwrite",
+            &format!("kubeconfig.dev/renew={value}"),
+        ],
+    );
+}
+
 /// The token in the request's kubeconfig Secret, read as bob.
 fn tenant_secret_token(cluster: &Cluster, bob: &str, namespace: &str, request: &str) -> String {
     let encoded = as_tenant(
@@ -211,21 +228,7 @@ fn the_renew_annotation_renews_once_per_value() {
     wait_ready(cluster, &ns.name, "pipeline");
     let first = tenant_secret_token(cluster, &bob, &ns.name, "pipeline");
 
-    let annotate = |value: &str| {
-        as_tenant(
-            cluster,
-            &bob,
-            &[
-                "annotate",
-                "kcr",
-                "pipeline",
-                "-n",
-                &ns.name,
-                "--overwrite",
-                &format!("kubeconfig.dev/renew={value}"),
-            ],
-        )
-    };
+    let annotate = |value: &str| ask_renewal(cluster, &bob, &ns.name, "pipeline", value);
     let handled = || status(cluster, &ns.name, "pipeline")["lastRenewRequest"].clone();
     annotate("2026-12-05T04:00:00Z");
     eventually(
@@ -743,6 +746,16 @@ fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
         "kubeconfigrequests.kubeconfig.dev",
         &[],
     );
+    // Bob may read where the request would write; only the right to mint is missing.
+    support::grant(
+        cluster,
+        &ns.name,
+        "secret-reader",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &["borrow-kubeconfig"],
+    );
     let bob = id_token(cluster, "bob");
     let manifest = write_temp(&support::requests::request_manifest(
         &ns.name,
@@ -781,6 +794,150 @@ fn a_user_who_may_not_create_the_accounts_tokens_is_refused_at_admission() {
     eventually(Duration::from_secs(30), "bob's request is admitted", || {
         create().is_ok()
     });
+}
+
+/// Issue 26, item 4: renewal stops, with a reason saying why, once the request's creator may no
+/// longer create the account's tokens, and the Secret keeps its last token. The admission policy
+/// records who the creator is; neither a claim at creation nor a later patch changes the record.
+#[test]
+fn renewal_stops_once_the_creator_may_no_longer_mint_the_accounts_tokens() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-sa-creator");
+    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    service_account(cluster, &ns.name, ACCOUNT, true);
+    let bob = tenant(cluster, &ns.name, "pipeline");
+    let admin = r#"{username: kubernetes-admin, groups: ["system:masters"]}"#;
+    // 600 s tokens renewed 10 s after issuance; bob claims to be admin.
+    apply_request_as(
+        cluster,
+        &bob,
+        &ns.name,
+        "pipeline",
+        &format!(
+            "serviceAccount: {{name: {ACCOUNT}, expirationSeconds: 600}}\n  renewBefore: 590s\n  creator: {admin}"
+        ),
+    )
+    .expect("bob may create the request");
+    let creator = || -> serde_json::Value {
+        serde_json::from_str(&as_tenant(
+            cluster,
+            &bob,
+            &[
+                "get",
+                "kcr",
+                "pipeline",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.spec.creator}",
+            ],
+        ))
+        .expect("spec.creator is JSON")
+    };
+    let recorded = creator();
+    assert_eq!(
+        recorded["username"],
+        cluster.bob_username.as_str(),
+        "{recorded}"
+    );
+    assert!(
+        !recorded["groups"].to_string().contains("system:masters"),
+        "{recorded}"
+    );
+    // Bob's later attempt to change the record leaves it as it was.
+    let _ = kubectl_as_token(
+        cluster,
+        &bob,
+        &[
+            "patch",
+            "kcr",
+            "pipeline",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"creator":{"username":"kubernetes-admin","groups":["system:masters"]}}}"#,
+        ],
+    );
+    assert_eq!(creator(), recorded);
+
+    wait_ready(cluster, &ns.name, "pipeline");
+    let first = tenant_secret_token(cluster, &bob, &ns.name, "pipeline");
+    eventually(Duration::from_secs(40), "the token is renewed", || {
+        tenant_secret_token(cluster, &bob, &ns.name, "pipeline") != first
+    });
+
+    // An admin takes away bob's right to mint the account's tokens.
+    kubectl(
+        cluster,
+        &[
+            "delete",
+            "rolebinding",
+            "token-maker-binding",
+            "-n",
+            &ns.name,
+        ],
+    );
+    let may_mint = || {
+        support::can_i_as_token(
+            cluster,
+            &bob,
+            &[
+                "create",
+                &format!("serviceaccounts/{ACCOUNT}"),
+                "--subresource=token",
+                "-n",
+                &ns.name,
+            ],
+        )
+    };
+    eventually(Duration::from_secs(30), "bob may no longer mint", || {
+        !may_mint()
+    });
+    let message = wait_for_reason(cluster, &ns.name, "pipeline", "CreatorForbidden");
+    assert!(
+        message.contains(&format!(
+            "{}, who created this request, may no longer create tokens for ServiceAccount {ACCOUNT}",
+            cluster.bob_username
+        )),
+        "{message}"
+    );
+    assert!(event_reasons(cluster, &ns.name, "pipeline").contains("CreatorForbidden"));
+    let kept = tenant_secret_token(cluster, &bob, &ns.name, "pipeline");
+    assert!(authenticates(cluster, &kept), "the last token lives on");
+    // Asking for a renewal does not get bob a token either.
+    ask_renewal(cluster, &bob, &ns.name, "pipeline", "2026-12-05T08:00:00Z");
+    // A refusal that stays the same changes nothing visible: give the reconciliation time.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        tenant_secret_token(cluster, &bob, &ns.name, "pipeline"),
+        kept
+    );
+    assert_eq!(
+        support::requests::ready_reason(cluster, &ns.name, "pipeline").as_deref(),
+        Some("CreatorForbidden")
+    );
+
+    // With the right back, the next renewal mints again.
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "token-maker-binding",
+            "-n",
+            &ns.name,
+            "--role=token-maker",
+            &format!("--user={}", cluster.bob_username),
+        ],
+    );
+    eventually(Duration::from_secs(30), "bob may mint again", may_mint);
+    ask_renewal(cluster, &bob, &ns.name, "pipeline", "2026-12-05T08:01:00Z");
+    wait_for_reason(cluster, &ns.name, "pipeline", "Issued");
+    assert_ne!(
+        tenant_secret_token(cluster, &bob, &ns.name, "pipeline"),
+        kept
+    );
 }
 
 #[test]
@@ -965,17 +1122,7 @@ fn an_id_token_request_reports_expiring_before_token_expired() {
         "Ready=True with Expiring=True",
         || expiring(cluster) == "True/True",
     );
-    let events = kubectl(
-        cluster,
-        &[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-    );
+    let events = event_reasons(cluster, &ns.name, "alice");
     assert!(events.contains("TokenExpiring"), "{events}");
     wait_for_reason(cluster, &ns.name, "alice", "TokenExpired");
 }
@@ -1050,17 +1197,7 @@ fn an_exec_request_stays_ready_after_its_id_token_expires() {
         "{status}"
     );
     assert!(status.get("expiresAt").is_none(), "{status}");
-    let events = kubectl(
-        cluster,
-        &[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-    );
+    let events = event_reasons(cluster, &ns.name, "laptop");
     assert!(
         !events.contains("TokenExpiring") && !events.contains("TokenExpired"),
         "{events}"

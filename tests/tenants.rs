@@ -15,8 +15,8 @@ use support::{
     kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
-        apply_request, decoded_secret_key, put_token_secret, ready_reason, request_with_token,
-        wait_for_reason, whoami_with_kubeconfig, write_temp,
+        apply_request, decoded_secret_key, event_reasons, put_token_secret, ready_reason,
+        request_with_token, wait_for_reason, whoami_with_kubeconfig, write_temp,
     },
 };
 
@@ -92,8 +92,12 @@ fn wait_until_allowed(cluster: &Cluster, token: &str, args: &[&str]) {
     );
 }
 
+/// The Secrets bob's requests (`bob`, `mine`, `payroll`) write, which he may read.
+const BOBS_KUBECONFIGS: [&str; 3] = ["bob-kubeconfig", "mine-kubeconfig", "payroll-kubeconfig"];
+
 /// Gives bob his Dex token in Secret `bob-token` (put there by admin) and exactly these rights in
-/// `namespace`: `request_verbs` on KubeconfigRequests, `get` on Secret `bob-token`, and `create`
+/// `namespace`: `request_verbs` on KubeconfigRequests, `get` on Secret `bob-token` and on
+/// [`BOBS_KUBECONFIGS`], and `create`
 /// on Secrets only when `may_create_secrets`. Returns his token.
 fn bob_with_rights(
     cluster: &Cluster,
@@ -120,6 +124,16 @@ fn bob_with_rights(
         "secrets",
         Some("bob-token"),
         &cluster.bob_username,
+    );
+    // Where each of his requests writes its kubeconfig: he must be allowed to read it.
+    support::grant(
+        cluster,
+        namespace,
+        "bob-reads-his-kubeconfigs",
+        &cluster.bob_username,
+        "get",
+        "secrets",
+        &BOBS_KUBECONFIGS,
     );
     if may_create_secrets {
         grant(
@@ -157,6 +171,18 @@ fn bob_requests_his_own(cluster: &Cluster, bob: &str, namespace: &str, name: &st
     let spec = json!({"tokenSecretRef": {"name": "bob-token"}});
     create_as(cluster, bob, &request(namespace, name, spec))
         .expect("bob may create a request for his own token without spec.secretName");
+}
+
+/// Bob's request `bob` turns Issued, with a kubeconfig of his own in `bob-kubeconfig`.
+fn bobs_request_is_issued(cluster: &Cluster, namespace: &str) {
+    wait_for_reason(cluster, namespace, "bob", "Issued");
+    assert_names_secret_of(
+        cluster,
+        namespace,
+        "bob",
+        "bob-kubeconfig",
+        &cluster.bob_username,
+    );
 }
 
 /// A request `name` for alice's ID token in Secret `<name>-token`, as admin.
@@ -286,14 +312,7 @@ fn a_user_without_create_secrets_cannot_squat_on_the_name_another_request_derive
 
     // (b) Without spec.secretName bob's request is admitted and writes under its own name.
     bob_requests_his_own(cluster, &bob, &ns.name, "bob");
-    wait_for_reason(cluster, &ns.name, "bob", "Issued");
-    assert_names_secret_of(
-        cluster,
-        &ns.name,
-        "bob",
-        "bob-kubeconfig",
-        &cluster.bob_username,
-    );
+    bobs_request_is_issued(cluster, &ns.name);
 
     request_for_alice(cluster, &ns.name, "alice");
     wait_for_reason(cluster, &ns.name, "alice", "Issued");
@@ -533,19 +552,7 @@ fn a_secret_the_api_server_refuses_is_reported_as_invalid_spec_not_retried() {
         create_as_admin(cluster, &request(&ns.name, name, spec)).expect("the request is valid");
         let message = wait_for_reason(cluster, &ns.name, name, "InvalidSpec");
         assert!(message.contains(&format!("{name}-kubeconfig")), "{message}");
-        let events = kubectl(
-            cluster,
-            &[
-                "get",
-                "events",
-                "-n",
-                &ns.name,
-                "--field-selector",
-                &format!("involvedObject.name={name}"),
-                "-o",
-                "jsonpath={.items[*].reason}",
-            ],
-        );
+        let events = event_reasons(cluster, &ns.name, name);
         assert!(events.contains("InvalidSpec"), "{name}: events {events}");
     }
     // Not an API error to retry with backoff: no further attempts while nothing changes.
@@ -777,4 +784,183 @@ fn updates_that_keep_the_references_pass_for_gitops_and_the_garbage_collector() 
     eventually(Duration::from_secs(15), "the request is gone", || {
         !exists(cluster, &ns.name, "kcr/bob")
     });
+}
+
+/// A ClusterRoleBinding of the operator's ClusterRole, deleted when dropped.
+struct OperatorBinding<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for OperatorBinding<'_> {
+    fn drop(&mut self) {
+        let _ = kubectl_result(
+            self.cluster,
+            &[
+                "delete",
+                "clusterrolebinding",
+                &self.name,
+                "--ignore-not-found",
+            ],
+        );
+    }
+}
+
+/// Issue 26, item 8: a second operator installation (its own ServiceAccount, its own settings)
+/// whose scope overlaps the first's. Both used to rewrite the Secret after every write of the
+/// other; now the first to see its write undone reports SecondWriter, both stop writing within a
+/// handful of Secret versions, and deleting the Secret once one installation is left resumes it.
+#[test]
+fn two_installations_with_overlapping_scopes_stop_with_second_writer() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-second-writer");
+    let installed = operator_kubeconfig(cluster);
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "serviceaccount",
+            "second-operator",
+            "-n",
+            &ns.name,
+        ],
+    );
+    let binding = OperatorBinding {
+        cluster,
+        name: format!("{}-second-operator", ns.name),
+    };
+    kubectl(
+        cluster,
+        &[
+            "create",
+            "clusterrolebinding",
+            &binding.name,
+            "--clusterrole=kubeconfig-operator",
+            &format!("--serviceaccount={}:second-operator", ns.name),
+        ],
+    );
+    let token = kubectl(
+        cluster,
+        &[
+            "create",
+            "token",
+            "second-operator",
+            "-n",
+            &ns.name,
+            "--duration=1h",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let second_kubeconfig = dir.path().join("second.kubeconfig");
+    std::fs::copy(installed, &second_kubeconfig).expect("copy the operator's kubeconfig");
+    support::kubectl_plain(&[
+        "config",
+        "--kubeconfig",
+        second_kubeconfig.to_str().unwrap(),
+        "set-credentials",
+        "operator",
+        &format!("--token={token}"),
+    ])
+    .expect("the second installation's credential");
+
+    let first = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    let mut second = Operator::start_with_kubeconfig(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--user-name", "second"],
+        Some(&second_kubeconfig),
+    );
+    let bob = bob_with_rights(cluster, &ns.name, "create,get", false);
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
+
+    let message = wait_for_reason(cluster, &ns.name, "bob", "SecondWriter");
+    assert!(
+        message.contains(&format!(
+            "system:serviceaccount:{}:second-operator",
+            ns.name
+        )) && message.contains("system:serviceaccount:kubeconfig-operator:kubeconfig-operator")
+            && message.contains("delete Secret bob-kubeconfig"),
+        "{message}"
+    );
+    let writes = || {
+        first.log_events_with("kubeconfig Secret written").len()
+            + second.log_events_with("kubeconfig Secret written").len()
+    };
+    let settled = writes();
+    assert!(settled <= 6, "{settled} writes of the Secret");
+    // Both have stopped: no more writes, and the condition stays.
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(writes(), settled);
+    assert_eq!(
+        ready_reason(cluster, &ns.name, "bob").as_deref(),
+        Some("SecondWriter")
+    );
+    assert!(event_reasons(cluster, &ns.name, "bob").contains("SecondWriter"));
+
+    // One installation left, the Secret deleted: it is written again.
+    second.kill();
+    kubectl(
+        cluster,
+        &["delete", "secret", "bob-kubeconfig", "-n", &ns.name],
+    );
+    bobs_request_is_issued(cluster, &ns.name);
+}
+
+/// Issue 26, item 6: with only `create` on requests, bob learns nothing about Secrets he may not
+/// read: a request whose kubeconfig would go to one is refused at admission with the same message
+/// whether that Secret exists or not. Nor can he have the operator write a Secret carrying the
+/// labels by which Cluster API or Argo CD pick Secrets up, unless he may create Secrets himself.
+#[test]
+fn a_request_tells_bob_nothing_about_secrets_he_may_not_read_nor_carries_consumer_labels() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "kcr-oracle");
+    let control = Namespace::new(cluster, "kcr-oracle-ok");
+    operator_kubeconfig(cluster);
+    let bob = bob_with_rights(cluster, &ns.name, "create,get", false);
+    let spec = json!({"tokenSecretRef": {"name": "bob-token"}});
+    let refusal = |name: &str| {
+        create_as(cluster, &bob, &request(&ns.name, name, spec.clone()))
+            .expect_err("bob may not have a kubeconfig written where he cannot read it")
+            .split_once("denied request: ")
+            .map(|(_, message)| message.replace(name, "NAME"))
+            .expect("the admission policy's message")
+    };
+    foreign_secret(cluster, &ns.name, "prod-kubeconfig", "a workload cluster's");
+    let existing = refusal("prod");
+    let missing = refusal("staging");
+    assert!(
+        existing.contains(&format!(
+            "user {} may not get Secret NAME-kubeconfig in namespace {}",
+            cluster.bob_username, ns.name
+        )),
+        "{existing}"
+    );
+    assert_eq!(
+        existing, missing,
+        "the answer differs with the Secret's existence"
+    );
+    assert!(!exists(cluster, &ns.name, "kcr/prod") && !exists(cluster, &ns.name, "kcr/staging"));
+
+    // His own request is admitted, but not with a consumer's label, unless he may create
+    // Secrets himself.
+    let bob_there = bob_with_rights(cluster, &control.name, "create,get", true);
+    for (name, key, value) in [
+        ("bob", "cluster.x-k8s.io/cluster-name", "prod"),
+        ("mine", "argocd.argoproj.io/secret-type", "cluster"),
+    ] {
+        let labelled = json!({
+            "tokenSecretRef": {"name": "bob-token"},
+            "secretTemplate": {"labels": {key: value}},
+        });
+        let refused = create_as(cluster, &bob, &request(&ns.name, name, labelled.clone()))
+            .expect_err("bob may not label his Secret as a consumer's");
+        assert!(
+            refused.contains("cannot give its Secret the labels by which Cluster API"),
+            "{key}: {refused}"
+        );
+        create_as(cluster, &bob_there, &request(&control.name, name, labelled))
+            .expect("bob may label what he could have written himself");
+    }
+    bob_requests_his_own(cluster, &bob, &ns.name, "bob");
 }

@@ -21,6 +21,10 @@ pub use api_server::{ApiServer, Call};
 pub const NAMESPACE: &str = "team-a";
 pub const REQUEST: &str = "alice";
 pub const REQUEST_UID: &str = "0f1e2d3c-uid";
+/// The username of the operator's own credential.
+pub const OPERATOR: &str = "system:serviceaccount:kubeconfig-operator:kubeconfig-operator";
+/// Who created the stored requests, as `spec.creator` records it.
+pub const CREATOR: &str = "alice@example.com";
 pub const TOKEN_SECRET: &str = "alice-token";
 pub const TARGET_SECRET: &str = "alice-kubeconfig";
 /// The admin's cap in tests: two hours.
@@ -57,12 +61,20 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
         metrics,
         confirmer,
     );
+    context
+        .writer
+        .set(OPERATOR.to_owned())
+        .expect("a new context has no writer yet");
     (Arc::new(context), api)
 }
 
 /// A stored request (namespace, uid, generation) for alice's token Secret.
 pub fn request(spec: Value) -> KubeconfigRequest {
-    let mut spec_json = json!({ "tokenSecretRef": { "name": TOKEN_SECRET } });
+    // Every request the API server stores has its creator recorded by the admission policy.
+    let mut spec_json = json!({
+        "tokenSecretRef": { "name": TOKEN_SECRET },
+        "creator": { "username": CREATOR, "groups": ["team-a", "system:authenticated"] },
+    });
     if let (Some(base), Some(extra)) = (spec_json.as_object_mut(), spec.as_object()) {
         base.extend(extra.clone());
     }

@@ -335,6 +335,16 @@ impl RequestIndex {
         }
     }
 
+    /// The resourceVersion of this process's last write of a kubeconfig Secret, while a request
+    /// still writes it.
+    pub fn last_write(&self, namespace: &str, name: &str) -> Option<String> {
+        self.lock()
+            .namespaces
+            .get(namespace)
+            .and_then(|tables| tables.own_writes.get(name))
+            .map(|version| version.to_string())
+    }
+
     /// Whether some request reads this token Secret (its cached reads are still worth keeping).
     pub fn is_token_secret(&self, (namespace, name): &SecretKey) -> bool {
         self.lock()

@@ -8,6 +8,7 @@
 //! talk to the API server are errors; those are retried with a growing delay.
 
 mod cache;
+mod creator;
 mod credential;
 mod index;
 pub mod leader;
@@ -28,9 +29,10 @@ use std::{
 };
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
+    api::PostParams,
     runtime::{controller::Action, reflector::ObjectRef},
 };
 use tracing::{debug, warn};
@@ -39,7 +41,8 @@ pub use cache::PER_NAMESPACE_CONCURRENCY;
 pub use credential::Credential;
 pub use refusal::{Reason, Refusal};
 pub use secret::{
-    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
+    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION,
+    WRITER_ANNOTATION, label_value,
 };
 pub use source::ISSUABLE_ANNOTATION;
 pub use watch::run;
@@ -121,6 +124,8 @@ pub struct Context {
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
     renewals: Arc<renewals::Renewals>,
+    /// Who this installation is (its credential's username), once asked; see [`Context::writer`].
+    writer: tokio::sync::OnceCell<String>,
 }
 
 impl Context {
@@ -148,7 +153,28 @@ impl Context {
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
             renewals: Arc::default(),
+            writer: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The username the API server gives this operator's credential, asked once: it marks each
+    /// Secret this installation writes, so that a second installation whose scope overlaps is
+    /// told apart from a replica of this one taking over (replicas share the ServiceAccount).
+    async fn writer(&self) -> Result<&str, Error> {
+        self.writer
+            .get_or_try_init(|| async {
+                let review = Api::<SelfSubjectReview>::all(self.client.clone())
+                    .create(&PostParams::default(), &SelfSubjectReview::default())
+                    .await
+                    .map_err(kube_error("asking the API server who this operator is"))?;
+                Ok(review
+                    .status
+                    .and_then(|status| status.user_info)
+                    .and_then(|user| user.username)
+                    .unwrap_or_default())
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle
@@ -265,6 +291,11 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
 
     let outcome = match secret::ours(request, &owner, existing) {
         Err(conflict) => Outcome::refused(conflict, None),
+        // Another installation overwrote this request's Secret; until it is deleted, neither
+        // writes it again, nor mints for it.
+        Ok(Some(_)) if let Some(reported) = secret::second_writer_reported(request) => {
+            Outcome::refused(reported, Some(target.clone()))
+        }
         Ok(ours) => {
             let credential = match (
                 &request.spec.token_secret_ref,

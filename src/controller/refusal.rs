@@ -22,6 +22,8 @@ pub enum Reason {
     ServiceAccountNotIssuable,
     RejectedByAPIServer,
     Revoked,
+    CreatorForbidden,
+    SecondWriter,
 }
 
 /// What the controller does when a request is refused for a reason.
@@ -36,6 +38,9 @@ pub struct Policy {
 
 /// How soon an unreachable issuer is asked again.
 const ISSUER_RETRY: Duration = Duration::from_secs(15);
+/// How soon a request another installation also writes is looked at again: the other's status
+/// write may land after this one's report of it, and nothing else would bring the report back.
+const SECOND_WRITER_RECHECK: Duration = Duration::from_secs(30);
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
@@ -59,6 +64,10 @@ impl Reason {
                 retry_after: Some(ISSUER_RETRY),
                 ..WAIT
             },
+            Reason::SecondWriter => Policy {
+                retry_after: Some(SECOND_WRITER_RECHECK),
+                ..WAIT
+            },
             Reason::Issued
             | Reason::TokenSecretNotFound
             | Reason::TokenKeyMissing
@@ -67,7 +76,8 @@ impl Reason {
             | Reason::UserMismatch
             | Reason::SecretConflict
             | Reason::InvalidSpec
-            | Reason::RejectedByAPIServer => WAIT,
+            | Reason::RejectedByAPIServer
+            | Reason::CreatorForbidden => WAIT,
         }
     }
 
@@ -161,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_credentials_owner_or_a_revocation_revokes_and_only_an_unreachable_issuer_is_retried()
+    fn only_the_credentials_owner_or_a_revocation_revokes_and_only_causes_outside_the_request_are_retried()
      {
         let revoking: Vec<Reason> = Reason::VARIANTS
             .iter()
@@ -181,6 +191,6 @@ mod tests {
             .copied()
             .filter(|r| r.policy().retry_after.is_some())
             .collect();
-        assert_eq!(retried, [Reason::IssuerUnavailable]);
+        assert_eq!(retried, [Reason::IssuerUnavailable, Reason::SecondWriter]);
     }
 }

@@ -32,6 +32,8 @@ pub const REQUEST_LABEL: &str = "kubeconfig.dev/request";
 pub const USER_LABEL: &str = "kubeconfig.dev/user";
 pub const USERNAME_ANNOTATION: &str = "kubeconfig.dev/username";
 pub const EXPIRES_ANNOTATION: &str = "kubeconfig.dev/expires-at";
+/// Which operator installation wrote the Secret last: the username of its credential.
+pub const WRITER_ANNOTATION: &str = "kubeconfig.dev/written-by";
 
 /// The Secret a request writes to: `spec.secretName`, or the request's own name followed by
 /// `-kubeconfig`. The default comes from the request's name, which is unique in its namespace,
@@ -92,11 +94,12 @@ pub(super) fn current_token(request: &KubeconfigRequest, secret: &Secret) -> Opt
 /// [`write`].
 pub(super) async fn create_empty(
     request: &KubeconfigRequest,
+    ctx: &Context,
     secrets: &Api<Secret>,
     secret_name: &str,
     owner: OwnerReference,
 ) -> Result<Result<Secret, Refusal>, Error> {
-    let mut secret = desired(request, None, secret_name, owner, None);
+    let mut secret = desired(request, None, secret_name, owner, ctx.writer().await?, None);
     secret.data = None;
     match secrets
         .patch(
@@ -170,8 +173,33 @@ pub(super) async fn write(
         &credential.token,
         settings.ca.current().as_deref(),
     );
-    let desired = desired(request, Some(credential), secret_name, owner, Some(data));
+    let writer = ctx.writer().await?;
+    let desired = desired(
+        request,
+        Some(credential),
+        secret_name,
+        owner,
+        writer,
+        Some(data),
+    );
     let written = existing.is_none_or(|existing| !already_matches(existing, &desired));
+    if written
+        && let Some(existing) = existing
+        && let Some(other) = overwritten_by(
+            existing,
+            ctx.index
+                .last_write(&request.namespace().unwrap_or_default(), secret_name)
+                .as_deref(),
+            writer,
+        )
+    {
+        return Ok(Err(Refusal::new(
+            Reason::SecondWriter,
+            format!(
+                "Secret {secret_name} was rewritten by another operator installation ({other}) after this one ({writer}) wrote it: their scopes overlap, and each would go on overwriting the other's Secret. Neither writes it any more; leave one installation watching this namespace, then delete Secret {secret_name} to have it written again"
+            ),
+        )));
+    }
     if written {
         match secrets
             .patch(
@@ -194,6 +222,34 @@ pub(super) async fn write(
         info!(request = %request.name_any(), secret = %secret_name, user = %credential.identity.username, "kubeconfig Secret written");
     }
     Ok(Ok(written))
+}
+
+/// The other installation that rewrote `existing` after this process last wrote it (at
+/// `last_write`). A hand edit keeps the writer's mark and a replica taking over has no last write
+/// of its own, so neither counts.
+fn overwritten_by<'a>(
+    existing: &'a Secret,
+    last_write: Option<&str>,
+    writer: &str,
+) -> Option<&'a str> {
+    let other = existing.annotations().get(WRITER_ANNOTATION)?;
+    (last_write.is_some()
+        && other != writer
+        && existing.metadata.resource_version.as_deref() != last_write)
+        .then_some(other.as_str())
+}
+
+/// The `SecondWriter` refusal already reported for this generation of the request, by this
+/// installation or the other: both back off, so that the condition stays instead of each
+/// reporting its own outcome in turn.
+pub(super) fn second_writer_reported(request: &KubeconfigRequest) -> Option<Refusal> {
+    request
+        .ready_condition()
+        .filter(|ready| {
+            ready.reason == Reason::SecondWriter.as_str()
+                && ready.observed_generation == request.metadata.generation
+        })
+        .map(|ready| Refusal::new(Reason::SecondWriter, ready.message.clone()))
 }
 
 /// A Secret left behind by a changed `spec.secretName` goes once the new one is written; while
@@ -309,6 +365,7 @@ fn desired(
     credential: Option<&Credential>,
     secret_name: &str,
     owner: OwnerReference,
+    writer: &str,
     data: Option<BTreeMap<String, ByteString>>,
 ) -> Secret {
     let template = request.spec.secret_template.clone().unwrap_or_default();
@@ -319,6 +376,7 @@ fn desired(
         labels.insert(label.into(), value.into());
     }
     let mut annotations = template.annotations;
+    annotations.insert(WRITER_ANNOTATION.into(), writer.to_owned());
     if let Some(credential) = credential {
         labels.insert(
             USER_LABEL.into(),
@@ -543,7 +601,7 @@ mod tests {
             &token,
             settings.ca.current().as_deref(),
         );
-        desired(request, None, "out", owner(), Some(data))
+        desired(request, None, "out", owner(), "operator", Some(data))
     }
 
     #[test]
@@ -601,7 +659,7 @@ mod tests {
         let t = crate::oidc::token::IdToken::from("t.o.k".to_owned());
         let rendered = kubeconfig::render(&settings, Format::Exec, &t, None).unwrap();
         let data = stored::secret_data(rendered, Format::Exec, &exec.spec.secret_keys, &t, None);
-        let secret = desired(&exec, None, "out", owner(), Some(data));
+        let secret = desired(&exec, None, "out", owner(), "operator", Some(data));
         let text =
             String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
         assert!(
@@ -609,6 +667,51 @@ mod tests {
             "{text}"
         );
         assert_eq!(current_token(&exec, &secret), None);
+    }
+
+    #[test]
+    fn only_another_installations_write_after_ours_counts_as_a_second_writer() {
+        let written = |writer: Option<&str>, version: &str| Secret {
+            metadata: ObjectMeta {
+                annotations: writer.map(|writer| {
+                    BTreeMap::from([(WRITER_ANNOTATION.to_owned(), writer.to_owned())])
+                }),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        let us = "system:serviceaccount:a:kubeconfig-operator";
+        let them = "system:serviceaccount:b:kubeconfig-operator";
+        let cases = [
+            ("still our write", written(Some(us), "7"), Some("7"), None),
+            (
+                "edited by hand since",
+                written(Some(us), "8"),
+                Some("7"),
+                None,
+            ),
+            (
+                "rewritten by them",
+                written(Some(them), "8"),
+                Some("7"),
+                Some(them),
+            ),
+            (
+                "theirs, we never wrote it",
+                written(Some(them), "8"),
+                None,
+                None,
+            ),
+            ("unmarked", written(None, "8"), Some("7"), None),
+        ];
+        for (case, existing, last_write, expected) in cases {
+            assert_eq!(
+                overwritten_by(&existing, last_write, us),
+                expected,
+                "{case}"
+            );
+        }
     }
 
     #[test]

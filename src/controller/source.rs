@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::{
     Context, Error,
     cache::SecretRead,
+    creator,
     credential::Credential,
     kube_error,
     refusal::{Reason, Refusal},
@@ -424,11 +425,15 @@ pub(super) async fn service_account(
     {
         return Ok(Ok(confirmed));
     }
+    // Every new token is one its creator could have minted themselves, or none is minted.
+    if let Err(refusal) = creator::still_allowed(request, account, ctx).await? {
+        return Ok(Err(refusal));
+    }
     let uid = match ours.and_then(|secret| secret.metadata.uid.clone()) {
         Some(uid) => uid,
         None => {
             let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
-            match secret::create_empty(request, secrets, target, owner).await? {
+            match secret::create_empty(request, ctx, secrets, target, owner).await? {
                 Ok(created) => created.metadata.uid.ok_or(Error::NotStored)?,
                 Err(refusal) => return Ok(Err(refusal)),
             }

@@ -117,6 +117,29 @@ impl ApiServer {
             .reply(200, account(true));
     }
 
+    /// Answers the SubjectAccessReview that asks whether the request's creator may still create
+    /// tokens for the ServiceAccount.
+    async fn creator_may_mint(&mut self, allowed: bool) {
+        let review = self
+            .expect(
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            )
+            .await;
+        let spec = &review.body["spec"];
+        assert_eq!(
+            (&spec["user"], &spec["groups"]),
+            (&json!(CREATOR), &json!(["team-a", "system:authenticated"]))
+        );
+        assert_eq!(
+            spec["resourceAttributes"],
+            json!({ "namespace": NAMESPACE, "verb": "create", "group": "", "resource": "serviceaccounts", "subresource": "token", "name": ACCOUNT })
+        );
+        let mut answer = review.body.clone();
+        answer["status"] = json!({ "allowed": allowed });
+        review.reply(201, answer);
+    }
+
     /// Answers the TokenRequest, which must bind to `secret_uid`, with `token`.
     async fn mint(&mut self, secret_uid: &str, token: String) {
         let mint = self
@@ -486,6 +509,7 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
         api.expect(Method::GET, &account_path())
             .await
             .reply(200, account(true));
+        api.creator_may_mint(true).await;
         let create = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         create.assert_applied();
         assert!(create.body.get("data").is_none(), "{}", create.body);
@@ -564,6 +588,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
     let stale = kubeconfig_secret(SECRET_UID, &due);
     reconcile_with(request(spec.clone()), move |mut api| async move {
         api.secret_and_issuable_account(stale).await;
+        api.creator_may_mint(true).await;
         api.mint(SECRET_UID, bound_token(SECRET_UID, now, 3600))
             .await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
@@ -578,6 +603,7 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
     let orphan = kubeconfig_secret("new-uid", &bound_token(SECRET_UID, now - 60, 3600));
     reconcile_with(request(spec), move |mut api| async move {
         api.secret_and_issuable_account(orphan).await;
+        api.creator_may_mint(true).await;
         api.mint("new-uid", bound_token("new-uid", now, 3600)).await;
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
@@ -586,6 +612,73 @@ async fn a_service_account_token_not_yet_due_is_kept_and_one_due_is_replaced() {
         api
     })
     .await;
+}
+
+/// Issue 26, item 4: a token due for renewal is not replaced once its request's creator may no
+/// longer mint the account's tokens; the Secret keeps the last one, and stays named in status.
+#[tokio::test]
+async fn a_due_token_is_not_replaced_once_the_creator_lost_the_right_to_mint_it() {
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
+    let now = chrono::Utc::now().timestamp();
+    let due = kubeconfig_secret(SECRET_UID, &bound_token(SECRET_UID, now - 3000, 3600));
+    reconcile_with(request(spec.clone()), move |mut api| async move {
+        api.secret_and_issuable_account(due).await;
+        api.creator_may_mint(false).await;
+        let event = api.event("CreatorForbidden", "Warning").await;
+        let note = event["note"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            note.contains(&format!("{CREATOR}, who created this request, may no longer create tokens for ServiceAccount {ACCOUNT}")),
+            "{note}"
+        );
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "CreatorForbidden");
+        assert_eq!(status["status"]["secretName"], TARGET_SECRET);
+        api
+    })
+    .await;
+
+    // A request stored before creators were recorded cannot be checked: it is not renewed.
+    let mut unrecorded = request(spec);
+    unrecorded.spec.creator = None;
+    let due = kubeconfig_secret(SECRET_UID, &bound_token(SECRET_UID, now - 3000, 3600));
+    reconcile_with(unrecorded, move |mut api| async move {
+        api.secret_and_issuable_account(due).await;
+        api.event("CreatorForbidden", "Warning").await;
+        let status = api.status().await;
+        let message = ready(&status)["message"].as_str().unwrap_or_default();
+        assert!(message.contains("create the request again"), "{message}");
+        api
+    })
+    .await;
+}
+
+/// Issue 26, item 8: once either installation reported SecondWriter for this generation, a
+/// reconciliation neither mints, nor writes the Secret, nor rewrites the status, and looks again
+/// later.
+#[tokio::test]
+async fn a_reported_second_writer_is_left_alone() {
+    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
+    let mut reported = request(spec);
+    let message = "Secret alice-kubeconfig was rewritten by another operator installation";
+    reported.status = Some(
+        serde_json::from_value(json!({
+            "conditions": [{
+                "type": "Ready", "status": "False", "reason": "SecondWriter", "message": message,
+                "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z",
+            }],
+            "secretName": TARGET_SECRET,
+            "observedGeneration": 1,
+        }))
+        .unwrap(),
+    );
+    let now = chrono::Utc::now().timestamp();
+    let due = kubeconfig_secret(SECRET_UID, &bound_token(SECRET_UID, now - 3000, 3600));
+    let action = reconcile_with(reported, move |mut api| async move {
+        api.existing(due).await;
+        api
+    })
+    .await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
 #[tokio::test]

@@ -107,6 +107,23 @@ pub fn whoami_with_kubeconfig(kubeconfig: &str) -> Result<serde_json::Value, Str
     Ok(review["status"]["userInfo"].clone())
 }
 
+/// The reasons of the Events recorded about the request `name`, space-separated, as admin.
+pub fn event_reasons(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    kubectl(
+        cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    )
+}
+
 /// The Ready condition's reason, if any.
 pub fn ready_reason(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
     ready_field(cluster, namespace, name, "reason")

@@ -164,6 +164,7 @@ async fn a_kept_service_account_token_the_api_server_refuses_is_replaced() {
         api.secret_and_issuable_account(kept).await;
         api.review(&dead, 401).await;
         let fresh = bound_token(SECRET_UID, now, 3600);
+        api.creator_may_mint(true).await;
         api.mint(SECRET_UID, fresh.clone()).await;
         api.review(&fresh, 201).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
