@@ -30,6 +30,20 @@ cluster-status:
 deploy: node-up
 	bash scripts/deploy.sh
 
+# tests/differential.rs (the operator's verdict on tokens against kube-apiserver's) against another
+# Kubernetes release than the harness's, e.g. the oldest supported minor:
+#   make differential KUBERNETES_VERSION=1.35.4
+# in a cluster of its own (CLUSTER_DIR target/cluster-<version>), built from that release's Go
+# modules (tests/cluster/up.sh, build_kubernetes) and taken down afterwards, also on failure.
+.PHONY: differential
+differential: CLUSTER_DIR = target/cluster-$(KUBERNETES_VERSION)
+differential:
+	$(if $(KUBERNETES_VERSION),,$(error set KUBERNETES_VERSION, e.g. make differential KUBERNETES_VERSION=1.35.4))
+	bash scripts/install-deps.sh
+	KUBERNETES_VERSION=$(KUBERNETES_VERSION) bash tests/cluster/up.sh
+	KUBERNETES_VERSION=$(KUBERNETES_VERSION) cargo test --test differential; \
+		status=$$?; bash tests/cluster/down.sh; exit $$status
+
 # make cluster-stop-apiserver / cluster-start-dex / cluster-restart-apiserver ...
 CLUSTER_CTL_TARGETS := $(foreach a,stop start restart,$(addprefix cluster-$(a)-,$(CLUSTER_COMPONENTS)))
 .PHONY: $(CLUSTER_CTL_TARGETS)
