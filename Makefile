@@ -23,9 +23,10 @@ cluster-down:
 cluster-status:
 	bash tests/cluster/ctl status
 
-# The operator installed on the node as README "Deployment" says: the image of `make image`
-# imported into the node's containerd, config/default with an overlay of the image, issuer, CA
-# and server ($(CLUSTER_DIR)/deploy), applied; waits for the rollout.
+# The operator and its API server proxy installed on the node as README "Deployment" says: the
+# image of `make image` imported into the node's containerd, config/default and config/proxy
+# with an overlay of the image, issuer, CA, server and the proxy's address and certificate
+# ($(CLUSTER_DIR)/deploy), applied; waits for both rollouts.
 .PHONY: deploy
 deploy: node-up
 	bash scripts/deploy.sh
