@@ -524,5 +524,16 @@ fn the_installed_proxy_never_leads() {
             !log.contains("leading: starting the controller"),
             "{pod}: {log}"
         );
+        // While the operator holds the Lease, the proxy may read it and only looks: no refusal
+        // (logged once a second while it lasts) in a few seconds' log.
+        eventually(
+            Duration::from_secs(60),
+            &format!("{pod} reads the Lease without being refused"),
+            || {
+                std::thread::sleep(Duration::from_secs(3));
+                !kubectl(cluster, &["logs", pod, "-n", NAMESPACE, "--since=3s"])
+                    .contains("cannot look at the Lease")
+            },
+        );
     }
 }
