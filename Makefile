@@ -23,12 +23,27 @@ cluster-down:
 cluster-status:
 	bash tests/cluster/ctl status
 
-# The operator installed on the node as README "Deployment" says: the image of `make image`
-# imported into the node's containerd, config/default with an overlay of the image, issuer, CA
-# and server ($(CLUSTER_DIR)/deploy), applied; waits for the rollout.
+# The operator and its API server proxy installed on the node as README "Deployment" says: the
+# image of `make image` imported into the node's containerd, config/default and config/proxy
+# with an overlay of the image, issuer, CA, server and the proxy's address and certificate
+# ($(CLUSTER_DIR)/deploy), applied; waits for both rollouts.
 .PHONY: deploy
 deploy: node-up
 	bash scripts/deploy.sh
+
+# tests/differential.rs (the operator's verdict on tokens against kube-apiserver's) against another
+# Kubernetes release than the harness's, e.g. the oldest supported minor:
+#   make differential KUBERNETES_VERSION=1.35.4
+# in a cluster of its own (CLUSTER_DIR target/cluster-<version>), built from that release's Go
+# modules (tests/cluster/up.sh, build_kubernetes) and taken down afterwards, also on failure.
+.PHONY: differential
+differential: CLUSTER_DIR = target/cluster-$(KUBERNETES_VERSION)
+differential:
+	$(if $(KUBERNETES_VERSION),,$(error set KUBERNETES_VERSION, e.g. make differential KUBERNETES_VERSION=1.35.4))
+	bash scripts/install-deps.sh
+	KUBERNETES_VERSION=$(KUBERNETES_VERSION) bash tests/cluster/up.sh
+	KUBERNETES_VERSION=$(KUBERNETES_VERSION) cargo test --test differential; \
+		status=$$?; bash tests/cluster/down.sh; exit $$status
 
 # make cluster-stop-apiserver / cluster-start-dex / cluster-restart-apiserver ...
 CLUSTER_CTL_TARGETS := $(foreach a,stop start restart,$(addprefix cluster-$(a)-,$(CLUSTER_COMPONENTS)))

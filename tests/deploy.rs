@@ -12,7 +12,7 @@ mod support;
 
 use std::{fs, time::Duration};
 
-use deploy::{NAMESPACE, deployed, lease_holder, ready_pods, service_ip};
+use deploy::{NAMESPACE, OPERATOR, deployed, lease_holder, ready_pods, service_ip};
 use node::{env, wait_phase, wait_ready};
 use support::{
     Cluster, Namespace, eventually, grant, id_token, kubectl, kubectl_as_token, kubectl_result,
@@ -202,7 +202,7 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
     client_pod(cluster, &ns.name, "client", &["sleep"]);
     wait_ready(cluster, &ns.name, "client", Duration::from_secs(120));
 
-    let url = format!("http://{}/kube-config", service_ip(cluster));
+    let url = format!("http://{}/kube-config", service_ip(cluster, OPERATOR));
     exec(
         cluster,
         &ns.name,
@@ -272,7 +272,7 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
     // The metrics name every request in every namespace: the download's Service does not serve
     // them; the pods' own metrics port does, for Prometheus.
     let get = |url: &str| exec(cluster, &ns.name, "client", &["/kctools", "get", url]);
-    let through_service = get(&format!("http://{}/metrics", service_ip(cluster)));
+    let through_service = get(&format!("http://{}/metrics", service_ip(cluster, OPERATOR)));
     assert!(
         through_service
             .as_ref()
@@ -301,41 +301,8 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
 fn the_security_context_is_enforced_by_the_runtime() {
     let (cluster, _turn) = deployed();
     let (pods, _) = wait_settled(cluster);
-    let tasks = std::process::Command::new("ctr")
-        .args([
-            "--address",
-            env(cluster, "CONTAINERD_ADDRESS"),
-            "--namespace",
-            "k8s.io",
-            "tasks",
-            "ls",
-        ])
-        .output()
-        .expect("run ctr");
-    let tasks = String::from_utf8_lossy(&tasks.stdout).to_string();
     for pod in &pods {
-        let id = kubectl(
-            cluster,
-            &[
-                "get",
-                "pod",
-                pod,
-                "-n",
-                NAMESPACE,
-                "-o",
-                "jsonpath={.status.containerStatuses[0].containerID}",
-            ],
-        );
-        let id = id
-            .strip_prefix("containerd://")
-            .unwrap_or_else(|| panic!("{pod}: {id}"));
-        let pid = tasks
-            .lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.first() == Some(&id)).then(|| fields[1].to_owned())
-            })
-            .unwrap_or_else(|| panic!("no task {id} of {pod} in:\n{tasks}"));
+        let pid = node::container_pid(cluster, NAMESPACE, pod);
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
             status
@@ -367,7 +334,7 @@ fn a_rollout_restart_loses_no_download() {
     let (before, _) = wait_settled(cluster);
     let (ns, token) = tenant(cluster, "deploy-rollout");
     alice_puts_her_token(cluster, &ns.name, &token);
-    let url = format!("http://{}/kube-config", service_ip(cluster));
+    let url = format!("http://{}/kube-config", service_ip(cluster, OPERATOR));
     client_pod(
         cluster,
         &ns.name,

@@ -22,6 +22,25 @@ COMPONENTS=(etcd ldap dex dex-short test-issuer apiserver apiserver-authn contro
 log() { echo "[cluster $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "[cluster] ERROR: $*" >&2; exit 1; }
 
+# The Kubernetes this cluster runs: the release tests/cluster/go.mod names (its binaries in
+# CLUSTER_BIN), or KUBERNETES_VERSION=1.35.4 (any release the Go module proxy serves), whose
+# kcluster and kubectl up.sh builds into KUBE_BIN from a module of its own (build_kubernetes).
+# A cluster keeps the release it was first brought up with, in $CLUSTER_DIR/kubernetes-version.
+KUBE_MODULE_VERSION="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")"
+KUBERNETES_VERSION_ASKED="${KUBERNETES_VERSION:-}"
+KUBERNETES_VERSION_ASKED="${KUBERNETES_VERSION_ASKED#v}"
+if [[ -f "$CLUSTER_DIR/kubernetes-version" ]]; then
+	KUBERNETES_VERSION="$(cat "$CLUSTER_DIR/kubernetes-version")"
+else
+	KUBERNETES_VERSION="${KUBERNETES_VERSION_ASKED:-${KUBE_MODULE_VERSION#v}}"
+fi
+[[ "$KUBERNETES_VERSION" =~ ^1\.[0-9]+\.[0-9]+$ ]] || die "KUBERNETES_VERSION=$KUBERNETES_VERSION is not a release like 1.35.4"
+if [[ "v$KUBERNETES_VERSION" == "$KUBE_MODULE_VERSION" ]]; then
+	KUBE_BIN="$CLUSTER_BIN"
+else
+	KUBE_BIN="$REPO_ROOT/target/kubernetes/v$KUBERNETES_VERSION/bin"
+fi
+
 load_ports() {
 	[[ -f "$CLUSTER_DIR/ports" ]] || return 1
 	# shellcheck disable=SC1091
@@ -66,7 +85,7 @@ all_our_pids() {
 # The flags both API servers share (same etcd, certificates and service-account keys): CMD for
 # one listening on PORT with its own CERT_DIR; callers append their authentication flags.
 apiserver_cmd() { # apiserver_cmd PORT CERT_DIR
-	CMD=("$CLUSTER_BIN/kcluster" apiserver
+	CMD=("$KUBE_BIN/kcluster" apiserver
 		--etcd-servers="http://127.0.0.1:$ETCD_PORT"
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$1"
 		--cert-dir="$2"
@@ -86,7 +105,7 @@ component_cmd() {
 	load_ports || die "no $CLUSTER_DIR/ports: run up.sh first"
 	case "$name" in
 	etcd)
-		CMD=("$CLUSTER_BIN/kcluster" etcd --data-dir "$CLUSTER_DIR/etcd" --client-port "$ETCD_PORT" --peer-port "$ETCD_PEER_PORT")
+		CMD=("$KUBE_BIN/kcluster" etcd --data-dir "$CLUSTER_DIR/etcd" --client-port "$ETCD_PORT" --peer-port "$ETCD_PEER_PORT")
 		;;
 	ldap)
 		CMD=(/usr/sbin/slapd -d 0 -f "$CLUSTER_DIR/ldap/slapd.conf" -h "ldap://127.0.0.1:$LDAP_PORT/")
@@ -138,7 +157,7 @@ component_cmd() {
 			--v=1)
 		;;
 	controller-manager)
-		CMD=("$CLUSTER_BIN/kcluster" controller-manager
+		CMD=("$KUBE_BIN/kcluster" controller-manager
 			--kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
 			--authentication-kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"
 			--authorization-kubeconfig="$CLUSTER_DIR/kcm.kubeconfig"

@@ -41,7 +41,7 @@ node_cmd() {
 	local a p
 	case "$1" in
 	scheduler)
-		CMD=("$CLUSTER_BIN/kcluster" scheduler
+		CMD=("$KUBE_BIN/kcluster" scheduler
 			--kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig"
 			--authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig"
 			--authorization-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig"
@@ -58,7 +58,7 @@ node_cmd() {
 		CMD=(nsenter --net="$NODE_NETNS" /usr/bin/containerd --config "$NODE_DIR/containerd.toml")
 		;;
 	kubelet)
-		CMD=(nsenter --net="$NODE_NETNS" "$CLUSTER_BIN/kcluster" kubelet
+		CMD=(nsenter --net="$NODE_NETNS" "$KUBE_BIN/kcluster" kubelet
 			--config="$NODE_DIR/kubelet.yaml"
 			--kubeconfig="$CLUSTER_DIR/node.kubeconfig"
 			--hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
@@ -66,7 +66,7 @@ node_cmd() {
 			--v=1)
 		;;
 	kube-proxy)
-		CMD=(nsenter --net="$NODE_NETNS" "$CLUSTER_BIN/kcluster" proxy --config="$NODE_DIR/kube-proxy.yaml" --v=1)
+		CMD=(nsenter --net="$NODE_NETNS" "$KUBE_BIN/kcluster" proxy --config="$NODE_DIR/kube-proxy.yaml" --v=1)
 		;;
 	*) return 1 ;;
 	esac

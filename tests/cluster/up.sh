@@ -14,6 +14,8 @@ mkdir -p "$(dirname "$CLUSTER_DIR")"
 exec 9>"$CLUSTER_DIR.lock"
 flock 9
 
+[[ -z "$KUBERNETES_VERSION_ASKED" || "$KUBERNETES_VERSION_ASKED" == "$KUBERNETES_VERSION" ]] ||
+	die "the cluster in $CLUSTER_DIR runs Kubernetes $KUBERNETES_VERSION, not $KUBERNETES_VERSION_ASKED: make cluster-down first"
 NODE="${NODE:-}"
 wanted=("${COMPONENTS[@]}")
 [[ "$NODE" != 1 ]] || wanted+=("${NODE_COMPONENTS[@]}")
@@ -40,17 +42,18 @@ done
 mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS" "$PKI" "$CLUSTER_BIN"
 
 # ---- build (Go's build cache makes this a no-op/relink when nothing changed) -----------------
+# The version Kubernetes' own build stamps in (kubectl get nodes, /version's gitVersion).
+version_ldflags() { # version_ldflags v1.37.2
+	local vpkg=k8s.io/component-base/version minor="${1#v1.}"
+	echo "-X $vpkg.gitVersion=$1 -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=${minor%%.*}"
+}
 build() {
 	local t0=$SECONDS
 	log "building kcluster, dex and dexkey into $CLUSTER_BIN (log: $LOGS/build.log)"
 	# kcluster is static (as upstream builds Kubernetes), so that kctools, the node's tool image's
 	# binary, shares its build cache.
-	# The version Kubernetes' own build stamps in (kubectl get nodes, /version's gitVersion).
-	local kver vpkg=k8s.io/component-base/version ldflags
-	kver="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$CLUSTER_SRC/go.mod")"
-	ldflags="-X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$(echo "$kver" | cut -d. -f1 | tr -d v) -X $vpkg.gitMinor=$(echo "$kver" | cut -d. -f2)"
 	{
-		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags="$ldflags" -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
+		(cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -ldflags="$(version_ldflags "$KUBE_MODULE_VERSION")" -o "$CLUSTER_BIN/kcluster" ./cmd/kcluster) &&
 			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dex" github.com/dexidp/dex/cmd/dex) &&
 			(cd "$CLUSTER_SRC/dex" && go build -o "$CLUSTER_BIN/dexkey" ./cmd/dexkey)
 	} >>"$LOGS/build.log" 2>&1 || {
@@ -78,6 +81,43 @@ build_kubectl() {
 	ln -sfn kctools "$CLUSTER_BIN/kubectl"
 }
 build_kubectl
+
+# Another release than go.mod's (KUBERNETES_VERSION, lib.sh): kcluster and kubectl of it, from a
+# module in KUBE_BIN/../src with this directory's cmd/ and that release only: k8s.io/kubernetes
+# at it, each staging module its go.mod replaces pinned to the same release (as go.mod does for
+# its own), and the rest as `go mod tidy` resolves it (etcd as that release's go.mod names it).
+build_kubernetes() {
+	[[ "$KUBE_BIN" != "$CLUSTER_BIN" ]] || return 0
+	local ver="v$KUBERNETES_VERSION" src="${KUBE_BIN%/bin}/src" upstream t0=$SECONDS
+	log "building kcluster and kctools of Kubernetes $ver into $KUBE_BIN (log: $LOGS/build.log)"
+	mkdir -p "$src" "$KUBE_BIN"
+	rm -rf "$src/cmd"
+	cp -r "$CLUSTER_SRC/cmd" "$src/cmd"
+	{
+		upstream="$(go mod download -json "k8s.io/kubernetes@$ver" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')" &&
+			[[ -f "$upstream" ]] &&
+			{
+				printf 'module kubeconfig-operator/tests/cluster\n\ngo %s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' \
+					"$(awk '$1 == "go" { print $2 }' "$CLUSTER_SRC/go.mod")" "$ver"
+				awk -v v="v0.${ver#v1.}" '$2 == "=>" && $3 ~ /^\.\/staging\// { printf "\t%s => %s %s\n", $1, $1, v }' "$upstream"
+				echo ")"
+			} >"$src/go.mod.want" &&
+			if cmp -s "$src/go.mod.want" "$src/go.mod.wanted" && [[ -f "$src/go.sum" ]]; then
+				rm "$src/go.mod.want"
+			else
+				cp "$src/go.mod.want" "$src/go.mod" && (cd "$src" && go mod tidy) && mv "$src/go.mod.want" "$src/go.mod.wanted"
+			fi &&
+			(cd "$src" && CGO_ENABLED=0 go build -ldflags="$(version_ldflags "$ver")" -o "$KUBE_BIN/kcluster" ./cmd/kcluster) &&
+			(cd "$src" && CGO_ENABLED=0 go build -ldflags=-s -o "$KUBE_BIN/kctools" ./cmd/kctools)
+	} >>"$LOGS/build.log" 2>&1 || {
+		tail -n 40 "$LOGS/build.log" >&2
+		die "building Kubernetes $ver failed"
+	}
+	ln -sfn kctools "$KUBE_BIN/kubectl"
+	log "Kubernetes $ver built in $((SECONDS - t0))s"
+}
+build_kubernetes
+[[ -f "$CLUSTER_DIR/kubernetes-version" ]] || echo "$KUBERNETES_VERSION" >"$CLUSTER_DIR/kubernetes-version"
 
 # kubelogin (`kubectl oidc-login`), the plugin of exec kubeconfigs, for tests/kubelogin.rs and for
 # trying them by hand: built from its upstream source in ../shared/tools/kubelogin, since the Go
@@ -406,10 +446,11 @@ fi
 # ---- env ------------------------------------------------------------------------------------
 {
 	echo "# Written by tests/cluster/up.sh; source it: . $CLUSTER_DIR/env"
-	# kubectl of the cluster's version first (build_kubectl).
-	printf 'export PATH=%q:"$PATH"\n' "$CLUSTER_BIN"
+	# kubectl of the cluster's version first (build_kubectl, build_kubernetes).
+	printf 'export PATH=%q:%q:"$PATH"\n' "$KUBE_BIN" "$CLUSTER_BIN"
 	printf 'export %s=%q\n' \
 		CLUSTER_DIR "$CLUSTER_DIR" \
+		KUBERNETES_VERSION "$KUBERNETES_VERSION" \
 		KUBECONFIG "$CLUSTER_DIR/admin.kubeconfig" \
 		KUBE_SERVER "https://127.0.0.1:$API_PORT" \
 		KUBE_CA_FILE "$PKI/ca.crt" \

@@ -14,6 +14,9 @@ use crate::support::{Cluster, kubectl, kubectl_result, log_tails, make};
 pub const NAMESPACE: &str = "kubeconfig-operator";
 pub const LEASE: &str = "kubeconfig-operator";
 pub const SELECTOR: &str = "app.kubernetes.io/name=kubeconfig-operator";
+/// The operator's Deployment and Service, and the API server proxy's (config/proxy).
+pub const OPERATOR: &str = "kubeconfig-operator";
+pub const PROXY: &str = "kubeconfig-operator-proxy";
 
 fn must(target: &str, dir: &Path) {
     let output = make(target, dir);
@@ -89,18 +92,33 @@ pub fn lease_holder(cluster: &Cluster) -> String {
     .unwrap_or_default()
 }
 
-/// The operator Service's cluster IP (the cluster has no DNS).
-pub fn service_ip(cluster: &Cluster) -> String {
+/// A Service's cluster IP (the cluster has no DNS): [`OPERATOR`]'s or [`PROXY`]'s.
+pub fn service_ip(cluster: &Cluster, service: &str) -> String {
     kubectl(
         cluster,
         &[
             "get",
             "service",
-            "kubeconfig-operator",
+            service,
             "-n",
             NAMESPACE,
             "-o",
             "jsonpath={.spec.clusterIP}",
         ],
     )
+}
+
+/// Waits until the Deployment [`OPERATOR`] or [`PROXY`] has all its replicas updated and Ready.
+pub fn rolled_out(cluster: &Cluster, deployment: &str) {
+    kubectl(
+        cluster,
+        &[
+            "rollout",
+            "status",
+            &format!("deployment/{deployment}"),
+            "-n",
+            NAMESPACE,
+            "--timeout=180s",
+        ],
+    );
 }

@@ -63,6 +63,58 @@ pub fn env<'a>(cluster: &'a Cluster, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} is not in the cluster's env file"))
 }
 
+/// The host's pid of the running pod's (first) container, from the node's containerd.
+pub fn container_pid(cluster: &Cluster, namespace: &str, pod: &str) -> String {
+    let id = kubectl(
+        cluster,
+        &[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ],
+    );
+    let id = id
+        .strip_prefix("containerd://")
+        .unwrap_or_else(|| panic!("{namespace}/{pod}: {id}"));
+    let tasks = Command::new("ctr")
+        .args([
+            "--address",
+            env(cluster, "CONTAINERD_ADDRESS"),
+            "--namespace",
+            "k8s.io",
+            "tasks",
+            "ls",
+        ])
+        .output()
+        .expect("run ctr");
+    let tasks = String::from_utf8_lossy(&tasks.stdout);
+    tasks
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&id)).then(|| fields[1].to_owned())
+        })
+        .unwrap_or_else(|| panic!("no task {id} of {namespace}/{pod} in:\n{tasks}"))
+}
+
+/// The host's `program` in the network namespace of the running pod `namespace/pod`: a client
+/// on the pod network, where Service addresses exist (the node's own namespace has no route to
+/// them), as a user's machine is on the network of the address they reach the cluster at.
+pub fn in_pod_network(cluster: &Cluster, namespace: &str, pod: &str, program: &str) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!(
+            "--net=/proc/{}/ns/net",
+            container_pid(cluster, namespace, pod)
+        ))
+        .arg(program);
+    command
+}
+
 /// `kubectl apply -f -` with the admin kubeconfig, the manifest on stdin.
 pub fn apply(cluster: &Cluster, manifest: &str) {
     let mut child = Command::new("kubectl")
