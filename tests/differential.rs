@@ -143,6 +143,20 @@ async fn compare(
         .load()
         .await
         .expect("the operator fetches every issuer's keys");
+    // kube-apiserver discovers the issuer a claim source's JWT names in the background, on the
+    // first token that needs it, and refuses that token ("verifier not initialized"); the
+    // operator discovers it at once. Both are compared once the API server has it.
+    let mut warmed = false;
+    for (_, token) in corpus
+        .iter()
+        .filter(|(label, _)| label.contains(DISTRIBUTED))
+    {
+        api_server_verdict(server, ca, token).await;
+        warmed = true;
+    }
+    if warmed {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut disagreements = Vec::new();
     let mut accepted = Vec::new();
     for (label, token) in corpus {
@@ -487,6 +501,183 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
         .collect()
 }
 
+/// What labels the cases whose groups a claim source holds: kube-apiserver refuses them until it
+/// has discovered the source's issuer in the background, so [`compare`] shows them to it first.
+const DISTRIBUTED: &str = "distributed groups";
+
+/// Groups distributed to the test issuer's claims endpoint (`/claims?jwt=...` answers the JWT the
+/// test signed), for the tokens of `signer`: what kube-apiserver's claim resolver fetches, how it
+/// verifies the JWT it gets, and its errors.
+fn distributed_cases(signer: &Signer, source: &Signer, who: &str) -> Corpus {
+    let now = Utc::now().timestamp();
+    let base = without(signer.claims(), "groups");
+    let source_claims = json!({
+        "iss": source.issuer,
+        "sub": "groups-source",
+        "aud": "kubeconfig-operator",
+        "exp": now + 600,
+        "groups": ["from-source", "second"],
+    });
+    let good = source.sign(&source_claims);
+    let endpoint = |jwt: &str, query: &str| format!("{}/claims?jwt={jwt}{query}", source.issuer);
+    let distributed = |endpoint: String, access_token: Option<&str>| {
+        let mut source = json!({ "endpoint": endpoint });
+        if let Some(token) = access_token {
+            source["access_token"] = json!(token);
+        }
+        signer.sign(&with(
+            with(base.clone(), "_claim_names", json!({"groups": "src1"})),
+            "_claim_sources",
+            json!({ "src1": source }),
+        ))
+    };
+    let signed = |claims: Value| endpoint(&source.sign(&claims), "");
+    let cases: Vec<(&str, String)> = vec![
+        ("from the endpoint", distributed(endpoint(&good, ""), None)),
+        (
+            "with the source's access_token",
+            distributed(endpoint(&good, "&bearer=src-t0k"), Some("src-t0k")),
+        ),
+        (
+            "with a wrong access_token",
+            distributed(endpoint(&good, "&bearer=src-t0k"), Some("other")),
+        ),
+        (
+            "answered with status 203",
+            distributed(endpoint(&good, "&status=203"), None),
+        ),
+        (
+            "answered with status 299",
+            distributed(endpoint(&good, "&status=299"), None),
+        ),
+        (
+            "answered with status 500",
+            distributed(endpoint(&good, "&status=500"), None),
+        ),
+        (
+            "answered with a trailing newline",
+            distributed(endpoint(&format!("{good}%0A"), ""), None),
+        ),
+        (
+            "answered with no JWT",
+            distributed(endpoint("not-a-jwt", ""), None),
+        ),
+        (
+            "as one string",
+            distributed(
+                signed(with(source_claims.clone(), "groups", json!("solo"))),
+                None,
+            ),
+        ),
+        (
+            "JWT expired",
+            distributed(
+                signed(with(source_claims.clone(), "exp", json!(now - 5))),
+                None,
+            ),
+        ),
+        (
+            "JWT without exp",
+            distributed(signed(without(source_claims.clone(), "exp")), None),
+        ),
+        (
+            "JWT for other-app",
+            distributed(
+                signed(with(source_claims.clone(), "aud", json!("other-app"))),
+                None,
+            ),
+        ),
+        (
+            "JWT without the groups",
+            distributed(signed(without(source_claims.clone(), "groups")), None),
+        ),
+        (
+            "JWT signed by a key its issuer does not publish",
+            distributed(
+                endpoint(
+                    &{
+                        let mut header = Header::new(Algorithm::RS256);
+                        header.kid = Some(source.rsa.1.clone());
+                        jsonwebtoken::encode(
+                            &header,
+                            &source_claims,
+                            &kubeconfig_operator::testing::issuer().encoding,
+                        )
+                        .expect("sign")
+                    },
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "JWT naming an issuer that does not answer",
+            distributed(
+                endpoint(
+                    &source.sign(&with(
+                        source_claims.clone(),
+                        "iss",
+                        json!("https://127.0.0.1:1"),
+                    )),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "ES256 JWT",
+            distributed(
+                endpoint(
+                    &source.sign_as(
+                        Algorithm::ES256,
+                        source.ec.as_ref().map(|(_, kid)| kid.as_str()),
+                        &source_claims,
+                    ),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "JWT of the token's own issuer",
+            distributed(
+                endpoint(
+                    &signer.sign(&with(
+                        source_claims.clone(),
+                        "iss",
+                        json!(signer.issuer.clone()),
+                    )),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        ("endpoint not a URL", distributed("not a url".into(), None)),
+        ("groups in the token itself: nothing fetched", {
+            signer.sign(&with(
+                with(
+                    with(base.clone(), "groups", json!(["own"])),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims"}}),
+            ))
+        }),
+        ("another claim distributed: nothing fetched", {
+            signer.sign(&with(
+                with(base.clone(), "_claim_names", json!({"roles": "src1"})),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims"}}),
+            ))
+        }),
+    ];
+    cases
+        .into_iter()
+        .map(|(label, token)| (format!("{who}: {DISTRIBUTED} {label}"), token))
+        .collect()
+}
+
 /// The cases of the main Dex's own mappings: the CEL username reads `email`, the claim rule
 /// `email_verified`, the extra `name`.
 fn dex_cases(signer: &Signer) -> Corpus {
@@ -635,9 +826,12 @@ fn short_lived_tokens(cluster: &Cluster, state: &str) -> Corpus {
 /// The whole corpus, made right before it is compared so that relative times hold.
 /// The short-lived Dex's fresh tokens are fetched last and checked first, so they are still valid.
 fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
+    let (dex, test_issuer) = (Signer::dex(cluster), Signer::test_issuer(cluster));
     let mut rest = dex_tokens(cluster);
-    rest.extend(dex_cases(&Signer::dex(cluster)));
-    rest.extend(test_issuer_cases(cluster, &Signer::test_issuer(cluster)));
+    rest.extend(dex_cases(&dex));
+    rest.extend(distributed_cases(&dex, &test_issuer, "Dex-signed"));
+    rest.extend(test_issuer_cases(cluster, &test_issuer));
+    rest.extend(distributed_cases(&test_issuer, &test_issuer, "test issuer"));
     rest.extend(expired.iter().cloned());
     let mut corpus = short_lived_tokens(cluster, "fresh");
     corpus.extend(rest);
@@ -738,6 +932,11 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "Dex-signed: email_verified absent",
                 "Dex-signed: groups as a string",
                 "Dex-signed: groups from an aggregated source (a JWT, no endpoint): skipped",
+                "Dex-signed: distributed groups from the endpoint",
+                "Dex-signed: distributed groups with the source's access_token",
+                "Dex-signed: distributed groups answered with status 203",
+                "Dex-signed: distributed groups answered with a trailing newline",
+                "Dex-signed: distributed groups JWT of the token's own issuer",
             ][..],
         ),
         (
@@ -750,6 +949,11 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "test issuer: extra from a string",
                 "test issuer: CEL claim rule: blocked as the string \"true\"",
                 "test issuer: groups from an aggregated source (a JWT, no endpoint): skipped",
+                "test issuer: distributed groups from the endpoint",
+                "test issuer: distributed groups with the source's access_token",
+                "test issuer: distributed groups as one string",
+                "test issuer: distributed groups ES256 JWT",
+                "Dex-signed: distributed groups JWT for other-app",
             ][..],
         ),
     ] {
