@@ -327,7 +327,8 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
     let now = Utc::now().timestamp();
     let base = signer.claims();
     let kid = signer.rsa.1.as_str();
-    let cases: Vec<(&str, String)> = vec![
+    let cases: Vec<(&str, String)> =
+        vec![
         ("valid RS256", signer.sign(&base)),
         (
             "PS256 with the RSA key",
@@ -471,6 +472,43 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
         (
             "jti becomes the credential id",
             signer.sign(&with(base.clone(), "jti", json!("token-42"))),
+        ),
+        (
+            "jti empty",
+            signer.sign(&with(base.clone(), "jti", json!(""))),
+        ),
+        (
+            "RS384 with the RSA key",
+            signer.sign_as(Algorithm::RS384, Some(kid), &base),
+        ),
+        (
+            "RS512 with the RSA key",
+            signer.sign_as(Algorithm::RS512, Some(kid), &base),
+        ),
+        (
+            "PS512 with the RSA key",
+            signer.sign_as(Algorithm::PS512, Some(kid), &base),
+        ),
+        (
+            "groups an empty list",
+            signer.sign(&with(base.clone(), "groups", json!([]))),
+        ),
+        (
+            "groups with a null item",
+            signer.sign(&with(base.clone(), "groups", json!(["a", null]))),
+        ),
+        ("aud null", signer.sign(&with(base.clone(), "aud", Value::Null))),
+        (
+            "aud an empty list",
+            signer.sign(&with(base.clone(), "aud", json!([]))),
+        ),
+        (
+            "exp in the year 3000",
+            signer.sign(&with(base.clone(), "exp", json!(32_503_680_000_i64))),
+        ),
+        (
+            "email a list",
+            signer.sign(&with(base.clone(), "email", json!(["a@example.com"]))),
         ),
         (
             "sub not a string",
