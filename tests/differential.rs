@@ -1019,8 +1019,37 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
     );
 }
 
+/// Where the operator's leader-election Role lets it keep Leases (`scripts/install-dev.sh`).
+const LEASE_NAMESPACE: &str = "kubeconfig-operator";
+
+/// The Events about `lease` in [`LEASE_NAMESPACE`], as JSON objects.
+fn lease_events(cluster: &Cluster, lease: &str) -> Vec<Value> {
+    let listed = support::kubectl(
+        cluster,
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            LEASE_NAMESPACE,
+            "-o",
+            "json",
+        ],
+    );
+    let listed: Value = serde_json::from_str(&listed).expect("kubectl prints JSON");
+    listed["items"]
+        .as_array()
+        .expect("a list of Events")
+        .iter()
+        .filter(|event| {
+            event["regarding"]["kind"] == "Lease" && event["regarding"]["name"] == lease
+        })
+        .cloned()
+        .collect()
+}
+
 /// The operator binary reloads its authentication configuration: an edit changes its verdict
-/// without a restart, and an invalid edit is logged with its digest and ignored.
+/// without a restart, and an invalid edit is logged with its digest and ignored, and recorded as
+/// a Warning Event on the operator's Lease.
 #[test]
 fn editing_the_authentication_configuration_changes_the_verdict_without_a_restart() {
     let cluster = cluster();
@@ -1032,11 +1061,20 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
     std::fs::write(&file, &original).expect("write the operator's copy");
     let path = file.to_str().expect("UTF-8 path");
     let ns = Namespace::new(cluster, "authn-reload");
+    let lease = format!("authn-reload-{}", ns.name);
     let operator = Operator::start(
         cluster,
         &ns.name,
         Issuer::AuthenticationConfig,
-        &["--authentication-config", path],
+        &[
+            "--authentication-config",
+            path,
+            "--leader-elect=true",
+            "--leader-election-namespace",
+            LEASE_NAMESPACE,
+            "--leader-election-lease-name",
+            &lease,
+        ],
     );
     let token = issuer.sign(&issuer.claims());
     let status = || http_get_kubeconfig(&operator.base_url, Some(&token), "").status;
@@ -1083,6 +1121,34 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         status(),
         401,
         "the last good configuration is still in force"
+    );
+    // And as a Warning Event on the operator's Lease, saying why, without any token.
+    support::eventually(
+        Duration::from_secs(30),
+        "the refused edit is recorded as an Event",
+        || !lease_events(cluster, &lease).is_empty(),
+    );
+    let events = lease_events(cluster, &lease);
+    let [event] = events.as_slice() else {
+        panic!("one Event for one refused edit: {events:?}");
+    };
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(
+        event["reason"],
+        kubeconfig_operator::drift::REASON,
+        "{event}"
+    );
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("sha256:")
+            && note.contains("audienceMatchPolicy must be MatchAny")
+            && note.contains("previous one stays in force"),
+        "{note}"
+    );
+    let shown = event.to_string();
+    assert!(
+        token.split('.').all(|segment| !shown.contains(segment)),
+        "the Event holds no token: {shown}"
     );
 
     // Back to the original: accepted again.

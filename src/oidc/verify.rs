@@ -68,8 +68,8 @@ struct ConfigFile {
     path: PathBuf,
     strictness: Strictness,
     /// The digest of the last content refused and why, so an invalid file is reported once, not
-    /// at every poll, and shown by `/metrics` and `/readyz` while it is on disk.
-    refused: std::sync::Mutex<Option<(String, String)>>,
+    /// at every poll, and shown by `/metrics`, `/readyz` and a Warning Event while it is on disk.
+    refused: tokio::sync::watch::Sender<Option<RefusedEdit>>,
     /// Reload attempts of changed content, as kube-apiserver's `automatic_reloads_total` counts
     /// them: `[succeeded, failed]`.
     reloads: [AtomicU64; 2],
@@ -87,6 +87,16 @@ pub struct ConfigurationState {
     pub reloads_failed: u64,
     /// Each issuer URL with the `sha256:<hex>` of the last JWKS document fetched from it.
     pub key_sets: Vec<(String, String)>,
+}
+
+/// A changed authentication configuration file that was refused, the last good one staying in
+/// force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEdit {
+    /// `sha256:<hex>` of the refused content, or why it could not be read.
+    pub digest: String,
+    /// Why it was refused: the field and kube-apiserver's message, never a token.
+    pub problem: String,
 }
 
 /// Why the operator cannot start with its authentication configuration file.
@@ -171,7 +181,7 @@ impl Verifier {
             Some(ConfigFile {
                 path: path.to_owned(),
                 strictness,
-                refused: std::sync::Mutex::new(None),
+                refused: tokio::sync::watch::Sender::new(None),
                 reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         ))
@@ -267,19 +277,17 @@ impl Verifier {
             Ok(data) => authn_config::digest(data),
             Err(error) => format!("unreadable ({})", error.kind()),
         };
-        let refused = || {
-            file.refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
         if self.current().digest.as_ref() == Some(&seen) {
             // Back to the configuration in force: a later bad edit is news again.
-            *refused() = None;
+            file.refused
+                .send_if_modified(|refused| refused.take().is_some());
             return Ok(());
         }
-        if refused()
+        if file
+            .refused
+            .borrow()
             .as_ref()
-            .is_some_and(|(digest, _)| digest == &seen)
+            .is_some_and(|refused| refused.digest == seen)
         {
             return Ok(());
         }
@@ -295,12 +303,16 @@ impl Verifier {
         let issuers = match issuers {
             Ok(issuers) => issuers,
             Err(problem) => {
-                *refused() = Some((seen, problem.clone()));
+                file.refused.send_replace(Some(RefusedEdit {
+                    digest: seen,
+                    problem: problem.clone(),
+                }));
                 file.reloads[1].fetch_add(1, Ordering::Relaxed);
                 return Err(problem);
             }
         };
-        *refused() = None;
+        file.refused
+            .send_if_modified(|refused| refused.take().is_some());
         file.reloads[0].fetch_add(1, Ordering::Relaxed);
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
@@ -315,6 +327,12 @@ impl Verifier {
         });
         info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
+    }
+
+    /// Follows the refused edit of the file, if any (`None` once the file on disk is in force
+    /// again); `None` with the flat settings, which are not reloaded.
+    pub fn refused_edits(&self) -> Option<tokio::sync::watch::Receiver<Option<RefusedEdit>>> {
+        self.file.as_ref().map(|file| file.refused.subscribe())
     }
 
     /// The configuration in force, the refused one on disk if any, and each issuer's key set.
@@ -337,10 +355,9 @@ impl Verifier {
             digest: current.digest.clone(),
             rejected: file
                 .refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .borrow()
                 .as_ref()
-                .map(|(_, problem)| problem.clone()),
+                .map(|refused| refused.problem.clone()),
             reloads_succeeded: file.reloads[0].load(Ordering::Relaxed),
             reloads_failed: file.reloads[1].load(Ordering::Relaxed),
             key_sets,
