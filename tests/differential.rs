@@ -17,6 +17,8 @@
 //! leeway, `nbf` inside and outside the skew, `email_verified` false, absent and "false", groups
 //! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse.
 
+#[path = "support/api_proxy.rs"]
+mod api_proxy;
 mod support;
 
 use std::{
@@ -1253,6 +1255,138 @@ fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 metrics")
 }
 
+/// One test at a time edits apiserver-authn's file: each writes it whole from the original.
+fn edits_of_the_api_servers_file() -> std::sync::MutexGuard<'static, ()> {
+    static FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FILE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The file with a `userValidationRules` entry added to the test issuer, as KEP-3331's README
+/// revokes a token: a deny-list of credential ids, read with the optional index because tokens
+/// without `jti` have no such extra.
+fn with_revoked_credential(original: &str, jti: &str, message: &str) -> String {
+    let anchor = "    message: root is not a user\n";
+    assert!(original.contains(anchor));
+    let rule = format!(
+        r#"!user.extra[?"authentication.kubernetes.io/credential-id"].orValue([]).exists(id, id == "JTI={jti}")"#
+    );
+    original.replace(
+        anchor,
+        &format!("{anchor}  - expression: '{rule}'\n    message: {message}\n"),
+    )
+}
+
+/// KEP-3331's revocation recipe end to end: the rule added to a running operator's file (and to
+/// the API server's) refuses the token on every path the operator serves, and at the API server;
+/// a token with another credential id is not touched.
+#[test]
+fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() {
+    let _file = edits_of_the_api_servers_file();
+    let cluster = cluster();
+    let issuer = Signer::test_issuer(cluster);
+    let api_servers_file = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
+    let original = std::fs::read_to_string(&api_servers_file).expect("read the API server's file");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("authentication-config.yaml");
+    std::fs::write(&file, &original).expect("write the operator's copy");
+    let ns = Namespace::new(cluster, "kep-3331");
+    let proxied = api_proxy::Proxied::start_with(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &[
+            "--authentication-config",
+            file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let operator = &proxied.operator;
+    let jti = format!("revoked-{}", ns.name);
+    let revoked = issuer.sign(&with(issuer.claims(), "jti", json!(jti)));
+    let kept = issuer.sign(&with(
+        issuer.claims(),
+        "jti",
+        json!(format!("kept-{}", ns.name)),
+    ));
+    let whoami = [
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ];
+    let at_api_server = |token: &str| {
+        let server = format!("--server={}", env(cluster, "KUBE_AUTHN_SERVER"));
+        let ca = format!("--certificate-authority={}", cluster.kube_ca_file);
+        let token = format!("--token={token}");
+        let mut args = vec![server.as_str(), ca.as_str(), token.as_str()];
+        args.extend(whoami);
+        support::kubectl_plain(&args)
+    };
+
+    // Before the rule: the token works everywhere (through the proxy, the API server then
+    // judges what the impersonated user may do; only the proxy's own refusal is a 401).
+    let through_proxy = || {
+        proxied.raw(
+            proxied.list_configmaps(&ns.name, &revoked).as_bytes(),
+            Duration::from_secs(10),
+        )
+    };
+    let answer = through_proxy();
+    assert!(!answer.starts_with("HTTP/1.1 401"), "{answer}");
+    support::requests::request_with_token(cluster, &ns.name, "revoked", &revoked);
+    support::requests::wait_for_reason(cluster, &ns.name, "revoked", "Issued");
+    assert_eq!(
+        at_api_server(&revoked).as_deref(),
+        Ok("test:carol@example.com")
+    );
+
+    // The administrator adds the rule to the running files.
+    let message = "revoked with KEP-3331's recipe";
+    let edited = with_revoked_credential(&original, &jti, message);
+    let _restore = Restore {
+        path: api_servers_file.clone(),
+        original: original.clone(),
+    };
+    std::fs::write(&file, &edited).expect("edit the operator's file");
+    std::fs::write(&api_servers_file, &edited).expect("edit the API server's file");
+
+    support::eventually(
+        Duration::from_secs(30),
+        "the download refuses the token",
+        || http_get_kubeconfig(&operator.base_url, Some(&revoked), "").status == 401,
+    );
+    let refusal = http_get_kubeconfig(&operator.base_url, Some(&revoked), "");
+    assert!(
+        refusal.body.starts_with("RefusedByRule: ") && refusal.body.contains(message),
+        "{}",
+        refusal.body
+    );
+    let refused = through_proxy();
+    assert!(
+        refused.starts_with("HTTP/1.1 401") && refused.contains("RefusedByRule"),
+        "the proxy refuses it: {refused}"
+    );
+    let message_shown =
+        support::requests::wait_for_reason(cluster, &ns.name, "revoked", "TokenInvalid");
+    assert!(message_shown.contains(message), "{message_shown}");
+    // kube-apiserver re-reads its file about once a minute.
+    support::eventually(
+        Duration::from_secs(120),
+        "kube-apiserver refuses the token",
+        || at_api_server(&revoked).is_err(),
+    );
+
+    // Only that credential: another token of the same user still works.
+    assert_eq!(
+        http_get_kubeconfig(&operator.base_url, Some(&kept), "").status,
+        200
+    );
+    assert_eq!(
+        at_api_server(&kept).as_deref(),
+        Ok("test:carol@example.com")
+    );
+}
+
 /// Puts the API server's file back even when the test fails half-way.
 struct Restore {
     path: PathBuf,
@@ -1270,6 +1404,7 @@ impl Drop for Restore {
 /// (which it reloads), the operator reads that file, and a token per rule and outcome is compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver() {
+    let _file = edits_of_the_api_servers_file();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cluster = cluster();
     let ca = reqwest::Certificate::from_pem(

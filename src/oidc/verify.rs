@@ -60,6 +60,9 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// an authentication configuration), each with its own cached keys.
 pub struct Verifier {
     issuers: RwLock<Arc<Issuers>>,
+    /// Counts the configurations put in force by reloads, so that what was decided under an
+    /// earlier one (cached verdicts, issued requests) is decided again.
+    generation: tokio::sync::watch::Sender<u64>,
     /// The authentication configuration file, when that is where the issuers come from.
     file: Option<ConfigFile>,
 }
@@ -207,6 +210,7 @@ impl Verifier {
                 issuers: issuers.into_iter().map(Arc::new).collect(),
                 digest,
             })),
+            generation: tokio::sync::watch::Sender::new(0),
             file,
         }
     }
@@ -325,8 +329,19 @@ impl Verifier {
             issuers: issuers.into_iter().map(Arc::new).collect(),
             digest: Some(seen.clone()),
         });
+        self.generation.send_modify(|generation| *generation += 1);
         info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
+    }
+
+    /// Which configuration is in force: 0 at start, one more after each reload.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Follows [`Verifier::generation`], for what must be decided again after a reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Follows the refused edit of the file, if any (`None` once the file on disk is in force
