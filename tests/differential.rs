@@ -1256,11 +1256,7 @@ fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
 }
 
 /// One test at a time edits apiserver-authn's file: each writes it whole from the original.
-fn edits_of_the_api_servers_file() -> std::sync::MutexGuard<'static, ()> {
-    static FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    FILE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static API_SERVERS_FILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The file with a `userValidationRules` entry added to the test issuer, as KEP-3331's README
 /// revokes a token: a deny-list of credential ids, read with the optional index because tokens
@@ -1282,7 +1278,7 @@ fn with_revoked_credential(original: &str, jti: &str, message: &str) -> String {
 /// a token with another credential id is not touched.
 #[test]
 fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() {
-    let _file = edits_of_the_api_servers_file();
+    let _file = API_SERVERS_FILE.blocking_lock();
     let cluster = cluster();
     let issuer = Signer::test_issuer(cluster);
     let api_servers_file = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
@@ -1404,7 +1400,7 @@ impl Drop for Restore {
 /// (which it reloads), the operator reads that file, and a token per rule and outcome is compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver() {
-    let _file = edits_of_the_api_servers_file();
+    let _file = API_SERVERS_FILE.lock().await;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cluster = cluster();
     let ca = reqwest::Certificate::from_pem(

@@ -100,6 +100,9 @@ struct ClaimSource {
 
 const ACCESS_TOKEN: &str = "t0k";
 
+/// The source's answers by name, and its request count.
+type Answers = (Arc<HashMap<&'static str, (u16, String)>>, Arc<AtomicUsize>);
+
 async fn claim_source(answers: HashMap<&'static str, (u16, String)>) -> ClaimSource {
     let hits = Arc::new(AtomicUsize::new(0));
     let state = (Arc::new(answers), hits.clone());
@@ -107,10 +110,7 @@ async fn claim_source(answers: HashMap<&'static str, (u16, String)>) -> ClaimSou
         .route(
             "/{name}",
             get(
-                |State((answers, hits)): State<(
-                    Arc<HashMap<&'static str, (u16, String)>>,
-                    Arc<AtomicUsize>,
-                )>,
+                |State((answers, hits)): State<Answers>,
                  Path(name): Path<String>,
                  headers: HeaderMap| async move {
                     hits.fetch_add(1, Ordering::SeqCst);
