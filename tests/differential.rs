@@ -1339,7 +1339,7 @@ fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() 
     // The administrator adds the rule to the running files.
     let message = "revoked with KEP-3331's recipe";
     let edited = with_revoked_credential(&original, &jti, message);
-    let _restore = Restore {
+    let restore = Restore {
         path: api_servers_file.clone(),
         original: original.clone(),
     };
@@ -1380,6 +1380,15 @@ fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() 
     assert_eq!(
         at_api_server(&kept).as_deref(),
         Ok("test:carol@example.com")
+    );
+
+    // The next test that holds the file finds the API server back on the original.
+    std::fs::write(&api_servers_file, &original).expect("restore the API server's file");
+    drop(restore);
+    support::eventually(
+        Duration::from_secs(120),
+        "kube-apiserver applies its restored file",
+        || at_api_server(&revoked).is_ok(),
     );
 }
 
