@@ -119,6 +119,8 @@ impl DistributedClaims {
             .get_or_try_init(|| async {
                 jwks::issuer_client_builder(&self.own.rules.certificate_authority)
                     .await?
+                    // Go's dialer waits as long as the whole request may take.
+                    .connect_timeout(FETCH_TIMEOUT)
                     .timeout(FETCH_TIMEOUT)
                     .build()
                     .map_err(|e| jwks::IssuerError::Setup(jwks::error_chain(&e)))
