@@ -15,7 +15,9 @@
 //! foreign `azp`), short-lived Dex tokens fresh and expired, and tokens the test signs with the
 //! test issuer's keys (which its JWKS publishes): just expired, expired beyond the old 30 s
 //! leeway, `nbf` inside and outside the skew, `email_verified` false, absent and "false", groups
-//! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse.
+//! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse;
+//! and groups distributed to the test issuer's claims endpoint, fetched or refused as
+//! kube-apiserver's claim resolver fetches or refuses them.
 
 #[path = "support/api_proxy.rs"]
 mod api_proxy;
