@@ -9,6 +9,8 @@ pub mod config;
 pub mod confirm;
 pub mod controller;
 pub mod crd;
+pub mod drift;
+pub mod events;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod oidc;

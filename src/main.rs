@@ -11,7 +11,7 @@ use kubeconfig_operator::{
     config::{Config, OidcSettings, Settings},
     confirm::Confirmer,
     controller::{self, Context, leader},
-    crd,
+    crd, drift,
     metrics::Metrics,
     oidc::authn_config,
     oidc::{authenticator::Authenticator, revocations::Revocations, verify::Verifier},
@@ -166,6 +166,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(
         Arc::clone(&verifier).watch_authentication_config(kubeconfig_operator::ca::POLL_INTERVAL),
     );
+    if let (Some(edits), Some(regarding)) = (
+        verifier.refused_edits(),
+        drift::regarding(config.leader_election.as_ref()),
+    ) {
+        tokio::spawn(drift::report(
+            client.clone(),
+            edits,
+            regarding,
+            leader::identity(),
+        ));
+    }
     tokio::spawn(
         config
             .kubeconfig

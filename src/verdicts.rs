@@ -110,6 +110,13 @@ impl<V: Clone> Verdicts<V> {
         self.cached.lock().unwrap().by_digest.len()
     }
 
+    /// Drops every verdict: they were reached under rules no longer in force.
+    pub fn forget_all(&self) {
+        if let Ok(mut cached) = self.cached.lock() {
+            cached.by_digest.clear();
+        }
+    }
+
     /// Drops the verdicts past their time. Judging a token does this too, at most once per
     /// [`VERDICT_TTL`]; a periodic sweep calls it so that what a burst left is dropped even when
     /// no token follows.

@@ -15,8 +15,12 @@
 //! foreign `azp`), short-lived Dex tokens fresh and expired, and tokens the test signs with the
 //! test issuer's keys (which its JWKS publishes): just expired, expired beyond the old 30 s
 //! leeway, `nbf` inside and outside the skew, `email_verified` false, absent and "false", groups
-//! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse.
+//! as a string, claims the CEL rules refuse, and the shapes go-oidc and the API server refuse;
+//! and groups distributed to the test issuer's claims endpoint, fetched or refused as
+//! kube-apiserver's claim resolver fetches or refuses them.
 
+#[path = "support/api_proxy.rs"]
+mod api_proxy;
 mod support;
 
 use std::{
@@ -143,6 +147,20 @@ async fn compare(
         .load()
         .await
         .expect("the operator fetches every issuer's keys");
+    // kube-apiserver discovers the issuer a claim source's JWT names in the background, on the
+    // first token that needs it, and refuses that token ("verifier not initialized"); the
+    // operator discovers it at once. Both are compared once the API server has it.
+    let mut warmed = false;
+    for (_, token) in corpus
+        .iter()
+        .filter(|(label, _)| label.contains(DISTRIBUTED))
+    {
+        api_server_verdict(server, ca, token).await;
+        warmed = true;
+    }
+    if warmed {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut disagreements = Vec::new();
     let mut accepted = Vec::new();
     for (label, token) in corpus {
@@ -313,7 +331,8 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
     let now = Utc::now().timestamp();
     let base = signer.claims();
     let kid = signer.rsa.1.as_str();
-    let cases: Vec<(&str, String)> = vec![
+    let cases: Vec<(&str, String)> =
+        vec![
         ("valid RS256", signer.sign(&base)),
         (
             "PS256 with the RSA key",
@@ -459,6 +478,43 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
             signer.sign(&with(base.clone(), "jti", json!("token-42"))),
         ),
         (
+            "jti empty",
+            signer.sign(&with(base.clone(), "jti", json!(""))),
+        ),
+        (
+            "RS384 with the RSA key",
+            signer.sign_as(Algorithm::RS384, Some(kid), &base),
+        ),
+        (
+            "RS512 with the RSA key",
+            signer.sign_as(Algorithm::RS512, Some(kid), &base),
+        ),
+        (
+            "PS512 with the RSA key",
+            signer.sign_as(Algorithm::PS512, Some(kid), &base),
+        ),
+        (
+            "groups an empty list",
+            signer.sign(&with(base.clone(), "groups", json!([]))),
+        ),
+        (
+            "groups with a null item",
+            signer.sign(&with(base.clone(), "groups", json!(["a", null]))),
+        ),
+        ("aud null", signer.sign(&with(base.clone(), "aud", Value::Null))),
+        (
+            "aud an empty list",
+            signer.sign(&with(base.clone(), "aud", json!([]))),
+        ),
+        (
+            "exp in the year 3000",
+            signer.sign(&with(base.clone(), "exp", json!(32_503_680_000_i64))),
+        ),
+        (
+            "email a list",
+            signer.sign(&with(base.clone(), "email", json!(["a@example.com"]))),
+        ),
+        (
             "sub not a string",
             signer.sign(&with(base.clone(), "sub", json!(7))),
         ),
@@ -484,6 +540,183 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
     cases
         .into_iter()
         .map(|(label, token)| (format!("{who}: {label}"), token))
+        .collect()
+}
+
+/// What labels the cases whose groups a claim source holds: kube-apiserver refuses them until it
+/// has discovered the source's issuer in the background, so [`compare`] shows them to it first.
+const DISTRIBUTED: &str = "distributed groups";
+
+/// Groups distributed to the test issuer's claims endpoint (`/claims?jwt=...` answers the JWT the
+/// test signed), for the tokens of `signer`: what kube-apiserver's claim resolver fetches, how it
+/// verifies the JWT it gets, and its errors.
+fn distributed_cases(signer: &Signer, source: &Signer, who: &str) -> Corpus {
+    let now = Utc::now().timestamp();
+    let base = without(signer.claims(), "groups");
+    let source_claims = json!({
+        "iss": source.issuer,
+        "sub": "groups-source",
+        "aud": "kubeconfig-operator",
+        "exp": now + 600,
+        "groups": ["from-source", "second"],
+    });
+    let good = source.sign(&source_claims);
+    let endpoint = |jwt: &str, query: &str| format!("{}/claims?jwt={jwt}{query}", source.issuer);
+    let distributed = |endpoint: String, access_token: Option<&str>| {
+        let mut source = json!({ "endpoint": endpoint });
+        if let Some(token) = access_token {
+            source["access_token"] = json!(token);
+        }
+        signer.sign(&with(
+            with(base.clone(), "_claim_names", json!({"groups": "src1"})),
+            "_claim_sources",
+            json!({ "src1": source }),
+        ))
+    };
+    let signed = |claims: Value| endpoint(&source.sign(&claims), "");
+    let cases: Vec<(&str, String)> = vec![
+        ("from the endpoint", distributed(endpoint(&good, ""), None)),
+        (
+            "with the source's access_token",
+            distributed(endpoint(&good, "&bearer=src-t0k"), Some("src-t0k")),
+        ),
+        (
+            "with a wrong access_token",
+            distributed(endpoint(&good, "&bearer=src-t0k"), Some("other")),
+        ),
+        (
+            "answered with status 203",
+            distributed(endpoint(&good, "&status=203"), None),
+        ),
+        (
+            "answered with status 299",
+            distributed(endpoint(&good, "&status=299"), None),
+        ),
+        (
+            "answered with status 500",
+            distributed(endpoint(&good, "&status=500"), None),
+        ),
+        (
+            "answered with a trailing newline",
+            distributed(endpoint(&format!("{good}%0A"), ""), None),
+        ),
+        (
+            "answered with no JWT",
+            distributed(endpoint("not-a-jwt", ""), None),
+        ),
+        (
+            "as one string",
+            distributed(
+                signed(with(source_claims.clone(), "groups", json!("solo"))),
+                None,
+            ),
+        ),
+        (
+            "JWT expired",
+            distributed(
+                signed(with(source_claims.clone(), "exp", json!(now - 5))),
+                None,
+            ),
+        ),
+        (
+            "JWT without exp",
+            distributed(signed(without(source_claims.clone(), "exp")), None),
+        ),
+        (
+            "JWT for other-app",
+            distributed(
+                signed(with(source_claims.clone(), "aud", json!("other-app"))),
+                None,
+            ),
+        ),
+        (
+            "JWT without the groups",
+            distributed(signed(without(source_claims.clone(), "groups")), None),
+        ),
+        (
+            "JWT signed by a key its issuer does not publish",
+            distributed(
+                endpoint(
+                    &{
+                        let mut header = Header::new(Algorithm::RS256);
+                        header.kid = Some(source.rsa.1.clone());
+                        jsonwebtoken::encode(
+                            &header,
+                            &source_claims,
+                            &kubeconfig_operator::testing::issuer().encoding,
+                        )
+                        .expect("sign")
+                    },
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "JWT naming an issuer that does not answer",
+            distributed(
+                endpoint(
+                    &source.sign(&with(
+                        source_claims.clone(),
+                        "iss",
+                        json!("https://127.0.0.1:1"),
+                    )),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "ES256 JWT",
+            distributed(
+                endpoint(
+                    &source.sign_as(
+                        Algorithm::ES256,
+                        source.ec.as_ref().map(|(_, kid)| kid.as_str()),
+                        &source_claims,
+                    ),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        (
+            "JWT of the token's own issuer",
+            distributed(
+                endpoint(
+                    &signer.sign(&with(
+                        source_claims.clone(),
+                        "iss",
+                        json!(signer.issuer.clone()),
+                    )),
+                    "",
+                ),
+                None,
+            ),
+        ),
+        ("endpoint not a URL", distributed("not a url".into(), None)),
+        ("groups in the token itself: nothing fetched", {
+            signer.sign(&with(
+                with(
+                    with(base.clone(), "groups", json!(["own"])),
+                    "_claim_names",
+                    json!({"groups": "src1"}),
+                ),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims"}}),
+            ))
+        }),
+        ("another claim distributed: nothing fetched", {
+            signer.sign(&with(
+                with(base.clone(), "_claim_names", json!({"roles": "src1"})),
+                "_claim_sources",
+                json!({"src1": {"endpoint": "https://127.0.0.1:1/claims"}}),
+            ))
+        }),
+    ];
+    cases
+        .into_iter()
+        .map(|(label, token)| (format!("{who}: {DISTRIBUTED} {label}"), token))
         .collect()
 }
 
@@ -635,9 +868,12 @@ fn short_lived_tokens(cluster: &Cluster, state: &str) -> Corpus {
 /// The whole corpus, made right before it is compared so that relative times hold.
 /// The short-lived Dex's fresh tokens are fetched last and checked first, so they are still valid.
 fn corpus(cluster: &Cluster, expired: &Corpus) -> Corpus {
+    let (dex, test_issuer) = (Signer::dex(cluster), Signer::test_issuer(cluster));
     let mut rest = dex_tokens(cluster);
-    rest.extend(dex_cases(&Signer::dex(cluster)));
-    rest.extend(test_issuer_cases(cluster, &Signer::test_issuer(cluster)));
+    rest.extend(dex_cases(&dex));
+    rest.extend(distributed_cases(&dex, &test_issuer, "Dex-signed"));
+    rest.extend(test_issuer_cases(cluster, &test_issuer));
+    rest.extend(distributed_cases(&test_issuer, &test_issuer, "test issuer"));
     rest.extend(expired.iter().cloned());
     let mut corpus = short_lived_tokens(cluster, "fresh");
     corpus.extend(rest);
@@ -738,6 +974,11 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "Dex-signed: email_verified absent",
                 "Dex-signed: groups as a string",
                 "Dex-signed: groups from an aggregated source (a JWT, no endpoint): skipped",
+                "Dex-signed: distributed groups from the endpoint",
+                "Dex-signed: distributed groups with the source's access_token",
+                "Dex-signed: distributed groups answered with status 203",
+                "Dex-signed: distributed groups answered with a trailing newline",
+                "Dex-signed: distributed groups JWT of the token's own issuer",
             ][..],
         ),
         (
@@ -750,6 +991,11 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
                 "test issuer: extra from a string",
                 "test issuer: CEL claim rule: blocked as the string \"true\"",
                 "test issuer: groups from an aggregated source (a JWT, no endpoint): skipped",
+                "test issuer: distributed groups from the endpoint",
+                "test issuer: distributed groups with the source's access_token",
+                "test issuer: distributed groups as one string",
+                "test issuer: distributed groups ES256 JWT",
+                "Dex-signed: distributed groups JWT for other-app",
             ][..],
         ),
     ] {
@@ -777,8 +1023,37 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
     );
 }
 
+/// Where the operator's leader-election Role lets it keep Leases (`scripts/install-dev.sh`).
+const LEASE_NAMESPACE: &str = "kubeconfig-operator";
+
+/// The Events about `lease` in [`LEASE_NAMESPACE`], as JSON objects.
+fn lease_events(cluster: &Cluster, lease: &str) -> Vec<Value> {
+    let listed = support::kubectl(
+        cluster,
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            LEASE_NAMESPACE,
+            "-o",
+            "json",
+        ],
+    );
+    let listed: Value = serde_json::from_str(&listed).expect("kubectl prints JSON");
+    listed["items"]
+        .as_array()
+        .expect("a list of Events")
+        .iter()
+        .filter(|event| {
+            event["regarding"]["kind"] == "Lease" && event["regarding"]["name"] == lease
+        })
+        .cloned()
+        .collect()
+}
+
 /// The operator binary reloads its authentication configuration: an edit changes its verdict
-/// without a restart, and an invalid edit is logged with its digest and ignored.
+/// without a restart, and an invalid edit is logged with its digest and ignored, and recorded as
+/// a Warning Event on the operator's Lease.
 #[test]
 fn editing_the_authentication_configuration_changes_the_verdict_without_a_restart() {
     let cluster = cluster();
@@ -790,11 +1065,20 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
     std::fs::write(&file, &original).expect("write the operator's copy");
     let path = file.to_str().expect("UTF-8 path");
     let ns = Namespace::new(cluster, "authn-reload");
+    let lease = format!("authn-reload-{}", ns.name);
     let operator = Operator::start(
         cluster,
         &ns.name,
         Issuer::AuthenticationConfig,
-        &["--authentication-config", path],
+        &[
+            "--authentication-config",
+            path,
+            "--leader-elect=true",
+            "--leader-election-namespace",
+            LEASE_NAMESPACE,
+            "--leader-election-lease-name",
+            &lease,
+        ],
     );
     let token = issuer.sign(&issuer.claims());
     let status = || http_get_kubeconfig(&operator.base_url, Some(&token), "").status;
@@ -841,6 +1125,34 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         status(),
         401,
         "the last good configuration is still in force"
+    );
+    // And as a Warning Event on the operator's Lease, saying why, without any token.
+    support::eventually(
+        Duration::from_secs(30),
+        "the refused edit is recorded as an Event",
+        || !lease_events(cluster, &lease).is_empty(),
+    );
+    let events = lease_events(cluster, &lease);
+    let [event] = events.as_slice() else {
+        panic!("one Event for one refused edit: {events:?}");
+    };
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(
+        event["reason"],
+        kubeconfig_operator::drift::REASON,
+        "{event}"
+    );
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("sha256:")
+            && note.contains("audienceMatchPolicy must be MatchAny")
+            && note.contains("previous one stays in force"),
+        "{note}"
+    );
+    let shown = event.to_string();
+    assert!(
+        token.split('.').all(|segment| !shown.contains(segment)),
+        "the Event holds no token: {shown}"
     );
 
     // Back to the original: accepted again.
@@ -945,6 +1257,143 @@ fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 metrics")
 }
 
+/// One test at a time edits apiserver-authn's file: each writes it whole from the original.
+static API_SERVERS_FILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The file with a `userValidationRules` entry added to the test issuer, as KEP-3331's README
+/// revokes a token: a deny-list of credential ids, read with the optional index because tokens
+/// without `jti` have no such extra.
+fn with_revoked_credential(original: &str, jti: &str, message: &str) -> String {
+    let anchor = "    message: root is not a user\n";
+    assert!(original.contains(anchor));
+    let rule = format!(
+        r#"!user.extra[?"authentication.kubernetes.io/credential-id"].orValue([]).exists(id, id == "JTI={jti}")"#
+    );
+    original.replace(
+        anchor,
+        &format!("{anchor}  - expression: '{rule}'\n    message: {message}\n"),
+    )
+}
+
+/// KEP-3331's revocation recipe end to end: the rule added to a running operator's file (and to
+/// the API server's) refuses the token on every path the operator serves, and at the API server;
+/// a token with another credential id is not touched.
+#[test]
+fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() {
+    let _file = API_SERVERS_FILE.blocking_lock();
+    let cluster = cluster();
+    let issuer = Signer::test_issuer(cluster);
+    let api_servers_file = PathBuf::from(env(cluster, "AUTHENTICATION_CONFIG_FILE"));
+    let original = std::fs::read_to_string(&api_servers_file).expect("read the API server's file");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("authentication-config.yaml");
+    std::fs::write(&file, &original).expect("write the operator's copy");
+    let ns = Namespace::new(cluster, "kep-3331");
+    let proxied = api_proxy::Proxied::start_with(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &[
+            "--authentication-config",
+            file.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let operator = &proxied.operator;
+    let jti = format!("revoked-{}", ns.name);
+    let revoked = issuer.sign(&with(issuer.claims(), "jti", json!(jti)));
+    let kept = issuer.sign(&with(
+        issuer.claims(),
+        "jti",
+        json!(format!("kept-{}", ns.name)),
+    ));
+    let whoami = [
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ];
+    let at_api_server = |token: &str| {
+        let server = format!("--server={}", env(cluster, "KUBE_AUTHN_SERVER"));
+        let ca = format!("--certificate-authority={}", cluster.kube_ca_file);
+        let token = format!("--token={token}");
+        let mut args = vec![server.as_str(), ca.as_str(), token.as_str()];
+        args.extend(whoami);
+        support::kubectl_plain(&args)
+    };
+
+    // Before the rule: the token works everywhere (through the proxy, the API server then
+    // judges what the impersonated user may do; only the proxy's own refusal is a 401).
+    let through_proxy = || {
+        proxied.raw(
+            proxied.list_configmaps(&ns.name, &revoked).as_bytes(),
+            Duration::from_secs(10),
+        )
+    };
+    let answer = through_proxy();
+    assert!(!answer.starts_with("HTTP/1.1 401"), "{answer}");
+    support::requests::request_with_token(cluster, &ns.name, "revoked", &revoked);
+    support::requests::wait_for_reason(cluster, &ns.name, "revoked", "Issued");
+    assert_eq!(
+        at_api_server(&revoked).as_deref(),
+        Ok("test:carol@example.com")
+    );
+
+    // The administrator adds the rule to the running files.
+    let message = "revoked with KEP-3331's recipe";
+    let edited = with_revoked_credential(&original, &jti, message);
+    let restore = Restore {
+        path: api_servers_file.clone(),
+        original: original.clone(),
+    };
+    std::fs::write(&file, &edited).expect("edit the operator's file");
+    std::fs::write(&api_servers_file, &edited).expect("edit the API server's file");
+
+    support::eventually(
+        Duration::from_secs(30),
+        "the download refuses the token",
+        || http_get_kubeconfig(&operator.base_url, Some(&revoked), "").status == 401,
+    );
+    let refusal = http_get_kubeconfig(&operator.base_url, Some(&revoked), "");
+    assert!(
+        refusal.body.starts_with("RefusedByRule: ") && refusal.body.contains(message),
+        "{}",
+        refusal.body
+    );
+    let refused = through_proxy();
+    assert!(
+        refused.starts_with("HTTP/1.1 401") && refused.contains("RefusedByRule"),
+        "the proxy refuses it: {refused}"
+    );
+    let message_shown =
+        support::requests::wait_for_reason(cluster, &ns.name, "revoked", "TokenInvalid");
+    assert!(message_shown.contains(message), "{message_shown}");
+    // kube-apiserver re-reads its file about once a minute.
+    support::eventually(
+        Duration::from_secs(120),
+        "kube-apiserver refuses the token",
+        || at_api_server(&revoked).is_err(),
+    );
+
+    // Only that credential: another token of the same user still works.
+    assert_eq!(
+        http_get_kubeconfig(&operator.base_url, Some(&kept), "").status,
+        200
+    );
+    assert_eq!(
+        at_api_server(&kept).as_deref(),
+        Ok("test:carol@example.com")
+    );
+
+    // The next test that holds the file finds the API server back on the original.
+    std::fs::write(&api_servers_file, &original).expect("restore the API server's file");
+    drop(restore);
+    support::eventually(
+        Duration::from_secs(120),
+        "kube-apiserver applies its restored file",
+        || at_api_server(&revoked).is_ok(),
+    );
+}
+
 /// Puts the API server's file back even when the test fails half-way.
 struct Restore {
     path: PathBuf,
@@ -962,6 +1411,7 @@ impl Drop for Restore {
 /// (which it reloads), the operator reads that file, and a token per rule and outcome is compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver() {
+    let _file = API_SERVERS_FILE.lock().await;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cluster = cluster();
     let ca = reqwest::Certificate::from_pem(

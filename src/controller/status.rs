@@ -3,17 +3,13 @@
 //! the other rooms found; nothing here decides, it reports.
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::{
-    api::events::v1::Event,
-    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     runtime::events::EventType,
 };
 use serde_json::json;
-use tracing::warn;
 
 use super::{
     Context, Error, FIELD_MANAGER,
@@ -242,56 +238,25 @@ pub(super) fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The longest note the API server accepts on an Event.
-const MAX_NOTE_BYTES: usize = 1024;
-
-/// Records an Event on the request. Events are best effort: a failure to record one must not
-/// fail the reconciliation. They are written directly rather than through kube's `Recorder`,
-/// whose series cache keeps every Event for six minutes after the request is gone; the
-/// controller only records transitions, so it has no repeats to fold into a series.
+/// Records an Event on the request ([`crate::events::publish`]: best effort).
 pub(super) async fn publish(
     ctx: &Context,
     request: &KubeconfigRequest,
     type_: EventType,
     reason: &str,
-    mut note: String,
+    note: String,
 ) {
-    let Some(namespace) = request.namespace() else {
-        return;
-    };
-    if note.len() > MAX_NOTE_BYTES {
-        let mut end = MAX_NOTE_BYTES;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let event = Event {
-        metadata: ObjectMeta {
-            // As client-go names Events: the object's name and a nanosecond timestamp.
-            name: Some(format!("{}.{:x}", request.name_any(), now.as_nanosecond())),
-            namespace: Some(namespace.clone()),
-            ..ObjectMeta::default()
+    crate::events::publish(
+        ctx.client.clone(),
+        request.object_ref(&()),
+        crate::events::Record {
+            type_,
+            reason,
+            action: "Issue",
+            note,
+            controller: FIELD_MANAGER,
+            instance: &ctx.reporting_instance,
         },
-        event_time: Some(MicroTime(now)),
-        type_: Some(
-            match type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .to_owned(),
-        ),
-        reason: Some(reason.to_owned()),
-        note: Some(note),
-        action: Some("Issue".to_owned()),
-        regarding: Some(request.object_ref(&())),
-        reporting_controller: Some(FIELD_MANAGER.to_owned()),
-        reporting_instance: Some(ctx.reporting_instance.clone()),
-        ..Event::default()
-    };
-    let events: Api<Event> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Err(error) = events.create(&PostParams::default(), &event).await {
-        warn!(request = %request.name_any(), %error, "cannot record event");
-    }
+    )
+    .await;
 }

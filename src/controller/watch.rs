@@ -127,6 +127,13 @@ pub async fn run(
         )
         .boxed()
     };
+    let reloads = futures::stream::unfold(
+        ctx.authenticator.verifier().reloads(),
+        |mut reloads| async move {
+            reloads.changed().await.ok()?;
+            Some(((), reloads))
+        },
+    );
     let secret_ctx = Arc::clone(&ctx);
     let account_ctx = Arc::clone(&ctx);
     let forget_ctx = Arc::clone(&ctx);
@@ -142,6 +149,9 @@ pub async fn run(
             )
         })
         .reconcile_all_on(ca_rotations)
+        // A reloaded authentication configuration may refuse tokens it accepted (KEP-3331's
+        // revocation rule): every request is judged again.
+        .reconcile_all_on(reloads)
         .reconcile_on(Arc::clone(&ctx.renewals).due())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

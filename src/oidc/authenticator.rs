@@ -5,7 +5,10 @@
 //! authenticator serves the whole process, so a token that the controller and the download both
 //! see costs one verification.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use super::{
     revocations::Revocations,
@@ -17,6 +20,9 @@ use crate::{metrics::Metrics, verdicts::Verdicts};
 pub struct Authenticator {
     verifier: Arc<Verifier>,
     verdicts: Verdicts<Identity>,
+    /// The verifier's configuration the cached verdicts were reached under: a reload (a rule
+    /// added to revoke a token, say) takes effect at once, not when they expire.
+    generation: AtomicU64,
     revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
 }
@@ -29,6 +35,7 @@ impl Authenticator {
     ) -> Self {
         metrics.authentication.export(Arc::clone(&verifier));
         Self {
+            generation: AtomicU64::new(verifier.generation()),
             verifier,
             verdicts: Verdicts::default(),
             revocations,
@@ -48,6 +55,10 @@ impl Authenticator {
 
     /// Who holds `token`, or why it is refused (counted in `token_validation_failures_total`).
     pub async fn authenticate(&self, token: &IdToken) -> Result<Identity, TokenError> {
+        let generation = self.verifier.generation();
+        if self.generation.swap(generation, Ordering::AcqRel) != generation {
+            self.verdicts.forget_all();
+        }
         let verdict = self
             .verdicts
             .get_or_judge(token, || async {

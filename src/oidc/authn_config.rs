@@ -1,5 +1,5 @@
 //! kube-apiserver's `AuthenticationConfiguration` (`--authentication-config`), read and validated
-//! as kube-apiserver 1.33 does (`k8s.io/apiserver/pkg/apis/apiserver/validation`), and the legacy
+//! as kube-apiserver 1.37 does (`k8s.io/apiserver/pkg/apis/apiserver/validation`, v0.37.2), and the legacy
 //! `--oidc-*` settings turned into the same form, as kube-apiserver itself does since 1.30. Both
 //! end up as a list of [`JwtAuthenticator`]s, so there is one way a token is judged.
 //!

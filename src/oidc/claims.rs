@@ -2,9 +2,9 @@
 //! times, then the username, groups, uid and extra (by claim or CEL), required claims, and the
 //! claim and user validation rules, in kube-apiserver's order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
@@ -80,14 +80,20 @@ pub(super) fn check_issuer(
     })
 }
 
-/// The checks on the verified claims, in kube-apiserver's order: the types go-oidc insists
-/// on, audience, times, then username, groups, uid and extra, required claims, claim rules,
-/// user rules.
-pub(super) fn identity(
+/// When a verified token stops and started being valid.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Validity {
+    expires_at: DateTime<Utc>,
+    issued_at: Option<DateTime<Utc>>,
+}
+
+/// What go-oidc's verifier and kube-apiserver's audience check decide before any claim is
+/// mapped: the types go-oidc insists on, the audience, and the times. A distributed claim's JWT
+/// passes the same checks.
+pub(super) fn validity(
     cfg: &JwtAuthenticator,
     claims: &JsonObject,
-) -> Result<Identity, TokenError> {
-    let strict = cfg.strictness;
+) -> Result<Validity, TokenError> {
     check_standard_claim_types(claims)?;
     check_audience(cfg, claims)?;
 
@@ -120,6 +126,25 @@ pub(super) fn identity(
             Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
         }
     };
+    Ok(Validity {
+        expires_at,
+        issued_at,
+    })
+}
+
+/// The user a [`validity`]-checked token names, in kube-apiserver's order: username, groups,
+/// uid and extra, required claims, claim rules, user rules. A distributed groups claim has been
+/// resolved into `claims` by then, as kube-apiserver's claim resolver does before the mappings.
+pub(super) fn identity(
+    cfg: &JwtAuthenticator,
+    claims: &JsonObject,
+    validity: Validity,
+) -> Result<Identity, TokenError> {
+    let strict = cfg.strictness;
+    let Validity {
+        expires_at,
+        issued_at,
+    } = validity;
     // CEL sees the claims as one JSON object, as kube-apiserver's unstructured conversion.
     let as_json = Value::Object(claims.clone());
 
@@ -293,18 +318,12 @@ fn check_audience(rules: &JwtAuthenticator, claims: &JsonObject) -> Result<(), T
     }
 }
 
-/// The groups claim as kube-apiserver reads it: absent or `null` is no groups, a string is one
-/// group, a list of strings is the groups (a `null` item reads as "").
+/// The groups claim as kube-apiserver reads it, after its claim resolver: absent or `null` is no
+/// groups, a string is one group, a list of strings is the groups (a `null` item reads as "").
 fn groups(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, TokenError> {
     let unusable = || TokenError::MissingClaim(claim.to_owned());
     match claims.get(claim) {
-        None => match claim_source(claims, claim)? {
-            // kube-apiserver's claim resolver would fetch it from the endpoint; the operator
-            // cannot know that answer, so it refuses rather than guess.
-            ClaimSource::Distributed => Err(unusable()),
-            ClaimSource::Aggregated | ClaimSource::None => Ok(Vec::new()),
-        },
-        Some(Value::Null) => Ok(Vec::new()),
+        None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(group)) => Ok(vec![group.clone()]),
         Some(Value::Array(items)) => items
             .iter()
@@ -317,53 +336,4 @@ fn groups(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, Token
             .ok_or_else(unusable),
         Some(_) => Err(unusable()),
     }
-}
-
-/// Where a claim absent from the token itself would come from, per OpenID Connect Core 5.6.2.
-enum ClaimSource {
-    None,
-    /// A source with an `endpoint`, which kube-apiserver fetches.
-    Distributed,
-    /// A source without one (a `JWT` inlined), which kube-apiserver's claim resolver skips: the
-    /// user is accepted without the claim.
-    Aggregated,
-}
-
-/// kube-apiserver's `claimResolver.expand` up to the fetch: `_claim_names` must map names to
-/// strings, and, once it names the claim, `_claim_sources` must exist as an object of sources
-/// whose `endpoint` is a string; an empty or missing endpoint is an aggregated source.
-fn claim_source(claims: &Map<String, Value>, claim: &str) -> Result<ClaimSource, TokenError> {
-    let Some(names) = claims.get("_claim_names") else {
-        return Ok(ClaimSource::None);
-    };
-    let names: HashMap<String, String> = serde_json::from_value(names.clone())
-        .map_err(|_| TokenError::Malformed("_claim_names is not an object of strings"))?;
-    let sources = claims
-        .get("_claim_sources")
-        .ok_or(TokenError::Malformed("_claim_names without _claim_sources"))?;
-    let sources: HashMap<String, Option<Endpoint>> = serde_json::from_value(sources.clone())
-        .map_err(|_| TokenError::Malformed("_claim_sources is not an object of claim sources"))?;
-    let Some(source) = names.get(claim) else {
-        return Ok(ClaimSource::None);
-    };
-    match sources.get(source) {
-        None => Err(TokenError::Malformed(
-            "_claim_names refers to a source missing from _claim_sources",
-        )),
-        Some(Some(Endpoint {
-            endpoint: Some(url),
-            ..
-        })) if !url.is_empty() => Ok(ClaimSource::Distributed),
-        Some(_) => Ok(ClaimSource::Aggregated),
-    }
-}
-
-/// A claim source as kube-apiserver decodes it: each field, when present, must be a string.
-#[derive(serde::Deserialize)]
-struct Endpoint {
-    endpoint: Option<String>,
-    #[serde(rename = "access_token")]
-    _access_token: Option<String>,
-    #[serde(rename = "JWT")]
-    _jwt: Option<String>,
 }

@@ -397,10 +397,19 @@ impl Fetcher {
 pub(crate) async fn issuer_client(
     ca: &CertificateAuthority,
 ) -> Result<reqwest::Client, IssuerError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
+    issuer_client_builder(ca)
+        .await?
         .timeout(REQUEST_TIMEOUT)
-        .redirect(same_origin_redirects());
+        .redirect(same_origin_redirects())
+        .build()
+        .map_err(|e| IssuerError::Setup(error_chain(&e)))
+}
+
+/// A client trusting `ca` (or the system roots), with a bounded connect; callers set the rest.
+pub(crate) async fn issuer_client_builder(
+    ca: &CertificateAuthority,
+) -> Result<reqwest::ClientBuilder, IssuerError> {
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
     let (pem, source) = match ca {
         CertificateAuthority::SystemRoots => (None, String::new()),
         CertificateAuthority::Pem(pem) => (Some(pem.clone()), "certificateAuthority".to_owned()),
@@ -419,9 +428,7 @@ pub(crate) async fn issuer_client(
         }
         builder = builder.tls_certs_merge(certs);
     }
-    builder
-        .build()
-        .map_err(|e| IssuerError::Setup(error_chain(&e)))
+    Ok(builder)
 }
 
 /// The body of a successful answer as JSON, read in chunks so an oversized answer is cut off
@@ -440,8 +447,12 @@ fn parse_json<T: DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, IssuerEr
     })
 }
 
-/// The body of a successful answer, cut off after [`MAX_RESPONSE_BYTES`].
-async fn bounded_body(url: &Url, mut response: reqwest::Response) -> Result<Vec<u8>, IssuerError> {
+/// The body of a successful answer, cut off after [`MAX_RESPONSE_BYTES`]; `url` is what
+/// messages name.
+pub(crate) async fn bounded_body(
+    url: &Url,
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>, IssuerError> {
     let bad = |detail: String| IssuerError::BadResponse {
         url: url.to_string(),
         detail,

@@ -94,6 +94,13 @@ pub enum TokenError {
         "the token's claim {0:?} is missing or has an unusable value; check the operator's username/groups claim settings and the Dex connector"
     )]
     MissingClaim(String),
+    /// A distributed claim whose source could not be used, as kube-apiserver's claim resolver
+    /// refuses it. `problem` names the endpoint without its query and never the source's access
+    /// token.
+    #[error(
+        "the token's claim {claim:?} is distributed and could not be resolved: {problem}; the API server refuses this token too, so ask the issuer for a token whose endpoint answers or that carries the claim itself"
+    )]
+    UnresolvedClaim { claim: String, problem: String },
     #[error("the issuer's signing keys are unavailable, try again later: {0}")]
     IssuerUnavailable(IssuerError),
     /// A rule of the authentication configuration refused the token; the text is the rule's

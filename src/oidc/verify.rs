@@ -20,16 +20,16 @@
 //! Checks kube-apiserver does not make are in [`crate::config::Strictness`], off by default. What is always
 //! refused even though kube-apiserver might accept it: algorithms outside the configured list
 //! (including `none` and HMAC, reported as `BadSignature`), `crit` headers, keys named by the token
-//! itself (`jku`, `x5u`, `jwk`, `x5c` are ignored), tokens over 16 KiB, times beyond the year
-//! 262143, and distributed groups claims (a `_claim_sources` entry with an `endpoint`), which the
-//! operator does not fetch; an aggregated source (no endpoint) is skipped, as kube-apiserver does.
+//! itself (`jku`, `x5u`, `jwk`, `x5c` are ignored), tokens over 16 KiB and times beyond the year
+//! 262143. A distributed groups claim is fetched as kube-apiserver fetches it
+//! ([`super::distributed`]).
 //!
 //! Every refusal names a reason a person can act on without ever echoing the token (a bearer
 //! credential) back.
 //!
 //! This file keeps the verifier's lifecycle (issuers, keys, reloading the file) and the order of
-//! the checks; the token's shape, algorithm, signature and times are in [`super::jwt`], and what
-//! its claims say in [`super::claims`].
+//! the checks; the token's shape and times are in [`super::jwt`], its signature in
+//! [`super::signature`], and what its claims say in [`super::claims`].
 
 use std::{
     path::{Path, PathBuf},
@@ -46,10 +46,10 @@ use tracing::{debug, info, warn};
 use super::{
     authn_config::{self, JwtAuthenticator},
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
+    distributed::DistributedClaims,
     jwks::{self, IssuerError, KeySet},
-    jwt::{
-        ES512, JsonObject, allowed_algorithm, check_shape, verified_claims, verified_es512_claims,
-    },
+    jwt::{JsonObject, check_shape},
+    signature::signed_claims,
     token::{IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
@@ -60,6 +60,9 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 /// an authentication configuration), each with its own cached keys.
 pub struct Verifier {
     issuers: RwLock<Arc<Issuers>>,
+    /// Counts the configurations put in force by reloads, so that what was decided under an
+    /// earlier one (cached verdicts, issued requests) is decided again.
+    generation: tokio::sync::watch::Sender<u64>,
     /// The authentication configuration file, when that is where the issuers come from.
     file: Option<ConfigFile>,
 }
@@ -68,8 +71,8 @@ struct ConfigFile {
     path: PathBuf,
     strictness: Strictness,
     /// The digest of the last content refused and why, so an invalid file is reported once, not
-    /// at every poll, and shown by `/metrics` and `/readyz` while it is on disk.
-    refused: std::sync::Mutex<Option<(String, String)>>,
+    /// at every poll, and shown by `/metrics`, `/readyz` and a Warning Event while it is on disk.
+    refused: tokio::sync::watch::Sender<Option<RefusedEdit>>,
     /// Reload attempts of changed content, as kube-apiserver's `automatic_reloads_total` counts
     /// them: `[succeeded, failed]`.
     reloads: [AtomicU64; 2],
@@ -87,6 +90,16 @@ pub struct ConfigurationState {
     pub reloads_failed: u64,
     /// Each issuer URL with the `sha256:<hex>` of the last JWKS document fetched from it.
     pub key_sets: Vec<(String, String)>,
+}
+
+/// A changed authentication configuration file that was refused, the last good one staying in
+/// force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEdit {
+    /// `sha256:<hex>` of the refused content, or why it could not be read.
+    pub digest: String,
+    /// Why it was refused: the field and kube-apiserver's message, never a token.
+    pub problem: String,
 }
 
 /// Why the operator cannot start with its authentication configuration file.
@@ -108,7 +121,9 @@ struct Issuers {
 
 struct Issuer {
     rules: JwtAuthenticator,
-    keys: KeySet,
+    keys: Arc<KeySet>,
+    /// kube-apiserver's claim resolver, when the groups are mapped from a claim.
+    distributed: Option<DistributedClaims>,
 }
 
 impl Issuers {
@@ -136,13 +151,17 @@ impl Verifier {
     pub async fn new(config: OidcConfig) -> Result<Self, IssuerError> {
         let rules = JwtAuthenticator::from_legacy(&config);
         let keys = KeySet::for_authenticator(&rules).await?;
-        Ok(Self::with_issuers(vec![Issuer { rules, keys }], None, None))
+        Ok(Self::with_issuers(
+            vec![Issuer::new(rules, keys)],
+            None,
+            None,
+        ))
     }
 
     /// For callers that already hold the keys (see [`KeySet::from_static`]).
     pub fn with_keys(config: OidcConfig, keys: KeySet) -> Self {
         let rules = JwtAuthenticator::from_legacy(&config);
-        Self::with_issuers(vec![Issuer { rules, keys }], None, None)
+        Self::with_issuers(vec![Issuer::new(rules, keys)], None, None)
     }
 
     /// The issuers of an `AuthenticationConfiguration` file; a file kube-apiserver would refuse is
@@ -165,7 +184,7 @@ impl Verifier {
             Some(ConfigFile {
                 path: path.to_owned(),
                 strictness,
-                refused: std::sync::Mutex::new(None),
+                refused: tokio::sync::watch::Sender::new(None),
                 reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         ))
@@ -176,7 +195,7 @@ impl Verifier {
     pub fn with_authenticators(issuers: Vec<(JwtAuthenticator, KeySet)>) -> Self {
         let issuers = issuers
             .into_iter()
-            .map(|(rules, keys)| Issuer { rules, keys })
+            .map(|(rules, keys)| Issuer::new(rules, keys))
             .collect();
         Self::with_issuers(issuers, None, None)
     }
@@ -191,6 +210,7 @@ impl Verifier {
                 issuers: issuers.into_iter().map(Arc::new).collect(),
                 digest,
             })),
+            generation: tokio::sync::watch::Sender::new(0),
             file,
         }
     }
@@ -261,19 +281,17 @@ impl Verifier {
             Ok(data) => authn_config::digest(data),
             Err(error) => format!("unreadable ({})", error.kind()),
         };
-        let refused = || {
-            file.refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
         if self.current().digest.as_ref() == Some(&seen) {
             // Back to the configuration in force: a later bad edit is news again.
-            *refused() = None;
+            file.refused
+                .send_if_modified(|refused| refused.take().is_some());
             return Ok(());
         }
-        if refused()
+        if file
+            .refused
+            .borrow()
             .as_ref()
-            .is_some_and(|(digest, _)| digest == &seen)
+            .is_some_and(|refused| refused.digest == seen)
         {
             return Ok(());
         }
@@ -289,12 +307,16 @@ impl Verifier {
         let issuers = match issuers {
             Ok(issuers) => issuers,
             Err(problem) => {
-                *refused() = Some((seen, problem.clone()));
+                file.refused.send_replace(Some(RefusedEdit {
+                    digest: seen,
+                    problem: problem.clone(),
+                }));
                 file.reloads[1].fetch_add(1, Ordering::Relaxed);
                 return Err(problem);
             }
         };
-        *refused() = None;
+        file.refused
+            .send_if_modified(|refused| refused.take().is_some());
         file.reloads[0].fetch_add(1, Ordering::Relaxed);
         for issuer in &issuers {
             // Best effort: an unreachable issuer is retried by `keep_keys_fresh` and by tokens.
@@ -307,8 +329,25 @@ impl Verifier {
             issuers: issuers.into_iter().map(Arc::new).collect(),
             digest: Some(seen.clone()),
         });
+        self.generation.send_modify(|generation| *generation += 1);
         info!(path = %file.path.display(), digest = %seen, "reloaded the authentication configuration");
         Ok(())
+    }
+
+    /// Which configuration is in force: 0 at start, one more after each reload.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Follows [`Verifier::generation`], for what must be decided again after a reload.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Follows the refused edit of the file, if any (`None` once the file on disk is in force
+    /// again); `None` with the flat settings, which are not reloaded.
+    pub fn refused_edits(&self) -> Option<tokio::sync::watch::Receiver<Option<RefusedEdit>>> {
+        self.file.as_ref().map(|file| file.refused.subscribe())
     }
 
     /// The configuration in force, the refused one on disk if any, and each issuer's key set.
@@ -331,10 +370,9 @@ impl Verifier {
             digest: current.digest.clone(),
             rejected: file
                 .refused
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .borrow()
                 .as_ref()
-                .map(|(_, problem)| problem.clone()),
+                .map(|refused| refused.problem.clone()),
             reloads_succeeded: file.reloads[0].load(Ordering::Relaxed),
             reloads_failed: file.reloads[1].load(Ordering::Relaxed),
             key_sets,
@@ -386,66 +424,36 @@ async fn issuers_for(authenticators: Vec<JwtAuthenticator>) -> Result<Vec<Issuer
     let mut issuers = Vec::with_capacity(authenticators.len());
     for rules in authenticators {
         let keys = KeySet::for_authenticator(&rules).await?;
-        issuers.push(Issuer { rules, keys });
+        issuers.push(Issuer::new(rules, keys));
     }
     Ok(issuers)
 }
 
 impl Issuer {
-    /// `payload` is the token's decoded payload, not yet verified.
+    fn new(rules: JwtAuthenticator, keys: KeySet) -> Self {
+        let keys = Arc::new(keys);
+        let distributed = DistributedClaims::new(&rules, keys.clone());
+        Self {
+            rules,
+            keys,
+            distributed,
+        }
+    }
+
+    /// `payload` is the token's decoded payload, not yet verified. A distributed groups claim is
+    /// resolved after the token's own times and audience hold, as kube-apiserver resolves it.
     async fn verify(
         &self,
         token: &str,
         header: &JsonObject,
         payload: &JsonObject,
     ) -> Result<Identity, TokenError> {
-        let cfg = &self.rules;
-        // `None` for ES512, which jsonwebtoken cannot name or verify.
-        let alg = if cfg.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512)
-        {
-            None
-        } else {
-            Some(allowed_algorithm(header, &cfg.algorithms)?)
-        };
-        if header.contains_key("crit") {
-            return Err(TokenError::Malformed(
-                "the header lists critical extensions (crit), which are not supported",
-            ));
+        let mut claims = signed_claims(&self.rules, &self.keys, token, header, payload).await?;
+        let validity = claims::validity(&self.rules, &claims)?;
+        if let Some(distributed) = &self.distributed {
+            distributed.expand(&mut claims).await?;
         }
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err(TokenError::Malformed("the header's kid is not a string")),
-        };
-        // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
-        // that a garbage header should not be able to trigger.
-        if alg.is_some() {
-            jsonwebtoken::decode_header(token)
-                .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
-        }
-
-        let candidates = match kid {
-            Some(kid) => match self.keys.find(kid).await {
-                Ok(Some(key)) => vec![key],
-                Ok(None) => return Err(TokenError::UnknownKey(jwks::truncated(kid))),
-                Err(error) => return Err(TokenError::IssuerUnavailable(error)),
-            },
-            None if cfg.strictness.require_key_id => {
-                return Err(TokenError::UnknownKey("<none in the header>".into()));
-            }
-            // go-oidc tries every key when the token names none.
-            None => self
-                .keys
-                .all()
-                .await
-                .map_err(TokenError::IssuerUnavailable)?,
-        };
-        let claims = match alg {
-            Some(alg) => verified_claims(token, alg, &candidates)?,
-            None => verified_es512_claims(token, payload.clone(), &candidates)?,
-        };
-        claims::check_issuer(&self.rules, &claims)?;
-        claims::identity(&self.rules, &claims)
+        claims::identity(&self.rules, &claims, validity)
     }
 }
 
@@ -1315,7 +1323,8 @@ pub(crate) mod tests {
             vec!["oidc:dev".to_owned(), "oidc:".to_owned()]
         );
 
-        // Named as a distributed claim only: kube-apiserver would fetch it elsewhere.
+        // Named as a distributed claim whose endpoint does not answer: refused, as the API
+        // server refuses it.
         let distributed = with(
             with(
                 without(claims(), "groups"),
@@ -1323,10 +1332,13 @@ pub(crate) mod tests {
                 json!({"groups": "src1"}),
             ),
             "_claim_sources",
-            json!({"src1": {"endpoint": "https://dex.example.com/groups"}}),
+            json!({"src1": {"endpoint": "http://127.0.0.1:1/groups?secret=s3cr3t", "access_token": "bearer-s3cr3t"}}),
         );
         let error = check(&verifier, &sign(&distributed)).await.unwrap_err();
-        assert_eq!(error, TokenError::MissingClaim("groups".into()));
+        assert_eq!(error.reason(), "UnresolvedClaim", "{error}");
+        let shown = error.to_string();
+        assert!(shown.contains("http://127.0.0.1:1/groups"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
         // Aggregated (a JWT, no endpoint): kube-apiserver's resolver skips it, the user has no
         // groups.
         for source in [

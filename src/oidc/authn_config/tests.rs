@@ -1,4 +1,4 @@
-//! Every validation error of kube-apiserver 1.33's `validateJWTAuthenticator`, with its message as
+//! Every validation error of kube-apiserver 1.37's `validateJWTAuthenticator`, with its message as
 //! the reference (`k8s.io/apiserver/pkg/apis/apiserver/validation/validation_test.go`).
 
 use super::*;
@@ -172,7 +172,7 @@ fn every_validation_error_reads_like_kube_apiservers() {
                 GOOD_ISSUER,
                 "  claimValidationRules:\n  - {claim: a, message: m}\n  claimMappings:\n    username: {claim: sub, prefix: ''}\n",
             ),
-            "jwt[0].claimValidationRules[0].message: Invalid value: \"m\": message can't be set when claim is set",
+            "jwt[0].claimValidationRules[0].message: Invalid value: \"m\": may not be specified when claim is set",
         ),
         (
             one(
@@ -186,7 +186,7 @@ fn every_validation_error_reads_like_kube_apiservers() {
                 GOOD_ISSUER,
                 "  claimValidationRules:\n  - {expression: 'true', requiredValue: x}\n  claimMappings:\n    username: {claim: sub, prefix: ''}\n",
             ),
-            "jwt[0].claimValidationRules[0].requiredValue: Invalid value: \"x\": requiredValue can't be set when expression is set",
+            "jwt[0].claimValidationRules[0].requiredValue: Invalid value: \"x\": may not be specified when expression is set",
         ),
         (
             one(
@@ -221,7 +221,7 @@ fn every_validation_error_reads_like_kube_apiservers() {
                 GOOD_ISSUER,
                 "  claimMappings:\n    username: {expression: claims.sub, prefix: x}\n",
             ),
-            "jwt[0].claimMappings.username.prefix: Invalid value: \"x\": prefix can't be set when expression is set",
+            "jwt[0].claimMappings.username.prefix: Invalid value: \"x\": may not be specified when expression is set",
         ),
         (
             one(
@@ -270,7 +270,7 @@ fn every_validation_error_reads_like_kube_apiservers() {
                 GOOD_ISSUER,
                 "  claimMappings:\n    username: {claim: sub, prefix: ''}\n    extra:\n    - {key: example.com/Foo, valueExpression: claims.sub}\n",
             ),
-            "jwt[0].claimMappings.extra[0].key: Invalid value: \"example.com/Foo\": key must be lowercase",
+            "jwt[0].claimMappings.extra[0].key: Invalid value: \"example.com/Foo\": must be lowercase",
         ),
         (
             one(

@@ -1,4 +1,4 @@
-//! kube-apiserver 1.33's `validateJWTAuthenticator`, rule by rule and message by message, turning a
+//! kube-apiserver 1.37's `validateJWTAuthenticator`, rule by rule and message by message, turning a
 //! valid file into [`JwtAuthenticator`]s with their CEL expressions compiled.
 
 use std::{collections::HashSet, fmt};
@@ -344,7 +344,7 @@ fn validate_claim_rules(
                     errors.push(invalid(
                         &format!("{field}.message"),
                         &rule.message,
-                        "message can't be set when claim is set",
+                        "may not be specified when claim is set",
                     ));
                 }
                 if !seen_claims.insert(rule.claim.as_str()) {
@@ -357,7 +357,7 @@ fn validate_claim_rules(
                     errors.push(invalid(
                         &format!("{field}.requiredValue"),
                         &rule.required_value,
-                        "requiredValue can't be set when expression is set",
+                        "may not be specified when expression is set",
                     ));
                 }
                 if !seen_expressions.insert(rule.expression.as_str()) {
@@ -404,7 +404,7 @@ fn validate_prefixed(
                 errors.push(invalid(
                     &format!("{field}.prefix"),
                     prefix,
-                    "prefix can't be set when expression is set",
+                    "may not be specified when expression is set",
                 ));
             }
             compile(
@@ -444,7 +444,7 @@ fn validate_extra(
         let key_field = format!("{field}.key");
         validate_domain_prefixed_path(&key_field, &mapping.key, errors);
         if mapping.key != mapping.key.to_lowercase() {
-            errors.push(invalid(&key_field, &mapping.key, "key must be lowercase"));
+            errors.push(invalid(&key_field, &mapping.key, "must be lowercase"));
         }
         let domain = mapping
             .key

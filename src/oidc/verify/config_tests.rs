@@ -237,6 +237,7 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
     let (dir, verifier) = from_file(CONFIG).await;
     let path = dir.path().join("authn.yaml");
     let file = verifier.file.as_ref().unwrap();
+    let mut refused_edits = verifier.refused_edits().unwrap();
     let before = verifier.current().digest.clone().unwrap();
     assert_eq!(before, authn_config::digest(CONFIG.as_bytes()));
 
@@ -258,6 +259,14 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
             .contains("groups.prefix: Required value")
     );
     assert_eq!((state.reloads_succeeded, state.reloads_failed), (0, 1));
+    assert_eq!(
+        verifier.generation(),
+        0,
+        "a refused edit puts nothing in force"
+    );
+    let edit = refused_edits.borrow_and_update().clone().unwrap();
+    assert!(edit.problem.contains("groups.prefix: Required value"));
+    assert_eq!(edit.digest, authn_config::digest(broken.as_bytes()));
     // The same invalid content is reported once, not at every poll; so is a missing file.
     verifier.reload(file).await.unwrap();
     assert_eq!(verifier.configuration_state().reloads_failed, 1);
@@ -281,6 +290,9 @@ async fn a_changed_file_is_reloaded_and_an_invalid_one_is_ignored() {
     let state = verifier.configuration_state();
     assert_eq!(state.rejected, None);
     assert_eq!((state.reloads_succeeded, state.reloads_failed), (1, 2));
+    assert_eq!(verifier.generation(), 1);
+    assert!(refused_edits.has_changed().unwrap());
+    assert_eq!(*refused_edits.borrow_and_update(), None);
     let current = verifier.current();
     assert_eq!(
         current.digest.as_deref(),

@@ -10,6 +10,11 @@ package main
 //
 // The JWKS publishes both keys (kids "test-rsa" and "test-ec") without an "alg", so the RSA key
 // verifies RS256 and PS256 tokens alike, as go-oidc and the operator allow.
+//
+// It is also a distributed claims endpoint (OpenID Connect Core 5.6.2) whose answers the tests
+// choose: GET /claims?jwt=J answers J (the JWT a test signed, good or bad), with the status given
+// by status=N (default 200), and only to the bearer given by bearer=T when that is set (401
+// otherwise), so that a token's _claim_sources can name it with or without an access_token.
 
 import (
 	"crypto/ecdsa"
@@ -25,6 +30,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 )
 
 const (
@@ -174,10 +180,32 @@ func runTestIssuer(args []string) int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", serve(discovery))
 	mux.HandleFunc("/keys", serve(jwks))
+	mux.HandleFunc("/claims", serveClaims)
 	fmt.Fprintln(os.Stderr, "testissuer: serving", issuer)
 	if err := http.ListenAndServeTLS("127.0.0.1:"+port, cert, key, mux); err != nil {
 		fmt.Fprintln(os.Stderr, "testissuer:", err)
 		return 1
 	}
 	return 0
+}
+
+// serveClaims answers the JWT the request names: see the file's comment.
+func serveClaims(w http.ResponseWriter, r *http.Request) {
+	query := r.URL.Query()
+	if bearer := query.Get("bearer"); bearer != "" && r.Header.Get("Authorization") != "Bearer "+bearer {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	status := http.StatusOK
+	if text := query.Get("status"); text != "" {
+		n, err := strconv.Atoi(text)
+		if err != nil || n < 100 || n > 999 {
+			http.Error(w, "status must be an HTTP status code", http.StatusBadRequest)
+			return
+		}
+		status = n
+	}
+	w.Header().Set("Content-Type", "application/jwt")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(query.Get("jwt")))
 }

@@ -1,0 +1,67 @@
+//! A JWT's claims once one of its issuer's published keys vouches for them: the algorithm, the
+//! header's `crit` and `kid`, the key lookup, the signature, and `iss`. Both an ID token and the
+//! JWT a distributed claim's endpoint returns go through here, as kube-apiserver verifies both
+//! with go-oidc's `IDTokenVerifier`.
+
+use serde_json::Value;
+
+use super::{
+    authn_config::JwtAuthenticator,
+    claims,
+    jwks::{self, KeySet},
+    jwt::{ES512, JsonObject, allowed_algorithm, verified_claims, verified_es512_claims},
+    token::TokenError,
+};
+
+/// `header` and `payload` are the token's decoded segments ([`super::jwt::check_shape`]); the
+/// payload is returned only when the signature by one of `keys` covers it and its `iss` is
+/// `rules.issuer`.
+pub(super) async fn signed_claims(
+    rules: &JwtAuthenticator,
+    keys: &KeySet,
+    token: &str,
+    header: &JsonObject,
+    payload: &JsonObject,
+) -> Result<JsonObject, TokenError> {
+    // `None` for ES512, which jsonwebtoken cannot name or verify.
+    let alg = if rules.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512) {
+        None
+    } else {
+        Some(allowed_algorithm(header, &rules.algorithms)?)
+    };
+    if header.contains_key("crit") {
+        return Err(TokenError::Malformed(
+            "the header lists critical extensions (crit), which are not supported",
+        ));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.as_str()),
+        Some(_) => return Err(TokenError::Malformed("the header's kid is not a string")),
+    };
+    // jsonwebtoken must accept the header too, or `decode` below would fail after a refetch
+    // that a garbage header should not be able to trigger.
+    if alg.is_some() {
+        jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Malformed("the header is not a valid JWT header"))?;
+    }
+
+    let candidates = match kid {
+        Some(kid) => match keys.find(kid).await {
+            Ok(Some(key)) => vec![key],
+            Ok(None) => return Err(TokenError::UnknownKey(jwks::truncated(kid))),
+            Err(error) => return Err(TokenError::IssuerUnavailable(error)),
+        },
+        None if rules.strictness.require_key_id => {
+            return Err(TokenError::UnknownKey("<none in the header>".into()));
+        }
+        // go-oidc tries every key when the token names none.
+        None => keys.all().await.map_err(TokenError::IssuerUnavailable)?,
+    };
+    let claims = match alg {
+        Some(alg) => verified_claims(token, alg, &candidates)?,
+        None => verified_es512_claims(token, payload.clone(), &candidates)?,
+    };
+    claims::check_issuer(rules, &claims)?;
+    Ok(claims)
+}
