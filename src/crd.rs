@@ -279,6 +279,10 @@ pub struct KubeconfigRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 
+    /// The id under which the API server's audit log records every request the kubeconfig's token makes: its authentication.kubernetes.io/credential-id extra, JTI=<the token's jti>. Absent when the token has no jti (the audit log cannot tell its requests apart) and for exec kubeconfigs, which hold no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+
     /// When the credential, and so the kubeconfig, stops working (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::UserInfo;
 
-use crate::oidc::token::{IdToken, Identity};
+use crate::{
+    crd::Format,
+    oidc::token::{CREDENTIAL_ID_KEY, IdToken, Identity},
+};
 
 /// A bearer token and who it makes its holder, as the API server will see them.
 #[derive(Debug, Clone)]
@@ -19,4 +22,78 @@ pub struct Credential {
     /// Who the API server says the token's holder is, once it was asked (boxed: most of a
     /// credential's size otherwise).
     pub confirmed: Option<Box<UserInfo>>,
+}
+
+impl Credential {
+    /// The id under which the API server's audit log records every request the kubeconfig makes
+    /// (`authentication.kubernetes.io/credential-id`, `JTI=<jti>`), so that one query finds
+    /// them. The API server's own answer wins over the operator's reading when it was asked.
+    /// `None` for a token without `jti`, whose requests the audit log cannot tell apart, and for
+    /// an `exec` kubeconfig, which holds no token: its requests carry tokens kubelogin fetches.
+    pub fn id(&self, format: Format) -> Option<&str> {
+        if format == Format::Exec {
+            return None;
+        }
+        let values = match &self.confirmed {
+            Some(user) => user.extra.as_ref()?.get(CREDENTIAL_ID_KEY),
+            None => self.identity.extra.get(CREDENTIAL_ID_KEY),
+        };
+        values?.first().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+    use k8s_openapi::api::authentication::v1::UserInfo;
+
+    use super::*;
+
+    fn credential(jti: Option<&str>, confirmed: Option<UserInfo>) -> Credential {
+        let extra: BTreeMap<_, _> = jti
+            .map(|jti| (CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")]))
+            .into_iter()
+            .collect();
+        Credential {
+            token: IdToken::from("t".to_owned()),
+            identity: Identity {
+                username: "alice".into(),
+                groups: vec![],
+                uid: String::new(),
+                extra,
+                expires_at: Utc::now(),
+                issued_at: None,
+            },
+            expires_at: Utc::now(),
+            renew_at: Utc::now(),
+            granted_seconds: None,
+            confirmed: confirmed.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn the_id_is_the_api_servers_credential_id_when_it_was_asked() {
+        assert_eq!(credential(Some("a"), None).id(Format::Token), Some("JTI=a"));
+        let answer = UserInfo {
+            extra: Some([(CREDENTIAL_ID_KEY.to_owned(), vec!["JTI=b".to_owned()])].into()),
+            ..UserInfo::default()
+        };
+        assert_eq!(
+            credential(Some("a"), Some(answer)).id(Format::Token),
+            Some("JTI=b")
+        );
+        // The API server names no id for the token: none is made up.
+        assert_eq!(
+            credential(Some("a"), Some(UserInfo::default())).id(Format::Token),
+            None
+        );
+    }
+
+    #[test]
+    fn a_token_without_jti_and_an_exec_kubeconfig_have_no_id() {
+        assert_eq!(credential(None, None).id(Format::Token), None);
+        assert_eq!(credential(Some("a"), None).id(Format::Exec), None);
+    }
 }

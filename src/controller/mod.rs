@@ -39,7 +39,8 @@ pub use cache::PER_NAMESPACE_CONCURRENCY;
 pub use credential::Credential;
 pub use refusal::{Reason, Refusal};
 pub use secret::{
-    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION, label_value,
+    CREDENTIAL_ID_ANNOTATION, EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL,
+    USERNAME_ANNOTATION, label_value,
 };
 pub use source::ISSUABLE_ANNOTATION;
 pub use watch::run;

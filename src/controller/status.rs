@@ -84,9 +84,13 @@ impl Outcome {
                     credential.identity.username
                 ),
                 Format::Token | Format::ArgoCd | Format::TokenFile => format!(
-                    "Secret {secret_name} holds a kubeconfig for {}, valid until {}",
+                    "Secret {secret_name} holds a kubeconfig for {}, valid until {}; {}",
                     credential.identity.username,
-                    format_time(credential.expires_at)
+                    format_time(credential.expires_at),
+                    match credential.id(request_format) {
+                        Some(id) => format!("the API server's audit log records its requests under credential id {id}"),
+                        None => "its token has no jti, so the API server's audit log names no credential id for it".to_owned(),
+                    }
                 ),
             },
             Outcome::Refused { refusal, .. } => refusal.message.clone(),
@@ -157,6 +161,7 @@ pub(super) async fn update(
             status.groups = credential.identity.groups.clone();
             status.identity = credential.confirmed.as_deref().cloned();
             status.secret_name = Some(secret_name.clone());
+            status.credential_id = credential.id(request.spec.format).map(str::to_owned);
             status.granted_expiration_seconds = credential.granted_seconds;
             // An exec kubeconfig holds no token: kubelogin logs in and refreshes by itself, so
             // the ID token that proved who asked for it sets no expiry and needs no renewal.
@@ -198,6 +203,7 @@ pub(super) async fn update(
                 && previous.and_then(|p| p.secret_name.as_ref()) == kept_secret.as_ref()
             {
                 status.expires_at = previous.and_then(|p| p.expires_at.clone());
+                status.credential_id = previous.and_then(|p| p.credential_id.clone());
             }
         }
     }
