@@ -137,14 +137,36 @@ fn env<'a>(cluster: &'a Cluster, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the cluster env has no {name}; run make cluster-up"))
 }
 
-/// A minted ServiceAccount kubeconfig: its credential id is in status and on the Secret, and the
-/// README's query over the API server's audit log finds exactly what the kubeconfig did, not
-/// what another token of the same ServiceAccount did.
+/// The operator's own audit stream (`--audit-path`): its lines, and a check that none holds
+/// `token` or its signature.
+fn stream(path: &Path, token: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(
+        !text.contains(token) && !text.contains(signature),
+        "the audit stream holds the token:\n{text}"
+    );
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+/// A minted ServiceAccount kubeconfig: its credential id is in status, on the Secret, in the
+/// `Issued` Event and in the operator's `issue` audit event, and the README's query over the API
+/// server's audit log finds exactly what the kubeconfig did, not what another token of the same
+/// ServiceAccount did.
 #[test]
 fn the_query_finds_exactly_what_a_service_account_kubeconfig_did() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "audit-sa");
-    let _operator = Operator::start(cluster, &ns.name, Issuer::Main, &[]);
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let _operator = Operator::start(
+        cluster,
+        &ns.name,
+        Issuer::Main,
+        &["--audit-path", audit_path.to_str().unwrap()],
+    );
     let account = "deployer";
     let file = write_temp(&format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n  namespace: {}\n  annotations:\n    kubeconfig.dev/issuable: \"true\"\n",
@@ -238,6 +260,27 @@ fn the_query_finds_exactly_what_a_service_account_kubeconfig_did() {
         &secret,
         "kubeconfig",
     ));
+    let minted = std::fs::read_to_string(kubeconfig.path()).unwrap();
+    let minted: Value = serde_yaml::from_str(&minted).unwrap();
+    let events = stream(
+        &audit_path,
+        minted["users"][0]["user"]["token"].as_str().unwrap(),
+    );
+    let issued: Vec<&Value> = events.iter().filter(|e| e["action"] == "issue").collect();
+    assert_eq!(issued.len(), 1, "{events:#?}");
+    assert_eq!(issued[0]["outcome"], "success");
+    assert_eq!(issued[0]["credentialId"], id.as_str());
+    assert_eq!(issued[0]["user"]["username"], user.as_str());
+    assert_eq!(
+        issued[0]["object"],
+        serde_json::json!({"request": account, "namespace": ns.name, "format": "token"})
+    );
+    assert!(
+        issued[0]["auditID"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)
+    );
+
     let expected = a_few_calls(&ns.name, |args| kubectl_with(kubeconfig.path(), args));
     // Another token of the same ServiceAccount, which the operator did not issue.
     let other = kubectl(cluster, &["create", "token", account, "-n", &ns.name]);
@@ -253,14 +296,18 @@ fn the_query_finds_exactly_what_a_service_account_kubeconfig_did() {
 }
 
 /// A downloaded kubeconfig holding an ID token with `jti`: the download names the credential id
-/// in `X-Kubeconfig-Extra` (the API server confirmed it), and the README's query finds exactly
-/// the requests made with it, not those of another token of the same user. The token is the
+/// in `X-Kubeconfig-Extra` (the API server confirmed it) and its audit event in `Audit-ID`, which
+/// the operator's audit stream holds with the token's identity, the credential id and the
+/// client's address (and a refused download the same way); the README's query finds exactly the
+/// requests made with it, not those of another token of the same user. The token is the
 /// harness's test issuer's, which the second API server trusts (Dex's tokens have no `jti`); the
 /// operator confirms with that API server.
 #[test]
 fn the_query_finds_exactly_what_a_downloaded_id_token_did() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "audit-download");
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
     let authn_server = env(cluster, "KUBE_AUTHN_SERVER");
     let operator_client = write_temp(
         &std::fs::read_to_string(operator_kubeconfig(cluster))
@@ -275,6 +322,8 @@ fn the_query_finds_exactly_what_a_downloaded_id_token_did() {
             "--authentication-config",
             env(cluster, "AUTHENTICATION_CONFIG_FILE"),
             "--confirm-with-api-server=true",
+            "--audit-path",
+            audit_path.to_str().unwrap(),
         ],
         Some(operator_client.path()),
     );
@@ -300,6 +349,40 @@ fn the_query_finds_exactly_what_a_downloaded_id_token_did() {
             .any(|pair| pair == format!("{CREDENTIAL_ID_KEY}=JTI%3D{jti}")),
         "{extra}"
     );
+    // exec is not configured: a refusal, with its own audit event.
+    let refused = http_get_kubeconfig(&operator.base_url, Some(&token), "?format=exec");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let events = stream(&audit_path, &token);
+    let event = |response: &support::requests::HttpResponse| {
+        let id = response.header("audit-id");
+        assert_eq!(id.len(), 36, "Audit-ID {id:?}");
+        let found: Vec<&Value> = events.iter().filter(|e| e["auditID"] == id).collect();
+        assert_eq!(found.len(), 1, "{id} in {events:#?}");
+        found[0].clone()
+    };
+    let downloaded = event(&download);
+    assert_eq!(
+        (&downloaded["action"], &downloaded["outcome"]),
+        (
+            &serde_json::json!("download"),
+            &serde_json::json!("success")
+        )
+    );
+    assert_eq!(downloaded["credentialId"], format!("JTI={jti}"));
+    assert_eq!(downloaded["user"]["username"], format!("test:{email}"));
+    assert_eq!(downloaded["object"]["format"], "token");
+    assert_eq!(downloaded["sourceAddress"], "127.0.0.1");
+    let refusal = event(&refused);
+    assert_eq!(
+        (&refusal["action"], &refusal["outcome"], &refusal["reason"]),
+        (
+            &serde_json::json!("refusal"),
+            &serde_json::json!("failure"),
+            &serde_json::json!("ExecNotConfigured")
+        )
+    );
+    assert!(refusal.get("credentialId").is_none(), "{refusal}");
+
     let kubeconfig = write_temp(&download.body);
     let server = format!("--server={authn_server}");
     let expected = a_few_calls(&ns.name, |args| {

@@ -6,7 +6,7 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 
 use crate::{
     crd::Format,
-    oidc::token::{CREDENTIAL_ID_KEY, IdToken, Identity},
+    oidc::token::{IdToken, Identity},
 };
 
 /// A bearer token and who it makes its holder, as the API server will see them.
@@ -25,20 +25,10 @@ pub struct Credential {
 }
 
 impl Credential {
-    /// The id under which the API server's audit log records every request the kubeconfig makes
-    /// (`authentication.kubernetes.io/credential-id`, `JTI=<jti>`), so that one query finds
-    /// them. The API server's own answer wins over the operator's reading when it was asked.
-    /// `None` for a token without `jti`, whose requests the audit log cannot tell apart, and for
-    /// an `exec` kubeconfig, which holds no token: its requests carry tokens kubelogin fetches.
+    /// The id the API server's audit log records the kubeconfig's requests under
+    /// ([`crate::confirm::credential_id`]).
     pub fn id(&self, format: Format) -> Option<&str> {
-        if format == Format::Exec {
-            return None;
-        }
-        let values = match &self.confirmed {
-            Some(user) => user.extra.as_ref()?.get(CREDENTIAL_ID_KEY),
-            None => self.identity.extra.get(CREDENTIAL_ID_KEY),
-        };
-        values?.first().map(String::as_str)
+        crate::confirm::credential_id(format, self.confirmed.as_deref(), &self.identity)
     }
 }
 
@@ -50,6 +40,7 @@ mod tests {
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
+    use crate::oidc::token::CREDENTIAL_ID_KEY;
 
     fn credential(jti: Option<&str>, confirmed: Option<UserInfo>) -> Credential {
         let extra: BTreeMap<_, _> = jti

@@ -46,6 +46,7 @@ pub use source::ISSUABLE_ANNOTATION;
 pub use watch::run;
 
 use crate::{
+    audit::AuditLog,
     config::{ControllerSettings, KubeconfigSettings},
     confirm::{ConfirmError, Confirmer},
     crd::{Format, KubeconfigRequest},
@@ -122,6 +123,8 @@ pub struct Context {
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
     renewals: Arc<renewals::Renewals>,
+    /// Where each credential issued, renewed, refused or revoked is recorded (`audit.path`).
+    audit: Arc<AuditLog>,
 }
 
 impl Context {
@@ -149,7 +152,13 @@ impl Context {
             namespaces: cache::NamespaceLimits::default(),
             index: index::RequestIndex::default(),
             renewals: Arc::default(),
+            audit: Arc::default(),
         }
+    }
+
+    /// The context with its outcomes recorded in `audit`.
+    pub fn with_audit(self, audit: Arc<AuditLog>) -> Self {
+        Self { audit, ..self }
     }
 
     /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle
