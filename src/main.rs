@@ -228,9 +228,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let proxy = match &config.proxy {
-        Some(proxy) => {
-            Some(BoundProxy::bind(proxy, Arc::clone(&authenticator), Arc::clone(&metrics)).await?)
-        }
+        Some(proxy) => Some(
+            BoundProxy::bind(
+                proxy,
+                Arc::clone(&authenticator),
+                Arc::clone(&metrics),
+                client.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let http_state = Arc::new(HttpState {

@@ -14,7 +14,10 @@ use serde_json::Value;
 use support::{
     Cluster, Namespace, cluster, eventually, grant, kubectl, kubectl_plain,
     operator::{Issuer, Operator, operator_kubeconfig},
-    requests::{apply_request, decoded_secret_key, http_get_kubeconfig, write_temp},
+    requests::{
+        apply_request, decoded_secret_key, http_get_kubeconfig, request_with_token,
+        wait_for_reason, write_temp,
+    },
     tokens::test_issuer_token,
 };
 
@@ -137,6 +140,42 @@ fn env<'a>(cluster: &'a Cluster, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the cluster env has no {name}; run make cluster-up"))
 }
 
+/// A token of the test issuer for a user of its own, with the `jti` `<namespace>-<suffix>`,
+/// who may read ConfigMaps in `namespace`: (email, jti, token).
+fn test_issuer_reader(
+    cluster: &Cluster,
+    namespace: &str,
+    suffix: &str,
+) -> (String, String, String) {
+    let email = format!("{namespace}@example.com");
+    grant(
+        cluster,
+        namespace,
+        "reader",
+        &format!("test:{email}"),
+        "get,list",
+        "configmaps",
+        &[],
+    );
+    let jti = format!("{namespace}-{suffix}");
+    let token = test_issuer_token(cluster, &email, &jti);
+    (email, jti, token)
+}
+
+/// The operator with its proxy, verifying tokens with the second API server's authentication
+/// configuration, which trusts the test issuer.
+fn proxied_for_test_issuer(cluster: &Cluster, namespace: &str) -> Proxied {
+    Proxied::start_with(
+        cluster,
+        namespace,
+        Issuer::AuthenticationConfig,
+        &[
+            "--authentication-config",
+            env(cluster, "AUTHENTICATION_CONFIG_FILE"),
+        ],
+    )
+}
+
 /// The operator's own audit stream (`--audit-path`): its lines, and a check that none holds
 /// `token` or its signature.
 fn stream(path: &Path, token: &str) -> Vec<Value> {
@@ -189,17 +228,7 @@ fn the_query_finds_exactly_what_a_service_account_kubeconfig_did() {
         account,
         &format!("serviceAccount: {{name: {account}}}"),
     );
-    kubectl(
-        cluster,
-        &[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=Ready",
-            &format!("kcr/{account}"),
-            "--timeout=60s",
-        ],
-    );
+    wait_for_reason(cluster, &ns.name, account, "Issued");
     let id = kubectl(
         cluster,
         &[
@@ -327,18 +356,7 @@ fn the_query_finds_exactly_what_a_downloaded_id_token_did() {
         ],
         Some(operator_client.path()),
     );
-    let email = format!("{}@example.com", ns.name);
-    grant(
-        cluster,
-        &ns.name,
-        "reader",
-        &format!("test:{email}"),
-        "get,list",
-        "configmaps",
-        &[],
-    );
-    let jti = format!("{}-download", ns.name);
-    let token = test_issuer_token(cluster, &email, &jti);
+    let (email, jti, token) = test_issuer_reader(cluster, &ns.name, "download");
 
     let download = http_get_kubeconfig(&operator.base_url, Some(&token), "");
     assert_eq!(download.status, 200, "{}", download.body);
@@ -413,15 +431,7 @@ fn the_query_finds_exactly_what_a_downloaded_id_token_did() {
 fn a_proxied_request_is_audited_with_the_identity_of_a_direct_one() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "audit-proxy");
-    let proxied = Proxied::start_with(
-        cluster,
-        &ns.name,
-        Issuer::AuthenticationConfig,
-        &[
-            "--authentication-config",
-            env(cluster, "AUTHENTICATION_CONFIG_FILE"),
-        ],
-    );
+    let proxied = proxied_for_test_issuer(cluster, &ns.name);
     // The extras the test issuer's configuration maps, granted to the proxy as the README shows.
     let extras = serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -456,19 +466,8 @@ fn a_proxied_request_is_audited_with_the_identity_of_a_direct_one() {
     });
     let file = write_temp(&extras.to_string());
     kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
-    let email = format!("{}@example.com", ns.name);
-    grant(
-        cluster,
-        &ns.name,
-        "reader",
-        &format!("test:{email}"),
-        "get,list",
-        "configmaps",
-        &[],
-    );
-    let jti = format!("{}-proxy", ns.name);
+    let (email, jti, token) = test_issuer_reader(cluster, &ns.name, "proxy");
     let id = format!("JTI={jti}");
-    let token = test_issuer_token(cluster, &email, &jti);
 
     let list = ["get", "configmaps", "-n", ns.name.as_str()];
     kubectl_at(env(cluster, "KUBE_AUTHN_SERVER"), cluster, &token, &list)
@@ -517,4 +516,59 @@ fn a_proxied_request_is_audited_with_the_identity_of_a_direct_one() {
         (&through_proxy["verb"], &through_proxy["code"]),
         (&direct["verb"], &direct["code"])
     );
+}
+
+/// Proxy mode: a request's `status.lastUsedAt` says when its kubeconfig last went through the
+/// proxy, and a second use within the minute writes nothing (the proxy writes each credential's
+/// use at most once a minute).
+#[test]
+fn the_proxy_records_when_a_requests_credential_was_last_used() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "last-use");
+    let _proxied = proxied_for_test_issuer(cluster, &ns.name);
+    let (_, jti, token) = test_issuer_reader(cluster, &ns.name, "last-use");
+    request_with_token(cluster, &ns.name, "laptop", &token);
+    wait_for_reason(cluster, &ns.name, "laptop", "Issued");
+    let field = |path: &str| {
+        kubectl(
+            cluster,
+            &[
+                "get",
+                "kcr",
+                "laptop",
+                "-n",
+                &ns.name,
+                "-o",
+                &format!("jsonpath={{.status.{path}}}"),
+            ],
+        )
+    };
+    assert_eq!(field("credentialId"), format!("JTI={jti}"));
+    assert_eq!(field("lastUsedAt"), "", "not used yet");
+    let kubeconfig = write_temp(&decoded_secret_key(
+        cluster,
+        &ns.name,
+        &field("secretName"),
+        "kubeconfig",
+    ));
+    let list = ["get", "configmaps", "-n", ns.name.as_str()];
+
+    let before = chrono::Utc::now().timestamp();
+    kubectl_with(kubeconfig.path(), &list).expect("the kubeconfig through the proxy");
+    eventually(Duration::from_secs(30), "lastUsedAt is written", || {
+        !field("lastUsedAt").is_empty()
+    });
+    let after = chrono::Utc::now().timestamp();
+    let first = field("lastUsedAt");
+    let used_at = chrono::DateTime::parse_from_rfc3339(&first)
+        .expect("lastUsedAt is RFC 3339")
+        .timestamp();
+    assert!((before..=after).contains(&used_at), "{first}");
+
+    // A second use, a second or more later, within the minute: written values differ by then,
+    // so a write would show.
+    std::thread::sleep(Duration::from_millis(1500));
+    kubectl_with(kubeconfig.path(), &list).expect("the kubeconfig through the proxy again");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(field("lastUsedAt"), first, "at most one write a minute");
 }

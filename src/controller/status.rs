@@ -153,6 +153,7 @@ pub(super) async fn update(
         observed_generation: request.metadata.generation,
         ..KubeconfigRequestStatus::default()
     };
+    let previous = request.status.as_ref();
     let mut expiring_note = None;
     match outcome {
         Outcome::Issued {
@@ -199,7 +200,6 @@ pub(super) async fn update(
             }
         }
         Outcome::Refused { kept_secret, .. } => {
-            let previous = request.status.as_ref();
             status.last_renew_request = previous.and_then(|p| p.last_renew_request.clone());
             status.secret_name = kept_secret.clone();
             if kept_secret.is_some()
@@ -209,6 +209,12 @@ pub(super) async fn update(
                 status.credential_id = previous.and_then(|p| p.credential_id.clone());
             }
         }
+    }
+    // The proxy writes the credential's last use; it stays while the credential does.
+    if status.credential_id.is_some()
+        && previous.is_some_and(|p| p.credential_id == status.credential_id)
+    {
+        status.last_used_at = previous.and_then(|p| p.last_used_at.clone());
     }
     // The Event for a written Secret goes out beside the status write, not before it: one round
     // trip fewer in every issuance. (A Warning still precedes the status that reports it.)
