@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use tracing::warn;
 
-use crate::config::AuditSettings;
+use crate::{config::AuditSettings, oidc::token::Identity};
 
 /// The name of the header that returns an event's id to an HTTP client, as kube-apiserver names
 /// its own.
@@ -102,6 +102,16 @@ pub struct Who {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub uid: String,
     pub groups: Vec<String>,
+}
+
+impl From<&Identity> for Who {
+    fn from(identity: &Identity) -> Self {
+        Self {
+            username: identity.username.clone(),
+            uid: identity.uid.clone(),
+            groups: identity.groups.clone(),
+        }
+    }
 }
 
 /// What was asked for: the request (for the controller), and the kubeconfig's format and

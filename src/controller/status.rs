@@ -292,11 +292,7 @@ fn audit_event(
                 Some(_) => Action::Renewal,
             };
             let mut event = audit::Event::new(action, audit::Outcome::Success, what);
-            event.user = Some(Who {
-                username: credential.identity.username.clone(),
-                uid: credential.identity.uid.clone(),
-                groups: credential.identity.groups.clone(),
-            });
+            event.user = Some(Who::from(&credential.identity));
             event.credential_id = status.credential_id.clone();
             Some(event)
         }

@@ -86,11 +86,7 @@ pub(super) async fn issue_audited(
     audit: &AuditLog,
     ask: Ask<'_>,
 ) -> (AuditId, Result<Response, NotIssued>) {
-    let who = Who {
-        username: ask.identity.username.clone(),
-        uid: ask.identity.uid.clone(),
-        groups: ask.identity.groups.clone(),
-    };
+    let who = Who::from(ask.identity);
     let what = What {
         request: None,
         namespace: ask.namespace.map(str::to_owned),
