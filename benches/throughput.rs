@@ -154,6 +154,7 @@ fn main() {
             allowed_origins: Vec::new(),
             confirmer: None,
             console: None,
+            audit: Arc::default(),
         }))
     };
     let app = |settings: &KubeconfigSettings| app_revoking(settings, Revocations::none());

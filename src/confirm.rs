@@ -18,7 +18,12 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{Client, Resource, api::PostParams, config::AuthInfo};
 
-use crate::{metrics::Metrics, oidc::token::IdToken, verdicts::Verdicts};
+use crate::{
+    crd::Format,
+    metrics::Metrics,
+    oidc::token::{IdToken, Identity, credential_id_in},
+    verdicts::Verdicts,
+};
 
 /// A review the API server has not answered by then is treated as the API server being down:
 /// a reconcile or a download must not hang on it.
@@ -27,6 +32,24 @@ const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// The reason a refusal by the API server is reported under: a status condition, an HTTP
 /// challenge, a metric label.
 pub const REJECTED_BY_API_SERVER: &str = "RejectedByAPIServer";
+
+/// The id under which the API server's audit log records every request of a kubeconfig in
+/// `format` holding the token (`authentication.kubernetes.io/credential-id`, `JTI=<jti>`), so
+/// that one query finds them: the API server's own answer when it was asked (`confirmed`), else
+/// the operator's reading of the token (`identity`). `None` for a token without `jti`, whose
+/// requests the audit log cannot tell apart, and for an `exec` kubeconfig, which holds no token:
+/// its requests carry the tokens kubelogin fetches.
+pub fn credential_id<'a>(
+    format: Format,
+    confirmed: Option<&'a UserInfo>,
+    identity: &'a Identity,
+) -> Option<&'a str> {
+    match (format, confirmed) {
+        (Format::Exec, _) => None,
+        (_, Some(user)) => user.extra.as_ref().and_then(credential_id_in),
+        (_, None) => credential_id_in(&identity.extra),
+    }
+}
 
 /// Why the API server gave no identity for a token.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ pub const SECRET_NAME_SUFFIX: &str = "-kubeconfig";
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Renewal","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".status.credentialId",
     validation = Rule::new("self.metadata.name.size() <= 242").message("metadata.name must be at most 242 characters, so that the default Secret name <name>-kubeconfig is a valid name")
 )]
 #[x_kube(
@@ -283,6 +284,14 @@ pub struct KubeconfigRequestStatus {
     /// The Secret that holds the kubeconfig and its live credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+
+    /// The id under which the API server's audit log records every request the kubeconfig's token makes: its authentication.kubernetes.io/credential-id extra, JTI=<the token's jti>. Absent when the token has no jti (the audit log cannot tell its requests apart) and for exec kubeconfigs, which hold no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+
+    /// When the credential last went through the operator's API server proxy (RFC 3339). The proxy writes it at most once a minute, so it may be up to a minute old. Absent until the first use, for a credential without credentialId, and without the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
 
     /// When the credential, and so the kubeconfig, stops working (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! `oidc` (validation) → `confirm` (the API server's verdict) → `kubeconfig` (rendering) →
 //! `server` (download) or `controller` (Secret).
 
+pub mod audit;
 pub mod ca;
 mod capacity;
 pub mod config;

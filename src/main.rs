@@ -8,6 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use kubeconfig_operator::{
+    audit::AuditLog,
     config::{Config, OidcSettings, Settings},
     confirm::Confirmer,
     controller::{self, Context, leader},
@@ -206,15 +207,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         revocations,
         Arc::clone(&metrics),
     ));
-    let context = Arc::new(Context::new(
-        client.clone(),
-        Arc::clone(&authenticator),
-        config.kubeconfig.clone(),
-        config.api_server_kubeconfig.clone(),
-        config.controller.clone(),
-        Arc::clone(&metrics),
-        confirmer.clone(),
-    ));
+    let audit = Arc::new(
+        AuditLog::open(&config.audit)
+            .map_err(|e| anyhow::anyhow!("audit.path: cannot open the audit stream: {e}"))?,
+    );
+    let context = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::clone(&authenticator),
+            config.kubeconfig.clone(),
+            config.api_server_kubeconfig.clone(),
+            config.controller.clone(),
+            Arc::clone(&metrics),
+            confirmer.clone(),
+        )
+        .with_audit(Arc::clone(&audit)),
+    );
     // The configuration refuses a page without oidc.issuerUrl: it logs in at that one issuer.
     let console = match (config.console.clone(), &config.oidc) {
         (Some(page), OidcSettings::Flags(oidc)) => Some(Arc::new(
@@ -225,14 +233,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 config.kubeconfig.clone(),
                 confirmer.clone(),
             )
-            .await?,
+            .await?
+            .with_audit(Arc::clone(&audit)),
         )),
         _ => None,
     };
     let proxy = match &config.proxy {
-        Some(proxy) => {
-            Some(BoundProxy::bind(proxy, Arc::clone(&authenticator), Arc::clone(&metrics)).await?)
-        }
+        Some(proxy) => Some(
+            BoundProxy::bind(
+                proxy,
+                Arc::clone(&authenticator),
+                Arc::clone(&metrics),
+                client.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let http_state = Arc::new(HttpState {
@@ -243,6 +258,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         allowed_origins: config.http.allowed_origins.clone(),
         confirmer,
         console,
+        audit,
     });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), oidc = ?config.oidc, confirm_with_api_server = config.confirm_with_api_server, "starting");
     let controller = async {

@@ -7,6 +7,7 @@
 //! defaults and checks and returns the validated type the rest of the crate runs on. The
 //! README's table is held against the flags' help by a test.
 
+mod audit;
 mod checks;
 mod console;
 mod controller;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AuditSection, AuditSettings};
 use checks::optional_dns_label;
 pub use checks::{ConfigError, TlsFiles, is_dns_label};
 pub use console::{CALLBACK_ROUTE, ConsoleConfig, ConsoleSection};
@@ -71,6 +73,9 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub leader_election: LeaderElectionSection,
+    #[command(flatten)]
+    #[serde(default)]
+    pub audit: AuditSection,
     // Present (in the file, or by any of its flags) to serve the login and download page.
     #[command(flatten)]
     pub console: Option<ConsoleSection>,
@@ -97,6 +102,7 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// The login and download page, when configured.
     pub console: Option<ConsoleConfig>,
+    pub audit: AuditSettings,
 }
 
 impl Settings {
@@ -195,6 +201,7 @@ impl Config {
             watch_namespace: optional_dns_label("watchNamespace", settings.watch_namespace)?,
             leader_election,
             console: settings.console.map(ConsoleConfig::resolve).transpose()?,
+            audit: settings.audit.resolve()?,
         })
     }
 }

@@ -41,13 +41,14 @@ pub use cache::PER_NAMESPACE_CONCURRENCY;
 pub use credential::Credential;
 pub use refusal::{Reason, Refusal};
 pub use secret::{
-    EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL, USERNAME_ANNOTATION,
-    WRITER_ANNOTATION, label_value,
+    CREDENTIAL_ID_ANNOTATION, EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL,
+    USERNAME_ANNOTATION, WRITER_ANNOTATION, label_value,
 };
 pub use source::ISSUABLE_ANNOTATION;
 pub use watch::run;
 
 use crate::{
+    audit::AuditLog,
     config::{ControllerSettings, KubeconfigSettings},
     confirm::{ConfirmError, Confirmer},
     crd::{Format, KubeconfigRequest},
@@ -126,6 +127,8 @@ pub struct Context {
     renewals: Arc<renewals::Renewals>,
     /// Who this installation is (its credential's username), once asked; see [`Context::writer`].
     writer: tokio::sync::OnceCell<String>,
+    /// Where each credential issued, renewed, refused or revoked is recorded (`audit.path`).
+    audit: Arc<AuditLog>,
 }
 
 impl Context {
@@ -154,6 +157,7 @@ impl Context {
             index: index::RequestIndex::default(),
             renewals: Arc::default(),
             writer: tokio::sync::OnceCell::new(),
+            audit: Arc::default(),
         }
     }
 
@@ -175,6 +179,11 @@ impl Context {
             })
             .await
             .map(String::as_str)
+    }
+
+    /// The context with its outcomes recorded in `audit`.
+    pub fn with_audit(self, audit: Arc<AuditLog>) -> Self {
+        Self { audit, ..self }
     }
 
     /// Drops everything kept for requests that no longer exist: backoff counts, wake-ups, idle

@@ -34,6 +34,8 @@ pub const USERNAME_ANNOTATION: &str = "kubeconfig.dev/username";
 pub const EXPIRES_ANNOTATION: &str = "kubeconfig.dev/expires-at";
 /// Which operator installation wrote the Secret last: the username of its credential.
 pub const WRITER_ANNOTATION: &str = "kubeconfig.dev/written-by";
+/// The credential id the API server's audit log records the kubeconfig's requests under.
+pub const CREDENTIAL_ID_ANNOTATION: &str = "kubeconfig.dev/credential-id";
 
 /// The Secret a request writes to: `spec.secretName`, or the request's own name followed by
 /// `-kubeconfig`. The default comes from the request's name, which is unique in its namespace,
@@ -390,6 +392,9 @@ fn desired(
             EXPIRES_ANNOTATION.into(),
             credential.expires_at.to_rfc3339(),
         );
+        if let Some(id) = credential.id(request.spec.format) {
+            annotations.insert(CREDENTIAL_ID_ANNOTATION.into(), id.to_owned());
+        }
     }
     Secret {
         metadata: ObjectMeta {

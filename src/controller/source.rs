@@ -29,7 +29,7 @@ use crate::{
     confirm::ConfirmError,
     crd::{KubeconfigRequest, KubeconfigRequestSpec, ServiceAccountSource, TokenSecretRef},
     oidc::jwt::MAX_TOKEN_BYTES,
-    oidc::token::{IdToken, Identity, TokenError},
+    oidc::token::{CREDENTIAL_ID_KEY, IdToken, Identity, TokenError, credential_id},
 };
 
 /// The annotation by which a ServiceAccount's owner allows kubeconfigs to be issued for it.
@@ -235,8 +235,14 @@ pub(super) async fn issuable_service_account(
     Ok(Ok(account))
 }
 
-/// The identity the API server gives a ServiceAccount's tokens.
-fn service_account_identity(namespace: &str, name: &str, expires_at: DateTime<Utc>) -> Identity {
+/// The identity the API server gives a ServiceAccount's token: with its `jti` as the credential
+/// id, as the API server's ServiceAccount authenticator adds it.
+fn service_account_identity(
+    namespace: &str,
+    name: &str,
+    expires_at: DateTime<Utc>,
+    jti: Option<&str>,
+) -> Identity {
     Identity {
         username: format!("system:serviceaccount:{namespace}:{name}"),
         groups: vec![
@@ -246,7 +252,11 @@ fn service_account_identity(namespace: &str, name: &str, expires_at: DateTime<Ut
         expires_at,
         issued_at: None,
         uid: String::new(),
-        extra: Default::default(),
+        extra: jti
+            .filter(|jti| !jti.is_empty())
+            .map(|jti| (CREDENTIAL_ID_KEY.to_owned(), vec![credential_id(jti)]))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -256,8 +266,18 @@ struct BoundTokenClaims {
     sub: String,
     iat: i64,
     exp: i64,
+    jti: Option<String>,
     #[serde(rename = "kubernetes.io")]
     kubernetes: Option<KubernetesClaims>,
+}
+
+impl BoundTokenClaims {
+    /// The claims of a token the API server signed, read without verifying it (see
+    /// [`reusable_token`] for why that is enough).
+    fn read(token: &str) -> Option<Self> {
+        let payload = token.split('.').nth(1)?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -283,13 +303,12 @@ pub(super) fn reusable_token(
 ) -> Option<Credential> {
     let namespace = request.namespace()?;
     let token = token?;
-    let payload = token.split('.').nth(1)?;
-    let claims: BoundTokenClaims =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let claims = BoundTokenClaims::read(token)?;
     let identity = service_account_identity(
         &namespace,
         &source.name,
         DateTime::from_timestamp(claims.exp, 0)?,
+        claims.jti.as_deref(),
     );
     let bound_to = claims.kubernetes?.secret?.uid;
     if claims.sub != identity.username || Some(&bound_to) != secret.metadata.uid.as_ref() {
@@ -362,9 +381,10 @@ pub(super) async fn mint(
         Ok(at) => renewals::spread(&request.uid().ok_or(Error::NotStored)?, issued_at, at),
         Err(refusal) => return Ok(Err(refusal)),
     };
+    let jti = BoundTokenClaims::read(&status.token).and_then(|claims| claims.jti);
     Ok(Ok(Credential {
+        identity: service_account_identity(&namespace, &source.name, expires_at, jti.as_deref()),
         token: IdToken::from(status.token),
-        identity: service_account_identity(&namespace, &source.name, expires_at),
         expires_at,
         renew_at,
         granted_seconds: Some(granted_seconds(requested, issued_at, expires_at)),

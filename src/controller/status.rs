@@ -18,7 +18,10 @@ use super::{
     refusal::{Reason, Refusal},
     renewals::renew_request,
 };
-use crate::crd::{Format, KubeconfigRequest, KubeconfigRequestStatus};
+use crate::{
+    audit::{self, Action, What, Who},
+    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus},
+};
 
 /// The decision for one request, after the Secret was written or the request refused.
 pub(super) enum Outcome {
@@ -80,9 +83,13 @@ impl Outcome {
                     credential.identity.username
                 ),
                 Format::Token | Format::ArgoCd | Format::TokenFile => format!(
-                    "Secret {secret_name} holds a kubeconfig for {}, valid until {}",
+                    "Secret {secret_name} holds a kubeconfig for {}, valid until {}; {}",
                     credential.identity.username,
-                    format_time(credential.expires_at)
+                    format_time(credential.expires_at),
+                    match credential.id(request_format) {
+                        Some(id) => format!("the API server's audit log records its requests under credential id {id}"),
+                        None => "its token has no jti, so the API server's audit log names no credential id for it".to_owned(),
+                    }
                 ),
             },
             Outcome::Refused { refusal, .. } => refusal.message.clone(),
@@ -142,6 +149,7 @@ pub(super) async fn update(
         observed_generation: request.metadata.generation,
         ..KubeconfigRequestStatus::default()
     };
+    let previous = request.status.as_ref();
     let mut expiring_note = None;
     match outcome {
         Outcome::Issued {
@@ -153,6 +161,7 @@ pub(super) async fn update(
             status.groups = credential.identity.groups.clone();
             status.identity = credential.confirmed.as_deref().cloned();
             status.secret_name = Some(secret_name.clone());
+            status.credential_id = credential.id(request.spec.format).map(str::to_owned);
             status.granted_expiration_seconds = credential.granted_seconds;
             // An exec kubeconfig holds no token: kubelogin logs in and refreshes by itself, so
             // the ID token that proved who asked for it sets no expiry and needs no renewal.
@@ -187,15 +196,21 @@ pub(super) async fn update(
             }
         }
         Outcome::Refused { kept_secret, .. } => {
-            let previous = request.status.as_ref();
             status.last_renew_request = previous.and_then(|p| p.last_renew_request.clone());
             status.secret_name = kept_secret.clone();
             if kept_secret.is_some()
                 && previous.and_then(|p| p.secret_name.as_ref()) == kept_secret.as_ref()
             {
                 status.expires_at = previous.and_then(|p| p.expires_at.clone());
+                status.credential_id = previous.and_then(|p| p.credential_id.clone());
             }
         }
+    }
+    // The proxy writes the credential's last use; it stays while the credential does.
+    if status.credential_id.is_some()
+        && previous.is_some_and(|p| p.credential_id == status.credential_id)
+    {
+        status.last_used_at = previous.and_then(|p| p.last_used_at.clone());
     }
     // The Event for a written Secret goes out beside the status write, not before it: one round
     // trip fewer in every issuance. (A Warning still precedes the status that reports it.)
@@ -205,8 +220,12 @@ pub(super) async fn update(
             publish(ctx, request, EventType::Normal, reason.as_str(), note).await;
         }
     };
+    let audit_event = audit_event(request, outcome, &status, newly_failing);
     if request.status.as_ref() == Some(&status) {
         issued_event.await;
+        if let Some(event) = audit_event {
+            ctx.audit.record(&event);
+        }
         return Ok(());
     }
     if newly_failing {
@@ -231,7 +250,66 @@ pub(super) async fn update(
     let patch = Patch::Apply(&patch);
     let (patched, ()) = tokio::join!(api.patch_status(&name, &params, &patch), issued_event);
     patched.map_err(kube_error("updating the request's status"))?;
+    if let Some(event) = audit_event {
+        ctx.audit.record(&event);
+    }
     Ok(())
+}
+
+/// The audit event of an outcome that hands out, replaces, refuses or takes back a credential
+/// (`status` is the one being written); `None` when the credential stays as it was.
+fn audit_event(
+    request: &KubeconfigRequest,
+    outcome: &Outcome,
+    status: &KubeconfigRequestStatus,
+    newly_failing: bool,
+) -> Option<audit::Event> {
+    let previous = request.status.as_ref();
+    let what = What {
+        request: Some(request.name_any()),
+        namespace: request.namespace(),
+        format: request.spec.format.as_str(),
+    };
+    match outcome {
+        Outcome::Issued {
+            credential,
+            written: true,
+            ..
+        } => {
+            let action = match previous.and_then(|p| p.expires_at.as_ref()) {
+                None => Action::Issue,
+                Some(_)
+                    if previous.is_some_and(|p| {
+                        p.expires_at == status.expires_at && p.credential_id == status.credential_id
+                    }) =>
+                {
+                    return None;
+                }
+                Some(_) => Action::Renewal,
+            };
+            let mut event = audit::Event::new(action, audit::Outcome::Success, what);
+            event.user = Some(Who::from(&credential.identity));
+            event.credential_id = status.credential_id.clone();
+            Some(event)
+        }
+        Outcome::Refused { refusal, .. } if newly_failing => {
+            // The Secret that held a credential was deleted for this reason: taken back.
+            let taken_back = refusal.reason.policy().revokes
+                && previous.is_some_and(|p| p.secret_name.is_some())
+                && status.secret_name.is_none();
+            let action = match taken_back {
+                true => Action::Revocation,
+                false => Action::Refusal,
+            };
+            let mut event = audit::Event::new(action, audit::Outcome::Failure, what);
+            event.reason = Some(refusal.reason.as_str());
+            if taken_back {
+                event.credential_id = previous.and_then(|p| p.credential_id.clone());
+            }
+            Some(event)
+        }
+        Outcome::Issued { .. } | Outcome::Refused { .. } => None,
+    }
 }
 
 pub(super) fn format_time(time: DateTime<Utc>) -> String {
@@ -259,4 +337,97 @@ pub(super) async fn publish(
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        controller::fixtures::{REQUEST, TARGET_SECRET, request},
+        oidc::token::{CREDENTIAL_ID_KEY, IdToken, Identity},
+    };
+
+    fn credential(jti: &str, expires_at: DateTime<Utc>) -> Credential {
+        Credential {
+            token: IdToken::from("header.payload.signature".to_owned()),
+            identity: Identity {
+                username: "alice@example.com".into(),
+                groups: vec!["team-a".into()],
+                uid: String::new(),
+                extra: [(CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")])].into(),
+                expires_at,
+                issued_at: None,
+            },
+            expires_at,
+            renew_at: expires_at,
+            granted_seconds: None,
+            confirmed: None,
+        }
+    }
+
+    /// The status that `credential` would be reported with.
+    fn issued_status(credential: &Credential) -> KubeconfigRequestStatus {
+        KubeconfigRequestStatus {
+            secret_name: Some(TARGET_SECRET.into()),
+            expires_at: Some(format_time(credential.expires_at)),
+            credential_id: credential.id(Format::Token).map(str::to_owned),
+            ..KubeconfigRequestStatus::default()
+        }
+    }
+
+    fn with_status(status: &KubeconfigRequestStatus) -> KubeconfigRequest {
+        let mut stored = request(json!({}));
+        stored.status = Some(status.clone());
+        stored
+    }
+
+    #[test]
+    fn a_new_credential_is_an_issue_a_replaced_one_a_renewal_and_a_rewrite_nothing() {
+        let expires = Utc::now() + TimeDelta::hours(1);
+        let first = credential("one", expires);
+        let status = issued_status(&first);
+        let outcome = Outcome::issued(first, TARGET_SECRET, true);
+        let event = audit_event(&request(json!({})), &outcome, &status, false).unwrap();
+        let line = serde_json::to_value(&event).unwrap();
+        assert_eq!(line["action"], "issue");
+        assert_eq!(line["outcome"], "success");
+        assert_eq!(line["credentialId"], "JTI=one");
+        assert_eq!(line["user"]["username"], "alice@example.com");
+        assert_eq!(line["object"]["request"], REQUEST);
+        assert_eq!(line["object"]["format"], "token");
+        assert!(!line.to_string().contains("signature"), "{line}");
+
+        let stored = with_status(&status);
+        assert!(audit_event(&stored, &outcome, &status, false).is_none());
+        let second = credential("two", expires + TimeDelta::hours(1));
+        let renewed = issued_status(&second);
+        let outcome = Outcome::issued(second, TARGET_SECRET, true);
+        let event = audit_event(&stored, &outcome, &renewed, false).unwrap();
+        assert_eq!(event.action, Action::Renewal);
+        assert_eq!(event.credential_id.as_deref(), Some("JTI=two"));
+    }
+
+    #[test]
+    fn a_refusal_that_deletes_the_secret_is_a_revocation_of_its_credential() {
+        let status = issued_status(&credential("one", Utc::now()));
+        let stored = with_status(&status);
+        let refused = KubeconfigRequestStatus::default();
+        let revoked = Outcome::refused(Refusal::new(Reason::Revoked, "revoked"), None);
+        let event = audit_event(&stored, &revoked, &refused, true).unwrap();
+        assert_eq!(
+            (event.action, event.outcome, event.reason),
+            (Action::Revocation, audit::Outcome::Failure, Some("Revoked"))
+        );
+        assert_eq!(event.credential_id.as_deref(), Some("JTI=one"));
+
+        let missing = Outcome::refused(Refusal::new(Reason::TokenSecretNotFound, "gone"), None);
+        let event = audit_event(&request(json!({})), &missing, &refused, true).unwrap();
+        assert_eq!(event.action, Action::Refusal);
+        assert_eq!(event.credential_id, None);
+        // Reported once, when it starts failing.
+        assert!(audit_event(&stored, &missing, &refused, false).is_none());
+    }
 }

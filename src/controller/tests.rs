@@ -14,6 +14,7 @@ use crate::{crd::KubeconfigRequest, testing};
 const ALICE: &str = "alice@example.com";
 const ACCOUNT: &str = "deployer";
 const SECRET_UID: &str = "secret-uid-1";
+const MINTED_JTI: &str = "minted-1";
 
 fn alice_token() -> String {
     testing::issuer().token_for(ALICE, &["team-a"], 600)
@@ -222,6 +223,10 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
         assert_eq!(status["status"]["secretName"], TARGET_SECRET);
         assert!(status["status"]["renewalTime"].is_string());
         assert!(condition(&status, "Expiring").is_none());
+        // The test issuer's token has no jti: no id is made up for it.
+        assert!(status["status"].get("credentialId").is_none(), "{status}");
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains("has no jti"), "{message}");
         api
     })
     .await;
@@ -468,6 +473,7 @@ fn bound_token(secret_uid: &str, issued_at: i64, lifetime: i64) -> String {
         "sub": format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"),
         "iat": issued_at,
         "exp": issued_at + lifetime,
+        "jti": MINTED_JTI,
         "kubernetes.io": { "namespace": NAMESPACE, "secret": { "name": TARGET_SECRET, "uid": secret_uid } },
     });
     let encode =
@@ -533,9 +539,18 @@ async fn a_service_account_token_is_minted_bound_to_the_secret_and_capped() {
         mint.reply(201, answer);
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         assert_eq!(kubeconfig_token(&apply.body), minted);
+        // The id the API server's audit log records the token's requests under, as it derives
+        // it from the minted token's jti.
+        assert_eq!(
+            apply.body["metadata"]["annotations"]["kubeconfig.dev/credential-id"],
+            "JTI=minted-1"
+        );
         apply.echo();
         let status = api.issued_and_status().await;
         assert_eq!(ready(&status)["reason"], "Issued");
+        assert_eq!(status["status"]["credentialId"], "JTI=minted-1");
+        let message = ready(&status)["message"].as_str().unwrap();
+        assert!(message.contains("credential id JTI=minted-1"), "{message}");
         assert_eq!(status["status"]["username"], format!("system:serviceaccount:{NAMESPACE}:{ACCOUNT}"));
         assert_eq!(status["status"]["grantedExpirationSeconds"], MAX_EXPIRATION_SECONDS);
         api

@@ -11,16 +11,13 @@ use super::{
     authn_config::{JwtAuthenticator, Mapping, Rule},
     cel, jwks,
     jwt::{JsonObject, NOT_BEFORE_SKEW, check_standard_claim_types, timestamp},
-    token::{Identity, TokenError},
+    token::{CREDENTIAL_ID_KEY, Identity, TokenError, credential_id},
 };
 
 /// Google's issuer, and the `iss` without a scheme that its older tokens carry and that both
 /// kube-apiserver's routing and go-oidc accept for it.
 pub(super) const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 pub(super) const GOOGLE_ISSUER_NO_SCHEME: &str = "accounts.google.com";
-
-/// kube-apiserver's key for the token's `jti` in the user's extra (`user.CredentialIDKey`).
-pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
 
 /// An evaluation error refuses the token, as it does in kube-apiserver.
 fn evaluate(
@@ -232,7 +229,7 @@ pub(super) fn identity(
     if let Some(Value::String(jti)) = claims.get("jti")
         && !jti.is_empty()
     {
-        extra.insert(CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")]);
+        extra.insert(CREDENTIAL_ID_KEY.to_owned(), vec![credential_id(jti)]);
     }
     for (key, expression) in &cfg.extra {
         let value = evaluate(expression, &as_json, "claimMappings.extra")?;

@@ -38,6 +38,21 @@ impl fmt::Display for IdToken {
     }
 }
 
+/// kube-apiserver's key for a token's `jti` in the user's extra (`user.CredentialIDKey`): the
+/// audit log records every request under it, for ID tokens and ServiceAccount tokens alike.
+pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
+
+/// The credential id kube-apiserver derives from a JWT's `jti` (`CredentialIDForJTI`).
+pub fn credential_id(jti: &str) -> String {
+    format!("JTI={jti}")
+}
+
+/// The credential id in a user's extra, where kube-apiserver (or the operator, reading the token
+/// as it does) put it; `None` for a token without one.
+pub fn credential_id_in(extra: &BTreeMap<String, Vec<String>>) -> Option<&str> {
+    extra.get(CREDENTIAL_ID_KEY)?.first().map(String::as_str)
+}
+
 /// Who the token's holder is, as kube-apiserver will see it with the same `--oidc-*` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

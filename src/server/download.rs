@@ -3,12 +3,12 @@
 //! route is public and hands out credentials, so its group is rate limited per client and time
 //! limited.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
-    extract::{FromRequestParts, State},
-    http::{StatusCode, request::Parts},
+    extract::{ConnectInfo, FromRequestParts, State},
+    http::{Extensions, StatusCode, request::Parts},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
@@ -64,8 +64,10 @@ pub(super) fn routes(
 }
 
 /// The query is checked before the token, so a typo in it is a 400 that costs no verification.
+/// Every answer past the token's check names its audit event in `Audit-ID`.
 async fn kube_config(
     State(state): State<Arc<HttpState>>,
+    extensions: Extensions,
     Query { namespace, format }: Query,
     Authenticated { token, identity }: Authenticated,
 ) -> Response {
@@ -75,8 +77,13 @@ async fn kube_config(
         format,
         namespace: namespace.as_deref(),
         via: KUBE_CONFIG_ROUTE,
+        source: extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(client)| client.ip()),
     };
-    match issue::issue(state.confirmer.as_ref(), &state.settings, ask).await {
+    let (audit_id, issued) =
+        issue::issue_audited(state.confirmer.as_ref(), &state.settings, &state.audit, ask).await;
+    let response = match issued {
         Ok(response) => response,
         Err(NotIssued::Unconfirmed(error)) => unconfirmed(&error),
         // The query parser admits downloadable formats only; refused the same way for safety.
@@ -94,7 +101,8 @@ async fn kube_config(
             "cannot render the kubeconfig; the operator's logs say why\n",
         )
             .into_response(),
-    }
+    };
+    (issue::audit_header(&audit_id), response).into_response()
 }
 
 /// The API server refused the token (401: the kubeconfig would not work) or could not be asked
@@ -240,6 +248,24 @@ mod tests {
         let kubeconfig: serde_json::Value = crate::yaml::from_str(&body(response).await).unwrap();
         assert_eq!(kubeconfig["contexts"][0]["context"]["namespace"], "team-a");
         assert_counted(&state, "200", 2);
+    }
+
+    /// An issued and a refused download each name their own audit event.
+    #[tokio::test]
+    async fn every_answer_past_the_token_names_its_audit_event() {
+        let state = state();
+        let authorization = format!("Bearer {}", signed_token());
+        let issued = call(&state, Method::GET, KUBE_CONFIG_ROUTE, &[&authorization]).await;
+        assert_eq!(issued.status(), StatusCode::OK);
+        let exec = format!("{KUBE_CONFIG_ROUTE}?format=exec");
+        let refused = call(&state, Method::GET, &exec, &[&authorization]).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let ids: Vec<&str> = [&issued, &refused]
+            .iter()
+            .map(|response| response.headers()["audit-id"].to_str().unwrap())
+            .collect();
+        assert!(ids.iter().all(|id| id.len() == 36), "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
     }
 
     #[tokio::test]

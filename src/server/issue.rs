@@ -1,7 +1,9 @@
 //! The one way a kubeconfig leaves the operator over HTTP, for `GET /kube-config` and for the
-//! page's download alike: the API server's confirmation, the rendering, the identity headers and
-//! the response. Each caller only says how a refusal looks to its client (plain text with a
-//! challenge, or a page).
+//! page's download alike: the API server's confirmation, the rendering, the identity headers,
+//! the audit event and the response. Each caller only says how a refusal looks to its client
+//! (plain text with a challenge, or a page), and returns the event's id with it.
+
+use std::net::IpAddr;
 
 use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, header},
@@ -12,8 +14,9 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tracing::{error, info};
 
 use crate::{
+    audit::{AUDIT_ID_HEADER, Action, AuditId, AuditLog, Event, Outcome, What, Who},
     config::KubeconfigSettings,
-    confirm::{ConfirmError, Confirmer},
+    confirm::{self, ConfirmError, Confirmer, REJECTED_BY_API_SERVER},
     crd::Format,
     kubeconfig::{self, Rendered},
     oidc::token::{IdToken, Identity},
@@ -31,7 +34,7 @@ pub(super) const IDENTITY_HEADERS: &str =
 const IDENTITY_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',').add(b'=');
 
 /// Why no kubeconfig was handed out; the caller decides how its client is told.
-#[derive(Debug)]
+#[derive(Debug, strum::IntoStaticStr)]
 pub(super) enum NotIssued {
     /// The API server refused the token, or could not be asked.
     Unconfirmed(ConfirmError),
@@ -43,23 +46,99 @@ pub(super) enum NotIssued {
     Render,
 }
 
-/// What is being asked for, by whom, and where it was asked (for the log).
+impl NotIssued {
+    /// The audit event's reason: the API server's verdict, else the variant's name.
+    fn reason(&self) -> &'static str {
+        match self {
+            NotIssued::Unconfirmed(ConfirmError::Refused) => REJECTED_BY_API_SERVER,
+            NotIssued::Unconfirmed(ConfirmError::Unavailable(_)) => "APIServerUnavailable",
+            other => other.into(),
+        }
+    }
+
+    /// Whether the client was refused, rather than the operator or the API server failing.
+    fn refused(&self) -> bool {
+        matches!(
+            self,
+            NotIssued::Unconfirmed(ConfirmError::Refused)
+                | NotIssued::NotDownloadable
+                | NotIssued::ExecNotConfigured(_)
+        )
+    }
+}
+
+/// What is being asked for, by whom, from where, and where it was asked (for the log).
 pub(super) struct Ask<'a> {
     pub token: &'a IdToken,
     pub identity: &'a Identity,
     pub format: Format,
     pub namespace: Option<&'a str>,
     pub via: &'static str,
+    /// The client's address, for the audit event.
+    pub source: Option<IpAddr>,
+}
+
+/// [`issue`], with its audit event recorded in `audit`; the caller puts the event's id into its
+/// response, issued or refused, with [`audit_header`].
+pub(super) async fn issue_audited(
+    confirmer: Option<&Confirmer>,
+    settings: &KubeconfigSettings,
+    audit: &AuditLog,
+    ask: Ask<'_>,
+) -> (AuditId, Result<Response, NotIssued>) {
+    let who = Who::from(ask.identity);
+    let what = What {
+        request: None,
+        namespace: ask.namespace.map(str::to_owned),
+        format: ask.format.as_str(),
+    };
+    let source = ask.source;
+    let issued = issue(confirmer, settings, ask).await;
+    let mut event = match &issued {
+        Ok(issued) => {
+            let mut event = Event::new(Action::Download, Outcome::Success, what);
+            event.credential_id = issued.credential_id.clone();
+            event
+        }
+        Err(not_issued) => {
+            let action = match not_issued.refused() {
+                true => Action::Refusal,
+                false => Action::Download,
+            };
+            let mut event = Event::new(action, Outcome::Failure, what);
+            event.reason = Some(not_issued.reason());
+            event
+        }
+    };
+    event.user = Some(who);
+    event.source_address = source;
+    audit.record(&event);
+    (event.audit_id, issued.map(|issued| issued.response))
+}
+
+/// The `Audit-ID` header naming the audit event of a response.
+pub(super) fn audit_header(id: &AuditId) -> [(HeaderName, HeaderValue); 1] {
+    [(
+        HeaderName::from_static(AUDIT_ID_HEADER),
+        // A UUID's characters are always a valid header value.
+        HeaderValue::from_str(id.as_str()).unwrap_or(HeaderValue::from_static("")),
+    )]
+}
+
+/// A kubeconfig handed out, and the credential id it holds.
+struct Issued {
+    response: Response,
+    credential_id: Option<String>,
 }
 
 /// Confirms the token (when a confirmer is configured), renders `format` and answers with the
 /// file as a download that no browser or proxy may keep, with the API server's identity for the
 /// token in the identity headers.
-pub(super) async fn issue(
+async fn issue(
     confirmer: Option<&Confirmer>,
     settings: &KubeconfigSettings,
     ask: Ask<'_>,
-) -> Result<Response, NotIssued> {
+) -> Result<Issued, NotIssued> {
     if !ask.format.downloadable() {
         return Err(NotIssued::NotDownloadable);
     }
@@ -92,7 +171,9 @@ pub(super) async fn issue(
         via = ask.via,
         "kubeconfig issued"
     );
-    Ok((
+    let credential_id =
+        confirm::credential_id(ask.format, confirmed.as_ref(), ask.identity).map(str::to_owned);
+    let response = (
         confirmed.as_ref().map(identity_headers).unwrap_or_default(),
         [
             (
@@ -108,7 +189,11 @@ pub(super) async fn issue(
         ],
         yaml,
     )
-        .into_response())
+        .into_response();
+    Ok(Issued {
+        response,
+        credential_id,
+    })
 }
 
 /// The identity the API server gave the token, as response headers that a page or script can

@@ -46,6 +46,7 @@ pub use listener::{
 };
 
 use crate::{
+    audit::AuditLog,
     config::{HttpConfig, KubeconfigSettings},
     confirm::Confirmer,
     metrics::Metrics,
@@ -76,6 +77,8 @@ pub struct HttpState {
     pub confirmer: Option<Confirmer>,
     /// The login and download page at `/`, when configured.
     pub console: Option<Arc<console::Console>>,
+    /// Where each download and refused download is recorded (`audit.path`).
+    pub audit: Arc<AuditLog>,
 }
 
 impl auth::HoldsAuthenticator for Arc<HttpState> {

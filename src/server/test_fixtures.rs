@@ -113,6 +113,7 @@ fn state_from(
             .collect(),
         confirmer,
         console: None,
+        audit: Arc::default(),
     })
 }
 

@@ -100,6 +100,40 @@ apiserver_cmd() { # apiserver_cmd PORT CERT_DIR
 		--authorization-mode=Node,RBAC)
 }
 
+# The audit policy of both API servers (logs/audit.log and logs/audit-authn.log, JSON lines).
+# What no test can see otherwise: the identity that exec, attach and port-forward requests are
+# authorized as (the proxy impersonates; the cluster has no kubelet), and every resource request
+# of the identities that the operator issues credentials for, with their
+# authentication.kubernetes.io/credential-id extra (README "Audit trail"). The harness's own
+# machinery (the admin and the control plane in system:masters, nodes, the operator under test)
+# and discovery are left out, so the log stays small.
+write_audit_policy() {
+	cat >"$CLUSTER_DIR/audit-policy.yaml" <<-'POLICY'
+		apiVersion: audit.k8s.io/v1
+		kind: Policy
+		omitStages: [RequestReceived]
+		rules:
+		  - level: Metadata
+		    resources:
+		      - group: ""
+		        resources: ["pods/exec", "pods/attach", "pods/portforward"]
+		  - level: None
+		    userGroups: ["system:masters", "system:nodes"]
+		  - level: None
+		    users:
+		      - system:apiserver
+		      - system:kube-controller-manager
+		      - system:kube-scheduler
+		      - system:kube-proxy
+		      - system:serviceaccount:kubeconfig-operator:kubeconfig-operator
+		  - level: None
+		    nonResourceURLs: ["*"]
+		  - level: Metadata
+		    userGroups: ["system:authenticated"]
+		  - level: None
+	POLICY
+}
+
 component_cmd() {
 	local name="$1"
 	load_ports || die "no $CLUSTER_DIR/ports: run up.sh first"
@@ -117,19 +151,7 @@ component_cmd() {
 		CMD=("$CLUSTER_BIN/dex" serve "$CLUSTER_DIR/dex/dex-short.yaml")
 		;;
 	apiserver)
-		# Audit what no test can see otherwise: the identity exec, attach and port-forward
-		# requests are authorized as (the proxy impersonates; the cluster has no kubelet).
-		cat >"$CLUSTER_DIR/audit-policy.yaml" <<-'POLICY'
-			apiVersion: audit.k8s.io/v1
-			kind: Policy
-			omitStages: [RequestReceived]
-			rules:
-			  - level: Metadata
-			    resources:
-			      - group: ""
-			        resources: ["pods/exec", "pods/attach", "pods/portforward"]
-			  - level: None
-		POLICY
+		write_audit_policy
 		apiserver_cmd "$API_PORT" "$CLUSTER_DIR/apiserver-certs"
 		CMD+=(
 			--oidc-issuer-url="https://127.0.0.1:$DEX_PORT/dex"
@@ -150,9 +172,12 @@ component_cmd() {
 		# AuthenticationConfiguration instead of --oidc-* flags (tests/differential.rs compares
 		# its verdicts with the operator's).
 		write_authentication_config >"$CLUSTER_DIR/authentication-config.yaml"
+		write_audit_policy
 		apiserver_cmd "$API_AUTHN_PORT" "$CLUSTER_DIR/apiserver-authn-certs"
 		CMD+=(
 			--authentication-config="$CLUSTER_DIR/authentication-config.yaml"
+			--audit-policy-file="$CLUSTER_DIR/audit-policy.yaml"
+			--audit-log-path="$LOGS/audit-authn.log" --audit-log-format=json --audit-log-maxsize=50
 			--profiling=false
 			--v=1)
 		;;

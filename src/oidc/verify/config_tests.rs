@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::oidc::claims::CREDENTIAL_ID_KEY;
+use crate::oidc::token::CREDENTIAL_ID_KEY;
 use crate::testing::{self, TestIssuer};
 
 const OTHER_ISSUER: &str = "https://short.example/dex";

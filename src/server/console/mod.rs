@@ -23,12 +23,12 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Form, Router,
-    extract::{Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, Query, State},
+    http::{Extensions, HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -44,6 +44,7 @@ use super::{
     limits,
 };
 use crate::{
+    audit::AuditLog,
     config::{CALLBACK_ROUTE, ConsoleConfig, ExecCommand, KubeconfigSettings, OidcConfig},
     confirm::{ConfirmError, Confirmer},
     crd::{Format, KubeconfigRequest, KubeconfigRequestSpec},
@@ -97,6 +98,8 @@ pub struct Console {
     confirmer: Option<Confirmer>,
     cookies: CookiePolicy,
     spent: SpentStates,
+    /// Where the page's downloads are recorded, as `GET /kube-config`'s are.
+    audit: Arc<AuditLog>,
 }
 
 impl Console {
@@ -125,7 +128,13 @@ impl Console {
             settings,
             confirmer,
             spent: SpentStates::default(),
+            audit: Arc::default(),
         })
+    }
+
+    /// The page with its downloads recorded in `audit`.
+    pub fn with_audit(self, audit: Arc<AuditLog>) -> Self {
+        Self { audit, ..self }
     }
 
     fn jar(&self, headers: &HeaderMap) -> PrivateCookieJar {
@@ -472,6 +481,7 @@ struct DownloadQuery {
 async fn download(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
+    extensions: Extensions,
     Query(query): Query<DownloadQuery>,
 ) -> Response {
     let jar = console.jar(&headers);
@@ -494,8 +504,18 @@ async fn download(
         format: query.format,
         namespace: None,
         via: DOWNLOAD_ROUTE,
+        source: extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(client)| client.ip()),
     };
-    match issue::issue(console.confirmer.as_ref(), &console.settings, ask).await {
+    let (audit_id, issued) = issue::issue_audited(
+        console.confirmer.as_ref(),
+        &console.settings,
+        &console.audit,
+        ask,
+    )
+    .await;
+    let response = match issued {
         Ok(response) => response,
         Err(NotIssued::Unconfirmed(ConfirmError::Refused)) => {
             console.problem(StatusCode::UNAUTHORIZED, REFUSED_BY_API_SERVER)
@@ -516,7 +536,8 @@ async fn download(
             StatusCode::INTERNAL_SERVER_ERROR,
             "The kubeconfig cannot be rendered; the operator's logs say why.",
         ),
-    }
+    };
+    (issue::audit_header(&audit_id), response).into_response()
 }
 
 #[derive(Deserialize)]

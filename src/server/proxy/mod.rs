@@ -13,7 +13,8 @@
 //! 5. `Impersonate-User` and `Impersonate-Group` (every group, and `system:authenticated`),
 //!    `Impersonate-Uid` and `Impersonate-Extra-*` are added for the whole verified identity;
 //! 6. the request takes one of its user's slots (`proxy.maxRequestsPerUser`), held until its
-//!    answer or stream ends; a user holding them all gets 429 with `Retry-After`.
+//!    answer or stream ends; a user holding them all gets 429 with `Retry-After`;
+//! 7. the credential's use is noted for its request's `status.lastUsedAt` (see [`last_use`]).
 //!
 //! The API server then authorizes the request as the user, and its answer (including its own
 //! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
@@ -25,6 +26,7 @@
 //! idle timeout.
 
 mod headers;
+mod last_use;
 mod upgrade;
 mod upstream;
 
@@ -54,8 +56,9 @@ use super::{
 use crate::{
     config::ProxyConfig,
     metrics::{Metrics, ProxyLabels},
-    oidc::authenticator::Authenticator,
+    oidc::{authenticator::Authenticator, token::credential_id_in},
 };
+use last_use::LastUse;
 use upstream::{Credential, Upstream};
 
 /// How long a client may take over its TLS handshake. Shorter than the main listener's: each
@@ -82,6 +85,7 @@ struct Proxy {
     /// no longer counts among its address's connections.
     streams_per_client: Arc<SlotsPerKey<IpAddr>>,
     stream_idle_timeout: Duration,
+    last_use: LastUse,
 }
 
 /// The proxy's listener, bound and with its files read, ready to serve. Binding is separate
@@ -99,6 +103,7 @@ impl BoundProxy {
         config: &ProxyConfig,
         authenticator: Arc<Authenticator>,
         metrics: Arc<Metrics>,
+        client: kube::Client,
     ) -> Result<Self, ServeError> {
         let tls = listener::tls_acceptor(&config.tls)?;
         let upstream = Upstream::new(config)?;
@@ -123,6 +128,7 @@ impl BoundProxy {
             per_user: SlotsPerKey::new(config.max_requests_per_user),
             streams_per_client: SlotsPerKey::new(config.max_connections_per_client),
             stream_idle_timeout: config.stream_idle_timeout,
+            last_use: LastUse::new(client),
         });
         Ok(Self {
             tcp,
@@ -267,6 +273,10 @@ async fn handle(
             ),
         );
     };
+    // 7. Its request's last use.
+    if let Some(id) = credential_id_in(&identity.extra) {
+        proxy.last_use.touch(id);
+    }
     let Some(upgrade) = upgrade else {
         return (user, plain(proxy, parts, body, slot).await);
     };
