@@ -60,7 +60,8 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
     (Arc::new(context), api)
 }
 
-/// A stored request (namespace, uid, generation) for alice's token Secret.
+/// A stored request (namespace, uid, generation) for alice's token Secret, holding the finalizer
+/// that the controller adds before it first writes an ID token.
 pub fn request(spec: Value) -> KubeconfigRequest {
     let mut spec_json = json!({ "tokenSecretRef": { "name": TOKEN_SECRET } });
     if let (Some(base), Some(extra)) = (spec_json.as_object_mut(), spec.as_object()) {
@@ -71,7 +72,12 @@ pub fn request(spec: Value) -> KubeconfigRequest {
     request.metadata.namespace = Some(NAMESPACE.into());
     request.metadata.uid = Some(REQUEST_UID.into());
     request.metadata.generation = Some(1);
+    request.metadata.finalizers = Some(vec![super::revoke::FINALIZER.into()]);
     request
+}
+
+pub fn request_path() -> String {
+    format!("/apis/kubeconfig.dev/v1alpha1/namespaces/{NAMESPACE}/kubeconfigrequests/{REQUEST}")
 }
 
 /// The token Secret as the API server returns it.
@@ -100,9 +106,7 @@ pub fn secret_path(name: &str) -> String {
 }
 
 pub fn status_path() -> String {
-    format!(
-        "/apis/kubeconfig.dev/v1alpha1/namespaces/{NAMESPACE}/kubeconfigrequests/{REQUEST}/status"
-    )
+    format!("{}/status", request_path())
 }
 
 pub fn events_path() -> String {

@@ -22,7 +22,10 @@ use super::{
     refusal::{Reason, Refusal},
     renewals::renew_request,
 };
-use crate::crd::{Format, KubeconfigRequest, KubeconfigRequestStatus};
+use crate::{
+    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus},
+    oidc::revocations,
+};
 
 /// The decision for one request, after the Secret was written or the request refused.
 pub(super) enum Outcome {
@@ -165,6 +168,13 @@ pub(super) async fn update(
                 status.expires_at = Some(format_time(credential.expires_at));
                 status.renewal_time = Some(format_time(credential.renew_at));
             }
+            // What deleting the request revokes: an ID token (a minted one dies with its Secret).
+            if holds_token && credential.granted_seconds.is_none() {
+                status.credential = Some(revocations::credential(
+                    &credential.token,
+                    &credential.identity,
+                ));
+            }
             // A minted token was issued after any renewal the annotation asks for.
             if credential.granted_seconds.is_some() {
                 status.last_renew_request =
@@ -198,6 +208,7 @@ pub(super) async fn update(
                 && previous.and_then(|p| p.secret_name.as_ref()) == kept_secret.as_ref()
             {
                 status.expires_at = previous.and_then(|p| p.expires_at.clone());
+                status.credential = previous.and_then(|p| p.credential.clone());
             }
         }
     }

@@ -56,12 +56,15 @@ impl Authenticator {
                 Ok::<_, TokenError>((identity, expires_at))
             })
             .await
-            .and_then(
-                |identity| match self.revocations.refusal(&identity, chrono::Utc::now()) {
+            .and_then(|identity| {
+                match self
+                    .revocations
+                    .refusal(token, &identity, chrono::Utc::now())
+                {
                     Some(refusal) => Err(refusal),
                     None => Ok(identity),
-                },
-            );
+                }
+            });
         if let Err(refusal) = &verdict {
             self.metrics.count_token_failure(refusal.reason());
         }
