@@ -12,9 +12,13 @@
 mod api_proxy;
 mod support;
 
-use std::{thread, time::Duration};
+use std::{
+    sync::{Mutex, MutexGuard, PoisonError},
+    thread,
+    time::Duration,
+};
 
-use api_proxy::{PROXY_NAMESPACE, Proxied, kubectl_with};
+use api_proxy::{PROXY_NAMESPACE, Proxied, kubectl_with, runtime};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use support::{
@@ -26,6 +30,46 @@ use support::{
         write_temp,
     },
 };
+use tokio::io::AsyncReadExt as _;
+
+/// Revocations are cluster-wide: a test that revokes alice's group must not run while another
+/// expects her tokens to work.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A watch of the ConfigMaps in `namespace` with `token`, on a connection that closes when the
+/// watch ends.
+fn watch_request(proxied: &Proxied, namespace: &str, token: &str) -> String {
+    format!(
+        "GET /api/v1/namespaces/{namespace}/configmaps?watch=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+        proxied.address
+    )
+}
+
+/// Opens `request` on `proxied` and checks that the answer's head says it streams.
+async fn open_stream(proxied: &Proxied, request: &str, status: &str) -> Stream {
+    let (stream, head) = proxied.open(request).await;
+    assert!(head.starts_with(status), "{head}");
+    stream
+}
+
+type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Whether the proxy ends `stream` within `timeout`, reading what it still sends.
+async fn ends_within(stream: &mut Stream, timeout: Duration) -> bool {
+    let mut buffer = [0u8; 4096];
+    tokio::time::timeout(timeout, async {
+        while let Ok(read) = stream.read(&mut buffer).await {
+            if read == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
 
 /// A ServiceAccount whose only right is to manage KubeconfigRevocations (cluster-wide, as the
 /// resource is), and its token; the ClusterRole and its binding go when dropped.
@@ -112,6 +156,7 @@ fn apply_as(cluster: &Cluster, token: &str, manifest: &str) -> Result<String, St
 
 #[test]
 fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
+    let _alone = alone();
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revocation");
     let revoker = Revoker::new(cluster, &namespace.name);
@@ -258,6 +303,7 @@ fn through(proxied: &Proxied, namespace: &str, token: &str) -> (String, bool) {
 
 #[test]
 fn deleting_a_request_revokes_its_id_token_on_every_replica_and_after_a_restart() {
+    let _alone = alone();
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revoke-deleted");
     let ns = namespace.name.as_str();
@@ -309,7 +355,7 @@ fn deleting_a_request_revokes_its_id_token_on_every_replica_and_after_a_restart(
         ("bob-configmaps", user),
         ("alice-configmaps", &cluster.alice_username),
     ] {
-        grant(cluster, ns, role, who, "list", "configmaps", &[]);
+        grant(cluster, ns, role, who, "list,watch", "configmaps", &[]);
     }
     put_token_secret(cluster, ns, "bob-token", "token", &bob);
     put_token_secret(cluster, ns, "alice-token", "token", &alice);
@@ -398,6 +444,16 @@ fn deleting_a_request_revokes_its_id_token_on_every_replica_and_after_a_restart(
         assert!(refusal.contains("forbidden"), "{refusal}");
     }
 
+    // bob's watches through both replicas, and alice's beside them.
+    let streams = runtime();
+    let mut watches = Vec::new();
+    for proxied in [&first, &second] {
+        for token in [&bob, &alice] {
+            let request = watch_request(proxied, ns, token);
+            watches.push(streams.block_on(open_stream(proxied, &request, "HTTP/1.1 200")));
+        }
+    }
+
     kubectl_as_token(
         cluster,
         &bob,
@@ -422,6 +478,16 @@ fn deleting_a_request_revokes_its_id_token_on_every_replica_and_after_a_restart(
         refused.contains("Unauthorized") || refused.contains("logged in"),
         "{refused}"
     );
+    // bob's open watches ended on both replicas; alice's are still open.
+    for (index, watch) in watches.iter_mut().enumerate() {
+        let bobs = index % 2 == 0;
+        let timeout = Duration::from_secs(if bobs { 10 } else { 1 });
+        assert_eq!(
+            streams.block_on(ends_within(watch, timeout)),
+            bobs,
+            "watch {index}"
+        );
+    }
 
     // The revocation says where it came from, and names the token by its digest only.
     let revocations = kubectl(
@@ -487,4 +553,76 @@ fn deleting_a_request_revokes_its_id_token_on_every_replica_and_after_a_restart(
             "--ignore-not-found",
         ],
     );
+}
+
+#[test]
+fn a_group_revocation_closes_the_open_streams_of_its_members() {
+    let _alone = alone();
+    let cluster = cluster();
+    let namespace = Namespace::new(cluster, "revoke-streams");
+    let ns = namespace.name.as_str();
+    let revoker = Revoker::new(cluster, ns);
+    let proxied = Proxied::start(cluster, ns);
+    let alice = id_token(cluster, "alice");
+    let bob = id_token(cluster, "bob");
+    for (role, user) in [
+        ("alice", &cluster.alice_username),
+        ("bob", &cluster.bob_username),
+    ] {
+        grant(cluster, ns, role, user, "watch", "configmaps", &[]);
+    }
+    // A watch over HTTP and one over WebSocket (an upgraded stream, as exec, attach and
+    // port-forward are) for alice, who is in team-a; one for bob, who is not.
+    let streams = runtime();
+    let bearer = |token: &str| format!("Authorization: Bearer {token}");
+    let mut alices = vec![
+        streams.block_on(open_stream(
+            &proxied,
+            &watch_request(&proxied, ns, &alice),
+            "HTTP/1.1 200",
+        )),
+        streams.block_on(open_stream(
+            &proxied,
+            &proxied.websocket_watch(ns, &bearer(&alice)),
+            "HTTP/1.1 101",
+        )),
+    ];
+    let mut bobs = streams.block_on(open_stream(
+        &proxied,
+        &proxied.websocket_watch(ns, &bearer(&bob)),
+        "HTTP/1.1 101",
+    ));
+
+    thread::sleep(Duration::from_secs(1));
+    let not_before = Utc::now();
+    let name = format!("{ns}-team-a");
+    let manifest = revocation(
+        &name,
+        "team-a",
+        not_before,
+        not_before + chrono::Duration::minutes(10),
+    );
+    apply_as(cluster, &revoker.token, &manifest).unwrap();
+    for (index, watch) in alices.iter_mut().enumerate() {
+        assert!(
+            streams.block_on(ends_within(watch, Duration::from_secs(10))),
+            "alice's stream {index} ends"
+        );
+    }
+    assert!(
+        !streams.block_on(ends_within(&mut bobs, Duration::from_secs(1))),
+        "bob's stream stays open"
+    );
+    let log = proxied.operator.logs();
+    assert!(
+        log.contains("closing a stream whose token was revoked"),
+        "{log}"
+    );
+    assert!(!log.contains(&alice), "no token in the log");
+    kubectl_as_token(
+        cluster,
+        &revoker.token,
+        &["delete", "kubeconfigrevocation", &name],
+    )
+    .unwrap();
 }

@@ -36,8 +36,9 @@ impl Authenticator {
         }
     }
 
-    /// The revocations it consults, for readiness.
-    pub fn revocations(&self) -> &Revocations {
+    /// The revocations it consults: for readiness, and for open streams, which end when one
+    /// covers their token.
+    pub fn revocations(&self) -> &Arc<Revocations> {
         &self.revocations
     }
 

@@ -30,6 +30,7 @@ use kube::{
         watcher,
     },
 };
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use sha2::{Digest as _, Sha256};
@@ -45,6 +46,9 @@ const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct Revocations {
     store: Store<KubeconfigRevocation>,
+    /// Marked changed whenever the watch brings a revocation, so that open streams check
+    /// whether they are covered now.
+    changes: watch::Sender<()>,
     synced: AtomicBool,
     /// Off only where no API server exists (unit tests, benchmarks, the fuzzer).
     enforced: bool,
@@ -56,6 +60,7 @@ impl Revocations {
         let (store, _) = reflector::store();
         Arc::new(Self {
             store,
+            changes: watch::Sender::new(()),
             synced: AtomicBool::new(true),
             enforced: false,
         })
@@ -70,6 +75,7 @@ impl Revocations {
         }
         Arc::new(Self {
             store,
+            changes: watch::Sender::new(()),
             synced: AtomicBool::new(true),
             enforced: true,
         })
@@ -104,6 +110,35 @@ impl Revocations {
             })
     }
 
+    /// Notes revocations from now on: taken before a token is judged, so that none that lands
+    /// between the verdict and [`Revocations::until_revoked`] goes unseen.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
+    }
+
+    /// Resolves once a revocation noted by `changes` covers `token`: a stream opened with it (a
+    /// watch, an exec session) ends then. Only `Revoked` ends it; a token that expires meanwhile
+    /// is the API server's to judge.
+    pub async fn until_revoked(
+        self: Arc<Self>,
+        mut changes: watch::Receiver<()>,
+        token: IdToken,
+        identity: Identity,
+    ) {
+        loop {
+            if changes.changed().await.is_err() {
+                // Nothing can bring a revocation any more.
+                return std::future::pending().await;
+            }
+            if let Some(TokenError::Revoked { revocation, .. }) =
+                self.refusal(&token, &identity, Utc::now())
+            {
+                info!(user = %identity.username, %revocation, "closing a stream whose token was revoked");
+                return;
+            }
+        }
+    }
+
     /// Follows the cluster's revocations for as long as the process runs, and deletes those past
     /// their `expiresAt` (every replica may; a deletion another made first is no error).
     pub async fn follow(client: Client) -> Arc<Self> {
@@ -111,17 +146,23 @@ impl Revocations {
         let (store, writer) = reflector::store();
         let revocations = Arc::new(Self {
             store,
+            changes: watch::Sender::new(()),
             synced: AtomicBool::new(false),
             enforced: true,
         });
+        // The reflector has stored each revocation before it comes out of the stream.
         let stream = reflector::reflector(writer, watcher(api.clone(), watcher::Config::default()))
             .default_backoff()
-            .touched_objects();
+            .applied_objects();
+        let watching = Arc::clone(&revocations);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                if let Err(problem) = event {
-                    warn!(%problem, "watching KubeconfigRevocations failed; retrying");
+                match event {
+                    Ok(_) => watching.changes.send_replace(()),
+                    Err(problem) => {
+                        warn!(%problem, "watching KubeconfigRevocations failed; retrying")
+                    }
                 }
             }
         });
@@ -425,6 +466,7 @@ mod tests {
         let (store, _writer) = reflector::store();
         let revocations = Revocations {
             store,
+            changes: watch::Sender::new(()),
             synced: AtomicBool::new(false),
             enforced: true,
         };
@@ -437,6 +479,47 @@ mod tests {
             revocations.refusal(&token(), &identity(Some(5_000)), at(6_000)),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn an_open_stream_learns_of_a_revocation_that_covers_it() {
+        let (store, mut writer) = reflector::store();
+        let revocations = Arc::new(Revocations {
+            store,
+            changes: watch::Sender::new(()),
+            synced: AtomicBool::new(true),
+            enforced: true,
+        });
+        let now = Utc::now().timestamp();
+        let mut bob = identity(Some(now));
+        bob.username = "bob@example.com".into();
+        bob.groups.clear();
+        let stream = |identity| {
+            let changes = revocations.changes();
+            tokio::spawn(Arc::clone(&revocations).until_revoked(changes, token(), identity))
+        };
+        let alices = stream(identity(Some(now)));
+        let bobs = stream(bob);
+        tokio::task::yield_now().await;
+        // Its notBefore is in 1970: alice's token, issued now, is not covered.
+        writer.apply_watcher_event(&watcher::Event::Apply(revocation(
+            None,
+            Some("team-a"),
+            None,
+        )));
+        revocations.changes.send_replace(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!alices.is_finished(), "issued after notBefore");
+        let mut covering = revocation(None, Some("team-a"), None);
+        covering.spec.not_before = k8s_time(now + 60);
+        writer.apply_watcher_event(&watcher::Event::Apply(covering));
+        revocations.changes.send_replace(());
+        tokio::time::timeout(Duration::from_secs(2), alices)
+            .await
+            .expect("alice's stream ends")
+            .unwrap();
+        assert!(!bobs.is_finished(), "bob is not in team-a");
+        bobs.abort();
     }
 
     #[test]
