@@ -49,6 +49,8 @@ pub struct Revocations {
     /// Marked changed whenever the watch brings a revocation, so that open streams check
     /// whether they are covered now.
     changes: watch::Sender<()>,
+    /// Writes revocations on a token holder's behalf; none where no API server exists.
+    client: Option<Client>,
     synced: AtomicBool,
     /// Off only where no API server exists (unit tests, benchmarks, the fuzzer).
     enforced: bool,
@@ -61,6 +63,7 @@ impl Revocations {
         Arc::new(Self {
             store,
             changes: watch::Sender::new(()),
+            client: None,
             synced: AtomicBool::new(true),
             enforced: false,
         })
@@ -76,6 +79,7 @@ impl Revocations {
         Arc::new(Self {
             store,
             changes: watch::Sender::new(()),
+            client: None,
             synced: AtomicBool::new(true),
             enforced: true,
         })
@@ -110,6 +114,23 @@ impl Revocations {
             })
     }
 
+    /// Revokes the token whose holder `identity` logs out of the download page, on every
+    /// replica, until it expires. Does nothing where no API server exists.
+    pub async fn log_out(&self, token: &IdToken, identity: &Identity) -> Result<(), kube::Error> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        revoke_credential(
+            client.clone(),
+            credential(token, identity),
+            identity.expires_at,
+            RevokedBecause::LoggedOut,
+            format!("{} logged out of the download page", identity.username),
+            BTreeMap::new(),
+        )
+        .await
+    }
+
     /// Notes revocations from now on: taken before a token is judged, so that none that lands
     /// between the verdict and [`Revocations::until_revoked`] goes unseen.
     pub fn changes(&self) -> watch::Receiver<()> {
@@ -142,11 +163,12 @@ impl Revocations {
     /// Follows the cluster's revocations for as long as the process runs, and deletes those past
     /// their `expiresAt` (every replica may; a deletion another made first is no error).
     pub async fn follow(client: Client) -> Arc<Self> {
-        let api: Api<KubeconfigRevocation> = Api::all(client);
+        let api: Api<KubeconfigRevocation> = Api::all(client.clone());
         let (store, writer) = reflector::store();
         let revocations = Arc::new(Self {
             store,
             changes: watch::Sender::new(()),
+            client: Some(client),
             synced: AtomicBool::new(false),
             enforced: true,
         });
@@ -467,6 +489,7 @@ mod tests {
         let revocations = Revocations {
             store,
             changes: watch::Sender::new(()),
+            client: None,
             synced: AtomicBool::new(false),
             enforced: true,
         };
@@ -487,6 +510,7 @@ mod tests {
         let revocations = Arc::new(Revocations {
             store,
             changes: watch::Sender::new(()),
+            client: None,
             synced: AtomicBool::new(true),
             enforced: true,
         });
