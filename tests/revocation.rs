@@ -575,7 +575,7 @@ fn a_group_revocation_closes_the_open_streams_of_its_members() {
     // port-forward are) for alice, who is in team-a; one for bob, who is not.
     let streams = runtime();
     let bearer = |token: &str| format!("Authorization: Bearer {token}");
-    let mut alices = vec![
+    let mut alices = [
         streams.block_on(open_stream(
             &proxied,
             &watch_request(&proxied, ns, &alice),
