@@ -276,8 +276,9 @@ pub async fn revoke_credential(
     message: String,
     annotations: BTreeMap<String, String>,
 ) -> Result<(), kube::Error> {
-    let now = Utc::now();
-    if expires_at <= now {
+    // Times are whole seconds: a notBefore of the next one covers a token issued this second.
+    let not_before = Utc::now() + chrono::TimeDelta::seconds(1);
+    if expires_at <= not_before {
         // The token is dead already; the schema would refuse an expiresAt before notBefore.
         return Ok(());
     }
@@ -295,7 +296,7 @@ pub async fn revoke_credential(
             user: None,
             group: None,
             credential: Some(credential),
-            not_before: k8s_time(now),
+            not_before: k8s_time(not_before),
             expires_at: Some(k8s_time(expires_at)),
             message: Some(message),
         },
