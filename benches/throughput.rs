@@ -219,6 +219,7 @@ fn main() {
                         KubeconfigRevocationSpec {
                             user: Some(format!("someone{i}@example.com")),
                             group: None,
+                            credential: None,
                             not_before: Time(jiff::Timestamp::now()),
                             expires_at: None,
                             message: None,

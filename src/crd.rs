@@ -309,6 +309,10 @@ pub struct KubeconfigRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_renew_request: Option<String>,
 
+    /// The ID token the Secret holds, as a KubeconfigRevocation names it (spec.credential). Deleting the request revokes it on every replica of the operator, so that the API server proxy refuses it until it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -330,7 +334,7 @@ impl KubeconfigRequest {
     }
 }
 
-/// Refuses ID tokens of a user or of a group's members, issued before notBefore: "sign out everywhere". Every replica of the operator refuses them for downloads, the download page, KubeconfigRequests and the API server proxy, with the message below in the 401. A token issued after notBefore works again. The API server itself does not read this object: where users reach the API server directly, add the matching userValidationRules deny-list to its AuthenticationConfiguration (README "Revocation").
+/// Refuses ID tokens of a user or of a group's members, issued before notBefore: "sign out everywhere"; or one credential, which the operator itself revokes when a KubeconfigRequest holding an ID token is deleted, or its holder logs out of the download page. Every replica of the operator refuses them for downloads, the download page, KubeconfigRequests and the API server proxy, with the message below in the 401. A token issued after notBefore works again. The API server itself does not read this object: where users reach the API server directly, add the matching userValidationRules deny-list to its AuthenticationConfiguration (README "Revocation").
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kubeconfig.dev",
@@ -339,11 +343,12 @@ impl KubeconfigRequest {
     shortname = "kcrev",
     printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.user"}"#,
     printcolumn = r#"{"name":"Group","type":"string","jsonPath":".spec.group"}"#,
+    printcolumn = r#"{"name":"Credential","type":"string","jsonPath":".spec.credential","priority":1}"#,
     printcolumn = r#"{"name":"Not-Before","type":"date","jsonPath":".spec.notBefore"}"#,
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#
 )]
 #[x_kube(
-    validation = Rule::new("has(self.user) != has(self.group)").message("set exactly one of spec.user and spec.group"),
+    validation = Rule::new("(has(self.user) ? 1 : 0) + (has(self.group) ? 1 : 0) + (has(self.credential) ? 1 : 0) == 1").message("set exactly one of spec.user, spec.group and spec.credential"),
     validation = Rule::new("!has(self.expiresAt) || self.expiresAt > self.notBefore").message("spec.expiresAt must be after spec.notBefore")
 )]
 #[serde(rename_all = "camelCase")]
@@ -356,6 +361,13 @@ pub struct KubeconfigRevocationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub group: Option<String>,
+    /// One token: JTI=<jti> for a token with a jti claim (the authentication.kubernetes.io/credential-id the API server writes in its audit log), else SHA256=<the token's SHA-256 in hex>. A KubeconfigRequest's status.credential names its token this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 5, max = 512),
+        regex(pattern = r"^(JTI=.+|SHA256=[0-9a-f]{64})$")
+    )]
+    pub credential: Option<String>,
     /// Tokens issued (iat) before this time are refused; so are tokens without iat, whose issue time is unknown. Set it to now to sign the user out everywhere: the tokens they get afterwards work.
     pub not_before: Time,
     /// When the revocation ends; the operator then deletes it. Set it to notBefore plus the issuer's longest token lifetime (Dex: expiry.idTokens, 24h by default): by then every token it refuses has expired anyway. Unset: it stays until deleted.

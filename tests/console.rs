@@ -359,6 +359,49 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
     let cookies = browser.get_all_cookies().await.unwrap();
     assert!(cookie_named(&cookies, "kubeconfig-session").is_none());
 
+    // Logging out ended the session on the server too: a copy of the cookie made before no
+    // longer downloads, and the session's token is revoked on every replica until it expires.
+    let copied = http()
+        .get(format!("{base}/download"))
+        .header("cookie", &session_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copied.status(), 401, "a copied session cookie after logout");
+    assert_page_headers(&copied);
+    let direct = http()
+        .get(format!("{}/kube-config", operator.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 401);
+    let refusal = direct.text().await.unwrap();
+    assert!(refusal.starts_with("Revoked: "), "{refusal}");
+    assert!(
+        refusal.contains("alice@example.com logged out of the download page"),
+        "{refusal}"
+    );
+    let revocations = support::kubectl(
+        cluster,
+        &[
+            "get",
+            "kcrev",
+            "-l",
+            "kubeconfig.dev/revoked-because=LoggedOut",
+            "-o",
+            "name",
+        ],
+    );
+    let revoked = support::kubectl(
+        cluster,
+        &["get", "kcrev", "-o", "jsonpath={.items[*].spec.credential}"],
+    );
+    assert!(
+        !revoked.contains(&token),
+        "the token itself is never written"
+    );
+
     // A forged state is refused, even with a live login cookie.
     click(&browser, Locator::LinkText("Log in"), "the login link").await;
     browser
@@ -427,4 +470,7 @@ async fn alice_logs_in_in_a_browser_and_her_kubeconfig_works() {
 
     browser.close().await.unwrap();
     assert!(!operator.logs().contains(&token));
+    for revocation in revocations.lines() {
+        let _ = support::kubectl_result(cluster, &["delete", revocation]);
+    }
 }

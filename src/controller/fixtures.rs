@@ -68,7 +68,8 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
     (Arc::new(context), api)
 }
 
-/// A stored request (namespace, uid, generation) for alice's token Secret.
+/// A stored request (namespace, uid, generation) for alice's token Secret, holding the finalizer
+/// that the controller adds before it first writes an ID token.
 pub fn request(spec: Value) -> KubeconfigRequest {
     // Every request the API server stores has its creator recorded by the admission policy.
     let mut spec_json = json!({
@@ -83,7 +84,12 @@ pub fn request(spec: Value) -> KubeconfigRequest {
     request.metadata.namespace = Some(NAMESPACE.into());
     request.metadata.uid = Some(REQUEST_UID.into());
     request.metadata.generation = Some(1);
+    request.metadata.finalizers = Some(vec![super::revoke::FINALIZER.into()]);
     request
+}
+
+pub fn request_path() -> String {
+    format!("/apis/kubeconfig.dev/v1alpha1/namespaces/{NAMESPACE}/kubeconfigrequests/{REQUEST}")
 }
 
 /// The token Secret as the API server returns it.
@@ -112,9 +118,7 @@ pub fn secret_path(name: &str) -> String {
 }
 
 pub fn status_path() -> String {
-    format!(
-        "/apis/kubeconfig.dev/v1alpha1/namespaces/{NAMESPACE}/kubeconfigrequests/{REQUEST}/status"
-    )
+    format!("{}/status", request_path())
 }
 
 pub fn events_path() -> String {

@@ -14,6 +14,7 @@ mod index;
 pub mod leader;
 mod refusal;
 mod renewals;
+mod revoke;
 mod secret;
 mod source;
 mod status;
@@ -287,7 +288,7 @@ pub fn error_policy(request: Arc<KubeconfigRequest>, error: &Error, ctx: Arc<Con
 
 async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<Action, Error> {
     if request.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return revoke::on_deletion(request, ctx).await;
     }
     let namespace = request.namespace().ok_or(Error::NotStored)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -345,6 +346,9 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
             let kept = ours.as_ref().map(|_| target.clone());
             match credential {
                 Ok(credential) => {
+                    if revoke::holds_id_token(request) {
+                        revoke::hold(request, ctx).await?;
+                    }
                     match secret::write(request, ctx, &secrets, &target, ours.as_ref(), &credential)
                         .await?
                     {

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     audit::{self, Action, What, Who},
     crd::{Format, KubeconfigRequest, KubeconfigRequestStatus},
+    oidc::revocations,
 };
 
 /// The decision for one request, after the Secret was written or the request refused.
@@ -170,6 +171,13 @@ pub(super) async fn update(
                 status.expires_at = Some(format_time(credential.expires_at));
                 status.renewal_time = Some(format_time(credential.renew_at));
             }
+            // What deleting the request revokes: an ID token (a minted one dies with its Secret).
+            if holds_token && credential.granted_seconds.is_none() {
+                status.credential = Some(revocations::credential(
+                    &credential.token,
+                    &credential.identity,
+                ));
+            }
             // A minted token was issued after any renewal the annotation asks for.
             if credential.granted_seconds.is_some() {
                 status.last_renew_request =
@@ -203,6 +211,7 @@ pub(super) async fn update(
             {
                 status.expires_at = previous.and_then(|p| p.expires_at.clone());
                 status.credential_id = previous.and_then(|p| p.credential_id.clone());
+                status.credential = previous.and_then(|p| p.credential.clone());
             }
         }
     }

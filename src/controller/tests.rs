@@ -245,6 +245,93 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
 }
 
 #[tokio::test]
+async fn the_finalizer_is_added_before_the_secret_receives_an_id_token() {
+    let token = alice_token();
+    let mut fresh = request(json!({}));
+    fresh.metadata.finalizers = Some(vec!["example.com/other".into()]);
+    fresh.metadata.resource_version = Some("41".into());
+    reconcile_with(fresh, move |mut api| async move {
+        api.first_reads(&token).await;
+        let hold = api.expect(Method::PATCH, &request_path()).await;
+        assert_eq!(
+            hold.body,
+            json!({"metadata": {
+                "finalizers": ["example.com/other", "kubeconfig.dev/revoke-id-token"],
+                "resourceVersion": "41",
+            }}),
+            "a merge patch conditional on the version it was computed from"
+        );
+        hold.reply(200, serde_json::to_value(request(json!({}))).unwrap());
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .echo();
+        let status = api.issued_and_status().await;
+        // The test issuer's tokens have no jti: the token's digest names it, never the token.
+        use sha2::Digest as _;
+        assert_eq!(
+            status["status"]["credential"],
+            format!("SHA256={:x}", sha2::Sha256::digest(token.as_bytes()))
+        );
+        api
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_request_revokes_its_id_token_then_lets_it_go() {
+    let mut deleted = request(json!({}));
+    deleted.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    deleted.metadata.finalizers = Some(vec![
+        "kubeconfig.dev/revoke-id-token".into(),
+        "example.com/other".into(),
+    ]);
+    deleted.metadata.resource_version = Some("52".into());
+    let expires_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    deleted.status = Some(crate::crd::KubeconfigRequestStatus {
+        credential: Some("JTI=abc".into()),
+        expires_at: Some(expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ..Default::default()
+    });
+    let action = reconcile_with(deleted, move |mut api| async move {
+        let revocation = api
+            .expect(
+                Method::POST,
+                "/apis/kubeconfig.dev/v1alpha1/kubeconfigrevocations",
+            )
+            .await;
+        assert_eq!(revocation.body["spec"]["credential"], "JTI=abc");
+        assert_eq!(
+            revocation.body["spec"]["expiresAt"],
+            expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        assert_eq!(
+            revocation.body["metadata"]["labels"]["kubeconfig.dev/revoked-because"],
+            "RequestDeleted"
+        );
+        assert_eq!(
+            revocation.body["metadata"]["annotations"]["kubeconfig.dev/request"],
+            format!("{NAMESPACE}/{REQUEST}")
+        );
+        // A retry finds the revocation it made before.
+        revocation.reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+        );
+        let release = api.expect(Method::PATCH, &request_path()).await;
+        assert_eq!(
+            release.body,
+            json!({"metadata": {"finalizers": ["example.com/other"], "resourceVersion": "52"}})
+        );
+        release.reply(200, serde_json::to_value(request(json!({}))).unwrap());
+        api
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
 async fn a_secret_owned_by_someone_else_is_not_touched_and_the_token_not_read() {
     reconcile_with(request(json!({})), move |mut api| async move {
         api.expect(Method::GET, &secret_path(TARGET_SECRET))

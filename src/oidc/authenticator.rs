@@ -43,8 +43,9 @@ impl Authenticator {
         }
     }
 
-    /// The revocations it consults, for readiness.
-    pub fn revocations(&self) -> &Revocations {
+    /// The revocations it consults: for readiness, and for open streams, which end when one
+    /// covers their token.
+    pub fn revocations(&self) -> &Arc<Revocations> {
         &self.revocations
     }
 
@@ -67,12 +68,15 @@ impl Authenticator {
                 Ok::<_, TokenError>((identity, expires_at))
             })
             .await
-            .and_then(
-                |identity| match self.revocations.refusal(&identity, chrono::Utc::now()) {
+            .and_then(|identity| {
+                match self
+                    .revocations
+                    .refusal(token, &identity, chrono::Utc::now())
+                {
                     Some(refusal) => Err(refusal),
                     None => Ok(identity),
-                },
-            );
+                }
+            });
         if let Err(refusal) = &verdict {
             self.metrics.count_token_failure(refusal.reason());
         }

@@ -545,8 +545,9 @@ struct LogoutForm {
     csrf: String,
 }
 
-/// Ends the session. Only a form of the page itself may: see [`from_the_page`], and the CSRF
-/// token must be the session's.
+/// Ends the session: in this browser, and on every replica, by revoking the session's token, so
+/// that a copy of the cookie no longer downloads. Only a form of the page itself may: see
+/// [`from_the_page`], and the CSRF token must be the session's.
 async fn logout(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
@@ -567,6 +568,22 @@ async fn logout(
             StatusCode::FORBIDDEN,
             "Refused: the form's CSRF token is not this session's; reload the page.",
         );
+    }
+    // A session whose token no longer verifies (expired, revoked) has nothing left to end.
+    if session.is_some()
+        && let Ok((session, identity)) = console.session(&jar).await
+    {
+        let token = IdToken::from(session.id_token);
+        let revocations = console.authenticator.revocations();
+        if let Err(problem) = revocations.log_out(&token, &identity).await {
+            warn!(%problem, user = %identity.username, "cannot revoke the token of a session logging out");
+            // The cookie stays, so that logging out can be tried again.
+            return console.problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not logged out: your session cannot be ended on the server right now; try again in a minute.",
+            );
+        }
+        info!(user = %identity.username, "logged out; the session's token is revoked");
     }
     let jar = jar.remove(console.cookies.removal(Kind::Session));
     (jar, Redirect::to(PAGE_ROUTE)).into_response()

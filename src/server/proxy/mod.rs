@@ -16,6 +16,10 @@
 //!    answer or stream ends; a user holding them all gets 429 with `Retry-After`;
 //! 7. the credential's use is noted for its request's `status.lastUsedAt` (see [`last_use`]).
 //!
+//! An answer still streaming (a watch, `logs -f`) or an upgraded stream ends as soon as a
+//! `KubeconfigRevocation` covers the token that opened it: revocation ends what is open, not only
+//! what comes next.
+//!
 //! The API server then authorizes the request as the user, and its answer (including its own
 //! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
 //! attach, port-forward, WebSocket watches) take the same steps, then go over a fresh connection
@@ -43,7 +47,8 @@ use axum::{
     http::{HeaderValue, Method, Response, StatusCode, Uri, header, request::Parts},
     response::IntoResponse,
 };
-use http_body_util::BodyExt as _;
+use futures::StreamExt as _;
+use http_body_util::{BodyExt as _, BodyStream, StreamBody};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
@@ -216,10 +221,13 @@ async fn handle(
             }
         }
     }
-    let identity = match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
-        Ok(authenticated) => authenticated.identity,
-        Err(refused) => return (None, refused),
-    };
+    let revocations = proxy.authenticator.revocations();
+    let changes = revocations.changes();
+    let Authenticated { token, identity } =
+        match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
+            Ok(authenticated) => authenticated,
+            Err(refused) => return (None, refused),
+        };
     let user = Some(identity.username.clone());
     // `OPTIONS *` asks about the server itself, which the proxy does not speak for: the client's
     // mistake, not a failed upstream.
@@ -265,7 +273,7 @@ async fn handle(
         );
     }
     // 6. Within the user's share.
-    let Some(slot) = proxy.per_user.try_take(identity.username) else {
+    let Some(slot) = proxy.per_user.try_take(identity.username.clone()) else {
         return (
             user,
             too_many(
@@ -277,8 +285,10 @@ async fn handle(
     if let Some(id) = credential_id_in(&identity.extra) {
         proxy.last_use.touch(id);
     }
+    // Whatever stays open ends when the token is revoked.
+    let revoked = Arc::clone(revocations).until_revoked(changes, token, identity);
     let Some(upgrade) = upgrade else {
-        return (user, plain(proxy, parts, body, slot).await);
+        return (user, plain(proxy, parts, body, slot, revoked).await);
     };
     // An upgraded stream has left the listener's count of connections, so its address's share
     // of streams is counted here.
@@ -288,7 +298,7 @@ async fn handle(
             "this address has as many streams open through the proxy as one client may; close some or try again later",
         ),
         (Ok(permit), client_slot) => {
-            upgrade::forward(proxy, parts, upgrade, (permit, slot, client_slot)).await
+            upgrade::forward(proxy, parts, upgrade, (permit, slot, client_slot), revoked).await
         }
         (Err(_), _) => refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -313,8 +323,15 @@ fn too_many(message: &str) -> Response<Body> {
 }
 
 /// Any request but an upgrade, over the pooled connections; the answer streams back as it
-/// arrives, holding the user's `slot` until it ends (a watch: until it is closed).
-async fn plain(proxy: &Proxy, mut parts: Parts, body: Body, slot: Slot<String>) -> Response<Body> {
+/// arrives, holding the user's `slot` until it ends (a watch: until it is closed, or `revoked`
+/// resolves).
+async fn plain(
+    proxy: &Proxy,
+    mut parts: Parts,
+    body: Body,
+    slot: Slot<String>,
+    revoked: impl Future<Output = ()> + Send + 'static,
+) -> Response<Body> {
     parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
         Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
@@ -338,7 +355,10 @@ async fn plain(proxy: &Proxy, mut parts: Parts, body: Body, slot: Slot<String>) 
                 let _held = &slot;
                 frame
             });
-            Response::from_parts(head, Body::new(body))
+            // A revoked stream ends early, as if the API server had closed it: a watching
+            // client then asks again, and is refused.
+            let frames = BodyStream::new(body).take_until(revoked);
+            Response::from_parts(head, Body::new(StreamBody::new(frames)))
         }
         Err(problem) => {
             error!(problem = %problem, "cannot forward a request to the API server");

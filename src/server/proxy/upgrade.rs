@@ -33,12 +33,13 @@ use super::{Proxy, headers, refusal};
 /// impersonation set, hop-by-hop removed) and returns the API server's answer, after which the
 /// streams are spliced in the background if it was 101. `upgrade` is the client's `Upgrade`
 /// value; `held` is what the stream occupies (one of the proxy's stream slots, one of its user's),
-/// given back when the splice ends.
+/// given back when the splice ends; the splice ends when `revoked` resolves.
 pub(super) async fn forward(
     proxy: &Arc<Proxy>,
     mut parts: Parts,
     upgrade: HeaderValue,
     held: impl Send + 'static,
+    revoked: impl Future<Output = ()> + Send + 'static,
 ) -> Response<Body> {
     let Some(client_side) = parts.extensions.remove::<OnUpgrade>() else {
         // Only a request that came over HTTP/1.1 through the listener can be upgraded.
@@ -117,7 +118,11 @@ pub(super) async fn forward(
             }
         };
         metrics.proxy_upgraded_streams.inc();
-        let outcome = splice(TokioIo::new(client), TokioIo::new(server), idle_timeout).await;
+        // Dropping both connections ends the session on either side.
+        let outcome = tokio::select! {
+            outcome = splice(TokioIo::new(client), TokioIo::new(server), idle_timeout) => outcome,
+            () = revoked => SpliceEnd::Revoked,
+        };
         metrics.proxy_upgraded_streams.dec();
         match outcome {
             SpliceEnd::Closed {
@@ -126,6 +131,7 @@ pub(super) async fn forward(
             } => debug!(to_server, to_client, "upgraded stream closed"),
             SpliceEnd::Failed(problem) => debug!(%problem, "upgraded stream failed"),
             SpliceEnd::Idle => info!(?idle_timeout, "upgraded stream closed after being idle"),
+            SpliceEnd::Revoked => info!("upgraded stream closed: its token was revoked"),
         }
     });
     // The 101 with the API server's own headers (Upgrade, Connection, Sec-WebSocket-Accept,
@@ -149,6 +155,7 @@ enum SpliceEnd {
     Closed { to_server: u64, to_client: u64 },
     Failed(io::Error),
     Idle,
+    Revoked,
 }
 
 /// Copies both ways until either side closes, or until no byte has moved either way for
