@@ -115,6 +115,7 @@ fn state(controller_ready: bool) -> Arc<HttpState> {
         allowed_origins: vec![ALLOWED_ORIGIN.into()],
         confirmer: None,
         console: None,
+        audit: Arc::default(),
     })
 }
 
