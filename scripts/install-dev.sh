@@ -24,6 +24,15 @@ kubectl apply -f "$root/config/default/namespace.yaml" >&2
 kubectl apply -n kubeconfig-operator -k "$root/config/rbac" >&2
 kubectl wait --for=condition=Established crd/kubeconfigrequests.kubeconfig.dev \
   crd/kubeconfigrevocations.kubeconfig.dev --timeout=60s >&2
+# Established is not yet usable: the admission policies learn a new kind from discovery moments
+# later, and until then a create answers 503 "Resource kind ... not found". A server-side dry run
+# goes through admission; wait until it answers anything else.
+request='{"apiVersion":"kubeconfig.dev/v1alpha1","kind":"KubeconfigRequest","metadata":{"name":"install-check","namespace":"kubeconfig-operator"},"spec":{"tokenSecretRef":{"name":"install-check"}}}'
+for _ in $(seq 120); do
+  answer=$(kubectl create --dry-run=server -f - <<<"$request" 2>&1) || true
+  [[ $answer == *"not found. There can be a delay"* ]] || break
+  sleep 0.5
+done
 
 out="$state/operator.kubeconfig"
 token=$(kubectl create token kubeconfig-operator -n kubeconfig-operator --duration=24h)
