@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use node::{env, logs, node_cluster, tools_pod, wait_phase, wait_ready};
+use node::{env, exec_web_get, logs, node_cluster, tools_pod, wait_phase, wait_ready};
 use support::{Namespace, kubectl};
 
 #[test]
@@ -178,19 +178,7 @@ fn logs_exec_and_port_forward_reach_the_container() {
 
     assert!(logs(cluster, &ns.name, "web").contains("serving on 8080"));
 
-    let got = kubectl(
-        cluster,
-        &[
-            "exec",
-            "web",
-            "-n",
-            &ns.name,
-            "--",
-            "/kctools",
-            "get",
-            "http://127.0.0.1:8080/",
-        ],
-    );
+    let got = kubectl(cluster, &exec_web_get(&ns.name));
     assert_eq!(got, "hello from the pod");
 
     // port-forward: the API server, the kubelet (through netfwd), containerd, the pod.

@@ -26,7 +26,7 @@ use std::{
 };
 
 use deploy::{NAMESPACE, PROXY, deployed, lease_holder, rolled_out, service_ip};
-use node::{in_pod_network, tools_pod, wait_ready};
+use node::{exec_web_get, in_pod_network, tools_pod, wait_ready};
 use support::{Cluster, Namespace, eventually, grant, id_token, kubectl, requests::write_temp};
 use tempfile::NamedTempFile;
 
@@ -240,16 +240,7 @@ fn streams_reach_the_container(protocol: Protocol) {
         &ns.name,
         alice.path(),
         protocol,
-        &[
-            "exec",
-            "web",
-            "-n",
-            &ns.name,
-            "--",
-            "/kctools",
-            "get",
-            "http://127.0.0.1:8080/",
-        ],
+        &exec_web_get(&ns.name),
     )
     .unwrap_or_else(|e| panic!("exec through the proxy over {protocol:?}: {e}"));
     assert_eq!(got, HELLO);
@@ -404,16 +395,7 @@ fn a_user_without_pods_exec_is_refused_through_the_installed_proxy() {
             &ns.name,
             bob.path(),
             protocol,
-            &[
-                "exec",
-                "web",
-                "-n",
-                &ns.name,
-                "--",
-                "/kctools",
-                "get",
-                "http://127.0.0.1:8080/",
-            ],
+            &exec_web_get(&ns.name),
         )
         .expect_err("bob's exec succeeded");
         assert!(

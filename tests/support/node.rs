@@ -172,6 +172,21 @@ spec:
     );
 }
 
+/// `kubectl` arguments that run, in the pod `web` of `namespace` (`kctools serve 8080`), a GET
+/// of its own server: what `exec` through each path must bring back.
+pub fn exec_web_get(namespace: &str) -> [&str; 8] {
+    [
+        "exec",
+        "web",
+        "-n",
+        namespace,
+        "--",
+        "/kctools",
+        "get",
+        "http://127.0.0.1:8080/",
+    ]
+}
+
 /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`), or "" when it has none yet.
 pub fn pod_phase(cluster: &Cluster, namespace: &str, name: &str) -> String {
     kubectl_result(
