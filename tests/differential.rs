@@ -25,7 +25,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     thread,
     time::Duration,
 };
@@ -894,6 +894,7 @@ fn args_for(cluster: &Cluster, oidc: OidcSection) -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_and_kube_apiserver_agree_on_every_token() {
+    let _file = API_SERVERS_FILE.lock().await;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cluster = cluster();
     let ca = reqwest::Certificate::from_pem(
@@ -1278,8 +1279,19 @@ fn api_server_exposition(cluster: &Cluster, server: &str) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 metrics")
 }
 
-/// One test at a time edits apiserver-authn's file: each writes it whole from the original.
+/// One test at a time edits apiserver-authn's file: each writes it whole from the original. The
+/// test comparing every verdict holds it too, so that it reads the file and asks the API server
+/// while both are the original.
 static API_SERVERS_FILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Replaces the API server's file in one rename: `std::fs::write` truncates first, and a reader
+/// between the truncation and the write (kube-apiserver reloading, or the operator's verifier)
+/// would take a shorter file that is still valid YAML, with fewer issuers.
+fn replace_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents)?;
+    std::fs::rename(&staged, path)
+}
 
 /// The file with a `userValidationRules` entry added to the test issuer, as KEP-3331's README
 /// revokes a token: a deny-list of credential ids, read with the optional index because tokens
@@ -1367,7 +1379,7 @@ fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() 
         original: original.clone(),
     };
     std::fs::write(&file, &edited).expect("edit the operator's file");
-    std::fs::write(&api_servers_file, &edited).expect("edit the API server's file");
+    replace_file(&api_servers_file, &edited).expect("edit the API server's file");
 
     support::eventually(
         Duration::from_secs(30),
@@ -1406,7 +1418,7 @@ fn a_credential_id_deny_rule_in_the_running_file_refuses_the_token_everywhere() 
     );
 
     // The next test that holds the file finds the API server back on the original.
-    std::fs::write(&api_servers_file, &original).expect("restore the API server's file");
+    replace_file(&api_servers_file, &original).expect("restore the API server's file");
     drop(restore);
     support::eventually(
         Duration::from_secs(120),
@@ -1423,7 +1435,7 @@ struct Restore {
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.path, &self.original);
+        let _ = replace_file(&self.path, &self.original);
     }
 }
 
@@ -1474,7 +1486,7 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
         original: original.clone(),
     };
     let includes = api_server_has_includes(cluster);
-    std::fs::write(&path, with_library_rules(&original, includes))
+    replace_file(&path, &with_library_rules(&original, includes))
         .expect("edit the API server's file");
 
     let issuer = Signer::test_issuer(cluster);
@@ -1576,7 +1588,7 @@ async fn every_cel_library_and_the_revocation_recipe_agree_with_kube_apiserver()
     )
     .await;
 
-    std::fs::write(&path, &original).expect("restore the API server's file");
+    replace_file(&path, &original).expect("restore the API server's file");
     drop(restore);
     applied(false);
 
