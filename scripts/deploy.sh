@@ -30,19 +30,20 @@ log "importing $archive into the node's containerd"
 ctr --address "$CONTAINERD_ADDRESS" --namespace k8s.io images import "$archive" >/dev/null
 
 # 2. The overlay: config/default and config/proxy, with the image, the issuer, its CA, the server
-# and the proxy's address replaced, and the proxy's TLS Secret.
+# and the proxy's address and CA replaced, and the proxy's TLS Secret.
 overlay="$CLUSTER_DIR/deploy"
 mkdir -p "$overlay"
 cp "$OIDC_CA_FILE" "$overlay/issuer-ca.crt"
-# The operator.yaml users edit, with the five values set (every other line as shipped).
+# The operator.yaml users edit, with the six values set (every other line as shipped).
 sed -e "s|^server: .*|server: $KUBE_SERVER|" \
 	-e "s|^  issuerUrl: .*|  issuerUrl: $OIDC_ISSUER_URL|" \
 	-e "s|^  clientId: .*|  clientId: $OIDC_CLIENT_ID|" \
 	-e "s|^  # caFile: /etc/kubeconfig-operator/issuer-ca.crt|  caFile: /etc/kubeconfig-operator/issuer-ca.crt|" \
 	-e "s|^# proxy:|proxy:|" \
 	-e "s|^#   url: https://kube.example.com|  url: https://$PROXY_IP|" \
+	-e "s|^#   caFile: /var/run/secrets/proxy/ca.crt|  caFile: /var/run/secrets/proxy/ca.crt|" \
 	config/manager/operator.yaml >"$overlay/operator.yaml"
-for want in "server: $KUBE_SERVER" "issuerUrl: $OIDC_ISSUER_URL" "caFile: /etc/kubeconfig-operator/issuer-ca.crt" "url: https://$PROXY_IP"; do
+for want in "server: $KUBE_SERVER" "issuerUrl: $OIDC_ISSUER_URL" "caFile: /etc/kubeconfig-operator/issuer-ca.crt" "url: https://$PROXY_IP" "  caFile: /var/run/secrets/proxy/ca.crt"; do
 	grep -qF "$want" "$overlay/operator.yaml" || { echo "[deploy] config/manager/operator.yaml changed: could not set '$want'" >&2; exit 1; }
 done
 # The proxy's certificate for its address, from a CA of its own; kept across deploys, so that

@@ -3,7 +3,10 @@
 
 use std::{
     process::ExitCode,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use clap::{Parser, Subcommand};
@@ -262,6 +265,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     info!(listen = %config.http.listen, tls = config.http.tls.is_some(), oidc = ?config.oidc, confirm_with_api_server = config.confirm_with_api_server, "starting");
     let controller = async {
+        if !config.controller.enabled {
+            info!("controller.enabled is false: serving without reconciling");
+            controller_ready.store(true, Ordering::Relaxed);
+            return;
+        }
         match &config.leader_election {
             // Every replica serves HTTP; only the Lease's holder runs the controller.
             Some(settings) => {

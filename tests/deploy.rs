@@ -12,7 +12,7 @@ mod support;
 
 use std::{fs, time::Duration};
 
-use deploy::{NAMESPACE, OPERATOR, deployed, lease_holder, ready_pods, service_ip};
+use deploy::{NAMESPACE, OPERATOR, PROXY, deployed, lease_holder, ready_pods, service_ip};
 use node::{env, wait_phase, wait_ready};
 use support::{
     Cluster, Namespace, eventually, grant, id_token, kubectl, kubectl_as_token, kubectl_result,
@@ -83,6 +83,19 @@ fn alice_puts_her_token(cluster: &Cluster, ns: &str, token: &str) {
     );
 }
 
+/// As alice: a KubeconfigRequest `name` for the token in her Secret `token`.
+fn alice_requests(cluster: &Cluster, token: &str, ns: &str, name: &str) {
+    let request = write_temp(&format!(
+        "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  tokenSecretRef: {{name: token}}\n",
+    ));
+    kubectl_as_token(
+        cluster,
+        token,
+        &["create", "-f", request.path().to_str().unwrap()],
+    )
+    .unwrap_or_else(|e| panic!("alice cannot create her request: {e}"));
+}
+
 fn alice_request_status(cluster: &Cluster, token: &str, ns: &str, name: &str) -> String {
     kubectl_as_token(
         cluster,
@@ -100,8 +113,9 @@ fn alice_request_status(cluster: &Cluster, token: &str, ns: &str, name: &str) ->
     .unwrap_or_else(|e| e)
 }
 
-/// A pod of the tools image with alice's token Secret at /token and a writable /work.
-fn client_pod(cluster: &Cluster, ns: &str, name: &str, args: &[&str]) {
+/// A pod of the tools image with alice's Secret `secret` (her token Secret `token`, or a
+/// kubeconfig Secret) at /token and a writable /work.
+fn client_pod(cluster: &Cluster, ns: &str, name: &str, secret: &str, args: &[&str]) {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     node::apply(
         cluster,
@@ -122,7 +136,7 @@ spec:
         - {{name: token, mountPath: /token, readOnly: true}}
         - {{name: work, mountPath: /work}}
   volumes:
-    - {{name: token, secret: {{secretName: token}}}}
+    - {{name: token, secret: {{secretName: {secret}}}}}
     - {{name: work, emptyDir: {{}}}}
 "#,
             image = env(cluster, "TOOLS_IMAGE"),
@@ -167,16 +181,7 @@ fn the_other_replica_takes_over_from_a_deleted_leader() {
         &["delete", "pod", &leader, "-n", NAMESPACE, "--wait=false"],
     );
     // Created while the leader goes away, by alice.
-    let request = write_temp(&format!(
-        "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: meanwhile\n  namespace: {}\nspec:\n  tokenSecretRef: {{name: token}}\n",
-        ns.name
-    ));
-    kubectl_as_token(
-        cluster,
-        &token,
-        &["create", "-f", request.path().to_str().unwrap()],
-    )
-    .unwrap_or_else(|e| panic!("alice cannot create her request: {e}"));
+    alice_requests(cluster, &token, &ns.name, "meanwhile");
 
     eventually(
         Duration::from_secs(60),
@@ -199,7 +204,7 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
     wait_settled(cluster);
     let (ns, token) = tenant(cluster, "deploy-download");
     alice_puts_her_token(cluster, &ns.name, &token);
-    client_pod(cluster, &ns.name, "client", &["sleep"]);
+    client_pod(cluster, &ns.name, "client", "token", &["sleep"]);
     wait_ready(cluster, &ns.name, "client", Duration::from_secs(120));
 
     let url = format!("http://{}/kube-config", service_ip(cluster, OPERATOR));
@@ -234,7 +239,8 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
         ],
     )
     .unwrap();
-    assert_eq!(server, cluster.kube_server);
+    // operator.yaml names the proxy (config/proxy), so the operator's download does too.
+    assert_eq!(server, format!("https://{}", service_ip(cluster, PROXY)));
     // kubectl in the pod, with nothing but the downloaded kubeconfig: alice, with alice's rights.
     let who = exec(
         cluster,
@@ -297,6 +303,62 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
     assert!(scraped.contains("http_requests_total"), "{scraped}");
 }
 
+/// The controller runs in the operator's pods, which serve no proxy, and the Secret it writes
+/// for alice's ID token names the proxy from operator.yaml with the proxy's CA: kubectl in a pod,
+/// with that Secret mounted and nothing else, is alice through the proxy.
+#[test]
+fn an_id_token_request_names_the_installed_proxy_and_works_from_a_pod() {
+    let (cluster, _turn) = deployed();
+    wait_settled(cluster);
+    let (ns, token) = tenant(cluster, "deploy-proxied");
+    alice_puts_her_token(cluster, &ns.name, &token);
+    alice_requests(cluster, &token, &ns.name, "proxied");
+    eventually(Duration::from_secs(60), "alice's request is Ready", || {
+        alice_request_status(cluster, &token, &ns.name, "proxied") == "True/Issued"
+    });
+    let secret = kubectl_as_token(
+        cluster,
+        &token,
+        &[
+            "get",
+            "kubeconfigrequest",
+            "proxied",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.secretName}",
+        ],
+    )
+    .expect("alice reads her request's status");
+    client_pod(cluster, &ns.name, "client", &secret, &["sleep"]);
+    wait_ready(cluster, &ns.name, "client", Duration::from_secs(120));
+    let kubectl_in_pod = |args: &[&str]| {
+        let mut full = vec!["/kctools", "kubectl", "--kubeconfig", "/token/kubeconfig"];
+        full.extend_from_slice(args);
+        exec(cluster, &ns.name, "client", &full)
+    };
+    let server = kubectl_in_pod(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ])
+    .unwrap();
+    assert_eq!(server, format!("https://{}", service_ip(cluster, PROXY)));
+    let who = kubectl_in_pod(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ])
+    .unwrap_or_else(|e| panic!("kubectl with the request's kubeconfig failed: {e}"));
+    assert_eq!(who, cluster.alice_username);
+    // Through the proxy, the API server judges alice's own rights.
+    let may_create_pods =
+        kubectl_in_pod(&["auth", "can-i", "create", "pods", "-n", &ns.name]).unwrap_or_else(|e| e);
+    assert!(may_create_pods.contains("no"), "{may_create_pods}");
+}
+
 #[test]
 fn the_security_context_is_enforced_by_the_runtime() {
     let (cluster, _turn) = deployed();
@@ -339,6 +401,7 @@ fn a_rollout_restart_loses_no_download() {
         cluster,
         &ns.name,
         "loop",
+        "token",
         &[
             "get-loop",
             &url,

@@ -13,6 +13,9 @@ const MIN_EXPIRATION_SECONDS: i64 = 600;
 #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControllerSection {
+    /// Reconcile KubeconfigRequests in this process; off for replicas that only serve the proxy and downloads (config/proxy's pods, whose ServiceAccount may not read Secrets), which then never look at the Lease [file: controller.enabled; default true].
+    #[arg(id = "controller-enabled", long = "controller-enabled", env = "KUBECONFIG_OPERATOR_CONTROLLER_ENABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub enabled: Option<bool>,
     /// Longest lifetime granted to a minted ServiceAccount token, in seconds; requests asking for more get this; at least 600 [file: controller.maxExpirationSeconds; default 86400].
     #[arg(long, env = "KUBECONFIG_OPERATOR_MAX_EXPIRATION_SECONDS")]
     pub max_expiration_seconds: Option<i64>,
@@ -80,6 +83,8 @@ const DEFAULT_LEASE_NAMESPACE: &str = "kubeconfig-operator";
 /// What the controller enforces beyond a request's own spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerSettings {
+    /// Whether this process reconciles at all (`controller.enabled`).
+    pub enabled: bool,
     /// The admin's cap on minted ServiceAccount token lifetimes.
     pub max_expiration_seconds: i64,
 }
@@ -87,6 +92,7 @@ pub struct ControllerSettings {
 impl Default for ControllerSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_expiration_seconds: DEFAULT_MAX_EXPIRATION_SECONDS,
         }
     }
@@ -106,6 +112,7 @@ impl ControllerSection {
             ));
         }
         Ok(ControllerSettings {
+            enabled: self.enabled.unwrap_or(true),
             max_expiration_seconds,
         })
     }

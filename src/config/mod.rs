@@ -52,7 +52,7 @@ pub struct Settings {
     /// Reconcile requests in this namespace only; all namespaces when unset [file: watchNamespace; default all].
     #[arg(long, env = "KUBECONFIG_OPERATOR_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
-    /// Before writing a kubeconfig Secret or answering GET /kube-config, ask the API server (SelfSubjectReview with the token) who the token's holder is, and refuse tokens it does not accept; turn off when issued kubeconfigs point at a proxy that authenticates tokens the API server itself does not accept [file: confirmWithApiServer; default true, false with proxy.listen].
+    /// Before writing a kubeconfig Secret or answering GET /kube-config, ask the API server (SelfSubjectReview with the token) who the token's holder is, and refuse tokens it does not accept; turn off when issued kubeconfigs point at a proxy that authenticates tokens the API server itself does not accept [file: confirmWithApiServer; default true, false with proxy.url].
     #[arg(long, env = "KUBECONFIG_OPERATOR_CONFIRM_WITH_API_SERVER", num_args = 0..=1, default_missing_value = "true")]
     pub confirm_with_api_server: Option<bool>,
     #[command(flatten)]
@@ -156,7 +156,12 @@ impl Config {
         pod: &PodEnvironment,
     ) -> Result<Self, ConfigError> {
         let settings = file.overlaid_with(flags)?;
-        let leader_election = settings.leader_election.resolve(pod)?;
+        let controller = settings.controller.resolve()?;
+        // A replica that never reconciles has nothing to lead: it leaves the Lease alone.
+        let leader_election = match controller.enabled {
+            true => settings.leader_election.resolve(pod)?,
+            false => None,
+        };
         let mut kubeconfig = settings.kubeconfig.resolve()?;
         let oidc = settings.oidc.resolve()?;
 
@@ -181,17 +186,17 @@ impl Config {
             return Err(single_issuer("console"));
         }
         let http = settings.http.resolve()?;
-        let controller = settings.controller.resolve()?;
         let api_server_kubeconfig = KubeconfigSettings {
             exec: None,
             ..kubeconfig.clone()
         };
+        let names_a_proxy = settings.proxy.url.is_some();
         let (kubeconfig, proxy) = settings.proxy.resolve(kubeconfig)?;
 
         Ok(Config {
-            // Kubeconfigs that name the operator's own proxy are for an API server that need not
-            // accept the token: asking it would refuse every one.
-            confirm_with_api_server: settings.confirm_with_api_server.unwrap_or(proxy.is_none()),
+            // Kubeconfigs that name a proxy (this process's, or config/proxy's pods') are for an
+            // API server that need not accept the token: asking it would refuse every one.
+            confirm_with_api_server: settings.confirm_with_api_server.unwrap_or(!names_a_proxy),
             kubeconfig,
             api_server_kubeconfig,
             oidc,
@@ -868,6 +873,80 @@ mod tests {
         let error = resolve(file, &minimal()).unwrap_err();
         assert_eq!(error.field, "oidc.leewaySeconds");
         assert!(error.problem.contains("no leeway on exp"), "{error}");
+    }
+
+    /// config/proxy's pods: no controller, so no Lease, even where the shared file asks for one.
+    #[test]
+    fn a_replica_without_the_controller_leaves_the_lease_alone() {
+        let pod = PodEnvironment {
+            in_pod: true,
+            namespace: Some("operators".into()),
+        };
+        let file: Settings = crate::yaml::from_str("leaderElection: {enabled: true}").unwrap();
+        let off = with(minimal(), &[("--controller-enabled", Some("false".into()))]);
+        let config = Config::resolve_in(file.clone(), &parse(&off), &pod).unwrap();
+        assert!(!config.controller.enabled);
+        assert_eq!(config.leader_election, None);
+        let config = Config::resolve_in(file, &parse(&minimal()), &pod).unwrap();
+        assert!(config.controller.enabled);
+        assert!(config.leader_election.is_some());
+    }
+
+    /// The operator's pods serve no proxy but share its `proxy.url` with config/proxy's pods:
+    /// the Secrets they write name the proxy, as its download does.
+    #[test]
+    fn proxy_url_without_listen_names_the_proxy_served_elsewhere() {
+        let (_dir, ca, _token) = proxy_files();
+        let args = with(
+            minimal(),
+            &[
+                ("--ca-file", Some(ca.display().to_string())),
+                ("--proxy-url", Some("https://proxy.example".into())),
+                ("--proxy-ca-file", Some(ca.display().to_string())),
+                // Serving settings without a listener: ignored, as config/manager's pods do.
+                ("--proxy-max-connections", Some("7".into())),
+            ],
+        );
+        let config = resolve(Settings::default(), &args).unwrap();
+        assert!(config.proxy.is_none());
+        assert_eq!(config.kubeconfig.server, "https://proxy.example");
+        assert_eq!(
+            config.kubeconfig.ca.current().as_deref(),
+            Some(std::fs::read(&ca).unwrap().as_slice())
+        );
+        assert_eq!(
+            config.api_server_kubeconfig.server,
+            "https://127.0.0.1:6443"
+        );
+        // The API server need not accept the tokens kubeconfigs naming the proxy hold.
+        assert!(!config.confirm_with_api_server);
+        let explicit = with(
+            args.clone(),
+            &[("--confirm-with-api-server", Some("true".into()))],
+        );
+        assert!(
+            resolve(Settings::default(), &explicit)
+                .unwrap()
+                .confirm_with_api_server
+        );
+        assert!(
+            resolve(Settings::default(), &minimal())
+                .unwrap()
+                .confirm_with_api_server
+        );
+
+        for (field, url) in [("proxy.url", "http://proxy.example")] {
+            let bad = with(args.clone(), &[("--proxy-url", Some(url.into()))]);
+            assert_eq!(error_field(Settings::default(), &bad), field);
+        }
+        let missing_ca = with(
+            args,
+            &[("--proxy-ca-file", Some("/nonexistent/ca.crt".into()))],
+        );
+        assert_eq!(
+            error_field(Settings::default(), &missing_ca),
+            "proxy.caFile"
+        );
     }
 
     #[test]

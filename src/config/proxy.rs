@@ -125,14 +125,21 @@ pub struct ProxyConfig {
 }
 
 impl ProxySection {
-    /// Without `proxy.listen` the kubeconfig settings stay as they are; with it, kubeconfigs name
-    /// the proxy (`proxy.url`, `proxy.caFile`) and `server` with its CA become the proxy's
-    /// upstream unless `proxy.upstream*` say otherwise.
+    /// With `proxy.url`, kubeconfigs name the proxy (with `proxy.caFile`), whether this process
+    /// serves it (`proxy.listen`) or other replicas do: the operator's pods and config/proxy's
+    /// read one file, and a Secret the controller writes must name what the proxy's download
+    /// names. Only with `proxy.listen` is there a proxy here, and `server` with its CA becomes
+    /// its upstream unless `proxy.upstream*` say otherwise; the fields that serve it mean
+    /// nothing without it, so a replica that serves none ignores them.
     pub(super) fn resolve(
         self,
         kubeconfig: KubeconfigSettings,
     ) -> Result<(KubeconfigSettings, Option<ProxyConfig>), ConfigError> {
         let Some(listen) = self.listen else {
+            let kubeconfig = match self.url {
+                Some(url) => naming_the_proxy(kubeconfig, url, self.ca_file)?,
+                None => kubeconfig,
+            };
             return Ok((kubeconfig, None));
         };
         let listen = address("proxy.listen", &listen)?;
@@ -147,8 +154,9 @@ impl ProxySection {
                 "is required with proxy.listen: the proxy serves HTTPS only",
             )
         })?;
-        let url = https_url("proxy.url", self.url)?.1;
-        let ca_file = readable_file("proxy.caFile", self.ca_file)?;
+        let url = self
+            .url
+            .ok_or_else(|| ConfigError::new("proxy.url", "is required"))?;
         let upstream_text = self
             .upstream_url
             .unwrap_or_else(|| kubeconfig.server.clone());
@@ -172,14 +180,6 @@ impl ProxySection {
                     "is required when certificateAuthority* is not set (in a pod: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)",
                 ));
             }
-        };
-        // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
-        let ca = match ca_file {
-            Some(path) => {
-                let pem = read_pem_file("proxy.caFile", &path)?;
-                CaBundle::from_file(path, pem)
-            }
-            None => CaBundle::default(),
         };
         // Required rather than defaulting to the pod's own token: the operator's ServiceAccount
         // may read Secrets, and the proxy must act with nothing but the right to impersonate.
@@ -206,13 +206,8 @@ impl ProxySection {
             self.stream_idle_timeout_seconds
                 .unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS),
         )?;
-        let kubeconfig = KubeconfigSettings {
-            server: url,
-            ca,
-            ..kubeconfig
-        };
         Ok((
-            kubeconfig,
+            naming_the_proxy(kubeconfig, url, self.ca_file)?,
             Some(ProxyConfig {
                 listen,
                 tls,
@@ -226,4 +221,26 @@ impl ProxySection {
             }),
         ))
     }
+}
+
+/// `kubeconfig` with the proxy's URL and CA in place of `server` and its CA.
+fn naming_the_proxy(
+    kubeconfig: KubeconfigSettings,
+    url: String,
+    ca_file: Option<PathBuf>,
+) -> Result<KubeconfigSettings, ConfigError> {
+    let server = https_url("proxy.url", Some(url))?.1;
+    // Followed like certificateAuthorityFile: a rotated proxy CA reaches issued kubeconfigs.
+    let ca = match readable_file("proxy.caFile", ca_file)? {
+        Some(path) => {
+            let pem = read_pem_file("proxy.caFile", &path)?;
+            CaBundle::from_file(path, pem)
+        }
+        None => CaBundle::default(),
+    };
+    Ok(KubeconfigSettings {
+        server,
+        ca,
+        ..kubeconfig
+    })
 }

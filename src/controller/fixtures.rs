@@ -57,6 +57,7 @@ fn build_context(confirm: bool) -> (Arc<Context>, ApiServer) {
         settings(),
         ControllerSettings {
             max_expiration_seconds: MAX_EXPIRATION_SECONDS,
+            ..ControllerSettings::default()
         },
         metrics,
         confirmer,
