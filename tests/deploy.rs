@@ -151,6 +151,49 @@ fn exec(cluster: &Cluster, ns: &str, pod: &str, args: &[&str]) -> Result<String,
     kubectl_result(cluster, &full)
 }
 
+/// kubectl in the pod `client` with nothing but the kubeconfig at `kubeconfig` (in the pod).
+fn kubectl_in_client(
+    cluster: &Cluster,
+    ns: &str,
+    kubeconfig: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut full = vec!["/kctools", "kubectl", "--kubeconfig", kubeconfig];
+    full.extend_from_slice(args);
+    exec(cluster, ns, "client", &full)
+}
+
+/// The kubeconfig at `kubeconfig` in the pod `client` names the installed proxy, and kubectl
+/// with it is alice.
+fn alice_through_the_proxy(cluster: &Cluster, ns: &str, kubeconfig: &str) {
+    let server = kubectl_in_client(
+        cluster,
+        ns,
+        kubeconfig,
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(server, format!("https://{}", service_ip(cluster, PROXY)));
+    let who = kubectl_in_client(
+        cluster,
+        ns,
+        kubeconfig,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("kubectl with {kubeconfig} failed: {e}"));
+    assert_eq!(who, cluster.alice_username);
+}
+
 #[test]
 fn two_replicas_are_ready_and_exactly_one_leads() {
     let (cluster, _turn) = deployed();
@@ -223,54 +266,13 @@ fn a_pod_downloads_through_the_service_and_uses_the_kubeconfig_with_kubectl() {
         ],
     )
     .unwrap_or_else(|e| panic!("download from the pod failed: {e}"));
-    let server = exec(
-        cluster,
-        &ns.name,
-        "client",
-        &[
-            "/kctools",
-            "kubectl",
-            "--kubeconfig",
-            "/work/kubeconfig",
-            "config",
-            "view",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ],
-    )
-    .unwrap();
     // operator.yaml names the proxy (config/proxy), so the operator's download does too.
-    assert_eq!(server, format!("https://{}", service_ip(cluster, PROXY)));
-    // kubectl in the pod, with nothing but the downloaded kubeconfig: alice, with alice's rights.
-    let who = exec(
-        cluster,
-        &ns.name,
-        "client",
-        &[
-            "/kctools",
-            "kubectl",
-            "--kubeconfig",
-            "/work/kubeconfig",
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("kubectl with the downloaded kubeconfig failed: {e}"));
-    assert_eq!(who, cluster.alice_username);
+    alice_through_the_proxy(cluster, &ns.name, "/work/kubeconfig");
     let may = |verb_resource: &[&str]| {
-        let mut args = vec![
-            "/kctools",
-            "kubectl",
-            "--kubeconfig",
-            "/work/kubeconfig",
-            "auth",
-            "can-i",
-        ];
+        let mut args = vec!["auth", "can-i"];
         args.extend_from_slice(verb_resource);
         args.extend_from_slice(&["-n", &ns.name]);
-        exec(cluster, &ns.name, "client", &args).unwrap_or_else(|e| e)
+        kubectl_in_client(cluster, &ns.name, "/work/kubeconfig", &args).unwrap_or_else(|e| e)
     };
     assert!(may(&["create", "kubeconfigrequests.kubeconfig.dev"]).ends_with("yes"));
     assert!(may(&["create", "pods"]).contains("no"));
@@ -332,30 +334,15 @@ fn an_id_token_request_names_the_installed_proxy_and_works_from_a_pod() {
     .expect("alice reads her request's status");
     client_pod(cluster, &ns.name, "client", &secret, &["sleep"]);
     wait_ready(cluster, &ns.name, "client", Duration::from_secs(120));
-    let kubectl_in_pod = |args: &[&str]| {
-        let mut full = vec!["/kctools", "kubectl", "--kubeconfig", "/token/kubeconfig"];
-        full.extend_from_slice(args);
-        exec(cluster, &ns.name, "client", &full)
-    };
-    let server = kubectl_in_pod(&[
-        "config",
-        "view",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ])
-    .unwrap();
-    assert_eq!(server, format!("https://{}", service_ip(cluster, PROXY)));
-    let who = kubectl_in_pod(&[
-        "auth",
-        "whoami",
-        "-o",
-        "jsonpath={.status.userInfo.username}",
-    ])
-    .unwrap_or_else(|e| panic!("kubectl with the request's kubeconfig failed: {e}"));
-    assert_eq!(who, cluster.alice_username);
+    alice_through_the_proxy(cluster, &ns.name, "/token/kubeconfig");
     // Through the proxy, the API server judges alice's own rights.
-    let may_create_pods =
-        kubectl_in_pod(&["auth", "can-i", "create", "pods", "-n", &ns.name]).unwrap_or_else(|e| e);
+    let may_create_pods = kubectl_in_client(
+        cluster,
+        &ns.name,
+        "/token/kubeconfig",
+        &["auth", "can-i", "create", "pods", "-n", &ns.name],
+    )
+    .unwrap_or_else(|e| e);
     assert!(may_create_pods.contains("no"), "{may_create_pods}");
 }
 
