@@ -9,7 +9,9 @@ mod support;
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
-use api_proxy::{PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT, Proxied, kubectl_with};
+use api_proxy::{
+    PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT, Proxied, grant_proxy_extras, kubectl_with,
+};
 use serde_json::Value;
 use support::{
     Cluster, Namespace, cluster, eventually, grant, kubectl, kubectl_plain,
@@ -433,39 +435,11 @@ fn a_proxied_request_is_audited_with_the_identity_of_a_direct_one() {
     let ns = Namespace::new(cluster, "audit-proxy");
     let proxied = proxied_for_test_issuer(cluster, &ns.name);
     // The extras the test issuer's configuration maps, granted to the proxy as the README shows.
-    let extras = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": "kubeconfig-operator-proxy-test-issuer-extras"},
-                "rules": [{
-                    "apiGroups": ["authentication.k8s.io"],
-                    "resources": ["userextras/example.com/roles", "userextras/example.com/tenant"],
-                    "verbs": ["impersonate"],
-                }],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "kubeconfig-operator-proxy-test-issuer-extras"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "kubeconfig-operator-proxy-test-issuer-extras",
-                },
-                "subjects": [{
-                    "kind": "ServiceAccount",
-                    "name": PROXY_SERVICE_ACCOUNT,
-                    "namespace": PROXY_NAMESPACE,
-                }],
-            },
-        ],
-    });
-    let file = write_temp(&extras.to_string());
-    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+    grant_proxy_extras(
+        cluster,
+        "kubeconfig-operator-proxy-test-issuer-extras",
+        &["example.com/roles", "example.com/tenant"],
+    );
     let (email, jti, token) = test_issuer_reader(cluster, &ns.name, "proxy");
     let id = format!("JTI={jti}");
 

@@ -16,7 +16,7 @@ use deploy::{NAMESPACE, OPERATOR, PROXY, deployed, lease_holder, ready_pods, ser
 use node::{env, wait_phase, wait_ready};
 use support::{
     Cluster, Namespace, eventually, grant, id_token, kubectl, kubectl_as_token, kubectl_result,
-    requests::write_temp,
+    requests::{manifest_as, request_manifest, write_temp},
 };
 
 /// Both replicas Ready and a holder of the Lease among them.
@@ -85,13 +85,11 @@ fn alice_puts_her_token(cluster: &Cluster, ns: &str, token: &str) {
 
 /// As alice: a KubeconfigRequest `name` for the token in her Secret `token`.
 fn alice_requests(cluster: &Cluster, token: &str, ns: &str, name: &str) {
-    let request = write_temp(&format!(
-        "apiVersion: kubeconfig.dev/v1alpha1\nkind: KubeconfigRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  tokenSecretRef: {{name: token}}\n",
-    ));
-    kubectl_as_token(
+    manifest_as(
         cluster,
         token,
-        &["create", "-f", request.path().to_str().unwrap()],
+        "create",
+        &request_manifest(ns, name, "tokenSecretRef: {name: token}"),
     )
     .unwrap_or_else(|e| panic!("alice cannot create her request: {e}"));
 }

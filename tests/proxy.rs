@@ -21,9 +21,7 @@ use rustls::pki_types::ServerName;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use api_proxy::{
-    PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT, Proxied, kubectl_with, proxy_token, runtime,
-};
+use api_proxy::{PROXY_NAMESPACE, Proxied, grant_proxy_extras, kubectl_with, proxy_token, runtime};
 use support::{
     Client, Cluster, Namespace, can_i_as_token, cluster, id_token, id_token_for_client, kubectl,
     kubectl_as_token, kubectl_plain, operator::Issuer, requests::write_temp,
@@ -732,39 +730,11 @@ fn the_proxy_forwards_the_whole_identity() {
         ],
     );
     proxy_token(cluster);
-    let extras = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
-                "rules": [{
-                    "apiGroups": ["authentication.k8s.io"],
-                    "resources": ["userextras/example.com/name"],
-                    "verbs": ["impersonate"],
-                }],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "kubeconfig-operator-proxy-extras"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "kubeconfig-operator-proxy-extras",
-                },
-                "subjects": [{
-                    "kind": "ServiceAccount",
-                    "name": PROXY_SERVICE_ACCOUNT,
-                    "namespace": PROXY_NAMESPACE,
-                }],
-            },
-        ],
-    });
-    let file = write_temp(&extras.to_string());
-    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+    grant_proxy_extras(
+        cluster,
+        "kubeconfig-operator-proxy-extras",
+        &["example.com/name"],
+    );
 
     let token = id_token(cluster, "alice");
     let direct = user_info(

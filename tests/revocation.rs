@@ -26,8 +26,8 @@ use support::{
     kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
-        apply_request, apply_request_as, http_get_kubeconfig, put_token_secret, wait_for_reason,
-        write_temp,
+        apply_request, apply_request_as, http_get_kubeconfig, manifest_as, put_token_secret,
+        wait_for_reason,
     },
 };
 use tokio::io::AsyncReadExt as _;
@@ -146,12 +146,7 @@ fn revocation(
 
 /// Applies `manifest` with `token`'s identity.
 fn apply_as(cluster: &Cluster, token: &str, manifest: &str) -> Result<String, String> {
-    let file = write_temp(manifest);
-    kubectl_as_token(
-        cluster,
-        token,
-        &["apply", "-f", file.path().to_str().unwrap()],
-    )
+    manifest_as(cluster, token, "apply", manifest)
 }
 
 #[test]

@@ -15,8 +15,8 @@ use support::{
     kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
-        apply_request, decoded_secret_key, event_reasons, put_token_secret, ready_reason,
-        request_with_token, wait_for_reason, whoami_with_kubeconfig, write_temp,
+        apply_request, decoded_secret_key, event_reasons, manifest_as, put_token_secret,
+        ready_reason, request_with_token, wait_for_reason, whoami_with_kubeconfig, write_temp,
     },
 };
 
@@ -36,12 +36,7 @@ fn request(namespace: &str, name: &str, spec: Value) -> String {
 
 /// `kubectl create -f` of `manifest` as the holder of `token`.
 fn create_as(cluster: &Cluster, token: &str, manifest: &str) -> Result<String, String> {
-    let file = write_temp(manifest);
-    kubectl_as_token(
-        cluster,
-        token,
-        &["create", "-f", file.path().to_str().unwrap()],
-    )
+    manifest_as(cluster, token, "create", manifest)
 }
 
 /// `kubectl create -f` of `manifest` as admin.

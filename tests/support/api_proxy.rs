@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use super::support::{
     Cluster, kubectl, kubectl_plain,
     operator::{Issuer, Operator, free_port, operator_kubeconfig},
-    requests::http_get_kubeconfig,
+    requests::{http_get_kubeconfig, write_temp},
 };
 
 pub const PROXY_NAMESPACE: &str = "kubeconfig-operator";
@@ -46,6 +46,46 @@ pub fn proxy_token(cluster: &Cluster) -> &'static str {
             ],
         )
     })
+}
+
+/// Grants the proxy's ServiceAccount the impersonation of the extra fields `keys` (a
+/// ClusterRole and its binding, both `name`), as README "What the proxy's ServiceAccount is
+/// granted" shows.
+pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
+    let resources: Vec<String> = keys.iter().map(|key| format!("userextras/{key}")).collect();
+    let extras = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name},
+                "rules": [{
+                    "apiGroups": ["authentication.k8s.io"],
+                    "resources": resources,
+                    "verbs": ["impersonate"],
+                }],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [{
+                    "kind": "ServiceAccount",
+                    "name": PROXY_SERVICE_ACCOUNT,
+                    "namespace": PROXY_NAMESPACE,
+                }],
+            },
+        ],
+    });
+    let file = write_temp(&extras.to_string());
+    kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
 }
 
 /// The operator with its proxy on 127.0.0.1, a certificate made now by a CA made now, and the

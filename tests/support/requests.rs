@@ -45,12 +45,24 @@ pub fn apply_request_as(
     name: &str,
     spec: &str,
 ) -> Result<String, String> {
-    let file = write_temp(&request_manifest(namespace, name, spec));
-    super::kubectl_as_token(
+    manifest_as(
         cluster,
         token,
-        &["apply", "-f", file.path().to_str().unwrap()],
+        "apply",
+        &request_manifest(namespace, name, spec),
     )
+}
+
+/// `kubectl <verb> -f` of `manifest` as the holder of `token`, the manifest (which may hold a
+/// token) in a file rather than on a command line.
+pub fn manifest_as(
+    cluster: &Cluster,
+    token: &str,
+    verb: &str,
+    manifest: &str,
+) -> Result<String, String> {
+    let file = write_temp(manifest);
+    super::kubectl_as_token(cluster, token, &[verb, "-f", file.path().to_str().unwrap()])
 }
 
 /// A KubeconfigRequest `name` reading `token` from the Secret `<name>-token` (key `token`): the
