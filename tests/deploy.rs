@@ -26,7 +26,7 @@ fn wait_settled(cluster: &Cluster) -> (Vec<String>, String) {
         Duration::from_secs(180),
         "two operator replicas are Ready and one of them holds the Lease",
         || {
-            let pods = ready_pods(cluster);
+            let pods = ready_pods(cluster, OPERATOR);
             let holder = lease_holder(cluster);
             let ok = pods.len() == 2 && pods.contains(&holder);
             settled = (pods, holder);

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deploy::{NAMESPACE, PROXY, deployed, lease_holder, rolled_out, service_ip};
+use deploy::{NAMESPACE, PROXY, deployed, lease_holder, ready_pods, rolled_out, service_ip};
 use node::{exec_web_get, in_pod_network, tools_pod, wait_ready};
 use support::{Cluster, Namespace, eventually, grant, id_token, kubectl, requests::write_temp};
 use tempfile::NamedTempFile;
@@ -485,21 +485,9 @@ fn the_installed_proxy_runs_no_controller() {
     );
     let holder = lease_holder(cluster);
     assert!(!holder.starts_with(&format!("{PROXY}-")), "{holder}");
-    let pods = kubectl(
-        cluster,
-        &[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            &format!("app.kubernetes.io/name={PROXY}"),
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ],
-    );
+    let pods = ready_pods(cluster, PROXY);
     assert!(!pods.is_empty(), "no proxy pods");
-    for pod in pods.split_whitespace() {
+    for pod in &pods {
         let log = kubectl(cluster, &["logs", pod, "-n", NAMESPACE]);
         assert!(log.contains("serving without reconciling"), "{pod}: {log}");
         assert!(!log.contains("the Lease"), "{pod}: {log}");

@@ -13,7 +13,6 @@ use crate::support::{Cluster, kubectl, kubectl_result, log_tails, make};
 
 pub const NAMESPACE: &str = "kubeconfig-operator";
 pub const LEASE: &str = "kubeconfig-operator";
-pub const SELECTOR: &str = "app.kubernetes.io/name=kubeconfig-operator";
 /// The operator's Deployment and Service, and the API server proxy's (config/proxy).
 pub const OPERATOR: &str = "kubeconfig-operator";
 pub const PROXY: &str = "kubeconfig-operator-proxy";
@@ -47,8 +46,8 @@ pub fn deployed() -> (&'static Cluster, MutexGuard<'static, ()>) {
     (cluster, turn)
 }
 
-/// The operator's pods that are Ready, by name.
-pub fn ready_pods(cluster: &Cluster) -> Vec<String> {
+/// The Ready pods of `deployment` ([`OPERATOR`] or [`PROXY`]), by name.
+pub fn ready_pods(cluster: &Cluster, deployment: &str) -> Vec<String> {
     // jsonpath cannot select "no deletionTimestamp": list all, drop the terminating ones.
     let all = kubectl(
         cluster,
@@ -58,7 +57,7 @@ pub fn ready_pods(cluster: &Cluster) -> Vec<String> {
             "-n",
             NAMESPACE,
             "-l",
-            SELECTOR,
+            &format!("app.kubernetes.io/name={deployment}"),
             "-o",
             "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
         ],
