@@ -306,6 +306,42 @@ impl Signer {
         self.sign_as(Algorithm::RS256, Some(&self.rsa.1), claims)
     }
 
+    /// An RS256 token of `claims` with the members `before` ahead of them and `after` behind
+    /// them, in that order: a `Value` cannot hold two members that Go's encoding/json matches to
+    /// one field (`exp` and `EXP`), nor say which comes last, which is the one Go keeps.
+    fn sign_members(
+        &self,
+        before: &[(&str, Value)],
+        claims: &Value,
+        after: &[(&str, Value)],
+    ) -> String {
+        let member = |(name, value): &(&str, Value)| format!("{}:{value}", json!(name));
+        let inner = claims.to_string();
+        let inner = inner
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+            .expect("claims are an object");
+        let members: Vec<String> = before
+            .iter()
+            .map(member)
+            .chain((!inner.is_empty()).then(|| inner.to_owned()))
+            .chain(after.iter().map(member))
+            .collect();
+        let payload = format!("{{{}}}", members.join(","));
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.rsa.1.clone());
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signed = format!(
+            "{}.{}",
+            engine.encode(serde_json::to_vec(&header).expect("a header")),
+            engine.encode(payload)
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &self.rsa.0, Algorithm::RS256)
+                .expect("sign a test token");
+        format!("{signed}.{signature}")
+    }
+
     fn claims(&self) -> Value {
         self.base.clone()
     }
@@ -525,6 +561,56 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
                 "iss",
                 json!(format!("{}/", signer.issuer)),
             )),
+        ),
+        // go-oidc decodes the registered claims into a struct with Go's encoding/json, which
+        // matches member names case-insensitively (Unicode folding) and keeps the last match.
+        (
+            "exp, then EXP in the past",
+            signer.sign_members(&[], &base, &[("EXP", json!(now - 60))]),
+        ),
+        (
+            "EXP in the past, then exp",
+            signer.sign_members(&[("EXP", json!(now - 60))], &base, &[]),
+        ),
+        (
+            "exp, then Exp not a time",
+            signer.sign_members(&[], &base, &[("Exp", json!("soon"))]),
+        ),
+        (
+            "EXP instead of exp",
+            signer.sign_members(&[], &without(base.clone(), "exp"), &[("EXP", json!(now + 600))]),
+        ),
+        (
+            "NBF an hour ahead",
+            signer.sign_members(&[], &base, &[("NBF", json!(now + 3600))]),
+        ),
+        (
+            "iss, then ISS of another issuer",
+            signer.sign_members(&[], &base, &[("ISS", json!("https://other.example"))]),
+        ),
+        (
+            "iss, then i\u{17f}s (long s) of another issuer",
+            signer.sign_members(&[], &base, &[("i\u{17f}s", json!("https://other.example"))]),
+        ),
+        (
+            "sub, then SUB a number",
+            signer.sign_members(&[], &base, &[("SUB", json!(5))]),
+        ),
+        (
+            "aud, then AUD another audience",
+            signer.sign_members(&[], &base, &[("AUD", json!("other-app"))]),
+        ),
+        (
+            "IAT not a time",
+            signer.sign_members(&[], &base, &[("IAT", json!("x"))]),
+        ),
+        (
+            "exp twice, the last in the past",
+            signer.sign_members(&[], &base, &[("exp", json!(now - 60))]),
+        ),
+        (
+            "exp twice, the first in the past",
+            signer.sign_members(&[("exp", json!(now - 60))], &base, &[]),
         ),
         ("signed by a key the issuer does not publish", {
             let mut header = Header::new(Algorithm::RS256);

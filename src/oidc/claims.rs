@@ -87,14 +87,18 @@ pub(super) struct Validity {
 /// What go-oidc's verifier and kube-apiserver's audience check decide before any claim is
 /// mapped: the types go-oidc insists on, the audience, and the times. A distributed claim's JWT
 /// passes the same checks.
+///
+/// `registered` is go-oidc's view of the claims ([`super::jwt::Payload::registered`]); `claims`
+/// the claim map, for `azp`, which go-oidc does not decode.
 pub(super) fn validity(
     cfg: &JwtAuthenticator,
     claims: &JsonObject,
+    registered: &JsonObject,
 ) -> Result<Validity, TokenError> {
-    check_standard_claim_types(claims)?;
-    check_audience(cfg, claims)?;
+    check_standard_claim_types(registered)?;
+    check_audience(cfg, registered, claims)?;
 
-    let expires_at = match claims.get("exp") {
+    let expires_at = match registered.get("exp") {
         None | Some(Value::Null) => return Err(TokenError::MissingClaim("exp".into())),
         Some(value) => timestamp(value).ok_or_else(|| TokenError::MissingClaim("exp".into()))?,
     };
@@ -105,7 +109,7 @@ pub(super) fn validity(
             expired_at: Some(expires_at),
         });
     }
-    match claims.get("nbf") {
+    match registered.get("nbf") {
         None | Some(Value::Null) => {}
         Some(value) => {
             let not_before =
@@ -117,7 +121,7 @@ pub(super) fn validity(
     }
     // Not checked against the clock (kube-apiserver does not), but go-oidc refuses a token
     // whose `iat` is not a time.
-    let issued_at = match claims.get("iat") {
+    let issued_at = match registered.get("iat") {
         None => None,
         Some(value) => {
             Some(timestamp(value).ok_or_else(|| TokenError::MissingClaim("iat".into()))?)
@@ -278,9 +282,13 @@ pub(super) fn identity(
 /// (`audienceMatchPolicy: MatchAny`). kube-apiserver ignores `azp`;
 /// [`crate::config::Strictness::require_authorized_party`] adds OIDC's rule for several
 /// audiences.
-fn check_audience(rules: &JwtAuthenticator, claims: &JsonObject) -> Result<(), TokenError> {
+fn check_audience(
+    rules: &JwtAuthenticator,
+    registered: &JsonObject,
+    claims: &JsonObject,
+) -> Result<(), TokenError> {
     let expected = &rules.audiences;
-    let audiences: Vec<&str> = match claims.get("aud") {
+    let audiences: Vec<&str> = match registered.get("aud") {
         None => return Err(TokenError::MissingClaim("aud".into())),
         Some(Value::String(aud)) => vec![aud.as_str()],
         Some(Value::Null) => vec![""],

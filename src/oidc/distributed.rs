@@ -157,7 +157,7 @@ impl DistributedClaims {
         }
         let (header, payload) = check_shape(jwt)
             .map_err(|e| format!("{shown} answered no usable JWT ({})", e.reason()))?;
-        let iss = match payload.get("iss") {
+        let iss = match payload.registered.get("iss") {
             Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => GOOGLE_ISSUER,
             Some(Value::String(iss)) if !iss.is_empty() => iss.as_str(),
             _ => return Err(format!("the JWT from {shown} names no issuer")),
@@ -165,7 +165,9 @@ impl DistributedClaims {
         let issuer = self.issuer(iss).await?;
         let claims = signed_claims(&issuer.rules, &issuer.keys, jwt, &header, &payload)
             .await
-            .and_then(|claims| claims::validity(&issuer.rules, &claims).map(|_| claims))
+            .and_then(|claims| {
+                claims::validity(&issuer.rules, &claims, &payload.registered).map(|_| claims)
+            })
             .map_err(|e| {
                 format!(
                     "the JWT from {shown} does not verify for the issuer {:?} ({}: {e})",

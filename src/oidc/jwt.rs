@@ -3,9 +3,10 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, errors::ErrorKind};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use super::{jwks::SigningKey, token::TokenError};
 
@@ -15,37 +16,27 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
-/// The claims of a token whose signature verifies with one of `candidates` (one key when the
-/// token names its `kid`, every key otherwise). Only the signature is jsonwebtoken's job here;
-/// every claim is checked by [`super::claims::identity`] with kube-apiserver's rules.
+/// `claims` (the token's payload, as [`check_shape`] decoded it) once the token's signature
+/// verifies with one of `candidates` (one key when the token names its `kid`, every key
+/// otherwise). Only the signature is jsonwebtoken's job: its `decode` would parse the payload
+/// again, into a struct that refuses a duplicated `exp`, which Go's encoding/json takes (the last
+/// one wins). Every claim is checked by [`super::claims`] with kube-apiserver's rules.
 pub(super) fn verified_claims(
     token: &str,
     alg: Algorithm,
     candidates: &[SigningKey],
-) -> Result<Map<String, Value>, TokenError> {
-    let mut validation = Validation::new(alg);
-    validation.set_required_spec_claims::<&str>(&[]);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
+    claims: JsonObject,
+) -> Result<JsonObject, TokenError> {
+    let (signed, signature) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
     for key in candidates.iter().filter(|key| key.accepts(alg)) {
-        match jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), &validation) {
-            Ok(data) => return Ok(data.claims),
+        match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), key.decoding_key(), alg) {
+            Ok(true) => return Ok(claims),
+            Ok(false) => continue,
             Err(error) => match error.into_kind() {
-                ErrorKind::InvalidSignature => continue,
-                ErrorKind::InvalidToken => {
-                    return Err(TokenError::Malformed("it is not three JWT segments"));
-                }
                 ErrorKind::Base64(_) => {
                     return Err(TokenError::Malformed("a segment is not valid base64url"));
-                }
-                ErrorKind::Json(_) => {
-                    return Err(TokenError::Malformed(
-                        "the header or payload is not the expected JSON object",
-                    ));
-                }
-                ErrorKind::Utf8(_) => {
-                    return Err(TokenError::Malformed("a segment is not valid UTF-8"));
                 }
                 // Anything unexpected can only ever refuse a token.
                 _ => return Err(TokenError::BadSignature),
@@ -125,10 +116,143 @@ pub(super) fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<
 /// A decoded JWT header or claim set.
 pub(super) type JsonObject = Map<String, Value>;
 
+/// A token's payload as kube-apiserver reads it, twice over.
+#[derive(Debug)]
+pub(super) struct Payload {
+    /// Each claim by its exact name, the last of duplicates: kube-apiserver's claim map, which
+    /// claim mappings, CEL and distributed claims read.
+    pub claims: JsonObject,
+    /// The claims go-oidc decodes into its token struct (the issuer, the times, the audience and
+    /// the types it insists on), under their JSON names, as Go's encoding/json fills that struct:
+    /// it matches member names case-insensitively (Unicode folding: `EXP`, `iſs`) and the last
+    /// match wins, so `{"exp": <future>, "EXP": <past>}` has expired for kube-apiserver.
+    pub registered: JsonObject,
+}
+
+/// The JSON names of go-oidc's token struct, which kube-apiserver's issuer check
+/// (`untrustedIssuer`) and go-oidc's verifier decode with Go's encoding/json.
+const REGISTERED: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "at_hash",
+    "_claim_names",
+    "_claim_sources",
+];
+
+/// Whether Go's encoding/json decodes the member `member` into the field named `field` (ASCII
+/// lower case and `_`): `bytes.EqualFold`, whose Unicode folding adds the Kelvin sign to `k` and
+/// the long s to `s`.
+fn go_field_matches(member: &str, field: &str) -> bool {
+    member.chars().count() == field.len()
+        && member.chars().zip(field.chars()).all(|(m, f)| {
+            m.to_ascii_lowercase() == f
+                || (f == 'k' && m == '\u{212A}')
+                || (f == 's' && m == '\u{17F}')
+        })
+}
+
+/// Whether `value` decodes into go-oidc's field `field` without an error.
+fn go_decodes(field: &str, value: &Value) -> bool {
+    match field {
+        "exp" | "iat" => timestamp(value).is_some(),
+        "nbf" => value.is_null() || timestamp(value).is_some(),
+        "aud" => match value {
+            Value::String(_) | Value::Null => true,
+            Value::Array(items) => items.iter().all(Value::is_string),
+            _ => false,
+        },
+        "_claim_names" | "_claim_sources" => match value {
+            Value::Null => true,
+            Value::Object(members) => members.values().all(|v| match field {
+                "_claim_names" => v.is_null() || v.is_string(),
+                _ => v.is_null() || v.is_object(),
+            }),
+            _ => false,
+        },
+        _ => matches!(value, Value::String(_) | Value::Null),
+    }
+}
+
+/// go-oidc's struct from the payload's members in document order (see [`Payload::registered`]).
+/// Each matching member is decoded in turn, so one that does not decode refuses the token even
+/// when a later one overrides it; the value that stays is checked by the callers, as before.
+fn registered(members: &[(String, Value)]) -> Result<JsonObject, TokenError> {
+    let mut view = JsonObject::new();
+    for field in REGISTERED {
+        let matching: Vec<&Value> = members
+            .iter()
+            .filter(|(name, _)| go_field_matches(name, field))
+            .map(|(_, value)| value)
+            .collect();
+        let Some((last, earlier)) = matching.split_last() else {
+            continue;
+        };
+        if !earlier.iter().all(|value| go_decodes(field, value)) {
+            return Err(TokenError::Malformed(
+                "a registered claim is given more than once, once with a value go-oidc cannot decode",
+            ));
+        }
+        let stays = match field {
+            // A null leaves a string field as it was; a map field is reset by null and added to
+            // by each object.
+            "iss" | "sub" | "nonce" | "at_hash" => matching
+                .iter()
+                .rev()
+                .find(|value| !value.is_null())
+                .copied()
+                .unwrap_or(last)
+                .clone(),
+            "_claim_names" | "_claim_sources" => {
+                matching
+                    .iter()
+                    .fold(Value::Null, |map, value| match (map, value) {
+                        (Value::Object(mut map), Value::Object(more)) => {
+                            map.extend(more.clone());
+                            Value::Object(map)
+                        }
+                        (_, value) => (*value).clone(),
+                    })
+            }
+            _ => (*last).clone(),
+        };
+        view.insert(field.to_owned(), stays);
+    }
+    Ok(view)
+}
+
+/// A JSON object's members in document order, duplicates kept, for [`registered`].
+struct Members(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> Visitor<'de> for InOrder {
+            type Value = Members;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
 /// Length cap, then exactly three base64url segments (the signature may be empty, so that an
 /// unsigned `alg: none` token is refused for its algorithm), then JSON objects as header and
-/// payload. The payload is not verified yet: only `iss` may be read from it before the signature.
-pub(super) fn check_shape(token: &str) -> Result<(JsonObject, JsonObject), TokenError> {
+/// payload. The payload is not verified yet: only the issuer may be read from it before the
+/// signature.
+pub(super) fn check_shape(token: &str) -> Result<(JsonObject, Payload), TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("it is longer than 16 KiB"));
     }
@@ -154,9 +278,16 @@ pub(super) fn check_shape(token: &str) -> Result<(JsonObject, JsonObject), Token
         .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
     let header = serde_json::from_slice(&header)
         .map_err(|_| TokenError::Malformed("the header is not a JSON object"))?;
-    let payload = serde_json::from_slice(&payload)
+    let Members(members) = serde_json::from_slice(&payload)
         .map_err(|_| TokenError::Malformed("the payload is not a JSON object"))?;
-    Ok((header, payload))
+    let registered = registered(&members)?;
+    Ok((
+        header,
+        Payload {
+            claims: members.into_iter().collect(),
+            registered,
+        },
+    ))
 }
 
 /// The header's algorithm, if it is one we accept; see the module docs for why a refused

@@ -9,19 +9,19 @@ use super::{
     authn_config::JwtAuthenticator,
     claims,
     jwks::{self, KeySet},
-    jwt::{ES512, JsonObject, allowed_algorithm, verified_claims, verified_es512_claims},
+    jwt::{ES512, JsonObject, Payload, allowed_algorithm, verified_claims, verified_es512_claims},
     token::TokenError,
 };
 
 /// `header` and `payload` are the token's decoded segments ([`super::jwt::check_shape`]); the
-/// payload is returned only when the signature by one of `keys` covers it and its `iss` is
-/// `rules.issuer`.
+/// payload's claims are returned only when the signature by one of `keys` covers them and its
+/// issuer (as go-oidc reads it) is `rules.issuer`.
 pub(super) async fn signed_claims(
     rules: &JwtAuthenticator,
     keys: &KeySet,
     token: &str,
     header: &JsonObject,
-    payload: &JsonObject,
+    payload: &Payload,
 ) -> Result<JsonObject, TokenError> {
     // `None` for ES512, which jsonwebtoken cannot name or verify.
     let alg = if rules.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512) {
@@ -59,9 +59,9 @@ pub(super) async fn signed_claims(
         None => keys.all().await.map_err(TokenError::IssuerUnavailable)?,
     };
     let claims = match alg {
-        Some(alg) => verified_claims(token, alg, &candidates)?,
-        None => verified_es512_claims(token, payload.clone(), &candidates)?,
+        Some(alg) => verified_claims(token, alg, &candidates, payload.claims.clone())?,
+        None => verified_es512_claims(token, payload.claims.clone(), &candidates)?,
     };
-    claims::check_issuer(rules, &claims)?;
+    claims::check_issuer(rules, &payload.registered)?;
     Ok(claims)
 }

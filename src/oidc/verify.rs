@@ -48,7 +48,7 @@ use super::{
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
     distributed::DistributedClaims,
     jwks::{self, IssuerError, KeySet},
-    jwt::{JsonObject, check_shape},
+    jwt::{JsonObject, Payload, check_shape},
     signature::signed_claims,
     token::{IdToken, Identity, TokenError},
 };
@@ -402,7 +402,7 @@ impl Verifier {
     async fn verify_inner(&self, token: &str) -> Result<Identity, TokenError> {
         let (header, unverified) = check_shape(token)?;
         let issuers = self.current();
-        let iss = match unverified.get("iss") {
+        let iss = match unverified.registered.get("iss") {
             None => return Err(TokenError::MissingClaim("iss".into())),
             // Google's legacy `iss` without a scheme, which kube-apiserver coalesces.
             Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => Some(GOOGLE_ISSUER),
@@ -446,10 +446,10 @@ impl Issuer {
         &self,
         token: &str,
         header: &JsonObject,
-        payload: &JsonObject,
+        payload: &Payload,
     ) -> Result<Identity, TokenError> {
         let mut claims = signed_claims(&self.rules, &self.keys, token, header, payload).await?;
-        let validity = claims::validity(&self.rules, &claims)?;
+        let validity = claims::validity(&self.rules, &claims, &payload.registered)?;
         if let Some(distributed) = &self.distributed {
             distributed.expand(&mut claims).await?;
         }
