@@ -4,8 +4,10 @@ fresh tokens, so a benchmark that repeats one token measures the verdict cache, 
 
     bench/fresh_tokens.py COUNT FILE...
 
-Each token is the claims of a real Dex token for alice (read from stdin) with its own `jti`,
-signed with the main Dex's current key (tests/cluster's `dexkey`, as the differential test signs),
+Each token is the claims of a real Dex token for alice (read from stdin) with its own `jti`
+(the file's name and the token's line: files of separate calls never share a token, so the API
+server's own token cache cannot answer one row with another's tokens), signed with the main Dex's
+current key (tests/cluster's `dexkey`, as the differential test signs),
 so the operator and the API server accept it as they accept Dex's own. Both cores sign.
 """
 
@@ -55,8 +57,9 @@ def main() -> None:
     )
     chunk = 2000
     with Pool(os.cpu_count(), init, (key["pkcs1"], key["kid"], claims)) as pool:
-        for index, path in enumerate(files):
-            spans = [(index, first, min(chunk, count - first)) for first in range(0, count, chunk)]
+        for path in files:
+            tag = os.path.basename(path)
+            spans = [(tag, first, min(chunk, count - first)) for first in range(0, count, chunk)]
             with open(path, "w") as out:
                 for tokens in pool.imap(sign, spans):
                     out.writelines(tokens)
