@@ -609,6 +609,10 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
             signer.sign_members(&[], &base, &[("exp", json!(now - 60))]),
         ),
         (
+            "iss, then iss null",
+            signer.sign_members(&[], &base, &[("iss", json!(null))]),
+        ),
+        (
             "exp twice, the first in the past",
             signer.sign_members(&[("exp", json!(now - 60))], &base, &[]),
         ),

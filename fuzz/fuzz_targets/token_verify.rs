@@ -36,7 +36,8 @@ use jsonwebtoken::{Algorithm, jwk::JwkSet};
 use kubeconfig_operator::{
     config::OidcConfig,
     oidc::jwks::KeySet,
-    oidc::token::{IdToken, TokenError}, oidc::verify::Verifier,
+    oidc::token::{IdToken, TokenError},
+    oidc::verify::Verifier,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
@@ -674,16 +675,27 @@ fn structured(data: &[u8]) {
         !header.contains_key("crit"),
         "accepted a token with critical extensions: {forged:?}"
     );
-    // The claims as a JSON parser that keeps the last duplicate sees them (what `identity`
-    // reads); a disagreement with jsonwebtoken's own view would show up here.
+    // The claims as a JSON parser that keeps the last duplicate sees them (kube-apiserver's
+    // claim map, which the username and groups come from).
     let seen: Map<String, Value> = serde_json::from_str(&payload).unwrap();
+    // The registered claims as go-oidc's struct has them: Go's encoding/json matches member
+    // names case-insensitively (Unicode folding) and keeps the last match; a null leaves a
+    // string as it was.
+    let members = in_order(&payload);
+    let registered = |field: &str| {
+        members
+            .iter()
+            .rev()
+            .find(|(name, value)| go_folds_to(name, field) && !(field == "iss" && value.is_null()))
+            .map(|(_, value)| value)
+    };
     assert_eq!(
-        seen.get("iss"),
+        registered("iss"),
         Some(&json!(ISSUER)),
         "wrong iss accepted: {forged:?}"
     );
     // kube-apiserver ignores `azp`, so it is not checked here.
-    let aud_ok = match seen.get("aud") {
+    let aud_ok = match registered("aud") {
         Some(Value::String(aud)) => aud == CLIENT,
         Some(Value::Array(auds)) => {
             auds.contains(&json!(CLIENT)) && auds.iter().all(Value::is_string)
@@ -696,18 +708,18 @@ fn structured(data: &[u8]) {
         Value::String(text) => text.parse::<f64>().ok(),
         other => other.as_f64(),
     };
-    let exp = seen.get("exp").and_then(time);
+    let exp = registered("exp").and_then(time);
     assert!(
         exp.is_some_and(|exp| exp >= now as f64),
         "expired or exp-less token accepted: {forged:?}"
     );
-    if let Some(nbf) = seen.get("nbf").filter(|nbf| !nbf.is_null()) {
+    if let Some(nbf) = registered("nbf").filter(|nbf| !nbf.is_null()) {
         assert!(
             time(nbf).is_some_and(|at| at <= (now + NOT_BEFORE_SKEW_SECS + 5) as f64),
             "nbf too far in the future (or not a number) accepted: {forged:?}"
         );
     }
-    if let Some(iat) = seen.get("iat") {
+    if let Some(iat) = registered("iat") {
         assert!(time(iat).is_some(), "iat not a time accepted: {forged:?}");
     }
     let email = match seen.get("email") {
@@ -734,4 +746,34 @@ fn structured(data: &[u8]) {
         Some(other) => panic!("groups claim {other} accepted"),
     };
     assert_eq!(identity.groups, groups, "groups differ: {forged:?}");
+}
+
+/// A JSON object's members in document order, duplicates kept: what Go's encoding/json walks.
+fn in_order(object: &str) -> Vec<(String, Value)> {
+    struct Members;
+    impl<'de> serde::de::Visitor<'de> for Members {
+        type Value = Vec<(String, Value)>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            std::iter::from_fn(|| map.next_entry().transpose()).collect()
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(object), Members)
+        .expect("an accepted payload is an object")
+}
+
+/// `bytes.EqualFold(member, field)` for a field name of ASCII lower case: simple Unicode case
+/// folding, in which `s` also matches the long s and `k` the Kelvin sign.
+fn go_folds_to(member: &str, field: &str) -> bool {
+    let mut member = member.chars();
+    field.chars().all(|f| {
+        member.next().is_some_and(|m| {
+            m.to_ascii_lowercase() == f || (f, m) == ('s', '\u{17F}') || (f, m) == ('k', '\u{212A}')
+        })
+    }) && member.next().is_none()
 }
