@@ -16,23 +16,27 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
-/// `claims` (the token's payload, as [`check_shape`] decoded it) once the token's signature
-/// verifies with one of `candidates` (one key when the token names its `kid`, every key
-/// otherwise). Only the signature is jsonwebtoken's job: its `decode` would parse the payload
-/// again, into a struct that refuses a duplicated `exp`, which Go's encoding/json takes (the last
-/// one wins). Every claim is checked by [`super::claims`] with kube-apiserver's rules.
-pub(super) fn verified_claims(
+/// The token's signing input (header and payload segments) and its signature segment.
+fn signing_input(token: &str) -> Result<(&str, &str), TokenError> {
+    token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("it is not three JWT segments"))
+}
+
+/// Whether the token's signature verifies with one of `candidates` (one key when the token names
+/// its `kid`, every key otherwise). Only the signature is jsonwebtoken's job: its `decode` would
+/// parse the payload again, into a struct that refuses a duplicated `exp`, which Go's
+/// encoding/json takes (the last one wins). The claims are [`check_shape`]'s, and every one is
+/// checked by [`super::claims`] with kube-apiserver's rules.
+pub(super) fn verify_signature(
     token: &str,
     alg: Algorithm,
     candidates: &[SigningKey],
-    claims: JsonObject,
-) -> Result<JsonObject, TokenError> {
-    let (signed, signature) = token
-        .rsplit_once('.')
-        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
+) -> Result<(), TokenError> {
+    let (signed, signature) = signing_input(token)?;
     for key in candidates.iter().filter(|key| key.accepts(alg)) {
         match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), key.decoding_key(), alg) {
-            Ok(true) => return Ok(claims),
+            Ok(true) => return Ok(()),
             Ok(false) => continue,
             Err(error) => match error.into_kind() {
                 ErrorKind::Base64(_) => {
@@ -49,18 +53,14 @@ pub(super) fn verified_claims(
 /// The name of the one algorithm verified without jsonwebtoken, which has no P-521.
 pub(super) const ES512: &str = "ES512";
 
-/// The claims of an ES512 token whose signature (`r || s`, 66 bytes each, as JWS has it)
-/// verifies with one of `candidates`' P-521 keys. `payload` is the token's decoded payload, which
-/// the signature covers.
-pub(super) fn verified_es512_claims(
+/// Whether an ES512 token's signature (`r || s`, 66 bytes each, as JWS has it) verifies with one
+/// of `candidates`' P-521 keys.
+pub(super) fn verify_es512_signature(
     token: &str,
-    payload: JsonObject,
     candidates: &[SigningKey],
-) -> Result<Map<String, Value>, TokenError> {
+) -> Result<(), TokenError> {
     use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED, UnparsedPublicKey};
-    let (signed, signature) = token
-        .rsplit_once('.')
-        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
+    let (signed, signature) = signing_input(token)?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
@@ -73,7 +73,7 @@ pub(super) fn verified_es512_claims(
                 .is_ok()
         });
     if verifies {
-        Ok(payload)
+        Ok(())
     } else {
         Err(TokenError::BadSignature)
     }
@@ -129,20 +129,84 @@ pub(super) struct Payload {
     pub registered: JsonObject,
 }
 
-/// The JSON names of go-oidc's token struct, which kube-apiserver's issuer check
-/// (`untrustedIssuer`) and go-oidc's verifier decode with Go's encoding/json.
-const REGISTERED: [&str; 10] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "nonce",
-    "at_hash",
-    "_claim_names",
-    "_claim_sources",
+/// How go-oidc's token struct holds a field: what decodes into it, and what a null does.
+#[derive(Clone, Copy)]
+enum GoField {
+    /// `string`: a null leaves it as it was.
+    Text,
+    /// `jsonTime`: a NumericDate; a null does not decode.
+    Time,
+    /// `*jsonTime`: as `Time`, and a null resets it.
+    OptionalTime,
+    /// `audience`: a string or a list of strings; a null reads as `""`.
+    Audience,
+    /// `map[string]string`: a null resets it, each object adds to it.
+    Names,
+    /// `map[string]claimSource`: as `Names`, with objects for values.
+    Sources,
+}
+
+/// go-oidc's token struct by JSON name, which kube-apiserver's issuer check (`untrustedIssuer`)
+/// and go-oidc's verifier decode with Go's encoding/json.
+const REGISTERED: [(&str, GoField); 10] = [
+    ("iss", GoField::Text),
+    ("sub", GoField::Text),
+    ("aud", GoField::Audience),
+    ("exp", GoField::Time),
+    ("iat", GoField::Time),
+    ("nbf", GoField::OptionalTime),
+    ("nonce", GoField::Text),
+    ("at_hash", GoField::Text),
+    ("_claim_names", GoField::Names),
+    ("_claim_sources", GoField::Sources),
 ];
+
+impl GoField {
+    /// Whether `value` decodes into this field without an error.
+    fn decodes(self, value: &Value) -> bool {
+        match (self, value) {
+            (Self::Time, value) => timestamp(value).is_some(),
+            (Self::OptionalTime, value) => value.is_null() || timestamp(value).is_some(),
+            (Self::Text | Self::Audience | Self::Names | Self::Sources, Value::Null)
+            | (Self::Text | Self::Audience, Value::String(_)) => true,
+            (Self::Audience, Value::Array(items)) => items.iter().all(Value::is_string),
+            (Self::Names, Value::Object(names)) => {
+                names.values().all(|v| v.is_null() || v.is_string())
+            }
+            (Self::Sources, Value::Object(sources)) => {
+                sources.values().all(|v| v.is_null() || v.is_object())
+            }
+            _ => false,
+        }
+    }
+
+    /// The value the field holds once every one of `matching` (in document order, at least one)
+    /// is decoded into it.
+    fn holds(self, matching: &[&Value]) -> Value {
+        match self {
+            Self::Text => matching
+                .iter()
+                .rev()
+                .find(|value| !value.is_null())
+                .or(matching.last())
+                .map_or(Value::Null, |value| (*value).clone()),
+            Self::Names | Self::Sources => {
+                matching
+                    .iter()
+                    .fold(Value::Null, |map, value| match (map, value) {
+                        (Value::Object(mut map), Value::Object(more)) => {
+                            map.extend(more.clone());
+                            Value::Object(map)
+                        }
+                        (_, value) => (*value).clone(),
+                    })
+            }
+            Self::Time | Self::OptionalTime | Self::Audience => matching
+                .last()
+                .map_or(Value::Null, |value| (*value).clone()),
+        }
+    }
+}
 
 /// Whether Go's encoding/json decodes the member `member` into the field named `field` (ASCII
 /// lower case and `_`): `bytes.EqualFold`, whose Unicode folding adds the Kelvin sign to `k` and
@@ -156,71 +220,26 @@ fn go_field_matches(member: &str, field: &str) -> bool {
         })
 }
 
-/// Whether `value` decodes into go-oidc's field `field` without an error.
-fn go_decodes(field: &str, value: &Value) -> bool {
-    match field {
-        "exp" | "iat" => timestamp(value).is_some(),
-        "nbf" => value.is_null() || timestamp(value).is_some(),
-        "aud" => match value {
-            Value::String(_) | Value::Null => true,
-            Value::Array(items) => items.iter().all(Value::is_string),
-            _ => false,
-        },
-        "_claim_names" | "_claim_sources" => match value {
-            Value::Null => true,
-            Value::Object(members) => members.values().all(|v| match field {
-                "_claim_names" => v.is_null() || v.is_string(),
-                _ => v.is_null() || v.is_object(),
-            }),
-            _ => false,
-        },
-        _ => matches!(value, Value::String(_) | Value::Null),
-    }
-}
-
 /// go-oidc's struct from the payload's members in document order (see [`Payload::registered`]).
 /// Each matching member is decoded in turn, so one that does not decode refuses the token even
 /// when a later one overrides it; the value that stays is checked by the callers, as before.
 fn registered(members: &[(String, Value)]) -> Result<JsonObject, TokenError> {
     let mut view = JsonObject::new();
-    for field in REGISTERED {
+    for (name, field) in REGISTERED {
         let matching: Vec<&Value> = members
             .iter()
-            .filter(|(name, _)| go_field_matches(name, field))
+            .filter(|(member, _)| go_field_matches(member, name))
             .map(|(_, value)| value)
             .collect();
-        let Some((last, earlier)) = matching.split_last() else {
+        let Some((_, earlier)) = matching.split_last() else {
             continue;
         };
-        if !earlier.iter().all(|value| go_decodes(field, value)) {
+        if !earlier.iter().all(|value| field.decodes(value)) {
             return Err(TokenError::Malformed(
                 "a registered claim is given more than once, once with a value go-oidc cannot decode",
             ));
         }
-        let stays = match field {
-            // A null leaves a string field as it was; a map field is reset by null and added to
-            // by each object.
-            "iss" | "sub" | "nonce" | "at_hash" => matching
-                .iter()
-                .rev()
-                .find(|value| !value.is_null())
-                .copied()
-                .unwrap_or(last)
-                .clone(),
-            "_claim_names" | "_claim_sources" => {
-                matching
-                    .iter()
-                    .fold(Value::Null, |map, value| match (map, value) {
-                        (Value::Object(mut map), Value::Object(more)) => {
-                            map.extend(more.clone());
-                            Value::Object(map)
-                        }
-                        (_, value) => (*value).clone(),
-                    })
-            }
-            _ => (*last).clone(),
-        };
-        view.insert(field.to_owned(), stays);
+        view.insert(name.to_owned(), field.holds(&matching));
     }
     Ok(view)
 }

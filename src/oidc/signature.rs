@@ -9,7 +9,9 @@ use super::{
     authn_config::JwtAuthenticator,
     claims,
     jwks::{self, KeySet},
-    jwt::{ES512, JsonObject, Payload, allowed_algorithm, verified_claims, verified_es512_claims},
+    jwt::{
+        ES512, JsonObject, Payload, allowed_algorithm, verify_es512_signature, verify_signature,
+    },
     token::TokenError,
 };
 
@@ -58,10 +60,10 @@ pub(super) async fn signed_claims(
         // go-oidc tries every key when the token names none.
         None => keys.all().await.map_err(TokenError::IssuerUnavailable)?,
     };
-    let claims = match alg {
-        Some(alg) => verified_claims(token, alg, &candidates, payload.claims.clone())?,
-        None => verified_es512_claims(token, payload.claims.clone(), &candidates)?,
-    };
+    match alg {
+        Some(alg) => verify_signature(token, alg, &candidates)?,
+        None => verify_es512_signature(token, &candidates)?,
+    }
     claims::check_issuer(rules, &payload.registered)?;
-    Ok(claims)
+    Ok(payload.claims.clone())
 }
