@@ -54,28 +54,7 @@ pub struct AuditId(String);
 
 impl AuditId {
     pub fn new() -> Self {
-        let mut bytes = [0u8; 16];
-        // Without randomness the id is still unique enough to find a line by; it is no secret.
-        if getrandom::fill(&mut bytes).is_err() {
-            bytes = Utc::now()
-                .timestamp_nanos_opt()
-                .unwrap_or_default()
-                .to_le_bytes()
-                .repeat(2)
-                .try_into()
-                .unwrap_or_default();
-        }
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-        Self(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        ))
+        Self(uuid::Uuid::new_v4().hyphenated().to_string())
     }
 
     pub fn as_str(&self) -> &str {

@@ -2,7 +2,7 @@
 //! times, then the username, groups, uid and extra (by claim or CEL), required claims, and the
 //! claim and user validation rules, in kube-apiserver's order.
 
-use std::collections::BTreeMap;
+use std::{cell::LazyCell, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -146,8 +146,9 @@ pub(super) fn identity(
         expires_at,
         issued_at,
     } = validity;
-    // CEL sees the claims as one JSON object, as kube-apiserver's unstructured conversion.
-    let as_json = Value::Object(claims.clone());
+    // CEL sees the claims as one JSON object, as kube-apiserver's unstructured conversion; the
+    // copy is made only for a configuration with expressions or rules.
+    let as_json = LazyCell::new(|| Value::Object(claims.clone()));
 
     let username = match &cfg.username {
         Mapping::Claim { claim, prefix } => {
@@ -257,7 +258,9 @@ pub(super) fn identity(
             }
         }
     }
-    check_rules(&cfg.claim_rules, &as_json)?;
+    if !cfg.claim_rules.is_empty() {
+        check_rules(&cfg.claim_rules, &as_json)?;
+    }
     if !cfg.user_rules.is_empty() {
         let user = serde_json::json!({
             "username": username,

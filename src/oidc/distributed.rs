@@ -33,8 +33,8 @@ use super::{
     authn_config::{JwtAuthenticator, Mapping},
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
     jwks::{self, KeySet},
-    jwt::{JsonObject, check_shape},
-    signature::signed_claims,
+    jwt::{JsonObject, Payload, check_shape},
+    signature::signed_payload,
     token::TokenError,
 };
 
@@ -155,23 +155,24 @@ impl DistributedClaims {
         if jwt.starts_with('{') {
             return Err(format!("{shown} answered JSON, not a compact JWT"));
         }
-        let (header, payload) = check_shape(jwt)
+        let decoded = check_shape(jwt)
             .map_err(|e| format!("{shown} answered no usable JWT ({})", e.reason()))?;
-        let iss = match payload.registered.get("iss") {
-            Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => GOOGLE_ISSUER,
-            Some(Value::String(iss)) if !iss.is_empty() => iss.as_str(),
+        let iss = match decoded.payload.registered.get("iss") {
+            Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => GOOGLE_ISSUER.to_owned(),
+            Some(Value::String(iss)) if !iss.is_empty() => iss.clone(),
             _ => return Err(format!("the JWT from {shown} names no issuer")),
         };
-        let issuer = self.issuer(iss).await?;
-        let claims = signed_claims(&issuer.rules, &issuer.keys, jwt, &header, &payload)
+        let issuer = self.issuer(&iss).await?;
+        let Payload { claims, .. } = signed_payload(&issuer.rules, &issuer.keys, jwt, decoded)
             .await
-            .and_then(|claims| {
-                claims::validity(&issuer.rules, &claims, &payload.registered).map(|_| claims)
+            .and_then(|payload| {
+                claims::validity(&issuer.rules, &payload.claims, &payload.registered)
+                    .map(|_| payload)
             })
             .map_err(|e| {
                 format!(
                     "the JWT from {shown} does not verify for the issuer {:?} ({}: {e})",
-                    jwks::truncated(iss),
+                    jwks::truncated(&iss),
                     e.reason()
                 )
             })?;

@@ -16,8 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED, ED25519,
+    ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
+    RSA_PKCS1_2048_8192_SHA512, RSA_PSS_2048_8192_SHA256, RSA_PSS_2048_8192_SHA384,
+    RSA_PSS_2048_8192_SHA512, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
+};
 use jsonwebtoken::{
-    Algorithm, AlgorithmFamily, DecodingKey,
+    Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk},
 };
 use serde::{Deserialize, de::DeserializeOwned};
@@ -69,30 +75,40 @@ pub enum IssuerError {
     },
 }
 
-/// One verification key from the JWKS, with what it may be used for.
-#[derive(Clone)]
+/// What a signature is checked with: an algorithm jsonwebtoken names, or ES512, which it cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SignatureAlgorithm {
+    Jws(Algorithm),
+    Es512,
+}
+
+/// Every asymmetric algorithm jsonwebtoken names, each a key may be parsed for.
+const JWS_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// One verification key from the JWKS, parsed once for each algorithm it may check: built again
+/// from the JWK's numbers for every token, as jsonwebtoken's `crypto::verify` does, the key cost
+/// about 3 % of a fresh token's download (perf, bench/results.md).
 pub(crate) struct SigningKey {
-    key: DecodingKey,
     family: AlgorithmFamily,
     curve: Option<EllipticCurve>,
+    parsed: Vec<(SignatureAlgorithm, ParsedPublicKey)>,
 }
 
 impl SigningKey {
-    pub(crate) fn decoding_key(&self) -> &DecodingKey {
-        &self.key
-    }
-
     /// Whether a signature made with `alg` may be checked with this key: same key family (so an
     /// RSA or EC public key can never act as an HMAC secret) and same curve. The JWK's own `alg`,
     /// `use` and `key_ops` are not looked at: go-jose, which kube-apiserver verifies with, ignores
     /// them too (an RSA key published as `alg: RS256` verifies PS256 signatures there).
-    /// The uncompressed point of a P-521 key, which only ES512 uses.
-    pub(crate) fn p521_point(&self) -> Option<&[u8]> {
-        (self.curve == Some(EllipticCurve::P521))
-            .then(|| self.key.try_get_as_bytes().ok())
-            .flatten()
-    }
-
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
         let curve_matches = match alg {
             Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
@@ -102,9 +118,72 @@ impl SigningKey {
         };
         alg.family() != AlgorithmFamily::Hmac && self.family == alg.family() && curve_matches
     }
+
+    /// Whether `signature` over `message`, made with `alg`, verifies with this key. A key that
+    /// cannot check `alg` (another family or curve, or numbers that form no key) verifies
+    /// nothing.
+    pub(crate) fn verifies(
+        &self,
+        alg: SignatureAlgorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        self.parsed
+            .iter()
+            .find(|(parsed_for, _)| *parsed_for == alg)
+            .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
+    }
+
+    fn new(jwk: &DecodingKey, family: AlgorithmFamily, curve: Option<EllipticCurve>) -> Self {
+        let mut key = Self {
+            family,
+            curve,
+            parsed: Vec::new(),
+        };
+        let mut algorithms: Vec<SignatureAlgorithm> = JWS_ALGORITHMS
+            .into_iter()
+            .filter(|&alg| key.accepts(alg))
+            .map(SignatureAlgorithm::Jws)
+            .collect();
+        if key.curve == Some(EllipticCurve::P521) {
+            algorithms.push(SignatureAlgorithm::Es512);
+        }
+        key.parsed = algorithms
+            .into_iter()
+            .filter_map(|alg| Some((alg, parse(jwk, alg)?)))
+            .collect();
+        key
+    }
 }
 
-type KeyMap = HashMap<String, SigningKey>;
+/// `key` parsed for `alg`, with the key sizes jsonwebtoken's aws-lc verifiers allow (RSA from
+/// 2,048 to 8,192 bits); `None` when its numbers form no such key.
+fn parse(key: &DecodingKey, alg: SignatureAlgorithm) -> Option<ParsedPublicKey> {
+    let rsa = |params: &'static RsaParameters| match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents { n, e }
+            .to_parsed_public_key(params)
+            .ok(),
+        DecodingKeyKind::SecretOrDer(_) => None,
+    };
+    let point = |algorithm: &'static dyn VerificationAlgorithm| {
+        ParsedPublicKey::new(algorithm, key.try_get_as_bytes().ok()?).ok()
+    };
+    match alg {
+        SignatureAlgorithm::Jws(Algorithm::RS256) => rsa(&RSA_PKCS1_2048_8192_SHA256),
+        SignatureAlgorithm::Jws(Algorithm::RS384) => rsa(&RSA_PKCS1_2048_8192_SHA384),
+        SignatureAlgorithm::Jws(Algorithm::RS512) => rsa(&RSA_PKCS1_2048_8192_SHA512),
+        SignatureAlgorithm::Jws(Algorithm::PS256) => rsa(&RSA_PSS_2048_8192_SHA256),
+        SignatureAlgorithm::Jws(Algorithm::PS384) => rsa(&RSA_PSS_2048_8192_SHA384),
+        SignatureAlgorithm::Jws(Algorithm::PS512) => rsa(&RSA_PSS_2048_8192_SHA512),
+        SignatureAlgorithm::Jws(Algorithm::ES256) => point(&ECDSA_P256_SHA256_FIXED),
+        SignatureAlgorithm::Jws(Algorithm::ES384) => point(&ECDSA_P384_SHA384_FIXED),
+        SignatureAlgorithm::Jws(Algorithm::EdDSA) => point(&ED25519),
+        SignatureAlgorithm::Es512 => point(&ECDSA_P521_SHA512_FIXED),
+        SignatureAlgorithm::Jws(_) => None,
+    }
+}
+
+type KeyMap = HashMap<String, Arc<SigningKey>>;
 
 /// Where keys are fetched from; absent for a key set built from keys the caller already holds.
 struct Fetcher {
@@ -226,7 +305,7 @@ impl KeySet {
     /// The key for `kid`; refetches once if it is unknown, unless a fetch succeeded less than
     /// [`MIN_REFETCH_INTERVAL`] ago. `Ok(None)` means the issuer does not publish this key; `Err`
     /// means we cannot tell because the issuer is unavailable.
-    pub(crate) async fn find(&self, kid: &str) -> Result<Option<SigningKey>, IssuerError> {
+    pub(crate) async fn find(&self, kid: &str) -> Result<Option<Arc<SigningKey>>, IssuerError> {
         if let Some(key) = self.cached(kid) {
             return Ok(Some(key));
         }
@@ -237,7 +316,7 @@ impl KeySet {
 
     /// Every current key, for a token without `kid` (kube-apiserver then tries each one). Before
     /// the first successful fetch this fetches, under the same rules as [`KeySet::find`].
-    pub(crate) async fn all(&self) -> Result<Vec<SigningKey>, IssuerError> {
+    pub(crate) async fn all(&self) -> Result<Vec<Arc<SigningKey>>, IssuerError> {
         if !self.is_loaded() {
             self.refetch_for_miss(|| self.is_loaded(), "<none>").await?;
         }
@@ -278,7 +357,7 @@ impl KeySet {
         }
     }
 
-    fn cached(&self, kid: &str) -> Option<SigningKey> {
+    fn cached(&self, kid: &str) -> Option<Arc<SigningKey>> {
         // A poisoned lock only means a panic elsewhere mid-swap of an `Arc`; the map is intact.
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         keys.get(kid).cloned()
@@ -528,7 +607,7 @@ fn usable_keys(
     keys
 }
 
-fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<SigningKey> {
+fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<Arc<SigningKey>> {
     let (family, curve) = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
         AlgorithmParameters::EllipticCurve(params) => {
@@ -540,13 +619,9 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<Signi
         // A symmetric secret has no business in a public JWKS; never use one.
         _ => return None,
     };
-    let key = SigningKey {
-        key: DecodingKey::from_jwk(jwk).ok()?,
-        family,
-        curve,
-    };
-    let for_es512 = es512 && key.p521_point().is_some();
-    (for_es512 || algorithms.iter().any(|&allowed| key.accepts(allowed))).then_some(key)
+    let key = SigningKey::new(&DecodingKey::from_jwk(jwk).ok()?, family, curve);
+    let for_es512 = es512 && key.curve == Some(EllipticCurve::P521);
+    (for_es512 || algorithms.iter().any(|&allowed| key.accepts(allowed))).then(|| Arc::new(key))
 }
 
 /// Shortened, printable form of an untrusted string for logs and messages.
@@ -687,7 +762,7 @@ mod tests {
     async fn concurrent_finds(
         keys: &Arc<KeySet>,
         kid: &'static str,
-    ) -> Vec<Result<Option<SigningKey>, IssuerError>> {
+    ) -> Vec<Result<Option<Arc<SigningKey>>, IssuerError>> {
         let lookups: Vec<_> = (0..8)
             .map(|_| {
                 let keys = Arc::clone(keys);

@@ -3,12 +3,15 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
-use super::{jwks::SigningKey, token::TokenError};
+use super::{
+    jwks::{SignatureAlgorithm, SigningKey},
+    token::TokenError,
+};
 
 /// Real ID tokens are 1–4 KiB; the cap keeps hostile input from costing parse time and memory.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -16,68 +19,33 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
-/// The token's signing input (header and payload segments) and its signature segment.
-fn signing_input(token: &str) -> Result<(&str, &str), TokenError> {
-    token
-        .rsplit_once('.')
-        .ok_or(TokenError::Malformed("it is not three JWT segments"))
-}
-
 /// Whether the token's signature verifies with one of `candidates` (one key when the token names
-/// its `kid`, every key otherwise). Only the signature is jsonwebtoken's job: its `decode` would
-/// parse the payload again, into a struct that refuses a duplicated `exp`, which Go's
-/// encoding/json takes (the last one wins). The claims are [`check_shape`]'s, and every one is
-/// checked by [`super::claims`] with kube-apiserver's rules.
+/// its `kid`, every key otherwise). The claims are [`check_shape`]'s, and every one is checked by
+/// [`super::claims`] with kube-apiserver's rules; jsonwebtoken's `decode` would parse the payload
+/// again, into a struct that refuses a duplicated `exp`, which Go's encoding/json takes (the last
+/// one wins).
 pub(super) fn verify_signature(
     token: &str,
-    alg: Algorithm,
-    candidates: &[SigningKey],
+    signature: &[u8],
+    alg: SignatureAlgorithm,
+    candidates: &[Arc<SigningKey>],
 ) -> Result<(), TokenError> {
-    let (signed, signature) = signing_input(token)?;
-    for key in candidates.iter().filter(|key| key.accepts(alg)) {
-        match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), key.decoding_key(), alg) {
-            Ok(true) => return Ok(()),
-            Ok(false) => continue,
-            Err(error) => match error.into_kind() {
-                ErrorKind::Base64(_) => {
-                    return Err(TokenError::Malformed("a segment is not valid base64url"));
-                }
-                // Anything unexpected can only ever refuse a token.
-                _ => return Err(TokenError::BadSignature),
-            },
-        }
-    }
-    Err(TokenError::BadSignature)
-}
-
-/// The name of the one algorithm verified without jsonwebtoken, which has no P-521.
-pub(super) const ES512: &str = "ES512";
-
-/// Whether an ES512 token's signature (`r || s`, 66 bytes each, as JWS has it) verifies with one
-/// of `candidates`' P-521 keys.
-pub(super) fn verify_es512_signature(
-    token: &str,
-    candidates: &[SigningKey],
-) -> Result<(), TokenError> {
-    use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED, UnparsedPublicKey};
-    let (signed, signature) = signing_input(token)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
-    let verifies = candidates
+    // `check_shape` found exactly three segments, so the last dot ends the signing input.
+    let (signed, _) = token
+        .rsplit_once('.')
+        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
+    if candidates
         .iter()
-        .filter_map(SigningKey::p521_point)
-        .any(|point| {
-            UnparsedPublicKey::new(&ECDSA_P521_SHA512_FIXED, point)
-                .verify(signed.as_bytes(), &signature)
-                .is_ok()
-        });
-    if verifies {
+        .any(|key| key.verifies(alg, signed.as_bytes(), signature))
+    {
         Ok(())
     } else {
         Err(TokenError::BadSignature)
     }
 }
+
+/// The one algorithm jsonwebtoken cannot name: it has no P-521.
+pub(super) const ES512: &str = "ES512";
 
 /// go-oidc decodes the registered claims into typed fields and refuses the whole token when one
 /// does not fit; these are the ones [`super::claims::identity`] does not look at itself.
@@ -115,6 +83,14 @@ pub(super) fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<
 
 /// A decoded JWT header or claim set.
 pub(super) type JsonObject = Map<String, Value>;
+
+/// A token's three segments, decoded; nothing in them is verified yet.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    pub header: JsonObject,
+    pub payload: Payload,
+    pub signature: Vec<u8>,
+}
 
 /// A token's payload as kube-apiserver reads it, twice over.
 #[derive(Debug)]
@@ -212,7 +188,10 @@ impl GoField {
 /// lower case and `_`): `bytes.EqualFold`, whose Unicode folding adds the Kelvin sign to `k` and
 /// the long s to `s`.
 fn go_field_matches(member: &str, field: &str) -> bool {
-    member.chars().count() == field.len()
+    // A folding character is never shorter in UTF-8 than the ASCII letter it folds to, so a
+    // shorter member cannot match: most members are refused before their characters are counted.
+    member.len() >= field.len()
+        && member.chars().count() == field.len()
         && member.chars().zip(field.chars()).all(|(m, f)| {
             m.to_ascii_lowercase() == f
                 || (f == 'k' && m == '\u{212A}')
@@ -271,7 +250,7 @@ impl<'de> Deserialize<'de> for Members {
 /// unsigned `alg: none` token is refused for its algorithm), then JSON objects as header and
 /// payload. The payload is not verified yet: only the issuer may be read from it before the
 /// signature.
-pub(super) fn check_shape(token: &str) -> Result<(JsonObject, Payload), TokenError> {
+pub(super) fn check_shape(token: &str) -> Result<Decoded, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("it is longer than 16 KiB"));
     }
@@ -292,7 +271,7 @@ pub(super) fn check_shape(token: &str) -> Result<(JsonObject, Payload), TokenErr
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| TokenError::Malformed("the payload segment is not valid base64url"))?;
-    URL_SAFE_NO_PAD
+    let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed("the signature segment is not valid base64url"))?;
     let header = serde_json::from_slice(&header)
@@ -300,13 +279,14 @@ pub(super) fn check_shape(token: &str) -> Result<(JsonObject, Payload), TokenErr
     let Members(members) = serde_json::from_slice(&payload)
         .map_err(|_| TokenError::Malformed("the payload is not a JSON object"))?;
     let registered = registered(&members)?;
-    Ok((
+    Ok(Decoded {
         header,
-        Payload {
+        payload: Payload {
             claims: members.into_iter().collect(),
             registered,
         },
-    ))
+        signature,
+    })
 }
 
 /// The header's algorithm, if it is one we accept; see the module docs for why a refused

@@ -48,8 +48,8 @@ use super::{
     claims::{self, GOOGLE_ISSUER, GOOGLE_ISSUER_NO_SCHEME},
     distributed::DistributedClaims,
     jwks::{self, IssuerError, KeySet},
-    jwt::{JsonObject, Payload, check_shape},
-    signature::signed_claims,
+    jwt::{Decoded, Payload, check_shape},
+    signature::signed_payload,
     token::{IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
@@ -400,9 +400,9 @@ impl Verifier {
     }
 
     async fn verify_inner(&self, token: &str) -> Result<Identity, TokenError> {
-        let (header, unverified) = check_shape(token)?;
+        let decoded = check_shape(token)?;
         let issuers = self.current();
-        let iss = match unverified.registered.get("iss") {
+        let iss = match decoded.payload.registered.get("iss") {
             None => return Err(TokenError::MissingClaim("iss".into())),
             // Google's legacy `iss` without a scheme, which kube-apiserver coalesces.
             Some(Value::String(iss)) if iss == GOOGLE_ISSUER_NO_SCHEME => Some(GOOGLE_ISSUER),
@@ -415,7 +415,7 @@ impl Verifier {
                 found: iss.map_or_else(|| "<not a string>".into(), jwks::truncated),
             });
         };
-        issuer.verify(token, &header, &unverified).await
+        issuer.verify(token, decoded).await
     }
 }
 
@@ -440,16 +440,14 @@ impl Issuer {
         }
     }
 
-    /// `payload` is the token's decoded payload, not yet verified. A distributed groups claim is
+    /// `decoded` is the token's segments, not yet verified. A distributed groups claim is
     /// resolved after the token's own times and audience hold, as kube-apiserver resolves it.
-    async fn verify(
-        &self,
-        token: &str,
-        header: &JsonObject,
-        payload: &Payload,
-    ) -> Result<Identity, TokenError> {
-        let mut claims = signed_claims(&self.rules, &self.keys, token, header, payload).await?;
-        let validity = claims::validity(&self.rules, &claims, &payload.registered)?;
+    async fn verify(&self, token: &str, decoded: Decoded) -> Result<Identity, TokenError> {
+        let Payload {
+            mut claims,
+            registered,
+        } = signed_payload(&self.rules, &self.keys, token, decoded).await?;
+        let validity = claims::validity(&self.rules, &claims, &registered)?;
         if let Some(distributed) = &self.distributed {
             distributed.expand(&mut claims).await?;
         }
