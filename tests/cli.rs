@@ -166,3 +166,22 @@ fn the_binary_allocates_through_jemalloc_with_its_options() {
         assert!(stats.contains(option), "{option} not in:\n{stats}");
     }
 }
+
+/// Text logs are for terminals; written to a pipe or a file (a container's log, `> file`) they
+/// carry no colour codes, which `kubectl logs` and log collectors would show as garbage.
+#[test]
+fn text_logs_into_a_pipe_have_no_colour_codes() {
+    // No kubeconfig and no in-cluster account: start-up fails after logging is set up, with an
+    // error line in the default (text) format.
+    let output = operator_command(&REQUIRED)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("run kubeconfig-operator");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("cannot configure the Kubernetes client"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+}
