@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU profiles as flame graphs (perf + inferno), saved under bench/:
-#   bench/profile-http.svg      the operator serving GET /kube-config under wrk load
+#   bench/profile-http.svg      the operator serving GET /kube-config under wrk load, a fresh token each
 #   bench/profile-proxy.svg     the operator proxying `kubectl get configmaps` under wrk load
 #   bench/profile-proxy-apiserver.svg  kube-apiserver serving those proxied requests
 #   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
@@ -55,17 +55,25 @@ apiserver_shares() {
 token=$(tests/cluster/id-token alice)
 
 # ---- the HTTP path (PROFILE_HTTP=0 skips it) ----------------------------------------------------
+# A different valid token on every request, as users arrive (bench/fresh_tokens.py): one token
+# repeated would profile the verdict cache. PROFILE_TOKENS must outlast the run; a run that runs
+# out shows non-2xx answers in wrk's output and fails.
 if [[ ${PROFILE_HTTP:-1} == 1 ]]; then
 port=$(free_ports 1)
+DEX_KEY_TOOL=$DEX_KEY_TOOL DEX_DB_FILE=$DEX_DB_FILE python3 bench/fresh_tokens.py "${PROFILE_TOKENS:-150000}" "$work/tokens" <<<"$token"
 # shellcheck disable=SC2086 # PROFILE_ARGS: extra `run` flags, split on spaces
-start_operator "127.0.0.1:$port" bench-profile ${PROFILE_ARGS:-}
-taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -H "Authorization: Bearer $token" \
+start_operator "127.0.0.1:$port" bench-profile --confirm-with-api-server=false ${PROFILE_ARGS:-}
+TOKENS=$work/tokens taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -s bench/fresh_tokens.lua \
 	"http://127.0.0.1:$port/kube-config" >"$work/wrk.txt" &
 sleep 2
 perf record -F 499 --call-graph dwarf,32768 -o "$work/http.data" -p "${pids[0]}" -- sleep "$SECONDS_RECORDED" 2>/dev/null
 wait %2 || true
-echo "== GET /kube-config under load: heaviest functions by self time"
-flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections)" bench/profile-http.svg
+if grep -q 'Non-2xx' "$work/wrk.txt"; then
+	echo "GET /kube-config: $(grep 'Non-2xx' "$work/wrk.txt") (out of tokens? raise PROFILE_TOKENS)" >&2
+	exit 1
+fi
+echo "== GET /kube-config under load, a fresh token each, confirmation off: heaviest functions by self time"
+flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections, a fresh token each)" bench/profile-http.svg
 kill "${pids[0]}"
 wait "${pids[0]}" 2>/dev/null || true
 fi
