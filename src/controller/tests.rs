@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::Method;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use kube::runtime::{controller::Action, reflector::ObjectRef};
+use kube::runtime::{controller::Action, reflector::ObjectRef, watcher};
 use serde_json::{Value, json};
 
 use super::{Context, fixtures::*, reconcile, watch::trim_for_store};
@@ -42,6 +42,14 @@ fn kubeconfig_token(secret: &Value) -> String {
         .to_owned()
 }
 
+/// `request` as the controller's store hands it to `reconcile`: filed in the index (with its
+/// status's digest) first, then trimmed, as the request watch does.
+fn stored(ctx: &Context, mut request: KubeconfigRequest) -> Arc<KubeconfigRequest> {
+    ctx.index.observe(&watcher::Event::Apply(request.clone()));
+    trim_for_store(&mut request);
+    Arc::new(request)
+}
+
 /// Runs `reconcile` for `request` while `script` answers the API calls, then checks that nothing
 /// else was asked.
 async fn reconcile_with<F, Fut>(request: KubeconfigRequest, script: F) -> Action
@@ -64,7 +72,7 @@ where
     Fut: Future<Output = ApiServer> + Send + 'static,
 {
     let script = tokio::spawn(script(api));
-    let action = reconcile(Arc::new(request), ctx)
+    let action = reconcile(stored(&ctx, request), ctx)
         .await
         .expect("reconcile succeeds");
     let api = script.await.expect("the script ran to its end");
@@ -389,7 +397,7 @@ async fn first_issue(request: KubeconfigRequest, token: String) -> (Value, Value
         let status = api.issued_and_status().await;
         (written, status["status"].clone())
     });
-    reconcile(Arc::new(request), ctx).await.unwrap();
+    reconcile(stored(&ctx, request), ctx).await.unwrap();
     script.await.unwrap()
 }
 
@@ -828,9 +836,10 @@ async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
 mod confirm;
 
 #[test]
-fn the_store_keeps_no_managed_fields_nor_kubectls_copy_but_other_annotations_stay() {
+fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
     let mut stored = request(json!({}));
     stored.metadata.managed_fields = Some(vec![Default::default()]);
+    stored.metadata.labels = Some([("team".to_owned(), "payments".to_owned())].into());
     stored.metadata.annotations = Some(
         [
             (
@@ -838,17 +847,80 @@ fn the_store_keeps_no_managed_fields_nor_kubectls_copy_but_other_annotations_sta
                 "{\"spec\":{}}".to_owned(),
             ),
             ("team".to_owned(), "payments".to_owned()),
+            (
+                super::renewals::RENEW_ANNOTATION.to_owned(),
+                "2026-12-05T10:00:00Z".to_owned(),
+            ),
         ]
         .into(),
     );
+    let read_back = json!({
+        "secretName": TARGET_SECRET, "credentialId": "JTI=one", "credential": "abc",
+        "expiresAt": "2026-12-05T12:00:00Z", "renewalTime": "2026-12-05T11:40:00Z",
+        "lastUsedAt": "2026-12-05T10:30:00Z", "lastRenewRequest": "2026-12-05T09:00:00Z",
+    });
+    let mut status = read_back.clone();
+    status["conditions"] = json!([
+        { "type": "Ready", "status": "True", "reason": "Issued", "message": "Secret alice-kubeconfig holds",
+          "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z" },
+        { "type": "Expiring", "status": "False", "reason": "SecondWriter", "message": "rewritten by b",
+          "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z" },
+    ]);
+    status["username"] = json!(ALICE);
+    status["groups"] = json!(["team-a"]);
+    status["identity"] = json!({ "username": ALICE, "groups": ["team-a"] });
+    status["grantedExpirationSeconds"] = json!(3600);
+    status["observedGeneration"] = json!(1);
+    stored.status = Some(serde_json::from_value(status).unwrap());
     let spec_before = stored.spec.clone();
 
     trim_for_store(&mut stored);
 
-    assert_eq!(stored.metadata.managed_fields, Some(vec![]));
+    assert_eq!(stored.metadata.managed_fields, None);
+    assert_eq!(stored.metadata.labels, None);
     assert_eq!(
         stored.metadata.annotations,
-        Some([("team".to_owned(), "payments".to_owned())].into())
+        Some(
+            [(
+                super::renewals::RENEW_ANNOTATION.to_owned(),
+                "2026-12-05T10:00:00Z".to_owned()
+            )]
+            .into()
+        )
     );
     assert_eq!(stored.spec, spec_before);
+    let mut kept = serde_json::to_value(stored.status.as_ref().unwrap()).unwrap();
+    let conditions = kept.as_object_mut().unwrap().remove("conditions").unwrap();
+    assert_eq!(kept, read_back);
+    // Only a SecondWriter refusal's message is reported again.
+    assert_eq!(conditions[0]["message"], "");
+    assert_eq!(conditions[1]["message"], "rewritten by b");
+    assert_eq!(
+        (
+            &conditions[0]["lastTransitionTime"],
+            &conditions[0]["observedGeneration"]
+        ),
+        (&json!("2026-12-05T08:00:00Z"), &json!(1))
+    );
+}
+
+/// The store drops what the status says of the identity; a status that differs from the one
+/// due only there is still written again.
+#[tokio::test]
+async fn a_status_differing_only_in_what_the_store_drops_is_written_again() {
+    let token = alice_token();
+    let (written_secret, mut written_status) = first_issue(request(json!({})), token.clone()).await;
+    written_status["username"] = json!("mallory@example.com");
+    written_status["groups"] = json!(["admins"]);
+    let mut stored = request(json!({}));
+    stored.status = Some(serde_json::from_value(written_status).unwrap());
+    reconcile_with(stored, move |mut api| async move {
+        api.existing(written_secret).await;
+        api.token_secret(&token).await;
+        let status = api.status().await;
+        assert_eq!(status["status"]["username"], ALICE);
+        assert_eq!(status["status"]["groups"], json!(["team-a"]));
+        api
+    })
+    .await;
 }

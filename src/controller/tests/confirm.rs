@@ -17,7 +17,7 @@ where
     Fut: Future<Output = ApiServer> + Send + 'static,
 {
     let script = tokio::spawn(script(api));
-    let result = reconcile(Arc::new(request), ctx).await;
+    let result = reconcile(stored(&ctx, request), ctx).await;
     script
         .await
         .expect("the script ran to its end")
@@ -80,7 +80,7 @@ async fn a_confirmed_token_is_issued_with_the_api_servers_identity_asked_once() 
         assert_eq!(status["status"]["identity"], user_info());
         (api, written, status["status"].clone())
     });
-    reconcile(Arc::new(request(json!({}))), Arc::clone(&ctx))
+    reconcile(stored(&ctx, request(json!({}))), Arc::clone(&ctx))
         .await
         .expect("reconcile succeeds");
     let (api, written_secret, written_status) = script.await.unwrap();
