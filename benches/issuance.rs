@@ -8,12 +8,14 @@
 //! - N ServiceAccount requests naming one opted-in ServiceAccount, against N TokenRequests for it;
 //! - apply-to-Ready p50 and p99 of single requests on an idle operator;
 //! - the API server's request counter and the operator's CPU, per request;
-//! - the operator's RSS: idle, with N Ready, after they are all deleted, with MEMORY_REQUESTS
-//!   Ready, after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart.
+//! - the operator's RSS: idle, with N Ready, after they are all deleted, with each of
+//!   MEMORY_REQUESTS Ready (the memory a further request costs is the difference between two),
+//!   after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart;
+//! - the API server's CPU per plain write and per plain read (the latest, and from its cache).
 //!
 //! One operator process (release build) watches the whole cluster, as deployed. Nothing is
 //! asserted. Settings (environment): ISSUANCE_SIZES (default `1000,5000`), MEMORY_REQUESTS
-//! (10000), UNRELATED_SECRETS (20000), SINGLE_SAMPLES (30). Run through `bench/issuance.sh`,
+//! (`10000,20000`, totals), UNRELATED_SECRETS (20000), SINGLE_SAMPLES (30). Run through `bench/issuance.sh`,
 //! which appends the table (lines starting `|`) to bench/results.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -22,6 +24,7 @@ mod support;
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
+    ops::Range,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -34,7 +37,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, PostParams},
+    api::{GetParams, ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use kubeconfig_operator::{
@@ -170,11 +173,14 @@ fn is_ready(request: &KubeconfigRequest) -> bool {
 }
 
 /// Watches the namespace's requests from now on and resolves once `expected` of them are Ready
-/// (each counted once). Started before the requests are created, so no transition is missed.
+/// (each counted once), besides the `already` Ready before. Started before the requests are
+/// created, so no transition is missed.
 fn ready_counter(
     api: Api<KubeconfigRequest>,
     expected: usize,
+    already: usize,
 ) -> (Arc<Notify>, tokio::task::JoinHandle<Instant>) {
+    let expected = expected + already;
     let started = Arc::new(Notify::new());
     let signal = Arc::clone(&started);
     let task = tokio::spawn(async move {
@@ -230,14 +236,16 @@ async fn plain_secrets(client: &Client, namespace: &str, n: usize, token: &str) 
     .await
 }
 
-/// Creates `n` token Secrets and requests naming them, and times until all are Ready.
-async fn issue(client: &Client, namespace: &str, n: usize, token: &str) -> Duration {
+/// Creates the token Secrets and requests numbered `numbers`, and times until all are Ready.
+async fn issue(client: &Client, namespace: &str, numbers: Range<usize>, token: &str) -> Duration {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
-    let (watching, all_ready) = ready_counter(requests.clone(), n);
+    let (first, n) = (numbers.start, numbers.len());
+    let (watching, all_ready) = ready_counter(requests.clone(), n, first);
     watching.notified().await;
     let started = Instant::now();
     create_all(n, |i| {
+        let i = first + i;
         let (secrets, requests) = (secrets.clone(), requests.clone());
         async move {
             let secret = format!("token-{i}");
@@ -300,7 +308,7 @@ async fn service_account_issuance(
     })
     .await;
     let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
-    let (watching, all_ready) = ready_counter(requests.clone(), n);
+    let (watching, all_ready) = ready_counter(requests.clone(), n, 0);
     watching.notified().await;
     let started = Instant::now();
     create_all(n, |i| {
@@ -394,9 +402,17 @@ fn main() {
                 .expect("ISSUANCE_SIZES: numbers separated by commas")
         })
         .collect();
-    let memory_requests: usize = setting("MEMORY_REQUESTS", "10000")
-        .parse()
-        .expect("MEMORY_REQUESTS");
+    // Totals of Ready requests to measure at, each step adding to the one before: the memory a
+    // further request costs is the difference between two totals.
+    let memory_totals: Vec<usize> = setting("MEMORY_REQUESTS", "10000,20000")
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("MEMORY_REQUESTS: numbers separated by commas")
+        })
+        .filter(|&n| n > 0)
+        .collect();
     let unrelated: usize = setting("UNRELATED_SECRETS", "20000")
         .parse()
         .expect("UNRELATED_SECRETS");
@@ -439,7 +455,18 @@ fn main() {
         let plain_ns = Namespace::new(cluster, "bench-plain");
         let plain = runtime.block_on(plain_secrets(&client, &plain_ns.name, n, &token));
         let plain4_ns = Namespace::new(cluster, "bench-plain4");
+        let apiserver_before = cpu_seconds(apiserver);
         let plain4 = runtime.block_on(plain_secrets(&client, &plain4_ns.name, 4 * n, &token));
+        let write_cpu = cpu_seconds(apiserver) - apiserver_before;
+        // What a request's two reads cost the API server, read as the operator reads and from
+        // its cache, against the writes: whether fewer reads could close the gap.
+        let mut reads = Vec::new();
+        for params in [GetParams::default(), GetParams::any()] {
+            let before = cpu_seconds(apiserver);
+            let took =
+                runtime.block_on(plain_reads(&client, &plain4_ns.name, 2 * n, 4 * n, params));
+            reads.push((took, cpu_seconds(apiserver) - before));
+        }
         delete_namespace(cluster, plain_ns);
         delete_namespace(cluster, plain4_ns);
 
@@ -447,7 +474,7 @@ fn main() {
         let calls_before = runtime.block_on(api_request_counts(&client));
         let (operator_cpu, apiserver_cpu) = (cpu_seconds(operator.pid()), cpu_seconds(apiserver));
         let reconciles_before = reconcile_totals(&operator);
-        let issued = runtime.block_on(issue(&client, &issue_ns.name, n, &token));
+        let issued = runtime.block_on(issue(&client, &issue_ns.name, 0..n, &token));
         // Let the reconciles the last writes cause finish before counting.
         thread::sleep(SETTLE);
         let operator_cpu = cpu_seconds(operator.pid()) - operator_cpu;
@@ -478,6 +505,18 @@ fn main() {
             plain4.as_secs_f64(),
             issued.as_secs_f64() / plain.as_secs_f64(),
             plain.as_secs_f64()
+        ));
+        rows.push(format!(
+            "| API server CPU per plain write ({}) / per read of those Secrets ({}), latest (etcd) / from its watch cache (resourceVersion 0) | {:.2} ms / {:.2} ms / {:.2} ms | the reads took {:.2}× / {:.2}× the writes' time ({:.1} s / {:.1} s) |",
+            4 * n,
+            2 * n,
+            write_cpu * 1000.0 / (4 * n) as f64,
+            reads[0].1 * 1000.0 / (2 * n) as f64,
+            reads[1].1 * 1000.0 / (2 * n) as f64,
+            reads[0].0.as_secs_f64() / plain4.as_secs_f64(),
+            reads[1].0.as_secs_f64() / plain4.as_secs_f64(),
+            reads[0].0.as_secs_f64(),
+            reads[1].0.as_secs_f64()
         ));
         rows.push(format!(
             "| API calls per request ({n}), all clients, the bench's own 2 creates included | {:.2} | {} |",
@@ -520,14 +559,41 @@ fn main() {
     delete_namespace(cluster, sa_ns);
 
     // MEMORY_REQUESTS=0 (as bench/profile.sh sets it) skips the memory phase.
-    if memory_requests > 0 {
+    if let Some(&memory_requests) = memory_totals.last() {
         let memory_ns = Namespace::new(cluster, "bench-memory");
-        runtime.block_on(issue(&client, &memory_ns.name, memory_requests, &token));
-        thread::sleep(SETTLE);
-        let with_many = rss_kib(operator.pid());
-        // A token read is dropped by the first sweep that finds it unused for a whole interval.
-        thread::sleep(2 * AFTER_SWEEP);
-        let with_many_swept = rss_kib(operator.pid());
+        let mut issued = 0;
+        let mut steps = Vec::new();
+        for &total in &memory_totals {
+            runtime.block_on(issue(&client, &memory_ns.name, issued..total, &token));
+            issued = total;
+            thread::sleep(SETTLE);
+            let with_many = rss_kib(operator.pid());
+            // A token read is dropped by the first sweep that finds it unused for a whole
+            // interval.
+            thread::sleep(2 * AFTER_SWEEP);
+            let with_many_swept = rss_kib(operator.pid());
+            let peak = peak_rss_kib(operator.pid());
+            rows.push(format!(
+                "| operator RSS with {total} Ready, 5 s after / past two sweeps (peak so far) | {} / {} MiB ({} MiB) | {:.2}× / {:.2}× idle |",
+                mib(with_many),
+                mib(with_many_swept),
+                mib(peak),
+                with_many as f64 / idle as f64,
+                with_many_swept as f64 / idle as f64
+            ));
+            steps.push((total, with_many_swept, peak));
+        }
+        for pair in steps.windows(2) {
+            let ((from, swept_from, peak_from), (to, swept_to, peak_to)) = (pair[0], pair[1]);
+            let per_request =
+                |from_kib: u64, to_kib: u64| (to_kib as f64 - from_kib as f64) / (to - from) as f64;
+            rows.push(format!(
+                "| memory per further Ready request, {from} to {to}: past two sweeps / peak so far | {:.2} KiB / {:.2} KiB | |",
+                per_request(swept_from, swept_to),
+                per_request(peak_from, peak_to)
+            ));
+        }
+        let with_many_swept = steps.last().map_or(idle, |step| step.1);
         let unrelated_ns = Namespace::new(cluster, "bench-unrelated");
         runtime.block_on(create_unrelated_secrets(
             &client,
@@ -538,7 +604,6 @@ fn main() {
         ));
         thread::sleep(SETTLE);
         let with_unrelated = rss_kib(operator.pid());
-        let peak = peak_rss_kib(operator.pid());
         operator.terminate();
         operator.wait_exit(Duration::from_secs(30));
         drop(operator);
@@ -547,20 +612,12 @@ fn main() {
         let after_restart = rss_kib(restarted.pid());
         let restart_peak = peak_rss_kib(restarted.pid());
         rows.push(format!(
-        "| operator RSS with {memory_requests} Ready, 5 s after / past two sweeps (peak so far) | {} / {} MiB ({} MiB) | {:.2}× / {:.2}× idle |",
-            mib(with_many),
-            mib(with_many_swept),
-            mib(peak),
-            with_many as f64 / idle as f64,
-            with_many_swept as f64 / idle as f64
-        ));
-        rows.push(format!(
-        "| … plus {unrelated} unrelated 2 KiB Secrets in another namespace | {} MiB | {:.2}× without them |",
+        "| operator RSS with {memory_requests} Ready plus {unrelated} unrelated 2 KiB Secrets in another namespace | {} MiB | {:.2}× without them |",
         mib(with_unrelated),
         with_unrelated as f64 / with_many_swept as f64
     ));
         rows.push(format!(
-        "| … after a restart (peak during the initial listing) | {} MiB ({} MiB) | {:.2}× before the restart |",
+        "| … after a restart, which reconciles all {memory_requests} again (peak since the restart) | {} MiB ({} MiB) | {:.2}× before the restart |",
         mib(after_restart),
         mib(restart_peak),
         after_restart as f64 / with_unrelated as f64

@@ -100,10 +100,9 @@ impl ApiServer {
             .reply(200, secret);
     }
 
-    /// The reads of a request seen for the first time: no kubeconfig Secret yet, and `token` in
-    /// its token Secret.
+    /// The reads of a request seen for the first time: only `token` in its token Secret (the
+    /// kubeconfig Secret is presumed absent, and created only if it is).
     async fn first_reads(&mut self, token: &str) {
-        self.absent(TARGET_SECRET).await;
         self.token_secret(token).await;
     }
 
@@ -210,6 +209,10 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
         api.first_reads(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         apply.assert_applied();
+        assert_eq!(
+            apply.body["metadata"]["resourceVersion"], "18446744073709551615",
+            "created only if absent: no Secret has this version"
+        );
         assert_eq!(
             apply.body["metadata"]["ownerReferences"],
             json!([owner_reference()])
@@ -340,8 +343,20 @@ async fn deleting_a_request_revokes_its_id_token_then_lets_it_go() {
 }
 
 #[tokio::test]
-async fn a_secret_owned_by_someone_else_is_not_touched_and_the_token_not_read() {
+async fn a_secret_owned_by_someone_else_is_not_touched() {
+    let token = alice_token();
     reconcile_with(request(json!({})), move |mut api| async move {
+        api.first_reads(&token).await;
+        // Applied only if no Secret has this version, that is, if none exists: refused.
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_eq!(
+            apply.body["metadata"]["resourceVersion"],
+            "18446744073709551615"
+        );
+        apply.reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+        );
         api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
             .reply(
@@ -371,6 +386,7 @@ async fn a_token_for_another_user_is_refused_without_writing_a_secret() {
     let spec = json!({ "user": "bob@example.com" });
     reconcile_with(request(spec), move |mut api| async move {
         api.first_reads(&token).await;
+        api.absent(TARGET_SECRET).await;
         api.event("UserMismatch", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
@@ -410,6 +426,29 @@ async fn nothing_changed_means_nothing_written() {
     reconcile_with(stored, move |mut api| async move {
         api.existing(written_secret).await;
         api.token_secret(&token).await;
+        api
+    })
+    .await;
+}
+
+/// A request whose status names no Secret although it wrote one (say, the operator stopped
+/// between the two writes): the Secret it presumed absent is found its own, and kept as it is.
+#[tokio::test]
+async fn a_secret_of_its_own_that_status_does_not_name_is_found_and_kept() {
+    let token = alice_token();
+    let (written_secret, _) = first_issue(request(json!({})), token.clone()).await;
+    reconcile_with(request(json!({})), move |mut api| async move {
+        api.first_reads(&token).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .reply(
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+            );
+        api.existing(written_secret).await;
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "Issued");
+        assert_eq!(status["status"]["secretName"], TARGET_SECRET);
         api
     })
     .await;
@@ -483,8 +522,9 @@ async fn a_changed_secret_name_deletes_the_old_secret_after_writing_the_new_one(
 #[tokio::test]
 async fn a_missing_token_secret_is_reported() {
     reconcile_with(request(json!({})), |mut api| async move {
-        api.absent(TARGET_SECRET).await;
         api.absent(TOKEN_SECRET).await;
+        // Refused: whether the request has a Secret of its own to keep naming is read now.
+        api.absent(TARGET_SECRET).await;
         api.event("TokenSecretNotFound", "Warning").await;
         let status = api.status().await;
         assert_eq!(ready(&status)["reason"], "TokenSecretNotFound");
@@ -498,15 +538,20 @@ async fn a_secret_the_api_server_refuses_is_an_invalid_spec_not_a_retry() {
     let token = alice_token();
     let action = reconcile_with(request(json!({})), move |mut api| async move {
         api.first_reads(&token).await;
+        let invalid = || {
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "metadata.labels: Invalid value", "reason": "Invalid", "code": 422,
+            })
+        };
+        // Refused when created unread; read then, found absent, and refused again.
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
-            .reply(
-                422,
-                json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": "metadata.labels: Invalid value", "reason": "Invalid", "code": 422,
-                }),
-            );
+            .reply(422, invalid());
+        api.absent(TARGET_SECRET).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .reply(422, invalid());
         api.event("InvalidSpec", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
