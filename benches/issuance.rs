@@ -236,6 +236,29 @@ async fn plain_secrets(client: &Client, namespace: &str, n: usize, token: &str) 
     .await
 }
 
+/// Reads `reads` of the plain Secrets back (`plain-0` onwards, each in turn), CONCURRENCY at a
+/// time, with `params`: no resourceVersion is the latest, a quorum read through etcd, as the
+/// operator reads a request's Secrets; `GetParams::any()` is served from the API server's watch
+/// cache.
+async fn plain_reads(
+    client: &Client,
+    namespace: &str,
+    reads: usize,
+    secrets: usize,
+    params: GetParams,
+) -> Duration {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    create_all(reads, |i| {
+        let (api, params) = (api.clone(), params.clone());
+        async move {
+            api.get_with(&format!("plain-{}", i % secrets), &params)
+                .await
+                .expect("read a plain Secret");
+        }
+    })
+    .await
+}
+
 /// Creates the token Secrets and requests numbered `numbers`, and times until all are Ready.
 async fn issue(client: &Client, namespace: &str, numbers: Range<usize>, token: &str) -> Duration {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -421,7 +444,9 @@ fn main() {
         .expect("SINGLE_SAMPLES");
 
     let cluster = cluster();
-    let token = id_token(cluster, "alice");
+    // Deleting a request revokes the ID token it held (`controller/revoke.rs`): each phase that
+    // deletes its requests afterwards, and the phase after it, takes a token of its own.
+    let fresh_token = || id_token(cluster, "alice");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -439,7 +464,12 @@ fn main() {
 
     let single_ns = Namespace::new(cluster, "bench-single");
     let reconciles_before = reconcile_totals(&operator);
-    let single = runtime.block_on(single_requests(&client, &single_ns.name, samples, &token));
+    let single = runtime.block_on(single_requests(
+        &client,
+        &single_ns.name,
+        samples,
+        &fresh_token(),
+    ));
     let reconciles_after = reconcile_totals(&operator);
     // What of the wait is the operator's own work, and what the API server's and the watches'.
     let reconcile_mean_ms = (reconciles_after.1 - reconciles_before.1) * 1000.0
@@ -452,6 +482,7 @@ fn main() {
     delete_namespace(cluster, single_ns);
 
     for &n in &sizes {
+        let token = fresh_token();
         let plain_ns = Namespace::new(cluster, "bench-plain");
         let plain = runtime.block_on(plain_secrets(&client, &plain_ns.name, n, &token));
         let plain4_ns = Namespace::new(cluster, "bench-plain4");
@@ -561,6 +592,7 @@ fn main() {
     // MEMORY_REQUESTS=0 (as bench/profile.sh sets it) skips the memory phase.
     if let Some(&memory_requests) = memory_totals.last() {
         let memory_ns = Namespace::new(cluster, "bench-memory");
+        let token = fresh_token();
         let mut issued = 0;
         let mut steps = Vec::new();
         for &total in &memory_totals {
