@@ -404,8 +404,8 @@ async fn confirmed(
     }
 }
 
-/// Writes `credential` into the Secret, which is absent or `ours`; a Secret this request wrote
-/// earlier stays named in status if the write is refused, since its credential may still be live.
+/// Writes `credential` into the Secret, which is absent or `ours`, once the request holds the
+/// finalizer that revokes an ID token when the request is deleted.
 async fn issue(
     request: &KubeconfigRequest,
     ctx: &Context,
@@ -417,6 +417,19 @@ async fn issue(
     if revoke::holds_id_token(request) {
         revoke::hold(request, ctx).await?;
     }
+    write(request, ctx, secrets, target, ours, credential).await
+}
+
+/// [`issue`] past the finalizer: a Secret this request wrote earlier stays named in status if
+/// the write is refused, since its credential may still be live.
+async fn write(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+    credential: Credential,
+) -> Result<Outcome, Error> {
     Ok(
         match secret::write(
             request,
@@ -490,10 +503,11 @@ async fn issue_unread(
     {
         return Ok(Outcome::issued(credential, target, written));
     }
+    // The finalizer is held already (the request in hand is from before it was added).
     let existing = secret::read(secrets, target).await?;
     match secret::ours(request, owner, existing) {
         Err(conflict) => Ok(Outcome::refused(conflict, None)),
-        Ok(ours) => issue(request, ctx, secrets, target, ours.as_ref(), credential).await,
+        Ok(ours) => write(request, ctx, secrets, target, ours.as_ref(), credential).await,
     }
 }
 

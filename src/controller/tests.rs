@@ -536,8 +536,14 @@ async fn a_missing_token_secret_is_reported() {
 #[tokio::test]
 async fn a_secret_the_api_server_refuses_is_an_invalid_spec_not_a_retry() {
     let token = alice_token();
-    let action = reconcile_with(request(json!({})), move |mut api| async move {
+    // Without the finalizer yet: it is added once, before the first write.
+    let mut fresh = request(json!({}));
+    fresh.metadata.finalizers = None;
+    let action = reconcile_with(fresh, move |mut api| async move {
         api.first_reads(&token).await;
+        api.expect(Method::PATCH, &request_path())
+            .await
+            .reply(200, serde_json::to_value(request(json!({}))).unwrap());
         let invalid = || {
             json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
