@@ -468,7 +468,9 @@ async fn refused(
 /// ([`secret::unissued_id_token`]): one API call fewer per request. The Secret is created only
 /// if it does not exist; whatever does not go straight through (a refusal, or a Secret there
 /// after all, someone else's or this request's own) reads it then and ends as the way with the
-/// read would have, except that the token was read and judged before the Secret.
+/// read would have. What differs for a request naming someone else's Secret: its token was read
+/// and judged, and the finalizer added, before the conflict was found (nothing is written to
+/// that Secret, and the outcome is the same SecretConflict).
 async fn issue_unread(
     request: &KubeconfigRequest,
     reference: &TokenSecretRef,
