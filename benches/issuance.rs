@@ -640,7 +640,18 @@ fn main() {
         operator.wait_exit(Duration::from_secs(30));
         drop(operator);
         let restarted = Operator::start(cluster, "", Issuer::Main, &[]);
-        thread::sleep(SETTLE);
+        // The restart is the operator's peak: it lists every request and reconciles them all at
+        // once. Read 5 s after the start, the peak was still 20 MiB ahead (20,000 requests), and
+        // read as the last reconciliation ended, 2.6 MiB ahead (10,000): the peak (VmHWM, the
+        // highest so far) is read past the sweeps that drop what that burst kept, with the
+        // resident size then.
+        let started = Instant::now();
+        while reconcile_totals(&restarted).0 < memory_requests as f64
+            && started.elapsed() < Duration::from_secs(600)
+        {
+            thread::sleep(Duration::from_secs(1));
+        }
+        thread::sleep(2 * AFTER_SWEEP);
         let after_restart = rss_kib(restarted.pid());
         let restart_peak = peak_rss_kib(restarted.pid());
         rows.push(format!(
@@ -649,10 +660,11 @@ fn main() {
         with_unrelated as f64 / with_many_swept as f64
     ));
         rows.push(format!(
-        "| … after a restart, which reconciles all {memory_requests} again (peak since the restart) | {} MiB ({} MiB) | {:.2}× before the restart |",
+        "| … after a restart, which reconciles all {memory_requests} again: past two sweeps (peak since the restart) | {} MiB ({} MiB) | {:.2}× ({:.2}×) before the restart |",
         mib(after_restart),
         mib(restart_peak),
-        after_restart as f64 / with_unrelated as f64
+        after_restart as f64 / with_unrelated as f64,
+        restart_peak as f64 / with_unrelated as f64
     ));
         delete_namespace(cluster, unrelated_ns);
         // With the operator still running: each request's finalizer waits for it to revoke the

@@ -4,7 +4,10 @@
 //! its CPU once requests numbered in the thousands.
 //!
 //! The index also remembers the resourceVersion of each Secret the operator wrote last, so the
-//! watch event caused by its own write does not start another reconciliation.
+//! watch event caused by its own write does not start another reconciliation, and a digest of
+//! each request's status as the API server holds it, so the store can keep only the part of the
+//! status that reconciling reads back (`watch::trim_for_store`) while an unchanged status is
+//! still not written again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +21,7 @@ use kube::{
 
 use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
 
-use super::{cache::SecretKey, secret};
+use super::{cache::SecretKey, secret, status};
 
 type Request = ObjectRef<KubeconfigRequest>;
 /// One allocation per request, shared by every map that files it: with 10,000 requests, a copy
@@ -85,6 +88,8 @@ struct Filing {
     written_secrets: Vec<Name>,
     account: Option<Name>,
     uid: Option<Box<str>>,
+    /// [`status::digest`] of the request's whole status as last seen.
+    status: Option<u64>,
 }
 
 /// Files `request` under `name`, sharing the name with the other requests filed there.
@@ -202,6 +207,7 @@ impl Inner {
                 .as_ref()
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
             uid: request.uid().map(String::into_boxed_str),
+            status: request.status.as_ref().map(status::digest),
         };
         if let Some(uid) = &filing.uid {
             self.uids.insert(uid.clone(), Arc::clone(&reference));
@@ -351,6 +357,15 @@ impl RequestIndex {
             .namespaces
             .get(namespace.as_str())
             .is_some_and(|tables| tables.token_secrets.contains_key(name.as_str()))
+    }
+
+    /// The digest of the request's status as the watch last delivered it, before the store
+    /// trimmed it.
+    pub fn status_digest(&self, request: &Request) -> Option<u64> {
+        self.lock()
+            .filed
+            .get(request)
+            .and_then(|filing| filing.status)
     }
 
     /// Whether the request is known, i.e. it exists as of the watch.

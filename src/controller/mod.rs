@@ -30,7 +30,10 @@ use std::{
 };
 
 use chrono::Utc;
-use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Secret};
+use k8s_openapi::{
+    api::{authentication::v1::SelfSubjectReview, core::v1::Secret},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::PostParams,
@@ -52,10 +55,11 @@ use crate::{
     audit::AuditLog,
     config::{ControllerSettings, KubeconfigSettings},
     confirm::{ConfirmError, Confirmer},
-    crd::{Format, KubeconfigRequest},
+    crd::{Format, KubeconfigRequest, TokenSecretRef},
     metrics::{Metrics, ReasonLabels},
     oidc::authenticator::Authenticator,
 };
+use secret::Existing;
 use status::Outcome;
 
 /// The single field manager for everything the operator writes, so server-side apply knows which
@@ -294,80 +298,64 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
     let target = secret::target_name(request);
-    let existing = secrets
-        .get_opt(&target)
-        .await
-        .map_err(kube_error("reading the kubeconfig Secret"))?;
-
-    let outcome = match secret::ours(request, &owner, existing) {
-        Err(conflict) => Outcome::refused(conflict, None),
-        // Another installation overwrote this request's Secret; until it is deleted, neither
-        // writes it again, nor mints for it.
-        Ok(Some(_)) if let Some(reported) = secret::second_writer_reported(request) => {
-            Outcome::refused(reported, Some(target.clone()))
-        }
-        Ok(ours) => {
-            let credential = match (
-                &request.spec.token_secret_ref,
-                &request.spec.service_account,
-            ) {
-                (Some(reference), _) => source::id_token(request, reference, ctx, &secrets).await?,
-                (None, Some(account)) => {
-                    source::service_account(request, account, ctx, &secrets, &target, ours.as_ref())
-                        .await?
-                }
-                (None, None) => Err(Refusal::new(
-                    Reason::InvalidSpec,
-                    "set spec.tokenSecretRef or spec.serviceAccount",
-                )),
-            };
-            let credential = match credential {
-                Ok(credential) if credential.confirmed.is_none() => {
-                    source::confirm(ctx, credential).await?
-                }
-                judged => judged,
-            };
-            // An exec kubeconfig holds no token and logs in by itself: the ID token that proved
-            // who asked for it may expire without the kubeconfig stopping. Only a changed spec
-            // (a new generation) needs a live one again.
-            if let Err(refusal) = &credential
-                && refusal.reason == Reason::TokenExpired
-                && request.spec.format == Format::Exec
-                && ours.is_some()
-                && request.ready_condition().is_some_and(|ready| {
-                    ready.status == "True"
-                        && ready.observed_generation == request.metadata.generation
-                })
-            {
-                return Ok(Action::await_change());
+    let outcome = if let Some(reference) = secret::unissued_id_token(request) {
+        issue_unread(request, reference, ctx, &secrets, &target, &owner).await?
+    } else {
+        let existing = secret::read(&secrets, &target).await?;
+        match secret::ours(request, &owner, existing) {
+            Err(conflict) => Outcome::refused(conflict, None),
+            // Another installation overwrote this request's Secret; until it is deleted,
+            // neither writes it again, nor mints for it.
+            Ok(Some(_)) if let Some(reported) = secret::second_writer_reported(request) => {
+                Outcome::refused(reported, Some(target.clone()))
             }
-            // A Secret this request wrote earlier that still exists: its credential may still be
-            // live, so status keeps naming it.
-            let kept = ours.as_ref().map(|_| target.clone());
-            match credential {
-                Ok(credential) => {
-                    if revoke::holds_id_token(request) {
-                        revoke::hold(request, ctx).await?;
+            Ok(ours) => {
+                let credential = match (
+                    &request.spec.token_secret_ref,
+                    &request.spec.service_account,
+                ) {
+                    (Some(reference), _) => {
+                        source::id_token(request, reference, ctx, &secrets).await?
                     }
-                    match secret::write(request, ctx, &secrets, &target, ours.as_ref(), &credential)
+                    (None, Some(account)) => {
+                        source::service_account(
+                            request,
+                            account,
+                            ctx,
+                            &secrets,
+                            &target,
+                            ours.as_ref(),
+                        )
                         .await?
-                    {
-                        Ok(written) => Outcome::issued(credential, &target, written),
-                        Err(refusal) => Outcome::refused(refusal, kept),
+                    }
+                    (None, None) => Err(Refusal::new(
+                        Reason::InvalidSpec,
+                        "set spec.tokenSecretRef or spec.serviceAccount",
+                    )),
+                };
+                let credential = confirmed(ctx, credential).await?;
+                // An exec kubeconfig holds no token and logs in by itself: the ID token that
+                // proved who asked for it may expire without the kubeconfig stopping. Only a
+                // changed spec (a new generation) needs a live one again.
+                if let Err(refusal) = &credential
+                    && refusal.reason == Reason::TokenExpired
+                    && request.spec.format == Format::Exec
+                    && ours.is_some()
+                    && request.ready_condition().is_some_and(|ready| {
+                        ready.status == "True"
+                            && ready.observed_generation == request.metadata.generation
+                    })
+                {
+                    return Ok(Action::await_change());
+                }
+                match credential {
+                    Ok(credential) => {
+                        issue(request, ctx, &secrets, &target, ours.as_ref(), credential).await?
+                    }
+                    Err(refusal) => {
+                        refused(request, ctx, &secrets, &target, ours.as_ref(), refusal).await?
                     }
                 }
-                Err(refusal) if refusal.reason.policy().revokes && ours.is_some() => {
-                    secret::delete_if_ours(
-                        request,
-                        ctx,
-                        &secrets,
-                        &target,
-                        refusal.reason.as_str(),
-                    )
-                    .await?;
-                    Outcome::refused(refusal, None)
-                }
-                Err(refusal) => Outcome::refused(refusal, kept),
             }
         }
     };
@@ -403,6 +391,126 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
             }
         }
     })
+}
+
+/// A credential the API server has not yet confirmed goes to it (unless confirmation is off).
+async fn confirmed(
+    ctx: &Context,
+    credential: Result<Credential, Refusal>,
+) -> Result<Result<Credential, Refusal>, Error> {
+    match credential {
+        Ok(credential) if credential.confirmed.is_none() => source::confirm(ctx, credential).await,
+        judged => Ok(judged),
+    }
+}
+
+/// Writes `credential` into the Secret, which is absent or `ours`, once the request holds the
+/// finalizer that revokes an ID token when the request is deleted.
+async fn issue(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+    credential: Credential,
+) -> Result<Outcome, Error> {
+    if revoke::holds_id_token(request) {
+        revoke::hold(request, ctx).await?;
+    }
+    write(request, ctx, secrets, target, ours, credential).await
+}
+
+/// [`issue`] past the finalizer: a Secret this request wrote earlier stays named in status if
+/// the write is refused, since its credential may still be live.
+async fn write(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+    credential: Credential,
+) -> Result<Outcome, Error> {
+    Ok(
+        match secret::write(
+            request,
+            ctx,
+            secrets,
+            target,
+            Existing::Read(ours),
+            &credential,
+        )
+        .await?
+        {
+            Ok(written) => Outcome::issued(credential, target, written),
+            Err(refusal) => Outcome::refused(refusal, ours.map(|_| target.to_owned())),
+        },
+    )
+}
+
+/// A refused credential: the Secret this request wrote earlier goes if the refusal revokes its
+/// credential, and otherwise stays named in status, since that credential may still be live.
+async fn refused(
+    request: &KubeconfigRequest,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    ours: Option<&Secret>,
+    refusal: Refusal,
+) -> Result<Outcome, Error> {
+    if refusal.reason.policy().revokes && ours.is_some() {
+        secret::delete_if_ours(request, ctx, secrets, target, refusal.reason.as_str()).await?;
+        return Ok(Outcome::refused(refusal, None));
+    }
+    Ok(Outcome::refused(refusal, ours.map(|_| target.to_owned())))
+}
+
+/// The first issuance of an ID-token request, without reading its Secret first
+/// ([`secret::unissued_id_token`]): one API call fewer per request. The Secret is created only
+/// if it does not exist; whatever does not go straight through (a refusal, or a Secret there
+/// after all, someone else's or this request's own) reads it then and ends as the way with the
+/// read would have. What differs for a request naming someone else's Secret: its token was read
+/// and judged, and the finalizer added, before the conflict was found (nothing is written to
+/// that Secret, and the outcome is the same SecretConflict).
+async fn issue_unread(
+    request: &KubeconfigRequest,
+    reference: &TokenSecretRef,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    target: &str,
+    owner: &OwnerReference,
+) -> Result<Outcome, Error> {
+    let credential = source::id_token(request, reference, ctx, secrets).await?;
+    let credential = match confirmed(ctx, credential).await? {
+        Ok(credential) => credential,
+        Err(refusal) => {
+            let existing = secret::read(secrets, target).await?;
+            return match secret::ours(request, owner, existing) {
+                Err(conflict) => Ok(Outcome::refused(conflict, None)),
+                Ok(ours) => refused(request, ctx, secrets, target, ours.as_ref(), refusal).await,
+            };
+        }
+    };
+    if revoke::holds_id_token(request) {
+        revoke::hold(request, ctx).await?;
+    }
+    if let Ok(written) = secret::write(
+        request,
+        ctx,
+        secrets,
+        target,
+        Existing::PresumedAbsent,
+        &credential,
+    )
+    .await?
+    {
+        return Ok(Outcome::issued(credential, target, written));
+    }
+    // The finalizer is held already (the request in hand is from before it was added).
+    let existing = secret::read(secrets, target).await?;
+    match secret::ours(request, owner, existing) {
+        Err(conflict) => Ok(Outcome::refused(conflict, None)),
+        Ok(ours) => write(request, ctx, secrets, target, ours.as_ref(), credential).await,
+    }
 }
 
 #[cfg(test)]

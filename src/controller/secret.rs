@@ -22,7 +22,7 @@ use super::{
     status::{self, Outcome},
 };
 use crate::{
-    crd::{KubeconfigRequest, SECRET_NAME_SUFFIX},
+    crd::{KubeconfigRequest, SECRET_NAME_SUFFIX, TokenSecretRef},
     kubeconfig::{self, stored},
 };
 
@@ -135,6 +135,42 @@ fn invalid_secret(secret_name: &str, status: &kube::core::Status) -> Refusal {
     )
 }
 
+/// A resourceVersion no object can have (etcd's revisions are signed 64-bit numbers): applied
+/// with it, a Secret is created if it does not exist, and the apply is refused with 409 if it
+/// does, whoever owns it.
+const NO_OBJECT_HAS_THIS_VERSION: &str = "18446744073709551615";
+
+/// The token Secret of a request that has most likely never had a kubeconfig Secret: an
+/// ID-token request whose status names none. Its first issuance skips reading the Secret and
+/// creates it only if it does not exist ([`Existing::PresumedAbsent`]). (A ServiceAccount request
+/// needs its Secret's uid before it mints.)
+pub(super) fn unissued_id_token(request: &KubeconfigRequest) -> Option<&TokenSecretRef> {
+    request.spec.token_secret_ref.as_ref().filter(|_| {
+        request
+            .status
+            .as_ref()
+            .is_none_or(|status| status.secret_name.is_none())
+    })
+}
+
+/// The kubeconfig Secret as it is now, if it exists.
+pub(super) async fn read(secrets: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_error("reading the kubeconfig Secret"))
+}
+
+/// What [`write`] knows of the Secret before writing it.
+#[derive(Clone, Copy)]
+pub(super) enum Existing<'a> {
+    /// Read: absent, or this request's own.
+    Read(Option<&'a Secret>),
+    /// Not read ([`unissued_id_token`]): it is created only if it still does not exist, and
+    /// otherwise refused as a conflict, which the caller settles by reading it after all.
+    PresumedAbsent,
+}
+
 /// Writes the kubeconfig Secret unless it already holds exactly this content. A write the API
 /// server refuses as invalid (say, a label it does not accept) is the spec's fault, not a reason
 /// to retry: it becomes an InvalidSpec refusal.
@@ -143,9 +179,13 @@ pub(super) async fn write(
     ctx: &Context,
     secrets: &Api<Secret>,
     secret_name: &str,
-    existing: Option<&Secret>,
+    existing: Existing<'_>,
     credential: &Credential,
 ) -> Result<Result<bool, Refusal>, Error> {
+    let (existing, presumed_absent) = match existing {
+        Existing::Read(existing) => (existing, false),
+        Existing::PresumedAbsent => (None, true),
+    };
     let owner = request.controller_owner_ref(&()).ok_or(Error::NotStored)?;
     // Only the API server accepts a ServiceAccount token; the proxy accepts ID tokens.
     let settings = match credential.granted_seconds {
@@ -176,7 +216,7 @@ pub(super) async fn write(
         settings.ca.current().as_deref(),
     );
     let writer = ctx.writer().await?;
-    let desired = desired(
+    let mut desired = desired(
         request,
         Some(credential),
         secret_name,
@@ -184,6 +224,9 @@ pub(super) async fn write(
         writer,
         Some(data),
     );
+    if presumed_absent {
+        desired.metadata.resource_version = Some(NO_OBJECT_HAS_THIS_VERSION.to_owned());
+    }
     let written = existing.is_none_or(|existing| !already_matches(existing, &desired));
     if written
         && let Some(existing) = existing
@@ -218,6 +261,12 @@ pub(super) async fn write(
             ),
             Err(kube::Error::Api(status)) if refused_as_invalid(&status) => {
                 return Ok(Err(invalid_secret(secret_name, &status)));
+            }
+            Err(kube::Error::Api(status)) if presumed_absent && status.code == 409 => {
+                return Ok(Err(Refusal::new(
+                    Reason::SecretConflict,
+                    format!("Secret {secret_name:?} exists"),
+                )));
             }
             Err(error) => return Err(kube_error("applying the kubeconfig Secret")(error)),
         }

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::Method;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use kube::runtime::{controller::Action, reflector::ObjectRef};
+use kube::runtime::{controller::Action, reflector::ObjectRef, watcher};
 use serde_json::{Value, json};
 
 use super::{Context, fixtures::*, reconcile, watch::trim_for_store};
@@ -42,6 +42,14 @@ fn kubeconfig_token(secret: &Value) -> String {
         .to_owned()
 }
 
+/// `request` as the controller's store hands it to `reconcile`: filed in the index (with its
+/// status's digest) first, then trimmed, as the request watch does.
+fn stored(ctx: &Context, mut request: KubeconfigRequest) -> Arc<KubeconfigRequest> {
+    ctx.index.observe(&watcher::Event::Apply(request.clone()));
+    trim_for_store(&mut request);
+    Arc::new(request)
+}
+
 /// Runs `reconcile` for `request` while `script` answers the API calls, then checks that nothing
 /// else was asked.
 async fn reconcile_with<F, Fut>(request: KubeconfigRequest, script: F) -> Action
@@ -64,7 +72,7 @@ where
     Fut: Future<Output = ApiServer> + Send + 'static,
 {
     let script = tokio::spawn(script(api));
-    let action = reconcile(Arc::new(request), ctx)
+    let action = reconcile(stored(&ctx, request), ctx)
         .await
         .expect("reconcile succeeds");
     let api = script.await.expect("the script ran to its end");
@@ -92,10 +100,9 @@ impl ApiServer {
             .reply(200, secret);
     }
 
-    /// The reads of a request seen for the first time: no kubeconfig Secret yet, and `token` in
-    /// its token Secret.
+    /// The reads of a request seen for the first time: only `token` in its token Secret (the
+    /// kubeconfig Secret is presumed absent, and created only if it is).
     async fn first_reads(&mut self, token: &str) {
-        self.absent(TARGET_SECRET).await;
         self.token_secret(token).await;
     }
 
@@ -202,6 +209,10 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
         api.first_reads(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
         apply.assert_applied();
+        assert_eq!(
+            apply.body["metadata"]["resourceVersion"], "18446744073709551615",
+            "created only if absent: no Secret has this version"
+        );
         assert_eq!(
             apply.body["metadata"]["ownerReferences"],
             json!([owner_reference()])
@@ -332,8 +343,20 @@ async fn deleting_a_request_revokes_its_id_token_then_lets_it_go() {
 }
 
 #[tokio::test]
-async fn a_secret_owned_by_someone_else_is_not_touched_and_the_token_not_read() {
+async fn a_secret_owned_by_someone_else_is_not_touched() {
+    let token = alice_token();
     reconcile_with(request(json!({})), move |mut api| async move {
+        api.first_reads(&token).await;
+        // Applied only if no Secret has this version, that is, if none exists: refused.
+        let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
+        assert_eq!(
+            apply.body["metadata"]["resourceVersion"],
+            "18446744073709551615"
+        );
+        apply.reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+        );
         api.expect(Method::GET, &secret_path(TARGET_SECRET))
             .await
             .reply(
@@ -363,6 +386,7 @@ async fn a_token_for_another_user_is_refused_without_writing_a_secret() {
     let spec = json!({ "user": "bob@example.com" });
     reconcile_with(request(spec), move |mut api| async move {
         api.first_reads(&token).await;
+        api.absent(TARGET_SECRET).await;
         api.event("UserMismatch", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
@@ -389,7 +413,7 @@ async fn first_issue(request: KubeconfigRequest, token: String) -> (Value, Value
         let status = api.issued_and_status().await;
         (written, status["status"].clone())
     });
-    reconcile(Arc::new(request), ctx).await.unwrap();
+    reconcile(stored(&ctx, request), ctx).await.unwrap();
     script.await.unwrap()
 }
 
@@ -402,6 +426,29 @@ async fn nothing_changed_means_nothing_written() {
     reconcile_with(stored, move |mut api| async move {
         api.existing(written_secret).await;
         api.token_secret(&token).await;
+        api
+    })
+    .await;
+}
+
+/// A request whose status names no Secret although it wrote one (say, the operator stopped
+/// between the two writes): the Secret it presumed absent is found its own, and kept as it is.
+#[tokio::test]
+async fn a_secret_of_its_own_that_status_does_not_name_is_found_and_kept() {
+    let token = alice_token();
+    let (written_secret, _) = first_issue(request(json!({})), token.clone()).await;
+    reconcile_with(request(json!({})), move |mut api| async move {
+        api.first_reads(&token).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .reply(
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+            );
+        api.existing(written_secret).await;
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "Issued");
+        assert_eq!(status["status"]["secretName"], TARGET_SECRET);
         api
     })
     .await;
@@ -475,8 +522,9 @@ async fn a_changed_secret_name_deletes_the_old_secret_after_writing_the_new_one(
 #[tokio::test]
 async fn a_missing_token_secret_is_reported() {
     reconcile_with(request(json!({})), |mut api| async move {
-        api.absent(TARGET_SECRET).await;
         api.absent(TOKEN_SECRET).await;
+        // Refused: whether the request has a Secret of its own to keep naming is read now.
+        api.absent(TARGET_SECRET).await;
         api.event("TokenSecretNotFound", "Warning").await;
         let status = api.status().await;
         assert_eq!(ready(&status)["reason"], "TokenSecretNotFound");
@@ -488,17 +536,28 @@ async fn a_missing_token_secret_is_reported() {
 #[tokio::test]
 async fn a_secret_the_api_server_refuses_is_an_invalid_spec_not_a_retry() {
     let token = alice_token();
-    let action = reconcile_with(request(json!({})), move |mut api| async move {
+    // Without the finalizer yet: it is added once, before the first write.
+    let mut fresh = request(json!({}));
+    fresh.metadata.finalizers = None;
+    let action = reconcile_with(fresh, move |mut api| async move {
         api.first_reads(&token).await;
+        api.expect(Method::PATCH, &request_path())
+            .await
+            .reply(200, serde_json::to_value(request(json!({}))).unwrap());
+        let invalid = || {
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "metadata.labels: Invalid value", "reason": "Invalid", "code": 422,
+            })
+        };
+        // Refused when created unread; read then, found absent, and refused again.
         api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
             .await
-            .reply(
-                422,
-                json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": "metadata.labels: Invalid value", "reason": "Invalid", "code": 422,
-                }),
-            );
+            .reply(422, invalid());
+        api.absent(TARGET_SECRET).await;
+        api.expect(Method::PATCH, &secret_path(TARGET_SECRET))
+            .await
+            .reply(422, invalid());
         api.event("InvalidSpec", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
@@ -828,9 +887,10 @@ async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
 mod confirm;
 
 #[test]
-fn the_store_keeps_no_managed_fields_nor_kubectls_copy_but_other_annotations_stay() {
+fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
     let mut stored = request(json!({}));
     stored.metadata.managed_fields = Some(vec![Default::default()]);
+    stored.metadata.labels = Some([("team".to_owned(), "payments".to_owned())].into());
     stored.metadata.annotations = Some(
         [
             (
@@ -838,17 +898,80 @@ fn the_store_keeps_no_managed_fields_nor_kubectls_copy_but_other_annotations_sta
                 "{\"spec\":{}}".to_owned(),
             ),
             ("team".to_owned(), "payments".to_owned()),
+            (
+                super::renewals::RENEW_ANNOTATION.to_owned(),
+                "2026-12-05T10:00:00Z".to_owned(),
+            ),
         ]
         .into(),
     );
+    let read_back = json!({
+        "secretName": TARGET_SECRET, "credentialId": "JTI=one", "credential": "abc",
+        "expiresAt": "2026-12-05T12:00:00Z", "renewalTime": "2026-12-05T11:40:00Z",
+        "lastUsedAt": "2026-12-05T10:30:00Z", "lastRenewRequest": "2026-12-05T09:00:00Z",
+    });
+    let mut status = read_back.clone();
+    status["conditions"] = json!([
+        { "type": "Ready", "status": "True", "reason": "Issued", "message": "Secret alice-kubeconfig holds",
+          "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z" },
+        { "type": "Expiring", "status": "False", "reason": "SecondWriter", "message": "rewritten by b",
+          "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z" },
+    ]);
+    status["username"] = json!(ALICE);
+    status["groups"] = json!(["team-a"]);
+    status["identity"] = json!({ "username": ALICE, "groups": ["team-a"] });
+    status["grantedExpirationSeconds"] = json!(3600);
+    status["observedGeneration"] = json!(1);
+    stored.status = Some(serde_json::from_value(status).unwrap());
     let spec_before = stored.spec.clone();
 
     trim_for_store(&mut stored);
 
-    assert_eq!(stored.metadata.managed_fields, Some(vec![]));
+    assert_eq!(stored.metadata.managed_fields, None);
+    assert_eq!(stored.metadata.labels, None);
     assert_eq!(
         stored.metadata.annotations,
-        Some([("team".to_owned(), "payments".to_owned())].into())
+        Some(
+            [(
+                super::renewals::RENEW_ANNOTATION.to_owned(),
+                "2026-12-05T10:00:00Z".to_owned()
+            )]
+            .into()
+        )
     );
     assert_eq!(stored.spec, spec_before);
+    let mut kept = serde_json::to_value(stored.status.as_ref().unwrap()).unwrap();
+    let conditions = kept.as_object_mut().unwrap().remove("conditions").unwrap();
+    assert_eq!(kept, read_back);
+    // Only a SecondWriter refusal's message is reported again.
+    assert_eq!(conditions[0]["message"], "");
+    assert_eq!(conditions[1]["message"], "rewritten by b");
+    assert_eq!(
+        (
+            &conditions[0]["lastTransitionTime"],
+            &conditions[0]["observedGeneration"]
+        ),
+        (&json!("2026-12-05T08:00:00Z"), &json!(1))
+    );
+}
+
+/// The store drops what the status says of the identity; a status that differs from the one
+/// due only there is still written again.
+#[tokio::test]
+async fn a_status_differing_only_in_what_the_store_drops_is_written_again() {
+    let token = alice_token();
+    let (written_secret, mut written_status) = first_issue(request(json!({})), token.clone()).await;
+    written_status["username"] = json!("mallory@example.com");
+    written_status["groups"] = json!(["admins"]);
+    let mut stored = request(json!({}));
+    stored.status = Some(serde_json::from_value(written_status).unwrap());
+    reconcile_with(stored, move |mut api| async move {
+        api.existing(written_secret).await;
+        api.token_secret(&token).await;
+        let status = api.status().await;
+        assert_eq!(status["status"]["username"], ALICE);
+        assert_eq!(status["status"]["groups"], json!(["team-a"]));
+        api
+    })
+    .await;
 }

@@ -24,7 +24,7 @@ use kube::{
 };
 use tracing::info;
 
-use super::{Context, error_policy, reconcile, renewals::RENEW_ANNOTATION};
+use super::{Context, error_policy, reconcile, renewals::RENEW_ANNOTATION, status};
 use crate::crd::KubeconfigRequest;
 
 /// How often state kept for deleted requests is swept away.
@@ -59,9 +59,10 @@ pub async fn run(
             Api::all(client),
         ),
     };
-    // The request watch feeds, in order: the index (which requests a Secret concerns), then the
-    // store (trimmed: it holds every request). Only spec changes trigger a reconciliation: the
-    // operator's own status writes must not start another one.
+    // The request watch feeds, in order: the index (which requests a Secret concerns, and each
+    // status's digest), then the store, trimmed to what reconciling reads (it holds every
+    // request). Only spec changes trigger a reconciliation: the operator's own status writes
+    // must not start another one.
     //
     // Every list is paged (500 objects a page, the watcher's default): with "any" semantics the
     // API server answers from its cache in one piece whatever the page size, and one piece of
@@ -70,12 +71,12 @@ pub async fn run(
     let index_ctx = Arc::clone(&ctx);
     let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
-        .modify(trim_for_store)
         .inspect_ok(move |event| {
             for gone in index_ctx.index.observe(event) {
                 index_ctx.forget(&gone);
             }
         })
+        .modify(trim_for_store)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_renew_request, Default::default());
@@ -180,13 +181,25 @@ fn spec_or_renew_request(request: &KubeconfigRequest) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// `kubectl apply` keeps a copy of the whole applied request in an annotation, and each field
-/// manager an entry in managedFields: most of a stored request's size, and nothing here reads them.
+/// What the store keeps of a request: what reconciling and the metrics read. `kubectl apply`'s
+/// copy of the request in an annotation and managedFields were most of a stored request's size;
+/// labels, other annotations, the creation time and owners are never read; the status is cut to
+/// what is read back (`status::keep_read_back`), the index holding a digest of the rest.
 pub(super) fn trim_for_store(request: &mut KubeconfigRequest) {
-    request.managed_fields_mut().clear();
-    request
-        .annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
+    let metadata = &mut request.metadata;
+    metadata.managed_fields = None;
+    metadata.labels = None;
+    metadata.creation_timestamp = None;
+    metadata.owner_references = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key == RENEW_ANNOTATION);
+        if annotations.is_empty() {
+            metadata.annotations = None;
+        }
+    }
+    if let Some(status) = &mut request.status {
+        status::keep_read_back(status);
+    }
 }
 
 /// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token

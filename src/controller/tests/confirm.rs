@@ -17,7 +17,7 @@ where
     Fut: Future<Output = ApiServer> + Send + 'static,
 {
     let script = tokio::spawn(script(api));
-    let result = reconcile(Arc::new(request), ctx).await;
+    let result = reconcile(stored(&ctx, request), ctx).await;
     script
         .await
         .expect("the script ran to its end")
@@ -68,7 +68,6 @@ async fn a_confirmed_token_is_issued_with_the_api_servers_identity_asked_once() 
     let (ctx, api) = confirming_context();
     let script = tokio::spawn(async move {
         let mut api = api;
-        api.absent(TARGET_SECRET).await;
         api.token_secret(&token).await;
         api.review(&token, 201).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
@@ -80,7 +79,7 @@ async fn a_confirmed_token_is_issued_with_the_api_servers_identity_asked_once() 
         assert_eq!(status["status"]["identity"], user_info());
         (api, written, status["status"].clone())
     });
-    reconcile(Arc::new(request(json!({}))), Arc::clone(&ctx))
+    reconcile(stored(&ctx, request(json!({}))), Arc::clone(&ctx))
         .await
         .expect("reconcile succeeds");
     let (api, written_secret, written_status) = script.await.unwrap();
@@ -104,9 +103,9 @@ async fn a_token_the_api_server_refuses_is_rejected_and_no_secret_written() {
     let (ctx, api) = confirming_context();
     let metrics = Arc::clone(&ctx.metrics);
     let action = reconcile_on(ctx, api, request(json!({})), move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
         api.token_secret(&token).await;
         api.review(&token, 401).await;
+        api.absent(TARGET_SECRET).await;
         api.event("RejectedByAPIServer", "Warning").await;
         let status = api.status().await;
         let ready = ready(&status);
@@ -136,7 +135,6 @@ async fn an_api_server_that_cannot_answer_is_retried_not_a_refusal() {
     let token = alice_token();
     let (ctx, api) = confirming_context();
     let error = reconcile_on(ctx, api, request(json!({})), move |mut api| async move {
-        api.absent(TARGET_SECRET).await;
         api.token_secret(&token).await;
         api.review(&token, 503).await;
         api
