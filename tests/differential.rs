@@ -342,6 +342,25 @@ impl Signer {
         format!("{signed}.{signature}")
     }
 
+    /// An RS256 token of `claims` whose header holds `extra` beside (or instead of) its `alg` and
+    /// `kid`.
+    fn sign_with_header(&self, extra: &[(&str, Value)], claims: &Value) -> String {
+        let mut header = json!({"alg": "RS256", "kid": self.rsa.1});
+        for (name, value) in extra {
+            header[*name] = value.clone();
+        }
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signed = format!(
+            "{}.{}",
+            engine.encode(header.to_string()),
+            engine.encode(claims.to_string())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &self.rsa.0, Algorithm::RS256)
+                .expect("sign a test token");
+        format!("{signed}.{signature}")
+    }
+
     fn claims(&self) -> Value {
         self.base.clone()
     }
@@ -615,6 +634,36 @@ fn common_cases(signer: &Signer, who: &str) -> Corpus {
         (
             "exp twice, the first in the past",
             signer.sign_members(&[("exp", json!(now - 60))], &base, &[]),
+        ),
+        // Header members go-jose decodes into types of its own (jwk, x5c, kid, nonce) and
+        // members it keeps as any JSON (typ, cty, its own).
+        (
+            "header typ a number",
+            signer.sign_with_header(&[("typ", json!(5))], &base),
+        ),
+        (
+            "header cty an object",
+            signer.sign_with_header(&[("cty", json!({}))], &base),
+        ),
+        (
+            "header jwk a string",
+            signer.sign_with_header(&[("jwk", json!("x"))], &base),
+        ),
+        (
+            "header x5c not certificates",
+            signer.sign_with_header(&[("x5c", json!(["bm90IGEgY2VydA"]))], &base),
+        ),
+        (
+            "header kid null",
+            signer.sign_with_header(&[("kid", Value::Null)], &base),
+        ),
+        (
+            "header nonce a number",
+            signer.sign_with_header(&[("nonce", json!(1))], &base),
+        ),
+        (
+            "header with a member of its own",
+            signer.sign_with_header(&[("x-extra", json!({"a": 1}))], &base),
         ),
         ("signed by a key the issuer does not publish", {
             let mut header = Header::new(Algorithm::RS256);

@@ -47,6 +47,47 @@ pub(super) fn verify_signature(
 /// The one algorithm jsonwebtoken cannot name: it has no P-521.
 pub(super) const ES512: &str = "ES512";
 
+/// The header members go-jose decodes into types of its own when it parses a JWS (its header's
+/// `sanitized`), refusing the token when one does not fit: `jwk` must be a key, `x5c` a chain of
+/// standard-base64 DER certificates, `nonce` a string (`alg` and `kid` are checked where they are
+/// used). A null member is skipped, and every other member may hold any JSON (a numeric `typ`
+/// passes kube-apiserver).
+pub(super) fn check_header_members(header: &JsonObject) -> Result<(), TokenError> {
+    use base64::engine::general_purpose::STANDARD;
+    if let Some(jwk) = header.get("jwk").filter(|jwk| !jwk.is_null())
+        && serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk.clone()).is_err()
+    {
+        return Err(TokenError::Malformed(
+            "the header's jwk is not a JSON Web Key",
+        ));
+    }
+    if let Some(chain) = header.get("x5c").filter(|chain| !chain.is_null()) {
+        let certificate = |value: &Value| {
+            let der = STANDARD.decode(value.as_str()?).ok()?;
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .filter(|(rest, _)| rest.is_empty())
+                .map(|_| ())
+        };
+        let parses = match chain {
+            Value::Array(certificates) => certificates.iter().all(|c| certificate(c).is_some()),
+            _ => false,
+        };
+        if !parses {
+            return Err(TokenError::Malformed(
+                "the header's x5c is not a chain of X.509 certificates",
+            ));
+        }
+    }
+    if !matches!(
+        header.get("nonce"),
+        None | Some(Value::Null | Value::String(_))
+    ) {
+        return Err(TokenError::Malformed("the header's nonce is not a string"));
+    }
+    Ok(())
+}
+
 /// go-oidc decodes the registered claims into typed fields and refuses the whole token when one
 /// does not fit; these are the ones [`super::claims::identity`] does not look at itself.
 pub(super) fn check_standard_claim_types(claims: &Map<String, Value>) -> Result<(), TokenError> {
