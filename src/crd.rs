@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// The suffix of the default Secret name; request names are capped so the result stays a valid name.
 pub const SECRET_NAME_SUFFIX: &str = "-kubeconfig";
+/// The annotation by which a user has a ServiceAccount request's token renewed now, as
+/// `cmctl renew` does for a certificate. Its value is a timestamp; each distinct value renews
+/// once, and `status.lastRenewRequest` records the one handled.
+pub const RENEW_ANNOTATION: &str = "kubeconfig.dev/renew";
 
 /// Asks for a kubeconfig. Its credential comes either from an OIDC ID token that the user puts into a Secret (tokenSecretRef) or from a ServiceAccount token that the controller mints and renews (serviceAccount). The controller writes the kubeconfig into a Secret in the same namespace and keeps it valid.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]

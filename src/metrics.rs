@@ -1,10 +1,12 @@
 //! Prometheus metrics shared by the HTTP server and the controller. Labels carry routes, status
 //! codes, reasons and object names only: never anything taken from a token.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    hash::Hash,
+    sync::{Arc, RwLock},
+};
 
-use chrono::DateTime;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{Lookup, Store};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
@@ -19,10 +21,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    crd::{KubeconfigRequest, KubeconfigRequestStatus},
-    oidc::{authn_config::digest, verify::Verifier},
-};
+use crate::oidc::{authn_config::digest, verify::Verifier};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -42,39 +41,71 @@ pub struct ProxyLabels {
     pub code: u16,
 }
 
+/// What the per-request series read of a request in the controller's store.
+pub trait RequestState: Send + Sync {
+    fn namespace_and_name(&self) -> Option<(&str, &str)>;
+    /// The status of the Ready condition: True, False or Unknown.
+    fn ready(&self) -> Option<&str>;
+    /// When the credential expires (Unix time).
+    fn expires_at(&self) -> Option<i64>;
+    /// When the credential is renewed, or an ID token reported Expiring (Unix time).
+    fn renewal_time(&self) -> Option<i64>;
+}
+
+/// Reads one of the times of a request's state.
+type StateTime = fn(&dyn RequestState) -> Option<i64>;
+
+/// Reads every request in the running controller's store.
+type Requests = Box<dyn Fn() -> Vec<Arc<dyn RequestState>> + Send + Sync>;
+
 /// The per-request series, read from the controller's request store at each scrape, as
 /// kube-state-metrics does: a family kept per request held every name three times over (7 MB with
 /// 10,000 requests) and kept its table's size after the requests were deleted.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RequestSeries {
     /// The running controller's store; none while this replica does not run the controller.
-    store: RwLock<Option<Store<KubeconfigRequest>>>,
+    store: RwLock<Option<Requests>>,
+}
+
+impl std::fmt::Debug for RequestSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestSeries")
+    }
 }
 
 impl RequestSeries {
-    /// Exports the requests in `store` from now on, or nothing once the controller stops.
-    pub fn export(&self, store: Option<Store<KubeconfigRequest>>) {
+    /// Exports the requests in `store` from now on.
+    pub fn export<K>(&self, store: Store<K>)
+    where
+        K: RequestState + Lookup + Clone + 'static,
+        K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    {
+        let requests: Requests = Box::new(move || {
+            store
+                .state()
+                .into_iter()
+                .map(|request| request as Arc<dyn RequestState>)
+                .collect()
+        });
         if let Ok(mut exported) = self.store.write() {
-            *exported = store;
+            *exported = Some(requests);
         }
     }
 
-    fn requests(&self) -> Vec<Arc<KubeconfigRequest>> {
+    /// Exports nothing from now on: the controller stopped.
+    pub fn clear(&self) {
+        if let Ok(mut exported) = self.store.write() {
+            *exported = None;
+        }
+    }
+
+    fn requests(&self) -> Vec<Arc<dyn RequestState>> {
         self.store
             .read()
             .ok()
-            .and_then(|store| store.as_ref().map(Store::state))
+            .and_then(|store| store.as_ref().map(|requests| requests()))
             .unwrap_or_default()
     }
-}
-
-/// Reads one of the RFC 3339 times in a request's status.
-type StatusTime = fn(&KubeconfigRequestStatus) -> Option<&String>;
-
-/// A status timestamp as Unix time; the controller writes RFC 3339.
-fn unix_time(time: Option<&String>) -> Option<i64> {
-    time.and_then(|time| DateTime::parse_from_rfc3339(time).ok())
-        .map(|time| time.timestamp())
 }
 
 impl Collector for RequestSeries {
@@ -82,26 +113,26 @@ impl Collector for RequestSeries {
         let requests = self.requests();
         let labelled = || {
             requests.iter().filter_map(|request| {
-                let namespace = request.metadata.namespace.as_deref()?;
-                Some((namespace, request.metadata.name.as_deref()?, request))
+                let (namespace, name) = request.namespace_and_name()?;
+                Some((namespace, name, request))
             })
         };
-        let times: [(&str, &str, StatusTime); 2] = [
+        let times: [(&str, &str, StateTime); 2] = [
             (
                 "request_expiration_timestamp_seconds",
                 "When the credential in a request's kubeconfig Secret expires (Unix time)",
-                |status| status.expires_at.as_ref(),
+                |request| request.expires_at(),
             ),
             (
                 "request_renewal_timestamp_seconds",
                 "When a request's credential is renewed, or an ID token reported Expiring (Unix time)",
-                |status| status.renewal_time.as_ref(),
+                |request| request.renewal_time(),
             ),
         ];
         for (name, help, field) in times {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (namespace, name, request) in labelled() {
-                if let Some(time) = unix_time(request.status.as_ref().and_then(field)) {
+                if let Some(time) = field(request.as_ref()) {
                     ConstGauge::new(time).encode(
                         family.encode_family(&[("namespace", namespace), ("name", name)])?,
                     )?;
@@ -116,7 +147,7 @@ impl Collector for RequestSeries {
         )?;
         for (namespace, name, request) in labelled() {
             // As cert-manager labels its certificates' readiness.
-            let Some(ready) = request.ready_condition() else {
+            let Some(ready) = request.ready() else {
                 continue;
             };
             for condition in ["True", "False"] {
@@ -125,7 +156,7 @@ impl Collector for RequestSeries {
                     ("name", name),
                     ("condition", condition),
                 ];
-                ConstGauge::new(i64::from(ready.status == condition))
+                ConstGauge::new(i64::from(ready == condition))
                     .encode(family.encode_family(&labels)?)?;
             }
         }
@@ -407,73 +438,5 @@ mod tests {
             r#"kubeconfig_operator_token_validation_failures_total{reason="Expired"} 1"#
         ));
         assert!(text.contains("kubeconfig_operator_reconcile_duration_seconds_bucket"));
-    }
-
-    fn request(name: &str, status: serde_json::Value) -> KubeconfigRequest {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubeconfig.dev/v1alpha1",
-            "kind": "KubeconfigRequest",
-            "metadata": {"name": name, "namespace": "team-a", "uid": name},
-            "spec": {"tokenSecretRef": {"name": "token"}},
-            "status": status,
-        }))
-        .expect("a valid request")
-    }
-
-    #[test]
-    fn per_request_series_follow_the_store() {
-        use kube::runtime::{reflector, watcher::Event};
-
-        let metrics = Metrics::default();
-        let (store, mut writer) = reflector::store();
-        let issued = request(
-            "alice",
-            serde_json::json!({
-                "expiresAt": "2033-05-18T03:33:20Z",
-                "renewalTime": "2033-05-18T03:13:20Z",
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Issued",
-                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
-            }),
-        );
-        let refused = request(
-            "bob",
-            serde_json::json!({
-                "conditions": [{"type": "Ready", "status": "False", "reason": "TokenExpired",
-                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
-            }),
-        );
-        let unseen = request("carol", serde_json::json!({}));
-        for request in [&issued, &refused, &unseen] {
-            writer.apply_watcher_event(&Event::Apply(request.clone()));
-        }
-        assert!(
-            !metrics.render().contains("alice"),
-            "nothing is exported before the controller runs"
-        );
-
-        metrics.requests.export(Some(store));
-        let text = metrics.render();
-        for line in [
-            r#"kubeconfig_operator_request_expiration_timestamp_seconds{namespace="team-a",name="alice"} 2000000000"#,
-            r#"kubeconfig_operator_request_renewal_timestamp_seconds{namespace="team-a",name="alice"} 1999998800"#,
-            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="True"} 1"#,
-            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="False"} 0"#,
-            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="bob",condition="False"} 1"#,
-        ] {
-            assert!(text.contains(line), "{line} missing from\n{text}");
-        }
-        assert!(
-            !text.contains(r#"timestamp_seconds{namespace="team-a",name="bob"}"#),
-            "a refused request has no times: {text}"
-        );
-        assert!(!text.contains("carol"), "not yet reconciled: {text}");
-
-        writer.apply_watcher_event(&Event::Delete(issued));
-        let text = metrics.render();
-        assert!(!text.contains("alice"), "{text}");
-        assert!(text.contains("bob"), "{text}");
-
-        metrics.requests.export(None);
-        assert!(!metrics.render().contains("bob"));
     }
 }

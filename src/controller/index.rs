@@ -14,16 +14,16 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use kube::{
-    ResourceExt,
-    runtime::{reflector::ObjectRef, watcher},
-};
+use kube::{ResourceExt, runtime::watcher};
 
 use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
 
-use super::{cache::SecretKey, secret, status};
+use super::{
+    cache::SecretKey,
+    secret, status,
+    stored::{self, Request},
+};
 
-type Request = ObjectRef<KubeconfigRequest>;
 /// One allocation per request, shared by every map that files it: with 10,000 requests, a copy
 /// of the reference in each map (with its uid and resourceVersion, which equality ignores) made
 /// the index 2.3 KB a request (heaptrack).
@@ -177,7 +177,7 @@ impl Inner {
     /// let the Secret's watch event, when it came second, start a needless reconciliation.
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
-        let reference = Arc::new(Request::new(&request.name_any()).within(&namespace));
+        let reference = Arc::new(stored::reference(request));
         if !self.namespaces.contains_key(namespace.as_str()) {
             self.namespaces
                 .insert(Arc::from(namespace.as_str()), Tables::default());
@@ -239,7 +239,7 @@ impl RequestIndex {
                 Vec::new()
             }
             watcher::Event::Delete(request) => {
-                let reference = ObjectRef::from_obj(request);
+                let reference = stored::reference(request);
                 inner.remove(&reference);
                 vec![reference]
             }
@@ -361,10 +361,10 @@ impl RequestIndex {
 
     /// The digest of the request's status as the watch last delivered it, before the store
     /// trimmed it.
-    pub fn status_digest(&self, request: &Request) -> Option<u64> {
+    pub fn status_digest(&self, request: &KubeconfigRequest) -> Option<u64> {
         self.lock()
             .filed
-            .get(request)
+            .get(&stored::reference(request))
             .and_then(|filing| filing.status)
     }
 
@@ -569,11 +569,8 @@ mod tests {
             gone.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["bob"]
         );
-        assert_eq!(
-            index.for_account("team", "ci"),
-            [ObjectRef::from_obj(&alice)]
-        );
-        assert!(index.contains(&ObjectRef::from_obj(&alice)));
+        assert_eq!(index.for_account("team", "ci"), [stored::reference(&alice)]);
+        assert!(index.contains(&stored::reference(&alice)));
     }
 
     #[test]

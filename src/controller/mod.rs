@@ -18,6 +18,7 @@ mod revoke;
 mod secret;
 mod source;
 mod status;
+mod stored;
 mod watch;
 
 #[cfg(test)]
@@ -34,11 +35,7 @@ use k8s_openapi::{
     api::{authentication::v1::SelfSubjectReview, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::PostParams,
-    runtime::{controller::Action, reflector::ObjectRef},
-};
+use kube::{Api, Client, Resource, ResourceExt, api::PostParams, runtime::controller::Action};
 use tracing::{debug, warn};
 
 pub use cache::PER_NAMESPACE_CONCURRENCY;
@@ -61,6 +58,7 @@ use crate::{
 };
 use secret::Existing;
 use status::Outcome;
+use stored::{Request, StoredRequest};
 
 /// The single field manager for everything the operator writes, so server-side apply knows which
 /// fields are ours.
@@ -88,6 +86,8 @@ pub enum Error {
     NoTokenMinted,
     #[error(transparent)]
     Confirm(ConfirmError),
+    #[error(transparent)]
+    Stored(stored::Unreadable),
 }
 
 impl Error {
@@ -125,7 +125,7 @@ pub struct Context {
     /// confirmation is turned off.
     confirmer: Option<Confirmer>,
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
-    failures: Mutex<HashMap<ObjectRef<KubeconfigRequest>, u32>>,
+    failures: Mutex<HashMap<Request, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
     namespaces: cache::NamespaceLimits,
     index: index::RequestIndex,
@@ -213,7 +213,7 @@ impl Context {
     }
 
     /// Called when the controller finds a request gone: its retry state and wake-up go too.
-    fn forget(&self, request: &ObjectRef<KubeconfigRequest>) {
+    fn forget(&self, request: &Request) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(request);
         }
@@ -228,13 +228,13 @@ impl Context {
             .unwrap_or(0)
     }
 
-    fn record_success(&self, request: &ObjectRef<KubeconfigRequest>) {
+    fn record_success(&self, request: &Request) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(request);
         }
     }
 
-    fn next_backoff(&self, request: ObjectRef<KubeconfigRequest>) -> Duration {
+    fn next_backoff(&self, request: Request) -> Duration {
         let attempts = match self.failures.lock() {
             Ok(mut failures) => {
                 let attempts = failures.entry(request).or_insert(0);
@@ -252,27 +252,27 @@ impl Context {
 /// here for its namespace's slot. The reconciliation's own future is boxed, so that a waiting
 /// task holds a few hundred bytes rather than the whole state machine: at 10,000 requests
 /// applied at once, the waiting tasks had been half the operator's peak heap (heaptrack).
-pub async fn reconcile(
-    request: Arc<KubeconfigRequest>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile(stored: Arc<StoredRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _slot = ctx
         .namespaces
-        .acquire(&request.namespace().unwrap_or_default())
+        .acquire(&stored.namespace().unwrap_or_default())
         .await;
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
-    let result = Box::pin(reconcile_inner(&request, &ctx)).await;
+    let result = match stored.request() {
+        Ok(request) => Box::pin(reconcile_inner(&request, &ctx)).await,
+        Err(unreadable) => Err(Error::Stored(unreadable)),
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.record_success(&ObjectRef::from_obj(request.as_ref()));
+        ctx.record_success(&stored::reference(stored.as_ref()));
     }
     result
 }
 
-pub fn error_policy(request: Arc<KubeconfigRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(request: Arc<StoredRequest>, error: &Error, ctx: Arc<Context>) -> Action {
     // The namespace is being deleted, and the request with it: retrying would only re-create
     // what the garbage collector is removing (the API server refuses that with 403).
     if error.is_namespace_terminating() {
@@ -285,7 +285,7 @@ pub fn error_policy(request: Arc<KubeconfigRequest>, error: &Error, ctx: Arc<Con
             reason: error.kind(),
         })
         .inc();
-    let delay = ctx.next_backoff(ObjectRef::from_obj(request.as_ref()));
+    let delay = ctx.next_backoff(stored::reference(request.as_ref()));
     warn!(request = %request.name_any(), namespace = ?request.namespace(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -362,7 +362,7 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
     let outcome = secret::settle_previous(request, ctx, &secrets, &target, &owner, outcome).await?;
     status::update(request, ctx, &outcome).await?;
 
-    let reference = ObjectRef::from_obj(request);
+    let reference = stored::reference(request);
     Ok(match &outcome {
         // Nothing in an exec kubeconfig is due: kubelogin renews its own tokens.
         Outcome::Issued { .. } if request.spec.format == Format::Exec => {

@@ -12,19 +12,18 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
-use super::refusal::{Reason, Refusal};
-use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
-
-type Request = ObjectRef<KubeconfigRequest>;
-
-/// The annotation by which a user has a ServiceAccount request's token renewed now, as
-/// `cmctl renew` does for a certificate. Its value is a timestamp; each distinct value renews
-/// once, and `status.lastRenewRequest` records the one handled.
-pub const RENEW_ANNOTATION: &str = "kubeconfig.dev/renew";
+use super::{
+    refusal::{Reason, Refusal},
+    stored::Request,
+};
+use crate::{
+    capacity::release_spare_capacity,
+    crd::{KubeconfigRequest, RENEW_ANNOTATION},
+};
 
 /// The value of the renew annotation, checked to be an RFC 3339 timestamp, so that the value
 /// status records stays small and means what it says. `Err` is a refusal for any other value;

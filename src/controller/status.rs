@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{events::EventType, reflector::ObjectRef},
+    runtime::events::EventType,
 };
 use serde_json::json;
 
@@ -111,27 +111,10 @@ const EXPIRING: &str = "Expiring";
 static DIGEST_KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// Stands for a whole status when deciding whether a write would change it: the store keeps
-/// only what [`keep_read_back`] leaves (heaptrack, 10,000 requests: the store was the largest
+/// only the part of it that is read back (`stored.rs`) (heaptrack, 10,000 requests: the store was the largest
 /// part of the heap, and most of a stored request was a status the controller never reads).
 pub(super) fn digest(status: &KubeconfigRequestStatus) -> u64 {
     DIGEST_KEYS.hash_one(serde_json::to_vec(status).unwrap_or_default())
-}
-
-/// Leaves in a stored status only what the controller and the metrics read back: the
-/// conditions' status, reason, generation and transition time (the message only where it is
-/// reported again: SecondWriter), the Secret, the credential and its times, the renewal asked
-/// for. The rest (identity, groups, messages) is written, never read; `digest` still covers it.
-pub(super) fn keep_read_back(status: &mut KubeconfigRequestStatus) {
-    for condition in &mut status.conditions {
-        if condition.reason != Reason::SecondWriter.as_str() {
-            condition.message = String::new();
-        }
-    }
-    status.username = None;
-    status.groups = Vec::new();
-    status.identity = None;
-    status.granted_expiration_seconds = None;
-    status.observed_generation = None;
 }
 
 /// A condition that keeps its transition time while its status stays the same.
@@ -263,7 +246,7 @@ pub(super) async fn update(
         }
     };
     let audit_event = audit_event(request, outcome, &status, newly_failing);
-    if ctx.index.status_digest(&ObjectRef::from_obj(request)) == Some(digest(&status)) {
+    if ctx.index.status_digest(request) == Some(digest(&status)) {
         issued_event.await;
         if let Some(event) = audit_event {
             ctx.audit.record(&event);

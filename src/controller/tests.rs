@@ -5,11 +5,20 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::Method;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use kube::runtime::{controller::Action, reflector::ObjectRef, watcher};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::{controller::Action, watcher};
 use serde_json::{Value, json};
 
-use super::{Context, fixtures::*, reconcile, watch::trim_for_store};
-use crate::{crd::KubeconfigRequest, testing};
+use super::{
+    Context,
+    fixtures::*,
+    reconcile,
+    stored::{self, StoredRequest},
+};
+use crate::{
+    crd::{KubeconfigRequest, KubeconfigRequestSpec},
+    testing,
+};
 
 const ALICE: &str = "alice@example.com";
 const ACCOUNT: &str = "deployer";
@@ -43,11 +52,10 @@ fn kubeconfig_token(secret: &Value) -> String {
 }
 
 /// `request` as the controller's store hands it to `reconcile`: filed in the index (with its
-/// status's digest) first, then trimmed, as the request watch does.
-fn stored(ctx: &Context, mut request: KubeconfigRequest) -> Arc<KubeconfigRequest> {
+/// status's digest) first, then in its stored form, as the request watch does.
+fn stored(ctx: &Context, request: KubeconfigRequest) -> Arc<StoredRequest> {
     ctx.index.observe(&watcher::Event::Apply(request.clone()));
-    trim_for_store(&mut request);
-    Arc::new(request)
+    Arc::new(request.into())
 }
 
 /// Runs `reconcile` for `request` while `script` answers the API calls, then checks that nothing
@@ -204,7 +212,7 @@ async fn a_valid_token_is_issued_into_a_secret_named_after_the_request() {
     let token = alice_token();
     let (ctx, api) = context();
     let issued = request(json!({}));
-    let reference = ObjectRef::from_obj(&issued);
+    let reference = stored::reference(&issued);
     let action = reconcile_in(Arc::clone(&ctx), api, issued, move |mut api| async move {
         api.first_reads(&token).await;
         let apply = api.expect(Method::PATCH, &secret_path(TARGET_SECRET)).await;
@@ -845,20 +853,18 @@ async fn a_reported_second_writer_is_left_alone() {
 #[tokio::test]
 async fn a_deleted_request_leaves_no_backoff_state_behind() {
     let (ctx, _api) = context();
-    let request = Arc::new(request(json!({})));
+    let request: Arc<StoredRequest> = Arc::new(request(json!({})).into());
     let error = super::Error::NotStored;
     super::error_policy(Arc::clone(&request), &error, Arc::clone(&ctx));
     assert_eq!(ctx.tracked_failures(), 1);
-    ctx.forget(&kube::runtime::reflector::ObjectRef::from_obj(
-        request.as_ref(),
-    ));
+    ctx.forget(&stored::reference(request.as_ref()));
     assert_eq!(ctx.tracked_failures(), 0);
 }
 
 #[tokio::test]
 async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
     let (ctx, _api) = context();
-    let request = Arc::new(request(json!({})));
+    let request: Arc<StoredRequest> = Arc::new(request(json!({})).into());
     let refused = |message: &str| super::Error::Kube {
         action: "applying the kubeconfig Secret",
         source: kube::Error::Api(
@@ -889,6 +895,8 @@ mod confirm;
 #[test]
 fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
     let mut stored = request(json!({}));
+    stored.metadata.resource_version = Some("41".into());
+    stored.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     stored.metadata.managed_fields = Some(vec![Default::default()]);
     stored.metadata.labels = Some([("team".to_owned(), "payments".to_owned())].into());
     stored.metadata.annotations = Some(
@@ -899,7 +907,7 @@ fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
             ),
             ("team".to_owned(), "payments".to_owned()),
             (
-                super::renewals::RENEW_ANNOTATION.to_owned(),
+                crate::crd::RENEW_ANNOTATION.to_owned(),
                 "2026-12-05T10:00:00Z".to_owned(),
             ),
         ]
@@ -925,7 +933,7 @@ fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
     stored.status = Some(serde_json::from_value(status).unwrap());
     let spec_before = stored.spec.clone();
 
-    trim_for_store(&mut stored);
+    let stored = StoredRequest::from(stored).request().unwrap();
 
     assert_eq!(stored.metadata.managed_fields, None);
     assert_eq!(stored.metadata.labels, None);
@@ -933,13 +941,41 @@ fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
         stored.metadata.annotations,
         Some(
             [(
-                super::renewals::RENEW_ANNOTATION.to_owned(),
+                crate::crd::RENEW_ANNOTATION.to_owned(),
                 "2026-12-05T10:00:00Z".to_owned()
             )]
             .into()
         )
     );
-    assert_eq!(stored.spec, spec_before);
+    // What reconciling reads of the metadata stays as it was.
+    let full = request(json!({}));
+    assert_eq!(
+        (
+            &stored.metadata.name,
+            &stored.metadata.namespace,
+            &stored.metadata.uid,
+            stored.metadata.generation,
+            &stored.metadata.finalizers,
+        ),
+        (
+            &full.metadata.name,
+            &full.metadata.namespace,
+            &full.metadata.uid,
+            full.metadata.generation,
+            &full.metadata.finalizers,
+        )
+    );
+    assert_eq!(stored.metadata.resource_version.as_deref(), Some("41"));
+    assert!(stored.metadata.deletion_timestamp.is_some());
+    // The creator is read only before minting a ServiceAccount token.
+    assert!(spec_before.creator.is_some());
+    assert_eq!(
+        stored.spec,
+        KubeconfigRequestSpec {
+            creator: None,
+            ..spec_before
+        }
+    );
     let mut kept = serde_json::to_value(stored.status.as_ref().unwrap()).unwrap();
     let conditions = kept.as_object_mut().unwrap().remove("conditions").unwrap();
     assert_eq!(kept, read_back);
@@ -953,6 +989,24 @@ fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
         ),
         (&json!("2026-12-05T08:00:00Z"), &json!(1))
     );
+}
+
+/// Every field of a ServiceAccount request's spec is read back as it was, its creator included
+/// (asked before each token is minted).
+#[test]
+fn the_store_keeps_a_whole_service_account_spec() {
+    let full = request(json!({
+        "tokenSecretRef": null,
+        "serviceAccount": { "name": ACCOUNT, "expirationSeconds": 7200, "audiences": ["vault"] },
+        "user": ALICE, "namespace": "apps", "secretName": "deploy-config", "format": "argocd",
+        "secretKeys": ["value", "kubeconfig"],
+        "secretTemplate": { "labels": { "team": "a" }, "annotations": { "note": "x" } },
+        "renewBeforePercentage": 30,
+    }));
+    assert!(full.spec.creator.is_some() && full.spec.token_secret_ref.is_none());
+    let read_back = StoredRequest::from(full.clone()).request().unwrap();
+    assert_eq!(read_back.spec, full.spec);
+    assert_eq!(read_back.status, None);
 }
 
 /// The store drops what the status says of the identity; a status that differs from the one

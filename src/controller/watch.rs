@@ -16,16 +16,15 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Resource, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt, predicates,
-        reflector::{self, ObjectRef},
-        watcher,
-    },
+    runtime::{Controller, WatchStreamExt, predicates, reflector, watcher},
 };
 use tracing::info;
 
-use super::{Context, error_policy, reconcile, renewals::RENEW_ANNOTATION, status};
-use crate::crd::KubeconfigRequest;
+use super::{
+    Context, error_policy, reconcile,
+    stored::{self, Request, StoredRequest},
+};
+use crate::crd::{KubeconfigRequest, RENEW_ANNOTATION};
 
 /// How often state kept for deleted requests is swept away.
 pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -60,7 +59,7 @@ pub async fn run(
         ),
     };
     // The request watch feeds, in order: the index (which requests a Secret concerns, and each
-    // status's digest), then the store, trimmed to what reconciling reads (it holds every
+    // status's digest), then the store, in the compact form of `stored.rs` (it holds every
     // request). Only spec changes trigger a reconciliation: the operator's own status writes
     // must not start another one.
     //
@@ -76,12 +75,12 @@ pub async fn run(
                 index_ctx.forget(&gone);
             }
         })
-        .modify(trim_for_store)
+        .map_ok(stored::stored)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_renew_request, Default::default());
     let controller = Controller::for_stream(request_stream, store.clone());
-    ctx.metrics.requests.export(Some(store.clone()));
+    ctx.metrics.requests.export(store.clone());
     let ready_store = store.clone();
     tokio::spawn(async move {
         // Each wait is bounded and repeated: with the controller's applier waiting on the same
@@ -158,7 +157,7 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {
             if let Err(kube::runtime::controller::Error::ObjectNotFound(request)) = result {
-                let mut gone = ObjectRef::<KubeconfigRequest>::new(&request.name);
+                let mut gone = Request::new(&request.name);
                 if let Some(namespace) = &request.namespace {
                     gone = gone.within(namespace);
                 }
@@ -169,46 +168,22 @@ pub async fn run(
         .await;
     sweeper.abort();
     // A replica that lost its lease no longer knows the requests' state.
-    metrics.requests.export(None);
+    metrics.requests.clear();
 }
 
 /// What a change to a request must touch to be reconciled: its spec (the generation) or the
 /// renew annotation, which asks for a new token without changing the spec.
-fn spec_or_renew_request(request: &KubeconfigRequest) -> Option<u64> {
+fn spec_or_renew_request(request: &StoredRequest) -> Option<u64> {
     let generation = predicates::generation(request)?;
     let mut hasher = DefaultHasher::new();
     (generation, request.annotations().get(RENEW_ANNOTATION)).hash(&mut hasher);
     Some(hasher.finish())
 }
 
-/// What the store keeps of a request: what reconciling and the metrics read. `kubectl apply`'s
-/// copy of the request in an annotation and managedFields were most of a stored request's size;
-/// labels, other annotations, the creation time and owners are never read; the status is cut to
-/// what is read back (`status::keep_read_back`), the index holding a digest of the rest.
-pub(super) fn trim_for_store(request: &mut KubeconfigRequest) {
-    let metadata = &mut request.metadata;
-    metadata.managed_fields = None;
-    metadata.labels = None;
-    metadata.creation_timestamp = None;
-    metadata.owner_references = None;
-    if let Some(annotations) = &mut metadata.annotations {
-        annotations.retain(|key, _| key == RENEW_ANNOTATION);
-        if annotations.is_empty() {
-            metadata.annotations = None;
-        }
-    }
-    if let Some(status) = &mut request.status {
-        status::keep_read_back(status);
-    }
-}
-
 /// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token
 /// Secret's new resourceVersion is noted, so that the requests naming it read it once, not once
 /// each.
-fn requests_affected_by(
-    ctx: &Context,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<KubeconfigRequest>> {
+fn requests_affected_by(ctx: &Context, secret: &PartialObjectMeta<Secret>) -> Vec<Request> {
     let Some(namespace) = secret.namespace() else {
         return Vec::new();
     };

@@ -1,0 +1,307 @@
+//! What the controller's store keeps of each request, which is every request for as long as it
+//! exists: the metadata reconciling reads, and the spec with the read-back part of the status in
+//! serialized form, turned back into a [`KubeconfigRequest`] for each reconciliation. A
+//! `KubeconfigRequest` is 1.1 KB before any of its strings (the spec and the status each about
+//! 0.4 KB of mostly empty fields), the largest single part of what a settled request held.
+
+use std::borrow::Cow;
+
+use chrono::DateTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, runtime::reflector::ObjectRef, runtime::watcher};
+use serde::{Deserialize, Serialize};
+
+use super::refusal::Reason;
+use crate::{
+    crd::{KubeconfigRequest, KubeconfigRequestSpec, KubeconfigRequestStatus, RENEW_ANNOTATION},
+    metrics::RequestState,
+};
+
+/// How the controller names a request: by namespace and name, as the store keys it.
+pub(super) type Request = ObjectRef<StoredRequest>;
+
+/// A request as the store keeps it. It is the same resource as [`KubeconfigRequest`] (group,
+/// version, kind, plural), so kube-runtime's controller and store handle it unchanged.
+#[derive(Clone, Debug)]
+pub struct StoredRequest {
+    /// Name, namespace, uid, resourceVersion, generation, deletion, finalizers and the renew
+    /// annotation; `kubectl apply`'s copy of the request and managedFields were most of a listed
+    /// request's size, and labels, other annotations, the creation time and owners are not read.
+    metadata: ObjectMeta,
+    /// [`Body`] as JSON: one allocation where the typed spec and status took sixteen (a Ready
+    /// ID-token request of the issuance benchmark).
+    body: Box<str>,
+    /// What the per-request metrics read at each scrape, decoded once.
+    ready: Option<&'static str>,
+    expires_at: Option<i64>,
+    renewal_time: Option<i64>,
+}
+
+/// The part of a request kept serialized.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    spec: KubeconfigRequestSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<KubeconfigRequestStatus>,
+}
+
+/// The stored form could not be read back; it was written by this process, so this is a bug,
+/// reported and retried rather than a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("the stored copy of the request cannot be read back: {0}")]
+pub struct Unreadable(#[from] serde_json::Error);
+
+impl From<KubeconfigRequest> for StoredRequest {
+    fn from(request: KubeconfigRequest) -> Self {
+        let ready = request
+            .ready_condition()
+            .map(|ready| match ready.status.as_str() {
+                "True" => "True",
+                "False" => "False",
+                _ => "Unknown",
+            });
+        let KubeconfigRequest {
+            metadata,
+            mut spec,
+            mut status,
+        } = request;
+        let annotations = metadata
+            .annotations
+            .and_then(|annotations| {
+                annotations
+                    .into_iter()
+                    .find(|(key, _)| key == RENEW_ANNOTATION)
+            })
+            .map(|renew| [renew].into());
+        let metadata = ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            resource_version: metadata.resource_version,
+            generation: metadata.generation,
+            deletion_timestamp: metadata.deletion_timestamp,
+            finalizers: metadata.finalizers,
+            annotations,
+            ..ObjectMeta::default()
+        };
+        // The creator is read only before a ServiceAccount token is minted (`creator.rs`); an
+        // ID-token request never mints.
+        if spec.token_secret_ref.is_some() {
+            spec.creator = None;
+        }
+        if let Some(status) = &mut status {
+            keep_read_back(status);
+        }
+        let time = |field: fn(&KubeconfigRequestStatus) -> Option<&String>| {
+            status
+                .as_ref()
+                .and_then(field)
+                .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
+                .map(|time| time.timestamp())
+        };
+        let (expires_at, renewal_time) = (
+            time(|status| status.expires_at.as_ref()),
+            time(|status| status.renewal_time.as_ref()),
+        );
+        let body = serde_json::to_string(&Body { spec, status })
+            .unwrap_or_default()
+            .into_boxed_str();
+        Self {
+            metadata,
+            body,
+            ready,
+            expires_at,
+            renewal_time,
+        }
+    }
+}
+
+/// Leaves in a stored status only what the controller and the metrics read back: the
+/// conditions' status, reason, generation and transition time (the message only where it is
+/// reported again: SecondWriter), the Secret, the credential and its times, the renewal asked
+/// for. The rest (identity, groups, messages) is written, never read; `digest` still covers it.
+fn keep_read_back(status: &mut KubeconfigRequestStatus) {
+    for condition in &mut status.conditions {
+        if condition.reason != Reason::SecondWriter.as_str() {
+            condition.message = String::new();
+        }
+    }
+    status.username = None;
+    status.groups = Vec::new();
+    status.identity = None;
+    status.granted_expiration_seconds = None;
+    status.observed_generation = None;
+}
+
+/// kube-runtime's controller asks that what it stores can be read from the API server's JSON.
+impl<'de> Deserialize<'de> for StoredRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        KubeconfigRequest::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl StoredRequest {
+    /// The request as reconciling reads it: what the store kept, typed again.
+    pub(super) fn request(&self) -> Result<KubeconfigRequest, Unreadable> {
+        let Body { spec, status } = serde_json::from_str(&self.body)?;
+        Ok(KubeconfigRequest {
+            metadata: self.metadata.clone(),
+            spec,
+            status,
+        })
+    }
+}
+
+/// How the controller names `request` (see [`Request`]).
+pub(super) fn reference(request: &impl Resource) -> Request {
+    let meta = request.meta();
+    let name = Request::new(meta.name.as_deref().unwrap_or_default());
+    match &meta.namespace {
+        Some(namespace) => name.within(namespace),
+        None => name,
+    }
+}
+
+/// A watch event on a request, for the store.
+pub(super) fn stored(event: watcher::Event<KubeconfigRequest>) -> watcher::Event<StoredRequest> {
+    match event {
+        watcher::Event::Apply(request) => watcher::Event::Apply(request.into()),
+        watcher::Event::Delete(request) => watcher::Event::Delete(request.into()),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(request) => watcher::Event::InitApply(request.into()),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+impl Resource for StoredRequest {
+    type DynamicType = ();
+    type Scope = <KubeconfigRequest as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        KubeconfigRequest::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        KubeconfigRequest::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        KubeconfigRequest::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        KubeconfigRequest::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl RequestState for StoredRequest {
+    fn namespace_and_name(&self) -> Option<(&str, &str)> {
+        Some((
+            self.metadata.namespace.as_deref()?,
+            self.metadata.name.as_deref()?,
+        ))
+    }
+
+    fn ready(&self) -> Option<&str> {
+        self.ready
+    }
+
+    fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
+
+    fn renewal_time(&self) -> Option<i64> {
+        self.renewal_time
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn request(name: &str, status: serde_json::Value) -> KubeconfigRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubeconfig.dev/v1alpha1",
+            "kind": "KubeconfigRequest",
+            "metadata": {"name": name, "namespace": "team-a", "uid": name},
+            "spec": {"tokenSecretRef": {"name": "token"}},
+            "status": status,
+        }))
+        .expect("a valid request")
+    }
+
+    #[test]
+    fn per_request_series_follow_the_store() {
+        use kube::runtime::{reflector, watcher::Event};
+
+        let metrics = Metrics::default();
+        let (store, mut writer) = reflector::store::<StoredRequest>();
+        let issued = request(
+            "alice",
+            serde_json::json!({
+                "expiresAt": "2033-05-18T03:33:20Z",
+                "renewalTime": "2033-05-18T03:13:20Z",
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Issued",
+                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
+            }),
+        );
+        let refused = request(
+            "bob",
+            serde_json::json!({
+                "conditions": [{"type": "Ready", "status": "False", "reason": "TokenExpired",
+                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
+            }),
+        );
+        let unseen = request("carol", serde_json::json!({}));
+        let unknown = request(
+            "dave",
+            serde_json::json!({
+                "conditions": [{"type": "Ready", "status": "Unknown", "reason": "Pending",
+                    "message": "", "lastTransitionTime": "2026-11-24T00:00:00Z"}],
+            }),
+        );
+        for request in [&issued, &refused, &unseen, &unknown] {
+            writer.apply_watcher_event(&Event::Apply(request.clone().into()));
+        }
+        assert!(
+            !metrics.render().contains("alice"),
+            "nothing is exported before the controller runs"
+        );
+
+        metrics.requests.export(store);
+        let text = metrics.render();
+        for line in [
+            r#"kubeconfig_operator_request_expiration_timestamp_seconds{namespace="team-a",name="alice"} 2000000000"#,
+            r#"kubeconfig_operator_request_renewal_timestamp_seconds{namespace="team-a",name="alice"} 1999998800"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="True"} 1"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="alice",condition="False"} 0"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="bob",condition="False"} 1"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="dave",condition="True"} 0"#,
+            r#"kubeconfig_operator_request_ready_status{namespace="team-a",name="dave",condition="False"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains(r#"timestamp_seconds{namespace="team-a",name="bob"}"#),
+            "a refused request has no times: {text}"
+        );
+        assert!(!text.contains("carol"), "not yet reconciled: {text}");
+
+        writer.apply_watcher_event(&Event::Delete(issued.into()));
+        let text = metrics.render();
+        assert!(!text.contains("alice"), "{text}");
+        assert!(text.contains("bob"), "{text}");
+
+        metrics.requests.clear();
+        assert!(!metrics.render().contains("bob"));
+    }
+}
