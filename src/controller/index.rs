@@ -6,7 +6,7 @@
 //! The index also remembers the resourceVersion of each Secret the operator wrote last, so the
 //! watch event caused by its own write does not start another reconciliation, and a digest of
 //! each request's status as the API server holds it, so the store can keep only the part of the
-//! status that reconciling reads back (`watch::trim_for_store`) while an unchanged status is
+//! status that reconciling reads back (`stored.rs`) while an unchanged status is
 //! still not written again.
 
 use std::{

@@ -250,8 +250,9 @@ impl Context {
 
 /// kube-runtime spawns a task for every request that is due at once, and most of a burst waits
 /// here for its namespace's slot. The reconciliation's own future is boxed, so that a waiting
-/// task holds a few hundred bytes rather than the whole state machine: at 10,000 requests
-/// applied at once, the waiting tasks had been half the operator's peak heap (heaptrack).
+/// task holds a few hundred bytes rather than the whole state machine (and the request read back
+/// from the store): at 10,000 requests applied at once, the waiting tasks had been half the
+/// operator's peak heap (heaptrack).
 pub async fn reconcile(stored: Arc<StoredRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _slot = ctx
         .namespaces
@@ -259,10 +260,7 @@ pub async fn reconcile(stored: Arc<StoredRequest>, ctx: Arc<Context>) -> Result<
         .await;
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
-    let result = match stored.request() {
-        Ok(request) => Box::pin(reconcile_inner(&request, &ctx)).await,
-        Err(unreadable) => Err(Error::Stored(unreadable)),
-    };
+    let result = Box::pin(reconcile_stored(&stored, &ctx)).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -288,6 +286,11 @@ pub fn error_policy(request: Arc<StoredRequest>, error: &Error, ctx: Arc<Context
     let delay = ctx.next_backoff(stored::reference(request.as_ref()));
     warn!(request = %request.name_any(), namespace = ?request.namespace(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+async fn reconcile_stored(stored: &StoredRequest, ctx: &Context) -> Result<Action, Error> {
+    let request = stored.request().map_err(Error::Stored)?;
+    reconcile_inner(&request, ctx).await
 }
 
 async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<Action, Error> {

@@ -850,6 +850,21 @@ async fn a_reported_second_writer_is_left_alone() {
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
+/// A burst of due requests is a burst of spawned reconciliations, most of them waiting for their
+/// namespace's slot: what one holds while it waits is paid once per request (at a restart, for
+/// every request at once). It holds the stored request's `Arc` and the boxed rest, not the
+/// request read back from the store (1.1 KB) nor the reconciliation's state.
+#[tokio::test]
+async fn a_reconciliation_waiting_for_its_slot_holds_little() {
+    let (ctx, _api) = context();
+    let waiting = reconcile(stored(&ctx, request(json!({}))), ctx);
+    let size = std::mem::size_of_val(&waiting);
+    assert!(
+        size < std::mem::size_of::<KubeconfigRequest>() / 2,
+        "{size} bytes"
+    );
+}
+
 #[tokio::test]
 async fn a_deleted_request_leaves_no_backoff_state_behind() {
     let (ctx, _api) = context();
