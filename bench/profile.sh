@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPU profiles as flame graphs (perf + inferno), saved under bench/:
-#   bench/profile-http.svg      the operator serving GET /kube-config under wrk load, a fresh token each
+#   bench/profile-http.svg      the operator serving GET /kube-config under wrk load, a fresh token each;
+#                               and its CPU per answer by part, beside /healthz's
 #   bench/profile-proxy.svg     the operator proxying `kubectl get configmaps` under wrk load
 #   bench/profile-proxy-apiserver.svg  kube-apiserver serving those proxied requests
 #   bench/profile-issuance.svg  the operator issuing ISSUANCE_SIZES requests (benches/issuance.rs)
@@ -54,28 +55,98 @@ apiserver_shares() {
 
 token=$(tests/cluster/id-token alice)
 
+# Table rows of two columns of µs per part: $1 (parts_us or filter_us) on the folded profile $2
+# with $3 µs per answer, and on $4 with $5; the second column's heaviest part first.
+side_by_side() {
+	local parts=$1
+	join -t $'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 <("$parts" "$2" "$3" | sort) <("$parts" "$4" "$5" | sort) |
+		sort -t $'\t' -k3 -rn | awk -F'\t' '{printf "| %s | %s | %s |\n", $1, $2, $3}'
+}
+
+# Each sample of a folded profile ($1) goes to the first part of this list its stack (or, for the
+# RSA check, the allocator, memcpy and the HTTP stack, its innermost frame) matches; its share
+# times the CPU per answer ($2 µs) is what that part costs an answer. The kernel's wake-up of a sleeping client is its own part: it depends on how
+# often the client sleeps, so on the rate, not on the answer.
+parts_us() {
+	awk -v us="$2" '{
+		n = $NF; total += n; s = $0; sub(/ [0-9]+$/, "", s)
+		m = split(s, f, ";"); leaf = f[m]
+		if (s ~ /sock_def_readable/) k = "kernel: waking the client"
+		else if (s ~ /do_writev/) k = "kernel: sending the answer"
+		else if (s ~ /ksys_write/) k = "kernel: writing the log line"
+		else if (s ~ /recvfrom/) k = "kernel: reading the request"
+		else if (s ~ /entry_SYSCALL|asm_|irqentry/) k = "kernel: other (epoll, interrupts)"
+		else if (leaf ~ /aws_lc|bn_|BN_|RSA|rsaz|mulx|sqrx/) k = "the RSA check (aws-lc)"
+		else if (s ~ /tracing_subscriber/) k = "formatting the log line"
+		else if (s ~ /jwt::check_shape/) k = "check_shape (base64, JSON, go-oidc view)"
+		else if (s ~ /kubeconfig::render/) k = "rendering the kubeconfig"
+		else if (s ~ /verdicts::|sha2::/) k = "the verdict cache (the token digest, the table)"
+		else if (s ~ /oidc::claims::/) k = "the claims (times, audience, identity)"
+		else if (s ~ /oidc::signature::|oidc::jwks::/) k = "the header checks and key lookup"
+		else if (s ~ /server::issue::|audit::/) k = "the download handler: headers, audit event"
+		else if (s ~ /auth::bearer_token/) k = "reading the bearer token"
+		else if (leaf ~ /_rjem|je_|cache_bin|free_fastpath|tcache|arena_|sdallocx|emap/) k = "the allocator, elsewhere"
+		else if (leaf ~ /memcpy|memmove|memset/) k = "memcpy, elsewhere (moves of futures and buffers)"
+		else if (leaf ~ /hyper|httparse|http::|axum|tower|tokio|bytes::/) k = "HTTP: hyper, axum, tower, tokio"
+		else k = "the rest"
+		share[k] += n
+	} END {for (k in share) printf "%s\t%.1f\n", k, us * share[k] / total}' "$1"
+}
+
 # ---- the HTTP path (PROFILE_HTTP=0 skips it) ----------------------------------------------------
 # A different valid token on every request, as users arrive (bench/fresh_tokens.py): one token
-# repeated would profile the verdict cache. PROFILE_TOKENS must outlast the run; a run that runs
-# out shows non-2xx answers in wrk's output and fails.
+# repeated would profile the verdict cache. PROFILE_TOKENS must outlast each pass (2 s measured,
+# SECONDS_RECORDED + 3 s profiled); a pass that runs out shows non-2xx answers and fails. Then
+# /healthz, the floor, profiled the same way, and each one's CPU per answer (measured without
+# perf first) split by part.
 if [[ ${PROFILE_HTTP:-1} == 1 ]]; then
 port=$(free_ports 1)
-DEX_KEY_TOOL=$DEX_KEY_TOOL DEX_DB_FILE=$DEX_DB_FILE python3 bench/fresh_tokens.py "${PROFILE_TOKENS:-150000}" "$work/tokens" <<<"$token"
+# Tokens for the measuring pass and for the profile apart: the operator keeps a verdict for 10 s.
+DEX_KEY_TOOL=$DEX_KEY_TOOL DEX_DB_FILE=$DEX_DB_FILE python3 bench/fresh_tokens.py "${PROFILE_TOKENS:-150000}" \
+	"$work/tokens-measured" "$work/tokens-profiled" <<<"$token"
 # shellcheck disable=SC2086 # PROFILE_ARGS: extra `run` flags, split on spaces
 start_operator "127.0.0.1:$port" bench-profile --confirm-with-api-server=false ${PROFILE_ARGS:-}
-TOKENS=$work/tokens taskset -c 1 wrk -t1 -c16 -d"$((SECONDS_RECORDED + 4))s" -s bench/fresh_tokens.lua \
-	"http://127.0.0.1:$port/kube-config" >"$work/wrk.txt" &
+operator=${pids[0]}
+# wrk against $1 for $2 seconds (for /kube-config, a fresh token per request from
+# $work/tokens-$3), output in $work/wrk.txt.
+load() {
+	case $1 in
+	healthz) taskset -c 1 wrk -t1 -c16 -d"$2s" "http://127.0.0.1:$port/healthz" >"$work/wrk.txt" ;;
+	kube-config) TOKENS=$work/tokens-$3 taskset -c 1 wrk -t1 -c16 -d"$2s" -s bench/fresh_tokens.lua \
+		"http://127.0.0.1:$port/kube-config" >"$work/wrk.txt" ;;
+	esac
+	if grep -q 'Non-2xx' "$work/wrk.txt"; then
+		echo "GET /$1: $(grep 'Non-2xx' "$work/wrk.txt") (out of tokens? raise PROFILE_TOKENS)" >&2
+		exit 1
+	fi
+}
+declare -A answer_us
+for target in healthz kube-config; do
+	before=$(cpu_ticks "$operator")
+	load "$target" 2 measured
+	answer_us[$target]=$(awk -v t=$(($(cpu_ticks "$operator") - before)) -v hz="$(getconf CLK_TCK)" \
+		'/requests in/ {printf "%.1f", t / hz * 1e6 / $1}' "$work/wrk.txt")
+done
+load kube-config "$((SECONDS_RECORDED + 3))" profiled &
+loader=$!
 sleep 2
-perf record -F 499 --call-graph dwarf,32768 -o "$work/http.data" -p "${pids[0]}" -- sleep "$SECONDS_RECORDED" 2>/dev/null
-wait %2 || true
-if grep -q 'Non-2xx' "$work/wrk.txt"; then
-	echo "GET /kube-config: $(grep 'Non-2xx' "$work/wrk.txt") (out of tokens? raise PROFILE_TOKENS)" >&2
-	exit 1
-fi
+perf record -F 499 --call-graph dwarf,32768 -o "$work/http.data" -p "$operator" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+wait "$loader"
 echo "== GET /kube-config under load, a fresh token each, confirmation off: heaviest functions by self time"
 flamegraph "$work/http.data" "GET /kube-config under wrk load (16 connections, a fresh token each)" bench/profile-http.svg
-kill "${pids[0]}"
-wait "${pids[0]}" 2>/dev/null || true
+mv "$work/folded" "$work/folded-kube-config"
+load healthz "$((SECONDS_RECORDED + 3))" &
+loader=$!
+sleep 2
+perf record -F 499 -g -o "$work/healthz.data" -p "$operator" -- sleep "$SECONDS_RECORDED" 2>/dev/null
+wait "$loader"
+collapse "$work/healthz.data" "$work/folded-healthz"
+echo "== the operator's CPU per answer (µs) by part: /healthz ${answer_us[healthz]}, /kube-config with a fresh token ${answer_us[kube-config]}"
+echo "| part | /healthz | /kube-config, fresh token |"
+echo "|---|---|---|"
+side_by_side parts_us "$work/folded-healthz" "${answer_us[healthz]}" "$work/folded-kube-config" "${answer_us[kube-config]}"
+kill "$operator"
+wait "$operator" 2>/dev/null || true
 fi
 
 # ---- the proxy (PROFILE_PROXY=0 skips it) ------------------------------------------------------
@@ -151,10 +222,7 @@ filter_us() {
 echo "== kube-apiserver's CPU per request (µs) by the innermost filter or handler"
 echo "| part | direct | proxied |"
 echo "|---|---|---|"
-join -t $'\t' -a1 -a2 -e 0 -o 0,1.2,2.2 \
-	<(filter_us "$work/folded-direct" "${apiserver_us[direct]}" | sort) \
-	<(filter_us "$work/folded-proxy" "${apiserver_us[proxy]}" | sort) |
-	sort -t $'\t' -k3 -rn | awk -F'\t' '{printf "| %s | %s | %s |\n", $1, $2, $3}'
+side_by_side filter_us "$work/folded-direct" "${apiserver_us[direct]}" "$work/folded-proxy" "${apiserver_us[proxy]}"
 kill "$operator"
 wait "$operator" 2>/dev/null || true
 fi

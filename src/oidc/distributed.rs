@@ -163,7 +163,7 @@ impl DistributedClaims {
             _ => return Err(format!("the JWT from {shown} names no issuer")),
         };
         let issuer = self.issuer(&iss).await?;
-        let Payload { claims, .. } = signed_payload(&issuer.rules, &issuer.keys, jwt, decoded)
+        let Payload { claims, .. } = signed_payload(&issuer.rules, &issuer.keys, decoded)
             .await
             .and_then(|payload| {
                 claims::validity(&issuer.rules, &payload.claims, &payload.registered)

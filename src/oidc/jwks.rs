@@ -134,22 +134,25 @@ impl SigningKey {
             .is_some_and(|(_, key)| key.verify_sig(message, signature).is_ok())
     }
 
+    /// [`Self::accepts`] for either kind of algorithm: ES512 is for P-521 keys alone.
+    fn checks(&self, alg: SignatureAlgorithm) -> bool {
+        match alg {
+            SignatureAlgorithm::Jws(alg) => self.accepts(alg),
+            SignatureAlgorithm::Es512 => self.curve == Some(EllipticCurve::P521),
+        }
+    }
+
     fn new(jwk: &DecodingKey, family: AlgorithmFamily, curve: Option<EllipticCurve>) -> Self {
         let mut key = Self {
             family,
             curve,
             parsed: Vec::new(),
         };
-        let mut algorithms: Vec<SignatureAlgorithm> = JWS_ALGORITHMS
+        key.parsed = JWS_ALGORITHMS
             .into_iter()
-            .filter(|&alg| key.accepts(alg))
             .map(SignatureAlgorithm::Jws)
-            .collect();
-        if key.curve == Some(EllipticCurve::P521) {
-            algorithms.push(SignatureAlgorithm::Es512);
-        }
-        key.parsed = algorithms
-            .into_iter()
+            .chain([SignatureAlgorithm::Es512])
+            .filter(|&alg| key.checks(alg))
             .filter_map(|alg| Some((alg, parse(jwk, alg)?)))
             .collect();
         key
@@ -620,7 +623,7 @@ fn signing_key(jwk: &Jwk, algorithms: &[Algorithm], es512: bool) -> Option<Arc<S
         _ => return None,
     };
     let key = SigningKey::new(&DecodingKey::from_jwk(jwk).ok()?, family, curve);
-    let for_es512 = es512 && key.curve == Some(EllipticCurve::P521);
+    let for_es512 = es512 && key.checks(SignatureAlgorithm::Es512);
     (for_es512 || algorithms.iter().any(|&allowed| key.accepts(allowed))).then(|| Arc::new(key))
 }
 

@@ -19,21 +19,17 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// kube-apiserver 1.37 vendors (go-oidc v3 has five minutes, but Kubernetes vendors v2).
 pub const NOT_BEFORE_SKEW: Duration = Duration::from_secs(60);
 
-/// Whether the token's signature verifies with one of `candidates` (one key when the token names
-/// its `kid`, every key otherwise). The claims are [`check_shape`]'s, and every one is checked by
-/// [`super::claims`] with kube-apiserver's rules; jsonwebtoken's `decode` would parse the payload
-/// again, into a struct that refuses a duplicated `exp`, which Go's encoding/json takes (the last
-/// one wins).
+/// Whether `signature` over `signed` (the token's first two segments, [`Decoded::signed`])
+/// verifies with one of `candidates` (one key when the token names its `kid`, every key
+/// otherwise). The claims are [`check_shape`]'s, and every one is checked by [`super::claims`]
+/// with kube-apiserver's rules; jsonwebtoken's `decode` would parse the payload again, into a
+/// struct that refuses a duplicated `exp`, which Go's encoding/json takes (the last one wins).
 pub(super) fn verify_signature(
-    token: &str,
+    signed: &str,
     signature: &[u8],
     alg: SignatureAlgorithm,
     candidates: &[Arc<SigningKey>],
 ) -> Result<(), TokenError> {
-    // `check_shape` found exactly three segments, so the last dot ends the signing input.
-    let (signed, _) = token
-        .rsplit_once('.')
-        .ok_or(TokenError::Malformed("it is not three JWT segments"))?;
     if candidates
         .iter()
         .any(|key| key.verifies(alg, signed.as_bytes(), signature))
@@ -55,7 +51,7 @@ pub(super) const ES512: &str = "ES512";
 pub(super) fn check_header_members(header: &JsonObject) -> Result<(), TokenError> {
     use base64::engine::general_purpose::STANDARD;
     if let Some(jwk) = header.get("jwk").filter(|jwk| !jwk.is_null())
-        && serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk.clone()).is_err()
+        && jsonwebtoken::jwk::Jwk::deserialize(jwk).is_err()
     {
         return Err(TokenError::Malformed(
             "the header's jwk is not a JSON Web Key",
@@ -127,10 +123,12 @@ pub(super) type JsonObject = Map<String, Value>;
 
 /// A token's three segments, decoded; nothing in them is verified yet.
 #[derive(Debug)]
-pub(super) struct Decoded {
+pub(super) struct Decoded<'a> {
     pub header: JsonObject,
     pub payload: Payload,
     pub signature: Vec<u8>,
+    /// The signing input: the token's header and payload segments with the dot between.
+    pub signed: &'a str,
 }
 
 /// A token's payload as kube-apiserver reads it, twice over.
@@ -229,6 +227,9 @@ impl GoField {
 /// lower case and `_`): `bytes.EqualFold`, whose Unicode folding adds the Kelvin sign to `k` and
 /// the long s to `s`.
 fn go_field_matches(member: &str, field: &str) -> bool {
+    if member.is_ascii() {
+        return member.eq_ignore_ascii_case(field);
+    }
     // A folding character is never shorter in UTF-8 than the ASCII letter it folds to, so a
     // shorter member cannot match: most members are refused before their characters are counted.
     member.len() >= field.len()
@@ -244,13 +245,18 @@ fn go_field_matches(member: &str, field: &str) -> bool {
 /// Each matching member is decoded in turn, so one that does not decode refuses the token even
 /// when a later one overrides it; the value that stays is checked by the callers, as before.
 fn registered(members: &[(String, Value)]) -> Result<JsonObject, TokenError> {
-    let mut view = JsonObject::new();
-    for (name, field) in REGISTERED {
-        let matching: Vec<&Value> = members
+    // One pass over the members: folding is an equivalence, so a member matches one field at most.
+    let mut matching: [Vec<&Value>; REGISTERED.len()] = Default::default();
+    for (member, value) in members {
+        if let Some(at) = REGISTERED
             .iter()
-            .filter(|(member, _)| go_field_matches(member, name))
-            .map(|(_, value)| value)
-            .collect();
+            .position(|(field, _)| go_field_matches(member, field))
+        {
+            matching[at].push(value);
+        }
+    }
+    let mut view = JsonObject::new();
+    for ((name, field), matching) in REGISTERED.iter().zip(&matching) {
         let Some((_, earlier)) = matching.split_last() else {
             continue;
         };
@@ -259,7 +265,7 @@ fn registered(members: &[(String, Value)]) -> Result<JsonObject, TokenError> {
                 "a registered claim is given more than once, once with a value go-oidc cannot decode",
             ));
         }
-        view.insert(name.to_owned(), field.holds(&matching));
+        view.insert((*name).to_owned(), field.holds(matching));
     }
     Ok(view)
 }
@@ -291,12 +297,12 @@ impl<'de> Deserialize<'de> for Members {
 /// unsigned `alg: none` token is refused for its algorithm), then JSON objects as header and
 /// payload. The payload is not verified yet: only the issuer may be read from it before the
 /// signature.
-pub(super) fn check_shape(token: &str) -> Result<Decoded, TokenError> {
+pub(super) fn check_shape(token: &str) -> Result<Decoded<'_>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("it is longer than 16 KiB"));
     }
     let segments: Vec<&str> = token.split('.').collect();
-    let [header, payload, signature] = segments.as_slice() else {
+    let [header, payload, signature] = *segments.as_slice() else {
         return Err(TokenError::Malformed(
             "it does not consist of exactly three dot-separated segments",
         ));
@@ -306,6 +312,7 @@ pub(super) fn check_shape(token: &str) -> Result<Decoded, TokenError> {
             "the header or payload segment is empty",
         ));
     }
+    let signed = &token[..header.len() + 1 + payload.len()];
     let header = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| TokenError::Malformed("the header segment is not valid base64url"))?;
@@ -327,6 +334,7 @@ pub(super) fn check_shape(token: &str) -> Result<Decoded, TokenError> {
             registered,
         },
         signature,
+        signed,
     })
 }
 
@@ -359,4 +367,51 @@ pub(super) fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
         None => number.as_f64().filter(|s| s.is_finite())?.trunc() as i64,
     };
     DateTime::from_timestamp(seconds, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_match_fields_as_go_folds_them() {
+        for (member, field) in [
+            ("exp", "exp"),
+            ("EXP", "exp"),
+            ("At_Hash", "at_hash"),
+            ("\u{212A}", "k"),
+            ("i\u{17F}s", "iss"),
+            ("I\u{17F}S", "iss"),
+        ] {
+            assert!(
+                go_field_matches(member, field),
+                "{member} should match {field}"
+            );
+        }
+        for (member, field) in [
+            ("ex", "exp"),
+            ("expp", "exp"),
+            ("athash", "at_hash"),
+            // Dotless i folds to no ASCII letter in Go's tables.
+            ("\u{131}ss", "iss"),
+            ("e\u{301}xp", "exp"),
+        ] {
+            assert!(
+                !go_field_matches(member, field),
+                "{member} should not match {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_of_duplicated_registered_claims_is_kept() {
+        let Members(members) =
+            serde_json::from_str(r#"{"exp": 1, "email": "a", "EXP": 2, "iss": "x", "ISS": null}"#)
+                .unwrap();
+        let view = registered(&members).unwrap();
+        assert_eq!(view["exp"], 2);
+        // A null leaves a Go string as it was.
+        assert_eq!(view["iss"], "x");
+        assert!(!view.contains_key("email"));
+    }
 }

@@ -13,18 +13,18 @@ use super::{
     token::TokenError,
 };
 
-/// `token` and its decoded segments ([`super::jwt::check_shape`]); the payload is returned only
-/// when the signature by one of `keys` covers it and its issuer (as go-oidc reads it) is
+/// The payload of a token's decoded segments ([`super::jwt::check_shape`]), returned only when
+/// the signature by one of `keys` covers it and its issuer (as go-oidc reads it) is
 /// `rules.issuer`.
 pub(super) async fn signed_payload(
     rules: &JwtAuthenticator,
     keys: &KeySet,
-    token: &str,
     Decoded {
         header,
         payload,
         signature,
-    }: Decoded,
+        signed,
+    }: Decoded<'_>,
 ) -> Result<Payload, TokenError> {
     let alg = if rules.verifies_es512 && header.get("alg").and_then(Value::as_str) == Some(ES512) {
         SignatureAlgorithm::Es512
@@ -56,7 +56,7 @@ pub(super) async fn signed_payload(
         // go-oidc tries every key when the token names none.
         None => keys.all().await.map_err(TokenError::IssuerUnavailable)?,
     };
-    verify_signature(token, &signature, alg, &candidates)?;
+    verify_signature(signed, &signature, alg, &candidates)?;
     claims::check_issuer(rules, &payload.registered)?;
     Ok(payload)
 }

@@ -415,7 +415,7 @@ impl Verifier {
                 found: iss.map_or_else(|| "<not a string>".into(), jwks::truncated),
             });
         };
-        issuer.verify(token, decoded).await
+        issuer.verify(decoded).await
     }
 }
 
@@ -442,11 +442,11 @@ impl Issuer {
 
     /// `decoded` is the token's segments, not yet verified. A distributed groups claim is
     /// resolved after the token's own times and audience hold, as kube-apiserver resolves it.
-    async fn verify(&self, token: &str, decoded: Decoded) -> Result<Identity, TokenError> {
+    async fn verify(&self, decoded: Decoded<'_>) -> Result<Identity, TokenError> {
         let Payload {
             mut claims,
             registered,
-        } = signed_payload(&self.rules, &self.keys, token, decoded).await?;
+        } = signed_payload(&self.rules, &self.keys, decoded).await?;
         let validity = claims::validity(&self.rules, &claims, &registered)?;
         if let Some(distributed) = &self.distributed {
             distributed.expand(&mut claims).await?;
