@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load on the release build (issue 12): wrk (Debian's package) on core 1, the operator on
-# core 0, CONNECTIONS connections, ROUNDS interleaved rounds of DURATION per target. Targets:
+# core 0 (the rows the API server bounds: see APISERVER_OWN_CORE below), CONNECTIONS connections,
+# ROUNDS interleaved rounds of DURATION per target. Targets:
 #   healthz              the server's own /healthz: the HTTP floor
 #   kube-config          GET /kube-config with alice's Dex token, API-server confirmation off
 #   kube-config+confirm  the same with SelfSubjectReview confirmation on (the default)
@@ -54,6 +55,20 @@ plain_pid=${pids[-1]}
 start_operator "$confirming" "$namespace"
 confirming_pid=${pids[-1]}
 apiserver_pid=$(cat "$CLUSTER_DIR/run/apiserver.pid")
+# The rows the API server bounds (every answer waits on it: the confirmation's fresh tokens, the
+# proxy, and their direct baselines) give it core 1 to itself and run wrk beside the operator on
+# core 0. Its own rate is then measured on the same core whether it is asked directly or through
+# the operator: unpinned, the direct baseline also had the operator's idle core 0, which a real
+# API server never lends to the operator's node. The other rows keep wrk on core 1 (the API
+# server idles there). APISERVER_OWN_CORE=0 shares both cores as runs before 2026-12-05T19:30Z
+# did.
+APISERVER_OWN_CORE=${APISERVER_OWN_CORE:-1}
+apiserver_bound=" kube-config+confirm-fresh selfsubjectreview-fresh proxy direct proxy-1 direct-1 "
+if ((APISERVER_OWN_CORE)); then
+	pin_apiserver() { taskset -a -p -c "$1" "$apiserver_pid" >/dev/null; }
+	pin_apiserver 1
+	trap 'pin_apiserver 0-1 || true; for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+fi
 
 declare -A url=(
 	[healthz]="http://$plain/healthz"
@@ -119,11 +134,13 @@ for round in $(seq 1 "$ROUNDS"); do
 		load=(-d"$DURATION" -H "Authorization: Bearer $token")
 		[[ $target == *-fresh ]] && load=(-d"$FRESH_DURATION" -s bench/fresh_tokens.lua)
 		method=GET body=
+		wrk_core=1
+		((APISERVER_OWN_CORE)) && [[ $apiserver_bound == *" $target "* ]] && wrk_core=0
 		[[ $target == selfsubjectreview-* ]] && method=POST body=$review
 		before=$(cpu_ticks "$plain_pid") before_confirming=$(cpu_ticks "$confirming_pid")
 		before_apiserver=$(cpu_ticks "$apiserver_pid")
 		out=$(TOKENS=$(fresh_file "$target" "$round") METHOD=$method BODY=$body wrk_with_cpu \
-			taskset -c 1 wrk -t1 -c"$connections" --latency "${load[@]}" "${url[$target]}")
+			taskset -c "$wrk_core" wrk -t1 -c"$connections" --latency "${load[@]}" "${url[$target]}")
 		after=$(cpu_ticks "$plain_pid")
 		ticks_confirming[$target]=$((${ticks_confirming[$target]:-0} + $(cpu_ticks "$confirming_pid") - before_confirming))
 		ticks_apiserver[$target]=$((${ticks_apiserver[$target]:-0} + $(cpu_ticks "$apiserver_pid") - before_apiserver))
@@ -144,6 +161,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+placement="wrk on core 1; the API server is not pinned"
+((APISERVER_OWN_CORE)) && placement="the API server on core 1 alone; wrk on core 0 for ${apiserver_bound# }and on core 1 for the rest"
 median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 verify_ns=$(taskset -c 0 cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput 2>/dev/null | awk '$2 == "jsonwebtoken_decode" {print $3}')
 # µs of CPU per answer of target $1: the plain operator's, or the $2 array's (ticks_confirming,
@@ -190,5 +209,5 @@ direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
 		awk -v c="${wrk_cpu[$target]}" -v s="${wrk_seconds[$target]}" -v t="$target" 'BEGIN { printf " %s %.0f %%;", t, 100 * c / s }'
 	done
 	echo
-	echo "Medians of $ROUNDS interleaved rounds of $DURATION ($FRESH_DURATION for the -fresh rows, each token sent once), $CONNECTIONS connections (1 for proxy-1 and direct-1), wrk on core 1, operator on core 0; the API server is not pinned. Load average (1, 5, 15 min) before the rounds: $load_before; after: $load_after."
-} | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS FRESH_TOKENS=$FRESH_TOKENS REVIEW_TOKENS=$REVIEW_TOKENS FRESH_DURATION=$FRESH_DURATION bench/http.sh"
+	echo "Medians of $ROUNDS interleaved rounds of $DURATION ($FRESH_DURATION for the -fresh rows, each token sent once), $CONNECTIONS connections (1 for proxy-1 and direct-1), operator on core 0, $placement. Load average (1, 5, 15 min) before the rounds: $load_before; after: $load_after."
+} | append_results "HTTP load (bench/http.sh)" "BENCH_PROFILE=${BENCH_PROFILE:-release} APISERVER_OWN_CORE=$APISERVER_OWN_CORE ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS FRESH_TOKENS=$FRESH_TOKENS REVIEW_TOKENS=$REVIEW_TOKENS FRESH_DURATION=$FRESH_DURATION bench/http.sh"
