@@ -41,11 +41,25 @@ pub struct ProxyLabels {
     pub code: u16,
 }
 
+/// The status of a request's Ready condition, as the series label it. A status other than these
+/// three (which the CRD's schema does not admit) counts as `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
+pub enum ReadyStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ReadyStatus {
+    pub fn of(status: &str) -> Self {
+        status.parse().unwrap_or(Self::Unknown)
+    }
+}
+
 /// What the per-request series read of a request in the controller's store.
 pub trait RequestState: Send + Sync {
     fn namespace_and_name(&self) -> Option<(&str, &str)>;
-    /// The status of the Ready condition: True, False or Unknown.
-    fn ready(&self) -> Option<&str>;
+    fn ready(&self) -> Option<ReadyStatus>;
     /// When the credential expires (Unix time).
     fn expires_at(&self) -> Option<i64>;
     /// When the credential is renewed, or an ID token reported Expiring (Unix time).
@@ -150,11 +164,11 @@ impl Collector for RequestSeries {
             let Some(ready) = request.ready() else {
                 continue;
             };
-            for condition in ["True", "False"] {
+            for condition in [ReadyStatus::True, ReadyStatus::False] {
                 let labels = [
                     ("namespace", namespace),
                     ("name", name),
-                    ("condition", condition),
+                    ("condition", condition.into()),
                 ];
                 ConstGauge::new(i64::from(ready == condition))
                     .encode(family.encode_family(&labels)?)?;

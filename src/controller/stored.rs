@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::refusal::Reason;
 use crate::{
     crd::{KubeconfigRequest, KubeconfigRequestSpec, KubeconfigRequestStatus, RENEW_ANNOTATION},
-    metrics::RequestState,
+    metrics::{ReadyStatus, RequestState},
 };
 
 /// How the controller names a request: by namespace and name, as the store keys it.
@@ -32,7 +32,7 @@ pub struct StoredRequest {
     /// ID-token request of the issuance benchmark).
     body: Box<str>,
     /// What the per-request metrics read at each scrape, decoded once.
-    ready: Option<&'static str>,
+    ready: Option<ReadyStatus>,
     expires_at: Option<i64>,
     renewal_time: Option<i64>,
 }
@@ -55,11 +55,7 @@ impl From<KubeconfigRequest> for StoredRequest {
     fn from(request: KubeconfigRequest) -> Self {
         let ready = request
             .ready_condition()
-            .map(|ready| match ready.status.as_str() {
-                "True" => "True",
-                "False" => "False",
-                _ => "Unknown",
-            });
+            .map(|ready| ReadyStatus::of(&ready.status));
         let KubeconfigRequest {
             metadata,
             mut spec,
@@ -210,7 +206,7 @@ impl RequestState for StoredRequest {
         ))
     }
 
-    fn ready(&self) -> Option<&str> {
+    fn ready(&self) -> Option<ReadyStatus> {
         self.ready
     }
 
