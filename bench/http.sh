@@ -18,6 +18,11 @@
 #                        through the apiserver-proxy, and straight at the API server
 #   proxy-1 / direct-1   the same over one connection: what the proxy adds to one user's
 #                        `kubectl get`, without 16 clients queueing for the machine's 2 cores
+#   model-healthz / model-verified
+#                        benches/model_server.rs on core 0: a server whose answers are /healthz's
+#                        alone, and /healthz's plus one RS256 verification (the target's model of
+#                        a fresh-token download), to show how near the target's arithmetic the
+#                        model itself comes on this harness
 # Also the operator's CPU per /kube-config answer, with one token and with fresh tokens, against
 # one RS256 verification (the `jsonwebtoken_decode` baseline of `cargo bench --bench throughput`,
 # on the same core), and the target it sets: 0.8 / (1/healthz rate + one verification), the rate
@@ -40,12 +45,19 @@ command -v wrk >/dev/null || BENCH=1 bash scripts/install-deps.sh
 bench_cluster
 bench_build "${BENCH_PROFILE:-release}"
 cargo bench --profile "${BENCH_PROFILE:-bench}" --bench throughput --no-run >&2
+model_bin=$(cargo bench --profile "${BENCH_PROFILE:-bench}" --bench model_server --no-run --message-format=json 2>/dev/null |
+	python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "model_server" and m.get("executable"):
+        print(m["executable"])')
 bench_scratch
 
 token=$(tests/cluster/id-token alice)
 namespace=bench-http
-mapfile -t ports < <(free_ports 3)
+mapfile -t ports < <(free_ports 4)
 plain=127.0.0.1:${ports[0]} confirming=127.0.0.1:${ports[1]} proxy=127.0.0.1:${ports[2]}
+model=127.0.0.1:${ports[3]}
 bench_proxy "$namespace" "$proxy"
 
 # One operator per configuration, both on core 0; only one is under load at a time. Both watch
@@ -55,12 +67,18 @@ plain_pid=${pids[-1]}
 start_operator "$confirming" "$namespace"
 confirming_pid=${pids[-1]}
 apiserver_pid=$(cat "$CLUSTER_DIR/run/apiserver.pid")
+# The download target's model as a server (benches/model_server.rs), on the operator's core.
+MODEL_SERVER_LISTEN=$model taskset -c 0 "$model_bin" >"$work/model.log" 2>&1 &
+pids+=($!)
+model_pid=$!
+for _ in $(seq 1 50); do curl -fs "http://$model/verified" >/dev/null && break; sleep 0.1; done
+[[ $(curl -fs "http://$model/verified") == ok ]] || { echo "the model server does not answer; $work/model.log:" >&2; cat "$work/model.log" >&2; exit 1; }
 # The rows the API server bounds (every answer waits on it: the confirmation's fresh tokens, the
 # proxy, and their direct baselines) give it core 1 to itself and run wrk beside the operator on
 # core 0. Its own rate is then measured on the same core whether it is asked directly or through
 # the operator: unpinned, the direct baseline also had the operator's idle core 0, which a real
 # API server never lends to the operator's node. The other rows keep wrk on core 1 (the API
-# server idles there). APISERVER_OWN_CORE=0 shares both cores as runs before 2026-12-05T19:30Z
+# server idles there). APISERVER_OWN_CORE=0 shares both cores as runs before 2026-12-05T19:16Z
 # did.
 APISERVER_OWN_CORE=${APISERVER_OWN_CORE:-1}
 apiserver_bound=" kube-config+confirm-fresh selfsubjectreview-fresh proxy direct proxy-1 direct-1 "
@@ -79,9 +97,10 @@ declare -A url=(
 )
 url[proxy-1]=${url[proxy]} url[direct-1]=${url[direct]}
 url[kube-config-fresh]=${url[kube-config]} url[kube-config+confirm-fresh]=${url[kube-config+confirm]}
+url[model-healthz]="http://$model/healthz" url[model-verified]="http://$model/verified"
 url[selfsubjectreview-fresh]="$KUBE_SERVER/apis/authentication.k8s.io/v1/selfsubjectreviews"
 review='{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}'
-targets=(healthz kube-config kube-config-fresh kube-config+confirm kube-config+confirm-fresh selfsubjectreview-fresh proxy direct proxy-1 direct-1)
+targets=(healthz kube-config kube-config-fresh kube-config+confirm kube-config+confirm-fresh selfsubjectreview-fresh proxy direct proxy-1 direct-1 model-healthz model-verified)
 # Each fresh row's tokens in its own file per round ($work/<target>-<round>), none shared with
 # another row: the API server keeps its verdict on a token for 10 s.
 fresh_file() { echo "$work/$1-$2"; }
@@ -123,7 +142,7 @@ wrk_with_cpu() {
 	awk 'NR == 2 { split($1 " " $2, t, /[ms ]+/); printf "wrk-cpu %.3f\n", t[1] * 60 + t[2] + t[3] * 60 + t[4] }' "$work/times"
 }
 
-declare -A rps p50 p99 requests ticks ticks_confirming ticks_apiserver wrk_cpu wrk_seconds
+declare -A rps p50 p99 requests ticks ticks_confirming ticks_apiserver ticks_model wrk_cpu wrk_seconds
 # Other work on the machine (builds, other benchmarks) shows in the load average: noted with the
 # figures.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -138,12 +157,13 @@ for round in $(seq 1 "$ROUNDS"); do
 		((APISERVER_OWN_CORE)) && [[ $apiserver_bound == *" $target "* ]] && wrk_core=0
 		[[ $target == selfsubjectreview-* ]] && method=POST body=$review
 		before=$(cpu_ticks "$plain_pid") before_confirming=$(cpu_ticks "$confirming_pid")
-		before_apiserver=$(cpu_ticks "$apiserver_pid")
+		before_apiserver=$(cpu_ticks "$apiserver_pid") before_model=$(cpu_ticks "$model_pid")
 		out=$(TOKENS=$(fresh_file "$target" "$round") METHOD=$method BODY=$body wrk_with_cpu \
 			taskset -c "$wrk_core" wrk -t1 -c"$connections" --latency "${load[@]}" "${url[$target]}")
 		after=$(cpu_ticks "$plain_pid")
 		ticks_confirming[$target]=$((${ticks_confirming[$target]:-0} + $(cpu_ticks "$confirming_pid") - before_confirming))
 		ticks_apiserver[$target]=$((${ticks_apiserver[$target]:-0} + $(cpu_ticks "$apiserver_pid") - before_apiserver))
+		ticks_model[$target]=$((${ticks_model[$target]:-0} + $(cpu_ticks "$model_pid") - before_model))
 		wrk_cpu[$target]=$(awk -v a="${wrk_cpu[$target]:-0}" '$1 == "wrk-cpu" { print a + $2 }' <<<"$out")
 		wrk_seconds[$target]=$(awk -v a="${wrk_seconds[$target]:-0}" -v ms="$(to_ms "${load[0]#-d}")" 'BEGIN { print a + ms / 1000 }')
 		if grep -q 'Non-2xx' <<<"$out"; then
@@ -185,6 +205,7 @@ direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
 		direct) ratio="1.00× direct" ;;
 		selfsubjectreview-fresh) ratio="1.00× selfsubjectreview-fresh" ;;
 		proxy-1) ratio=$(awk -v a="$r" -v b="$direct1" 'BEGIN { printf "%.2f× direct-1", a / b }') ;;
+		model-verified) ratio=$(awk -v a="$r" -v b="$(median "${rps[model-healthz]}")" 'BEGIN { printf "%.2f× model-healthz", a / b }') ;;
 		direct-1) ratio="1.00× direct-1" ;;
 		*) ratio=$(awk -v a="$r" -v b="$floor" 'BEGIN { printf "%.2f× healthz", a / b }') ;;
 		esac
@@ -202,6 +223,13 @@ direct=$(median "${rps[direct]}") direct1=$(median "${rps[direct-1]}")
 	# the operator alone, so other work on the machine moves it less than the line above.
 	awk -v h="$(cpu_us healthz)" -v f="$(cpu_us kube-config-fresh)" -v v="$verify_ns" 'BEGIN {
 		printf "The same target by the operator CPU per answer: 0.8 × (healthz %.1f µs + one verification %.1f µs) / kube-config-fresh %.1f µs = %.2f× the target.\n", h, v / 1000, f, (h + v / 1000) / (0.8 * f)
+	}'
+	# The target's arithmetic applied to the model, which does the target's work and nothing else.
+	awk -v h="$(median "${rps[model-healthz]}")" -v v="$verify_ns" -v r="$(median "${rps[model-verified]}")" \
+		-v hc="$(cpu_us model-healthz ticks_model)" -v vc="$(cpu_us model-verified ticks_model)" \
+		-v op="$(median "${rps[kube-config-fresh]}")" 'BEGIN {
+		computed = 1 / (1 / h + v / 1e9)
+		printf "The target'"'"'s model as a server (benches/model_server.rs: /healthz plus one RS256 verification per answer, nothing else, on core 0): %.0f/s against the %.0f/s its own /healthz and one verification add up to (1 / (%.1f µs + %.1f µs)) = %.2f×; by CPU per answer %s µs against %.1f µs = %.2f×. The operator'"'"'s kube-config-fresh rate is %.2f× the model'"'"'s.\n", r, computed, 1e6 / h, v / 1000, r / computed, vc, hc + v / 1000, (hc + v / 1000) / vc, op / r
 	}'
 	echo "CPU per fresh-token answer (µs): kube-config-fresh: operator $(cpu_us kube-config-fresh); kube-config+confirm-fresh: operator $(cpu_us kube-config+confirm-fresh ticks_confirming), kube-apiserver $(cpu_us kube-config+confirm-fresh ticks_apiserver); selfsubjectreview-fresh: kube-apiserver $(cpu_us selfsubjectreview-fresh ticks_apiserver)."
 	printf "wrk's CPU, share of its core:"
