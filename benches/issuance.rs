@@ -11,7 +11,11 @@
 //! - the operator's RSS: idle, with N Ready, after they are all deleted, with each of
 //!   MEMORY_REQUESTS Ready (the memory a further request costs is the difference between two),
 //!   after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart;
-//! - the API server's CPU per plain write and per plain read (the latest, and from its cache).
+//! - the API server's CPU per plain write and per plain read (the latest, and from its cache);
+//! - issuance's calls alone, as a floor: with no operator running, N requests' own calls made
+//!   back to back by the bench (the two creates, then the operator's read, finalizer patch,
+//!   Secret apply, status apply and Event, with the payloads the operator wrote for one of its
+//!   requests), against 4N plain Secrets timed just before.
 //!
 //! One operator process (release build) watches the whole cluster, as deployed. Nothing is
 //! asserted. Settings (environment): ISSUANCE_SIZES (default `1000,5000`), MEMORY_REQUESTS
@@ -31,17 +35,21 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Secret, ServiceAccount},
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{ObjectReference, Secret, ServiceAccount},
+        events::v1::Event,
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
-    Api, Client, ResourceExt,
-    api::{GetParams, ObjectMeta, PostParams},
+    Api, Client, Resource, ResourceExt,
+    api::{GetParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use kubeconfig_operator::{
-    controller::{ISSUABLE_ANNOTATION, PER_NAMESPACE_CONCURRENCY},
+    controller::{FIELD_MANAGER, ISSUABLE_ANNOTATION, PER_NAMESPACE_CONCURRENCY},
     crd::KubeconfigRequest,
 };
 use serde_json::json;
@@ -292,6 +300,182 @@ async fn issue(client: &Client, namespace: &str, numbers: Range<usize>, token: &
     all_ready.await.expect("the Ready watch") - started
 }
 
+/// What the operator wrote for one issued request: its status, its kubeconfig Secret and its
+/// `Issued` Event, the payloads [`calls_alone`] writes again for requests of its own.
+struct Written {
+    finalizers: Vec<String>,
+    status: serde_json::Value,
+    secret: Secret,
+    event: Event,
+}
+
+async fn written_for(client: &Client, namespace: &str, name: &str) -> Written {
+    let request = Api::<KubeconfigRequest>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .expect("an issued request");
+    let finalizers = request.finalizers().to_vec();
+    let status = request.status.expect("an issued request's status");
+    let secret_name = status
+        .secret_name
+        .clone()
+        .expect("the status names its Secret");
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(&secret_name)
+        .await
+        .expect("the request's kubeconfig Secret");
+    let event = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .await
+        .expect("the request's Events")
+        .items
+        .into_iter()
+        .find(|event| event.reason.as_deref() == Some("Issued"))
+        .expect("the request's Issued Event");
+    Written {
+        finalizers,
+        status: serde_json::to_value(status).expect("a status serializes"),
+        secret,
+        event,
+    }
+}
+
+/// Issuance's calls with nothing between them: for each of `n` requests, the bench's two creates,
+/// then what the operator's reconciliation sends (read the token Secret, patch the finalizer on,
+/// apply the kubeconfig Secret, then apply the status beside the Event), CONCURRENCY requests at
+/// a time, as fast as the API server answers. No watch, no queue, no verification and no
+/// rendering: the time the calls alone need. Run with no operator, which would otherwise
+/// reconcile these requests too; [`unfinalize`] takes their finalizers off afterwards.
+async fn calls_alone(
+    client: &Client,
+    namespace: &str,
+    n: usize,
+    token: &str,
+    written: &Written,
+) -> Duration {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    create_all(n, |i| {
+        let (secrets, requests, events, apply) = (
+            secrets.clone(),
+            requests.clone(),
+            events.clone(),
+            apply.clone(),
+        );
+        async move {
+            let (token_name, name) = (format!("token-{i}"), format!("r-{i}"));
+            secrets
+                .create(&PostParams::default(), &token_secret(&token_name, token))
+                .await
+                .expect("create a token Secret");
+            let created = requests
+                .create(
+                    &PostParams::default(),
+                    &request(&name, json!({"tokenSecretRef": {"name": token_name}})),
+                )
+                .await
+                .expect("create a request");
+            secrets
+                .get(&token_name)
+                .await
+                .expect("read the token Secret");
+            let finalizers = json!({"metadata": {
+                "finalizers": written.finalizers,
+                "resourceVersion": created.resource_version(),
+            }});
+            let patched = requests
+                .patch(
+                    &name,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.to_owned()),
+                        ..PatchParams::default()
+                    },
+                    &Patch::Merge(&finalizers),
+                )
+                .await
+                .expect("patch the finalizer on");
+            let mut secret = written.secret.clone();
+            secret.metadata = ObjectMeta {
+                name: Some(format!("{name}-kubeconfig")),
+                labels: secret.metadata.labels.clone(),
+                annotations: secret.metadata.annotations.clone(),
+                owner_references: Some(vec![OwnerReference {
+                    uid: patched.uid().expect("a created request's uid"),
+                    name: name.clone(),
+                    ..secret
+                        .metadata
+                        .owner_references
+                        .as_ref()
+                        .and_then(|owners| owners.first().cloned())
+                        .expect("the kubeconfig Secret's owner")
+                }]),
+                ..ObjectMeta::default()
+            };
+            secrets
+                .patch(
+                    &format!("{name}-kubeconfig"),
+                    &apply,
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .expect("apply the kubeconfig Secret");
+            let mut status = written.status.clone();
+            status["secretName"] = json!(format!("{name}-kubeconfig"));
+            let status = json!({
+                "apiVersion": KubeconfigRequest::api_version(&()),
+                "kind": KubeconfigRequest::kind(&()),
+                "status": status,
+            });
+            let event = Event {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}.issued")),
+                    ..ObjectMeta::default()
+                },
+                regarding: Some(ObjectReference {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.to_owned()),
+                    uid: patched.uid(),
+                    resource_version: patched.resource_version(),
+                    ..written.event.regarding.clone().unwrap_or_default()
+                }),
+                event_time: written.event.event_time.clone(),
+                ..written.event.clone()
+            };
+            let (status, create) = (Patch::Apply(&status), PostParams::default());
+            let (status, event) = tokio::join!(
+                requests.patch_status(&name, &apply, &status),
+                events.create(&create, &event)
+            );
+            status.expect("apply the status");
+            event.expect("record the Event");
+        }
+    })
+    .await
+}
+
+/// Takes [`calls_alone`]'s finalizers off its `n` requests, so that their namespace can go with no
+/// operator running.
+async fn unfinalize(client: &Client, namespace: &str, n: usize) {
+    let requests: Api<KubeconfigRequest> = Api::namespaced(client.clone(), namespace);
+    let unfinalized = json!({"metadata": {"finalizers": null}});
+    create_all(n, |i| {
+        let (requests, unfinalized) = (requests.clone(), &unfinalized);
+        async move {
+            requests
+                .patch(
+                    &format!("r-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(unfinalized),
+                )
+                .await
+                .expect("take the finalizer off");
+        }
+    })
+    .await;
+}
+
 async fn service_account_issuance(
     client: &Client,
     namespace: &str,
@@ -481,6 +665,8 @@ fn main() {
     ));
     delete_namespace(cluster, single_ns);
 
+    // The operator's payloads for one request of the first size, for the calls-alone phase.
+    let mut written = None;
     for &n in &sizes {
         let token = fresh_token();
         let plain_ns = Namespace::new(cluster, "bench-plain");
@@ -524,6 +710,9 @@ fn main() {
             .collect();
         let total_calls: f64 =
             calls_after.values().sum::<f64>() - calls_before.values().sum::<f64>();
+        if written.is_none() {
+            written = Some(runtime.block_on(written_for(&client, &issue_ns.name, "r-0")));
+        }
         delete_namespace(cluster, issue_ns);
         thread::sleep(AFTER_SWEEP);
         let after_delete = rss_kib(operator.pid());
@@ -671,6 +860,37 @@ fn main() {
         // request's token (`controller/revoke.rs`), and the namespace for the finalizers.
         delete_namespace(cluster, memory_ns);
         drop(restarted);
+    } else {
+        operator.terminate();
+        operator.wait_exit(Duration::from_secs(30));
+        drop(operator);
+    }
+
+    // No operator runs from here on.
+    if let Some(written) = &written {
+        let n = sizes[0];
+        let token = fresh_token();
+        let plain4_ns = Namespace::new(cluster, "bench-alone-plain4");
+        let before = cpu_seconds(apiserver);
+        let plain4 = runtime.block_on(plain_secrets(&client, &plain4_ns.name, 4 * n, &token));
+        let plain4_cpu = cpu_seconds(apiserver) - before;
+        delete_namespace(cluster, plain4_ns);
+        let alone_ns = Namespace::new(cluster, "bench-alone");
+        let before = cpu_seconds(apiserver);
+        let alone = runtime.block_on(calls_alone(&client, &alone_ns.name, n, &token, written));
+        let alone_cpu = cpu_seconds(apiserver) - before;
+        runtime.block_on(unfinalize(&client, &alone_ns.name, n));
+        delete_namespace(cluster, alone_ns);
+        rows.push(format!(
+            "| issuance's calls alone, no operator running ({n} requests, {CONCURRENCY} at a time: the 2 creates, then the read, finalizer patch, Secret apply, status apply and Event with the operator's payloads) | {:.1} s | {:.2}× {} plain Secrets ({:.1} s, just before); API server CPU {:.2} ms per request, {:.2}× the four writes' ({:.2} ms each) |",
+            alone.as_secs_f64(),
+            alone.as_secs_f64() / plain4.as_secs_f64(),
+            4 * n,
+            plain4.as_secs_f64(),
+            alone_cpu * 1000.0 / n as f64,
+            alone_cpu / plain4_cpu,
+            plain4_cpu * 1000.0 / (4 * n) as f64
+        ));
     }
 
     println!("| measurement | figure | ratio to the same run's baseline |");
