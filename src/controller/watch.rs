@@ -67,7 +67,7 @@ pub async fn run(
     // API server answers from its cache in one piece whatever the page size, and one piece of
     // 20,000 Secrets' metadata took the operator from 15 to 85 MiB at start-up.
     let (store, writer) = reflector::store();
-    let index_ctx = Arc::clone(&ctx);
+    let (index_ctx, due_ctx) = (Arc::clone(&ctx), Arc::clone(&ctx));
     let request_stream = watcher(requests, watcher::Config::default())
         .default_backoff()
         .inspect_ok(move |event| {
@@ -78,7 +78,14 @@ pub async fn run(
         .map_ok(stored::stored)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(spec_or_renew_request, Default::default());
+        .try_filter(move |request| {
+            let due = spec_or_renew_request(request).is_none_or(|trigger| {
+                due_ctx
+                    .index
+                    .trigger_changed(&Request::from_obj(request), trigger)
+            });
+            futures::future::ready(due)
+        });
     let controller = Controller::for_stream(request_stream, store.clone());
     ctx.metrics.requests.export(store.clone());
     let ready_store = store.clone();
@@ -172,11 +179,17 @@ pub async fn run(
 }
 
 /// What a change to a request must touch to be reconciled: its spec (the generation) or the
-/// renew annotation, which asks for a new token without changing the spec.
+/// renew annotation, which asks for a new token without changing the spec. The uid tells a
+/// request recreated under the same name from the one before it.
 fn spec_or_renew_request(request: &StoredRequest) -> Option<u64> {
     let generation = predicates::generation(request)?;
     let mut hasher = DefaultHasher::new();
-    (generation, request.annotations().get(RENEW_ANNOTATION)).hash(&mut hasher);
+    (
+        request.uid(),
+        generation,
+        request.annotations().get(RENEW_ANNOTATION),
+    )
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
