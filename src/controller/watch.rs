@@ -82,7 +82,7 @@ pub async fn run(
             let due = spec_or_renew_request(request).is_none_or(|trigger| {
                 due_ctx
                     .index
-                    .trigger_changed(&Request::from_obj(request), trigger)
+                    .trigger_changed(&stored::reference(request), trigger)
             });
             futures::future::ready(due)
         });
