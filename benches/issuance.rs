@@ -10,7 +10,9 @@
 //! - the API server's request counter and the operator's CPU, per request;
 //! - the operator's RSS: idle, with N Ready, after they are all deleted, with each of
 //!   MEMORY_REQUESTS Ready (the memory a further request costs is the difference between two),
-//!   after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart;
+//!   after UNRELATED_SECRETS 2 KiB Secrets in another namespace, and after a restart; at each
+//!   of MEMORY_REQUESTS, where it is: live heap objects, the allocator's pages beyond them (the
+//!   operator's own heap metrics), and the rest of the process;
 //! - the API server's CPU per plain write and per plain read (the latest, and from its cache);
 //! - issuance's calls alone, as a floor: with no operator running, N requests' own calls made
 //!   back to back by the bench (the two creates, then the operator's read, finalizer patch,
@@ -101,15 +103,56 @@ fn process_id(cluster: &Cluster, component: &str) -> u32 {
 /// histogram), read from its metrics endpoint.
 fn reconcile_totals(operator: &Operator) -> (f64, f64) {
     let text = operator.metrics();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     (
-        value("kubeconfig_operator_reconcile_duration_seconds_count"),
-        value("kubeconfig_operator_reconcile_duration_seconds_sum"),
+        metric(
+            &text,
+            "kubeconfig_operator_reconcile_duration_seconds_count",
+        ),
+        metric(&text, "kubeconfig_operator_reconcile_duration_seconds_sum"),
     )
+}
+
+/// An unlabelled series' value in a Prometheus text exposition (0 if absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Where the operator's resident memory is, in KiB: live heap objects, the allocator's resident
+/// pages beyond them, and the rest of the process (code, stacks, the runtime's own).
+struct Memory {
+    live: f64,
+    allocator: f64,
+    outside: f64,
+}
+
+impl Memory {
+    fn of(operator: &Operator) -> Self {
+        let text = operator.metrics();
+        let rss = rss_kib(operator.pid()) as f64;
+        let live = metric(&text, "kubeconfig_operator_heap_allocated_bytes") / 1024.0;
+        let resident = metric(&text, "kubeconfig_operator_heap_resident_bytes") / 1024.0;
+        Self {
+            live,
+            allocator: resident - live,
+            outside: rss - resident,
+        }
+    }
+
+    /// The row for `requests` Ready against `idle`, in MiB, and in KiB per request over idle.
+    fn row(&self, idle: &Self, requests: usize) -> String {
+        let per_request = |now: f64, then: f64| (now - then) / requests as f64;
+        format!(
+            "| operator memory with {requests} Ready past two sweeps: live heap objects / the allocator's pages beyond them / outside the heap | {:.1} / {:.1} / {:.1} MiB | over idle, per request: {:.2} / {:.2} / {:.2} KiB |",
+            self.live / 1024.0,
+            self.allocator / 1024.0,
+            self.outside / 1024.0,
+            per_request(self.live, idle.live),
+            per_request(self.allocator, idle.allocator),
+            per_request(self.outside, idle.outside),
+        )
+    }
 }
 
 /// `apiserver_request_total` summed by verb and resource (with subresource), as the API server
@@ -641,6 +684,7 @@ fn main() {
     let mut operator = Operator::start(cluster, "", Issuer::Main, &[]);
     thread::sleep(SETTLE);
     let idle = rss_kib(operator.pid());
+    let idle_memory = Memory::of(&operator);
     let mut rows = vec![format!(
         "| operator RSS, idle | {} MiB | 1.00× idle |",
         mib(idle)
@@ -793,6 +837,7 @@ fn main() {
             // interval.
             thread::sleep(2 * AFTER_SWEEP);
             let with_many_swept = rss_kib(operator.pid());
+            let memory = Memory::of(&operator);
             let peak = peak_rss_kib(operator.pid());
             rows.push(format!(
                 "| operator RSS with {total} Ready, 5 s after / past two sweeps (peak so far) | {} / {} MiB ({} MiB) | {:.2}× / {:.2}× idle |",
@@ -802,6 +847,7 @@ fn main() {
                 with_many as f64 / idle as f64,
                 with_many_swept as f64 / idle as f64
             ));
+            rows.push(memory.row(&idle_memory, total));
             steps.push((total, with_many_swept, peak));
         }
         for pair in steps.windows(2) {

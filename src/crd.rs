@@ -322,6 +322,11 @@ pub struct KubeconfigRequestStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// A time as the status's fields hold it (RFC 3339, whole seconds, `Z`), whoever writes it.
+pub fn status_time(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 impl KubeconfigRequest {
     /// The request's condition of `type_`, if the controller has reported one.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {

@@ -24,10 +24,11 @@ use super::{
     stored::{self, Request},
 };
 
-/// One allocation per request, shared by every map that files it: with 10,000 requests, a copy
-/// of the reference in each map (with its uid and resourceVersion, which equality ignores) made
-/// the index 2.3 KB a request (heaptrack).
-type Filed = Arc<Request>;
+/// One allocation per request, shared by every map that files it and by the request's renewal
+/// wake-up, and kept across the request's changes: with 10,000 requests, a copy of the reference
+/// in each map (with its uid and resourceVersion, which equality ignores) made the index 2.3 KB
+/// a request (heaptrack).
+pub(super) type Filed = Arc<Request>;
 /// A Secret's or ServiceAccount's name within its namespace's tables, shared with the filings
 /// that name it.
 type Name = Arc<str>;
@@ -49,7 +50,7 @@ struct Inner {
     /// Each namespace's tables, gone with the namespace's last request.
     namespaces: HashMap<Arc<str>, Tables>,
     /// Request uid -> request, for Secrets that name their owner.
-    uids: HashMap<Box<str>, Filed>,
+    uids: HashMap<Arc<str>, Filed>,
     /// What each request is filed under, so a change or deletion can unfile exactly that.
     filed: HashMap<Filed, Filing>,
     /// Requests seen since a re-list began; the rest are gone when it ends.
@@ -87,7 +88,8 @@ struct Filing {
     token_secret: Option<Name>,
     written_secrets: Vec<Name>,
     account: Option<Name>,
-    uid: Option<Box<str>>,
+    /// Shared with the key of `uids`.
+    uid: Option<Arc<str>>,
     /// [`status::digest`] of the request's whole status as last seen.
     status: Option<u64>,
     /// What a change must touch to be reconciled, as last let through
@@ -182,7 +184,11 @@ impl Inner {
     /// let the Secret's watch event, when it came second, start a needless reconciliation.
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
-        let reference = Arc::new(stored::reference(request));
+        let reference = stored::reference(request);
+        let reference = match self.filed.get_key_value(&reference) {
+            Some((filed, _)) => Arc::clone(filed),
+            None => Arc::new(reference),
+        };
         if !self.namespaces.contains_key(namespace.as_str()) {
             self.namespaces
                 .insert(Arc::from(namespace.as_str()), Tables::default());
@@ -211,18 +217,19 @@ impl Inner {
                 .service_account
                 .as_ref()
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
-            uid: request.uid().map(String::into_boxed_str),
+            uid: request.uid().map(Arc::from),
             status: request.status.as_ref().map(status::digest),
             trigger: self.filed.get(&reference).and_then(|filing| filing.trigger),
         };
-        if let Some(uid) = &filing.uid {
-            self.uids.insert(uid.clone(), Arc::clone(&reference));
+        let uid = filing.uid.clone();
+        let previous = self.filed.insert(Arc::clone(&reference), filing);
+        if let Some(previous) = previous {
+            // The reference is the same allocation in both filings: this takes out one of its
+            // places under each name the previous filing used, and its uid, filed again below.
+            self.unfile(&reference, &previous);
         }
-        // The previous entry's key is the previous reference: take it out before filing anew.
-        let previous = self.filed.remove_entry(&reference);
-        self.filed.insert(Arc::clone(&reference), filing);
-        if let Some((filed, filing)) = previous {
-            self.unfile(&filed, &filing);
+        if let Some(uid) = uid {
+            self.uids.insert(uid, Arc::clone(&reference));
         }
         Some(reference)
     }
@@ -388,6 +395,14 @@ impl RequestIndex {
         self.lock().filed.contains_key(request)
     }
 
+    /// The index's own reference to a request it knows, for state kept as long as the request.
+    pub fn filed(&self, request: &Request) -> Option<Filed> {
+        self.lock()
+            .filed
+            .get_key_value(request)
+            .map(|(filed, _)| Arc::clone(filed))
+    }
+
     /// Shrinks the tables a burst of requests, since deleted, left oversized.
     pub fn release_spare_capacity(&self) {
         let mut inner = self.lock();
@@ -487,6 +502,11 @@ mod tests {
             names(&index.for_secret("team", "bob-out", None, &[])),
             ["bob"]
         );
+        assert_eq!(
+            names(&index.for_secret("team", "unrelated", None, &["uid-b"])),
+            ["bob"],
+            "a changed request is still found by its uid"
+        );
 
         let gone = index.observe(&watcher::Event::Delete(alice));
         assert_eq!(gone.len(), 1);
@@ -558,6 +578,52 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// What keeps state as long as a request lives (its renewal wake-up) holds the index's own
+    /// reference, so the reference must outlive the request's changes, a recreation under the
+    /// same name included, whose new uid replaces the old.
+    #[test]
+    fn a_request_keeps_one_reference_across_its_changes() {
+        let index = RequestIndex::default();
+        let spec = serde_json::json!({"tokenSecretRef": {"name": "token"}});
+        index.observe(&watcher::Event::Apply(request(
+            "alice",
+            "uid-1",
+            spec.clone(),
+        )));
+        let reference = stored::reference(&request("alice", "uid-1", spec.clone()));
+        let filed = index.filed(&reference).expect("alice is filed");
+
+        let mut changed = request("alice", "uid-1", spec.clone());
+        changed.status = Some(KubeconfigRequestStatus {
+            secret_name: Some("alice-kubeconfig".into()),
+            ..KubeconfigRequestStatus::default()
+        });
+        index.observe(&watcher::Event::Apply(changed));
+        index.observe(&watcher::Event::Apply(request(
+            "alice",
+            "uid-2",
+            spec.clone(),
+        )));
+        assert!(Arc::ptr_eq(&filed, &index.filed(&reference).unwrap()));
+        assert!(
+            index
+                .for_secret("team", "other", None, &["uid-1"])
+                .requests
+                .is_empty()
+        );
+        assert_eq!(
+            names(&index.for_secret("team", "other", None, &["uid-2"])),
+            ["alice"]
+        );
+        assert_eq!(
+            names(&index.for_secret("team", "token", None, &[])),
+            ["alice"]
+        );
+
+        index.observe(&watcher::Event::Delete(request("alice", "uid-2", spec)));
+        assert!(index.filed(&reference).is_none());
     }
 
     #[test]

@@ -382,8 +382,11 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
                 credential.expires_at
             };
             let wait = (next - now).to_std().unwrap_or_default() + Duration::from_secs(1);
-            ctx.renewals
-                .schedule(&reference, tokio::time::Instant::now() + wait);
+            // A request the index no longer knows was deleted meanwhile: nothing is due.
+            if let Some(filed) = ctx.index.filed(&reference) {
+                ctx.renewals
+                    .schedule(filed, tokio::time::Instant::now() + wait);
+            }
             Action::await_change()
         }
         Outcome::Refused { refusal, .. } => {

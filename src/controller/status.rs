@@ -7,7 +7,7 @@ use std::{
     sync::LazyLock,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     audit::{self, Action, What, Who},
-    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus},
+    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus, status_time},
     oidc::revocations,
 };
 
@@ -91,7 +91,7 @@ impl Outcome {
                 Format::Token | Format::ArgoCd | Format::TokenFile => format!(
                     "Secret {secret_name} holds a kubeconfig for {}, valid until {}; {}",
                     credential.identity.username,
-                    format_time(credential.expires_at),
+                    status_time(credential.expires_at),
                     match credential.id(request_format) {
                         Some(id) => format!("the API server's audit log records its requests under credential id {id}"),
                         None => "its token has no jti, so the API server's audit log names no credential id for it".to_owned(),
@@ -184,8 +184,8 @@ pub(super) async fn update(
             // the ID token that proved who asked for it sets no expiry and needs no renewal.
             let holds_token = request.spec.format != Format::Exec;
             if holds_token {
-                status.expires_at = Some(format_time(credential.expires_at));
-                status.renewal_time = Some(format_time(credential.renew_at));
+                status.expires_at = Some(status_time(credential.expires_at));
+                status.renewal_time = Some(status_time(credential.renew_at));
             }
             // What deleting the request revokes: an ID token (a minted one dies with its Secret).
             if holds_token && credential.granted_seconds.is_none() {
@@ -206,7 +206,7 @@ pub(super) async fn update(
             {
                 let note = format!(
                     "the ID token expires at {}; put a fresh token into the token Secret before then",
-                    format_time(credential.expires_at)
+                    status_time(credential.expires_at)
                 );
                 if request
                     .condition(EXPIRING)
@@ -337,10 +337,6 @@ fn audit_event(
     }
 }
 
-pub(super) fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Records an Event on the request ([`crate::events::publish`]: best effort).
 pub(super) async fn publish(
     ctx: &Context,
@@ -366,6 +362,7 @@ pub(super) async fn publish(
 
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
     use chrono::TimeDelta;
     use serde_json::json;
 
@@ -397,7 +394,7 @@ mod tests {
     fn issued_status(credential: &Credential) -> KubeconfigRequestStatus {
         KubeconfigRequestStatus {
             secret_name: Some(TARGET_SECRET.into()),
-            expires_at: Some(format_time(credential.expires_at)),
+            expires_at: Some(status_time(credential.expires_at)),
             credential_id: credential.id(Format::Token).map(str::to_owned),
             ..KubeconfigRequestStatus::default()
         }

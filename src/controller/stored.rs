@@ -11,9 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, runtime::reflector::ObjectRef, runtime::watcher};
 use serde::{Deserialize, Serialize};
 
-use super::refusal::Reason;
+use super::{refusal::Reason, revoke::FINALIZER};
 use crate::{
-    crd::{KubeconfigRequest, KubeconfigRequestSpec, KubeconfigRequestStatus, RENEW_ANNOTATION},
+    crd::{
+        KubeconfigRequest, KubeconfigRequestSpec, KubeconfigRequestStatus, RENEW_ANNOTATION,
+        status_time,
+    },
     metrics::{ReadyStatus, RequestState},
 };
 
@@ -31,10 +34,15 @@ pub struct StoredRequest {
     /// [`Body`] as JSON: one allocation where the typed spec and status took sixteen (a Ready
     /// ID-token request of the issuance benchmark).
     body: Box<str>,
-    /// What the per-request metrics read at each scrape, decoded once.
+    /// What the per-request metrics read at each scrape, decoded once. The status's expiry and
+    /// renewal time are left out of `body` when they are these, formatted as the operator
+    /// writes them.
     ready: Option<ReadyStatus>,
     expires_at: Option<i64>,
     renewal_time: Option<i64>,
+    /// The finalizers were this operator's alone (`revoke::FINALIZER`), as nearly every
+    /// request's are: a flag rather than a list and a string of their own.
+    revoke_finalizer_only: bool,
 }
 
 /// The part of a request kept serialized.
@@ -69,6 +77,10 @@ impl From<KubeconfigRequest> for StoredRequest {
                     .find(|(key, _)| key == RENEW_ANNOTATION)
             })
             .map(|renew| [renew].into());
+        let revoke_finalizer_only = metadata
+            .finalizers
+            .as_deref()
+            .is_some_and(|finalizers| finalizers == [FINALIZER]);
         let metadata = ObjectMeta {
             name: metadata.name,
             namespace: metadata.namespace,
@@ -76,7 +88,7 @@ impl From<KubeconfigRequest> for StoredRequest {
             resource_version: metadata.resource_version,
             generation: metadata.generation,
             deletion_timestamp: metadata.deletion_timestamp,
-            finalizers: metadata.finalizers,
+            finalizers: metadata.finalizers.filter(|_| !revoke_finalizer_only),
             annotations,
             ..ObjectMeta::default()
         };
@@ -88,17 +100,13 @@ impl From<KubeconfigRequest> for StoredRequest {
         if let Some(status) = &mut status {
             keep_read_back(status);
         }
-        let time = |field: fn(&KubeconfigRequestStatus) -> Option<&String>| {
-            status
-                .as_ref()
-                .and_then(field)
-                .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
-                .map(|time| time.timestamp())
+        let (expires_at, renewal_time) = match &mut status {
+            Some(status) => (
+                timestamp(&mut status.expires_at),
+                timestamp(&mut status.renewal_time),
+            ),
+            None => (None, None),
         };
-        let (expires_at, renewal_time) = (
-            time(|status| status.expires_at.as_ref()),
-            time(|status| status.renewal_time.as_ref()),
-        );
         let body = serde_json::to_string(&Body { spec, status })
             .unwrap_or_default()
             .into_boxed_str();
@@ -108,8 +116,24 @@ impl From<KubeconfigRequest> for StoredRequest {
             ready,
             expires_at,
             renewal_time,
+            revoke_finalizer_only,
         }
     }
+}
+
+/// A status time as seconds, taken out of `time` when formatting them gives it back exactly.
+fn timestamp(time: &mut Option<String>) -> Option<i64> {
+    let seconds = DateTime::parse_from_rfc3339(time.as_deref()?)
+        .ok()?
+        .timestamp();
+    if time.as_deref() == formatted(seconds).as_deref() {
+        *time = None;
+    }
+    Some(seconds)
+}
+
+fn formatted(seconds: i64) -> Option<String> {
+    DateTime::from_timestamp(seconds, 0).map(status_time)
 }
 
 /// Leaves in a stored status only what the controller and the metrics read back: the
@@ -139,9 +163,21 @@ impl<'de> Deserialize<'de> for StoredRequest {
 impl StoredRequest {
     /// The request as reconciling reads it: what the store kept, typed again.
     pub(super) fn request(&self) -> Result<KubeconfigRequest, Unreadable> {
-        let Body { spec, status } = serde_json::from_str(&self.body)?;
+        let Body { spec, mut status } = serde_json::from_str(&self.body)?;
+        if let Some(status) = &mut status {
+            if status.expires_at.is_none() {
+                status.expires_at = self.expires_at.and_then(formatted);
+            }
+            if status.renewal_time.is_none() {
+                status.renewal_time = self.renewal_time.and_then(formatted);
+            }
+        }
+        let mut metadata = self.metadata.clone();
+        if self.revoke_finalizer_only {
+            metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+        }
         Ok(KubeconfigRequest {
-            metadata: self.metadata.clone(),
+            metadata,
             spec,
             status,
         })

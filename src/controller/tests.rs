@@ -906,6 +906,7 @@ async fn a_write_refused_because_the_namespace_is_terminating_is_not_retried() {
 }
 
 mod confirm;
+mod memory;
 
 #[test]
 fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
@@ -1004,6 +1005,43 @@ fn the_store_keeps_what_reconciling_reads_and_nothing_else() {
         ),
         (&json!("2026-12-05T08:00:00Z"), &json!(1))
     );
+}
+
+/// The store holds the finalizers and the status's times in a compact form when they are in
+/// the form the operator writes them; any other form is kept as it is.
+#[test]
+fn the_store_gives_back_finalizers_and_times_as_they_were() {
+    let mut usual = request(json!({}));
+    usual.status = Some(
+        serde_json::from_value(json!({
+            "expiresAt": "2026-12-05T12:00:00Z", "renewalTime": "2026-12-05T11:40:00Z",
+        }))
+        .unwrap(),
+    );
+    let stored = StoredRequest::from(usual.clone());
+    assert_eq!(
+        kube::Resource::meta(&stored).finalizers,
+        None,
+        "held as a flag"
+    );
+    let read_back = stored.request().unwrap();
+    assert_eq!(read_back.metadata.finalizers, usual.metadata.finalizers);
+    assert_eq!(read_back.status, usual.status);
+
+    let mut unusual = usual;
+    unusual.metadata.finalizers = Some(vec![
+        "example.com/other".into(),
+        super::revoke::FINALIZER.into(),
+    ]);
+    unusual.status = Some(
+        serde_json::from_value(json!({
+            "expiresAt": "2026-12-05T12:00:00.250Z", "renewalTime": "2026-12-05T12:40:00+01:00",
+        }))
+        .unwrap(),
+    );
+    let read_back = StoredRequest::from(unusual.clone()).request().unwrap();
+    assert_eq!(read_back.metadata.finalizers, unusual.metadata.finalizers);
+    assert_eq!(read_back.status, unusual.status);
 }
 
 /// Every field of a ServiceAccount request's spec is read back as it was, its creator included

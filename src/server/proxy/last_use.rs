@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams},
@@ -79,7 +79,7 @@ async fn write(client: Client, id: &str) -> Result<(), kube::Error> {
             .replace(',', "\\,")
             .replace('=', "\\=")
     );
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let now = crate::crd::status_time(Utc::now());
     let patch = json!({ "status": { "lastUsedAt": now } });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
