@@ -129,8 +129,9 @@ struct Memory {
 
 impl Memory {
     fn of(operator: &Operator) -> Self {
-        let text = operator.metrics();
+        // Read before the scrape, whose text (every request's series) takes megabytes.
         let rss = rss_kib(operator.pid()) as f64;
+        let text = operator.metrics();
         let live = metric(&text, "kubeconfig_operator_heap_allocated_bytes") / 1024.0;
         let resident = metric(&text, "kubeconfig_operator_heap_resident_bytes") / 1024.0;
         Self {
