@@ -83,11 +83,16 @@ pub struct KubeconfigRequestSpec {
     pub secret_name: Option<String>,
 
     /// What the Secret holds: "token" (default), a kubeconfig with the credential as a bearer token; "exec", a kubeconfig without any credential whose user runs kubelogin (kubectl oidc-login) to log in and refresh, so each person who uses it logs in as themselves (needs tokenSecretRef and the operator's exec.clientId); "argocd", an Argo CD cluster Secret (label argocd.argoproj.io/secret-type=cluster, keys name, server and config) instead of a kubeconfig; "tokenFile", the keys token and ca.crt beside a kubeconfig whose user reads its token from the file token next to the kubeconfig (tokenFile: token): mount the whole Secret as a directory (not with subPath) and point KUBECONFIG at its kubeconfig key, and a long-running client (client-go re-reads the file every minute) follows each renewal without a restart.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
+    // schemars leaves out a default that serializing skips; the API server still fills it in.
+    #[schemars(extend("default" = Format::default()))]
     pub format: Format,
 
     /// The data keys that each receive the kubeconfig: "kubeconfig" (the default), and "value", the key Cluster API and Flux read. Not for format argocd.
-    #[serde(default = "default_secret_keys")]
+    #[serde(
+        default = "default_secret_keys",
+        skip_serializing_if = "are_default_secret_keys"
+    )]
     #[schemars(schema_with = "secret_keys_schema")]
     pub secret_keys: Vec<SecretKey>,
 
@@ -167,8 +172,20 @@ impl SecretKey {
     }
 }
 
+const DEFAULT_SECRET_KEYS: [SecretKey; 1] = [SecretKey::Kubeconfig];
+
 fn default_secret_keys() -> Vec<SecretKey> {
-    vec![SecretKey::Kubeconfig]
+    DEFAULT_SECRET_KEYS.to_vec()
+}
+
+fn are_default_secret_keys(keys: &[SecretKey]) -> bool {
+    keys == DEFAULT_SECRET_KEYS
+}
+
+/// A spec leaves out what its defaults give back: the controller's store holds every request
+/// serialized (`controller/stored.rs`), and the API server fills them in on every read anyway.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// A set (the API server refuses duplicates) of one or both keys.
@@ -191,13 +208,23 @@ pub struct TokenSecretRef {
     pub name: String,
 
     /// Key in the Secret's data that holds the ID token.
-    #[serde(default = "default_token_key")]
+    #[serde(
+        default = "default_token_key",
+        skip_serializing_if = "is_default_token_key"
+    )]
+    #[schemars(extend("default" = DEFAULT_TOKEN_KEY))]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
+const DEFAULT_TOKEN_KEY: &str = "token";
+
 fn default_token_key() -> String {
-    "token".to_owned()
+    DEFAULT_TOKEN_KEY.to_owned()
+}
+
+fn is_default_token_key(key: &str) -> bool {
+    key == DEFAULT_TOKEN_KEY
 }
 
 /// The ServiceAccount whose tokens the kubeconfig carries.
@@ -446,8 +473,22 @@ mod tests {
     fn token_key_defaults_to_token() {
         let spec: KubeconfigRequestSpec =
             serde_json::from_str(r#"{"tokenSecretRef":{"name":"alice-token"}}"#).unwrap();
-        assert_eq!(spec.token_secret_ref.unwrap().key, "token");
+        assert_eq!(spec.token_secret_ref.as_ref().unwrap().key, "token");
         assert_eq!(spec.secret_name, None);
+        // Serialized, the defaults are left out (the store keeps specs serialized), and the
+        // schema still has the API server fill them in.
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            serde_json::json!({"tokenSecretRef": {"name": "alice-token"}})
+        );
+        let schema = serde_json::to_value(definition::<KubeconfigRequest>()).unwrap();
+        let spec_schema = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"];
+        assert_eq!(spec_schema["format"]["default"], "token");
+        assert_eq!(
+            spec_schema["tokenSecretRef"]["properties"]["key"]["default"],
+            "token"
+        );
     }
 
     #[test]

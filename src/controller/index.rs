@@ -11,6 +11,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    num::NonZeroU64,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -83,20 +84,21 @@ impl Tables {
     }
 }
 
-#[derive(Default)]
+/// 96 bytes, held as long as the request exists: no field takes more room than it needs.
 struct Filing {
     token_secret: Option<Name>,
-    written_secrets: Vec<Name>,
+    /// The Secret the request writes, and the one its status names if that is another.
+    written_secrets: (Name, Option<Name>),
     account: Option<Name>,
     /// Shared with the key of `uids`.
     uid: Option<Arc<str>>,
     /// [`status::digest`] of the request's whole status as last seen.
-    status: Option<u64>,
+    status: Option<NonZeroU64>,
     /// What a change must touch to be reconciled, as last let through
     /// ([`RequestIndex::trigger_changed`]). Kept here, it goes with the request; kube-runtime's
     /// predicate cache kept its own copy of each request's name, namespace and uid, 0.25 KB, and
     /// a deleted request's for up to two hours.
-    trigger: Option<u64>,
+    trigger: Option<NonZeroU64>,
 }
 
 /// Files `request` under `name`, sharing the name with the other requests filed there.
@@ -164,7 +166,8 @@ impl Inner {
         if let Some(name) = &filing.token_secret {
             unfile(&mut tables.token_secrets, name, filed);
         }
-        for name in &filing.written_secrets {
+        let (target, named) = &filing.written_secrets;
+        for name in std::iter::once(target).chain(named) {
             if unfile(&mut tables.written_secrets, name, filed) {
                 tables.own_writes.remove(name);
             }
@@ -196,15 +199,15 @@ impl Inner {
         let tables = self.namespaces.get_mut(namespace.as_str())?;
         tables.requests += 1;
         let target = secret::target_name(request);
-        let mut written_secrets = vec![file(&mut tables.written_secrets, &target, &reference)];
-        if let Some(named) = request
-            .status
-            .as_ref()
-            .and_then(|s| s.secret_name.as_deref())
-            && named != target
-        {
-            written_secrets.push(file(&mut tables.written_secrets, named, &reference));
-        }
+        let written_secrets = (
+            file(&mut tables.written_secrets, &target, &reference),
+            request
+                .status
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref())
+                .filter(|named| *named != target)
+                .map(|named| file(&mut tables.written_secrets, named, &reference)),
+        );
         let filing = Filing {
             token_secret: request
                 .spec
@@ -374,7 +377,7 @@ impl RequestIndex {
 
     /// The digest of the request's status as the watch last delivered it, before the store
     /// trimmed it.
-    pub fn status_digest(&self, request: &KubeconfigRequest) -> Option<u64> {
+    pub fn status_digest(&self, request: &KubeconfigRequest) -> Option<NonZeroU64> {
         self.lock()
             .filed
             .get(&stored::reference(request))
@@ -383,7 +386,7 @@ impl RequestIndex {
 
     /// Whether `trigger` differs from the one last let through for `request`, which it then
     /// becomes. A request the index does not hold is always let through.
-    pub fn trigger_changed(&self, request: &Request, trigger: u64) -> bool {
+    pub fn trigger_changed(&self, request: &Request, trigger: NonZeroU64) -> bool {
         self.lock()
             .filed
             .get_mut(request)
@@ -635,27 +638,28 @@ mod tests {
             serde_json::json!({"tokenSecretRef": {"name": "t"}}),
         );
         let reference = stored::reference(&alice);
+        let (one, two) = (NonZeroU64::MIN, NonZeroU64::MIN.saturating_add(1));
         index.observe(&watcher::Event::Apply(alice.clone()));
-        assert!(index.trigger_changed(&reference, 1), "first seen");
-        assert!(!index.trigger_changed(&reference, 1), "unchanged");
+        assert!(index.trigger_changed(&reference, one), "first seen");
+        assert!(!index.trigger_changed(&reference, one), "unchanged");
         // The operator's own status write files the request anew: the trigger stays.
         index.observe(&watcher::Event::Apply(alice.clone()));
         assert!(
-            !index.trigger_changed(&reference, 1),
+            !index.trigger_changed(&reference, one),
             "after a status write"
         );
         // So does a re-list that still lists it.
         index.observe(&watcher::Event::Init);
         index.observe(&watcher::Event::InitApply(alice.clone()));
         index.observe(&watcher::Event::InitDone);
-        assert!(!index.trigger_changed(&reference, 1), "after a re-list");
-        assert!(index.trigger_changed(&reference, 2), "changed");
+        assert!(!index.trigger_changed(&reference, one), "after a re-list");
+        assert!(index.trigger_changed(&reference, two), "changed");
 
         index.observe(&watcher::Event::Delete(alice.clone()));
         assert!(!index.contains(&reference));
         // Recreated under the same name: let through again, whatever its trigger.
         index.observe(&watcher::Event::Apply(alice));
-        assert!(index.trigger_changed(&reference, 2), "recreated");
+        assert!(index.trigger_changed(&reference, two), "recreated");
     }
 
     #[test]

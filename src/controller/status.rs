@@ -4,6 +4,7 @@
 
 use std::{
     hash::{BuildHasher, RandomState},
+    num::NonZeroU64,
     sync::LazyLock,
 };
 
@@ -25,6 +26,7 @@ use super::{
 };
 use crate::{
     audit::{self, Action, What, Who},
+    capacity::nonzero_hash,
     crd::{Format, KubeconfigRequest, KubeconfigRequestStatus, status_time},
     oidc::revocations,
 };
@@ -113,8 +115,8 @@ static DIGEST_KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 /// Stands for a whole status when deciding whether a write would change it: the store keeps
 /// only the part of it that is read back (`stored.rs`) (heaptrack, 10,000 requests: the store was the largest
 /// part of the heap, and most of a stored request was a status the controller never reads).
-pub(super) fn digest(status: &KubeconfigRequestStatus) -> u64 {
-    DIGEST_KEYS.hash_one(serde_json::to_vec(status).unwrap_or_default())
+pub(super) fn digest(status: &KubeconfigRequestStatus) -> NonZeroU64 {
+    nonzero_hash(DIGEST_KEYS.hash_one(serde_json::to_vec(status).unwrap_or_default()))
 }
 
 /// A condition that keeps its transition time while its status stays the same.

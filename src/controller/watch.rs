@@ -4,6 +4,7 @@
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
+    num::NonZeroU64,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,7 +25,10 @@ use super::{
     Context, error_policy, reconcile,
     stored::{self, Request, StoredRequest},
 };
-use crate::crd::{KubeconfigRequest, RENEW_ANNOTATION};
+use crate::{
+    capacity::nonzero_hash,
+    crd::{KubeconfigRequest, RENEW_ANNOTATION},
+};
 
 /// How often state kept for deleted requests is swept away.
 pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -181,7 +185,7 @@ pub async fn run(
 /// What a change to a request must touch to be reconciled: its spec (the generation) or the
 /// renew annotation, which asks for a new token without changing the spec. The uid tells a
 /// request recreated under the same name from the one before it.
-fn spec_or_renew_request(request: &StoredRequest) -> Option<u64> {
+fn spec_or_renew_request(request: &StoredRequest) -> Option<NonZeroU64> {
     let generation = predicates::generation(request)?;
     let mut hasher = DefaultHasher::new();
     (
@@ -190,7 +194,7 @@ fn spec_or_renew_request(request: &StoredRequest) -> Option<u64> {
         request.annotations().get(RENEW_ANNOTATION),
     )
         .hash(&mut hasher);
-    Some(hasher.finish())
+    Some(nonzero_hash(hasher.finish()))
 }
 
 /// The requests a Secret event concerns (see [`index::RequestIndex::for_secret`]). A token
