@@ -84,7 +84,7 @@ impl Tables {
     }
 }
 
-/// 96 bytes, held as long as the request exists: no field takes more room than it needs.
+/// Held as long as the request exists: no field takes more room than it needs.
 struct Filing {
     token_secret: Option<Name>,
     /// The Secret the request writes, and the one its status names if that is another.
@@ -100,6 +100,9 @@ struct Filing {
     /// a deleted request's for up to two hours.
     trigger: Option<NonZeroU64>,
 }
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(size_of::<Filing>() == 96);
 
 /// Files `request` under `name`, sharing the name with the other requests filed there.
 fn file(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> Name {
