@@ -18,7 +18,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::support::{
-    Cluster, kubectl, kubectl_plain,
+    Cluster, eventually, kubectl, kubectl_as_token, kubectl_plain,
     operator::{Issuer, Operator, free_port, operator_kubeconfig},
     requests::{http_get_kubeconfig, write_temp},
 };
@@ -26,7 +26,10 @@ use super::support::{
 pub const PROXY_NAMESPACE: &str = "kubeconfig-operator";
 pub const PROXY_SERVICE_ACCOUNT: &str = "kubeconfig-operator-proxy";
 
-/// Installs config/proxy once per test binary and returns a fresh token of its ServiceAccount.
+/// Installs config/proxy once per test binary and returns a fresh token of its ServiceAccount,
+/// once the API server's authorizer lets that ServiceAccount impersonate: the authorizer learns
+/// of new RBAC objects from its own watch, and a proxy started at once on a freshly created
+/// cluster had its first requests refused (403) before it had.
 pub fn proxy_token(cluster: &Cluster) -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
@@ -34,7 +37,7 @@ pub fn proxy_token(cluster: &Cluster) -> &'static str {
         operator_kubeconfig(cluster);
         let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy");
         kubectl(cluster, &["apply", "-n", PROXY_NAMESPACE, "-k", config]);
-        kubectl(
+        let token = kubectl(
             cluster,
             &[
                 "create",
@@ -44,7 +47,16 @@ pub fn proxy_token(cluster: &Cluster) -> &'static str {
                 PROXY_NAMESPACE,
                 "--duration=2h",
             ],
-        )
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the API server lets the proxy's ServiceAccount impersonate users",
+            || {
+                kubectl_as_token(cluster, &token, &["auth", "can-i", "impersonate", "users"])
+                    .is_ok_and(|answer| answer.trim() == "yes")
+            },
+        );
+        token
     })
 }
 
