@@ -7,7 +7,7 @@
 mod api_proxy;
 mod support;
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock, time::Duration};
 
 use api_proxy::{
     PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT, Proxied, grant_proxy_extras, kubectl_with,
@@ -165,8 +165,20 @@ fn test_issuer_reader(
 }
 
 /// The operator with its proxy, verifying tokens with the second API server's authentication
-/// configuration, which trusts the test issuer.
+/// configuration, which trusts the test issuer. The proxy impersonates the extras that
+/// configuration maps for every such token, so they are granted here, as the README shows, for
+/// every test that goes through it (a test that relied on another's grant was refused while the
+/// other had not yet made it).
 fn proxied_for_test_issuer(cluster: &Cluster, namespace: &str) -> Proxied {
+    // Once per binary: two tests applying the same new objects at once race to create them.
+    static GRANTED: OnceLock<()> = OnceLock::new();
+    GRANTED.get_or_init(|| {
+        grant_proxy_extras(
+            cluster,
+            "kubeconfig-operator-proxy-test-issuer-extras",
+            &["example.com/roles", "example.com/tenant"],
+        );
+    });
     Proxied::start_with(
         cluster,
         namespace,
@@ -434,12 +446,6 @@ fn a_proxied_request_is_audited_with_the_identity_of_a_direct_one() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "audit-proxy");
     let proxied = proxied_for_test_issuer(cluster, &ns.name);
-    // The extras the test issuer's configuration maps, granted to the proxy as the README shows.
-    grant_proxy_extras(
-        cluster,
-        "kubeconfig-operator-proxy-test-issuer-extras",
-        &["example.com/roles", "example.com/tenant"],
-    );
     let (email, jti, token) = test_issuer_reader(cluster, &ns.name, "proxy");
     let id = format!("JTI={jti}");
 

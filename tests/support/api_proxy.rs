@@ -28,8 +28,8 @@ pub const PROXY_SERVICE_ACCOUNT: &str = "kubeconfig-operator-proxy";
 
 /// Installs config/proxy once per test binary and returns a fresh token of its ServiceAccount,
 /// once the API server's authorizer lets that ServiceAccount impersonate: the authorizer learns
-/// of new RBAC objects from its own watch, and a proxy started at once on a freshly created
-/// cluster had its first requests refused (403) before it had.
+/// of new RBAC objects from its own watch, so a grant can be refused for a moment after it is
+/// made.
 pub fn proxy_token(cluster: &Cluster) -> &'static str {
     static TOKEN: OnceLock<String> = OnceLock::new();
     TOKEN.get_or_init(|| {
@@ -62,7 +62,8 @@ pub fn proxy_token(cluster: &Cluster) -> &'static str {
 
 /// Grants the proxy's ServiceAccount the impersonation of the extra fields `keys` (a
 /// ClusterRole and its binding, both `name`), as README "What the proxy's ServiceAccount is
-/// granted" shows.
+/// granted" shows, and returns once the API server's authorizer has the grant (see
+/// [`proxy_token`]).
 pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
     let resources: Vec<String> = keys.iter().map(|key| format!("userextras/{key}")).collect();
     let extras = serde_json::json!({
@@ -98,6 +99,39 @@ pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
     });
     let file = write_temp(&extras.to_string());
     kubectl(cluster, &["apply", "-f", file.path().to_str().unwrap()]);
+    // `kubectl auth can-i` cannot name an extra (it looks `userextras` up in discovery and
+    // finds nothing), so the wait asks the API server directly; without client-side
+    // validation, which would list CRDs, something the ServiceAccount may not do.
+    let token = proxy_token(cluster);
+    for key in keys {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {
+                "group": "authentication.k8s.io",
+                "resource": "userextras",
+                "subresource": key,
+                "verb": "impersonate",
+            }},
+        });
+        let review = write_temp(&review.to_string());
+        let create = [
+            "create",
+            "--validate=false",
+            "-f",
+            review.path().to_str().unwrap(),
+            "-o",
+            "jsonpath={.status.allowed}",
+        ];
+        eventually(
+            Duration::from_secs(30),
+            &format!("the API server lets the proxy's ServiceAccount impersonate the extra {key}"),
+            || {
+                kubectl_as_token(cluster, token, &create)
+                    .is_ok_and(|allowed| allowed.trim() == "true")
+            },
+        );
+    }
 }
 
 /// The operator with its proxy on 127.0.0.1, a certificate made now by a CA made now, and the
