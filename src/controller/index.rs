@@ -191,9 +191,10 @@ impl Inner {
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
         let reference = stored::reference(request);
-        let reference = match self.filed.get_key_value(&reference) {
-            Some((filed, _)) => Arc::clone(filed),
-            None => Arc::new(reference),
+        // The reference already filed, and the trigger last let through, which goes with it.
+        let (reference, trigger) = match self.filed.get_key_value(&reference) {
+            Some((filed, filing)) => (Arc::clone(filed), filing.trigger),
+            None => (Arc::new(reference), None),
         };
         if !self.namespaces.contains_key(namespace.as_str()) {
             self.namespaces
@@ -225,7 +226,7 @@ impl Inner {
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
             uid: request.uid().map(Arc::from),
             status: request.status.as_ref().map(status::digest),
-            trigger: self.filed.get(&reference).and_then(|filing| filing.trigger),
+            trigger,
         };
         let uid = filing.uid.clone();
         let previous = self.filed.insert(Arc::clone(&reference), filing);

@@ -364,8 +364,7 @@ pub(super) async fn publish(
 
 #[cfg(test)]
 mod tests {
-    use chrono::DateTime;
-    use chrono::TimeDelta;
+    use chrono::{DateTime, TimeDelta};
     use serde_json::json;
 
     use super::*;
