@@ -58,6 +58,7 @@ use serde_json::json;
 use support::{
     Cluster, Namespace, cluster, id_token,
     load::{admin_client, create_unrelated_secrets, peak_rss_kib, percentile, rss_kib},
+    metric,
     operator::{Issuer, Operator},
 };
 use tokio::sync::Notify;
@@ -107,16 +108,14 @@ fn reconcile_totals(operator: &Operator) -> (f64, f64) {
         metric(
             &text,
             "kubeconfig_operator_reconcile_duration_seconds_count",
+            "",
         ),
-        metric(&text, "kubeconfig_operator_reconcile_duration_seconds_sum"),
+        metric(
+            &text,
+            "kubeconfig_operator_reconcile_duration_seconds_sum",
+            "",
+        ),
     )
-}
-
-/// An unlabelled series' value in a Prometheus text exposition (0 if absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
 
 /// Where the operator's resident memory is, in KiB: live heap objects, the allocator's resident
@@ -132,8 +131,8 @@ impl Memory {
         // Read before the scrape, whose text (every request's series) takes megabytes.
         let rss = rss_kib(operator.pid()) as f64;
         let text = operator.metrics();
-        let live = metric(&text, "kubeconfig_operator_heap_allocated_bytes") / 1024.0;
-        let resident = metric(&text, "kubeconfig_operator_heap_resident_bytes") / 1024.0;
+        let live = metric(&text, "kubeconfig_operator_heap_allocated_bytes", "") / 1024.0;
+        let resident = metric(&text, "kubeconfig_operator_heap_resident_bytes", "") / 1024.0;
         Self {
             live,
             allocator: resident - live,

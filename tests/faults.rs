@@ -24,6 +24,7 @@ use kubeconfig_operator::testing::TestIssuer;
 use serde_json::{Value, json};
 use support::{
     Cluster, Namespace, cluster, eventually, id_token, kubectl, kubectl_as_token, kubectl_result,
+    metric,
     operator::{Issuer, Operator, operator_kubeconfig},
     proxy::Proxy,
     requests::{
@@ -343,22 +344,6 @@ fn assert_one_secret_per_request(
 
 // ---------------------------------------------------------------------------------------------
 // The operator process
-
-/// Sum of every sample of metric `name` (all label sets) whose labels contain `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric_name, label_part) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest),
-                None => (series, ""),
-            };
-            (metric_name == name && label_part.contains(labels))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
 
 /// Counts of `kubeconfig Secret written` log events (each is one write of a kubeconfig Secret).
 fn secrets_written(operator: &Operator) -> usize {

@@ -485,3 +485,20 @@ pub fn alice_may_view(cluster: &Cluster, alice: &str, namespace: &str) {
         can_i_as_token(cluster, alice, &["list", "pods", "-n", namespace])
     });
 }
+
+/// Sum of every sample of metric `name` (all label sets) whose labels contain `labels`, in a
+/// Prometheus text exposition such as [`operator::Operator::metrics`]; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, label_part) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (metric_name == name && label_part.contains(labels))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
