@@ -308,9 +308,12 @@ async fn reconcile_inner(request: &KubeconfigRequest, ctx: &Context) -> Result<A
         match secret::ours(request, &owner, existing) {
             Err(conflict) => Outcome::refused(conflict, None),
             // Another installation overwrote this request's Secret; until it is deleted,
-            // neither writes it again, nor mints for it.
-            Ok(Some(_)) if let Some(reported) = secret::second_writer_reported(request) => {
-                Outcome::refused(reported, Some(target.clone()))
+            // neither writes it again, nor mints for it, nor reports anything: the status says
+            // it already. Written again, a report read from a store that has not yet caught up
+            // would take back the Issued this installation wrote once the Secret was deleted.
+            Ok(Some(_)) if secret::second_writer_reported(request) => {
+                ctx.renewals.cancel(&stored::reference(request));
+                return Ok(Action::requeue(refusal::SECOND_WRITER_RECHECK));
             }
             Ok(ours) => {
                 let credential = match (

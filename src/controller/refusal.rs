@@ -40,7 +40,7 @@ pub struct Policy {
 const ISSUER_RETRY: Duration = Duration::from_secs(15);
 /// How soon a request another installation also writes is looked at again: the other's status
 /// write may land after this one's report of it, and nothing else would bring the report back.
-const SECOND_WRITER_RECHECK: Duration = Duration::from_secs(30);
+pub(super) const SECOND_WRITER_RECHECK: Duration = Duration::from_secs(30);
 
 impl Reason {
     pub fn as_str(self) -> &'static str {

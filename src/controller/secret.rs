@@ -290,17 +290,14 @@ fn overwritten_by<'a>(
         .then_some(other.as_str())
 }
 
-/// The `SecondWriter` refusal already reported for this generation of the request, by this
-/// installation or the other: both back off, so that the condition stays instead of each
-/// reporting its own outcome in turn.
-pub(super) fn second_writer_reported(request: &KubeconfigRequest) -> Option<Refusal> {
-    request
-        .ready_condition()
-        .filter(|ready| {
-            ready.reason == Reason::SecondWriter.as_str()
-                && ready.observed_generation == request.metadata.generation
-        })
-        .map(|ready| Refusal::new(Reason::SecondWriter, ready.message.clone()))
+/// Whether this generation of the request reports `SecondWriter` already, by this installation
+/// or the other: both back off, so that the condition stays instead of each reporting its own
+/// outcome in turn.
+pub(super) fn second_writer_reported(request: &KubeconfigRequest) -> bool {
+    request.ready_condition().is_some_and(|ready| {
+        ready.reason == Reason::SecondWriter.as_str()
+            && ready.observed_generation == request.metadata.generation
+    })
 }
 
 /// A Secret left behind by a changed `spec.secretName` goes once the new one is written; while

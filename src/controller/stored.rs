@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, runtime::reflector::ObjectRef, runtime::watcher};
 use serde::{Deserialize, Serialize};
 
-use super::{refusal::Reason, revoke::FINALIZER};
+use super::revoke::FINALIZER;
 use crate::{
     crd::{
         KubeconfigRequest, KubeconfigRequestSpec, KubeconfigRequestStatus, RENEW_ANNOTATION,
@@ -137,14 +137,12 @@ fn formatted(seconds: i64) -> Option<String> {
 }
 
 /// Leaves in a stored status only what the controller and the metrics read back: the
-/// conditions' status, reason, generation and transition time (the message only where it is
-/// reported again: SecondWriter), the Secret, the credential and its times, the renewal asked
-/// for. The rest (identity, groups, messages) is written, never read; `digest` still covers it.
+/// conditions' status, reason, generation and transition time, the Secret, the credential and
+/// its times, the renewal asked for. The rest (identity, groups, messages) is written, never
+/// read; `digest` still covers it.
 fn keep_read_back(status: &mut KubeconfigRequestStatus) {
     for condition in &mut status.conditions {
-        if condition.reason != Reason::SecondWriter.as_str() {
-            condition.message = String::new();
-        }
+        condition.message = String::new();
     }
     status.username = None;
     status.groups = Vec::new();
