@@ -38,8 +38,12 @@ pub struct Policy {
 
 /// How soon an unreachable issuer is asked again.
 const ISSUER_RETRY: Duration = Duration::from_secs(15);
-/// How soon a request another installation also writes is looked at again: the other's status
-/// write may land after this one's report of it, and nothing else would bring the report back.
+/// How soon a newly found second writer is looked at again. The other installation's status
+/// write for its own overwrite can land just after this one's report and replace it, and no
+/// status change wakes a request: this look puts the report back.
+const SECOND_WRITER_CONFIRM: Duration = Duration::from_secs(5);
+/// How often a request whose `SecondWriter` report stands is looked at again, in case a status
+/// write replaced it later.
 pub(super) const SECOND_WRITER_RECHECK: Duration = Duration::from_secs(30);
 
 impl Reason {
@@ -65,7 +69,7 @@ impl Reason {
                 ..WAIT
             },
             Reason::SecondWriter => Policy {
-                retry_after: Some(SECOND_WRITER_RECHECK),
+                retry_after: Some(SECOND_WRITER_CONFIRM),
                 ..WAIT
             },
             Reason::Issued

@@ -850,6 +850,39 @@ async fn a_reported_second_writer_is_left_alone() {
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
+/// Issue 26, item 8: a Secret this installation wrote, rewritten since by another one, is left
+/// as it is and reported as SecondWriter, looked at again within seconds: the other's status
+/// write for its overwrite may land just after this report and replace it.
+#[tokio::test]
+async fn a_secret_another_installation_rewrote_is_reported_and_soon_looked_at_again() {
+    let token = alice_token();
+    let (mut rewritten, written_status) = first_issue(request(json!({})), token.clone()).await;
+    let other = "system:serviceaccount:second:kubeconfig-operator";
+    rewritten["metadata"]["annotations"][crate::controller::WRITER_ANNOTATION] = json!(other);
+    rewritten["metadata"]["resourceVersion"] = json!("100");
+    let mut issued = request(json!({}));
+    issued.status = Some(serde_json::from_value(written_status).unwrap());
+    let (ctx, api) = context();
+    let filed = stored(&ctx, issued);
+    // This installation's own last write came before the other's.
+    ctx.index
+        .wrote(NAMESPACE, TARGET_SECRET, Some("99".to_owned()));
+    let script = tokio::spawn(async move {
+        let mut api = api;
+        api.existing(rewritten).await;
+        api.token_secret(&token).await;
+        let warning = api.event("SecondWriter", "Warning").await;
+        let note = warning["note"].as_str().unwrap_or_default().to_owned();
+        assert!(note.contains(other) && note.contains(OPERATOR), "{note}");
+        let status = api.status().await;
+        assert_eq!(ready(&status)["reason"], "SecondWriter");
+        api
+    });
+    let action = reconcile(filed, ctx).await.expect("reconcile succeeds");
+    script.await.expect("the script ran").assert_done().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+}
+
 /// Once the Secret was deleted and written again by the installation left, its status says
 /// Issued. A reconciliation that starts before the store caught up with that status still sees
 /// SecondWriter; it must not write that back, or the request stays refused with nobody
