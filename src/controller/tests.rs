@@ -821,25 +821,32 @@ async fn a_due_token_is_not_replaced_once_the_creator_lost_the_right_to_mint_it(
     .await;
 }
 
-/// Issue 26, item 8: once either installation reported SecondWriter for this generation, a
-/// reconciliation neither mints, nor writes the Secret, nor rewrites the status, and looks again
-/// later.
-#[tokio::test]
-async fn a_reported_second_writer_is_left_alone() {
-    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
-    let mut reported = request(spec);
-    let message = "Secret alice-kubeconfig was rewritten by another operator installation";
-    reported.status = Some(
+/// A ServiceAccount request of generation 1 whose status names its Secret and holds only the
+/// Ready condition: `ready` ("True" or "False") for `reason`, since `since`.
+fn account_request_reporting(ready: &str, reason: &str, since: &str) -> KubeconfigRequest {
+    let mut request =
+        request(json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } }));
+    request.status = Some(
         serde_json::from_value(json!({
             "conditions": [{
-                "type": "Ready", "status": "False", "reason": "SecondWriter", "message": message,
-                "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z",
+                "type": "Ready", "status": ready, "reason": reason,
+                "message": format!("reported as {reason}"),
+                "observedGeneration": 1, "lastTransitionTime": since,
             }],
             "secretName": TARGET_SECRET,
             "observedGeneration": 1,
         }))
         .unwrap(),
     );
+    request
+}
+
+/// Issue 26, item 8: once either installation reported SecondWriter for this generation, a
+/// reconciliation neither mints, nor writes the Secret, nor rewrites the status, and looks again
+/// later.
+#[tokio::test]
+async fn a_reported_second_writer_is_left_alone() {
+    let reported = account_request_reporting("False", "SecondWriter", "2026-12-05T08:00:00Z");
     let now = chrono::Utc::now().timestamp();
     let due = kubeconfig_secret(SECRET_UID, &bound_token(SECRET_UID, now - 3000, 3600));
     let action = reconcile_with(reported, move |mut api| async move {
@@ -889,32 +896,8 @@ async fn a_secret_another_installation_rewrote_is_reported_and_soon_looked_at_ag
 /// writing it.
 #[tokio::test]
 async fn a_second_writer_report_from_a_lagging_store_is_not_written_back() {
-    let spec = json!({ "tokenSecretRef": null, "serviceAccount": { "name": ACCOUNT } });
-    let mut lagging = request(spec);
-    lagging.status = Some(
-        serde_json::from_value(json!({
-            "conditions": [{
-                "type": "Ready", "status": "False", "reason": "SecondWriter",
-                "message": "Secret alice-kubeconfig was rewritten by another operator installation",
-                "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:00:00Z",
-            }],
-            "secretName": TARGET_SECRET,
-            "observedGeneration": 1,
-        }))
-        .unwrap(),
-    );
-    let mut issued = lagging.clone();
-    issued.status = Some(
-        serde_json::from_value(json!({
-            "conditions": [{
-                "type": "Ready", "status": "True", "reason": "Issued", "message": "written again",
-                "observedGeneration": 1, "lastTransitionTime": "2026-12-05T08:05:00Z",
-            }],
-            "secretName": TARGET_SECRET,
-            "observedGeneration": 1,
-        }))
-        .unwrap(),
-    );
+    let lagging = account_request_reporting("False", "SecondWriter", "2026-12-05T08:00:00Z");
+    let issued = account_request_reporting("True", "Issued", "2026-12-05T08:05:00Z");
     let (ctx, api) = context();
     // The watch delivered the Issued status while the reconciliation held the version before.
     ctx.index.observe(&watcher::Event::Apply(issued));
