@@ -41,6 +41,14 @@ pub struct ProxyLabels {
     pub code: u16,
 }
 
+/// One impersonation the proxy's ServiceAccount needs, as a ClusterRole's rule names its resource
+/// (`users`, `groups`, `uids`, `userextras/<key>`): the keys come from the authentication
+/// configuration, never from a token, so the series are as few as the keys it maps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    pub resource: String,
+}
+
 /// The status of a request's Ready condition, as the series label it. A status other than these
 /// three (which the CRD's schema does not admit) counts as `Unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
@@ -315,6 +323,7 @@ pub struct Metrics {
     pub proxy_requests: Family<ProxyLabels, Counter>,
     pub proxy_upstream_duration: Histogram,
     pub proxy_upgraded_streams: Gauge,
+    pub proxy_impersonation_denied: Family<GrantLabels, Gauge>,
     pub authentication: Arc<AuthenticationSeries>,
 }
 
@@ -382,8 +391,15 @@ impl Default for Metrics {
             "Upgraded connections (exec, attach, port-forward, WebSocket) open through the proxy",
             proxy_upgraded_streams.clone(),
         );
+        let proxy_impersonation_denied = Family::<GrantLabels, Gauge>::default();
+        registry.register(
+            "proxy_impersonation_denied",
+            "1 while the API server says the proxy's ServiceAccount may not impersonate this resource, which some users' requests need; 0 once it may",
+            proxy_impersonation_denied.clone(),
+        );
         Self {
             registry: root,
+            proxy_impersonation_denied,
             authentication,
             proxy_requests,
             proxy_upstream_duration,

@@ -21,10 +21,13 @@ use rustls::pki_types::ServerName;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use api_proxy::{PROXY_NAMESPACE, Proxied, grant_proxy_extras, kubectl_with, proxy_token, runtime};
+use api_proxy::{
+    PROXY_NAMESPACE, Proxied, grant_extras, grant_proxy_extras, kubectl_with, proxy_token, runtime,
+};
 use support::{
-    Client, Cluster, Namespace, can_i_as_token, cluster, id_token, id_token_for_client, kubectl,
-    kubectl_as_token, kubectl_plain, operator::Issuer, requests::write_temp,
+    Client, Cluster, Namespace, can_i_as_token, cluster, eventually, id_token, id_token_for_client,
+    kubectl, kubectl_as_token, kubectl_plain, kubectl_result, operator::Issuer,
+    requests::write_temp,
 };
 
 /// alice may get, list, watch, create and delete ConfigMaps in `namespace`, nothing else.
@@ -765,6 +768,141 @@ fn the_proxy_forwards_the_whole_identity() {
         &kubectl_with(&alice, &["auth", "whoami", "-o", "json"]).expect("whoami through the proxy"),
     );
     assert_eq!(proxied_info, direct);
+}
+
+/// A ServiceAccount in `namespace` bound to config/proxy's ClusterRole and to nothing else, as a
+/// proxy's is when its installer skipped README's grant for the mapped extra fields: the shared
+/// proxy ServiceAccount may hold that grant from another test. The bindings are cluster-wide, so
+/// they go with it.
+struct BareProxyAccount {
+    binding: String,
+    extras: String,
+    token: String,
+}
+
+impl BareProxyAccount {
+    const NAME: &str = "bare-proxy";
+
+    fn create(cluster: &Cluster, namespace: &str) -> Self {
+        // config/proxy's ClusterRole.
+        proxy_token(cluster);
+        let binding = format!("{namespace}-bare-proxy");
+        kubectl(
+            cluster,
+            &["create", "serviceaccount", Self::NAME, "-n", namespace],
+        );
+        kubectl(
+            cluster,
+            &[
+                "create",
+                "clusterrolebinding",
+                &binding,
+                "--clusterrole=kubeconfig-operator-proxy",
+                &format!("--serviceaccount={namespace}:{}", Self::NAME),
+            ],
+        );
+        let token = kubectl(cluster, &["create", "token", Self::NAME, "-n", namespace]);
+        eventually(
+            Duration::from_secs(30),
+            "the API server lets the bare ServiceAccount impersonate users",
+            || can_i_as_token(cluster, &token, &["impersonate", "users"]),
+        );
+        Self {
+            extras: format!("{binding}-extras"),
+            binding,
+            token,
+        }
+    }
+}
+
+impl Drop for BareProxyAccount {
+    fn drop(&mut self) {
+        let cluster = cluster();
+        for name in [&self.binding, &self.extras] {
+            let _ = kubectl_result(cluster, &["delete", "clusterrolebinding", name]);
+        }
+        let _ = kubectl_result(cluster, &["delete", "clusterrole", &self.extras]);
+    }
+}
+
+/// The authentication configuration maps the extra field `example.com/name`, and the proxy's
+/// ServiceAccount was not granted its impersonation. The API server refuses alice's requests
+/// through the proxy without naming what is missing; the proxy names it, to alice through
+/// kubectl and to the administrator in its log and metrics. Once the grant is made, alice is
+/// served and the proxy says so, without a restart.
+#[test]
+fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-grants");
+    let account = BareProxyAccount::create(cluster, &ns.name);
+    let config = cluster.env["AUTHENTICATION_CONFIG_FILE"].clone();
+    let proxied = Proxied::start_as(
+        cluster,
+        &ns.name,
+        Issuer::AuthenticationConfig,
+        &["--authentication-config", &config],
+        account.token.clone(),
+    );
+    let resource = "userextras/example.com/name";
+    let denied = |value: u8| {
+        format!("kubeconfig_operator_proxy_impersonation_denied{{resource=\"{resource}\"}} {value}")
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the proxy finds the grant missing",
+        || proxied.operator.metrics().contains(&denied(1)),
+    );
+    let logged = proxied
+        .operator
+        .log_events()
+        .into_iter()
+        .filter(|event| event["level"] == "ERROR" && event["resource"] == resource)
+        .count();
+    assert_eq!(logged, 1, "{}", proxied.operator.logs());
+    // Grants the proxy holds are not reported.
+    let metrics = proxied.operator.metrics();
+    for held in [
+        "users",
+        "groups",
+        "uids",
+        "userextras/authentication.kubernetes.io/credential-id",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "kubeconfig_operator_proxy_impersonation_denied{{resource=\"{held}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    // Any authenticated user may read discovery, so only the impersonation can be refused.
+    let discovery = ["get", "--raw", "/api"];
+    let refused =
+        kubectl_with(&alice, &discovery).expect_err("alice refused for want of the grant");
+    assert!(
+        refused.contains(&format!("may not impersonate {resource}")),
+        "{refused}"
+    );
+
+    grant_extras(
+        cluster,
+        &account.extras,
+        (&ns.name, BareProxyAccount::NAME),
+        &account.token,
+        &["example.com/name"],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "alice is served through the proxy",
+        || kubectl_with(&alice, &discovery).is_ok(),
+    );
+    // Her answer told the proxy to look again.
+    eventually(
+        Duration::from_secs(20),
+        "the proxy finds the grant made",
+        || proxied.operator.metrics().contains(&denied(0)),
+    );
 }
 
 /// An upgraded stream leaves the listener's count of connections, so one address could open

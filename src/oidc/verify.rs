@@ -32,6 +32,7 @@
 //! [`super::signature`], and what its claims say in [`super::claims`].
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
@@ -50,7 +51,7 @@ use super::{
     jwks::{self, IssuerError, KeySet},
     jwt::{Decoded, Payload, check_shape},
     signature::signed_payload,
-    token::{IdToken, Identity, TokenError},
+    token::{CREDENTIAL_ID_KEY, IdToken, Identity, TokenError},
 };
 use crate::config::{OidcConfig, Strictness};
 
@@ -377,6 +378,18 @@ impl Verifier {
             reloads_failed: file.reloads[1].load(Ordering::Relaxed),
             key_sets,
         }
+    }
+
+    /// Every extra field's key an identity can carry under the configuration in force: those
+    /// `claimMappings.extra` maps and the credential ID from `jti`. The proxy impersonates each,
+    /// and must be granted each by name.
+    pub fn extra_keys(&self) -> BTreeSet<String> {
+        self.current()
+            .issuers
+            .iter()
+            .flat_map(|issuer| issuer.rules.extra.iter().map(|(key, _)| key.clone()))
+            .chain([CREDENTIAL_ID_KEY.to_owned()])
+            .collect()
     }
 
     /// Readiness: some issuer's keys are loaded, so some tokens can be judged. One issuer being

@@ -65,6 +65,25 @@ pub fn proxy_token(cluster: &Cluster) -> &'static str {
 /// granted" shows, and returns once the API server's authorizer has the grant (see
 /// [`proxy_token`]).
 pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
+    let token = proxy_token(cluster);
+    grant_extras(
+        cluster,
+        name,
+        (PROXY_NAMESPACE, PROXY_SERVICE_ACCOUNT),
+        token,
+        keys,
+    );
+}
+
+/// As [`grant_proxy_extras`], to the ServiceAccount `account` (namespace, name) whose token is
+/// `token`.
+pub fn grant_extras(
+    cluster: &Cluster,
+    name: &str,
+    account: (&str, &str),
+    token: &str,
+    keys: &[&str],
+) {
     let resources: Vec<String> = keys.iter().map(|key| format!("userextras/{key}")).collect();
     let extras = serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -91,8 +110,8 @@ pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
                 },
                 "subjects": [{
                     "kind": "ServiceAccount",
-                    "name": PROXY_SERVICE_ACCOUNT,
-                    "namespace": PROXY_NAMESPACE,
+                    "name": account.1,
+                    "namespace": account.0,
                 }],
             },
         ],
@@ -102,7 +121,6 @@ pub fn grant_proxy_extras(cluster: &Cluster, name: &str, keys: &[&str]) {
     // `kubectl auth can-i` cannot name an extra (it looks `userextras` up in discovery and
     // finds nothing), so the wait asks the API server directly; without client-side
     // validation, which would list CRDs, something the ServiceAccount may not do.
-    let token = proxy_token(cluster);
     for key in keys {
         let review = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1",
@@ -152,7 +170,24 @@ impl Proxied {
 
     /// As [`Proxied::start`], for `issuer`'s tokens and with further `run` flags.
     pub fn start_with(cluster: &Cluster, namespace: &str, issuer: Issuer, flags: &[&str]) -> Self {
-        let proxy_token = proxy_token(cluster).to_owned();
+        Self::start_as(
+            cluster,
+            namespace,
+            issuer,
+            flags,
+            proxy_token(cluster).to_owned(),
+        )
+    }
+
+    /// As [`Proxied::start_with`], the proxy holding `proxy_token` in place of the token of
+    /// config/proxy's ServiceAccount.
+    pub fn start_as(
+        cluster: &Cluster,
+        namespace: &str,
+        issuer: Issuer,
+        flags: &[&str],
+        proxy_token: String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -14,14 +14,18 @@
 //!    `Impersonate-Uid` and `Impersonate-Extra-*` are added for the whole verified identity;
 //! 6. the request takes one of its user's slots (`proxy.maxRequestsPerUser`), held until its
 //!    answer or stream ends; a user holding them all gets 429 with `Retry-After`;
-//! 7. the credential's use is noted for its request's `status.lastUsedAt` (see [`last_use`]).
+//! 7. the credential's use is noted for its request's `status.lastUsedAt` (see [`last_use`]);
+//! 8. if the API server refuses a user for whom the proxy's ServiceAccount lacks an
+//!    impersonation grant (an extra field's key nobody granted, see [`grants`]), the refusal is
+//!    replaced by one naming the grant, which the API server's does not.
 //!
 //! An answer still streaming (a watch, `logs -f`) or an upgraded stream ends as soon as a
 //! `KubeconfigRevocation` covers the token that opened it: revocation ends what is open, not only
 //! what comes next.
 //!
 //! The API server then authorizes the request as the user, and its answer (including its own
-//! 403 naming the user) goes back unchanged and unbuffered, so watches stream. Upgrades (exec,
+//! 403 naming the user) goes back unchanged and unbuffered, so watches stream; step 8's
+//! refusal is the one exception. Upgrades (exec,
 //! attach, port-forward, WebSocket watches) take the same steps, then go over a fresh connection
 //! (see [`upgrade`]). There is no request timeout on this listener: a watch or an exec session
 //! lasts as long as it is used. The bounds are the listener's (connections at once, in all and
@@ -29,6 +33,7 @@
 //! [`HEADER_READ_TIMEOUT`]), the user's slots, and, for upgraded streams, a slot per stream and an
 //! idle timeout.
 
+mod grants;
 mod headers;
 mod last_use;
 mod upgrade;
@@ -63,6 +68,7 @@ use crate::{
     metrics::{Metrics, ProxyLabels},
     oidc::{authenticator::Authenticator, token::credential_id_in},
 };
+use grants::Grants;
 use last_use::LastUse;
 use upstream::{Credential, Upstream};
 
@@ -91,6 +97,7 @@ struct Proxy {
     streams_per_client: Arc<SlotsPerKey<IpAddr>>,
     stream_idle_timeout: Duration,
     last_use: LastUse,
+    grants: Arc<Grants>,
 }
 
 /// The proxy's listener, bound and with its files read, ready to serve. Binding is separate
@@ -122,6 +129,14 @@ impl BoundProxy {
         );
         let credential = Credential::load(config.token_file.clone())?;
         credential.keep_fresh();
+        let grants = Grants::new(metrics.proxy_impersonation_denied.clone());
+        grants
+            .keep_checked(
+                &upstream,
+                Arc::clone(&credential),
+                Arc::clone(authenticator.verifier()),
+            )
+            .map_err(|problem| ServeError::Upstream { problem })?;
         let tcp = listener::bind(config.listen).await?;
         let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let proxy = Arc::new(Proxy {
@@ -134,6 +149,7 @@ impl BoundProxy {
             streams_per_client: SlotsPerKey::new(config.max_connections_per_client),
             stream_idle_timeout: config.stream_idle_timeout,
             last_use: LastUse::new(client),
+            grants,
         });
         Ok(Self {
             tcp,
@@ -285,10 +301,14 @@ async fn handle(
     if let Some(id) = credential_id_in(&identity.extra) {
         proxy.last_use.touch(id);
     }
+    // For step 8, once the answer is in.
+    let lacking = proxy.grants.lacking(&identity);
     // Whatever stays open ends when the token is revoked.
     let revoked = Arc::clone(revocations).until_revoked(changes, token, identity);
     let Some(upgrade) = upgrade else {
-        return (user, plain(proxy, parts, body, slot, revoked).await);
+        let response = plain(proxy, parts, body, slot, revoked).await;
+        // 8. A refusal for want of a grant says which.
+        return (user, proxy.grants.explain(&lacking, response));
     };
     // An upgraded stream has left the listener's count of connections, so its address's share
     // of streams is counted here.
@@ -306,7 +326,7 @@ async fn handle(
             "the proxy has as many open streams as it serves; try again later",
         ),
     };
-    (user, response)
+    (user, proxy.grants.explain(&lacking, response))
 }
 
 /// 429 for a client or user over its share, with `Retry-After`. The connection goes too: kept

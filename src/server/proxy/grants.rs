@@ -1,0 +1,456 @@
+//! Whether the proxy's ServiceAccount may impersonate every part of the identities it forwards.
+//! RBAC grants each extra field's key by name, so a key that the authentication configuration
+//! maps and nobody granted makes the API server refuse every request through the proxy from a
+//! user whose identity carries it. Its refusal names neither the key nor the remedy (1.37:
+//! `cannot impersonate-on:user-info:get path "/api"`, which kubectl shows as `Forbidden:
+//! unknown`), so the proxy asks the API server itself, with a SelfSubjectAccessReview per grant
+//! as the proxy, and says what is missing: in an error log line and a metric for the cluster's
+//! administrators, and in place of the API server's refusal for the users it affects.
+//!
+//! It asks at start, after each reload of the authentication configuration (which may map new
+//! keys), every [`RECHECK_INTERVAL`], and soon after an answer that what it knows cannot
+//! explain: a user lacking a grant was served (it was granted since), or was refused (it may
+//! have been granted since, and the refusal be the user's own RBAC).
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery,
+};
+use axum::{body::Body, response::IntoResponse as _};
+use http_body_util::{BodyExt as _, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use super::upstream::{Credential, Upstream};
+use crate::{
+    metrics::GrantLabels,
+    oidc::{token::Identity, verify::Verifier},
+};
+
+/// How often the grants are asked about with nothing else prompting it: RBAC can change at any
+/// time, and four reviews a minute cost the API server about 2 ms.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// The least time between two rounds of reviews, however often answers prompt one.
+const MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one review may take.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// A review's answer is a few hundred bytes; more is not an answer.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const REVIEWS_PATH: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+/// One impersonation RBAC grants separately, named as a ClusterRole's rule names its resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub(super) enum Grant {
+    Users,
+    Groups,
+    Uids,
+    /// One extra field's key.
+    #[strum(serialize = "userextras")]
+    Extra(String),
+}
+
+impl Grant {
+    fn group(&self) -> &'static str {
+        match self {
+            Self::Users | Self::Groups => "",
+            Self::Uids | Self::Extra(_) => "authentication.k8s.io",
+        }
+    }
+
+    /// The resource as a ClusterRole's rule writes it: `userextras/<key>` for an extra field.
+    fn resource(&self) -> String {
+        let resource: &'static str = self.into();
+        match self {
+            Self::Extra(key) => format!("{resource}/{key}"),
+            _ => resource.to_owned(),
+        }
+    }
+
+    fn review(&self) -> SelfSubjectAccessReview {
+        let resource: &'static str = self.into();
+        let subresource = match self {
+            Self::Extra(key) => Some(key.clone()),
+            _ => None,
+        };
+        SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(self.group().to_owned()),
+                    resource: Some(resource.to_owned()),
+                    subresource,
+                    verb: Some("impersonate".to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        }
+    }
+
+    fn labels(&self) -> GrantLabels {
+        GrantLabels {
+            resource: self.resource(),
+        }
+    }
+}
+
+/// What forwarding `identity` takes, in the order the headers are set.
+fn needed(identity: &Identity) -> impl Iterator<Item = Grant> + '_ {
+    [Grant::Users, Grant::Groups]
+        .into_iter()
+        .chain((!identity.uid.is_empty()).then_some(Grant::Uids))
+        .chain(identity.extra.keys().cloned().map(Grant::Extra))
+}
+
+/// The grants the API server last said the proxy lacks.
+pub(super) struct Grants {
+    denied: RwLock<BTreeSet<Grant>>,
+    /// Whether `denied` has any, read by every request, so a proxy that lacks nothing takes no
+    /// lock.
+    any_denied: AtomicBool,
+    /// Asks for a round of reviews sooner than [`RECHECK_INTERVAL`].
+    recheck: Notify,
+    series: Family<GrantLabels, Gauge>,
+}
+
+impl Grants {
+    pub(super) fn new(series: Family<GrantLabels, Gauge>) -> Arc<Self> {
+        Arc::new(Self {
+            denied: RwLock::new(BTreeSet::new()),
+            any_denied: AtomicBool::new(false),
+            recheck: Notify::new(),
+            series,
+        })
+    }
+
+    /// The grants forwarding `identity` takes that the proxy is known to lack; none, without a
+    /// lock, when it lacks nothing.
+    pub(super) fn lacking(&self, identity: &Identity) -> Vec<Grant> {
+        if !self.any_denied.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let denied = self.denied.read().unwrap_or_else(|p| p.into_inner());
+        needed(identity)
+            .filter(|grant| denied.contains(grant))
+            .collect()
+    }
+
+    /// The API server's answer to a request whose user needs the grants `lacking`: its refusal
+    /// becomes one naming them. Either way the answer prompts another look soon, as it may
+    /// show that a grant was made since the last.
+    pub(super) fn explain(&self, lacking: &[Grant], answer: Response<Body>) -> Response<Body> {
+        if lacking.is_empty() {
+            return answer;
+        }
+        self.recheck.notify_one();
+        if answer.status() != StatusCode::FORBIDDEN {
+            return answer;
+        }
+        let resources: Vec<String> = lacking.iter().map(Grant::resource).collect();
+        let message = format!(
+            "the API server refused to let the kubeconfig-operator proxy act as you: its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
+            resources.join(", "),
+            if lacking.len() == 1 { "it" } else { "each" },
+        );
+        // Plain text: client-go shows a text body as the error's message wherever it comes, where
+        // discovery, the first request kubectl makes, reports a `Status` as `unknown`.
+        (
+            StatusCode::FORBIDDEN,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            message,
+        )
+            .into_response()
+    }
+
+    /// Asks the API server about every grant the configuration in force needs, now and from
+    /// then on (see the module's documentation), until the proxy is gone.
+    pub(super) fn keep_checked(
+        self: &Arc<Self>,
+        upstream: &Upstream,
+        credential: Arc<Credential>,
+        verifier: Arc<Verifier>,
+    ) -> Result<(), String> {
+        let reviews = Reviews {
+            client: upstream.pooled().clone(),
+            uri: upstream.uri(Some(&PathAndQuery::from_static(REVIEWS_PATH)))?,
+            credential,
+        };
+        let grants = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut reloads = verifier.reloads();
+            while let Some(this) = Weak::upgrade(&grants) {
+                let wanted: BTreeSet<Grant> = [Grant::Users, Grant::Groups, Grant::Uids]
+                    .into_iter()
+                    .chain(verifier.extra_keys().into_iter().map(Grant::Extra))
+                    .collect();
+                let answers =
+                    futures::future::join_all(wanted.iter().map(|grant| reviews.allowed(grant)))
+                        .await;
+                this.record(&wanted, answers);
+                drop(this);
+                tokio::time::sleep(MIN_INTERVAL).await;
+                let Some(this) = Weak::upgrade(&grants) else {
+                    break;
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(RECHECK_INTERVAL - MIN_INTERVAL) => {}
+                    () = this.recheck.notified() => {}
+                    changed = reloads.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Takes in one round's answers, in `wanted`'s order; a grant no longer wanted (a reload
+    /// unmapped its key) is forgotten. An unanswered review leaves what was known.
+    fn record(&self, wanted: &BTreeSet<Grant>, answers: Vec<Result<bool, String>>) {
+        let mut denied = self.denied.write().unwrap_or_else(|p| p.into_inner());
+        for (grant, answer) in wanted.iter().zip(answers) {
+            let resource = grant.resource();
+            let group = grant.group();
+            match answer {
+                Ok(true) => {
+                    if denied.remove(grant) {
+                        info!(
+                            resource,
+                            group, "the proxy's ServiceAccount may now impersonate it"
+                        );
+                    }
+                    self.series.get_or_create(&grant.labels()).set(0);
+                }
+                Ok(false) => {
+                    if denied.insert(grant.clone()) {
+                        error!(
+                            resource,
+                            group,
+                            "the proxy's ServiceAccount may not impersonate it, so the API server refuses every request through the proxy whose user needs it; grant the verb impersonate on it (README, \"What the proxy's ServiceAccount is granted\")"
+                        );
+                    }
+                    self.series.get_or_create(&grant.labels()).set(1);
+                }
+                Err(problem) => warn!(
+                    resource,
+                    group,
+                    problem,
+                    "cannot ask the API server whether the proxy may impersonate it; keeping what was known"
+                ),
+            }
+        }
+        let gone: Vec<Grant> = denied
+            .iter()
+            .filter(|grant| !wanted.contains(grant))
+            .cloned()
+            .collect();
+        for grant in gone {
+            denied.remove(&grant);
+            self.series.remove(&grant.labels());
+        }
+        self.any_denied.store(!denied.is_empty(), Ordering::Relaxed);
+    }
+}
+
+/// SelfSubjectAccessReviews as the proxy, over its pooled connections.
+struct Reviews {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    uri: Uri,
+    credential: Arc<Credential>,
+}
+
+impl Reviews {
+    async fn allowed(&self, grant: &Grant) -> Result<bool, String> {
+        let body = serde_json::to_vec(&grant.review()).map_err(|e| e.to_string())?;
+        let json = HeaderValue::from_static("application/json");
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .header(header::AUTHORIZATION, self.credential.current().await)
+            .header(header::CONTENT_TYPE, json.clone())
+            .header(header::ACCEPT, json)
+            .body(Body::from(body))
+            .map_err(|e| e.to_string())?;
+        let ask = async {
+            let answer = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = answer.status();
+            let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("the API server answered {status}"));
+            }
+            let review: SelfSubjectAccessReview =
+                serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(review.status.is_some_and(|status| status.allowed))
+        };
+        tokio::time::timeout(REVIEW_TIMEOUT, ask)
+            .await
+            .map_err(|_| "the review timed out".to_owned())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(uid: &str, extra: &[&str]) -> Identity {
+        Identity {
+            username: "alice".into(),
+            groups: Vec::new(),
+            uid: uid.into(),
+            extra: extra
+                .iter()
+                .map(|key| ((*key).to_owned(), vec!["v".to_owned()]))
+                .collect(),
+            expires_at: chrono::Utc::now(),
+            issued_at: None,
+        }
+    }
+
+    #[test]
+    fn each_grant_is_reviewed_as_rbac_names_it() {
+        let attributes = |grant: Grant| {
+            let attributes = grant.review().spec.resource_attributes.unwrap();
+            (
+                attributes.group.unwrap(),
+                attributes.resource.unwrap(),
+                attributes.subresource,
+                attributes.verb.unwrap(),
+            )
+        };
+        assert_eq!(
+            attributes(Grant::Users),
+            ("".into(), "users".into(), None, "impersonate".into())
+        );
+        assert_eq!(attributes(Grant::Groups).1, "groups");
+        assert_eq!(
+            attributes(Grant::Uids),
+            (
+                "authentication.k8s.io".into(),
+                "uids".into(),
+                None,
+                "impersonate".into()
+            )
+        );
+        assert_eq!(
+            attributes(Grant::Extra("example.com/name".into())),
+            (
+                "authentication.k8s.io".into(),
+                "userextras".into(),
+                Some("example.com/name".into()),
+                "impersonate".into()
+            )
+        );
+        assert_eq!(
+            Grant::Extra("example.com/name".into()).resource(),
+            "userextras/example.com/name"
+        );
+    }
+
+    #[test]
+    fn a_user_lacks_only_the_denied_grants_their_identity_needs() {
+        let grants = Grants::new(Family::default());
+        let wanted: BTreeSet<Grant> = [
+            Grant::Users,
+            Grant::Groups,
+            Grant::Uids,
+            Grant::Extra("a".into()),
+            Grant::Extra("b".into()),
+        ]
+        .into();
+        let alice = identity("", &["a", "c"]);
+        assert!(grants.lacking(&alice).is_empty());
+
+        grants.record(
+            &wanted,
+            vec![Ok(true), Ok(true), Ok(false), Ok(false), Ok(false)],
+        );
+        assert_eq!(grants.lacking(&alice), [Grant::Extra("a".into())]);
+        assert_eq!(
+            grants.lacking(&identity("u-1", &[])),
+            [Grant::Uids],
+            "a uid needs its grant only when there is one"
+        );
+        let text = {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register("denied", "", grants.series.clone());
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert!(
+            text.contains("denied{resource=\"userextras/a\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("denied{resource=\"users\"} 0"), "{text}");
+
+        // An unanswered review keeps what was known; a key no longer mapped is forgotten.
+        let fewer: BTreeSet<Grant> = [Grant::Users, Grant::Groups, Grant::Uids].into();
+        grants.record(
+            &fewer,
+            vec![Ok(true), Err("timed out".into()), Err("x".into())],
+        );
+        assert!(grants.lacking(&alice).is_empty());
+        assert_eq!(grants.lacking(&identity("u-1", &["a"])), [Grant::Uids]);
+        grants.record(&fewer, vec![Ok(true), Ok(true), Ok(true)]);
+        assert!(!grants.any_denied.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn only_a_refusal_of_a_user_lacking_a_grant_is_explained() {
+        let grants = Grants::new(Family::default());
+        let forbidden = || {
+            Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .body(Body::from("{\"message\":\"unknown\"}"))
+                .unwrap()
+        };
+        let unchanged = grants.explain(&[], forbidden());
+        let body = unchanged.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"message\":\"unknown\"}");
+
+        let lacking = [Grant::Extra("example.com/name".into())];
+        let served = grants.explain(&lacking, Response::new(Body::from("ok")));
+        assert_eq!(served.status(), StatusCode::OK);
+
+        let explained = grants.explain(&lacking, forbidden());
+        assert_eq!(explained.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            explained.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let body = explained.into_body().collect().await.unwrap().to_bytes();
+        let message = std::str::from_utf8(&body).unwrap();
+        assert!(
+            message.contains("may not impersonate userextras/example.com/name"),
+            "{message}"
+        );
+    }
+}
