@@ -521,7 +521,10 @@ fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
             head.to_ascii_lowercase().contains("retry-after: 10\r\n"),
             "{head}"
         );
-        assert!(body.contains("TooManyRequests"), "{body}");
+        assert!(
+            body.contains("as many requests and streams open through the proxy as one user may"),
+            "{body}"
+        );
         assert!(closed, "a refused connection stays open and holds its slot");
     }
     let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
@@ -768,6 +771,24 @@ fn the_proxy_forwards_the_whole_identity() {
         &kubectl_with(&alice, &["auth", "whoami", "-o", "json"]).expect("whoami through the proxy"),
     );
     assert_eq!(proxied_info, direct);
+}
+
+/// kubectl's first requests are discovery, which shows a refusal's `Status` body as `Forbidden:
+/// unknown`: the proxy's own refusals are plain text, which kubectl prints wherever it comes.
+#[test]
+fn kubectl_prints_the_proxys_own_refusals() {
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "proxy-refusal-text");
+    let proxied = Proxied::start(cluster, &ns.name);
+    let alice = proxied.kubeconfig_for(&id_token(cluster, "alice"), "alice.kubeconfig");
+    let refused = kubectl_with(&alice, &["--as=bob", "get", "configmaps", "-n", &ns.name])
+        .expect_err("kubectl --as through the proxy is refused");
+    assert!(
+        refused.contains(
+            "Error from server (Forbidden): the proxy refuses requests that carry their own impersonate-user header"
+        ),
+        "{refused}"
+    );
 }
 
 /// A ServiceAccount in `namespace` bound to config/proxy's ClusterRole and to nothing else, as a

@@ -21,10 +21,10 @@ use std::{
     time::Duration,
 };
 
+use axum::body::Body;
 use axum::http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery,
 };
-use axum::{body::Body, response::IntoResponse as _};
 use http_body_util::{BodyExt as _, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -167,17 +167,7 @@ impl Grants {
             resources.join(", "),
             if lacking.len() == 1 { "it" } else { "each" },
         );
-        // Plain text: client-go shows a text body as the error's message wherever it comes, where
-        // discovery, the first request kubectl makes, reports a `Status` as `unknown`.
-        (
-            StatusCode::FORBIDDEN,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )],
-            message,
-        )
-            .into_response()
+        super::refusal(StatusCode::FORBIDDEN, &message)
     }
 
     /// Asks the API server about every grant the configuration in force needs, now and from

@@ -230,10 +230,7 @@ async fn handle(
             Ok(None) => {}
             Err(problem) => {
                 let message = problem.to_string();
-                return (
-                    None,
-                    refusal(StatusCode::UNAUTHORIZED, "Unauthorized", &message),
-                );
+                return (None, refusal(StatusCode::UNAUTHORIZED, &message));
             }
         }
     }
@@ -252,7 +249,6 @@ async fn handle(
             user,
             refusal(
                 StatusCode::BAD_REQUEST,
-                "BadRequest",
                 "the proxy takes no asterisk-form requests (OPTIONS *); name a path",
             ),
         );
@@ -263,7 +259,6 @@ async fn handle(
             user,
             refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
                 "the proxy does not open tunnels",
             ),
         );
@@ -273,7 +268,7 @@ async fn handle(
         let message = format!(
             "the proxy refuses requests that carry their own {name} header: it impersonates the token's user itself"
         );
-        return (user, refusal(StatusCode::FORBIDDEN, "Forbidden", &message));
+        return (user, refusal(StatusCode::FORBIDDEN, &message));
     }
     // 3. Connection-level headers stay on this hop.
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -283,10 +278,7 @@ async fn handle(
     headers::set_credential(&mut parts.headers, proxy.credential.current().await);
     // 5. ...acting as the user.
     if let Err(problem) = headers::impersonate(&mut parts.headers, &identity) {
-        return (
-            user,
-            refusal(StatusCode::FORBIDDEN, "Forbidden", &problem.to_string()),
-        );
+        return (user, refusal(StatusCode::FORBIDDEN, &problem.to_string()));
     }
     // 6. Within the user's share.
     let Some(slot) = proxy.per_user.try_take(identity.username.clone()) else {
@@ -322,7 +314,6 @@ async fn handle(
         }
         (Err(_), _) => refusal(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
             "the proxy has as many open streams as it serves; try again later",
         ),
     };
@@ -332,7 +323,7 @@ async fn handle(
 /// 429 for a client or user over its share, with `Retry-After`. The connection goes too: kept
 /// alive, it would hold a slot of the listener's pool.
 fn too_many(message: &str) -> Response<Body> {
-    let mut refused = refusal(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+    let mut refused = refusal(StatusCode::TOO_MANY_REQUESTS, message);
     let headers = refused.headers_mut();
     headers.insert(
         header::RETRY_AFTER,
@@ -354,7 +345,7 @@ async fn plain(
 ) -> Response<Body> {
     parts.uri = match proxy.upstream.uri(parts.uri.path_and_query()) {
         Ok(uri) => uri,
-        Err(problem) => return refusal(StatusCode::BAD_REQUEST, "BadRequest", &problem),
+        Err(problem) => return refusal(StatusCode::BAD_REQUEST, &problem),
     };
     parts.version = axum::http::Version::HTTP_11;
     let started = Instant::now();
@@ -384,31 +375,24 @@ async fn plain(
             error!(problem = %problem, "cannot forward a request to the API server");
             refusal(
                 StatusCode::BAD_GATEWAY,
-                "ServiceUnavailable",
                 "the proxy cannot reach the API server",
             )
         }
     }
 }
 
-/// The proxy's own refusals, as a Kubernetes `Status`, so kubectl prints the message.
-fn refusal(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": status.as_u16(),
-    });
+/// The proxy's own refusals, in plain text as its 401 is: client-go makes a text body the
+/// error's message wherever it comes, where a `Status` body on discovery (kubectl's first
+/// requests) is shown as `Forbidden: unknown`. The code says the rest, and client-go derives
+/// the reason from it.
+fn refusal(status: StatusCode, message: &str) -> Response<Body> {
     (
         status,
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static("text/plain; charset=utf-8"),
         )],
-        body.to_string(),
+        format!("{message}\n"),
     )
         .into_response()
 }

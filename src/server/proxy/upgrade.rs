@@ -43,11 +43,7 @@ pub(super) async fn forward(
 ) -> Response<Body> {
     let Some(client_side) = parts.extensions.remove::<OnUpgrade>() else {
         // Only a request that came over HTTP/1.1 through the listener can be upgraded.
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "this request cannot be upgraded",
-        );
+        return refusal(StatusCode::BAD_REQUEST, "this request cannot be upgraded");
     };
     let started = Instant::now();
     let connection = match proxy.upstream.connect_fresh().await {
@@ -144,7 +140,6 @@ fn unreachable(problem: &str) -> Response<Body> {
     tracing::warn!(problem, "cannot reach the API server for an upgrade");
     refusal(
         StatusCode::BAD_GATEWAY,
-        "ServiceUnavailable",
         "the proxy cannot reach the API server",
     )
 }
