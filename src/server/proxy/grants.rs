@@ -117,9 +117,16 @@ fn needed(identity: &Identity) -> impl Iterator<Item = Grant> + '_ {
         .chain(identity.extra.keys().cloned().map(Grant::Extra))
 }
 
-/// The grants the API server last said the proxy lacks.
+/// What the last round of reviews asked about, and which of it the API server said the proxy
+/// lacks.
+#[derive(Default)]
+struct State {
+    wanted: BTreeSet<Grant>,
+    denied: BTreeSet<Grant>,
+}
+
 pub(super) struct Grants {
-    denied: RwLock<BTreeSet<Grant>>,
+    state: RwLock<State>,
     /// Whether `denied` has any, read by every request, so a proxy that lacks nothing takes no
     /// lock.
     any_denied: AtomicBool,
@@ -131,7 +138,7 @@ pub(super) struct Grants {
 impl Grants {
     pub(super) fn new(series: Family<GrantLabels, Gauge>) -> Arc<Self> {
         Arc::new(Self {
-            denied: RwLock::new(BTreeSet::new()),
+            state: RwLock::default(),
             any_denied: AtomicBool::new(false),
             recheck: Notify::new(),
             series,
@@ -144,9 +151,9 @@ impl Grants {
         if !self.any_denied.load(Ordering::Relaxed) {
             return Vec::new();
         }
-        let denied = self.denied.read().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         needed(identity)
-            .filter(|grant| denied.contains(grant))
+            .filter(|grant| state.denied.contains(grant))
             .collect()
     }
 
@@ -194,7 +201,7 @@ impl Grants {
                 let answers =
                     futures::future::join_all(wanted.iter().map(|grant| reviews.allowed(grant)))
                         .await;
-                this.record(&wanted, answers);
+                this.record(wanted, answers);
                 drop(this);
                 tokio::time::sleep(MIN_INTERVAL).await;
                 let Some(this) = Weak::upgrade(&grants) else {
@@ -214,16 +221,18 @@ impl Grants {
         Ok(())
     }
 
-    /// Takes in one round's answers, in `wanted`'s order; a grant no longer wanted (a reload
-    /// unmapped its key) is forgotten. An unanswered review leaves what was known.
-    fn record(&self, wanted: &BTreeSet<Grant>, answers: Vec<Result<bool, String>>) {
-        let mut denied = self.denied.write().unwrap_or_else(|p| p.into_inner());
+    /// Takes in one round's answers, in `wanted`'s order. A grant no longer wanted (a reload
+    /// unmapped its key) is forgotten, series and all; an unanswered review leaves what was
+    /// known.
+    fn record(&self, wanted: BTreeSet<Grant>, answers: Vec<Result<bool, String>>) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut unanswered = Vec::new();
         for (grant, answer) in wanted.iter().zip(answers) {
             let resource = grant.resource();
             let group = grant.group();
             match answer {
                 Ok(true) => {
-                    if denied.remove(grant) {
+                    if state.denied.remove(grant) {
                         info!(
                             resource,
                             group, "the proxy's ServiceAccount may now impersonate it"
@@ -232,7 +241,7 @@ impl Grants {
                     self.series.get_or_create(&grant.labels()).set(0);
                 }
                 Ok(false) => {
-                    if denied.insert(grant.clone()) {
+                    if state.denied.insert(grant.clone()) {
                         error!(
                             resource,
                             group,
@@ -241,24 +250,24 @@ impl Grants {
                     }
                     self.series.get_or_create(&grant.labels()).set(1);
                 }
-                Err(problem) => warn!(
-                    resource,
-                    group,
-                    problem,
-                    "cannot ask the API server whether the proxy may impersonate it; keeping what was known"
-                ),
+                Err(problem) => unanswered.push((resource, problem)),
             }
         }
-        let gone: Vec<Grant> = denied
-            .iter()
-            .filter(|grant| !wanted.contains(grant))
-            .cloned()
-            .collect();
-        for grant in gone {
-            denied.remove(&grant);
-            self.series.remove(&grant.labels());
+        if let Some((_, problem)) = unanswered.first() {
+            let resources: Vec<&str> = unanswered.iter().map(|(r, _)| r.as_str()).collect();
+            warn!(
+                ?resources,
+                problem,
+                "cannot ask the API server whether the proxy may impersonate these; keeping what was known"
+            );
         }
-        self.any_denied.store(!denied.is_empty(), Ordering::Relaxed);
+        for gone in state.wanted.difference(&wanted) {
+            self.series.remove(&gone.labels());
+        }
+        state.denied.retain(|grant| wanted.contains(grant));
+        self.any_denied
+            .store(!state.denied.is_empty(), Ordering::Relaxed);
+        state.wanted = wanted;
     }
 }
 
@@ -324,6 +333,14 @@ mod tests {
         }
     }
 
+    fn render(grants: &Grants) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("denied", "", grants.series.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     #[test]
     fn each_grant_is_reviewed_as_rbac_names_it() {
         let attributes = |grant: Grant| {
@@ -379,7 +396,7 @@ mod tests {
         assert!(grants.lacking(&alice).is_empty());
 
         grants.record(
-            &wanted,
+            wanted,
             vec![Ok(true), Ok(true), Ok(false), Ok(false), Ok(false)],
         );
         assert_eq!(grants.lacking(&alice), [Grant::Extra("a".into())]);
@@ -388,13 +405,7 @@ mod tests {
             [Grant::Uids],
             "a uid needs its grant only when there is one"
         );
-        let text = {
-            let mut registry = prometheus_client::registry::Registry::default();
-            registry.register("denied", "", grants.series.clone());
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-            text
-        };
+        let text = render(&grants);
         assert!(
             text.contains("denied{resource=\"userextras/a\"} 1"),
             "{text}"
@@ -404,12 +415,14 @@ mod tests {
         // An unanswered review keeps what was known; a key no longer mapped is forgotten.
         let fewer: BTreeSet<Grant> = [Grant::Users, Grant::Groups, Grant::Uids].into();
         grants.record(
-            &fewer,
+            fewer.clone(),
             vec![Ok(true), Err("timed out".into()), Err("x".into())],
         );
         assert!(grants.lacking(&alice).is_empty());
         assert_eq!(grants.lacking(&identity("u-1", &["a"])), [Grant::Uids]);
-        grants.record(&fewer, vec![Ok(true), Ok(true), Ok(true)]);
+        let text = render(&grants);
+        assert!(!text.contains("userextras"), "{text}");
+        grants.record(fewer, vec![Ok(true), Ok(true), Ok(true)]);
         assert!(!grants.any_denied.load(Ordering::Relaxed));
     }
 
