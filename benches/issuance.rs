@@ -519,6 +519,40 @@ async fn unfinalize(client: &Client, namespace: &str, n: usize) {
     .await;
 }
 
+/// Takes the finalizers off the requests in `namespace` if the bench panics while
+/// [`calls_alone`]'s requests are there: no operator runs then to take them off, and their
+/// namespace would stay Terminating for good.
+struct UnfinalizeOnPanic<'a> {
+    cluster: &'a Cluster,
+    namespace: String,
+}
+
+impl Drop for UnfinalizeOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let namespace = self.namespace.as_str();
+        let listed = ["get", "kubeconfigrequests", "-n", namespace, "-o", "name"];
+        let Ok(names) = support::kubectl_result(self.cluster, &listed) else {
+            return;
+        };
+        for name in names.lines() {
+            let unfinalized = r#"{"metadata":{"finalizers":null}}"#;
+            let patch = [
+                "patch",
+                name,
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                unfinalized,
+            ];
+            let _ = support::kubectl_result(self.cluster, &patch);
+        }
+    }
+}
+
 async fn service_account_issuance(
     client: &Client,
     namespace: &str,
@@ -922,6 +956,10 @@ fn main() {
         let plain4_cpu = cpu_seconds(apiserver) - before;
         delete_namespace(cluster, plain4_ns);
         let alone_ns = Namespace::new(cluster, "bench-alone");
+        let _unfinalize = UnfinalizeOnPanic {
+            cluster,
+            namespace: alone_ns.name.clone(),
+        };
         let before = cpu_seconds(apiserver);
         let alone = runtime.block_on(calls_alone(&client, &alone_ns.name, n, &token, written));
         let alone_cpu = cpu_seconds(apiserver) - before;
