@@ -492,9 +492,10 @@ fn the_installed_proxy_runs_no_controller() {
         assert!(log.contains("serving without reconciling"), "{pod}: {log}");
         assert!(!log.contains("the Lease"), "{pod}: {log}");
     }
-    // `kubectl auth can-i` answers "no" on stdout with exit status 1.
-    for (verb, resource) in [("get", "leases"), ("get", "secrets"), ("list", "secrets")] {
-        let answer = support::kubectl_result(
+    // Its one write: Events about its own pods, such as a refused edit of the authentication
+    // configuration (`drift.rs`), in its own namespace only.
+    let can_i = |verb: &str, resource: &str, namespace: &str| {
+        support::kubectl_result(
             cluster,
             &[
                 "auth",
@@ -502,10 +503,25 @@ fn the_installed_proxy_runs_no_controller() {
                 verb,
                 resource,
                 "-n",
-                NAMESPACE,
+                namespace,
                 &format!("--as={}", proxy_account()),
             ],
+        )
+    };
+    for verb in ["create", "patch"] {
+        let answer = can_i(verb, "events.events.k8s.io", NAMESPACE);
+        assert!(
+            answer.as_ref().is_ok_and(|yes| yes.trim() == "yes"),
+            "{verb} events: {answer:?}"
         );
+    }
+    assert!(
+        can_i("create", "events.events.k8s.io", "default").is_err(),
+        "Events outside its namespace"
+    );
+    // `kubectl auth can-i` answers "no" on stdout with exit status 1.
+    for (verb, resource) in [("get", "leases"), ("get", "secrets"), ("list", "secrets")] {
+        let answer = can_i(verb, resource, NAMESPACE);
         assert!(
             answer
                 .as_ref()
