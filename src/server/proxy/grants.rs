@@ -21,9 +21,9 @@ use std::{
     time::Duration,
 };
 
-use axum::body::Body;
-use axum::http::{
-    HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery,
+use axum::{
+    body::Body,
+    http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery},
 };
 use http_body_util::{BodyExt as _, Limited};
 use hyper_rustls::HttpsConnector;
