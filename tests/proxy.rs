@@ -518,7 +518,7 @@ fn a_tenant_holding_his_share_of_watches_leaves_the_others_served() {
     for (head, body, closed) in &refused {
         assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
         assert!(
-            head.to_ascii_lowercase().contains("retry-after: 10\r\n"),
+            head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
             "{head}"
         );
         assert!(

@@ -53,6 +53,8 @@ pub(super) struct ConnectionLimits {
     pub(super) handshake_timeout: Duration,
     pub(super) header_read_timeout: Duration,
     pub(super) drain_timeout: Duration,
+    /// `Retry-After` of that 429, in seconds.
+    pub(super) retry_after: &'static str,
 }
 
 impl ConnectionLimits {
@@ -64,6 +66,7 @@ impl ConnectionLimits {
             max_connections_per_client: config.max_connections,
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            retry_after: RETRY_AFTER_SECONDS,
             drain_timeout: DRAIN_TIMEOUT,
         }
     }
@@ -132,9 +135,9 @@ pub(super) async fn serve_on(
         let tls = tls.clone();
         let draining = draining.clone();
         let handshake_timeout = limits.handshake_timeout;
+        let over_cap = client_slot.is_none().then_some(limits.retry_after);
         tokio::spawn(async move {
             let _permit = permit;
-            let over_cap = client_slot.is_none();
             let _client_slot = client_slot;
             let outcome =
                 match tls {
@@ -179,14 +182,14 @@ pub(super) async fn serve_on(
     }
 }
 
-/// Serves one connection, or, for a client address over its cap, answers its first request with
-/// 429 and closes it: a clear refusal the client can act on (`Retry-After`), where waiting for a
-/// slot would look like a hung server.
+/// Serves one connection, or, for a client address over its cap (`over_cap` holds the
+/// `Retry-After` then), answers its first request with 429 and closes it: a clear refusal the
+/// client can act on, where waiting for a slot would look like a hung server.
 async fn serve_or_refuse<T, S>(
     builder: &hyper::server::conn::http1::Builder,
     stream: T,
     service: S,
-    over_cap: bool,
+    over_cap: Option<&'static str>,
     draining: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
@@ -194,21 +197,18 @@ where
     S: hyper::service::HttpService<Incoming, ResBody = Body>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if !over_cap {
+    let Some(retry_after) = over_cap else {
         return serve_connection(builder, stream, service, draining).await;
-    }
+    };
     let mut refusing = builder.clone();
     refusing.keep_alive(false);
-    let refuse = hyper::service::service_fn(|_| async {
+    let refuse = hyper::service::service_fn(move |_| async move {
         let mut response = Response::new(Body::from(
             "this address has as many connections open as one client may; try again later\n",
         ));
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         let headers = response.headers_mut();
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECONDS),
-        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         Ok::<_, Infallible>(response)
     });

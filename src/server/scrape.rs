@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use super::{
-    DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, ServeError, TLS_HANDSHAKE_TIMEOUT, limits,
+    DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, RETRY_AFTER_SECONDS, ServeError,
+    TLS_HANDSHAKE_TIMEOUT, limits,
     listener::{self, ConnectionLimits},
 };
 use crate::metrics::Metrics;
@@ -53,6 +54,7 @@ impl MetricsListener {
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
+            retry_after: RETRY_AFTER_SECONDS,
         };
         listener::serve_on(self.tcp, None, limits, self.app, shutdown).await;
     }

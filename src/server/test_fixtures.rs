@@ -166,6 +166,7 @@ pub(super) fn connection_limits() -> ConnectionLimits {
         handshake_timeout: Duration::from_millis(500),
         header_read_timeout: Duration::from_millis(500),
         drain_timeout: Duration::from_secs(2),
+        retry_after: super::RETRY_AFTER_SECONDS,
     }
 }
 

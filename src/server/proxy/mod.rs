@@ -59,7 +59,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Authenticated, DRAIN_TIMEOUT, RETRY_AFTER_SECONDS, ServeError,
+    Authenticated, DRAIN_TIMEOUT, ServeError,
     limits::{Slot, SlotsPerKey, client_key},
     listener::{self, ConnectionLimits},
 };
@@ -79,6 +79,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client may take to send a complete request head, the first on a connection or the
 /// next on a kept-alive one: a connection that asks for nothing gives its slot back this soon.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` of the proxy's 429s, kube-apiserver's own (`maxinflight.go`): the proxy's
+/// clients are client-go's, which retry a 429 up to ten times after waiting that long, so the
+/// main listener's 10 s had kubectl wait 100 s before it reported the refusal.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// What every proxied request shares.
 struct Proxy {
@@ -160,6 +164,7 @@ impl BoundProxy {
                 handshake_timeout: HANDSHAKE_TIMEOUT,
                 header_read_timeout: HEADER_READ_TIMEOUT,
                 drain_timeout: DRAIN_TIMEOUT,
+                retry_after: RETRY_AFTER_SECONDS,
             },
             app: Router::new().fallback(forward).with_state(proxy),
         })
