@@ -849,8 +849,9 @@ impl Drop for BareProxyAccount {
 /// The authentication configuration maps the extra field `example.com/name`, and the proxy's
 /// ServiceAccount was not granted its impersonation. The API server refuses alice's requests
 /// through the proxy without naming what is missing; the proxy names it, to alice through
-/// kubectl and to the administrator in its log and metrics. Once the grant is made, alice is
-/// served and the proxy says so, without a restart.
+/// kubectl and to the administrator in its log and metrics. Once the grant is made, a refusal
+/// by alice's own RBAC is no longer taken for it, alice is served, and the proxy says so,
+/// without a restart.
 #[test]
 fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator() {
     let cluster = cluster();
@@ -912,6 +913,15 @@ fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator
         (&ns.name, BareProxyAccount::NAME),
         &account.token,
         &["example.com/name"],
+    );
+    // At once, before the proxy has looked again: a refusal by alice's own RBAC is the API
+    // server's, not taken for the missing grant.
+    let secrets = format!("/api/v1/namespaces/{}/secrets", ns.name);
+    let own =
+        kubectl_with(&alice, &["get", "--raw", &secrets]).expect_err("alice may not list Secrets");
+    assert!(
+        own.contains("cannot list resource \"secrets\"") && !own.contains("may not impersonate"),
+        "{own}"
     );
     eventually(
         Duration::from_secs(30),

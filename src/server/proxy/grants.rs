@@ -8,9 +8,9 @@
 //! administrators, and in place of the API server's refusal for the users it affects.
 //!
 //! It asks at start, after each reload of the authentication configuration (which may map new
-//! keys), every [`RECHECK_INTERVAL`], and soon after an answer that what it knows cannot
-//! explain: a user lacking a grant was served (it was granted since), or was refused (it may
-//! have been granted since, and the refusal be the user's own RBAC).
+//! keys), every [`RECHECK_INTERVAL`], and soon after answering a user it thought lacking a
+//! grant: a user served shows the grant was made since, and so may a refusal (by the user's
+//! own RBAC). Only a refusal of the impersonation itself is rewritten.
 
 use std::{
     collections::BTreeSet,
@@ -51,6 +51,9 @@ const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// A review's answer is a few hundred bytes; more is not an answer.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const REVIEWS_PATH: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+/// What kube-apiserver's refusal of an impersonation says, and a refusal of the user's own
+/// request cannot: the proxy refuses requests that ask for an impersonation of their own.
+const IMPERSONATION_REFUSED: &[u8] = b"cannot impersonate";
 
 /// One impersonation RBAC grants separately, named as a ClusterRole's rule names its resource.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr)]
@@ -158,9 +161,13 @@ impl Grants {
     }
 
     /// The API server's answer to a request whose user needs the grants `lacking`: its refusal
-    /// becomes one naming them. Either way the answer prompts another look soon, as it may
-    /// show that a grant was made since the last.
-    pub(super) fn explain(&self, lacking: &[Grant], answer: Response<Body>) -> Response<Body> {
+    /// of the impersonation becomes one naming them. Any answer prompts another look soon, as
+    /// it may show that a grant was made since the last.
+    pub(super) async fn explain(
+        &self,
+        lacking: &[Grant],
+        answer: Response<Body>,
+    ) -> Response<Body> {
         if lacking.is_empty() {
             return answer;
         }
@@ -168,6 +175,25 @@ impl Grants {
         if answer.status() != StatusCode::FORBIDDEN {
             return answer;
         }
+        // Only a refusal of the impersonation itself, which says the proxy `cannot
+        // impersonate` (the older check: `... resource "userextras/<key>"`; 1.37's constrained
+        // one: `impersonate-on:user-info:<verb>`), is for want of the grant: once it was made,
+        // a refusal by the user's own RBAC passes unchanged, also before the next look.
+        let (head, body) = answer.into_parts();
+        let Ok(body) = Limited::new(body, MAX_ANSWER_BYTES).collect().await else {
+            return self.refusal(lacking);
+        };
+        let body = body.to_bytes();
+        if body
+            .windows(IMPERSONATION_REFUSED.len())
+            .any(|window| window == IMPERSONATION_REFUSED)
+        {
+            return self.refusal(lacking);
+        }
+        Response::from_parts(head, Body::from(body))
+    }
+
+    fn refusal(&self, lacking: &[Grant]) -> Response<Body> {
         let resources: Vec<String> = lacking.iter().map(Grant::resource).collect();
         let message = format!(
             "the API server refused to let the kubeconfig-operator proxy act as you: its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
@@ -427,33 +453,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_refusal_of_a_user_lacking_a_grant_is_explained() {
+    async fn only_a_refusal_of_the_impersonation_of_a_user_lacking_a_grant_is_explained() {
         let grants = Grants::new(Family::default());
-        let forbidden = || {
+        let forbidden = |message: &str| {
             Response::builder()
                 .status(StatusCode::FORBIDDEN)
-                .body(Body::from("{\"message\":\"unknown\"}"))
+                .body(Body::from(format!("{{\"message\":{message:?}}}")))
                 .unwrap()
         };
-        let unchanged = grants.explain(&[], forbidden());
-        let body = unchanged.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"{\"message\":\"unknown\"}");
-
+        let text = |answer: Response<Body>| async move {
+            let body = answer.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        // 1.37's constrained impersonation, and the check before it.
+        let impersonation = [
+            r#"forbidden: User "system:serviceaccount:ns:proxy" cannot impersonate-on:user-info:get path "/api""#,
+            r#"userextras.authentication.k8s.io "v" is forbidden: User "system:serviceaccount:ns:proxy" cannot impersonate resource "userextras/example.com/name" in API group "authentication.k8s.io" at the cluster scope"#,
+        ];
+        let users_rbac = r#"configmaps is forbidden: User "alice" cannot list resource "configmaps" in API group "" in the namespace "kube-system""#;
         let lacking = [Grant::Extra("example.com/name".into())];
-        let served = grants.explain(&lacking, Response::new(Body::from("ok")));
-        assert_eq!(served.status(), StatusCode::OK);
 
-        let explained = grants.explain(&lacking, forbidden());
-        assert_eq!(explained.status(), StatusCode::FORBIDDEN);
+        let unchanged = grants.explain(&[], forbidden(impersonation[0])).await;
+        assert!(text(unchanged).await.contains("impersonate-on"));
+        let served = grants
+            .explain(&lacking, Response::new(Body::from("ok")))
+            .await;
+        assert_eq!(served.status(), StatusCode::OK);
+        let own_rbac = grants.explain(&lacking, forbidden(users_rbac)).await;
+        assert_eq!(own_rbac.status(), StatusCode::FORBIDDEN);
         assert_eq!(
-            explained.headers()[header::CONTENT_TYPE],
-            "text/plain; charset=utf-8"
+            text(own_rbac).await,
+            format!("{{\"message\":{users_rbac:?}}}")
         );
-        let body = explained.into_body().collect().await.unwrap().to_bytes();
-        let message = std::str::from_utf8(&body).unwrap();
-        assert!(
-            message.contains("may not impersonate userextras/example.com/name"),
-            "{message}"
-        );
+
+        for refused in impersonation {
+            let explained = grants.explain(&lacking, forbidden(refused)).await;
+            assert_eq!(explained.status(), StatusCode::FORBIDDEN);
+            assert_eq!(
+                explained.headers()[header::CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+            let message = text(explained).await;
+            assert!(
+                message.contains("may not impersonate userextras/example.com/name"),
+                "{message}"
+            );
+        }
     }
 }

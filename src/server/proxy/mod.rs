@@ -305,7 +305,7 @@ async fn handle(
     let Some(upgrade) = upgrade else {
         let response = plain(proxy, parts, body, slot, revoked).await;
         // 8. A refusal for want of a grant says which.
-        return (user, proxy.grants.explain(&lacking, response));
+        return (user, proxy.grants.explain(&lacking, response).await);
     };
     // An upgraded stream has left the listener's count of connections, so its address's share
     // of streams is counted here.
@@ -322,7 +322,7 @@ async fn handle(
             "the proxy has as many open streams as it serves; try again later",
         ),
     };
-    (user, proxy.grants.explain(&lacking, response))
+    (user, proxy.grants.explain(&lacking, response).await)
 }
 
 /// 429 for a client or user over its share, with `Retry-After`. The connection goes too: kept
