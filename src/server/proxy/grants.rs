@@ -120,6 +120,17 @@ fn needed(identity: &Identity) -> impl Iterator<Item = Grant> + '_ {
         .chain(identity.extra.keys().cloned().map(Grant::Extra))
 }
 
+/// The proxy's 403 for a user refused for want of the grants `lacking`.
+fn refusal(lacking: &[Grant]) -> Response<Body> {
+    let resources: Vec<String> = lacking.iter().map(Grant::resource).collect();
+    let message = format!(
+        "the API server refused to let the kubeconfig-operator proxy act as you: its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
+        resources.join(", "),
+        if lacking.len() == 1 { "it" } else { "each" },
+    );
+    super::refusal(StatusCode::FORBIDDEN, &message)
+}
+
 /// What the last round of reviews asked about, and which of it the API server said the proxy
 /// lacks.
 #[derive(Default)]
@@ -181,26 +192,16 @@ impl Grants {
         // a refusal by the user's own RBAC passes unchanged, also before the next look.
         let (head, body) = answer.into_parts();
         let Ok(body) = Limited::new(body, MAX_ANSWER_BYTES).collect().await else {
-            return self.refusal(lacking);
+            return refusal(lacking);
         };
         let body = body.to_bytes();
         if body
             .windows(IMPERSONATION_REFUSED.len())
             .any(|window| window == IMPERSONATION_REFUSED)
         {
-            return self.refusal(lacking);
+            return refusal(lacking);
         }
         Response::from_parts(head, Body::from(body))
-    }
-
-    fn refusal(&self, lacking: &[Grant]) -> Response<Body> {
-        let resources: Vec<String> = lacking.iter().map(Grant::resource).collect();
-        let message = format!(
-            "the API server refused to let the kubeconfig-operator proxy act as you: its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
-            resources.join(", "),
-            if lacking.len() == 1 { "it" } else { "each" },
-        );
-        super::refusal(StatusCode::FORBIDDEN, &message)
     }
 
     /// Asks the API server about every grant the configuration in force needs, now and from
