@@ -7,6 +7,8 @@
 //! even when an assertion fails. Assertions are on counts and outcomes, never on wall-clock
 //! speed; every wait is bounded.
 
+#[path = "support/api_proxy.rs"]
+mod api_proxy;
 mod support;
 
 use std::{
@@ -601,6 +603,33 @@ impl Drop for DexKeys<'_> {
             eprintln!("starting dex with its original keys: {error}");
         }
     }
+}
+
+/// Through the proxy, an unknown kid while Dex is down is a 503 that says to retry in 1 s,
+/// kube-apiserver's own wait: kubectl (client-go) waits out a 5xx's `Retry-After` up to ten
+/// times, and the download's 10 s would hold it for 100 s.
+#[test]
+fn the_proxy_asks_for_a_retry_in_1_s_while_the_issuer_is_down() {
+    let _serial = serial();
+    let cluster = cluster();
+    let ns = Namespace::new(cluster, "faults-proxy-dex");
+    let proxied = api_proxy::Proxied::start(cluster, &ns.name);
+    // Ready means the keys were fetched, no later than now.
+    let keys_fetched = Instant::now();
+    let _restore = restore(cluster, "dex");
+    ctl_ok(cluster, "stop", "dex");
+
+    // Past the refetch rate limit, an unknown kid makes the operator ask Dex, which is down.
+    let wait = (keys_fetched + Duration::from_secs(11)).saturating_duration_since(Instant::now());
+    thread::sleep(wait);
+    let forged = forged_token(cluster, "never-seen-by-the-proxy");
+    let list = proxied.list_configmaps(&ns.name, &forged);
+    let (_, head) = api_proxy::runtime().block_on(proxied.open(&list));
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{head}"
+    );
 }
 
 #[test]

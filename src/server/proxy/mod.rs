@@ -79,9 +79,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client may take to send a complete request head, the first on a connection or the
 /// next on a kept-alive one: a connection that asks for nothing gives its slot back this soon.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// `Retry-After` of the proxy's 429s, kube-apiserver's own (`maxinflight.go`): the proxy's
-/// clients are client-go's, which retry a 429 up to ten times after waiting that long, so the
-/// main listener's 10 s had kubectl wait 100 s before it reported the refusal.
+/// `Retry-After` of the proxy's 429s and 503s, kube-apiserver's own for its 429s
+/// (`maxinflight.go`): the proxy's clients are client-go's, which retry a 429 or 5xx up to ten
+/// times after waiting that long, so the main listener's 10 s had kubectl wait 100 s before it
+/// reported the refusal.
 const RETRY_AFTER_SECONDS: &str = "1";
 
 /// What every proxied request shares.
@@ -244,7 +245,14 @@ async fn handle(
     let Authenticated { token, identity } =
         match Authenticated::from_request_parts(&mut parts, &proxy.authenticator).await {
             Ok(authenticated) => authenticated,
-            Err(refused) => return (None, refused),
+            Err(mut refused) => {
+                // The extractor's 503 (an issuer down) asks for the download's wait; client-go
+                // waits out a 5xx's as it does a 429's, ten times over.
+                if let Some(retry_after) = refused.headers_mut().get_mut(header::RETRY_AFTER) {
+                    *retry_after = HeaderValue::from_static(RETRY_AFTER_SECONDS);
+                }
+                return (None, refused);
+            }
         };
     let user = Some(identity.username.clone());
     // `OPTIONS *` asks about the server itself, which the proxy does not speak for: the client's
