@@ -25,7 +25,6 @@ use axum::{
     body::Body,
     http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery},
 };
-use http_body_util::{BodyExt as _, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use k8s_openapi::api::authorization::v1::{
@@ -191,10 +190,9 @@ impl Grants {
         // one: `impersonate-on:user-info:<verb>`), is for want of the grant: once it was made,
         // a refusal by the user's own RBAC passes unchanged, also before the next look.
         let (head, body) = answer.into_parts();
-        let Ok(body) = Limited::new(body, MAX_ANSWER_BYTES).collect().await else {
+        let Ok(body) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
             return refusal(lacking);
         };
-        let body = body.to_bytes();
         if body
             .windows(IMPERSONATION_REFUSED.len())
             .any(|window| window == IMPERSONATION_REFUSED)
@@ -324,11 +322,9 @@ impl Reviews {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = answer.status();
-            let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-                .collect()
+            let body = axum::body::to_bytes(Body::new(answer.into_body()), MAX_ANSWER_BYTES)
                 .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
+                .map_err(|e| e.to_string())?;
             if !status.is_success() {
                 return Err(format!("the API server answered {status}"));
             }
@@ -463,7 +459,9 @@ mod tests {
                 .unwrap()
         };
         let text = |answer: Response<Body>| async move {
-            let body = answer.into_body().collect().await.unwrap().to_bytes();
+            let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+                .await
+                .unwrap();
             String::from_utf8(body.to_vec()).unwrap()
         };
         // 1.37's constrained impersonation, and the check before it.
