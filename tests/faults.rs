@@ -605,6 +605,13 @@ impl Drop for DexKeys<'_> {
     }
 }
 
+/// Sleeps until the key set's refetch limit (10 s) has passed since `keys_fetched`, after which
+/// an unknown kid makes the operator ask the issuer again.
+fn wait_past_the_refetch_limit(keys_fetched: Instant) {
+    let wait = (keys_fetched + Duration::from_secs(11)).saturating_duration_since(Instant::now());
+    thread::sleep(wait);
+}
+
 /// Through the proxy, an unknown kid while Dex is down is a 503 that says to retry in 1 s,
 /// kube-apiserver's own wait: kubectl (client-go) waits out a 5xx's `Retry-After` up to ten
 /// times, and the download's 10 s would hold it for 100 s.
@@ -619,9 +626,7 @@ fn the_proxy_asks_for_a_retry_in_1_s_while_the_issuer_is_down() {
     let _restore = restore(cluster, "dex");
     ctl_ok(cluster, "stop", "dex");
 
-    // Past the refetch rate limit, an unknown kid makes the operator ask Dex, which is down.
-    let wait = (keys_fetched + Duration::from_secs(11)).saturating_duration_since(Instant::now());
-    thread::sleep(wait);
+    wait_past_the_refetch_limit(keys_fetched);
     let forged = forged_token(cluster, "never-seen-by-the-proxy");
     let list = proxied.list_configmaps(&ns.name, &forged);
     let (_, head) = api_proxy::runtime().block_on(proxied.open(&list));
@@ -664,9 +669,7 @@ fn dex_down_and_back() {
     request_for(cluster, &ns.name, "known", &before_token);
     wait_for_reason(cluster, &ns.name, "known", "Issued");
 
-    // Past the refetch rate limit, an unknown kid makes the operator ask Dex, which is down.
-    let wait = (keys_fetched + Duration::from_secs(11)).saturating_duration_since(Instant::now());
-    thread::sleep(wait);
+    wait_past_the_refetch_limit(keys_fetched);
     let forged = forged_token(cluster, "never-seen");
     let response = http_get_kubeconfig(&operator.base_url, Some(&forged), "");
     assert_eq!(

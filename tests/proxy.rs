@@ -25,8 +25,8 @@ use api_proxy::{
     PROXY_NAMESPACE, Proxied, grant_extras, grant_proxy_extras, kubectl_with, proxy_token, runtime,
 };
 use support::{
-    Client, Cluster, Namespace, can_i_as_token, cluster, eventually, id_token, id_token_for_client,
-    kubectl, kubectl_as_token, kubectl_plain, kubectl_result, operator::Issuer,
+    Client, Cluster, Namespace, accounts::ClusterAccount, can_i_as_token, cluster, eventually,
+    id_token, id_token_for_client, kubectl, kubectl_as_token, kubectl_plain, operator::Issuer,
     requests::write_temp,
 };
 
@@ -793,57 +793,22 @@ fn kubectl_prints_the_proxys_own_refusals() {
 
 /// A ServiceAccount in `namespace` bound to config/proxy's ClusterRole and to nothing else, as a
 /// proxy's is when its installer skipped README's grant for the mapped extra fields: the shared
-/// proxy ServiceAccount may hold that grant from another test. The bindings are cluster-wide, so
-/// they go with it.
-struct BareProxyAccount {
-    binding: String,
-    extras: String,
-    token: String,
-}
-
-impl BareProxyAccount {
-    const NAME: &str = "bare-proxy";
-
-    fn create(cluster: &Cluster, namespace: &str) -> Self {
-        // config/proxy's ClusterRole.
-        proxy_token(cluster);
-        let binding = format!("{namespace}-bare-proxy");
-        kubectl(
-            cluster,
-            &["create", "serviceaccount", Self::NAME, "-n", namespace],
-        );
-        kubectl(
-            cluster,
-            &[
-                "create",
-                "clusterrolebinding",
-                &binding,
-                "--clusterrole=kubeconfig-operator-proxy",
-                &format!("--serviceaccount={namespace}:{}", Self::NAME),
-            ],
-        );
-        let token = kubectl(cluster, &["create", "token", Self::NAME, "-n", namespace]);
-        eventually(
-            Duration::from_secs(30),
-            "the API server lets the bare ServiceAccount impersonate users",
-            || can_i_as_token(cluster, &token, &["impersonate", "users"]),
-        );
-        Self {
-            extras: format!("{binding}-extras"),
-            binding,
-            token,
-        }
-    }
-}
-
-impl Drop for BareProxyAccount {
-    fn drop(&mut self) {
-        let cluster = cluster();
-        for name in [&self.binding, &self.extras] {
-            let _ = kubectl_result(cluster, &["delete", "clusterrolebinding", name]);
-        }
-        let _ = kubectl_result(cluster, &["delete", "clusterrole", &self.extras]);
-    }
+/// proxy ServiceAccount may hold that grant from another test.
+fn bare_proxy_account(cluster: &Cluster, namespace: &str) -> ClusterAccount {
+    // Installs config/proxy's ClusterRole.
+    proxy_token(cluster);
+    let account = ClusterAccount::bound(
+        cluster,
+        namespace,
+        "bare-proxy",
+        "kubeconfig-operator-proxy",
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the API server lets the bare ServiceAccount impersonate users",
+        || can_i_as_token(cluster, &account.token, &["impersonate", "users"]),
+    );
+    account
 }
 
 /// The authentication configuration maps the extra field `example.com/name`, and the proxy's
@@ -856,7 +821,7 @@ impl Drop for BareProxyAccount {
 fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "proxy-grants");
-    let account = BareProxyAccount::create(cluster, &ns.name);
+    let mut account = bare_proxy_account(cluster, &ns.name);
     let config = cluster.env["AUTHENTICATION_CONFIG_FILE"].clone();
     let proxied = Proxied::start_as(
         cluster,
@@ -907,10 +872,13 @@ fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator
         "{refused}"
     );
 
+    let extras = format!("{}-extras", account.name);
+    account.owns("clusterrolebinding", &extras);
+    account.owns("clusterrole", &extras);
     grant_extras(
         cluster,
-        &account.extras,
-        (&ns.name, BareProxyAccount::NAME),
+        &extras,
+        (&ns.name, "bare-proxy"),
         &account.token,
         &["example.com/name"],
     );

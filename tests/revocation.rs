@@ -22,8 +22,9 @@ use api_proxy::{PROXY_NAMESPACE, Proxied, kubectl_with, runtime};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use support::{
-    Cluster, Namespace, cluster, eventually, grant, id_token, kubectl, kubectl_as_token,
-    kubectl_result,
+    Cluster, Namespace,
+    accounts::ClusterAccount,
+    cluster, eventually, grant, id_token, kubectl, kubectl_as_token, kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
         apply_request, apply_request_as, http_get_kubeconfig, manifest_as, put_token_secret,
@@ -72,52 +73,17 @@ async fn ends_within(stream: &mut Stream, timeout: Duration) -> bool {
 }
 
 /// A ServiceAccount whose only right is to manage KubeconfigRevocations (cluster-wide, as the
-/// resource is), and its token; the ClusterRole and its binding go when dropped.
-struct Revoker {
-    name: String,
-    token: String,
-}
-
-impl Revoker {
-    fn new(cluster: &Cluster, namespace: &str) -> Self {
-        // The CRDs come with the operator's installation.
-        operator_kubeconfig(cluster);
-        let name = format!("{namespace}-revoker");
-        kubectl(
-            cluster,
-            &["create", "serviceaccount", "revoker", "-n", namespace],
-        );
-        kubectl(
-            cluster,
-            &[
-                "create",
-                "clusterrole",
-                &name,
-                "--verb=create,get,list,delete",
-                "--resource=kubeconfigrevocations.kubeconfig.dev",
-            ],
-        );
-        kubectl(
-            cluster,
-            &[
-                "create",
-                "clusterrolebinding",
-                &name,
-                &format!("--clusterrole={name}"),
-                &format!("--serviceaccount={namespace}:revoker"),
-            ],
-        );
-        let token = kubectl(cluster, &["create", "token", "revoker", "-n", namespace]);
-        Self { name, token }
-    }
-}
-
-impl Drop for Revoker {
-    fn drop(&mut self) {
-        let cluster = cluster();
-        let _ = kubectl_result(cluster, &["delete", "clusterrolebinding", &self.name]);
-        let _ = kubectl_result(cluster, &["delete", "clusterrole", &self.name]);
-    }
+/// resource is).
+fn revoker(cluster: &Cluster, namespace: &str) -> ClusterAccount {
+    // The CRDs come with the operator's installation.
+    operator_kubeconfig(cluster);
+    ClusterAccount::with_role(
+        cluster,
+        namespace,
+        "revoker",
+        "create,get,list,delete",
+        "kubeconfigrevocations.kubeconfig.dev",
+    )
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {
@@ -154,7 +120,7 @@ fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
     let _alone = alone();
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revocation");
-    let revoker = Revoker::new(cluster, &namespace.name);
+    let revoker = revoker(cluster, &namespace.name);
     let proxied = Proxied::start(cluster, &namespace.name);
     let operator = &proxied.operator;
     let before = id_token(cluster, "alice");
@@ -253,7 +219,7 @@ fn a_group_revocation_refuses_older_tokens_everywhere_and_accepts_newer_ones() {
 fn revocations_past_their_expiry_are_deleted() {
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revocation-expiry");
-    let revoker = Revoker::new(cluster, &namespace.name);
+    let revoker = revoker(cluster, &namespace.name);
     let name = format!("{}-ended", namespace.name);
     let now = Utc::now();
     // A group no token carries, so the revocation refuses nothing while it lasts.
@@ -556,7 +522,7 @@ fn a_group_revocation_closes_the_open_streams_of_its_members() {
     let cluster = cluster();
     let namespace = Namespace::new(cluster, "revoke-streams");
     let ns = namespace.name.as_str();
-    let revoker = Revoker::new(cluster, ns);
+    let revoker = revoker(cluster, ns);
     let proxied = Proxied::start(cluster, ns);
     let alice = id_token(cluster, "alice");
     let bob = id_token(cluster, "bob");

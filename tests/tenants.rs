@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    Cluster, Namespace, can_i_as_token, cluster, eventually, id_token, kubectl, kubectl_as_token,
-    kubectl_result,
+    Cluster, Namespace,
+    accounts::ClusterAccount,
+    can_i_as_token, cluster, eventually, id_token, kubectl, kubectl_as_token, kubectl_result,
     operator::{Issuer, Operator, operator_kubeconfig},
     requests::{
         apply_request, decoded_secret_key, event_reasons, manifest_as, put_token_secret,
@@ -781,26 +782,6 @@ fn updates_that_keep_the_references_pass_for_gitops_and_the_garbage_collector() 
     });
 }
 
-/// A ClusterRoleBinding of the operator's ClusterRole, deleted when dropped.
-struct OperatorBinding<'a> {
-    cluster: &'a Cluster,
-    name: String,
-}
-
-impl Drop for OperatorBinding<'_> {
-    fn drop(&mut self) {
-        let _ = kubectl_result(
-            self.cluster,
-            &[
-                "delete",
-                "clusterrolebinding",
-                &self.name,
-                "--ignore-not-found",
-            ],
-        );
-    }
-}
-
 /// Issue 26, item 8: a second operator installation (its own ServiceAccount, its own settings)
 /// whose scope overlaps the first's. Both used to rewrite the Secret after every write of the
 /// other; now the first to see its write undone reports SecondWriter, both stop writing within a
@@ -810,41 +791,8 @@ fn two_installations_with_overlapping_scopes_stop_with_second_writer() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "kcr-second-writer");
     let installed = operator_kubeconfig(cluster);
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "serviceaccount",
-            "second-operator",
-            "-n",
-            &ns.name,
-        ],
-    );
-    let binding = OperatorBinding {
-        cluster,
-        name: format!("{}-second-operator", ns.name),
-    };
-    kubectl(
-        cluster,
-        &[
-            "create",
-            "clusterrolebinding",
-            &binding.name,
-            "--clusterrole=kubeconfig-operator",
-            &format!("--serviceaccount={}:second-operator", ns.name),
-        ],
-    );
-    let token = kubectl(
-        cluster,
-        &[
-            "create",
-            "token",
-            "second-operator",
-            "-n",
-            &ns.name,
-            "--duration=1h",
-        ],
-    );
+    let second_account =
+        ClusterAccount::bound(cluster, &ns.name, "second-operator", "kubeconfig-operator");
     let dir = tempfile::tempdir().expect("a temporary directory");
     let second_kubeconfig = dir.path().join("second.kubeconfig");
     std::fs::copy(installed, &second_kubeconfig).expect("copy the operator's kubeconfig");
@@ -854,7 +802,7 @@ fn two_installations_with_overlapping_scopes_stop_with_second_writer() {
         second_kubeconfig.to_str().unwrap(),
         "set-credentials",
         "operator",
-        &format!("--token={token}"),
+        &format!("--token={}", second_account.token),
     ])
     .expect("the second installation's credential");
 

@@ -7,6 +7,7 @@
 //! down at the end. Tests never skip when the cluster is missing: they panic with the log tail.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod load;
 pub mod operator;
 pub mod proxy;
