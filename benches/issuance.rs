@@ -662,7 +662,10 @@ async fn single_requests(
 }
 
 /// Deletes the namespace and waits until the API server no longer has it (its objects gone).
-fn delete_namespace(cluster: &Cluster, namespace: Namespace) {
+/// Deletes `namespace` and waits until it is gone: 10 minutes, or 20 ms for each of the
+/// `requests` it holds, whose finalizers the operator takes off one by one.
+fn delete_namespace(cluster: &Cluster, namespace: Namespace, requests: usize) {
+    let seconds = (requests / 50).max(600);
     support::kubectl(
         cluster,
         &[
@@ -670,7 +673,7 @@ fn delete_namespace(cluster: &Cluster, namespace: Namespace) {
             "namespace",
             &namespace.name,
             "--wait=true",
-            "--timeout=600s",
+            &format!("--timeout={seconds}s"),
         ],
     );
 }
@@ -741,7 +744,7 @@ fn main() {
         percentile(&single, 50.0),
         percentile(&single, 99.0)
     ));
-    delete_namespace(cluster, single_ns);
+    delete_namespace(cluster, single_ns, 0);
 
     // The operator's payloads for one request of the first size, for the calls-alone phase.
     let mut written = None;
@@ -762,8 +765,8 @@ fn main() {
                 runtime.block_on(plain_reads(&client, &plain4_ns.name, 2 * n, 4 * n, params));
             reads.push((took, cpu_seconds(apiserver) - before));
         }
-        delete_namespace(cluster, plain_ns);
-        delete_namespace(cluster, plain4_ns);
+        delete_namespace(cluster, plain_ns, 0);
+        delete_namespace(cluster, plain4_ns, 0);
 
         let issue_ns = Namespace::new(cluster, "bench-issue");
         let calls_before = runtime.block_on(api_request_counts(&client));
@@ -791,7 +794,7 @@ fn main() {
         if written.is_none() {
             written = Some(runtime.block_on(written_for(&client, &issue_ns.name, "r-0")));
         }
-        delete_namespace(cluster, issue_ns);
+        delete_namespace(cluster, issue_ns, n);
         thread::sleep(AFTER_SWEEP);
         let after_delete = rss_kib(operator.pid());
 
@@ -854,7 +857,7 @@ fn main() {
         sa_issued.as_secs_f64() / token_requests.as_secs_f64(),
         token_requests.as_secs_f64()
     ));
-    delete_namespace(cluster, sa_ns);
+    delete_namespace(cluster, sa_ns, 0);
 
     // MEMORY_REQUESTS=0 (as bench/profile.sh sets it) skips the memory phase.
     if let Some(&memory_requests) = memory_totals.last() {
@@ -914,10 +917,11 @@ fn main() {
         // read as the last reconciliation ended, 2.6 MiB ahead (10,000): the peak (VmHWM, the
         // highest so far) is read past the sweeps that drop what that burst kept, with the
         // resident size then.
+        // 10 minutes covered 20,000; a larger run is given 10 ms a request.
+        let limit =
+            Duration::from_millis(10 * memory_requests as u64).max(Duration::from_secs(600));
         let started = Instant::now();
-        while reconcile_totals(&restarted).0 < memory_requests as f64
-            && started.elapsed() < Duration::from_secs(600)
-        {
+        while reconcile_totals(&restarted).0 < memory_requests as f64 && started.elapsed() < limit {
             thread::sleep(Duration::from_secs(1));
         }
         thread::sleep(2 * AFTER_SWEEP);
@@ -935,10 +939,10 @@ fn main() {
         after_restart as f64 / with_unrelated as f64,
         restart_peak as f64 / with_unrelated as f64
     ));
-        delete_namespace(cluster, unrelated_ns);
+        delete_namespace(cluster, unrelated_ns, 0);
         // With the operator still running: each request's finalizer waits for it to revoke the
         // request's token (`controller/revoke.rs`), and the namespace for the finalizers.
-        delete_namespace(cluster, memory_ns);
+        delete_namespace(cluster, memory_ns, memory_requests);
         drop(restarted);
     } else {
         operator.terminate();
@@ -954,7 +958,7 @@ fn main() {
         let before = cpu_seconds(apiserver);
         let plain4 = runtime.block_on(plain_secrets(&client, &plain4_ns.name, 4 * n, &token));
         let plain4_cpu = cpu_seconds(apiserver) - before;
-        delete_namespace(cluster, plain4_ns);
+        delete_namespace(cluster, plain4_ns, 0);
         let alone_ns = Namespace::new(cluster, "bench-alone");
         let _unfinalize = UnfinalizeOnPanic {
             cluster,
@@ -964,7 +968,7 @@ fn main() {
         let alone = runtime.block_on(calls_alone(&client, &alone_ns.name, n, &token, written));
         let alone_cpu = cpu_seconds(apiserver) - before;
         runtime.block_on(unfinalize(&client, &alone_ns.name, n));
-        delete_namespace(cluster, alone_ns);
+        delete_namespace(cluster, alone_ns, 0);
         rows.push(format!(
             "| issuance's calls alone, no operator running ({n} requests, {CONCURRENCY} at a time: the 2 creates, then the read, finalizer patch, Secret apply, status apply and Event with the operator's payloads) | {:.1} s | {:.2}× {} plain Secrets ({:.1} s, just before); API server CPU {:.2} ms per request, {:.2}× the four writes' ({:.2} ms each) |",
             alone.as_secs_f64(),
