@@ -16,7 +16,7 @@ use std::{
 
 use support::{
     Cluster, Namespace, cluster, eventually, kubectl, kubectl_result,
-    operator::{Issuer, Operator},
+    operator::{Issuer, Operator, operator_kubeconfig},
     requests::{apply_request, wait_for_reason},
 };
 
@@ -37,6 +37,9 @@ struct Setup {
 impl Setup {
     fn new(prefix: &str) -> Setup {
         let cluster = cluster();
+        // The CRDs come with the operator's installation, and the request is applied before any
+        // operator starts.
+        operator_kubeconfig(cluster);
         let namespace = Namespace::new(cluster, prefix);
         let ns = namespace.name.as_str();
         let lease = format!("ha-{ns}");

@@ -1,7 +1,7 @@
 //! Work shared between requests, so that one tenant's many requests cannot make the controller
-//! slow for everyone: a token Secret is read once per change however many requests name it, and
-//! each namespace gets a bounded number of reconciliation slots. Token verdicts are shared the
-//! same way, through `crate::verdicts`.
+//! slow for everyone: a token Secret is read once per change however many requests name it.
+//! Token verdicts are shared the same way, through `crate::verdicts`, and reconciliation slots
+//! through `slots`.
 
 use std::{
     collections::HashMap,
@@ -125,42 +125,6 @@ impl<T: Clone> SecretReads<T> {
     }
 }
 
-/// At most this many reconciliations of one namespace run at once; the rest of that namespace
-/// waits, while other namespaces go ahead. Measured on 2 cores (`benches/issuance.rs`,
-/// `benches/noisy_neighbour.rs`): 1,000 requests in one namespace took 10 s with 8 slots, 6.8 s
-/// with 16 and 7.9 s with 32, while a flood's peak RSS went from 1.69× idle (8) to 1.75× (16)
-/// and 1.96× (32), against a bar of 2×.
-pub const PER_NAMESPACE_CONCURRENCY: usize = 16;
-
-/// Fair share between namespaces: one tenant's hundreds of requests queue behind each other,
-/// not in front of everyone else's.
-#[derive(Default)]
-pub struct NamespaceLimits {
-    permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-}
-
-impl NamespaceLimits {
-    /// Waits for one of `namespace`'s slots; the slot is free again when the permit is dropped.
-    pub async fn acquire(&self, namespace: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let semaphore = self.permits.lock().ok().map(|mut permits| {
-            Arc::clone(permits.entry(namespace.to_owned()).or_insert_with(|| {
-                Arc::new(tokio::sync::Semaphore::new(PER_NAMESPACE_CONCURRENCY))
-            }))
-        })?;
-        semaphore.acquire_owned().await.ok()
-    }
-
-    /// Drops the slots of namespaces `keep` no longer wants, unless some are in use.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        if let Ok(mut permits) = self.permits.lock() {
-            permits.retain(|namespace, semaphore| {
-                keep(namespace) || semaphore.available_permits() < PER_NAMESPACE_CONCURRENCY
-            });
-            release_spare_capacity(&mut permits);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -260,29 +224,5 @@ mod tests {
             assert_eq!(task.await.unwrap(), 7);
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn one_namespace_cannot_take_the_slots_of_another() {
-        let limits = NamespaceLimits::default();
-        let mut busy = Vec::new();
-        for _ in 0..PER_NAMESPACE_CONCURRENCY {
-            busy.push(limits.acquire("flood").await.unwrap());
-        }
-        let waiting = tokio::time::timeout(Duration::from_millis(50), limits.acquire("flood"));
-        assert!(
-            waiting.await.is_err(),
-            "the flooding namespace waits for its own slots"
-        );
-        let quiet = tokio::time::timeout(Duration::from_millis(50), limits.acquire("quiet"));
-        assert!(quiet.await.is_ok(), "another namespace goes ahead");
-        limits.retain(|_| false);
-        assert!(
-            limits.permits.lock().unwrap().contains_key("flood"),
-            "in use, kept"
-        );
-        busy.clear();
-        limits.retain(|_| false);
-        assert!(limits.permits.lock().unwrap().is_empty());
     }
 }

@@ -16,6 +16,7 @@ mod refusal;
 mod renewals;
 mod revoke;
 mod secret;
+mod slots;
 mod source;
 mod status;
 mod stored;
@@ -38,13 +39,13 @@ use k8s_openapi::{
 use kube::{Api, Client, Resource, ResourceExt, api::PostParams, runtime::controller::Action};
 use tracing::{debug, warn};
 
-pub use cache::PER_NAMESPACE_CONCURRENCY;
 pub use credential::Credential;
 pub use refusal::{Reason, Refusal};
 pub use secret::{
     CREDENTIAL_ID_ANNOTATION, EXPIRES_ANNOTATION, KUBECONFIG_KEY, REQUEST_LABEL, USER_LABEL,
     USERNAME_ANNOTATION, WRITER_ANNOTATION, label_value,
 };
+pub use slots::PER_NAMESPACE_CONCURRENCY;
 pub use source::ISSUABLE_ANNOTATION;
 pub use watch::run;
 
@@ -127,7 +128,7 @@ pub struct Context {
     /// Consecutive failures per request, for exponential backoff in `error_policy`.
     failures: Mutex<HashMap<Request, u32>>,
     token_reads: cache::SecretReads<source::TokenSecretData>,
-    namespaces: cache::NamespaceLimits,
+    namespaces: slots::Slots,
     index: index::RequestIndex,
     renewals: Arc<renewals::Renewals>,
     /// Who this installation is (its credential's username), once asked; see [`Context::writer`].
@@ -158,7 +159,7 @@ impl Context {
             confirmer,
             failures: Mutex::default(),
             token_reads: cache::SecretReads::default(),
-            namespaces: cache::NamespaceLimits::default(),
+            namespaces: slots::Slots::default(),
             index: index::RequestIndex::default(),
             renewals: Arc::default(),
             writer: tokio::sync::OnceCell::new(),
@@ -212,12 +213,14 @@ impl Context {
         // server, which sweeps them on every replica, leader or not.
     }
 
-    /// Called when the controller finds a request gone: its retry state and wake-up go too.
+    /// Called when the controller finds a request gone: its retry state, wake-up and place in
+    /// its namespace's line go too.
     fn forget(&self, request: &Request) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(request);
         }
         self.renewals.cancel(request);
+        self.namespaces.abandon(request);
     }
 
     #[cfg(test)]
@@ -248,24 +251,21 @@ impl Context {
     }
 }
 
-/// kube-runtime spawns a task for every request that is due at once, and most of a burst waits
-/// here for its namespace's slot. The reconciliation's own future is boxed, so that a waiting
-/// task holds a few hundred bytes rather than the whole state machine (and the request read back
-/// from the store): at 10,000 requests applied at once, the waiting tasks had been half the
-/// operator's peak heap (heaptrack).
+/// A request whose namespace has no free slot ends here and waits in line (`slots.rs`), to be
+/// woken when a slot is handed to it.
 pub async fn reconcile(stored: Arc<StoredRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _slot = ctx
-        .namespaces
-        .acquire(&stored.namespace().unwrap_or_default())
-        .await;
+    let request = stored::reference(stored.as_ref());
+    let Some(_slot) = ctx.namespaces.take(&request) else {
+        return Ok(Action::await_change());
+    };
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
-    let result = Box::pin(reconcile_stored(&stored, &ctx)).await;
+    let result = reconcile_stored(&stored, &ctx).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.record_success(&stored::reference(stored.as_ref()));
+        ctx.record_success(&request);
     }
     result
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api, Resource, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, WatchStreamExt, predicates, reflector, watcher},
+    runtime::{Config, Controller, WatchStreamExt, predicates, reflector, watcher},
 };
 use tracing::info;
 
@@ -29,6 +29,12 @@ use crate::{
     capacity::nonzero_hash,
     crd::{KubeconfigRequest, RENEW_ANNOTATION},
 };
+
+/// The most reconciliations kube-runtime's runner holds at once: sixteen namespaces' slots. A
+/// request waiting for its namespace's slot holds none of them (`slots.rs`), so this bounds only
+/// the work in flight across namespaces, and the runner's table and the tracing registry's span
+/// slots, which keep their largest size for good, stay this small.
+const RECONCILIATIONS_AT_ONCE: u16 = 256;
 
 /// How often state kept for deleted requests is swept away.
 pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -90,7 +96,8 @@ pub async fn run(
             });
             futures::future::ready(due)
         });
-    let controller = Controller::for_stream(request_stream, store.clone());
+    let controller = Controller::for_stream(request_stream, store.clone())
+        .with_config(Config::default().concurrency(RECONCILIATIONS_AT_ONCE));
     ctx.metrics.requests.export(store.clone());
     let ready_store = store.clone();
     tokio::spawn(async move {
@@ -164,6 +171,7 @@ pub async fn run(
         // revocation rule): every request is judged again.
         .reconcile_all_on(reloads)
         .reconcile_on(Arc::clone(&ctx.renewals).due())
+        .reconcile_on(ctx.namespaces.handoffs())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(move |result| {
