@@ -7,7 +7,7 @@
 //! to the first in line, which [`Slots::handoffs`] wakes through the controller. kube-runtime's
 //! runner polls every reconciliation it holds each time one of them finishes. When each waited
 //! there for its slot, a restart with 20,000 requests spent most of its CPU on that polling
-//! (bench/results.md, 2026-12-06T10:50Z), and the runner's table and the tracing registry kept
+//! (bench/results.md, 2026-12-06T10:36Z), and the runner's table and the tracing registry kept
 //! room for the whole burst for good.
 
 use std::{
