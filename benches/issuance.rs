@@ -661,9 +661,9 @@ async fn single_requests(
     times
 }
 
-/// Deletes the namespace and waits until the API server no longer has it (its objects gone).
-/// Deletes `namespace` and waits until it is gone: 10 minutes, or 20 ms for each of the
-/// `requests` it holds, whose finalizers the operator takes off one by one.
+/// Deletes `namespace` and waits until the API server no longer has it (its objects gone): up to
+/// 10 minutes, or 20 ms for each of the `requests` it holds, whose finalizers the operator takes
+/// off one by one.
 fn delete_namespace(cluster: &Cluster, namespace: Namespace, requests: usize) {
     let seconds = (requests / 50).max(600);
     support::kubectl(

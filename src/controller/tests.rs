@@ -3,10 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
-
 use axum::http::Method;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::{controller::Action, watcher};
 use serde_json::{Value, json};

@@ -23,14 +23,14 @@
 //! `KubeconfigRevocation` covers the token that opened it: revocation ends what is open, not only
 //! what comes next.
 //!
-//! The API server then authorizes the request as the user, and its answer (including its own
-//! 403 naming the user) goes back unchanged and unbuffered, so watches stream; step 8's
-//! refusal is the one exception. Upgrades (exec, attach, port-forward, WebSocket watches) take
-//! the same steps, then go over a fresh connection (see [`upgrade`]). There is no request timeout on this listener: a watch or an exec session
-//! lasts as long as it is used. The bounds are the listener's (connections at once, in all and
-//! per client address; handshakes and request heads within [`HANDSHAKE_TIMEOUT`] and
-//! [`HEADER_READ_TIMEOUT`]), the user's slots, and, for upgraded streams, a slot per stream and an
-//! idle timeout.
+//! The API server then authorizes the request as the user, and its answer (including its own 403
+//! naming the user) goes back unchanged and unbuffered, so watches stream; step 8's refusal is the
+//! one exception. Upgrades (exec, attach, port-forward, WebSocket watches) take the same steps,
+//! then go over a fresh connection (see [`upgrade`]). There is no request timeout on this listener:
+//! a watch or an exec session lasts as long as it is used. The bounds are the listener's
+//! (connections at once, in all and per client address; handshakes and request heads within
+//! [`HANDSHAKE_TIMEOUT`] and [`HEADER_READ_TIMEOUT`]), the user's slots, and, for upgraded streams,
+//! a slot per stream and an idle timeout.
 
 mod grants;
 mod headers;
