@@ -14,8 +14,9 @@ use kubeconfig_operator::{
     audit::AuditLog,
     config::{Config, OidcSettings, Settings},
     confirm::Confirmer,
-    controller::{self, Context, leader},
+    controller::{self, Context, FIELD_MANAGER, leader},
     crd, drift,
+    events::Replica,
     metrics::Metrics,
     oidc::authn_config,
     oidc::{authenticator::Authenticator, revocations::Revocations, verify::Verifier},
@@ -170,16 +171,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(
         Arc::clone(&verifier).watch_authentication_config(kubeconfig_operator::ca::POLL_INTERVAL),
     );
-    if let (Some(edits), Some(regarding)) = (
-        verifier.refused_edits(),
-        drift::regarding(config.leader_election.as_ref()),
-    ) {
-        tokio::spawn(drift::report(
-            client.clone(),
-            edits,
-            regarding,
-            leader::identity(),
-        ));
+    let replica = Replica::find(
+        client.clone(),
+        config.leader_election.as_ref(),
+        FIELD_MANAGER,
+        leader::identity(),
+    );
+    if let (Some(edits), Some(replica)) = (verifier.refused_edits(), replica.clone()) {
+        tokio::spawn(drift::report(edits, replica));
     }
     tokio::spawn(
         config
@@ -248,6 +247,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Arc::clone(&authenticator),
                 Arc::clone(&metrics),
                 client.clone(),
+                replica,
             )
             .await?,
         ),

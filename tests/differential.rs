@@ -41,7 +41,7 @@ use kubeconfig_operator::{
 use serde_json::{Value, json};
 use support::{
     Client, Cluster, Namespace, cluster, id_token, id_token_for_client, id_token_short_lived,
-    operator::{Issuer, Operator},
+    operator::{Issuer, LEASE_NAMESPACE, Operator, lease_events, the_only_warning},
     requests::http_get_kubeconfig,
 };
 
@@ -1163,34 +1163,6 @@ async fn the_operator_and_kube_apiserver_agree_on_every_token() {
     );
 }
 
-/// Where the operator's leader-election Role lets it keep Leases (`scripts/install-dev.sh`).
-const LEASE_NAMESPACE: &str = "kubeconfig-operator";
-
-/// The Events about `lease` in [`LEASE_NAMESPACE`], as JSON objects.
-fn lease_events(cluster: &Cluster, lease: &str) -> Vec<Value> {
-    let listed = support::kubectl(
-        cluster,
-        &[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            LEASE_NAMESPACE,
-            "-o",
-            "json",
-        ],
-    );
-    let listed: Value = serde_json::from_str(&listed).expect("kubectl prints JSON");
-    listed["items"]
-        .as_array()
-        .expect("a list of Events")
-        .iter()
-        .filter(|event| {
-            event["regarding"]["kind"] == "Lease" && event["regarding"]["name"] == lease
-        })
-        .cloned()
-        .collect()
-}
-
 /// The operator binary reloads its authentication configuration: an edit changes its verdict
 /// without a restart, and an invalid edit is logged with its digest and ignored, and recorded as
 /// a Warning Event on the operator's Lease.
@@ -1272,16 +1244,7 @@ fn editing_the_authentication_configuration_changes_the_verdict_without_a_restar
         "the refused edit is recorded as an Event",
         || !lease_events(cluster, &lease).is_empty(),
     );
-    let events = lease_events(cluster, &lease);
-    let [event] = events.as_slice() else {
-        panic!("one Event for one refused edit: {events:?}");
-    };
-    assert_eq!(event["type"], "Warning", "{event}");
-    assert_eq!(
-        event["reason"],
-        kubeconfig_operator::drift::REASON,
-        "{event}"
-    );
+    let event = the_only_warning(cluster, &lease, kubeconfig_operator::drift::REASON);
     let note = event["note"].as_str().unwrap_or_default();
     assert!(
         note.contains("sha256:")

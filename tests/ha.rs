@@ -16,12 +16,10 @@ use std::{
 
 use support::{
     Cluster, Namespace, cluster, eventually, kubectl, kubectl_result,
-    operator::{Issuer, Operator, operator_kubeconfig},
+    operator::{Issuer, LEASE_NAMESPACE, Operator, operator_kubeconfig},
     requests::{apply_request, wait_for_reason},
 };
 
-/// Where the operator's leader-election Role lets it keep Leases (`scripts/install-dev.sh`).
-const LEASE_NAMESPACE: &str = "kubeconfig-operator";
 const REQUEST: &str = "ha";
 
 /// A ServiceAccount request renewing ~5 s after each issue, and two operators electing a leader

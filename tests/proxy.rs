@@ -25,8 +25,11 @@ use api_proxy::{
     PROXY_NAMESPACE, Proxied, grant_extras, grant_proxy_extras, kubectl_with, proxy_token, runtime,
 };
 use support::{
-    Client, Cluster, Namespace, accounts::ClusterAccount, can_i_as_token, cluster, eventually,
-    id_token, id_token_for_client, kubectl, kubectl_as_token, kubectl_plain, operator::Issuer,
+    Client, Cluster, Namespace,
+    accounts::ClusterAccount,
+    can_i_as_token, cluster, eventually, id_token, id_token_for_client, kubectl, kubectl_as_token,
+    kubectl_plain,
+    operator::{Issuer, LEASE_NAMESPACE, lease_events, the_only_warning},
     requests::write_temp,
 };
 
@@ -814,20 +817,29 @@ fn bare_proxy_account(cluster: &Cluster, namespace: &str) -> ClusterAccount {
 /// The authentication configuration maps the extra field `example.com/name`, and the proxy's
 /// ServiceAccount was not granted its impersonation. The API server refuses alice's requests
 /// through the proxy without naming what is missing; the proxy names it, to alice through
-/// kubectl and to the administrator in its log and metrics. Once the grant is made, a refusal
-/// by alice's own RBAC is no longer taken for it, alice is served, and the proxy says so,
-/// without a restart.
+/// kubectl and to the administrator in its log, its metrics and one Warning Event on its Lease.
+/// Once the grant is made, a refusal by alice's own RBAC is no longer taken for it, alice is
+/// served, and the proxy says so, without a restart.
 #[test]
 fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator() {
     let cluster = cluster();
     let ns = Namespace::new(cluster, "proxy-grants");
     let mut account = bare_proxy_account(cluster, &ns.name);
     let config = cluster.env["AUTHENTICATION_CONFIG_FILE"].clone();
+    let lease = format!("{}-lease", ns.name);
     let proxied = Proxied::start_as(
         cluster,
         &ns.name,
         Issuer::AuthenticationConfig,
-        &["--authentication-config", &config],
+        &[
+            "--authentication-config",
+            &config,
+            "--leader-elect=true",
+            "--leader-election-namespace",
+            LEASE_NAMESPACE,
+            "--leader-election-lease-name",
+            &lease,
+        ],
         account.token.clone(),
     );
     let resource = "userextras/example.com/name";
@@ -846,6 +858,11 @@ fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator
         .filter(|event| event["level"] == "ERROR" && event["resource"] == resource)
         .count();
     assert_eq!(logged, 1, "{}", proxied.operator.logs());
+    eventually(
+        Duration::from_secs(30),
+        "the missing grant is recorded as an Event",
+        || !lease_events(cluster, &lease).is_empty(),
+    );
     // Grants the proxy holds are not reported.
     let metrics = proxied.operator.metrics();
     for held in [
@@ -901,6 +918,21 @@ fn a_missing_grant_for_an_extra_field_is_named_to_the_user_and_the_administrator
         Duration::from_secs(20),
         "the proxy finds the grant made",
         || proxied.operator.metrics().contains(&denied(0)),
+    );
+
+    // One Event for the one time the grant went missing, a Warning naming what was missing
+    // (not what the proxy holds), and the remedy.
+    let event = the_only_warning(
+        cluster,
+        &lease,
+        kubeconfig_operator::server::proxy::DENIED_REASON,
+    );
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("may not impersonate {resource}"))
+            && note.contains("grant it the verb impersonate")
+            && !note.contains("credential-id"),
+        "{note}"
     );
 }
 

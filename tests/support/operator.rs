@@ -321,3 +321,44 @@ fn http_status(url: &str) -> Option<u16> {
     let _ = stream.read_to_string(&mut response);
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Where the operator's leader-election Role lets it keep Leases (`scripts/install-dev.sh`).
+pub const LEASE_NAMESPACE: &str = "kubeconfig-operator";
+
+/// The Events about the operator's `lease` in [`LEASE_NAMESPACE`], as JSON objects: what a
+/// replica with a Lease records about itself.
+pub fn lease_events(cluster: &Cluster, lease: &str) -> Vec<serde_json::Value> {
+    let listed = super::kubectl(
+        cluster,
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            LEASE_NAMESPACE,
+            "-o",
+            "json",
+        ],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("kubectl prints JSON");
+    listed["items"]
+        .as_array()
+        .expect("a list of Events")
+        .iter()
+        .filter(|event| {
+            event["regarding"]["kind"] == "Lease" && event["regarding"]["name"] == lease
+        })
+        .cloned()
+        .collect()
+}
+
+/// The one Event about `lease`, checked to be a `Warning` with `reason`: a replica reports each
+/// problem about itself once.
+pub fn the_only_warning(cluster: &Cluster, lease: &str, reason: &str) -> serde_json::Value {
+    let events = lease_events(cluster, lease);
+    let [event] = events.as_slice() else {
+        panic!("one Event about {lease}: {events:?}");
+    };
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["reason"], reason, "{event}");
+    event.clone()
+}

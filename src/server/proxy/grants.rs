@@ -11,6 +11,9 @@
 //! keys), every [`RECHECK_INTERVAL`], and soon after answering a user it thought lacking a
 //! grant: a user served shows the grant was made since, and so may a refusal (by the user's
 //! own RBAC). Only a refusal of the impersonation itself is rewritten.
+//!
+//! A grant found missing is also a `Warning` Event about the replica ([`Replica`]), once per
+//! time it goes missing: an administrator looks at `kubectl get events` before the logs.
 
 use std::{
     collections::BTreeSet,
@@ -36,6 +39,7 @@ use tracing::{error, info, warn};
 
 use super::upstream::{Credential, Upstream};
 use crate::{
+    events::Replica,
     metrics::GrantLabels,
     oidc::{token::Identity, verify::Verifier},
 };
@@ -119,15 +123,34 @@ fn needed(identity: &Identity) -> impl Iterator<Item = Grant> + '_ {
         .chain(identity.extra.keys().cloned().map(Grant::Extra))
 }
 
-/// The proxy's 403 for a user refused for want of the grants `lacking`.
-fn refusal(lacking: &[Grant]) -> Response<Body> {
+/// The Event's reason, for `kubectl get events --field-selector reason=...`.
+pub const DENIED_REASON: &str = "ProxyImpersonationDenied";
+
+/// What is missing and who must grant it, as the user's refusal and the Event say it.
+fn missing(lacking: &[Grant]) -> String {
     let resources: Vec<String> = lacking.iter().map(Grant::resource).collect();
-    let message = format!(
-        "the API server refused to let the kubeconfig-operator proxy act as you: its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
+    format!(
+        "its ServiceAccount may not impersonate {}; a cluster administrator must grant it the verb impersonate on {} (the operator's README, \"What the proxy's ServiceAccount is granted\")",
         resources.join(", "),
         if lacking.len() == 1 { "it" } else { "each" },
+    )
+}
+
+/// The proxy's 403 for a user refused for want of the grants `lacking`.
+fn refusal(lacking: &[Grant]) -> Response<Body> {
+    let message = format!(
+        "the API server refused to let the kubeconfig-operator proxy act as you: {}",
+        missing(lacking)
     );
     super::refusal(StatusCode::FORBIDDEN, &message)
+}
+
+/// The Event's note: what users it affects, and the remedy.
+fn denied_note(newly: &[Grant]) -> String {
+    format!(
+        "the API server refuses every request through the proxy whose user's identity needs what the proxy lacks: {}",
+        missing(newly)
+    )
 }
 
 /// What the last round of reviews asked about, and which of it the API server said the proxy
@@ -146,15 +169,18 @@ pub(super) struct Grants {
     /// Asks for a round of reviews sooner than [`RECHECK_INTERVAL`].
     recheck: Notify,
     series: Family<GrantLabels, Gauge>,
+    /// Where a grant found missing is recorded as an Event; `None` outside a cluster.
+    replica: Option<Replica>,
 }
 
 impl Grants {
-    pub(super) fn new(series: Family<GrantLabels, Gauge>) -> Arc<Self> {
+    pub(super) fn new(series: Family<GrantLabels, Gauge>, replica: Option<Replica>) -> Arc<Self> {
         Arc::new(Self {
             state: RwLock::default(),
             any_denied: AtomicBool::new(false),
             recheck: Notify::new(),
             series,
+            replica,
         })
     }
 
@@ -226,7 +252,12 @@ impl Grants {
                 let answers =
                     futures::future::join_all(wanted.iter().map(|grant| reviews.allowed(grant)))
                         .await;
-                this.record(wanted, answers);
+                let newly = this.record(wanted, answers);
+                if let (false, Some(replica)) = (newly.is_empty(), &this.replica) {
+                    replica
+                        .warn(DENIED_REASON, "Impersonate", denied_note(&newly))
+                        .await;
+                }
                 drop(this);
                 tokio::time::sleep(MIN_INTERVAL).await;
                 let Some(this) = Weak::upgrade(&grants) else {
@@ -246,12 +277,13 @@ impl Grants {
         Ok(())
     }
 
-    /// Takes in one round's answers, in `wanted`'s order. A grant no longer wanted (a reload
-    /// unmapped its key) is forgotten, series and all; an unanswered review leaves what was
-    /// known.
-    fn record(&self, wanted: BTreeSet<Grant>, answers: Vec<Result<bool, String>>) {
+    /// Takes in one round's answers, in `wanted`'s order, and returns the grants found missing
+    /// that were not already. A grant no longer wanted (a reload unmapped its key) is forgotten,
+    /// series and all; an unanswered review leaves what was known.
+    fn record(&self, wanted: BTreeSet<Grant>, answers: Vec<Result<bool, String>>) -> Vec<Grant> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let mut unanswered = Vec::new();
+        let mut newly = Vec::new();
         for (grant, answer) in wanted.iter().zip(answers) {
             let resource = grant.resource();
             let group = grant.group();
@@ -267,6 +299,7 @@ impl Grants {
                 }
                 Ok(false) => {
                     if state.denied.insert(grant.clone()) {
+                        newly.push(grant.clone());
                         error!(
                             resource,
                             group,
@@ -293,6 +326,7 @@ impl Grants {
         self.any_denied
             .store(!state.denied.is_empty(), Ordering::Relaxed);
         state.wanted = wanted;
+        newly
     }
 }
 
@@ -406,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_user_lacks_only_the_denied_grants_their_identity_needs() {
-        let grants = Grants::new(Family::default());
+        let grants = Grants::new(Family::default(), None);
         let wanted: BTreeSet<Grant> = [
             Grant::Users,
             Grant::Groups,
@@ -418,9 +452,19 @@ mod tests {
         let alice = identity("", &["a", "c"]);
         assert!(grants.lacking(&alice).is_empty());
 
-        grants.record(
-            wanted,
-            vec![Ok(true), Ok(true), Ok(false), Ok(false), Ok(false)],
+        let answers = || vec![Ok(true), Ok(true), Ok(false), Ok(false), Ok(false)];
+        assert_eq!(
+            grants.record(wanted.clone(), answers()),
+            [
+                Grant::Uids,
+                Grant::Extra("a".into()),
+                Grant::Extra("b".into())
+            ],
+            "the grants found missing, for the Event"
+        );
+        assert!(
+            grants.record(wanted, answers()).is_empty(),
+            "a grant still missing is not reported again"
         );
         assert_eq!(grants.lacking(&alice), [Grant::Extra("a".into())]);
         assert_eq!(
@@ -445,13 +489,18 @@ mod tests {
         assert_eq!(grants.lacking(&identity("u-1", &["a"])), [Grant::Uids]);
         let text = render(&grants);
         assert!(!text.contains("userextras"), "{text}");
-        grants.record(fewer, vec![Ok(true), Ok(true), Ok(true)]);
+        grants.record(fewer.clone(), vec![Ok(true), Ok(true), Ok(true)]);
         assert!(!grants.any_denied.load(Ordering::Relaxed));
+        assert_eq!(
+            grants.record(fewer, vec![Ok(true), Ok(true), Ok(false)]),
+            [Grant::Uids],
+            "a grant missing again is reported again"
+        );
     }
 
     #[tokio::test]
     async fn only_a_refusal_of_the_impersonation_of_a_user_lacking_a_grant_is_explained() {
-        let grants = Grants::new(Family::default());
+        let grants = Grants::new(Family::default(), None);
         let forbidden = |message: &str| {
             Response::builder()
                 .status(StatusCode::FORBIDDEN)

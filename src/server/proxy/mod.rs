@@ -64,9 +64,11 @@ use super::{
 };
 use crate::{
     config::ProxyConfig,
+    events::Replica,
     metrics::{Metrics, ProxyLabels},
     oidc::{authenticator::Authenticator, token::credential_id_in},
 };
+pub use grants::DENIED_REASON;
 use grants::Grants;
 use last_use::LastUse;
 use upstream::{Credential, Upstream};
@@ -120,6 +122,7 @@ impl BoundProxy {
         authenticator: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         client: kube::Client,
+        replica: Option<Replica>,
     ) -> Result<Self, ServeError> {
         let tls = listener::tls_acceptor(&config.tls)?;
         let upstream = Upstream::new(config)?;
@@ -133,7 +136,7 @@ impl BoundProxy {
         );
         let credential = Credential::load(config.token_file.clone())?;
         credential.keep_fresh();
-        let grants = Grants::new(metrics.proxy_impersonation_denied.clone());
+        let grants = Grants::new(metrics.proxy_impersonation_denied.clone(), replica);
         grants
             .keep_checked(
                 &upstream,
