@@ -88,16 +88,19 @@ fn a_credential_revocation_ends_an_open_exec_session_through_the_proxy() {
 
     // The revocation of this one token, as deleting a request or logging out writes it: the
     // node's cluster is shared, and a revocation by user or group would reach other tests.
+    // Tokens carry whole seconds and a pod may be ready within the second bob's token was
+    // issued, so notBefore is the next whole second, as the operator writes it: `now`'s own
+    // second would not cover a token issued in it.
     let name = format!("{ns}-bob");
-    let now = Utc::now();
+    let not_before = Utc::now() + chrono::Duration::seconds(1);
     let revocation = serde_json::json!({
         "apiVersion": "kubeconfig.dev/v1alpha1",
         "kind": "KubeconfigRevocation",
         "metadata": {"name": name},
         "spec": {
             "credential": format!("SHA256={:x}", Sha256::digest(bob.as_bytes())),
-            "notBefore": now.to_rfc3339_opts(SecondsFormat::Secs, true),
-            "expiresAt": (now + chrono::Duration::minutes(10)).to_rfc3339_opts(SecondsFormat::Secs, true),
+            "notBefore": not_before.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "expiresAt": (not_before + chrono::Duration::minutes(10)).to_rfc3339_opts(SecondsFormat::Secs, true),
         },
     });
     let file = write_temp(&revocation.to_string());
