@@ -174,7 +174,7 @@ impl SecretKey {
 
 const DEFAULT_SECRET_KEYS: [SecretKey; 1] = [SecretKey::Kubeconfig];
 
-fn default_secret_keys() -> Vec<SecretKey> {
+pub(crate) fn default_secret_keys() -> Vec<SecretKey> {
     DEFAULT_SECRET_KEYS.to_vec()
 }
 
@@ -354,6 +354,9 @@ pub fn status_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The condition `kubectl wait --for=condition=Ready` waits for.
+pub const READY: &str = "Ready";
+
 impl KubeconfigRequest {
     /// The request's condition of `type_`, if the controller has reported one.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
@@ -366,7 +369,7 @@ impl KubeconfigRequest {
 
     /// The request's Ready condition, if the controller has reported one.
     pub fn ready_condition(&self) -> Option<&Condition> {
-        self.condition("Ready")
+        self.condition(READY)
     }
 }
 

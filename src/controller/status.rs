@@ -27,7 +27,7 @@ use super::{
 use crate::{
     audit::{self, Action, What, Who},
     capacity::nonzero_hash,
-    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus, status_time},
+    crd::{Format, KubeconfigRequest, KubeconfigRequestStatus, READY, status_time},
     oidc::revocations,
 };
 
@@ -105,7 +105,6 @@ impl Outcome {
     }
 }
 
-const READY: &str = "Ready";
 const EXPIRING: &str = "Expiring";
 
 /// Keyed once per process: whoever may write a request's status cannot make another status

@@ -136,11 +136,11 @@ async fn a_ready_request_costs_the_controller_about_two_kilobytes() {
         "bytes per request: store {stored} (kube-runtime's floor {floor}), index {indexed}, wake-up {woken}: {total}"
     );
     assert!(
-        total <= 1_900,
+        total <= 1_700,
         "store {stored} + index {indexed} + wake-up {woken} = {total} bytes per request"
     );
     assert!(
-        stored - floor <= 320,
+        stored - floor <= 100,
         "the store holds {stored} bytes per request, {floor} of them kube-runtime's floor"
     );
 }
