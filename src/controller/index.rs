@@ -22,14 +22,9 @@ use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
 use super::{
     cache::SecretKey,
     secret, status,
-    stored::{self, Request},
+    stored::{Filed, Key, Named, Request},
 };
 
-/// One allocation per request, shared by every map that files it and by the request's renewal
-/// wake-up, and kept across the request's changes: with 10,000 requests, a copy of the reference
-/// in each map (with its uid and resourceVersion, which equality ignores) made the index 2.3 KB
-/// a request (heaptrack).
-pub(super) type Filed = Arc<Request>;
 /// A Secret's or ServiceAccount's name within its namespace's tables, shared with the filings
 /// that name it.
 type Name = Arc<str>;
@@ -140,14 +135,19 @@ fn unfile(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> b
 
 /// The requests behind shared references, as the controller takes them.
 fn unshared<'a>(requests: impl IntoIterator<Item = &'a Filed>) -> Vec<Request> {
-    requests
-        .into_iter()
-        .map(|request| Request::clone(request))
-        .collect()
+    requests.into_iter().map(|filed| filed.request()).collect()
+}
+
+/// How a watched request is looked up in tables keyed by [`Filed`].
+fn named(request: &KubeconfigRequest) -> (&str, &str) {
+    (
+        request.metadata.namespace.as_deref().unwrap_or_default(),
+        request.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 impl Inner {
-    fn remove(&mut self, request: &Request) {
+    fn remove(&mut self, request: &dyn Named) {
         if let Some((filed, filing)) = self.filed.remove_entry(request) {
             self.unfile(&filed, &filing);
         }
@@ -164,9 +164,7 @@ impl Inner {
         {
             self.uids.remove(uid);
         }
-        let Some(namespace) = filed.namespace.as_deref() else {
-            return;
-        };
+        let namespace = filed.namespace();
         let Some(tables) = self.namespaces.get_mut(namespace) else {
             return;
         };
@@ -194,16 +192,23 @@ impl Inner {
     /// let the Secret's watch event, when it came second, start a needless reconciliation.
     fn insert(&mut self, request: &KubeconfigRequest) -> Option<Filed> {
         let namespace = request.namespace()?;
-        let reference = stored::reference(request);
-        // The reference already filed, and the trigger last let through, which goes with it.
-        let (reference, trigger) = match self.filed.get_key_value(&reference) {
-            Some((filed, filing)) => (Arc::clone(filed), filing.trigger),
-            None => (Arc::new(reference), None),
+        let shared_namespace = match self.namespaces.get_key_value(namespace.as_str()) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => {
+                let shared = Arc::from(namespace.as_str());
+                self.namespaces
+                    .insert(Arc::clone(&shared), Tables::default());
+                shared
+            }
         };
-        if !self.namespaces.contains_key(namespace.as_str()) {
-            self.namespaces
-                .insert(Arc::from(namespace.as_str()), Tables::default());
-        }
+        // The reference already filed, and the trigger last let through, which goes with it.
+        let (reference, trigger) = match self.filed.get_key_value(&named(request) as &dyn Named) {
+            Some((filed, filing)) => (Arc::clone(filed), filing.trigger),
+            None => (
+                Arc::new(Key::new(shared_namespace, &request.name_any())),
+                None,
+            ),
+        };
         let tables = self.namespaces.get_mut(namespace.as_str())?;
         tables.requests += 1;
         let target = secret::target_name(request);
@@ -263,7 +268,8 @@ impl RequestIndex {
                 Vec::new()
             }
             watcher::Event::Delete(request) => {
-                let reference = stored::reference(request);
+                let (namespace, name) = named(request);
+                let reference = Request::new(name).within(namespace);
                 inner.remove(&reference);
                 vec![reference]
             }
@@ -388,13 +394,13 @@ impl RequestIndex {
     pub fn status_digest(&self, request: &KubeconfigRequest) -> Option<NonZeroU64> {
         self.lock()
             .filed
-            .get(&stored::reference(request))
+            .get(&named(request) as &dyn Named)
             .and_then(|filing| filing.status)
     }
 
     /// Whether `trigger` differs from the one last let through for `request`, which it then
     /// becomes. A request the index does not hold is always let through.
-    pub fn trigger_changed(&self, request: &Request, trigger: NonZeroU64) -> bool {
+    pub fn trigger_changed(&self, request: &dyn Named, trigger: NonZeroU64) -> bool {
         self.lock()
             .filed
             .get_mut(request)
@@ -402,12 +408,12 @@ impl RequestIndex {
     }
 
     /// Whether the request is known, i.e. it exists as of the watch.
-    pub fn contains(&self, request: &Request) -> bool {
+    pub fn contains(&self, request: &dyn Named) -> bool {
         self.lock().filed.contains_key(request)
     }
 
     /// The index's own reference to a request it knows, for state kept as long as the request.
-    pub fn filed(&self, request: &Request) -> Option<Filed> {
+    pub fn filed(&self, request: &dyn Named) -> Option<Filed> {
         self.lock()
             .filed
             .get_key_value(request)
@@ -434,6 +440,7 @@ impl RequestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::stored;
     use crate::crd::KubeconfigRequestStatus;
 
     fn request(name: &str, uid: &str, spec: serde_json::Value) -> KubeconfigRequest {

@@ -18,7 +18,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use super::{
     refusal::{Reason, Refusal},
-    stored::Request,
+    stored::{Filed, Key, Named, Request},
 };
 use crate::{
     capacity::release_spare_capacity,
@@ -77,14 +77,14 @@ pub(super) struct Renewals {
 #[derive(Default)]
 struct Inner {
     /// Wake-ups in time order; the sequence number keeps two at the same instant apart.
-    queue: BTreeMap<(Instant, u64), Arc<Request>>,
+    queue: BTreeMap<(Instant, u64), Filed>,
     /// Each request's place in `queue`, so a new wake-up replaces its old one.
-    scheduled: HashMap<Arc<Request>, (Instant, u64)>,
+    scheduled: HashMap<Filed, (Instant, u64)>,
     next_sequence: u64,
 }
 
 impl Inner {
-    fn remove(&mut self, request: &Request) {
+    fn remove(&mut self, request: &dyn Named) {
         if let Some(place) = self.scheduled.remove(request) {
             self.queue.remove(&place);
         }
@@ -93,13 +93,13 @@ impl Inner {
 
 impl Renewals {
     /// Replaces `request`'s wake-up with one at `at`. The reference is the request index's own
-    /// (`index::Filed`), which lives as long as the request: a copy of its own was 0.17 KB a
+    /// ([`Filed`]), which lives as long as the request: a copy of its own was 0.17 KB a
     /// request here.
-    pub fn schedule(&self, request: Arc<Request>, at: Instant) {
+    pub fn schedule(&self, request: Filed, at: Instant) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        inner.remove(&request);
+        inner.remove(&*request);
         let place = (at, inner.next_sequence);
         inner.next_sequence += 1;
         let earliest = inner
@@ -114,7 +114,7 @@ impl Renewals {
         }
     }
 
-    pub fn cancel(&self, request: &Request) {
+    pub fn cancel(&self, request: &dyn Named) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.remove(request);
         }
@@ -122,7 +122,7 @@ impl Renewals {
 
     /// Drops the wake-ups of requests `exists` no longer knows (say, one deleted while it was
     /// being reconciled, which scheduled its wake-up after the deletion was seen).
-    pub fn retain(&self, exists: impl Fn(&Request) -> bool) {
+    pub fn retain(&self, exists: impl Fn(&Key) -> bool) {
         if let Ok(mut inner) = self.inner.lock() {
             let Inner {
                 queue, scheduled, ..
@@ -147,7 +147,7 @@ impl Renewals {
     }
 
     #[cfg(test)]
-    pub fn due_at(&self, request: &Request) -> Option<Instant> {
+    pub fn due_at(&self, request: &dyn Named) -> Option<Instant> {
         let inner = self.inner.lock().ok()?;
         inner.scheduled.get(request).map(|(at, _)| *at)
     }
@@ -163,7 +163,7 @@ impl Renewals {
             }
             let request = entry.remove();
             inner.scheduled.remove(&request);
-            due.push(Request::clone(&request));
+            due.push(request.request());
         }
         let next = inner.queue.first_key_value().map(|((at, _), _)| *at);
         (due, next)
@@ -199,8 +199,8 @@ mod tests {
 
     use super::*;
 
-    fn named(name: &str) -> Arc<Request> {
-        Arc::new(Request::new(name).within("team"))
+    fn named(name: &str) -> Filed {
+        Arc::new(Key::new("team".into(), name))
     }
 
     #[tokio::test(start_paused = true)]
@@ -210,7 +210,7 @@ mod tests {
         renewals.schedule(named("b"), start + Duration::from_secs(20));
         renewals.schedule(named("a"), start + Duration::from_secs(10));
         renewals.schedule(named("gone"), start + Duration::from_secs(5));
-        renewals.cancel(&named("gone"));
+        renewals.cancel(&*named("gone"));
         // Rescheduled: only the later wake-up counts.
         renewals.schedule(named("c"), start + Duration::from_secs(1));
         renewals.schedule(named("c"), start + Duration::from_secs(30));
@@ -229,7 +229,7 @@ mod tests {
                 ("c".to_owned(), 30)
             ]
         );
-        assert_eq!(renewals.due_at(&named("c")), None);
+        assert_eq!(renewals.due_at(&*named("c")), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -283,8 +283,8 @@ mod tests {
         let at = Instant::now() + Duration::from_secs(60);
         renewals.schedule(named("kept"), at);
         renewals.schedule(named("deleted"), at);
-        renewals.retain(|request| request.name == "kept");
-        assert_eq!(renewals.due_at(&named("kept")), Some(at));
-        assert_eq!(renewals.due_at(&named("deleted")), None);
+        renewals.retain(|request| request.namespace_and_name() == ("team", "kept"));
+        assert_eq!(renewals.due_at(&*named("kept")), Some(at));
+        assert_eq!(renewals.due_at(&*named("deleted")), None);
     }
 }
