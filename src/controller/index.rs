@@ -11,13 +11,18 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{BuildHasher, RandomState},
     num::NonZeroU64,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, LazyLock, Mutex, MutexGuard},
 };
 
-use kube::{ResourceExt, runtime::watcher};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt, runtime::watcher};
 
-use crate::{capacity::release_spare_capacity, crd::KubeconfigRequest};
+use crate::{
+    capacity::{nonzero_hash, release_spare_capacity},
+    crd::KubeconfigRequest,
+};
 
 use super::{
     cache::SecretKey,
@@ -45,8 +50,6 @@ pub(super) struct RequestIndex {
 struct Inner {
     /// Each namespace's tables, gone with the namespace's last request.
     namespaces: HashMap<Arc<str>, Tables>,
-    /// Request uid -> request, for Secrets that name their owner.
-    uids: HashMap<Arc<str>, Filed>,
     /// What each request is filed under, so a change or deletion can unfile exactly that.
     filed: HashMap<Filed, Filing>,
     /// Requests seen since a re-list began; the rest are gone when it ends.
@@ -85,8 +88,10 @@ struct Filing {
     /// The Secret the request writes, and the one its status names if that is another.
     written_secrets: (Name, Option<Name>),
     account: Option<Name>,
-    /// Shared with the key of `uids`.
-    uid: Option<Arc<str>>,
+    /// [`uid_digest`] of the request's uid. A Secret's owner reference names the request, and
+    /// the uid tells it from an earlier request of the same name (whose Secret the garbage
+    /// collector is about to delete).
+    uid: Option<NonZeroU64>,
     /// [`status::digest`] of the request's whole status as last seen.
     status: Option<NonZeroU64>,
     /// What a change must touch to be reconciled, as last let through
@@ -97,7 +102,15 @@ struct Filing {
 }
 
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(size_of::<Filing>() == 96);
+const _: () = assert!(size_of::<Filing>() == 88);
+
+/// Keyed once per process, as the status digests are (`status.rs`): two uids with the same
+/// digest would only make a Secret's events reconcile a request they do not concern.
+static UID_KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+fn uid_digest(uid: &str) -> NonZeroU64 {
+    nonzero_hash(UID_KEYS.hash_one(uid))
+}
 
 /// Files `request` under `name`, sharing the name with the other requests filed there. A name
 /// is usually filed by one request: a new list has room for one, where a first push makes room
@@ -156,14 +169,6 @@ impl Inner {
     /// Takes `filed` out of every table its `filing` put it in. The record of the operator's own
     /// write to a Secret goes only with the last request writing that Secret.
     fn unfile(&mut self, filed: &Filed, filing: &Filing) {
-        if let Some(uid) = &filing.uid
-            && self
-                .uids
-                .get(uid)
-                .is_some_and(|current| Arc::ptr_eq(current, filed))
-        {
-            self.uids.remove(uid);
-        }
         let namespace = filed.namespace();
         let Some(tables) = self.namespaces.get_mut(namespace) else {
             return;
@@ -233,19 +238,15 @@ impl Inner {
                 .service_account
                 .as_ref()
                 .map(|source| file(&mut tables.accounts, &source.name, &reference)),
-            uid: request.uid().map(Arc::from),
+            uid: request.metadata.uid.as_deref().map(uid_digest),
             status: request.status.as_ref().map(status::digest),
             trigger,
         };
-        let uid = filing.uid.clone();
         let previous = self.filed.insert(Arc::clone(&reference), filing);
         if let Some(previous) = previous {
             // The reference is the same allocation in both filings: this takes out one of its
-            // places under each name the previous filing used, and its uid, filed again below.
+            // places under each name the previous filing used.
             self.unfile(&reference, &previous);
-        }
-        if let Some(uid) = uid {
-            self.uids.insert(uid, Arc::clone(&reference));
         }
         Some(reference)
     }
@@ -309,7 +310,7 @@ impl RequestIndex {
         namespace: &str,
         name: &str,
         resource_version: Option<&str>,
-        owner_uids: &[&str],
+        owners: &[OwnerReference],
     ) -> Affected {
         let inner = self.lock();
         let tables = inner.namespaces.get(namespace);
@@ -331,7 +332,16 @@ impl RequestIndex {
                 .into_iter()
                 .flatten(),
         );
-        requests.extend(owner_uids.iter().filter_map(|uid| inner.uids.get(*uid)));
+        requests.extend(
+            owners
+                .iter()
+                .filter(|owner| owner.kind == KubeconfigRequest::kind(&()))
+                .filter_map(|owner| {
+                    let named: &dyn Named = &(namespace, owner.name.as_str());
+                    let (filed, filing) = inner.filed.get_key_value(named)?;
+                    (filing.uid == Some(uid_digest(&owner.uid))).then_some(filed)
+                }),
+        );
         Affected {
             requests: unshared(requests),
             is_token_secret: token_readers.is_some(),
@@ -423,7 +433,6 @@ impl RequestIndex {
     /// Shrinks the tables a burst of requests, since deleted, left oversized.
     pub fn release_spare_capacity(&self) {
         let mut inner = self.lock();
-        release_spare_capacity(&mut inner.uids);
         release_spare_capacity(&mut inner.filed);
         release_spare_capacity(&mut inner.namespaces);
         for tables in inner.namespaces.values_mut() {
@@ -451,6 +460,15 @@ mod tests {
             "spec": spec,
         }))
         .unwrap()
+    }
+
+    fn owner(name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            kind: KubeconfigRequest::kind(&()).into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        }
     }
 
     fn names(affected: &Affected) -> Vec<String> {
@@ -487,8 +505,19 @@ mod tests {
             ["bob"]
         );
         assert_eq!(
-            names(&index.for_secret("team", "unrelated", None, &["uid-b"])),
+            names(&index.for_secret("team", "unrelated", None, &[owner("bob", "uid-b")])),
             ["bob"]
+        );
+        let not_a_request = OwnerReference {
+            kind: "ConfigMap".into(),
+            ..owner("bob", "uid-b")
+        };
+        assert!(
+            index
+                .for_secret("team", "unrelated", None, &[not_a_request])
+                .requests
+                .is_empty(),
+            "an owner of another kind is not a request"
         );
         assert!(
             index
@@ -521,7 +550,7 @@ mod tests {
             ["bob"]
         );
         assert_eq!(
-            names(&index.for_secret("team", "unrelated", None, &["uid-b"])),
+            names(&index.for_secret("team", "unrelated", None, &[owner("bob", "uid-b")])),
             ["bob"],
             "a changed request is still found by its uid"
         );
@@ -544,7 +573,7 @@ mod tests {
         assert!(!index.is_token_secret(&("team".into(), "own".into())));
         assert!(
             index
-                .for_secret("team", "bob-out", None, &["uid-b"])
+                .for_secret("team", "bob-out", None, &[owner("bob", "uid-b")])
                 .requests
                 .is_empty()
         );
@@ -561,12 +590,22 @@ mod tests {
         index.wrote("team", "alice-kubeconfig", Some("7".into()));
         assert!(
             index
-                .for_secret("team", "alice-kubeconfig", Some("7"), &["uid-a"])
+                .for_secret(
+                    "team",
+                    "alice-kubeconfig",
+                    Some("7"),
+                    &[owner("alice", "uid-a")]
+                )
                 .requests
                 .is_empty()
         );
         assert_eq!(
-            names(&index.for_secret("team", "alice-kubeconfig", Some("8"), &["uid-a"])),
+            names(&index.for_secret(
+                "team",
+                "alice-kubeconfig",
+                Some("8"),
+                &[owner("alice", "uid-a")]
+            )),
             ["alice"]
         );
         // The request's own status write arrives as a change of the request: the Secret's
@@ -583,7 +622,12 @@ mod tests {
         index.observe(&watcher::Event::Apply(issued));
         assert!(
             index
-                .for_secret("team", "alice-kubeconfig", Some("7"), &["uid-a"])
+                .for_secret(
+                    "team",
+                    "alice-kubeconfig",
+                    Some("7"),
+                    &[owner("alice", "uid-a")]
+                )
                 .requests
                 .is_empty()
         );
@@ -591,7 +635,7 @@ mod tests {
         index.wrote("team", "stranger", Some("9".into()));
         assert_eq!(
             index
-                .for_secret("team", "stranger", Some("9"), &["uid-a"])
+                .for_secret("team", "stranger", Some("9"), &[owner("alice", "uid-a")])
                 .requests
                 .len(),
             1
@@ -627,12 +671,12 @@ mod tests {
         assert!(Arc::ptr_eq(&filed, &index.filed(&reference).unwrap()));
         assert!(
             index
-                .for_secret("team", "other", None, &["uid-1"])
+                .for_secret("team", "other", None, &[owner("alice", "uid-1")])
                 .requests
                 .is_empty()
         );
         assert_eq!(
-            names(&index.for_secret("team", "other", None, &["uid-2"])),
+            names(&index.for_secret("team", "other", None, &[owner("alice", "uid-2")])),
             ["alice"]
         );
         assert_eq!(
@@ -732,7 +776,6 @@ mod tests {
             inner.filed.capacity(),
             tables.token_secrets.capacity(),
             tables.written_secrets.capacity(),
-            inner.uids.capacity(),
         ] {
             assert!(capacity < full / 10, "{capacity} of {full}");
         }

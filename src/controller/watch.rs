@@ -15,7 +15,7 @@ use std::{
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     core::PartialObjectMeta,
     runtime::{Config, Controller, WatchStreamExt, predicates, reflector, watcher},
 };
@@ -213,17 +213,11 @@ fn requests_affected_by(ctx: &Context, secret: &PartialObjectMeta<Secret>) -> Ve
         return Vec::new();
     };
     let name = secret.name_any();
-    let owners: Vec<&str> = secret
-        .owner_references()
-        .iter()
-        .filter(|owner| owner.kind == KubeconfigRequest::kind(&()))
-        .map(|owner| owner.uid.as_str())
-        .collect();
     let affected = ctx.index.for_secret(
         &namespace,
         &name,
         secret.metadata.resource_version.as_deref(),
-        &owners,
+        secret.owner_references(),
     );
     if affected.is_token_secret {
         ctx.token_reads
