@@ -1130,6 +1130,36 @@ fn the_store_gives_back_finalizers_and_times_as_they_were() {
     assert_eq!(read_back.status, unusual.status);
 }
 
+/// kube-runtime's store copies a stored request's uid and resourceVersion into its key, where
+/// nothing reads them: the store keeps them beside the metadata, and gives them back, with a
+/// uid in any other form than the API server's, and a time of the epoch itself.
+#[test]
+fn the_store_gives_back_uid_and_resource_version_as_they_were() {
+    let mut usual = request(json!({}));
+    usual.metadata.uid = Some("0b4a7c52-1f0e-4c8e-9a51-00000000002a".into());
+    usual.metadata.resource_version = Some("1200042".into());
+    let stored = StoredRequest::from(usual.clone());
+    let meta = kube::Resource::meta(&stored);
+    assert_eq!((&meta.uid, &meta.resource_version), (&None, &None));
+    assert_eq!(stored.uid().as_deref(), usual.metadata.uid.as_deref());
+    let read_back = stored.request().unwrap();
+    assert_eq!(read_back.metadata, usual.metadata);
+
+    let mut unusual = usual;
+    unusual.metadata.uid = Some("0B4A7C52-1F0E-4C8E-9A51-00000000002A".into());
+    unusual.status = Some(
+        serde_json::from_value(json!({
+            "expiresAt": "1970-01-01T00:00:00Z", "renewalTime": "1970-01-01T00:00:01Z",
+        }))
+        .unwrap(),
+    );
+    let stored = StoredRequest::from(unusual.clone());
+    assert_eq!(stored.uid().as_deref(), unusual.metadata.uid.as_deref());
+    let read_back = stored.request().unwrap();
+    assert_eq!(read_back.metadata, unusual.metadata);
+    assert_eq!(read_back.status, unusual.status);
+}
+
 /// Every field of a ServiceAccount request's spec is read back as it was, its creator included
 /// (asked before each token is minted).
 #[test]
