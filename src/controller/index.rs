@@ -63,12 +63,11 @@ struct Inner {
 struct Tables {
     /// Token Secret -> the requests that read it.
     token_secrets: HashMap<Name, Vec<Filed>>,
-    /// Kubeconfig Secret (the one a request writes, or the one its status names) -> requests.
-    written_secrets: HashMap<Name, Vec<Filed>>,
+    /// Kubeconfig Secret (the one a request writes, or the one its status names) -> requests,
+    /// and the operator's own last write to it.
+    written_secrets: HashMap<Name, Written>,
     /// ServiceAccount -> the requests that name it.
     accounts: HashMap<Name, Vec<Filed>>,
-    /// resourceVersion of the operator's own last write to each kubeconfig Secret.
-    own_writes: HashMap<Name, Box<str>>,
     /// How many requests are filed here.
     requests: usize,
 }
@@ -78,7 +77,32 @@ impl Tables {
         release_spare_capacity(&mut self.token_secrets);
         release_spare_capacity(&mut self.written_secrets);
         release_spare_capacity(&mut self.accounts);
-        release_spare_capacity(&mut self.own_writes);
+    }
+}
+
+/// The requests writing a kubeconfig Secret, and the resourceVersion of the operator's own last
+/// write to it, which goes with the last of them. In one table rather than two, a Secret's
+/// name is filed once.
+#[derive(Default)]
+struct Written {
+    requests: Vec<Filed>,
+    own_write: Option<Box<str>>,
+}
+
+/// The requests filed under a name.
+trait Filers: Default {
+    fn requests(&mut self) -> &mut Vec<Filed>;
+}
+
+impl Filers for Vec<Filed> {
+    fn requests(&mut self) -> &mut Vec<Filed> {
+        self
+    }
+}
+
+impl Filers for Written {
+    fn requests(&mut self) -> &mut Vec<Filed> {
+        &mut self.requests
     }
 }
 
@@ -115,12 +139,12 @@ fn uid_digest(uid: &str) -> NonZeroU64 {
 /// Files `request` under `name`, sharing the name with the other requests filed there. A name
 /// is usually filed by one request: a new list has room for one, where a first push makes room
 /// for four (24 bytes more for each name, in each table); a second grows it as usual.
-fn file(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> Name {
+fn file(map: &mut HashMap<Name, impl Filers>, name: &str, request: &Filed) -> Name {
     let shared = match map.get_key_value(name) {
         Some((shared, _)) => Arc::clone(shared),
         None => Arc::from(name),
     };
-    let requests = map.entry(Arc::clone(&shared)).or_default();
+    let requests = map.entry(Arc::clone(&shared)).or_default().requests();
     if requests.is_empty() {
         requests.reserve_exact(1);
     }
@@ -128,10 +152,11 @@ fn file(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> Nam
     shared
 }
 
-/// Returns whether `name` is left without requests.
-fn unfile(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> bool {
-    let Some(requests) = map.get_mut(name) else {
-        return false;
+/// Takes `request` out of `name`'s requests; a name left without requests goes, and with it
+/// what else was kept for it (the operator's own last write).
+fn unfile(map: &mut HashMap<Name, impl Filers>, name: &str, request: &Filed) {
+    let Some(requests) = map.get_mut(name).map(Filers::requests) else {
+        return;
     };
     if let Some(at) = requests
         .iter()
@@ -139,11 +164,9 @@ fn unfile(map: &mut HashMap<Name, Vec<Filed>>, name: &str, request: &Filed) -> b
     {
         requests.swap_remove(at);
     }
-    let emptied = requests.is_empty();
-    if emptied {
+    if requests.is_empty() {
         map.remove(name);
     }
-    emptied
 }
 
 /// The requests behind shared references, as the controller takes them.
@@ -178,9 +201,7 @@ impl Inner {
         }
         let (target, named) = &filing.written_secrets;
         for name in std::iter::once(target).chain(named) {
-            if unfile(&mut tables.written_secrets, name, filed) {
-                tables.own_writes.remove(name);
-            }
+            unfile(&mut tables.written_secrets, name, filed);
         }
         if let Some(name) = &filing.account {
             unfile(&mut tables.accounts, name, filed);
@@ -315,23 +336,16 @@ impl RequestIndex {
         let inner = self.lock();
         let tables = inner.namespaces.get(namespace);
         let token_readers = tables.and_then(|tables| tables.token_secrets.get(name));
+        let written = tables.and_then(|tables| tables.written_secrets.get(name));
         if token_readers.is_none()
             && resource_version.is_some()
-            && tables
-                .and_then(|tables| tables.own_writes.get(name))
-                .map(|version| &**version)
-                == resource_version
+            && written.and_then(|written| written.own_write.as_deref()) == resource_version
         {
             return Affected::default();
         }
         let mut requests: HashSet<&Filed> = HashSet::new();
         requests.extend(token_readers.into_iter().flatten());
-        requests.extend(
-            tables
-                .and_then(|tables| tables.written_secrets.get(name))
-                .into_iter()
-                .flatten(),
-        );
+        requests.extend(written.into_iter().flat_map(|written| &written.requests));
         requests.extend(
             owners
                 .iter()
@@ -367,17 +381,8 @@ impl RequestIndex {
         let Some(tables) = inner.namespaces.get_mut(namespace) else {
             return;
         };
-        let written = tables
-            .written_secrets
-            .get_key_value(name)
-            .map(|(shared, _)| Arc::clone(shared));
-        match (written, resource_version) {
-            (Some(name), Some(version)) => {
-                tables.own_writes.insert(name, version.into_boxed_str());
-            }
-            _ => {
-                tables.own_writes.remove(name);
-            }
+        if let Some(written) = tables.written_secrets.get_mut(name) {
+            written.own_write = resource_version.map(String::into_boxed_str);
         }
     }
 
@@ -387,8 +392,8 @@ impl RequestIndex {
         self.lock()
             .namespaces
             .get(namespace)
-            .and_then(|tables| tables.own_writes.get(name))
-            .map(|version| version.to_string())
+            .and_then(|tables| tables.written_secrets.get(name)?.own_write.as_deref())
+            .map(str::to_owned)
     }
 
     /// Whether some request reads this token Secret (its cached reads are still worth keeping).
