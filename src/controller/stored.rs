@@ -121,6 +121,20 @@ impl PartialEq for Key {
 
 impl Eq for Key {}
 
+/// In the order of namespaces and names: it only keeps two requests' wake-ups at the same time
+/// apart (`renewals.rs`).
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.namespace_and_name().cmp(&other.namespace_and_name())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl<'a> Borrow<dyn Named + 'a> for Arc<Key> {
     fn borrow(&self) -> &(dyn Named + 'a) {
         &**self
