@@ -26,8 +26,9 @@ use crate::{
 
 use super::{
     cache::SecretKey,
+    key::{Filed, Key, Named},
     secret, status,
-    stored::{Filed, Key, Named, Request},
+    stored::Request,
 };
 
 /// A Secret's or ServiceAccount's name within its namespace's tables, shared with the filings

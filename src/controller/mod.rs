@@ -11,6 +11,7 @@ mod cache;
 mod creator;
 mod credential;
 mod index;
+mod key;
 pub mod leader;
 mod refusal;
 mod renewals;

@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
+    key::{Filed, Key, Named},
     refusal::{Reason, Refusal},
-    stored::{Filed, Key, Named, Request},
+    stored::Request,
 };
 use crate::{
     capacity::release_spare_capacity,

@@ -9,12 +9,7 @@
 //! credential), which the dictionary holds once: a Ready request's 320 bytes became 89 (the
 //! test below).
 
-use std::{
-    borrow::{Borrow, Cow},
-    hash::{Hash, Hasher},
-    num::NonZeroI64,
-    sync::{Arc, LazyLock},
-};
+use std::{borrow::Cow, num::NonZeroI64, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
@@ -33,113 +28,6 @@ use crate::{
 
 /// How the controller names a request: by namespace and name, as the store keys it.
 pub(super) type Request = ObjectRef<StoredRequest>;
-
-/// How the state kept as long as a request names it (the request index, the renewal
-/// wake-ups): its namespace, shared by all the namespace's requests, and its name. A
-/// [`Request`] is 96 bytes before its two strings, and this 32; kube-runtime's controller is
-/// handed a [`Request`], made when one is due.
-#[derive(Debug)]
-pub(super) struct Key {
-    namespace: Arc<str>,
-    name: Box<str>,
-}
-
-impl Key {
-    pub fn new(namespace: Arc<str>, name: &str) -> Self {
-        Self {
-            namespace,
-            name: name.into(),
-        }
-    }
-
-    pub fn request(&self) -> Request {
-        Request::new(&self.name).within(&self.namespace)
-    }
-
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-}
-
-/// One allocation per request, shared by every table of the request index that files it and
-/// by the request's renewal wake-up, and kept across the request's changes: with 10,000
-/// requests, a copy of the reference in each table (with its uid and resourceVersion, which
-/// equality ignores) made the index 2.3 KB a request (heaptrack). Its namespace is the index's
-/// table of the namespace's own.
-pub(super) type Filed = Arc<Key>;
-
-/// A request's namespace and name, however they are held: tables keyed by [`Key`] are searched
-/// with a [`Request`] through `dyn Named`, without making a key for each lookup.
-pub(super) trait Named {
-    fn namespace_and_name(&self) -> (&str, &str);
-}
-
-impl Named for Key {
-    fn namespace_and_name(&self) -> (&str, &str) {
-        (&self.namespace, &self.name)
-    }
-}
-
-impl Named for (&str, &str) {
-    fn namespace_and_name(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-impl Named for Request {
-    fn namespace_and_name(&self) -> (&str, &str) {
-        (self.namespace.as_deref().unwrap_or_default(), &self.name)
-    }
-}
-
-impl Hash for dyn Named + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.namespace_and_name().hash(state);
-    }
-}
-
-impl PartialEq for dyn Named + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.namespace_and_name() == other.namespace_and_name()
-    }
-}
-
-impl Eq for dyn Named + '_ {}
-
-// A shared key hashes and compares as its `dyn Named` does, as `Borrow` asks.
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn Named).hash(state);
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.namespace_and_name() == other.namespace_and_name()
-    }
-}
-
-impl Eq for Key {}
-
-/// In the order of namespaces and names: it only keeps two requests' wake-ups at the same time
-/// apart (`renewals.rs`).
-impl Ord for Key {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.namespace_and_name().cmp(&other.namespace_and_name())
-    }
-}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<'a> Borrow<dyn Named + 'a> for Arc<Key> {
-    fn borrow(&self) -> &(dyn Named + 'a) {
-        &**self
-    }
-}
 
 /// A request as the store keeps it. It is the same resource as [`KubeconfigRequest`] (group,
 /// version, kind, plural), so kube-runtime's controller and store handle it unchanged.
@@ -569,22 +457,5 @@ mod tests {
             stored.body.len()
         );
         assert_eq!(stored.request().unwrap().status, issued.status);
-    }
-
-    /// Tables keyed by [`Filed`] are searched with kube-runtime's reference: both must hash and
-    /// compare alike, or a lookup misses the request it names.
-    #[test]
-    fn a_key_is_found_by_the_reference_it_names_and_by_no_other() {
-        let filed: Filed = Arc::new(Key::new("team-a".into(), "alice"));
-        let mut table = std::collections::HashMap::new();
-        table.insert(Arc::clone(&filed), ());
-        let found = |request: &dyn Named| table.contains_key(request);
-        assert!(found(&Request::new("alice").within("team-a")));
-        assert!(found(&("team-a", "alice")));
-        assert!(found(&*filed));
-        assert!(!found(&Request::new("alice").within("team-b")));
-        assert!(!found(&Request::new("alice")));
-        assert!(!found(&("team", "a-alice")));
-        assert_eq!(filed.request(), Request::new("alice").within("team-a"));
     }
 }
