@@ -57,7 +57,9 @@ use kubeconfig_operator::{
 use serde_json::json;
 use support::{
     Cluster, Namespace, cluster, id_token,
-    load::{admin_client, create_unrelated_secrets, peak_rss_kib, percentile, rss_kib},
+    load::{
+        admin_client, create_unrelated_secrets, peak_rss_kib, percentile, rss_kib, socket_count,
+    },
     metric,
     operator::{Issuer, Operator},
 };
@@ -71,6 +73,11 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// After deletions: past the controller's 30 s sweep, which drops what it kept for deleted
 /// requests and hands freed pages back.
 const AFTER_SWEEP: Duration = Duration::from_secs(35);
+/// After a burst: the kube client closes a pooled connection idle for 90 s (hyper-util's
+/// default), at a check every 90 s, so the burst's own connections to the API server are gone
+/// within 180 s of its end. With 10,000 requests they were 32 sockets and 2 to 3 MiB of
+/// buffers, still open past two sweeps (bench/results.md, 2026-12-06T18:50Z).
+const CONNECTIONS_CLOSED: Duration = Duration::from_secs(185);
 
 fn setting(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -144,7 +151,7 @@ impl Memory {
     fn row(&self, idle: &Self, requests: usize) -> String {
         let per_request = |now: f64, then: f64| (now - then) / requests as f64;
         format!(
-            "| operator memory with {requests} Ready past two sweeps: live heap objects / the allocator's pages beyond them / outside the heap | {:.1} / {:.1} / {:.1} MiB | over idle, per request: {:.2} / {:.2} / {:.2} KiB |",
+            "| operator memory with {requests} Ready, settled: live heap objects / the allocator's pages beyond them / outside the heap | {:.1} / {:.1} / {:.1} MiB | over idle, per request: {:.2} / {:.2} / {:.2} KiB |",
             self.live / 1024.0,
             self.allocator / 1024.0,
             self.outside / 1024.0,
@@ -722,6 +729,7 @@ fn main() {
     thread::sleep(SETTLE);
     let idle = rss_kib(operator.pid());
     let idle_memory = Memory::of(&operator);
+    let idle_sockets = socket_count(operator.pid());
     let mut rows = vec![format!(
         "| operator RSS, idle | {} MiB | 1.00× idle |",
         mib(idle)
@@ -867,6 +875,7 @@ fn main() {
         let mut steps = Vec::new();
         for &total in &memory_totals {
             runtime.block_on(issue(&client, &memory_ns.name, issued..total, &token));
+            let all_ready = Instant::now();
             issued = total;
             thread::sleep(SETTLE);
             let with_many = rss_kib(operator.pid());
@@ -874,30 +883,40 @@ fn main() {
             // interval.
             thread::sleep(2 * AFTER_SWEEP);
             let with_many_swept = rss_kib(operator.pid());
+            let burst_sockets = socket_count(operator.pid());
+            thread::sleep(CONNECTIONS_CLOSED.saturating_sub(all_ready.elapsed()));
+            let settled = rss_kib(operator.pid());
+            let settled_sockets = socket_count(operator.pid());
             let memory = Memory::of(&operator);
             let peak = peak_rss_kib(operator.pid());
             rows.push(format!(
-                "| operator RSS with {total} Ready, 5 s after / past two sweeps (peak so far) | {} / {} MiB ({} MiB) | {:.2}× / {:.2}× idle |",
+                "| operator RSS with {total} Ready: 5 s after / past two sweeps / settled, {} s after, the burst's connections closed (peak so far) | {} / {} / {} MiB ({} MiB) | {:.2}× / {:.2}× / {:.2}× idle |",
+                CONNECTIONS_CLOSED.as_secs(),
                 mib(with_many),
                 mib(with_many_swept),
+                mib(settled),
                 mib(peak),
                 with_many as f64 / idle as f64,
-                with_many_swept as f64 / idle as f64
+                with_many_swept as f64 / idle as f64,
+                settled as f64 / idle as f64
+            ));
+            rows.push(format!(
+                "| operator sockets with {total} Ready: past two sweeps / settled | {burst_sockets} / {settled_sockets} | idle: {idle_sockets} |"
             ));
             rows.push(memory.row(&idle_memory, total));
-            steps.push((total, with_many_swept, peak));
+            steps.push((total, settled, peak));
         }
         for pair in steps.windows(2) {
             let ((from, swept_from, peak_from), (to, swept_to, peak_to)) = (pair[0], pair[1]);
             let per_request =
                 |from_kib: u64, to_kib: u64| (to_kib as f64 - from_kib as f64) / (to - from) as f64;
             rows.push(format!(
-                "| memory per further Ready request, {from} to {to}: past two sweeps / peak so far | {:.2} KiB / {:.2} KiB | |",
+                "| memory per further Ready request, {from} to {to}: settled / peak so far | {:.2} KiB / {:.2} KiB | |",
                 per_request(swept_from, swept_to),
                 per_request(peak_from, peak_to)
             ));
         }
-        let with_many_swept = steps.last().map_or(idle, |step| step.1);
+        let settled = steps.last().map_or(idle, |step| step.1);
         let unrelated_ns = Namespace::new(cluster, "bench-unrelated");
         runtime.block_on(create_unrelated_secrets(
             &client,
@@ -915,7 +934,7 @@ fn main() {
         // The restart is the operator's peak: it lists every request and reconciles them all at
         // once. Read 5 s after the start, the peak was still 20 MiB ahead (20,000 requests), and
         // read as the last reconciliation ended, 2.6 MiB ahead (10,000): the peak (VmHWM, the
-        // highest so far) is read past the sweeps that drop what that burst kept, with the
+        // highest so far) is read once that burst's reads and connections are gone, with the
         // resident size then.
         // 10 minutes covered 20,000; a larger run is given 10 ms a request.
         let limit =
@@ -924,16 +943,16 @@ fn main() {
         while reconcile_totals(&restarted).0 < memory_requests as f64 && started.elapsed() < limit {
             thread::sleep(Duration::from_secs(1));
         }
-        thread::sleep(2 * AFTER_SWEEP);
+        thread::sleep(CONNECTIONS_CLOSED);
         let after_restart = rss_kib(restarted.pid());
         let restart_peak = peak_rss_kib(restarted.pid());
         rows.push(format!(
         "| operator RSS with {memory_requests} Ready plus {unrelated} unrelated 2 KiB Secrets in another namespace | {} MiB | {:.2}× without them |",
         mib(with_unrelated),
-        with_unrelated as f64 / with_many_swept as f64
+        with_unrelated as f64 / settled as f64
     ));
         rows.push(format!(
-        "| … after a restart, which reconciles all {memory_requests} again: past two sweeps (peak since the restart) | {} MiB ({} MiB) | {:.2}× ({:.2}×) before the restart |",
+        "| … after a restart, which reconciles all {memory_requests} again: settled (peak since the restart) | {} MiB ({} MiB) | {:.2}× ({:.2}×) before the restart |",
         mib(after_restart),
         mib(restart_peak),
         after_restart as f64 / with_unrelated as f64,
