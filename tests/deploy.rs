@@ -12,7 +12,9 @@ mod support;
 
 use std::{fs, time::Duration};
 
-use deploy::{NAMESPACE, OPERATOR, PROXY, deployed, lease_holder, ready_pods, service_ip};
+use deploy::{
+    NAMESPACE, OPERATOR, PROXY, ServiceRecord, deployed, lease_holder, ready_pods, service_ip,
+};
 use node::{env, wait_phase, wait_ready};
 use support::{
     Cluster, Namespace, eventually, grant, id_token, kubectl, kubectl_as_token, kubectl_result,
@@ -382,6 +384,8 @@ fn a_rollout_restart_loses_no_download() {
     let (ns, token) = tenant(cluster, "deploy-rollout");
     alice_puts_her_token(cluster, &ns.name, &token);
     let url = format!("http://{}/kube-config", service_ip(cluster, OPERATOR));
+    // A lost download says what the Service's endpoints and kube-proxy did meanwhile.
+    let record = ServiceRecord::start(cluster);
     client_pod(
         cluster,
         &ns.name,
@@ -447,11 +451,12 @@ fn a_rollout_restart_loses_no_download() {
         },
     );
     let log = kubectl(cluster, &["logs", "loop", "-n", &ns.name]);
+    let record = record.finish();
     let failures: Vec<&str> = log.lines().filter(|l| l.contains(" failed: ")).collect();
     let summary = log.lines().last().unwrap_or_default();
     assert!(
         summary.starts_with("ok=") && summary.ends_with(" failed=0") && failures.is_empty(),
-        "{summary}; failed downloads:\n{}",
+        "{summary}; failed downloads:\n{}\n{record}",
         failures.join("\n")
     );
     assert_eq!(

@@ -66,7 +66,9 @@ node_cmd() {
 			--v=1)
 		;;
 	kube-proxy)
-		CMD=(nsenter --net="$NODE_NETNS" "$KUBE_BIN/kcluster" proxy --config="$NODE_DIR/kube-proxy.yaml" --v=1)
+		# --v=3: each sync and the endpoints it programmed, for tests/deploy.rs's message when a
+		# download through a Service fails (--v=1 logs neither).
+		CMD=(nsenter --net="$NODE_NETNS" "$KUBE_BIN/kcluster" proxy --config="$NODE_DIR/kube-proxy.yaml" --v=3)
 		;;
 	*) return 1 ;;
 	esac
