@@ -907,12 +907,12 @@ fn main() {
             steps.push((total, settled, peak));
         }
         for pair in steps.windows(2) {
-            let ((from, swept_from, peak_from), (to, swept_to, peak_to)) = (pair[0], pair[1]);
+            let ((from, settled_from, peak_from), (to, settled_to, peak_to)) = (pair[0], pair[1]);
             let per_request =
                 |from_kib: u64, to_kib: u64| (to_kib as f64 - from_kib as f64) / (to - from) as f64;
             rows.push(format!(
                 "| memory per further Ready request, {from} to {to}: settled / peak so far | {:.2} KiB / {:.2} KiB | |",
-                per_request(swept_from, swept_to),
+                per_request(settled_from, settled_to),
                 per_request(peak_from, peak_to)
             ));
         }

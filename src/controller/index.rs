@@ -28,7 +28,7 @@ use super::{
     cache::SecretKey,
     key::{Filed, Key, Named},
     secret, status,
-    stored::Request,
+    stored::{self, Request},
 };
 
 /// A Secret's or ServiceAccount's name within its namespace's tables, shared with the filings
@@ -291,8 +291,7 @@ impl RequestIndex {
                 Vec::new()
             }
             watcher::Event::Delete(request) => {
-                let (namespace, name) = named(request);
-                let reference = Request::new(name).within(namespace);
+                let reference = stored::reference(request);
                 inner.remove(&reference);
                 vec![reference]
             }
@@ -455,7 +454,6 @@ impl RequestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::stored;
     use crate::crd::KubeconfigRequestStatus;
 
     fn request(name: &str, uid: &str, spec: serde_json::Value) -> KubeconfigRequest {

@@ -90,7 +90,7 @@ impl Hash for Key {
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.namespace_and_name() == other.namespace_and_name()
+        (self as &dyn Named) == (other as &dyn Named)
     }
 }
 

@@ -266,9 +266,7 @@ impl StoredRequest {
             }
         }
         let mut metadata = self.metadata.clone();
-        if self.uid.is_some() {
-            metadata.uid = self.uid().map(Cow::into_owned);
-        }
+        metadata.uid = self.uid().map(Cow::into_owned);
         metadata.resource_version = self.resource_version.as_deref().map(str::to_owned);
         if self.revoke_finalizer_only {
             metadata.finalizers = Some(vec![FINALIZER.to_owned()]);

@@ -215,16 +215,23 @@ impl ServiceRecord {
         }
     }
 
+    /// Ends the watches and tells the rule poller to stop; what they recorded is kept.
+    fn end(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (child, _) in &mut self.watches {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Ends the watches; their lines and the rules' changes in the order they came, then
     /// kube-proxy's log since [`ServiceRecord::start`] (its last 300 lines on this Service).
     pub fn finish(mut self) -> String {
+        self.end();
         let mut lines = Vec::new();
-        for (mut child, watch) in self.watches.drain(..) {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (_, watch) in self.watches.drain(..) {
             lines.extend(watch.join().unwrap_or_default());
         }
-        self.stop.store(true, Ordering::Relaxed);
         lines.extend(
             self.rules
                 .take()
@@ -251,11 +258,7 @@ impl ServiceRecord {
 
 impl Drop for ServiceRecord {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for (child, _) in &mut self.watches {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.end();
     }
 }
 
